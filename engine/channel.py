@@ -1,0 +1,193 @@
+"""The channel contract: the plugin author's manual.
+
+A *channel* is one recall source (collaborative filtering, content, LLM embeddings,
+popularity, or your own). The engine finds channel plugins through the entry-point
+group ``recall_engine.channels``; each entry point names a class (or any callable)
+that takes a :class:`ChannelContext` and returns a :class:`Channel`.
+
+Lifecycle, always in this order, driven by the engine::
+
+    channel = Factory(ctx)      # cheap: read ctx, no I/O; may raise ValueError on bad params
+    channel.load()              # read artifacts, build indexes, open ONNX sessions
+    channel.warmup()            # run representative queries so the first request is fast
+    channel.recall(query, k)    # many times, from many threads at once
+    channel.close()             # once, after the last in-flight call returned
+
+Reloads build a *new* instance beside the old one (``load`` + ``warmup``), swap it in
+atomically, and ``close`` the old one when its in-flight calls have finished; a channel
+never has to support reloading itself.
+
+Threading: ``recall``, ``recall_batch``, ``upsert_items`` and ``delete_items`` are called
+from the engine's worker threads, concurrently. Keep per-request state on the stack;
+guard mutable shared state (e.g. an index that takes upserts) with a lock. NumPy,
+usearch and ONNX Runtime release the GIL, so real parallelism is available.
+
+Register a plugin in your ``pyproject.toml``::
+
+    [project.entry-points."recall_engine.channels"]
+    my_channel = "my_package.channel:MyChannel"
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+ENTRY_POINT_GROUP = "recall_engine.channels"
+
+
+@dataclass(slots=True, frozen=True)
+class Query:
+    """One user's request as every channel sees it (already validated).
+
+    ``history`` holds item ids oldest first, newest last. ``events`` and
+    ``timestamps`` are either empty or exactly as long as ``history``.
+    ``exclude`` already contains the history items unless the caller asked to keep
+    them. ``categories``, when non-empty, restricts results to items having at least
+    one of them. Channels must honour ``exclude`` and ``categories`` (over-fetch, then
+    filter; :meth:`Catalog.filter_mask` helps); the engine filters again as a safety net.
+    """
+
+    user_id: str = ""
+    history: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    timestamps: tuple[int, ...] = ()
+    text: str = ""
+    exclude: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, frozen=True)
+class Candidates:
+    """A channel's answer: item ids best first and their raw scores (larger is better).
+
+    ``scores`` is a float32 array as long as ``item_ids``, non-increasing. Scores keep
+    the channel's own scale; fusion normalises them when it needs to.
+    """
+
+    item_ids: Sequence[str]
+    scores: np.ndarray
+
+    @staticmethod
+    def empty() -> Candidates:
+        return Candidates((), np.zeros(0, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelInfo:
+    """What ``ListChannels`` reports about a loaded channel."""
+
+    version: str = ""
+    item_count: int = 0
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class ItemRecord:
+    """One catalogue item as given to ``upsert_items`` (and stored in the catalogue)."""
+
+    item_id: str
+    title: str = ""
+    text: str = ""
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelContext:
+    """Everything the engine hands a channel at construction.
+
+    ``name`` is the channel's configured name (what weights refer to), ``plugin`` the
+    entry-point name, ``params`` the ``[channels.<name>.params]`` table of the config,
+    ``artifacts`` the channel's artifact folder (``ARTIFACTS/<name>`` by default) or
+    ``None`` when the config names none, ``version`` the artifact version to load
+    (``None``: the one the ``current`` pointer names), and ``catalog`` the shared item
+    catalogue (titles, text, categories) that filters and online updates use.
+    """
+
+    name: str
+    plugin: str
+    params: Mapping[str, Any]
+    artifacts: Path | None
+    catalog: Catalog
+    version: str | None = None
+
+
+class Channel(abc.ABC):
+    """Base class for recall channels. Subclass it and implement :meth:`recall`.
+
+    Everything else has a working default, so a minimal plugin is ``__init__`` +
+    ``recall``.
+    """
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        """Keep the context; validate ``ctx.params`` and raise ``ValueError`` naming the
+        bad key. No I/O here: the engine may construct channels it then fails to load.
+        """
+        self.ctx = ctx
+
+    @property
+    def name(self) -> str:
+        return self.ctx.name
+
+    def load(self) -> None:
+        """Read artifacts and build whatever ``recall`` needs. Called once, before any
+        other call, on the engine's start-up (or reload) thread. Raise with a message
+        naming the file and the problem when an artifact is missing or corrupt."""
+
+    def warmup(self) -> None:
+        """Make the first real request fast (touch pages, run encoder batch shapes).
+        Called once after :meth:`load`, before health reports SERVING. The default runs
+        one empty query."""
+        self.recall(Query(user_id="__warmup__"), 10)
+
+    def accepts(self, query: Query) -> bool:
+        """Whether this channel can say anything about ``query``. Return False (e.g. a
+        history-based channel given no history) and the engine reports the channel as
+        SKIPPED instead of calling :meth:`recall`. Must be cheap; called per request."""
+        return True
+
+    @abc.abstractmethod
+    def recall(self, query: Query, k: int) -> Candidates:
+        """Return up to ``k`` candidates for ``query``, best first.
+
+        Called concurrently from worker threads under a per-channel timeout; a channel
+        that raises is reported as ERROR for this request only. Must honour
+        ``query.exclude`` and ``query.categories``, never return duplicates, and only
+        return ids of items it knows.
+        """
+
+    def recall_batch(self, queries: Sequence[Query], k: int) -> list[Candidates]:
+        """Answer many queries at once (BatchRecall, evaluation). The default loops
+        over :meth:`recall`; override when batching is cheaper (one ONNX or index call
+        for the whole batch)."""
+        return [self.recall(q, k) for q in queries]
+
+    def info(self) -> ChannelInfo:
+        """Version, item count and free-form details for ``ListChannels``."""
+        return ChannelInfo()
+
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
+        """Add or replace items online (AdminService.UpsertItems). Return how many this
+        channel indexed (0 if it cannot index new items, e.g. collaborative filtering
+        without interactions). Must be visible to the next ``recall`` and survive a
+        restart (persist beside the artifacts)."""
+        return 0
+
+    def delete_items(self, item_ids: Sequence[str]) -> int:
+        """Remove items online; return how many this channel removed. Must be visible
+        to the next ``recall`` and survive a restart."""
+        return 0
+
+    def close(self) -> None:
+        """Release resources. Called once, after the last in-flight call returned."""

@@ -1,0 +1,1 @@
+"""Data loaders: interactions, items, MovieLens formats, synthetic demo data."""

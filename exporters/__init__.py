@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX exporters with parity checks (needs the [train] extra)."""

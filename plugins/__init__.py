@@ -1,0 +1,1 @@
+"""Built-in recall channels, registered through entry points like any plugin."""
