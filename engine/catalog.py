@@ -82,9 +82,13 @@ class Catalog:
         return True
 
     def filter_mask(self, item_ids: Sequence[str], query: Query) -> list[bool]:
-        """``keep`` for many ids at once (what channels call after an over-fetch)."""
+        """``keep`` for many ids at once (what channels call after an over-fetch).
+
+        An empty catalogue knows nothing, so it only applies ``query.exclude``."""
         items = self._items
         exclude, cats = query.exclude, query.categories
+        if not items:
+            return [i not in exclude for i in item_ids]
         out = []
         for i in item_ids:
             it = items.get(i)

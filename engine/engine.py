@@ -1,0 +1,364 @@
+"""The engine: loads channels, fans a request out to them, fuses their lists.
+
+No gRPC here: the servicers translate protos to :class:`RecallInput` and back.
+State that reloads (config, assigner, loaded channels) lives in one immutable
+:class:`_State` swapped atomically, so a request sees one consistent generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+
+import numpy as np
+
+from . import metrics
+from .catalog import Catalog
+from .channel import Candidates, Channel, ChannelContext, ChannelInfo, ItemRecord, Query
+from .config import ChannelConfig, Config
+from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from .experiments import Assigner, Assignment
+from .fusion import Fused, RankedList, fuse
+from .logs import get_logger
+from .registry import PluginError, discover, instantiate, load_factory, resolve
+from .requests import RecallInput
+
+log = get_logger(__name__)
+
+
+class Status(IntEnum):
+    """Mirrors recall_engine.v1.ChannelStatus."""
+
+    OK = 1
+    TIMEOUT = 2
+    ERROR = 3
+    SKIPPED = 4
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelReport:
+    channel: str
+    status: Status
+    weight: float
+    latency_ms: float = 0.0
+    returned: int = 0
+    error: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class RecallOutput:
+    fused: Fused
+    reports: tuple[ChannelReport, ...]
+    assignment: Assignment
+    request_id: str
+
+
+class _Slot:
+    """A loaded channel plus an in-flight counter, so a retired channel is closed only
+    after its last call returned."""
+
+    __slots__ = ("config", "channel", "plugin", "_inflight", "_retired", "_lock")
+
+    def __init__(self, config: ChannelConfig, channel: Channel, plugin: str) -> None:
+        self.config, self.channel, self.plugin = config, channel, plugin
+        self._inflight = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            close = self._retired and self._inflight == 0
+        if close:
+            self._close()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            close = self._inflight == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.channel.close()
+        except Exception:  # noqa: BLE001
+            log.exception("channel_close_failed", channel=self.config.name)
+
+
+@dataclass(slots=True, frozen=True)
+class _State:
+    config: Config
+    assigner: Assigner
+    slots: Mapping[str, _Slot]
+    generation: int
+    failed: Mapping[str, str] = field(default_factory=dict)   # optional channels not loaded
+
+
+class Engine:
+    """Owns the channels and answers recall requests.
+
+    Lifecycle: ``Engine(config)`` → ``load()`` (blocking: imports plugins, loads and
+    warms every enabled channel) → ``recall()`` many times → ``close()``.
+    """
+
+    def __init__(self, config: Config, *, catalog: Catalog | None = None,
+                 blocked_plugins: Sequence[str] = ()) -> None:
+        self._config = config
+        self._blocked = tuple(blocked_plugins)
+        self.catalog = catalog if catalog is not None else _open_catalog(config)
+        self._pool = ThreadPoolExecutor(max_workers=config.server.workers,
+                                        thread_name_prefix="channel")
+        self._state: _State | None = None
+        self._admin_lock = threading.Lock()   # serialises loads, reloads and updates
+
+    # -- lifecycle -------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._state is not None
+
+    @property
+    def config(self) -> Config:
+        return self._state.config if self._state else self._config
+
+    def load(self) -> None:
+        """Load and warm every enabled channel. Raises :class:`PluginError` when a
+        required channel fails; optional failures are logged and skipped."""
+        with self._admin_lock:
+            slots, failed = self._load_channels(self._config, self._config.channels.keys(), {})
+            self._state = _State(self._config, Assigner(self._config), slots, 1, failed)
+            metrics.CONFIG_GENERATION.set(1)
+
+    def close(self) -> None:
+        state, self._state = self._state, None
+        if state:
+            for slot in state.slots.values():
+                slot.retire()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _load_channels(self, config: Config, names, version: Mapping[str, str | None]
+                       ) -> tuple[dict[str, _Slot], dict[str, str]]:
+        plugins = discover(blocked=self._blocked)
+        slots: dict[str, _Slot] = {}
+        failed: dict[str, str] = {}
+        for name in names:
+            cc = config.channels[name]
+            if not cc.enabled:
+                continue
+            try:
+                slots[name] = self._make_slot(cc, plugins, version.get(name, cc.version))
+            except PluginError as e:
+                if cc.required:
+                    for s in slots.values():
+                        s.retire()
+                    raise
+                failed[name] = str(e)
+                log.error("optional_channel_skipped", channel=name, error=str(e))
+        return slots, failed
+
+    def _make_slot(self, cc: ChannelConfig, plugins, version: str | None) -> _Slot:
+        factory = load_factory(resolve(plugins, cc.plugin))
+        ctx = ChannelContext(name=cc.name, plugin=cc.plugin, params=cc.params,
+                             artifacts=cc.artifacts, catalog=self.catalog, version=version)
+        t0 = time.perf_counter()
+        channel = instantiate(cc.plugin, factory, ctx)
+        info = _safe_info(channel)
+        metrics.CHANNEL_ITEMS.labels(cc.name).set(info.item_count)
+        log.info("channel_loaded", channel=cc.name, plugin=cc.plugin, version=info.version,
+                 items=info.item_count, seconds=round(time.perf_counter() - t0, 3))
+        return _Slot(cc, channel, cc.plugin)
+
+    # -- admin -----------------------------------------------------------------
+    def reload_config(self, new: Config) -> int:
+        """Swap in a new config. Channels whose config changed or that are new are
+        loaded beside the old ones first; on any failure the old state keeps serving."""
+        with self._admin_lock:
+            old = self._require_state()
+            changed = [n for n, cc in new.channels.items()
+                       if cc.enabled and (n not in old.slots or old.slots[n].config != cc)]
+            fresh, failed = self._load_channels(new, changed, {})
+            slots = {n: fresh.get(n) or old.slots[n] for n, cc in new.channels.items()
+                     if cc.enabled and (n in fresh or n in old.slots)}
+            self._state = _State(new, Assigner(new), slots, old.generation + 1, failed)
+            for n, slot in old.slots.items():
+                if slots.get(n) is not slot:
+                    slot.retire()
+            metrics.CONFIG_GENERATION.set(self._state.generation)
+            log.info("config_reloaded", generation=self._state.generation, reloaded=changed)
+            return self._state.generation
+
+    def reload_channels(self, names: Sequence[str], version: str | None) -> dict[str, str]:
+        """Load a new artifact version of ``names`` (all when empty) beside the old,
+        warm it, swap atomically. If any fails, nothing is swapped."""
+        with self._admin_lock:
+            state = self._require_state()
+            names = list(names) or list(state.slots)
+            for n in names:
+                if n not in state.slots:
+                    raise InvalidArgument("channels", f"channel {n!r} is not loaded "
+                                          f"(loaded: {', '.join(state.slots)})")
+            plugins = discover(blocked=self._blocked)
+            fresh: dict[str, _Slot] = {}
+            try:
+                for n in names:
+                    fresh[n] = self._make_slot(state.config.channels[n], plugins, version)
+            except PluginError as e:
+                for s in fresh.values():
+                    s.retire()
+                log.error("channel_reload_failed", error=str(e))
+                raise FailedPrecondition(f"reload failed, old version keeps serving: {e}") from e
+            self._state = replace(state, slots={**state.slots, **fresh})
+            for n in names:
+                state.slots[n].retire()
+            return {n: _safe_info(s.channel).version for n, s in fresh.items()}
+
+    def upsert_items(self, items: Sequence[ItemRecord]) -> dict[str, int]:
+        with self._admin_lock:
+            state = self._require_state()
+            self.catalog.upsert(items)
+            return {n: s.channel.upsert_items(items) for n, s in state.slots.items()}
+
+    def delete_items(self, item_ids: Sequence[str]) -> dict[str, int]:
+        with self._admin_lock:
+            state = self._require_state()
+            removed = {n: s.channel.delete_items(item_ids) for n, s in state.slots.items()}
+            self.catalog.delete(item_ids)
+            return removed
+
+    def channel_infos(self) -> list[tuple[ChannelConfig, ChannelInfo]]:
+        state = self._require_state()
+        return [(s.config, _safe_info(s.channel)) for s in state.slots.values()]
+
+    @property
+    def generation(self) -> int:
+        return self._state.generation if self._state else 0
+
+    def _require_state(self) -> _State:
+        if self._state is None:
+            raise Unavailable("engine is loading channels; retry shortly")
+        return self._state
+
+    # -- serving ---------------------------------------------------------------
+    async def recall(self, inp: RecallInput, timeout_s: float | None = None) -> RecallOutput:
+        """Fan ``inp`` out to the plan's channels, each under its own timeout inside
+        the request deadline, and fuse what came back in time."""
+        state = self._require_state()
+        t_end = time.perf_counter() + (timeout_s if timeout_s is not None
+                                       else state.config.server.request_timeout_ms / 1000)
+        assignment = state.assigner.assign(inp.query.user_id)
+        plan = assignment.plan
+        weights = dict(plan.weights)
+        if inp.weight_override:
+            weights.update(inp.weight_override)
+        calls: dict[str, asyncio.Future] = {}
+        reports: dict[str, ChannelReport] = {}
+        for name in state.config.channels:
+            w = weights.get(name, 0.0)
+            slot = state.slots.get(name)
+            if slot is None:
+                if name in weights and w > 0:
+                    reports[name] = ChannelReport(name, Status.SKIPPED, w,
+                                                  error=state.failed.get(name, "not loaded"))
+                continue
+            if w <= 0 or not slot.channel.accepts(inp.query):
+                reports[name] = ChannelReport(name, Status.SKIPPED, w)
+                continue
+            k_c = plan.channel_k.get(name, slot.config.k)
+            timeout = min(slot.config.timeout_ms / 1000, max(t_end - time.perf_counter(), 0))
+            calls[name] = asyncio.ensure_future(
+                self._call(slot, inp.query, k_c, timeout, w))
+        lists: list[RankedList] = []
+        if calls:
+            for name, (report, cands) in zip(calls, await asyncio.gather(*calls.values()),
+                                             strict=True):
+                reports[name] = report
+                if cands is not None and len(cands):
+                    lists.append(RankedList(name, cands.item_ids, cands.scores))
+            if all(reports[n].status == Status.TIMEOUT for n in calls):
+                raise DeadlineExceeded("no channel answered within the deadline: "
+                                       + ", ".join(calls))
+        fused = fuse(plan.fusion, lists, weights, inp.k, priority=tuple(state.config.channels),
+                     params=plan.fusion_params)
+        ordered = tuple(reports[n] for n in state.config.channels if n in reports)
+        metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
+        return RecallOutput(fused, ordered, assignment, inp.request_id)
+
+    async def _call(self, slot: _Slot, query: Query, k: int, timeout: float, weight: float
+                    ) -> tuple[ChannelReport, Candidates | None]:
+        name = slot.config.name
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        slot.acquire()
+        fut = loop.run_in_executor(self._pool, _guarded(slot, self.catalog), query, k)
+        try:
+            cands = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            ms = (time.perf_counter() - t0) * 1000
+            metrics.CHANNEL_TIMEOUTS.labels(name).inc()
+            metrics.CHANNEL_LATENCY.labels(name, "timeout").observe(ms / 1000)
+            log.warning("channel_timeout", channel=name, timeout_ms=round(timeout * 1000, 1))
+            return ChannelReport(name, Status.TIMEOUT, weight, ms,
+                                 error=f"no answer within {timeout * 1000:.0f} ms"), None
+        except Exception as e:  # noqa: BLE001 - a channel's failure is reported, not raised
+            ms = (time.perf_counter() - t0) * 1000
+            metrics.CHANNEL_ERRORS.labels(name).inc()
+            metrics.CHANNEL_LATENCY.labels(name, "error").observe(ms / 1000)
+            log.warning("channel_error", channel=name, error=f"{type(e).__name__}: {e}")
+            return ChannelReport(name, Status.ERROR, weight, ms,
+                                 error=f"{type(e).__name__}: {e}"), None
+        ms = (time.perf_counter() - t0) * 1000
+        metrics.CHANNEL_LATENCY.labels(name, "ok").observe(ms / 1000)
+        metrics.CHANNEL_CANDIDATES.labels(name).observe(len(cands))
+        return ChannelReport(name, Status.OK, weight, ms, len(cands)), cands
+
+
+def _guarded(slot: _Slot, catalog: Catalog) -> Callable[[Query, int], Candidates]:
+    """The worker-thread side of a channel call: run it, enforce the contract (known,
+    allowed, unique ids, at most k) as a safety net, release the slot."""
+
+    def run(query: Query, k: int) -> Candidates:
+        try:
+            cands = slot.channel.recall(query, k)
+        finally:
+            slot.release()
+        ids = list(cands.item_ids)
+        mask = catalog.filter_mask(ids, query)
+        if all(mask) and len(ids) <= k and len(set(ids)) == len(ids):
+            return cands
+        seen: set[str] = set()
+        keep = []
+        for i, (item, ok) in enumerate(zip(ids, mask, strict=True)):
+            if ok and item not in seen:
+                seen.add(item)
+                keep.append(i)
+                if len(keep) == k:
+                    break
+        scores = np.asarray(cands.scores, dtype=np.float32)
+        return Candidates([ids[i] for i in keep], scores[keep])
+
+    return run
+
+
+def _safe_info(channel: Channel) -> ChannelInfo:
+    try:
+        return channel.info()
+    except Exception:  # noqa: BLE001
+        log.exception("channel_info_failed", channel=channel.ctx.name)
+        return ChannelInfo()
+
+
+def _open_catalog(config: Config) -> Catalog:
+    folder = config.artifacts_root / "catalog"
+    if (folder / "items.jsonl").exists():
+        return Catalog.load(folder)
+    log.warning("catalog_missing", folder=str(folder))
+    return Catalog(folder=folder)

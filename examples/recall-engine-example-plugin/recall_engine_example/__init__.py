@@ -1,0 +1,1 @@
+"""Example recall-engine plugin."""

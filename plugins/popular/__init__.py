@@ -1,0 +1,115 @@
+"""``popular``: most-interacted items, optionally per category.
+
+The fallback channel: it needs no history, so it serves anonymous and brand-new users,
+and it exists before any learned channel has been built. Scores are interaction counts
+(weighted, optionally time-decayed with ``half_life_days``).
+
+Artifact (``ARTIFACTS/popular/<version>/popular.npz``): ``ids`` (str, best first),
+``scores`` (float32), and per category ``cat:<name>`` (int32 positions into ``ids``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recall_engine.artifacts import ArtifactStore
+from recall_engine.catalog import Catalog
+from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
+
+ARTIFACT = "popular.npz"
+
+
+def popularity(item_ids: np.ndarray, weights: np.ndarray | None = None,
+               timestamps: np.ndarray | None = None, half_life_days: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids best first, scores): weighted interaction counts with optional decay."""
+    uniq, inv = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
+    w = np.ones(len(inv)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if half_life_days > 0 and timestamps is not None and len(timestamps):
+        age_days = (np.max(timestamps) - np.asarray(timestamps)) / 86400.0
+        w = w * np.power(0.5, age_days / half_life_days)
+    scores = np.bincount(inv, weights=w, minlength=len(uniq))
+    order = np.lexsort((uniq, -scores))      # score desc, id asc: deterministic
+    return uniq[order], scores[order].astype(np.float32)
+
+
+def write_artifact(folder: Path, ids: np.ndarray, scores: np.ndarray, catalog: Catalog) -> Path:
+    arrays: dict[str, np.ndarray] = {"ids": ids.astype(str), "scores": scores}
+    by_cat: dict[str, list[int]] = {}
+    for pos, item in enumerate(ids):
+        for c in catalog.categories(str(item)):
+            by_cat.setdefault(c, []).append(pos)
+    for c, positions in by_cat.items():
+        arrays[f"cat:{c}"] = np.asarray(positions, dtype=np.int32)
+    path = folder / ARTIFACT
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+class PopularChannel(Channel):
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        unknown = set(ctx.params) - {"half_life_days"}
+        if unknown:
+            raise ValueError(f"channels.{ctx.name}.params: unknown keys {sorted(unknown)}")
+        self._ids: list[str] = []
+        self._scores = np.zeros(0, dtype=np.float32)
+        self._by_cat: dict[str, np.ndarray] = {}
+        self._version = ""
+
+    @classmethod
+    def build(cls, data: Any, catalog: Catalog, out: Path, params: dict) -> dict:
+        """Write the artifact for ``data`` (an Interactions table) into ``out``."""
+        ids, scores = popularity(data.item_ids, getattr(data, "weights", None),
+                                 getattr(data, "timestamps", None),
+                                 float(params.get("half_life_days", 0.0)))
+        write_artifact(out, ids, scores, catalog)
+        return {"item_count": len(ids)}
+
+    def load(self) -> None:
+        if self.ctx.artifacts is None:
+            raise ValueError("no artifacts folder configured")
+        store = ArtifactStore(self.ctx.artifacts.parent)
+        bundle = store.open(self.ctx.name, self.ctx.version)
+        with np.load(bundle.path / ARTIFACT, allow_pickle=False) as z:
+            self._ids = z["ids"].tolist()
+            self._scores = z["scores"].astype(np.float32)
+            self._by_cat = {k[4:]: z[k] for k in z.files if k.startswith("cat:")}
+        self._version = bundle.manifest.version if hasattr(bundle.manifest, "version") \
+            else str(bundle.manifest.get("version", ""))
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        ids, scores = self._ids, self._scores
+        if query.categories:
+            parts = [self._by_cat[c] for c in query.categories if c in self._by_cat]
+            positions = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        else:
+            positions = None
+        blocked = query.exclude
+        catalog = self.ctx.catalog
+        check_catalog = len(catalog) > 0     # deleted items leave the catalogue
+        out_ids: list[str] = []
+        out_pos: list[int] = []
+        for pos in (range(len(ids)) if positions is None else positions.tolist()):
+            item = ids[pos]
+            if item in blocked or (check_catalog and item not in catalog):
+                continue
+            out_ids.append(item)
+            out_pos.append(pos)
+            if len(out_ids) == k:
+                break
+        return Candidates(out_ids, scores[out_pos])
+
+    def delete_items(self, item_ids: Sequence[str]) -> int:
+        """Deleted items leave the shared catalogue, which :meth:`recall` checks."""
+        known = set(self._ids)
+        return sum(1 for i in item_ids if i in known)
+
+    def info(self) -> ChannelInfo:
+        return ChannelInfo(version=self._version, item_count=len(self._ids),
+                           details={"categories": str(len(self._by_cat))})

@@ -1,0 +1,65 @@
+"""Test channel plugins, registered as REAL entry points by conftest.py (a .dist-info
+folder on sys.path, exactly what an installed distribution provides)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
+
+
+class FixedChannel(Channel):
+    """Returns ``params.items`` (best first) with scores ``params.scores`` or 1/rank."""
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.items = list(ctx.params.get("items", []))
+        self.scores = list(ctx.params.get("scores", [1.0 / (i + 1) for i in range(len(self.items))]))
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        with self._lock:
+            self.calls += 1
+        keep = self.ctx.catalog.filter_mask(self.items, query)
+        pairs = [(i, s) for i, s, ok in zip(self.items, self.scores, keep, strict=True) if ok][:k]
+        return Candidates([i for i, _ in pairs], np.asarray([s for _, s in pairs], np.float32))
+
+    def info(self) -> ChannelInfo:
+        return ChannelInfo(version="fixed-1", item_count=len(self.items))
+
+
+class HangChannel(FixedChannel):
+    """Sleeps ``params.sleep_s`` (default 5) before answering."""
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        time.sleep(float(self.ctx.params.get("sleep_s", 5.0)))
+        return super().recall(query, k)
+
+    def warmup(self) -> None:
+        pass
+
+
+class BoomChannel(FixedChannel):
+    """Raises on every recall (after warm-up)."""
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        raise RuntimeError("boom: channel exploded")
+
+    def warmup(self) -> None:
+        pass
+
+
+class FailLoadChannel(FixedChannel):
+    def load(self) -> None:
+        raise FileNotFoundError("artifacts/faulty/current: missing")
+
+
+class NotAChannel:
+    """Registered as a plugin but lacks the contract."""
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        self.ctx = ctx
