@@ -13,6 +13,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("recall_engine.serve_cli", "serve recall over gRPC"),
+    "query": ("recall_engine.query_cli", "call a running server and print candidates"),
     "build": ("recall_engine.build", "build channel artifacts from interactions and items"),
     "export": ("recall_engine.exporters.cli", "export PyTorch models to ONNX with parity checks"),
     "bench": ("recall_engine.benchmarks", "benchmarks: encoders, index, load"),

@@ -1,0 +1,411 @@
+"""Fusion: merge several channels' ranked candidate lists into one list.
+
+Pure functions (numpy + stdlib), picked by name from :data:`STRATEGIES`
+(DESIGN.md, decision 4):
+
+``rrf``
+    Weighted reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009). The
+    default. Param ``rrf_k`` (positive number, default 60).
+``weighted_sum``
+    Weighted sum of per-channel normalised scores. Param ``normalization``: ``minmax``
+    (default), ``zscore``, ``dbsf`` or ``l2``.
+``quota``
+    Quota / round-robin merge: each channel fills a share of ``k`` proportional to its
+    weight. No params.
+
+Rules every strategy follows:
+
+* Only channels with a weight > 0 take part. A channel whose weight is 0, or that
+  ``weights`` does not name, is ignored entirely: it adds no candidate, no score and no
+  provenance, and its list is not even validated.
+* Candidates are deduplicated by item id; :attr:`Fused.provenance` keeps the rank and raw
+  score of *every* taking-part channel that returned a fused candidate.
+* Ties break deterministically: fused score desc, then the best (lowest) rank any channel
+  gave the item, then channel priority (the item's most preferred channel: index in
+  ``priority``, channels not in it after, then by name), then item id asc. Scores are
+  compared as the float32 values returned in :attr:`Fused.scores`, so the list is sorted
+  exactly by what the caller sees (float64 noise below float32 precision is a tie).
+* The result does not depend on the order of ``lists`` (they are processed in channel
+  priority order), never shares memory with the inputs, and inputs are never mutated.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+__all__ = ["STRATEGIES", "Fused", "FusionFn", "RankedList", "fuse", "validate_params"]
+
+
+@dataclass(slots=True, frozen=True)
+class RankedList:
+    """One channel's answer as fusion sees it.
+
+    ``item_ids`` best first, no duplicates; ``scores`` the channel's raw scores, parallel
+    to ``item_ids``, non-increasing, larger is better. A candidate's rank is its 1-based
+    position in ``item_ids``; scores are used as given (never re-sorted).
+    """
+
+    channel: str
+    item_ids: Sequence[str]
+    scores: Sequence[float] | np.ndarray
+
+
+@dataclass(slots=True, frozen=True)
+class Fused:
+    """The merged list.
+
+    ``item_ids``: at most ``k``, best first. ``scores``: float32 fused scores,
+    non-increasing (their scale depends on the strategy). ``provenance``: for every
+    channel with weight > 0 that returned at least one fused candidate,
+    ``channel -> (candidate_index, rank, raw_score)``: parallel lists, one entry per such
+    candidate in the channel's rank order; ``candidate_index`` indexes ``item_ids``,
+    ``rank`` is the channel's 1-based rank and ``raw_score`` its own score.
+    """
+
+    item_ids: list[str]
+    scores: np.ndarray
+    provenance: dict[str, tuple[list[int], list[int], list[float]]]
+
+
+@dataclass(slots=True, frozen=True)
+class _Pool:
+    """The taking-part lists mapped onto one deduplicated set of candidates."""
+
+    ids: list[str]  # union of item ids, first seen in channel order
+    channels: tuple[str, ...]  # channels with weight > 0, in channel order (priority, name)
+    weights: np.ndarray  # float64, per channel
+    cand: tuple[np.ndarray, ...]  # per channel: union index of each list position
+    scores: tuple[np.ndarray, ...]  # per channel: raw scores, float64
+    best_rank: np.ndarray  # per union item: lowest 1-based rank any channel gave it
+    best_channel: np.ndarray  # per union item: first channel (in channel order) with it
+
+
+#: A strategy: ``(pool, k, checked params) -> (union indices best first, float32 scores)``.
+FusionFn = Callable[[_Pool, int, Mapping[str, Any]], tuple[np.ndarray, np.ndarray]]
+
+
+# --------------------------------------------------------------------------- rrf
+
+
+def _rrf(pool: _Pool, k: int, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted reciprocal rank fusion (Cormack, Clarke & Büttcher, "Reciprocal Rank
+    Fusion outperforms Condorcet and individual Rank Learning Methods", SIGIR 2009).
+
+    ``score(d) = sum_c w_c / (rrf_k + rank_c(d))`` over the channels that returned ``d``
+    (rank 1-based); ``rrf_k = 60`` as in the paper. Raw scores are ignored.
+    """
+    rrf_k = float(params["rrf_k"])
+    fused = np.zeros(len(pool.ids))
+    for w, cand in zip(pool.weights, pool.cand, strict=True):
+        fused[cand] += w / (rrf_k + np.arange(1, len(cand) + 1))
+    return _order_by_score(pool, fused, k)
+
+
+# --------------------------------------------------------------------------- weighted sum
+# Each normaliser gets a non-empty float64 array already divided by its largest absolute
+# value (all four are invariant to that, and it keeps max - min, sums of squares and
+# std free of overflow). A degenerate list, where the formula would divide by zero
+# (min-max/z-score/DBSF: all scores equal, including a single item; L2: all zero), says
+# nothing about which of its items is better: every item gets 1.0, as a list's best
+# item does under min-max, so such a channel still adds its full weight and never NaN.
+
+
+def _minmax(s: np.ndarray) -> np.ndarray:
+    """Min-max: ``(s - min) / (max - min)``, in [0, 1] (Fox & Shaw, CombSUM, TREC-2 1993;
+    Lee, SIGIR 1997)."""
+    lo, hi = s.min(), s.max()
+    if hi == lo:
+        return np.ones_like(s)
+    return (s - lo) / (hi - lo)
+
+
+def _zscore(s: np.ndarray) -> np.ndarray:
+    """Z-score: ``(s - mean) / std`` (population std); may be negative, so a channel can
+    rank an item it returned below one it did not (Montague & Aslam, CIKM 2001)."""
+    if s.max() == s.min():
+        return np.ones_like(s)
+    return (s - s.mean()) / s.std()
+
+
+def _dbsf(s: np.ndarray) -> np.ndarray:
+    """Distribution-based score fusion (Mazzeschi 2023, as in Qdrant): min-max over
+    ``mean ± 3 std`` (population std), i.e. ``(s - (mean - 3 std)) / (6 std)``, clipped
+    to [0, 1] so an outlier beyond three sigma saturates instead of dominating."""
+    if s.max() == s.min():
+        return np.ones_like(s)
+    mean, std = s.mean(), s.std()
+    return np.clip((s - (mean - 3.0 * std)) / (6.0 * std), 0.0, 1.0)
+
+
+def _l2(s: np.ndarray) -> np.ndarray:
+    """L2: ``s / ||s||_2`` (keeps sign and ratios; all-equal non-zero scores are fine)."""
+    norm = math.sqrt(float(np.dot(s, s)))
+    if norm == 0.0:
+        return np.ones_like(s)
+    return s / norm
+
+
+_NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "minmax": _minmax,
+    "zscore": _zscore,
+    "dbsf": _dbsf,
+    "l2": _l2,
+}
+
+
+def _weighted_sum(pool: _Pool, k: int, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sum of normalised scores, CombSUM with weights (Fox & Shaw 1993):
+    ``score(d) = sum_c w_c * norm_c(s_c(d))`` over the channels that returned ``d``;
+    a channel that did not return ``d`` adds 0. ``norm_c`` is fitted on channel ``c``'s
+    own list (see ``_minmax``, ``_zscore``, ``_dbsf``, ``_l2``)."""
+    normalize = _NORMALIZERS[params["normalization"]]
+    fused = np.zeros(len(pool.ids))
+    for w, cand, raw in zip(pool.weights, pool.cand, pool.scores, strict=True):
+        if len(raw) == 0:
+            continue
+        scale = float(np.abs(raw).max())
+        fused[cand] += w * normalize(raw / scale if scale > 0 else raw)
+    return _order_by_score(pool, fused, k)
+
+
+# --------------------------------------------------------------------------- quota
+
+
+def _largest_remainder(weights: np.ndarray, k: int) -> np.ndarray:
+    """Split ``k`` slots in proportion to ``weights`` by largest remainders (Hamilton's
+    method); equal remainders go to the earlier entry."""
+    rel = weights / weights.max()  # keeps the sum finite for huge weights
+    share = k * rel / rel.sum()
+    seats = np.floor(share).astype(np.int64)
+    extra = min(max(k - int(seats.sum()), 0), len(seats))
+    seats[np.argsort(seats - share, kind="stable")[:extra]] += 1
+    return seats
+
+
+def _quota(pool: _Pool, k: int, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Quota / round-robin merge.
+
+    Channels are taken in weight order (weight desc, then channel priority). Each gets
+    ``q_c`` of the ``k`` slots in proportion to its weight, by largest remainders. Turns
+    interleave in proportion to the quotas: channel ``c``'s ``j``-th turn comes at
+    ``(j + 1/2) / q_c`` (Sainte-Laguë order; with equal weights this is plain round-robin
+    in weight order), and at each turn the channel takes its best not-yet-taken item. A
+    channel that runs out leaves its slots empty; they are then backfilled at the end of
+    the list from the other channels in weight order, each giving its remaining items
+    best first. Raw scores are ignored.
+
+    The fused score is set by output position: ``(k - position) / k``, 1.0 for the first
+    item, strictly decreasing, so the score tie-breaks never apply.
+    """
+    n_ch = len(pool.channels)
+    by_weight = sorted(range(n_ch), key=lambda c: (-pool.weights[c], c))
+    quotas = _largest_remainder(pool.weights[by_weight], k)
+    cands = [pool.cand[c].tolist() for c in by_weight]
+    # A channel cannot take more turns than it has items; later turns would only be skipped.
+    turns = [min(int(q), len(cl)) for q, cl in zip(quotas, cands, strict=True)]
+    who = np.repeat(np.arange(n_ch), turns)
+    j = np.arange(len(who)) - np.repeat(np.cumsum(turns) - turns, turns)
+    when = (j + 0.5) / np.repeat(np.maximum(quotas, 1), turns)
+    taken = bytearray(len(pool.ids))
+    heads = [0] * n_ch
+    picked: list[int] = []
+
+    def take(c: int) -> bool:
+        cl, h = cands[c], heads[c]
+        while h < len(cl) and taken[cl[h]]:
+            h += 1
+        heads[c] = h + 1
+        if h >= len(cl):
+            return False
+        taken[cl[h]] = 1
+        picked.append(cl[h])
+        return True
+
+    for c in who[np.lexsort((who, when))].tolist():
+        take(c)
+    for c in range(n_ch):
+        while len(picked) < k and take(c):
+            pass
+    order = np.asarray(picked[:k], dtype=np.intp)
+    scores = ((k - np.arange(len(order))) / k).astype(np.float32)
+    return order, scores
+
+
+# --------------------------------------------------------------------------- registry
+
+STRATEGIES: dict[str, FusionFn] = {
+    "rrf": _rrf,
+    "weighted_sum": _weighted_sum,
+    "quota": _quota,
+}
+
+
+def _positive_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return value
+
+
+def _normalization(value: Any) -> Any:
+    if not isinstance(value, str) or value not in _NORMALIZERS:
+        raise ValueError(f"must be one of {', '.join(sorted(_NORMALIZERS))}, got {value!r}")
+    return value
+
+
+# strategy -> param -> (default, checker that returns the value or raises ValueError)
+_PARAMS: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
+    "rrf": {"rrf_k": (60, _positive_number)},
+    "weighted_sum": {"normalization": ("minmax", _normalization)},
+    "quota": {},
+}
+assert _PARAMS.keys() == STRATEGIES.keys()
+
+
+def validate_params(strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``params`` for ``strategy`` and return them with defaults filled in.
+
+    Raises ``ValueError`` naming the offending key (``fusion_params.<key>: ...``) for an
+    unknown key or a bad value, or naming the strategy when it is unknown.
+    """
+    spec = _PARAMS.get(strategy)
+    if spec is None:
+        known = ", ".join(sorted(STRATEGIES))
+        raise ValueError(f"fusion: unknown strategy {strategy!r} (known: {known})")
+    for key in params:
+        if key not in spec:
+            known = ", ".join(sorted(spec)) or "none"
+            raise ValueError(f"fusion_params.{key}: unknown parameter for {strategy!r} "
+                             f"(known: {known})")
+    checked = {}
+    for key, (default, check) in spec.items():
+        try:
+            checked[key] = check(params.get(key, default))
+        except ValueError as e:
+            raise ValueError(f"fusion_params.{key}: {e}") from None
+    return checked
+
+
+# --------------------------------------------------------------------------- fuse
+
+
+def fuse(
+    strategy: str,
+    lists: Sequence[RankedList],
+    weights: Mapping[str, float],
+    k: int,
+    *,
+    priority: Sequence[str] = (),
+    params: Mapping[str, Any] | None = None,
+) -> Fused:
+    """Merge ``lists`` into at most ``k`` deduplicated candidates with ``strategy``.
+
+    ``weights`` maps channel -> finite weight >= 0 (missing means 0); ``priority`` lists
+    channel names, most preferred first, for tie-breaks and list processing order;
+    ``params`` are the strategy's params (see :func:`validate_params`).
+
+    Raises ``ValueError`` for an unknown strategy or bad params, ``k <= 0``, a negative,
+    NaN or infinite weight (``weights.<channel>``), a channel given twice, or a
+    taking-part list whose scores are not finite or not parallel to its ids, or whose ids
+    repeat.
+    """
+    checked = validate_params(strategy, params or {})
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
+        raise ValueError(f"k: must be a positive integer, got {k!r}")
+    pool = _build_pool(lists, weights, priority)
+    if not pool.ids:
+        return Fused([], np.zeros(0, dtype=np.float32), {})
+    order, scores = STRATEGIES[strategy](pool, int(k), checked)
+    return _assemble(pool, order, scores)
+
+
+def _check_weights(weights: Mapping[str, float]) -> None:
+    for name, w in weights.items():
+        ok = not isinstance(w, bool) and isinstance(w, numbers.Real) and math.isfinite(w)
+        if not (ok and w >= 0):
+            raise ValueError(f"weights.{name}: must be a finite number >= 0, got {w!r}")
+
+
+def _checked_scores(lst: RankedList) -> np.ndarray:
+    where = f"lists[{lst.channel!r}]"
+    # np.array copies, so nothing downstream can write into the caller's array.
+    scores = np.array(lst.scores, dtype=np.float64)
+    if scores.shape != (len(lst.item_ids),):
+        raise ValueError(f"{where}.scores: expected {len(lst.item_ids)} scores (one per "
+                         f"item id), got shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{where}.scores: must be finite")
+    if len(set(lst.item_ids)) != len(lst.item_ids):
+        raise ValueError(f"{where}.item_ids: duplicate item ids")
+    return scores
+
+
+def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
+                priority: Sequence[str]) -> _Pool:
+    _check_weights(weights)
+    names = [lst.channel for lst in lists]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"lists: channel {dup!r} given more than once")
+    rank_of = {}
+    for i, name in enumerate(priority):
+        rank_of.setdefault(name, i)
+    active = sorted((lst for lst in lists if weights.get(lst.channel, 0.0) > 0),
+                    key=lambda lst: (rank_of.get(lst.channel, len(priority)), lst.channel))
+    scores = tuple(_checked_scores(lst) for lst in active)
+    ids = list(dict.fromkeys(chain.from_iterable(lst.item_ids for lst in active)))
+    index = dict(zip(ids, range(len(ids)), strict=True))
+    cand = tuple(np.fromiter(map(index.__getitem__, lst.item_ids), np.intp, len(lst.item_ids))
+                 for lst in active)
+    best_rank = np.full(len(ids), np.iinfo(np.int64).max, dtype=np.int64)
+    best_channel = np.empty(len(ids), dtype=np.int64)
+    for c in reversed(range(len(cand))):
+        best_channel[cand[c]] = c
+        best_rank[cand[c]] = np.minimum(best_rank[cand[c]], np.arange(1, len(cand[c]) + 1))
+    return _Pool(
+        ids=ids,
+        channels=tuple(lst.channel for lst in active),
+        weights=np.array([float(weights[lst.channel]) for lst in active]),
+        cand=cand,
+        scores=scores,
+        best_rank=best_rank,
+        best_channel=best_channel,
+    )
+
+
+def _order_by_score(pool: _Pool, fused: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` union indices by (float32 score desc, best rank, channel, item id)."""
+    scores = fused.astype(np.float32)
+    keys = (pool.best_channel, pool.best_rank, -scores)
+    order = np.lexsort(keys)
+    head = order[: k + 1]
+    tied = np.ones(max(len(head) - 1, 0), dtype=bool)
+    for key in keys:
+        tied &= key[head[1:]] == key[head[:-1]]
+    if tied.any():
+        # Rare: sort item ids in Python (numpy's fixed-width strings drop trailing NULs).
+        id_rank = np.empty(len(pool.ids), dtype=np.int64)
+        id_rank[sorted(range(len(pool.ids)), key=pool.ids.__getitem__)] = np.arange(len(pool.ids))
+        order = np.lexsort((id_rank, *keys))
+    order = order[:k]
+    return order, scores[order]
+
+
+def _assemble(pool: _Pool, order: np.ndarray, scores: np.ndarray) -> Fused:
+    position = np.full(len(pool.ids), -1, dtype=np.intp)
+    position[order] = np.arange(len(order))
+    provenance = {}
+    for name, cand, raw in zip(pool.channels, pool.cand, pool.scores, strict=True):
+        pos = position[cand]
+        hit = np.flatnonzero(pos >= 0)
+        if hit.size:
+            provenance[name] = (pos[hit].tolist(), (hit + 1).tolist(), raw[hit].tolist())
+    return Fused([pool.ids[i] for i in order.tolist()], scores, provenance)

@@ -1,0 +1,39 @@
+"""Packaging guards: package list, generated stubs, a serving install without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+from tests.conftest import ROOT
+
+MAPPING = {"engine": "recall_engine", "plugins": "recall_engine.plugins",
+           "exporters": "recall_engine.exporters"}
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = set()
+    for folder, root in MAPPING.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            if "__pycache__" in rel.parts:
+                continue
+            found.add(".".join((root, *rel.parts)))
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
+
+
+def test_generated_stubs_are_up_to_date():
+    proc = subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_serving_path_does_not_import_torch():
+    code = ("import sys, recall_engine.server, recall_engine.engine, recall_engine.serve_cli;"
+            "import recall_engine.plugins.popular;"
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
