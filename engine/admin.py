@@ -11,7 +11,13 @@ from ._proto import admin_pb2_grpc as _pb_grpc
 from .channel import ItemRecord
 from .config import Config
 from .engine import Engine
-from .errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated, status_of
+from .errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    status_of,
+)
 from .logs import get_logger
 
 log = get_logger(__name__)

@@ -140,7 +140,7 @@ class Channel(abc.ABC):
     def name(self) -> str:
         return self.ctx.name
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 - optional hook
         """Read artifacts and build whatever ``recall`` needs. Called once, before any
         other call, on the engine's start-up (or reload) thread. Raise with a message
         naming the file and the problem when an artifact is missing or corrupt."""
@@ -189,5 +189,5 @@ class Channel(abc.ABC):
         to the next ``recall`` and survive a restart."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources. Called once, after the last in-flight call returned."""

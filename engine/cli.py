@@ -18,7 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("recall_engine.exporters.cli", "export PyTorch models to ONNX with parity checks"),
     "bench": ("recall_engine.benchmarks", "benchmarks: encoders, index, load"),
     "eval": ("recall_engine.evaluation.cli", "offline evaluation on a hold-out split"),
-    "tune-weights": ("recall_engine.evaluation.tune", "search fusion weights on a validation split"),
+    "tune-weights": ("recall_engine.evaluation.tune",
+                     "search fusion weights on a validation split"),
     "demo-data": ("recall_engine.data.demo", "write the synthetic demo catalogue and interactions"),
 }
 

@@ -30,7 +30,8 @@ class PluginSpec:
     dist: str           # distribution that registered it
 
 
-def discover(group: str = ENTRY_POINT_GROUP, *, blocked: Iterable[str] = ()) -> dict[str, PluginSpec]:
+def discover(group: str = ENTRY_POINT_GROUP, *,
+             blocked: Iterable[str] = ()) -> dict[str, PluginSpec]:
     """Every plugin registered in ``group``, by entry-point name.
 
     Two distributions registering the same name is an error (which one would win is

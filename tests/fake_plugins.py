@@ -7,7 +7,6 @@ import threading
 import time
 
 import numpy as np
-
 from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
 
 
@@ -17,7 +16,8 @@ class FixedChannel(Channel):
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
         self.items = list(ctx.params.get("items", []))
-        self.scores = list(ctx.params.get("scores", [1.0 / (i + 1) for i in range(len(self.items))]))
+        default = [1.0 / (i + 1) for i in range(len(self.items))]
+        self.scores = list(ctx.params.get("scores", default))
         self.calls = 0
         self._lock = threading.Lock()
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from recall_engine.artifacts import ArtifactStore
 from recall_engine.catalog import Catalog
 from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
