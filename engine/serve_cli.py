@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: ./demo)")
     p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
                    help="JSON logs (default: JSON unless stderr is a terminal)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT); Python serves "
+                        "one core per process, so use one per core (needs a fixed port)")
 
 
 def _read(args: argparse.Namespace) -> Config:
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         from .demo_build import ensure_demo
 
         ensure_demo(args.demo_dir)
+    if args.processes > 1:
+        return _run_processes(args, config)
     from .server import serve
 
     try:
@@ -61,3 +66,58 @@ def run(args: argparse.Namespace) -> int:
         log.error("startup_failed", error=str(e))
         return 1
     return 0
+
+
+def _run_processes(args: argparse.Namespace, config: Config) -> int:
+    """Start ``args.processes`` copies of this server on the same port (the kernel
+    spreads connections over them), forward SIGTERM/SIGINT/SIGHUP, wait for all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    log = get_logger("recall_engine.serve")
+    host, _, port = config.server.addr.rpartition(":")
+    if port == "0":
+        log.error("config_invalid", error="--processes needs a fixed port, not 0")
+        return 2
+    argv = [a for a in sys.argv[1:]]
+    children = []
+    for i in range(args.processes):
+        child_args = _without(argv, "--processes") + ["--processes", "1",
+                                                      "--addr", config.server.addr]
+        if config.server.metrics_addr:
+            mhost, _, mport = config.server.metrics_addr.rpartition(":")
+            child_port = int(mport) + i if int(mport) else 0
+            child_args += ["--metrics-addr", f"{mhost}:{child_port}"]
+        if not args.config and not args.artifacts:
+            child_args += ["--demo-dir", str(args.demo_dir)]
+        env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i)}
+        children.append(subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args],
+                                         env=env))
+    log.info("processes_started", count=len(children), pids=[c.pid for c in children])
+
+    def forward(signum, _frame) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    codes = [c.wait() for c in children]
+    return max(codes)
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if a.startswith(flag + "="):
+            continue
+        out.append(a)
+    return out

@@ -1,0 +1,285 @@
+"""``recall-engine bench load``: an end-to-end load test of the Recall RPC.
+
+Drives a running server (``--addr``) with grpc.aio clients, or an in-process engine
+(``--artifacts DIR --in-process``: no network, no proto work, the engine alone), at a
+fixed concurrency (closed loop) or a target rate (open loop), for a duration, with a
+request mix of known users (their real histories), users unseen in training (fresh
+histories sampled from the catalogue) and free-text queries. Reports requests/s,
+p50/p90/p99/p99.9 latency, errors by status code and per-channel latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MIXES = ("known", "unseen", "text")
+
+
+@dataclass
+class RequestPool:
+    """Pre-built requests, so the generator spends no time making them."""
+
+    requests: list = field(default_factory=list)   # (kind, RecallRequest)
+
+    @classmethod
+    def build(cls, artifacts: Path, *, mix: dict[str, float], k: int, n: int = 2000,
+              history_len: int = 20, seed: int = 0, interactions: Path | None = None
+              ) -> RequestPool:
+        from recall_engine._proto import recall_pb2
+        from recall_engine.catalog import Catalog
+
+        rng = random.Random(seed)
+        catalog = Catalog.load(artifacts / "catalog")
+        items = list(catalog)
+        ids = [it.item_id for it in items]
+        known = _known_histories(interactions, history_len) if interactions else {}
+        known_users = list(known)
+        kinds = rng.choices(list(mix), weights=list(mix.values()), k=n)
+        pool = cls()
+        for i, kind in enumerate(kinds):
+            if kind == "known" and known_users:
+                user = rng.choice(known_users)
+                req = recall_pb2.RecallRequest(user_id=user, history_item_ids=known[user], k=k)
+            elif kind == "text":
+                item = rng.choice(items)
+                text = item.title or item.text[:80]
+                req = recall_pb2.RecallRequest(user_id=f"bench-text-{i}", text=text, k=k)
+            else:
+                hist = rng.sample(ids, min(history_len, len(ids)))
+                req = recall_pb2.RecallRequest(user_id=f"bench-new-{i}", history_item_ids=hist,
+                                               k=k)
+                kind = "unseen"
+            pool.requests.append((kind, req))
+        return pool
+
+
+def _known_histories(path: Path, history_len: int) -> dict[str, list[str]]:
+    from recall_engine.data.interactions import load_interactions
+
+    data, _ = load_interactions(path, progress=False)
+    out = {}
+    for user, rows in data.by_user().items():
+        out[user] = data.item_ids[rows[-history_len:]].tolist()
+        if len(out) >= 5000:
+            break
+    return out
+
+
+@dataclass
+class Results:
+    latencies_ms: list[float] = field(default_factory=list)
+    by_kind: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: Counter = field(default_factory=Counter)
+    channel_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    channel_status: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    elapsed_s: float = 0.0
+
+    def record(self, kind: str, ms: float, resp) -> None:
+        self.latencies_ms.append(ms)
+        self.by_kind[kind].append(ms)
+        for ch in resp.channels:
+            self.channel_status[ch.channel][ch.status] += 1
+            if ch.status == 1:
+                self.channel_ms[ch.channel].append(ch.latency_ms)
+
+    def summary(self) -> dict:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        total = len(self.latencies_ms) + sum(self.errors.values())
+
+        def pct(a) -> dict[str, float]:
+            a = np.asarray(a) if len(a) else np.zeros(1)
+            return {f"p{p}": round(float(np.percentile(a, p)), 3) for p in (50, 90, 99, 99.9)}
+
+        return {
+            "requests": total, "ok": len(self.latencies_ms), "seconds": round(self.elapsed_s, 2),
+            "rps": round(len(self.latencies_ms) / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "latency_ms": pct(lat), "errors": dict(self.errors),
+            "by_kind": {k: {"n": len(v), **pct(v)} for k, v in self.by_kind.items()},
+            "channels_ms": {c: pct(v) for c, v in self.channel_ms.items()},
+            "channel_status": {c: dict(v) for c, v in self.channel_status.items()},
+        }
+
+
+async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | None,
+                 duration: float, warmup: float) -> Results:
+    """Closed loop (``concurrency`` workers back to back) or open loop (``rate``/s)."""
+    results = Results()
+    reqs = pool.requests
+    t_start = time.perf_counter()
+    t_measure = t_start + warmup
+    t_end = t_measure + duration
+    counter = 0
+
+    async def one(kind: str, req) -> None:
+        t0 = time.perf_counter()
+        try:
+            resp = await call(req)
+        except Exception as e:  # noqa: BLE001 - counted by status code
+            if t0 >= t_measure:
+                code = getattr(e, "code", lambda: None)()
+                results.errors[getattr(code, "name", type(e).__name__)] += 1
+            return
+        if t0 >= t_measure:
+            results.record(kind, (time.perf_counter() - t0) * 1000, resp)
+
+    async def worker(offset: int) -> None:
+        nonlocal counter
+        i = offset
+        while time.perf_counter() < t_end:
+            kind, req = reqs[i % len(reqs)]
+            i += concurrency
+            await one(kind, req)
+
+    if rate:
+        tasks: set[asyncio.Task] = set()
+        interval = 1.0 / rate
+        next_t = time.perf_counter()
+        while next_t < t_end:
+            now = time.perf_counter()
+            if now < next_t:
+                await asyncio.sleep(next_t - now)
+            kind, req = reqs[counter % len(reqs)]
+            counter += 1
+            task = asyncio.ensure_future(one(kind, req))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            next_t += interval
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+    else:
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    results.elapsed_s = min(time.perf_counter(), t_end) - t_measure
+    return results
+
+
+async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: float | None,
+                   duration: float, warmup: float, channels: int, timeout: float) -> Results:
+    import grpc
+    from recall_engine._proto import recall_pb2_grpc
+
+    chans = [grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+             for _ in range(channels)]
+    stubs = [recall_pb2_grpc.RecallServiceStub(c) for c in chans]
+    n = 0
+
+    async def call(req):
+        nonlocal n
+        n += 1
+        return await stubs[n % len(stubs)].Recall(req, timeout=timeout)
+
+    try:
+        return await _drive(call, pool, concurrency=concurrency, rate=rate, duration=duration,
+                            warmup=warmup)
+    finally:
+        for c in chans:
+            await c.close()
+
+
+async def run_in_process(artifacts: Path, pool: RequestPool, *, concurrency: int,
+                         rate: float | None, duration: float, warmup: float) -> Results:
+    from recall_engine.config import default_config
+    from recall_engine.engine import Engine
+    from recall_engine.requests import recall_input
+    from recall_engine.servicer import to_proto
+
+    config = default_config(artifacts.resolve())
+    engine = Engine(config)
+    await asyncio.to_thread(engine.load)
+    names = list(config.channels)
+
+    async def call(req):
+        inp = recall_input(req, config.server, names)
+        return to_proto(await engine.recall(inp))
+
+    try:
+        return await _drive(call, pool, concurrency=concurrency, rate=rate, duration=duration,
+                            warmup=warmup)
+    finally:
+        engine.close()
+
+
+def _parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        if name not in MIXES:
+            raise SystemExit(f"--mix: unknown kind {name!r} (known: {', '.join(MIXES)})")
+        mix[name] = float(share or 1)
+    return mix
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--addr", help="running server HOST:PORT")
+    p.add_argument("--artifacts", type=Path, required=True,
+                   help="artifacts folder (its catalogue feeds the request mix; with "
+                        "--in-process the engine serves it)")
+    p.add_argument("--in-process", action="store_true",
+                   help="drive an in-process engine instead of a server")
+    p.add_argument("--interactions", type=Path,
+                   help="interactions file: known users and their real histories")
+    p.add_argument("--concurrency", type=int, default=8, help="closed-loop workers")
+    p.add_argument("--rate", type=float, help="open loop: requests per second instead")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2",
+                   help="request mix shares (known, unseen, text)")
+    p.add_argument("-k", type=int, default=200)
+    p.add_argument("--history-len", type=int, default=20)
+    p.add_argument("--grpc-channels", type=int, default=4, help="client HTTP/2 connections")
+    p.add_argument("--timeout", type=float, default=2.0, help="per-call deadline, seconds")
+    p.add_argument("--json", type=Path, help="write the summary as JSON here")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    mix = _parse_mix(args.mix)
+    if not args.in_process and not args.addr:
+        raise SystemExit("give --addr HOST:PORT or --in-process")
+    if "known" in mix and not args.interactions:
+        mix.pop("known")
+        mix.setdefault("unseen", 1.0)
+    pool = RequestPool.build(args.artifacts, mix=mix, k=args.k, history_len=args.history_len,
+                             seed=args.seed, interactions=args.interactions)
+    common = dict(concurrency=args.concurrency, rate=args.rate, duration=args.duration,
+                  warmup=args.warmup)
+    if args.in_process:
+        res = asyncio.run(run_in_process(args.artifacts, pool, **common))
+    else:
+        res = asyncio.run(run_grpc(args.addr, pool, channels=args.grpc_channels,
+                                   timeout=args.timeout, **common))
+    summary = summarise(res, args)
+    print(render(summary))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def summarise(res: Results, args: argparse.Namespace) -> dict:
+    s = res.summary()
+    s["target"] = "in-process" if args.in_process else args.addr
+    s["mode"] = f"rate {args.rate}/s" if args.rate else f"concurrency {args.concurrency}"
+    s["k"] = args.k
+    return s
+
+
+def render(s: dict) -> str:
+    lat = s["latency_ms"]
+    lines = [f"target={s['target']} {s['mode']} k={s['k']} seconds={s['seconds']}",
+             f"requests/s {s['rps']}   ok {s['ok']}   errors {s['errors'] or 0}",
+             "| latency ms | p50 | p90 | p99 | p99.9 |", "|---|---|---|---|---|",
+             f"| all | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['p99.9']} |"]
+    for kind, v in s["by_kind"].items():
+        lines.append(f"| {kind} (n={v['n']}) | {v['p50']} | {v['p90']} | {v['p99']} | "
+                     f"{v['p99.9']} |")
+    for ch, v in s["channels_ms"].items():
+        lines.append(f"| channel {ch} | {v['p50']} | {v['p90']} | {v['p99']} | {v['p99.9']} |")
+    return "\n".join(lines)
