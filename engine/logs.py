@@ -31,9 +31,24 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
+
+
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is *now* (pytest and embedding
+    applications swap it), unlike a PrintLogger bound to the stream at set-up."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _StderrLoggerFactory:
+    def __call__(self, *args: object) -> _StderrLogger:
+        return _StderrLogger()
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -37,3 +37,11 @@ def test_serving_path_does_not_import_torch():
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_index_then_onnxruntime_import_order_does_not_crash():
+    # onnxruntime-gpu 1.31 segfaults when usearch's extension was loaded first;
+    # recall_engine.index loads onnxruntime first so any import order is safe.
+    code = "import recall_engine.index, usearch.compiled, onnxruntime; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
