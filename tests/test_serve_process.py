@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -51,9 +52,12 @@ class ServerProcess:
              "--log-json"], env=env, stderr=subprocess.PIPE, text=True)
         self.events: list[str] = []
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        assert self._ready.wait(60), "server did not start:\n" + "\n".join(self.events)
+        if not self._ready.wait(60) or self.port is None:
+            self.proc.kill()
+            raise AssertionError("server did not start:\n" + "\n".join(self.events))
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -65,6 +69,8 @@ class ServerProcess:
                 continue
             if event.get("event") == "server_listening":
                 self.port = int(event["addr"].rsplit(":", 1)[1])
+            if event.get("event") == "metrics_listening":
+                self.metrics_port = int(event["port"])
             if event.get("event") == "serving":
                 self._ready.set()
         self._ready.set()
@@ -90,6 +96,12 @@ def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, 
         assert health.Check(health_pb2.HealthCheckRequest()).status == \
             health_pb2.HealthCheckResponse.SERVING
         assert stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i1"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
+            metrics = r.read().decode()
+        assert 'recall_requests_total{method="Recall",status="OK"} 1.0' in metrics
+        assert 'recall_variant_requests_total{experiment="",variant="default"} 1.0' in metrics
+        assert 'recall_channel_seconds_count{channel="a",status="ok"} 1.0' in metrics
+        assert any('"variant": "default"' in e and '"recall"' in e for e in server.events)
 
         write_config(config_path, wa=0.0, sleep=1.5)
         server.proc.send_signal(signal.SIGHUP)
