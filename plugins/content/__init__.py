@@ -1,0 +1,152 @@
+"""``content``: item vectors computed from metadata alone, trained on behaviour.
+
+An item's categories, title and text words, ``Label: value`` fields and year become
+weighted terms (:mod:`.terms`, pure Python, the same at build and serve time); a small
+encoder (weighted sum of term embeddings → linear → L2 norm, :mod:`.model`) maps them
+to a vector. It is trained briefly with a contrastive objective on items co-consumed by
+the same user, so that vectors reflect behaviour, but it reads metadata only: items
+nobody has interacted with yet (brand-new ones included) get vectors as good as their
+metadata, which is this channel's point. Served with ONNX Runtime, no PyTorch.
+
+Queries: history (recency-weighted mean of stored item vectors) and/or free text (its
+words as terms, through the same encoder); see :mod:`recall_engine.vector_channel`.
+
+Params (besides :data:`~recall_engine.vector_channel.VECTOR_PARAMS`), build time:
+``dim`` (64), ``epochs`` (4), ``batch_size`` (512), ``lr`` (0.005), ``temperature``
+(0.1), ``term_dropout`` (0.1), ``window`` (3: pairs of items at most this many steps
+apart in a user's history), ``max_pairs`` (200,000, sampled once), ``max_terms`` (64 per
+item), ``min_df`` (1), ``max_train_seconds`` (60).
+
+Bundle: ``encoder/`` (``model.onnx`` + ``manifest.json``), ``vocabulary.json``,
+``index/``, ``signatures.npz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from recall_engine.channel import BuildContext, ChannelContext, ItemRecord
+from recall_engine.encoders import OnnxModel
+from recall_engine.vector_channel import (
+    VECTOR_PARAMS,
+    Param,
+    VectorChannel,
+    encode_all,
+    parse_params,
+    write_vectors,
+)
+
+from .terms import Vocabulary, item_terms, query_terms
+
+if TYPE_CHECKING:
+    from recall_engine.artifacts import Bundle
+
+ENCODER_DIR = "encoder"
+VOCABULARY_FILE = "vocabulary.json"
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+PARAMS: dict[str, Param] = {
+    **VECTOR_PARAMS,
+    "dim": Param(int, 64, _positive, "> 0"),
+    "epochs": Param(int, 4, lambda v: v >= 0, ">= 0"),
+    "batch_size": Param(int, 512, lambda v: v >= 2, ">= 2"),
+    "lr": Param(float, 0.005, _positive, "> 0"),
+    "temperature": Param(float, 0.1, _positive, "> 0"),
+    "term_dropout": Param(float, 0.1, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "window": Param(int, 3, _positive, "> 0"),
+    "max_pairs": Param(int, 200_000, _positive, "> 0"),
+    "max_terms": Param(int, 64, _positive, "> 0"),
+    "min_df": Param(int, 1, _positive, "> 0"),
+    "max_train_seconds": Param(float, 60.0, _positive, "> 0"),
+}
+
+
+class ContentChannel(VectorChannel):
+    PARAMS = PARAMS
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self._vocab: Vocabulary | None = None
+        self._model: OnnxModel | None = None
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> dict[str, Any]:
+        """Fit the vocabulary on the catalogue, train the encoder on co-consumed pairs,
+        export it, and index every item's vector (computed by the exported graph)."""
+        from .model import TrainSettings, co_consumed_pairs, export_encoder, train_encoder
+
+        p = parse_params(ctx.name, ctx.params, PARAMS)
+        items = list(ctx.catalog)
+        docs = [item_terms(it) for it in items]
+        Vocabulary.fit(docs, min_df=p["min_df"], max_terms=p["max_terms"]).save(
+            ctx.out / VOCABULARY_FILE)
+        vocab = Vocabulary.load(ctx.out / VOCABULARY_FILE)  # exactly what serving reads
+        term_ids, term_weights = vocab.featurize(docs)
+        pairs = co_consumed_pairs(ctx.interactions, {it.item_id: i for i, it in enumerate(items)},
+                                  window=p["window"], max_pairs=p["max_pairs"], seed=ctx.seed)
+        settings = TrainSettings(dim=p["dim"], epochs=p["epochs"], batch_size=p["batch_size"],
+                                 lr=p["lr"], temperature=p["temperature"],
+                                 term_dropout=p["term_dropout"],
+                                 max_seconds=p["max_train_seconds"])
+        model, stats = train_encoder(term_ids, term_weights, pairs, len(vocab), settings,
+                                     seed=ctx.seed, progress=ctx.progress)
+        manifest = export_encoder(model, ctx.out / ENCODER_DIR, seed=ctx.seed)
+        encoder = OnnxModel(ctx.out / ENCODER_DIR, device=p["device"],
+                            intra_op_threads=p["intra_op_threads"])
+        vectors = encode_all(lambda chunk: _run(encoder, vocab, [item_terms(it) for it in chunk]),
+                             items, p["dim"], progress=ctx.progress,
+                             desc=f"{ctx.name}: encoding items")
+        fields = write_vectors(ctx.out, items, vectors, dtype=p["index_dtype"])
+        build_params = {k: p[k] for k in ("dim", "epochs", "batch_size", "lr", "temperature",
+                                          "term_dropout", "window", "max_pairs", "max_terms",
+                                          "min_df", "index_dtype")}
+        return {**fields,
+                "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
+                                 "state_dict": manifest.source_hash},
+                "build_params": build_params,
+                "vocabulary": len(vocab) - 1, "training": stats}
+
+    # -- encoder hooks ---------------------------------------------------------------
+    def open_encoders(self, bundle: Bundle) -> None:
+        self._vocab = Vocabulary.load(bundle.file(VOCABULARY_FILE))
+        self._model = OnnxModel(bundle.path / ENCODER_DIR, device=self.params["device"],
+                                intra_op_threads=self.params["intra_op_threads"])
+
+    def _parts(self) -> tuple[OnnxModel, Vocabulary]:
+        if self._model is None or self._vocab is None:
+            raise RuntimeError(f"channel {self.ctx.name!r}: load() has not run")
+        return self._model, self._vocab
+
+    def encode_items(self, items: Sequence[ItemRecord]) -> np.ndarray:
+        model, vocab = self._parts()
+        return _run(model, vocab, [item_terms(it) for it in items])
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        model, vocab = self._parts()
+        return _run(model, vocab, [query_terms(t) for t in texts])
+
+    def text_is_usable(self, text: str) -> bool:
+        _, vocab = self._parts()
+        return any(term in vocab.ids for term in query_terms(text))
+
+    def warmup_encoders(self) -> None:
+        model, vocab = self._parts()
+        for batch in (1, 8, self.params["max_batch"]):
+            _run(model, vocab, [{t: 1.0 for t in vocab.terms[:16]}] * batch)
+
+    def encoder_details(self) -> dict[str, str]:
+        model, vocab = self._parts()
+        return {"encoder_file": model.path.name, "precision": model.precision,
+                "device": model.device, "providers": ",".join(model.session.get_providers()),
+                "vocabulary": str(len(vocab) - 1)}
+
+
+def _run(model: OnnxModel, vocab: Vocabulary, docs: Sequence[Mapping[str, float]]) -> np.ndarray:
+    term_ids, term_weights = vocab.featurize(docs)
+    return model.run({"term_ids": term_ids, "term_weights": term_weights})

