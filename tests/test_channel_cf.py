@@ -1,0 +1,305 @@
+"""The built-in `cf` channel: contract, known answers on the demo data, each mode alone,
+params, and serving without PyTorch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from recall_engine.catalog import Catalog
+from recall_engine.channel import ChannelContext, Query
+from recall_engine.plugins.cf import CFChannel
+from recall_engine.plugins.cf.histories import recency_weights
+from recall_engine.plugins.cf.item2item import NeighbourTable
+
+from tests.channel_contract import ChannelContract
+from tests.conftest import ROOT, build_and_load
+
+# Small and quick: the demo has 400 items and ~14k interactions.
+FAST = {"epochs": 3, "dim": 32, "sequence_length": 20, "batch_size": 256}
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory, demo_small):
+    ch = build_and_load(tmp_path_factory.mktemp("cf"), demo_small, "cf", params=FAST)
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, demo_small):
+    """``built(**params)``: a channel built and loaded once per params for the module."""
+    cache = {}
+
+    def get(**params):
+        key = json.dumps(params, sort_keys=True)
+        if key not in cache:
+            cache[key] = build_and_load(tmp_path_factory.mktemp("cf_variant"), demo_small,
+                                        "cf", params=params)
+        return cache[key]
+
+    yield get
+    for ch in cache.values():
+        ch.close()
+
+
+@pytest.fixture(scope="module")
+def item2item_only(built):
+    return built(two_tower=False)
+
+
+@pytest.fixture(scope="module")
+def two_tower_only(built):
+    return built(**FAST, item2item=False)
+
+
+def user_queries(demo, n: int = 6, length: int = 30) -> list[Query]:
+    data = demo.interactions
+    out = []
+    for user, rows in sorted(data.by_user().items())[:n]:
+        rows = rows[-length:]
+        history = tuple(data.item_ids[rows].tolist())
+        out.append(Query(user_id=user, history=history,
+                         timestamps=tuple(data.timestamps[rows].tolist()),
+                         exclude=frozenset(history)))
+    return out
+
+
+@pytest.fixture()
+def queries(demo_small):
+    return user_queries(demo_small)
+
+
+class TestCFContract(ChannelContract):
+    pass
+
+
+# -- known answers ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["ease", "cosine", "swing"])
+def test_item2item_finds_the_partner_of_a_co_consumed_pair(built, demo_small, method):
+    ch = built(two_tower=False, method=method)
+    assert ch.info().details["method"] == method
+    pairs = demo_small.co_pairs
+    found = [b in ch.recall(Query(history=(a,), exclude=frozenset({a})), 10).item_ids
+             for a, b in pairs]
+    assert all(found), [p for p, ok in zip(pairs, found, strict=True) if not ok]
+
+
+def test_combined_channel_keeps_the_pair_partner_in_its_top_10(channel, demo_small):
+    found = [b in channel.recall(Query(history=(a,), exclude=frozenset({a})), 10).item_ids
+             for a, b in demo_small.co_pairs]
+    assert sum(found) >= 0.9 * len(found)
+
+
+def popular_items_of(demo, topic: str, n: int) -> tuple[str, ...]:
+    counts = Counter(i for i in demo.interactions.item_ids.tolist()
+                     if demo.topics[i] == topic)
+    return tuple(item for item, _ in counts.most_common(n))
+
+
+@pytest.mark.parametrize("encoder", ["attention", "mean"])
+@pytest.mark.parametrize("topic", ["space", "jazz"])
+def test_two_tower_serves_an_unseen_user_from_the_request_history(built, demo_small, topic,
+                                                                   encoder):
+    ch = built(**FAST, item2item=False, encoder=encoder)
+    history = popular_items_of(demo_small, topic, 8)[::-1]
+    query = Query(user_id="never-seen-user", history=history, exclude=frozenset(history))
+    assert "never-seen-user" not in set(demo_small.interactions.user_ids.tolist())
+    assert ch.accepts(query)
+    got = ch.recall(query, 20)
+    assert len(got) == 20
+    share = np.mean([demo_small.topics[i] == topic for i in got.item_ids])
+    assert share >= 0.7, (topic, [demo_small.topics[i] for i in got.item_ids])
+
+
+def test_each_mode_alone_answers_and_reports_its_mode(item2item_only, two_tower_only,
+                                                      demo_small):
+    for ch, mode in ((item2item_only, "item2item"), (two_tower_only, "two_tower")):
+        info = ch.info()
+        assert info.details["modes"] == mode
+        assert info.item_count > 0
+        for q in user_queries(demo_small, 3):
+            assert len(ch.recall(q, 15)) == 15
+    assert item2item_only.info().details["method"] == "ease"
+    assert two_tower_only.info().details["dims"] == str(FAST["dim"])
+
+
+def test_combined_info_names_both_modes_and_the_merge(channel):
+    details = channel.info().details
+    assert details["modes"] == "item2item,two_tower"
+    assert details["merge"] == "rrf"
+    assert details["metric"] == "ip"
+
+
+def test_unknown_history_is_not_accepted_and_gets_nothing(channel):
+    assert not channel.accepts(Query())
+    assert not channel.accepts(Query(history=("no-such-item",)))
+    assert len(channel.recall(Query(history=("no-such-item",)), 10)) == 0
+
+
+def test_items_deleted_from_the_catalogue_are_not_returned(channel, demo_small):
+    query = user_queries(demo_small, 1)[0]
+    top = list(channel.recall(query, 5).item_ids)
+    catalog = channel.ctx.catalog
+    records = [catalog.get(i) for i in top]
+    catalog.delete(top)
+    try:
+        assert set(top).isdisjoint(channel.recall(query, 50).item_ids)
+        assert len(channel.recall(query, 50)) == 50
+    finally:
+        catalog.upsert([r for r in records if r is not None])
+
+
+def test_recency_weights_newest_item_weighs_most():
+    w = recency_weights(np.arange(3), 3, half_life=1.0)
+    np.testing.assert_allclose(w, [0.25, 0.5, 1.0])
+    day = 86_400
+    w = recency_weights(np.arange(2), 2, half_life=1.0, timestamps=(0, 2 * day),
+                        half_life_days=2.0)
+    np.testing.assert_allclose(w, [0.5, 1.0])
+
+
+def test_item2item_aggregation_of_50_items_takes_well_under_a_millisecond():
+    rng = np.random.default_rng(0)
+    n, per = 20_000, 200
+    table = NeighbourTable(np.arange(0, (n + 1) * per, per, dtype=np.int64),
+                           rng.integers(0, n, n * per).astype(np.int32),
+                           rng.random(n * per).astype(np.float32))
+    history = rng.choice(n, 50, replace=False)
+    weights = np.power(0.5, np.arange(50)[::-1] / 10).astype(np.float32)
+    best = float("inf")
+    for _ in range(30):
+        t0 = time.perf_counter()
+        cand, scores = table.aggregate(history, weights)
+        np.argpartition(-scores, 99)[:100]
+        best = min(best, time.perf_counter() - t0)
+    assert len(cand) > 5000
+    assert best < 1e-3
+
+
+def test_recall_batch_of_mixed_queries_keeps_their_order(channel, demo_small):
+    qs = user_queries(demo_small, 4)
+    mixed = [qs[0], Query(history=("no-such-item",)), qs[1], replace(qs[2], categories=
+             frozenset({"jazz"}))]
+    got = channel.recall_batch(mixed, 10)
+    assert [list(g.item_ids) for g in got] == [list(channel.recall(q, 10).item_ids)
+                                              for q in mixed]
+    assert len(got[1]) == 0
+
+
+# -- params and bundles ----------------------------------------------------------------
+
+def make(params: dict, artifacts=None) -> CFChannel:
+    return CFChannel(ChannelContext(name="cf", plugin="cf", params=params,
+                                    artifacts=artifacts, catalog=Catalog()))
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("neighbours", 0), ("neighbours", "many"), ("method", "svd"), ("item2item", "yes"),
+    ("ease_lambda", 0), ("half_life", -1), ("dim", 1.5), ("epochs", True),
+    ("temperature", float("nan")), ("encoder", "lstm"), ("event_weights", {"like": -1}),
+    ("two_tower_weight", -0.5), ("device", "tpu"),
+])
+def test_bad_params_are_rejected_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=rf"channels\.cf\.params\.{key}\b"):
+        make({key: value})
+
+
+def test_unknown_params_and_no_mode_are_rejected():
+    with pytest.raises(ValueError, match=r"channels\.cf\.params: unknown keys \['factors'\]"):
+        make({"factors": 64})
+    with pytest.raises(ValueError, match=r"channels\.cf\.params\.item2item"):
+        make({"item2item": False, "two_tower": False})
+
+
+def test_enabling_a_mode_the_bundle_lacks_fails_load_naming_the_file(item2item_only):
+    ch = make({}, artifacts=item2item_only.ctx.artifacts)
+    with pytest.raises(ValueError, match=r"encoder/manifest\.json: missing.*two_tower"):
+        ch.load()
+
+
+def test_two_tower_training_is_deterministic_for_a_seed(demo_small):
+    pytest.importorskip("torch")
+    from recall_engine.exporters.torch_export import state_dict_sha256
+    from recall_engine.plugins.cf import two_tower
+    from recall_engine.plugins.cf.histories import training_log
+    from recall_engine.plugins.cf.params import parse_params
+
+    data = demo_small.interactions
+    vocab, log = training_log(data.subset(np.arange(3000)))
+    params = parse_params("cf", {"epochs": 1, "dim": 8, "sequence_length": 5,
+                                 "batch_size": 64, "encoder": "attention"})
+    first = state_dict_sha256(two_tower.train(vocab, log, params, seed=3)[0])
+    again = state_dict_sha256(two_tower.train(vocab, log, params, seed=3)[0])
+    other = state_dict_sha256(two_tower.train(vocab, log, params, seed=4)[0])
+    assert first == again != other
+
+
+SERVE_WITHOUT_TORCH = """
+import importlib.abc, json, sys
+from pathlib import Path
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "scipy"):
+            raise ImportError(f"{name} is blocked: serving must not import it")
+        return None
+
+sys.meta_path.insert(0, Block())
+from recall_engine.catalog import Catalog
+from recall_engine.channel import ChannelContext, Query
+from recall_engine.plugins.cf import CFChannel
+
+artifacts, catalog, history = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+ctx = ChannelContext("cf", "cf", json.loads(sys.argv[4]), artifacts, Catalog.load(catalog))
+ch = CFChannel(ctx)
+ch.load()
+ch.warmup()
+got = ch.recall(Query(history=tuple(history), exclude=frozenset(history)), 10)
+print(json.dumps({"ids": list(got.item_ids), "torch": "torch" in sys.modules}))
+"""
+
+
+def test_serving_never_imports_torch(channel, demo_small):
+    query = user_queries(demo_small, 1)[0]
+    artifacts = channel.ctx.artifacts
+    out = subprocess.run(
+        [sys.executable, "-c", SERVE_WITHOUT_TORCH, str(artifacts),
+         str(artifacts.parent / "catalog"), json.dumps(list(query.history)),
+         json.dumps(FAST)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False
+    assert result["ids"] == list(channel.recall(query, 10).item_ids)
+
+
+@pytest.mark.parametrize("encoder", ["attention", "mean"])
+def test_exported_encoder_matches_torch_on_padded_histories(tmp_path, demo_small, encoder):
+    """The exporter's own parity check feeds all-true masks; serving pads on the left."""
+    torch = pytest.importorskip("torch")
+    from recall_engine.encoders import OnnxModel
+    from recall_engine.plugins.cf import two_tower
+    from recall_engine.plugins.cf.histories import pad_left, training_log
+    from recall_engine.plugins.cf.params import parse_params
+
+    vocab, log = training_log(demo_small.interactions.subset(np.arange(2000)))
+    params = parse_params("cf", {"epochs": 1, "dim": 8, "sequence_length": 6,
+                                 "batch_size": 64, "encoder": encoder})
+    model, _ = two_tower.train(vocab, log, params)
+    two_tower.export(model, vocab, params, tmp_path)
+    histories = [np.arange(1), np.arange(3, 7), np.arange(10), np.zeros(0, np.int64)]
+    ids, mask = pad_left(histories, 6)
+    onnx_out = OnnxModel(tmp_path / "encoder", device="cpu").run({"item_ids": ids,
+                                                                  "mask": mask})
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(onnx_out, want, atol=1e-5)
+    assert np.isfinite(onnx_out).all()
