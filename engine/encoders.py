@@ -29,6 +29,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+
 from recall_engine.exporters.manifest import ManifestError, ModelManifest, sha256_file
 
 from .logs import get_logger

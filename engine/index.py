@@ -30,8 +30,9 @@ GIL while it works, so other Python threads (gRPC, ONNX Runtime) keep running, b
 usearch calls on the same index never overlap: usearch's Python binding runs each call on
 its own worker threads numbered from 0 and indexes its per-thread search contexts by that
 number, so two concurrent calls from different Python threads would share context 0.
-A batch ``search`` still uses ``threads`` cores inside its one call; single-query
-throughput per index is one core's worth (about 1k queries/s on 1M × 384 items).
+A batch ``search`` still uses ``threads`` cores inside its one call; single queries from
+many threads queue for the index (p50 about 1 ms per query on 1M × 384 f32 items, see
+``recall-engine bench index``), so batch them where latency allows.
 
 Memory-mapped indexes (``load(..., view=True)``) are read-only: ``add`` and ``delete``
 raise :class:`ReadOnlyIndexError`. Load with ``view=False`` to take online updates.
@@ -51,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import usearch
+import onnxruntime  # noqa: F401 - must load before usearch: the reverse order segfaults
+import usearch  # noqa: I001 - (onnxruntime-gpu 1.31 + usearch 2.26, libstdc++ symbol clash)
 from usearch.index import BatchMatches, Index
 
 METRICS = ("cos", "ip", "l2sq")
@@ -208,7 +210,8 @@ class VectorIndex:
             if old:
                 self._index.remove(np.asarray(old, dtype=np.uint64))
             keys = np.fromiter((self._keys[i] for i in ids), dtype=np.uint64, count=len(ids))
-            self._index.add(keys, matrix, threads=self.threads)
+            # a pool of worker threads costs more than a few single-vector inserts
+            self._index.add(keys, matrix, threads=1 if len(keys) < 64 else self.threads)
         return len(new)
 
     def delete(self, item_ids: Collection[str]) -> int:
@@ -238,7 +241,9 @@ class VectorIndex:
         filters).
         """
         queries = self._matrix(vectors, "query")
-        if k <= 0 or len(self._keys) == 0:
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if k == 0 or len(self._keys) == 0:
             return [([], np.zeros(0, dtype=np.float32)) for _ in range(len(queries))]
         return self._search(queries, k, keep, exclude)
 
@@ -252,6 +257,10 @@ class VectorIndex:
         while len(pending):
             with self._lock:
                 size = len(self._keys)
+                if size == 0:  # everything was deleted since the last round
+                    for row in pending:
+                        results[row] = ([], np.zeros(0, dtype=np.float32))
+                    break
                 fetch = min(fetch, size)
                 # A graph search with ef = fetch computes about fetch x 2*connectivity
                 # distances (the level-0 degree); past the catalogue size, scan instead.
@@ -261,11 +270,14 @@ class VectorIndex:
                 found = self._index.search(rows, fetch, exact=exact,
                                            threads=1 if len(rows) == 1 else self.threads)
                 banned = self._banned_keys(exclude)
-                ids_by_key = self._ids
+                # Map keys to ids before letting go of the lock: delete() clears
+                # entries of self._ids in place.
+                answers = [(keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])
+                           for keys, distances, n in zip(*_columns(found), strict=True)]
             complete = fetch >= size
             still = []
-            for row, keys, distances, count in zip(pending, *_columns(found), strict=True):
-                hit = self._filter(keys[:count], distances[:count], ids_by_key, banned, keep, k)
+            for row, (keys, ids, distances) in zip(pending, answers, strict=True):
+                hit = self._filter(keys, ids, distances, banned, keep, k)
                 if len(hit[0]) >= k or complete:
                     results[row] = hit
                 else:
@@ -281,12 +293,11 @@ class VectorIndex:
         return np.fromiter((key for key in map(get, exclude) if key is not None),
                            dtype=np.uint64)
 
-    def _filter(self, keys: np.ndarray, distances: np.ndarray, ids_by_key: np.ndarray,
+    def _filter(self, keys: np.ndarray, ids: np.ndarray, distances: np.ndarray,
                 banned: np.ndarray | None, keep: Keep | None, k: int) -> Hits:
         if banned is not None and len(banned):
             allowed = ~np.isin(keys, banned)
-            keys, distances = keys[allowed], distances[allowed]
-        ids = ids_by_key[keys.astype(np.intp)]
+            ids, distances = ids[allowed], distances[allowed]
         if keep is not None and len(ids):
             mask = np.asarray(keep(ids.tolist()), dtype=bool)
             if mask.shape != ids.shape:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+
 from recall_engine.logs import get_logger
 from recall_engine.tokenizer import TextTokenizer
 

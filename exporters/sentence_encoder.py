@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from recall_engine.logs import get_logger
 from recall_engine.tokenizer import TextTokenizer
 

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from recall_engine.logs import get_logger
 
 from .manifest import MANIFEST_FILE, ModelManifest, Parity, TensorSpec, sha256_file

@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+
 from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from recall_engine._proto import admin_pb2_grpc, recall_pb2_grpc
 from recall_engine.catalog import Catalog
 from recall_engine.channel import ItemRecord

@@ -12,12 +12,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from recall_engine.catalog import Catalog
 from recall_engine.channel import ChannelContext, Query
 from recall_engine.plugins.cf import CFChannel
 from recall_engine.plugins.cf.histories import recency_weights
 from recall_engine.plugins.cf.item2item import NeighbourTable
-
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load
 

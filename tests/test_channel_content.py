@@ -11,12 +11,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from recall_engine.catalog import Catalog
 from recall_engine.channel import Channel, ItemRecord, Query
 from recall_engine.data.interactions import Interactions
 from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
 from recall_engine.registry import discover, instantiate, load_factory, resolve
-
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load
 

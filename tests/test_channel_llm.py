@@ -9,10 +9,10 @@ import threading
 from dataclasses import replace
 
 import pytest
+
 from recall_engine.catalog import Catalog
 from recall_engine.channel import Channel, ItemRecord, Query
 from recall_engine.registry import discover, instantiate, load_factory, resolve
-
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load
 

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from recall_engine.config import (
     DEFAULT_TOKEN_ENV,
     ConfigError,

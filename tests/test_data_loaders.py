@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from recall_engine.channel import ItemRecord
 from recall_engine.data.interactions import DataError, Interactions, load_interactions
 from recall_engine.data.items import load_items

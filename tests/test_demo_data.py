@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from recall_engine.cli import main
 from recall_engine.data.demo import TOPICS, make_demo, write_demo
 from recall_engine.data.interactions import load_interactions

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+
 from recall_engine._proto import recall_pb2
 from recall_engine.registry import discover
-
 from tests.conftest import ROOT
 from tests.harness import catalog_of, make_config, serve
 

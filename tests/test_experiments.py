@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from recall_engine.config import Config, load_config, parse_config
 from recall_engine.experiments import BUCKETS, Assigner, Assignment, bucket
 

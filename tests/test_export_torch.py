@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 import fixtures_models as fm  # noqa: E402
+
 from recall_engine.exporters.manifest import ManifestError, ModelManifest  # noqa: E402
 from recall_engine.exporters.torch_export import (  # noqa: E402
     ParityError,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from recall_engine.fusion import STRATEGIES, Fused, RankedList, fuse, validate_params
 
 CONFIGS = [

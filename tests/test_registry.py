@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from recall_engine.engine import Engine
 from recall_engine.registry import PluginError, discover, load_factory, resolve
-
 from tests.harness import catalog_of, make_config
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+
 from recall_engine.encoders import MicroBatcher, OnnxModel, TextEncoder, resolve_device
 from recall_engine.exporters.manifest import ManifestError, ModelManifest
 from recall_engine.exporters.sentence_encoder import SENTENCES, cosine_rows
@@ -193,6 +194,7 @@ def _tiny_model(folder: Path, *, input_name: str = "x", manifest_name: str = "x"
     """A Identity-graph model with a hand-written manifest (no PyTorch needed)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
+
     from recall_engine.exporters.manifest import Parity, TensorSpec, sha256_file
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from recall_engine._proto import recall_pb2, recall_pb2_grpc
 
+from recall_engine._proto import recall_pb2, recall_pb2_grpc
 from tests.harness import catalog_of
 
 CONFIG = """

@@ -10,9 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
 from recall_engine._proto import admin_pb2, recall_pb2
 from recall_engine.engine import Status
-
 from tests.harness import catalog_of, make_config, serve
 
 ITEMS = [f"i{n}" for n in range(1, 10)]

@@ -13,6 +13,7 @@ import importlib
 import sys
 
 BENCHMARKS: dict[str, str] = {
+    "catalog": "a synthetic N-item catalogue built into artifacts every channel serves",
     "encoders": "text encoder latency and throughput: PyTorch vs ONNX Runtime variants",
     "index": "vector index build, search throughput, latency and recall",
     "load": "end-to-end load test against a running server",

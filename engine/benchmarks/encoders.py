@@ -148,8 +148,9 @@ def _torch_encoder(source: Path | None, manifest: Any,
     """The source model in PyTorch (SDPA attention, inference mode) with the
     ``transformers`` fast tokenizer: what serving would run without ONNX."""
     import torch
-    from recall_engine.exporters.sentence_encoder import default_model_folder, load_torch_encoder
     from transformers import AutoTokenizer
+
+    from recall_engine.exporters.sentence_encoder import default_model_folder, load_torch_encoder
 
     if threads:
         torch.set_num_threads(threads)

@@ -164,6 +164,7 @@ async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | Non
 async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: float | None,
                    duration: float, warmup: float, channels: int, timeout: float) -> Results:
     import grpc
+
     from recall_engine._proto import recall_pb2_grpc
 
     chans = [grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from recall_engine.channel import (
     BuildContext,
     Candidates,

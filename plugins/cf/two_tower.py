@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from recall_engine.exporters.torch_export import export_torch
 from recall_engine.logs import get_logger
-from torch import nn
 
 from .histories import TrainingLog, Vocab
 from .params import CFParams

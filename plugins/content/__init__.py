@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from recall_engine.channel import BuildContext, ChannelContext, ItemRecord
 from recall_engine.encoders import OnnxModel
 from recall_engine.vector_channel import (

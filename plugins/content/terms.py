@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from recall_engine.channel import ItemRecord
 
 FORMAT = 1

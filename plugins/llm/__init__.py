@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from recall_engine.channel import BuildContext, ItemRecord
 from recall_engine.encoders import TextEncoder
 from recall_engine.exporters.manifest import ModelManifest

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from recall_engine.catalog import Catalog
 from recall_engine.channel import (
     BuildContext,

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+
 from recall_engine.channel import (
     Candidates,
     Channel,
