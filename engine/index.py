@@ -98,13 +98,15 @@ class VectorIndex:
     ``dim``: vector length. ``metric``: ``"cos"``, ``"ip"`` or ``"l2sq"``. ``dtype``:
     how vectors are stored, ``"f32"``, ``"f16"`` or ``"i8"`` (``i8`` needs ``cos``).
     ``connectivity``, ``expansion_add``, ``expansion_search``: HNSW's M, efConstruction
-    and ef. ``exact_below``: catalogues with fewer items are searched exactly.
+    and ef. ``exact_below``: catalogues with fewer items are searched exactly. The
+    default ef of 256 keeps recall@100 at 0.98 on 1M x 384 clustered vectors, against 0.90
+    at usearch's 64, for about 1 ms more (docs/vectors.md).
     ``threads``: cores usearch may use inside one batch add/search (0: all).
     """
 
     def __init__(self, dim: int, *, metric: str = "cos", dtype: str = "f32",
                  connectivity: int = 16, expansion_add: int = 128,
-                 expansion_search: int = 64, exact_below: int = 20_000,
+                 expansion_search: int = 256, exact_below: int = 20_000,
                  threads: int = 0) -> None:
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
