@@ -215,9 +215,17 @@ def parse_config(
     )
 
 
+DEFAULT_WEIGHTS = {"popular": 0.1, "cf": 1.0, "content": 0.25, "llm": 0.25}
+
+
 def default_config(artifacts_root: Path) -> Config:
-    """The built-in channels (popular required, cf/content/llm optional), all weight 1.0,
-    RRF fusion, no experiments: what ``serve`` runs without a config file."""
+    """The built-in channels (popular required, cf/content/llm optional), RRF fusion, no
+    experiments: what ``serve`` runs without a config file.
+
+    Weights follow ``recall-engine tune-weights`` on MovieLens 1M (docs/evaluation.md):
+    cf carries the ranking, content and llm add what cf cannot see (new items, free
+    text), and popular keeps a small weight so that it still answers (alone) for users
+    with neither history nor text."""
     data = {
         "artifacts": {"root": str(artifacts_root)},
         "channels": {
@@ -226,7 +234,7 @@ def default_config(artifacts_root: Path) -> Config:
             "content": {"required": False},
             "llm": {"required": False},
         },
-        "plan": {"fusion": DEFAULT_FUSION},
+        "plan": {"fusion": DEFAULT_FUSION, "weights": dict(DEFAULT_WEIGHTS)},
     }
     return parse_config(data, Path("."))
 

@@ -186,7 +186,7 @@ def test_default_config_has_builtin_channels_and_rrf(tmp_path):
     assert all(c.enabled for c in cfg.channels.values())
     assert cfg.channels["llm"].artifacts == tmp_path / "arts" / "llm"
     assert cfg.plan.fusion == "rrf"
-    assert set(cfg.plan.weights.values()) == {1.0}
+    assert dict(cfg.plan.weights) == {"popular": 0.1, "cf": 1.0, "content": 0.25, "llm": 0.25}
     assert cfg.experiments == () and cfg.source is None
 
 
