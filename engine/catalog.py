@@ -87,14 +87,17 @@ class Catalog:
         An empty catalogue knows nothing, so it only applies ``query.exclude``."""
         items = self._items
         exclude, cats = query.exclude, query.categories
+        # Comprehensions over `in` tests: this runs on every candidate list of every
+        # channel (and again in the engine's safety net), so it is kept loop-light.
         if not items:
             return [i not in exclude for i in item_ids]
-        out = []
-        for i in item_ids:
-            it = items.get(i)
-            out.append(it is not None and i not in exclude
-                       and (not cats or not cats.isdisjoint(it.categories)))
-        return out
+        if not cats:
+            if not exclude or exclude.isdisjoint(item_ids):
+                return list(map(items.__contains__, item_ids))
+            return [i in items and i not in exclude for i in item_ids]
+        get = items.get
+        return [(it := get(i)) is not None and i not in exclude
+                and not cats.isdisjoint(it.categories) for i in item_ids]
 
     # -- writing ---------------------------------------------------------------
     def upsert(self, items: Sequence[ItemRecord]) -> int:

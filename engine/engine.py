@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -62,10 +62,14 @@ class _Slot:
     """A loaded channel plus an in-flight counter, so a retired channel is closed only
     after its last call returned."""
 
-    __slots__ = ("config", "channel", "plugin", "_inflight", "_retired", "_lock")
+    __slots__ = ("config", "channel", "plugin", "latency_ok", "candidates", "_inflight",
+                 "_retired", "_lock")
 
     def __init__(self, config: ChannelConfig, channel: Channel, plugin: str) -> None:
         self.config, self.channel, self.plugin = config, channel, plugin
+        # labelled metric children, looked up once instead of per request
+        self.latency_ok = metrics.CHANNEL_LATENCY.labels(config.name, "ok")
+        self.candidates = metrics.CHANNEL_CANDIDATES.labels(config.name)
         self._inflight = 0
         self._retired = False
         self._lock = threading.Lock()
@@ -259,7 +263,7 @@ class Engine:
         weights = dict(plan.weights)
         if inp.weight_override:
             weights.update(inp.weight_override)
-        calls: dict[str, asyncio.Future] = {}
+        calls: list[_Call] = []
         reports: dict[str, ChannelReport] = {}
         for name in state.config.channels:
             w = weights.get(name, 0.0)
@@ -274,78 +278,190 @@ class Engine:
                 continue
             k_c = plan.channel_k.get(name, slot.config.k)
             timeout = min(slot.config.timeout_ms / 1000, max(t_end - time.perf_counter(), 0))
-            calls[name] = asyncio.ensure_future(
-                self._call(slot, inp.query, k_c, timeout, w))
+            calls.append(_Call(name, slot, k_c, w, timeout))
         lists: list[RankedList] = []
         if calls:
-            for name, (report, cands) in zip(calls, await asyncio.gather(*calls.values()),
-                                             strict=True):
-                reports[name] = report
+            await self._fan_out(calls, inp.query)
+            for call in calls:
+                report, cands = self._report(call)
+                reports[call.name] = report
                 if cands is not None and len(cands):
-                    lists.append(RankedList(name, cands.item_ids, cands.scores))
-            if all(reports[n].status == Status.TIMEOUT for n in calls):
+                    lists.append(RankedList(call.name, cands.item_ids, cands.scores))
+            if all(reports[c.name].status == Status.TIMEOUT for c in calls):
                 raise DeadlineExceeded("no channel answered within the deadline: "
-                                       + ", ".join(calls))
+                                       + ", ".join(c.name for c in calls))
         fused = fuse(plan.fusion, lists, weights, inp.k, priority=tuple(state.config.channels),
                      params=plan.fusion_params)
         ordered = tuple(reports[n] for n in state.config.channels if n in reports)
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
         return RecallOutput(fused, ordered, assignment, inp.request_id)
 
-    async def _call(self, slot: _Slot, query: Query, k: int, timeout: float, weight: float
-                    ) -> tuple[ChannelReport, Candidates | None]:
-        name = slot.config.name
+    async def _fan_out(self, calls: Sequence[_Call], query: Query) -> None:
+        """Run ``calls`` on the worker pool, all at once, and return when each one has
+        finished or passed its timeout (late ones are marked ``timed_out``; their result
+        is dropped when it comes). One event-loop wake-up per request (the last call to
+        finish) and one timer per distinct deadline, instead of a task, a future chain
+        and a timer per channel: the fan-out is on every request's path."""
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        slot.acquire()
-        fut = loop.run_in_executor(self._pool, _guarded(slot, self.catalog), query, k)
+        fan = _FanOut(loop, len(calls))
+        for call in calls:
+            call.started = time.perf_counter()
+            call.slot.acquire()
+            try:
+                self._pool.submit(_run_call, call, self.catalog, query, fan)
+            except BaseException:
+                call.slot.release()
+                raise
         try:
-            cands = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            ms = (time.perf_counter() - t0) * 1000
+            while fan.pending:
+                now = time.perf_counter()
+                due = fan.time_out(calls, now)
+                if due is None:
+                    break
+                fan.waiter = loop.create_future()
+                timer = loop.call_later(due - now, _resolve, fan.waiter)
+                try:
+                    await fan.waiter
+                finally:
+                    timer.cancel()
+                    fan.waiter = None
+        except asyncio.CancelledError:
+            fan.time_out(calls, float("inf"))   # the request is gone: drop late results
+            raise
+
+    @staticmethod
+    def _report(call: _Call) -> tuple[ChannelReport, Candidates | None]:
+        """The finished (or timed-out) ``call`` as a report, with metrics and logs."""
+        name, slot = call.name, call.slot
+        ms = (call.ended - call.started) * 1000
+        if call.timed_out:
             metrics.CHANNEL_TIMEOUTS.labels(name).inc()
             metrics.CHANNEL_LATENCY.labels(name, "timeout").observe(ms / 1000)
-            log.warning("channel_timeout", channel=name, timeout_ms=round(timeout * 1000, 1))
-            return ChannelReport(name, Status.TIMEOUT, weight, ms,
-                                 error=f"no answer within {timeout * 1000:.0f} ms"), None
-        except Exception as e:  # noqa: BLE001 - a channel's failure is reported, not raised
-            ms = (time.perf_counter() - t0) * 1000
+            log.warning("channel_timeout", channel=name,
+                        timeout_ms=round(call.timeout * 1000, 1))
+            return ChannelReport(name, Status.TIMEOUT, call.weight, ms,
+                                 error=f"no answer within {call.timeout * 1000:.0f} ms"), None
+        e = call.error
+        if e is not None:
+            if not isinstance(e, Exception):
+                raise e
             metrics.CHANNEL_ERRORS.labels(name).inc()
             metrics.CHANNEL_LATENCY.labels(name, "error").observe(ms / 1000)
             log.warning("channel_error", channel=name, error=f"{type(e).__name__}: {e}")
-            return ChannelReport(name, Status.ERROR, weight, ms,
+            return ChannelReport(name, Status.ERROR, call.weight, ms,
                                  error=f"{type(e).__name__}: {e}"), None
-        ms = (time.perf_counter() - t0) * 1000
-        metrics.CHANNEL_LATENCY.labels(name, "ok").observe(ms / 1000)
-        metrics.CHANNEL_CANDIDATES.labels(name).observe(len(cands))
-        return ChannelReport(name, Status.OK, weight, ms, len(cands)), cands
+        cands = call.result
+        assert cands is not None
+        slot.latency_ok.observe(ms / 1000)
+        slot.candidates.observe(len(cands))
+        return ChannelReport(name, Status.OK, call.weight, ms, len(cands)), cands
 
 
-def _guarded(slot: _Slot, catalog: Catalog) -> Callable[[Query, int], Candidates]:
-    """The worker-thread side of a channel call: run it, enforce the contract (known,
-    allowed, unique ids, at most k) as a safety net, release the slot."""
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One channel call of one request. The worker thread fills ``result`` or
+    ``error`` and ``ended``; the event loop may mark it ``timed_out`` first."""
 
-    def run(query: Query, k: int) -> Candidates:
-        try:
-            cands = slot.channel.recall(query, k)
-        finally:
-            slot.release()
-        ids = list(cands.item_ids)
-        mask = catalog.filter_mask(ids, query)
-        if all(mask) and len(ids) <= k and len(set(ids)) == len(ids):
-            return cands
-        seen: set[str] = set()
-        keep = []
-        for i, (item, ok) in enumerate(zip(ids, mask, strict=True)):
-            if ok and item not in seen:
-                seen.add(item)
-                keep.append(i)
-                if len(keep) == k:
-                    break
-        scores = np.asarray(cands.scores, dtype=np.float32)
-        return Candidates([ids[i] for i in keep], scores[keep])
+    name: str
+    slot: _Slot
+    k: int
+    weight: float
+    timeout: float
+    started: float = 0.0
+    ended: float = 0.0
+    result: Candidates | None = None
+    error: BaseException | None = None
+    finished: bool = False
+    timed_out: bool = False
 
-    return run
+
+class _FanOut:
+    """Bookkeeping of one request's calls in flight, shared by the event loop and the
+    worker threads: ``pending`` counts calls neither finished nor timed out (under
+    ``lock``); the call that brings it to zero wakes the loop once."""
+
+    __slots__ = ("loop", "lock", "pending", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, calls: int) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending = calls
+        self.waiter: asyncio.Future | None = None
+
+    def finish(self, call: _Call, result: Candidates | None, error: BaseException | None
+               ) -> None:
+        """Worker thread: record the outcome unless the call already timed out."""
+        ended = time.perf_counter()
+        with self.lock:
+            if call.timed_out:
+                return
+            call.result, call.error, call.ended, call.finished = result, error, ended, True
+            self.pending -= 1
+            last = self.pending == 0
+        if last:
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def time_out(self, calls: Sequence[_Call], now: float) -> float | None:
+        """Event loop: mark the unfinished calls whose deadline is ``now`` or earlier as
+        timed out; return the next deadline, or None when nothing is pending."""
+        due = None
+        with self.lock:
+            for call in calls:
+                if call.finished or call.timed_out:
+                    continue
+                deadline = call.started + call.timeout
+                if deadline <= now:
+                    call.timed_out, call.ended = True, min(now, time.perf_counter())
+                    self.pending -= 1
+                elif due is None or deadline < due:
+                    due = deadline
+        return due
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut) -> None:
+    """The worker-thread side of a channel call."""
+    try:
+        cands = _guarded(call.slot, catalog, query, call.k)
+    except BaseException as e:  # noqa: BLE001 - reported by the event loop
+        fan.finish(call, None, e)
+    else:
+        fan.finish(call, cands, None)
+
+
+def _guarded(slot: _Slot, catalog: Catalog, query: Query, k: int) -> Candidates:
+    """Run the channel, enforce the contract (known, allowed, unique ids, at most k) as
+    a safety net, release the slot."""
+    try:
+        cands = slot.channel.recall(query, k)
+    finally:
+        slot.release()
+    ids = list(cands.item_ids)
+    mask = catalog.filter_mask(ids, query)
+    if len(ids) <= k and all(mask) and len(set(ids)) == len(ids):
+        return cands
+    seen: set[str] = set()
+    keep = []
+    for i, (item, ok) in enumerate(zip(ids, mask, strict=True)):
+        if ok and item not in seen:
+            seen.add(item)
+            keep.append(i)
+            if len(keep) == k:
+                break
+    scores = np.asarray(cands.scores, dtype=np.float32)
+    return Candidates([ids[i] for i in keep], scores[keep])
 
 
 def _safe_info(channel: Channel) -> ChannelInfo:

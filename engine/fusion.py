@@ -35,7 +35,6 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -85,6 +84,12 @@ class _Pool:
     scores: tuple[np.ndarray, ...]  # per channel: raw scores, float64
     best_rank: np.ndarray  # per union item: lowest 1-based rank any channel gave it
     best_channel: np.ndarray  # per union item: first channel (in channel order) with it
+    # The same lists flattened in channel order (one NumPy call for all channels
+    # instead of one per channel): union index, 1-based rank, channel number, raw score.
+    flat_cand: np.ndarray
+    flat_rank: np.ndarray
+    flat_channel: np.ndarray
+    flat_scores: np.ndarray
 
 
 #: A strategy: ``(pool, k, checked params) -> (union indices best first, float32 scores)``.
@@ -102,9 +107,9 @@ def _rrf(pool: _Pool, k: int, params: Mapping[str, Any]) -> tuple[np.ndarray, np
     (rank 1-based); ``rrf_k = 60`` as in the paper. Raw scores are ignored.
     """
     rrf_k = float(params["rrf_k"])
-    fused = np.zeros(len(pool.ids))
-    for w, cand in zip(pool.weights, pool.cand, strict=True):
-        fused[cand] += w / (rrf_k + np.arange(1, len(cand) + 1))
+    # bincount adds each item's terms in channel order, as a per-channel loop would.
+    terms = pool.weights[pool.flat_channel] / (rrf_k + pool.flat_rank)
+    fused = np.bincount(pool.flat_cand, weights=terms, minlength=len(pool.ids))
     return _order_by_score(pool, fused, k)
 
 
@@ -361,23 +366,37 @@ def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
     active = sorted((lst for lst in lists if weights.get(lst.channel, 0.0) > 0),
                     key=lambda lst: (rank_of.get(lst.channel, len(priority)), lst.channel))
     scores = tuple(_checked_scores(lst) for lst in active)
-    ids = list(dict.fromkeys(chain.from_iterable(lst.item_ids for lst in active)))
-    index = dict(zip(ids, range(len(ids)), strict=True))
-    cand = tuple(np.fromiter(map(index.__getitem__, lst.item_ids), np.intp, len(lst.item_ids))
-                 for lst in active)
-    best_rank = np.full(len(ids), np.iinfo(np.int64).max, dtype=np.int64)
-    best_channel = np.empty(len(ids), dtype=np.int64)
-    for c in reversed(range(len(cand))):
-        best_channel[cand[c]] = c
-        best_rank[cand[c]] = np.minimum(best_rank[cand[c]], np.arange(1, len(cand[c]) + 1))
+    # Union index of every list position, items numbered in first-seen (channel) order:
+    # setdefault's default, len(index), is the next free number.
+    index: dict[str, int] = {}
+    add = index.setdefault
+    flat_cand = np.fromiter([add(i, len(index)) for lst in active for i in lst.item_ids],
+                            np.intp, sum(len(lst.item_ids) for lst in active))
+    lengths = np.fromiter((len(lst.item_ids) for lst in active), np.intp, len(active))
+    bounds = np.cumsum(lengths)
+    cand = tuple(np.split(flat_cand, bounds[:-1])) if len(active) else ()
+    flat_rank = np.arange(1, len(flat_cand) + 1, dtype=np.int64) - np.repeat(bounds - lengths,
+                                                                             lengths)
+    flat_channel = np.repeat(np.arange(len(active), dtype=np.int64), lengths)
+    best_rank = np.full(len(index), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best_rank, flat_cand, flat_rank)
+    # An item's first position in the flat lists is where the running maximum of the
+    # union indices grows (numbers are handed out in first-seen order), and the first
+    # channel to list an item is the first in channel order.
+    first = np.ones(len(flat_cand), dtype=bool)
+    first[1:] = flat_cand[1:] > np.maximum.accumulate(flat_cand)[:-1]
     return _Pool(
-        ids=ids,
+        ids=list(index),
         channels=tuple(lst.channel for lst in active),
         weights=np.array([float(weights[lst.channel]) for lst in active]),
         cand=cand,
         scores=scores,
         best_rank=best_rank,
-        best_channel=best_channel,
+        best_channel=flat_channel[first],
+        flat_cand=flat_cand,
+        flat_rank=flat_rank,
+        flat_channel=flat_channel,
+        flat_scores=np.concatenate(scores) if scores else np.zeros(0),
     )
 
 
@@ -402,10 +421,18 @@ def _order_by_score(pool: _Pool, fused: np.ndarray, k: int) -> tuple[np.ndarray,
 def _assemble(pool: _Pool, order: np.ndarray, scores: np.ndarray) -> Fused:
     position = np.full(len(pool.ids), -1, dtype=np.intp)
     position[order] = np.arange(len(order))
+    pos = position[pool.flat_cand]
+    hit = np.flatnonzero(pos >= 0)
+    # Every channel's hits at once, then cut per channel (flat lists are in channel order).
+    where = pos[hit].tolist()
+    ranks = pool.flat_rank[hit].tolist()
+    raw = pool.flat_scores[hit].tolist()
+    per_channel = np.bincount(pool.flat_channel[hit], minlength=len(pool.channels)).tolist()
     provenance = {}
-    for name, cand, raw in zip(pool.channels, pool.cand, pool.scores, strict=True):
-        pos = position[cand]
-        hit = np.flatnonzero(pos >= 0)
-        if hit.size:
-            provenance[name] = (pos[hit].tolist(), (hit + 1).tolist(), raw[hit].tolist())
+    start = 0
+    for name, n in zip(pool.channels, per_channel, strict=True):
+        if n:
+            provenance[name] = (where[start:start + n], ranks[start:start + n],
+                                raw[start:start + n])
+            start += n
     return Fused([pool.ids[i] for i in order.tolist()], scores, provenance)

@@ -1,0 +1,537 @@
+"""One evaluation run: split, build the channels on the training part, query them the
+way a ranking service would, run the baselines on the same split, compute every figure.
+
+How the engine is queried (the choice the issue leaves open):
+
+* Channels are built with :func:`recall_engine.build.build_all` on the training rows
+  only (the catalogue is complete: item metadata is not a leak) into a temporary
+  artifacts folder, and served by a real :class:`~recall_engine.engine.Engine`.
+* **Each channel alone**: the engine is switched (``Engine.reload_config``, which keeps
+  the loaded channels since their config is unchanged) to a plan that gives that
+  channel weight 1 and the others 0, and every user is sent through ``Engine.recall``
+  — the full request path: ``accepts``, the safety-net filter, fusion of one list (which
+  keeps its order). The channel's raw scores come back through the response's
+  provenance. Channel timeouts are lifted so a loaded machine can't drop lists.
+* **Every variant** (the default plan and each experiment's variants): the per-channel
+  lists are fused offline with :func:`recall_engine.fusion.fuse` exactly as
+  ``Engine.recall`` does (the variant's strategy, weights, params and per-channel k,
+  channel priority = config order). That costs one request per user and channel
+  instead of one per user, channel and variant. A parity check sends a sample of users
+  through ``Engine.recall`` under each variant's plan and counts identical lists; the
+  report carries the count.
+
+A request carries the user's training interactions as history (oldest first, newest
+last, with timestamps; at most ``server.max_history`` of the newest), excludes every
+training item of the user, and asks for ``k = max(ks)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ..build import BuiltChannel, build_all
+from ..catalog import Catalog
+from ..channel import ItemRecord, Query
+from ..config import Config, Plan, default_config
+from ..data.interactions import Interactions
+from ..engine import Engine, Status
+from ..fusion import RankedList, fuse
+from ..logs import get_logger
+from ..requests import RecallInput
+from . import baselines as bl
+from .metrics import METRICS, Truth, evaluate, ids_to_matrix, novelty_table
+from .split import Split, held_out_items, make_split, validation_split
+
+log = get_logger(__name__)
+
+__all__ = [
+    "COLD_USER_MAX",
+    "DEFAULT_BASELINES",
+    "DEFAULT_KS",
+    "EvalOptions",
+    "Served",
+    "UserSet",
+    "channel_lists",
+    "eval_config",
+    "fuse_plan",
+    "run_evaluation",
+    "serve_channels",
+    "user_set",
+    "variant_plans",
+]
+
+DEFAULT_KS = (20, 50, 100, 200)
+DEFAULT_BASELINES = ("popularity", "itemknn", "ease", "als")
+COLD_USER_MAX = 5            # "cold user": at most this many training interactions
+NO_TIMEOUT_MS = 600_000
+NO_BUILD_STEP = "plugin has no build step"   # build.build_all's reason: may still load
+PARITY_USERS = 100
+CONCURRENCY = 64
+
+
+@dataclass(slots=True, frozen=True)
+class EvalOptions:
+    """What ``recall-engine eval`` asks for (see ``cli.py`` for the flags)."""
+
+    ks: tuple[int, ...] = DEFAULT_KS
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    split: str = "temporal"
+    test_fraction: float = 0.2
+    cut_time: int | None = None
+    cut_quantile: float = 0.8
+    config: Config | None = None          # None: default_config (every built-in channel)
+    max_users: int | None = None
+    seed: int = 0
+    parity_users: int = PARITY_USERS
+    workdir: Path | None = None           # None: a temporary folder, removed afterwards
+    progress: Callable[[str], None] = field(default=lambda msg: None)
+
+
+# --------------------------------------------------------------------------- users
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class UserSet:
+    """The evaluated users of one split: ids, training histories (row indices into
+    ``split.train``, oldest first) and test items as a :class:`Truth` over ``index``."""
+
+    users: list[str]
+    histories: list[np.ndarray]
+    truth: Truth
+    item_ids: list[str]                    # item index → id (catalogue first)
+    index: dict[str, int]
+
+
+def item_universe(items: Sequence[ItemRecord], *logs: Interactions) -> list[str]:
+    """Catalogue ids in catalogue order, then ids only the logs know (sorted)."""
+    ids = [it.item_id for it in items]
+    known = set(ids)
+    extra = sorted({i for data in logs for i in data.items().tolist()} - known)
+    return ids + extra
+
+
+def user_set(split: Split, item_ids: list[str], max_users: int | None = None,
+             seed: int = 0) -> UserSet:
+    """Users with at least one test item to find (a seeded sample of ``max_users``)."""
+    sets = held_out_items(split)
+    users = sorted(sets)
+    if max_users is not None and len(users) > max_users:
+        rng = np.random.default_rng(seed)
+        users = sorted(rng.choice(np.asarray(users), max_users, replace=False).tolist())
+    index = {i: n for n, i in enumerate(item_ids)}
+    by_user = split.train.by_user()
+    empty = np.zeros(0, dtype=np.intp)
+    return UserSet(
+        users=users,
+        histories=[by_user.get(u, empty) for u in users],
+        truth=Truth.from_sets([{index[i] for i in sets[u]} for u in users]),
+        item_ids=item_ids,
+        index=index,
+    )
+
+
+def make_queries(train: Interactions, us: UserSet, max_history: int) -> list[Query]:
+    """One request per user as a ranking service would send it (see module doc)."""
+    items, stamps = train.item_ids, train.timestamps
+    events = train.events
+    out = []
+    for user, rows in zip(us.users, us.histories, strict=True):
+        recent = rows[-max_history:] if max_history else rows[:0]
+        out.append(Query(
+            user_id=user,
+            history=tuple(items[recent].tolist()),
+            events=() if events is None else tuple(events[recent].tolist()),
+            timestamps=tuple(stamps[recent].tolist()) if train.has_timestamps else (),
+            exclude=frozenset(items[rows].tolist()),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def eval_config(config: Config, artifacts_root: Path, ks: Sequence[int]) -> Config:
+    """``config`` re-pointed at ``artifacts_root`` (every channel's current version),
+    with timeouts lifted and ``max_k`` large enough for ``ks``."""
+    channels = {name: replace(cc, artifacts=artifacts_root / name, version=None,
+                              timeout_ms=NO_TIMEOUT_MS)
+                for name, cc in config.channels.items()}
+    server = replace(config.server, request_timeout_ms=NO_TIMEOUT_MS, metrics_addr=None,
+                     max_k=max(config.server.max_k, *ks))
+    return replace(config, artifacts_root=artifacts_root, server=server,
+                   channels=MappingProxyType(channels))
+
+
+def variant_plans(config: Config) -> dict[str, Plan]:
+    """``default`` plus ``<experiment>/<variant>`` for every variant in the config."""
+    plans = {"default": config.plan}
+    for exp in config.experiments:
+        for v in exp.variants:
+            plans[f"{exp.name}/{v.name}"] = v.plan
+    return plans
+
+
+def _single_plan(config: Config, name: str, k: int) -> Plan:
+    return Plan(fusion="rrf",
+                weights=MappingProxyType({n: float(n == name) for n in config.plan.weights}),
+                channel_k=MappingProxyType(dict.fromkeys(config.plan.weights, k)),
+                fusion_params=MappingProxyType({}))
+
+
+@dataclass(slots=True, eq=False)
+class Served:
+    """Channels built on one training log and loaded by an engine."""
+
+    engine: Engine
+    config: Config
+    built: list[BuiltChannel]
+    loaded: list[str]
+    build_seconds: float
+    load_seconds: float
+
+
+@contextlib.contextmanager
+def serve_channels(train: Interactions, items: Sequence[ItemRecord], config: Config,
+                   ks: Sequence[int], *, workdir: Path | None = None, seed: int = 0
+                   ) -> Iterator[Served]:
+    """Build every enabled channel on ``train`` into ``workdir/artifacts`` (a temporary
+    folder by default) and load them in an engine; close it on exit."""
+    with contextlib.ExitStack() as stack:
+        root = Path(workdir) if workdir else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="recall-eval-")))
+        artifacts = (root / "artifacts").resolve()
+        cfg = eval_config(config, artifacts, ks)
+        t0 = time.perf_counter()
+        built = [_build_one(train, items, artifacts, cfg, name, seed)
+                 for name in cfg.enabled_channels()]
+        t1 = time.perf_counter()
+        # A channel whose build failed has nothing to load: leave it out up front.
+        cfg = _disable(cfg, [b.channel for b in built
+                             if b.version is None and b.skipped != NO_BUILD_STEP])
+        engine = Engine(cfg, catalog=Catalog.load(artifacts / "catalog"))
+        engine.load()
+        stack.callback(engine.close)
+        loaded = [c.name for c, _ in engine.channel_infos()]
+        # ...and so is one that failed to load, so that plan switches don't retry it.
+        cfg = _disable(cfg, [n for n in cfg.enabled_channels() if n not in loaded])
+        yield Served(engine, cfg, built, loaded, t1 - t0, time.perf_counter() - t1)
+
+
+def _build_one(train: Interactions, items: Sequence[ItemRecord], artifacts: Path,
+               cfg: Config, name: str, seed: int) -> BuiltChannel:
+    """Build one channel; an optional channel's failure of any kind is recorded (the
+    evaluation goes on with the others), a required one's is raised."""
+    t0 = time.perf_counter()
+    try:
+        return build_all(train, items, artifacts, cfg, channels=[name], seed=seed)[0]
+    except Exception as e:
+        if cfg.channels[name].required:
+            raise
+        log.error("eval_build_failed", channel=name, error=f"{type(e).__name__}: {e}")
+        return BuiltChannel(name, None, time.perf_counter() - t0, None,
+                            f"build failed: {type(e).__name__}: {e}")
+
+
+def _disable(cfg: Config, names: Sequence[str]) -> Config:
+    if not names:
+        return cfg
+    channels = {n: replace(cc, enabled=False) if n in names else cc
+                for n, cc in cfg.channels.items()}
+    return replace(cfg, channels=MappingProxyType(channels))
+
+
+def _plan_config(config: Config, plan: Plan) -> Config:
+    return replace(config, plan=plan, experiments=())
+
+
+async def _recall_all(engine: Engine, queries: Sequence[Query], k: int,
+                      concurrency: int = CONCURRENCY) -> list[Any]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(n: int, q: Query) -> Any:
+        async with gate:
+            return await engine.recall(RecallInput(q, k, f"eval-{n}"))
+
+    return await asyncio.gather(*(one(n, q) for n, q in enumerate(queries)))
+
+
+def channel_lists(served: Served, queries: Sequence[Query], k: int
+                  ) -> tuple[dict[str, list[RankedList]], dict[str, dict[str, int]]]:
+    """Every loaded channel's list (ids and raw scores) per query, through the engine,
+    and per channel the count of each request status (OK, SKIPPED, ERROR...)."""
+    out: dict[str, list[RankedList]] = {}
+    statuses: dict[str, dict[str, int]] = {}
+    try:
+        for name in served.loaded:
+            served.engine.reload_config(_plan_config(served.config,
+                                                     _single_plan(served.config, name, k)))
+            results = asyncio.run(_recall_all(served.engine, queries, k))
+            lists, counts = [], {s.name: 0 for s in Status}
+            for res in results:
+                counts[next(r.status for r in res.reports if r.channel == name).name] += 1
+                ids_idx, _, raw = res.fused.provenance.get(name, ([], [], []))
+                lists.append(RankedList(name, [res.fused.item_ids[i] for i in ids_idx],
+                                        np.asarray(raw, dtype=np.float32)))
+            out[name] = lists
+            statuses[name] = {s: n for s, n in counts.items() if n}
+    finally:
+        served.engine.reload_config(served.config)
+    return out, statuses
+
+
+def fuse_plan(plan: Plan, per_channel: Mapping[str, Sequence[RankedList]], n: int, k: int,
+              priority: Sequence[str]) -> list[str]:
+    """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it."""
+    lists = []
+    for name, w in plan.weights.items():
+        if w <= 0 or name not in per_channel:
+            continue
+        lst = per_channel[name][n]
+        depth = plan.channel_k.get(name, len(lst.item_ids))
+        if len(lst.item_ids):
+            lists.append(RankedList(name, lst.item_ids[:depth], lst.scores[:depth]))
+    fused = fuse(plan.fusion, lists, dict(plan.weights), k, priority=priority,
+                 params=plan.fusion_params)
+    return fused.item_ids
+
+
+def parity_check(served: Served, plans: Mapping[str, Plan], queries: Sequence[Query],
+                 fused: Mapping[str, list[list[str]]], k: int, sample: int, seed: int
+                 ) -> dict[str, dict[str, int]]:
+    """Send ``sample`` users through ``Engine.recall`` under each plan and count the
+    lists identical to the offline fusion."""
+    if not queries or sample <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(queries), min(sample, len(queries)), replace=False).tolist())
+    out = {}
+    try:
+        for name, plan in plans.items():
+            served.engine.reload_config(_plan_config(served.config, plan))
+            results = asyncio.run(_recall_all(served.engine, [queries[i] for i in picked], k))
+            same = sum(res.fused.item_ids == fused[name][i]
+                       for res, i in zip(results, picked, strict=True))
+            out[name] = {"users": len(picked), "identical": int(same)}
+    finally:
+        served.engine.reload_config(served.config)
+    return out
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def run_baselines(names: Sequence[str], split: Split, us: UserSet, k: int, main_k: int,
+                  seed: int, max_users: int | None, progress: Callable[[str], None]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Fit every baseline on ``split.train``; recommendations for ``us`` and, per
+    baseline, its parameters and timings (EASE's λ tuned on the validation split)."""
+    users_all = sorted(set(split.train.users().tolist()) | set(us.users))
+    uidx = {u: n for n, u in enumerate(users_all)}
+    x = bl.interaction_matrix(split.train, uidx, us.index)
+    hist = x[np.asarray([uidx[u] for u in us.users], dtype=np.int64)]
+    recs: dict[str, np.ndarray] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if name == "ease":
+            lam, grid = _tune_ease(split, us, main_k, seed, max_users)
+            model: bl.Baseline = bl.EASE(lam)
+            extra = {"lambda_grid_recall": {str(g): round(r, 5) for g, r in grid.items()},
+                     "tuned_on": f"validation split, recall@{main_k}"}
+        elif name == "als":
+            model = bl.ALS(seed=seed)
+        else:
+            model = bl.make_baseline(name)
+        model.fit(x)
+        t1 = time.perf_counter()
+        recs[name] = model.recommend(hist, k)
+        t2 = time.perf_counter()
+        info[name] = {"params": model.params(), **extra,
+                      "fit_seconds": round(t1 - t0, 2), "recommend_seconds": round(t2 - t1, 2)}
+        progress(f"baseline {name}: {t2 - t0:.1f} s")
+    return recs, info
+
+
+def _tune_ease(split: Split, us: UserSet, k: int, seed: int, max_users: int | None
+               ) -> tuple[float, dict[float, float]]:
+    val = validation_split(split)
+    vus = user_set(val, us.item_ids, max_users, seed)
+    if not vus.users:
+        return bl.EASE().lam, {}
+    users_all = sorted(set(val.train.users().tolist()) | set(vus.users))
+    uidx = {u: n for n, u in enumerate(users_all)}
+    x = bl.interaction_matrix(val.train, uidx, vus.index)
+    hist = x[np.asarray([uidx[u] for u in vus.users], dtype=np.int64)]
+    return bl.tune_ease(x, hist, vus.truth, k)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _slices(split: Split, us: UserSet) -> dict[str, tuple[np.ndarray, Truth]]:
+    """Cold users (≤ COLD_USER_MAX training rows) and cold items (test items that no
+    training row has: the truth restricted to them, users with at least one)."""
+    n_train = np.asarray([len(h) for h in us.histories], dtype=np.int64)
+    cold_users = np.flatnonzero(n_train <= COLD_USER_MAX)
+    seen = {us.index[i] for i in split.train.items().tolist() if i in us.index}
+    sizes = us.truth.sizes
+    rows, sets = [], []
+    for u in range(len(us.users)):
+        items = us.truth.items[us.truth.offsets[u]:us.truth.offsets[u] + sizes[u]]
+        cold = [i for i in items.tolist() if i not in seen]
+        if cold:
+            rows.append(u)
+            sets.append(cold)
+    return {
+        "cold_users": (cold_users, us.truth.rows(cold_users)),
+        "cold_items": (np.asarray(rows, dtype=np.int64), Truth.from_sets(sets)),
+    }
+
+
+Recs = dict[str, tuple[str, np.ndarray]]      # system -> (kind, (users, kmax) item indices)
+
+
+def run_evaluation(interactions: Interactions, items: Sequence[ItemRecord],
+                   options: EvalOptions) -> dict[str, Any]:
+    """The whole run; returns the JSON-ready result that ``report.py`` renders."""
+    started = time.perf_counter()
+    ks = tuple(sorted(set(options.ks)))
+    main_k = 100 if 100 in ks else ks[-1]
+    config = options.config or default_config(Path("artifacts"))
+    split = make_split(interactions, options.split,  # type: ignore[arg-type]
+                       test_fraction=options.test_fraction, cut_time=options.cut_time,
+                       quantile=options.cut_quantile)
+    us = user_set(split, item_universe(items, interactions), options.max_users, options.seed)
+    options.progress(f"split {split.kind}: {len(split.train)} train / {len(split.test)} test "
+                     f"rows, {len(us.users)} users evaluated")
+    timings: dict[str, float] = {"split_seconds": round(time.perf_counter() - started, 2)}
+    recs, systems, channels = _evaluate_engine(split, items, config, us, ks, options, timings)
+    t0 = time.perf_counter()
+    base_recs, base_info = run_baselines(options.baselines, split, us, ks[-1], main_k,
+                                         options.seed, options.max_users, options.progress)
+    timings["baselines_seconds"] = round(time.perf_counter() - t0, 2)
+    for name, m in base_recs.items():
+        recs[name] = ("baseline", m)
+        systems[name] = {"kind": "baseline", **base_info[name]}
+    t0 = time.perf_counter()
+    overall, slices = _score(recs, systems, split, us, ks)
+    timings["metrics_seconds"] = round(time.perf_counter() - t0, 2)
+    timings["total_seconds"] = round(time.perf_counter() - started, 2)
+    return {
+        "protocol": {
+            "split": split.describe(), "ks": list(ks), "main_k": main_k,
+            "evaluated_users": len(us.users), "test_items": int(len(us.truth.items)),
+            "catalog_items": len(us.item_ids), "max_users": options.max_users,
+            "seed": options.seed,
+            "relevance": "binary: every interaction counts (ratings as implicit feedback)",
+            "exclude": "every training item of the user",
+            "cold_user_max_train_interactions": COLD_USER_MAX,
+        },
+        "channels": channels,
+        "systems": overall,
+        "slices": slices,
+        "timings": timings,
+        "machine": machine(),
+        "metrics": list(METRICS),
+    }
+
+
+def _evaluate_engine(split: Split, items: Sequence[ItemRecord], config: Config, us: UserSet,
+                     ks: tuple[int, ...], options: EvalOptions, timings: dict[str, float]
+                     ) -> tuple[Recs, dict[str, dict[str, Any]], dict[str, Any]]:
+    """Build and serve the channels; every channel's and variant's top ``max(ks)``."""
+    kmax = ks[-1]
+    plans = variant_plans(config)
+    depth = max(kmax, *(k for p in plans.values() for k in p.channel_k.values()))
+    recs: Recs = {}
+    systems: dict[str, dict[str, Any]] = {}
+    with serve_channels(split.train, items, config, ks, workdir=options.workdir,
+                        seed=options.seed) as served:
+        timings["build_seconds"] = round(served.build_seconds, 2)
+        timings["load_seconds"] = round(served.load_seconds, 2)
+        options.progress("built: " + ", ".join(
+            f"{b.channel} ({b.seconds:.0f} s)" if b.version else f"{b.channel} skipped"
+            for b in served.built))
+        queries = make_queries(split.train, us, served.config.server.max_history)
+        t0 = time.perf_counter()
+        per_channel, statuses = channel_lists(served, queries, depth)
+        timings["channel_query_seconds"] = round(time.perf_counter() - t0, 2)
+        options.progress(f"queried {len(served.loaded)} channels in "
+                         f"{timings['channel_query_seconds']} s")
+        for name, lists in per_channel.items():
+            recs[name] = ("channel", ids_to_matrix([lst.item_ids for lst in lists],
+                                                   us.index, kmax))
+            systems[name] = {"kind": "channel", "statuses": statuses[name]}
+        t0 = time.perf_counter()
+        priority = tuple(served.config.channels)
+        fused = {name: [fuse_plan(plan, per_channel, n, kmax, priority)
+                        for n in range(len(queries))] for name, plan in plans.items()}
+        for name, plan in plans.items():
+            recs[f"fused:{name}"] = ("variant", ids_to_matrix(fused[name], us.index, kmax))
+            systems[f"fused:{name}"] = {"kind": "variant", "plan": _plan_json(plan)}
+        timings["fusion_seconds"] = round(time.perf_counter() - t0, 2)
+        parity = parity_check(served, plans, queries, fused, kmax, options.parity_users,
+                              options.seed)
+    built = [{"channel": b.channel, "version": b.version, "seconds": round(b.seconds, 2),
+              "items": b.item_count, "skipped": b.skipped} for b in served.built]
+    return recs, systems, {"built": built, "loaded": list(served.loaded),
+                           "engine_parity": parity}
+
+
+def _score(recs: Recs, systems: dict[str, dict[str, Any]], split: Split, us: UserSet,
+           ks: Sequence[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every metric of every system, overall and per slice."""
+    train_u = np.unique(split.train.user_ids, return_inverse=True)[1]
+    train_i = np.fromiter((us.index.get(i, -1) for i in split.train.item_ids.tolist()),
+                          dtype=np.int64, count=len(split.train))
+    known = train_i >= 0
+    selfinfo = novelty_table(train_u[known], train_i[known], len(us.item_ids))
+    n_catalog = len(us.item_ids)
+    slices = _slices(split, us)
+    overall: dict[str, Any] = {}
+    by_slice: dict[str, Any] = {
+        s: {"users": len(rows), "test_items": int(len(truth.items)), "systems": {}}
+        for s, (rows, truth) in slices.items()}
+    for name, (kind, m) in recs.items():
+        overall[name] = {**systems[name], "metrics": _metrics_json(
+            evaluate(m, us.truth, ks, n_catalog, selfinfo))}
+        for s, (rows, truth) in slices.items():
+            if len(rows):
+                by_slice[s]["systems"][name] = {"kind": kind, "metrics": _metrics_json(
+                    evaluate(m[rows], truth, ks, n_catalog, selfinfo))}
+    return overall, by_slice
+
+
+def _metrics_json(m: Mapping[int, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    return {str(k): {name: (None if np.isnan(v) else round(float(v), 6))
+                     for name, v in row.items()} for k, row in m.items()}
+
+
+def _plan_json(plan: Plan) -> dict[str, Any]:
+    return {"fusion": plan.fusion, "weights": dict(plan.weights),
+            "channel_k": dict(plan.channel_k), "fusion_params": dict(plan.fusion_params)}
+
+
+def machine() -> dict[str, Any]:
+    """Where the run happened, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh
+                        if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus_usable": bl._cpus(), "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform()}

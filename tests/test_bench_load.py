@@ -1,0 +1,90 @@
+"""Smoke test of the serving benchmarks: ``bench catalog`` at a tiny N writes artifacts
+that every built-in channel serves, and ``bench load --in-process`` drives them for about
+a second without errors. No timing assertions: timed targets belong to the benchmarks
+themselves (docs/performance.md), not to tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recall_engine.cli import main
+
+CHANNELS = ("popular", "cf", "content", "llm")
+OK, ERROR = "1", "3"  # ChannelStatus values, as JSON object keys
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory: pytest.TempPathFactory, minilm_onnx: Path) -> Path:
+    """500 items, built with both shortcuts on (a sampled cf two-tower log and synthetic
+    llm vectors around 100 MiniLM-embedded items), so both code paths run."""
+    out = tmp_path_factory.mktemp("bench") / "catalog"
+    code = main(["bench", "catalog", "--items", "500", "--out", str(out), "--seed", "3",
+                 "--llm-real", "100", "--cf-train-samples", "500",
+                 "--llm-model-dir", str(minilm_onnx), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_bench_catalog_builds_every_channel_and_records_what_is_synthetic(catalog_dir):
+    report = json.loads((catalog_dir / "bench_catalog.json").read_text())
+    assert report["items"] == 500 and report["users"] == 100 and report["interactions"] > 0
+    assert set(report["seconds"]) >= {"generate", *CHANNELS, "total_build"}
+    for name in CHANNELS:
+        version = (catalog_dir / name / "current").read_text().strip()
+        manifest = json.loads((catalog_dir / name / version / "manifest.json").read_text())
+        assert manifest["channel"] == name
+    assert "synthetic" in report["llm"] and "sample of users" in report["cf"]
+    llm_version = (catalog_dir / "llm" / "current").read_text().strip()
+    llm = json.loads((catalog_dir / "llm" / llm_version / "manifest.json").read_text())
+    synthetic = llm["build_params"]["synthetic_vectors"]
+    assert synthetic["real_items"] + synthetic["synthetic_items"] == llm["item_count"] == 500
+    header = (catalog_dir / "data" / "sample_interactions.csv").read_text().splitlines()[0]
+    assert header == "user_id,item_id,timestamp,weight,event"
+
+
+def test_bench_load_in_process_serves_every_channel_without_errors(catalog_dir, tmp_path):
+    config = tmp_path / "load.toml"
+    config.write_text(f"""
+[artifacts]
+root = "{catalog_dir}"
+[channels.popular]
+required = true
+k = 30
+[channels.cf]
+k = 30
+[channels.content]
+k = 30
+[channels.llm]
+k = 30
+""")
+    out = tmp_path / "summary.json"
+    code = main(["bench", "load", "--in-process", "--config", str(config),
+                 "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
+                 "--concurrency", "2", "--duration", "1", "--warmup", "0.3", "-k", "50",
+                 "--json", str(out)])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert {"requests", "ok", "seconds", "rps", "latency_ms", "errors", "by_kind",
+            "channels_ms", "channel_status", "target", "mode", "k"} <= set(summary)
+    assert summary["errors"] == {}
+    assert summary["ok"] == summary["requests"] > 0
+    assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "p99.9"}
+    assert set(summary["by_kind"]) <= {"known", "unseen", "text"}
+    assert summary["target"] == "in-process" and summary["k"] == 50
+    for name in CHANNELS:
+        status = summary["channel_status"][name]
+        assert status.get(OK, 0) > 0 and ERROR not in status, (name, status)
+
+
+def test_stage_benchmark_times_every_stage(catalog_dir):
+    from recall_engine.benchmarks.load import RequestPool, stage_benchmark
+
+    pool = RequestPool.build(catalog_dir, mix={"unseen": 0.7, "text": 0.3}, k=50, n=40)
+    stages = stage_benchmark(catalog_dir, pool, rounds=20)
+    assert {"decode", "validate", "assign", "fusion", "response encode"} <= set(stages)
+    assert any(s.startswith("channel ") for s in stages)
+    for v in stages.values():
+        assert {"n", "mean", "p50", "p99", "cpu_mean"} <= set(v) and v["n"] > 0
