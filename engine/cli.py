@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "query": ("recall_engine.query_cli", "call a running server and print candidates"),
     "build": ("recall_engine.build", "build channel artifacts from interactions and items"),
     "export": ("recall_engine.exporters.cli", "export PyTorch models to ONNX with parity checks"),
-    "bench": ("recall_engine.benchmarks", "benchmarks: encoders, index, load"),
+    "bench": ("recall_engine.benchmarks", "benchmarks: encoders, index, catalog, load"),
     "eval": ("recall_engine.evaluation.cli", "offline evaluation on a hold-out split"),
     "tune-weights": ("recall_engine.evaluation.tune",
                      "search fusion weights on a validation split"),

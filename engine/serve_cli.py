@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         log.error("config_invalid", error=str(e))
         return 2
+    configure(level=config.server.log_level, json=args.log_json)
     if not args.config and not args.artifacts:
         from .demo_build import ensure_demo
 
