@@ -246,23 +246,13 @@ def build_llm(ctx: Any, groups: np.ndarray, real: int, seed: int) -> dict[str, A
     """What ``LLMChannel.build`` does, with MiniLM run on ``real`` items only and
     synthetic vectors for the others (see the module docstring)."""
     from recall_engine.plugins.llm import (
-        BUILD_BATCH,
         ENCODER_DIR,
-        PARAMS,
+        build_encoder,
         item_text,
-        open_text_encoder,
-        prepare_encoder,
     )
-    from recall_engine.vector_channel import encode_all, parse_params, write_vectors
+    from recall_engine.vector_channel import encode_all, write_vectors
 
-    params = parse_params(ctx.name, ctx.params, PARAMS)
-    variants = list(params["variants"] if params["variants"] is not None else
-                    (["int8"] if params["precision"] == "int8" else []))
-    folder = ctx.out / ENCODER_DIR
-    manifest = prepare_encoder(folder, params["model_dir"], params["source"], variants)
-    max_tokens = params["item_max_tokens"]
-    encoder = open_text_encoder(folder, {**params, "max_batch": BUILD_BATCH}, max_tokens,
-                                precision="fp32")
+    params, manifest, encoder = build_encoder(ctx)
     items = list(ctx.catalog)
     rng = np.random.default_rng(seed)
     real_rows = stratified_sample(groups, real, rng)
@@ -282,7 +272,8 @@ def build_llm(ctx: Any, groups: np.ndarray, real: int, seed: int) -> dict[str, A
     return {**fields,
             "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
                              "source_weights": manifest.source_hash},
-            "build_params": {"item_max_tokens": max_tokens, "variants": variants,
+            "build_params": {"item_max_tokens": params["item_max_tokens"],
+                             "variants": params["variants"],
                              "model_dir": params["model_dir"] or "",
                              "index_dtype": params["index_dtype"],
                              "encoder_file": encoder.model.path.name,

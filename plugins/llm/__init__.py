@@ -131,6 +131,21 @@ def prepare_encoder(folder: Path, model_dir: str | None, source: str | None,
     return manifest
 
 
+def build_encoder(ctx: BuildContext) -> tuple[dict[str, Any], ModelManifest, TextEncoder]:
+    """Export (or copy) the encoder into ``ctx.out/encoder`` and open it for embedding
+    items. Items are embedded in fp32 whatever precision serving uses: int8 queries
+    against fp32 items lose less than int8 on both sides. The returned params have
+    ``variants`` resolved."""
+    params = parse_params(ctx.name, ctx.params, PARAMS)
+    variants = list(params["variants"] if params["variants"] is not None else
+                    (["int8"] if params["precision"] == "int8" else []))
+    folder = ctx.out / ENCODER_DIR
+    manifest = prepare_encoder(folder, params["model_dir"], params["source"], variants)
+    encoder = open_text_encoder(folder, {**params, "max_batch": BUILD_BATCH},
+                                params["item_max_tokens"], precision="fp32")
+    return {**params, "variants": variants}, manifest, encoder
+
+
 class LLMChannel(VectorChannel):
     PARAMS = PARAMS
 
@@ -142,16 +157,7 @@ class LLMChannel(VectorChannel):
     def build(cls, ctx: BuildContext) -> dict[str, Any]:
         """Export (or copy) the encoder into ``ctx.out/encoder`` and index every
         catalogue item's embedding."""
-        params = parse_params(ctx.name, ctx.params, PARAMS)
-        variants = list(params["variants"] if params["variants"] is not None else
-                        (["int8"] if params["precision"] == "int8" else []))
-        folder = ctx.out / ENCODER_DIR
-        manifest = prepare_encoder(folder, params["model_dir"], params["source"], variants)
-        max_tokens = params["item_max_tokens"]
-        # Items are embedded in fp32 whatever precision serving uses: int8 queries
-        # against fp32 items lose less than int8 on both sides.
-        encoder = open_text_encoder(folder, {**params, "max_batch": BUILD_BATCH}, max_tokens,
-                                    precision="fp32")
+        params, manifest, encoder = build_encoder(ctx)
         items = list(ctx.catalog)
         started = time.perf_counter()
         vectors = encode_all(lambda chunk: encoder.encode([item_text(it) for it in chunk]),
@@ -163,7 +169,8 @@ class LLMChannel(VectorChannel):
         return {**fields,
                 "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
                                  "source_weights": manifest.source_hash},
-                "build_params": {"item_max_tokens": max_tokens, "variants": variants,
+                "build_params": {"item_max_tokens": params["item_max_tokens"],
+                             "variants": params["variants"],
                                  "model_dir": params["model_dir"] or "",
                                  "index_dtype": params["index_dtype"],
                                  "encoder_file": encoder.model.path.name}}
