@@ -99,3 +99,15 @@ def build_and_load(tmp_root: Path, demo, name: str, plugin: str | None = None,
     ctx = ChannelContext(name=name, plugin=plugin, params=cc.params, artifacts=cc.artifacts,
                          catalog=Catalog.load(tmp_root / "catalog"))
     return instantiate(plugin, load_factory(resolve(discover(), plugin)), ctx)
+
+
+def reopen(channel):
+    """A fresh instance on the same bundle with the catalogue re-read from disk (its
+    update log replayed): what a restarted server loads."""
+    from dataclasses import replace
+
+    from recall_engine.catalog import Catalog
+    from recall_engine.registry import discover, instantiate, load_factory, resolve
+
+    ctx = replace(channel.ctx, catalog=Catalog.load(channel.ctx.artifacts.parent / "catalog"))
+    return instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)

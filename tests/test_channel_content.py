@@ -7,18 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from recall_engine.catalog import Catalog
-from recall_engine.channel import Channel, ItemRecord, Query
+from recall_engine.channel import ItemRecord, Query
 from recall_engine.data.interactions import Interactions
 from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
-from recall_engine.registry import discover, instantiate, load_factory, resolve
 from tests.channel_contract import ChannelContract
-from tests.conftest import ROOT, build_and_load
+from tests.conftest import ROOT, build_and_load, reopen
 
 NEW_JAZZ = ItemRecord("new-jazz", "Bebop Saxophone Solos and Late-Night Jam Sessions",
                       "A swinging listening guide to Charlie Parker records.", ("jazz", "bebop"))
@@ -32,13 +29,6 @@ def warm_items(demo, topic: str, n: int = 8) -> tuple[str, ...]:
 def share(demo, ids, topic: str) -> float:
     return sum(demo.topics.get(i, "jazz" if i == NEW_JAZZ.item_id else None) == topic
                for i in ids) / max(1, len(ids))
-
-
-def reopen(channel: Channel) -> Channel:
-    """A fresh instance on the same bundle with the catalogue re-read from disk (its
-    update log replayed): what a restarted server loads."""
-    ctx = replace(channel.ctx, catalog=Catalog.load(channel.ctx.artifacts.parent / "catalog"))
-    return instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from recall_engine.catalog import Catalog
-from recall_engine.channel import Channel, ItemRecord, Query
+from recall_engine.channel import ItemRecord, Query
 from recall_engine.registry import discover, instantiate, load_factory, resolve
 from tests.channel_contract import ChannelContract
-from tests.conftest import ROOT, build_and_load
+from tests.conftest import ROOT, build_and_load, reopen
 
 TOPIC_TEXTS = {
     "space": "rockets, astronauts and telescopes exploring the planets",
@@ -35,13 +34,6 @@ def warm_items(demo, topic: str, n: int = 8) -> tuple[str, ...]:
 
 def share(demo, ids, topic: str) -> float:
     return sum(demo.topics.get(i) == topic for i in ids) / max(1, len(ids))
-
-
-def reopen(channel: Channel) -> Channel:
-    """A fresh instance on the same bundle with the catalogue re-read from disk (its
-    update log replayed): what a restarted server loads."""
-    ctx = replace(channel.ctx, catalog=Catalog.load(channel.ctx.artifacts.parent / "catalog"))
-    return instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)
 
 
 @pytest.fixture(scope="module")

@@ -246,9 +246,9 @@ def build_llm(ctx: Any, groups: np.ndarray, real: int, seed: int) -> dict[str, A
     """What ``LLMChannel.build`` does, with MiniLM run on ``real`` items only and
     synthetic vectors for the others (see the module docstring)."""
     from recall_engine.plugins.llm import (
-        ENCODER_DIR,
         build_encoder,
         item_text,
+        manifest_fields,
     )
     from recall_engine.vector_channel import encode_all, write_vectors
 
@@ -269,15 +269,7 @@ def build_llm(ctx: Any, groups: np.ndarray, real: int, seed: int) -> dict[str, A
                  "method": "MiniLM vector of a random real item of the same topic/sub-tag "
                            f"+ Gaussian noise of norm {LLM_NOISE}, unit-normalised",
                  "embed_seconds": round(embed_s, 1), "index_options": LLM_INDEX_OPTIONS}
-    return {**fields,
-            "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
-                             "source_weights": manifest.source_hash},
-            "build_params": {"item_max_tokens": params["item_max_tokens"],
-                             "variants": params["variants"],
-                             "model_dir": params["model_dir"] or "",
-                             "index_dtype": params["index_dtype"],
-                             "encoder_file": encoder.model.path.name,
-                             "synthetic_vectors": synthetic}}
+    return {**fields, **manifest_fields(params, manifest, encoder, synthetic_vectors=synthetic)}
 
 
 def stratified_sample(groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

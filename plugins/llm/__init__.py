@@ -146,6 +146,18 @@ def build_encoder(ctx: BuildContext) -> tuple[dict[str, Any], ModelManifest, Tex
     return {**params, "variants": variants}, manifest, encoder
 
 
+def manifest_fields(params: dict[str, Any], manifest: ModelManifest, encoder: TextEncoder,
+                    **extra_build_params: Any) -> dict[str, Any]:
+    """The bundle manifest's model hashes and build parameters."""
+    return {"model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
+                             "source_weights": manifest.source_hash},
+            "build_params": {"item_max_tokens": params["item_max_tokens"],
+                             "variants": params["variants"],
+                             "model_dir": params["model_dir"] or "",
+                             "index_dtype": params["index_dtype"],
+                             "encoder_file": encoder.model.path.name, **extra_build_params}}
+
+
 class LLMChannel(VectorChannel):
     PARAMS = PARAMS
 
@@ -166,14 +178,7 @@ class LLMChannel(VectorChannel):
         log.info("items_embedded", channel=ctx.name, items=len(items),
                  seconds=round(time.perf_counter() - started, 2), file=encoder.model.path.name)
         fields = write_vectors(ctx.out, items, vectors, dtype=params["index_dtype"])
-        return {**fields,
-                "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
-                                 "source_weights": manifest.source_hash},
-                "build_params": {"item_max_tokens": params["item_max_tokens"],
-                             "variants": params["variants"],
-                                 "model_dir": params["model_dir"] or "",
-                                 "index_dtype": params["index_dtype"],
-                                 "encoder_file": encoder.model.path.name}}
+        return {**fields, **manifest_fields(params, manifest, encoder)}
 
     # -- encoder hooks ---------------------------------------------------------------
     def open_encoders(self, bundle: Bundle) -> None:
