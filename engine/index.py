@@ -45,6 +45,7 @@ meaningful for unit vectors, so ``i8`` is accepted with ``metric="cos"`` only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -57,7 +58,7 @@ import usearch  # noqa: I001 - (onnxruntime-gpu 1.31 + usearch 2.26, libstdc++ s
 from usearch.index import BatchMatches, Index
 
 METRICS = ("cos", "ip", "l2sq")
-DTYPES = ("f32", "f16", "i8")
+DTYPES = ("f32", "f16", "bf16", "i8")
 
 INDEX_FILE = "index.usearch"
 IDS_FILE = "ids.json"
@@ -174,6 +175,29 @@ class VectorIndex:
         with self._lock:
             return list(self._keys)
 
+    def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """The stored vectors of the known ids among ``item_ids``, as a float32
+        ``[found, dim]`` matrix (dequantised like :meth:`vector`), and the positions in
+        ``item_ids`` they belong to. One usearch call however many ids: a history of 20
+        items costs one lookup, not 20."""
+        get = self._keys.get
+        positions, keys = [], []
+        for position, item_id in enumerate(item_ids):
+            key = get(item_id)
+            if key is not None:
+                positions.append(position)
+                keys.append(key)
+        if not keys:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        with self._lock:
+            rows = self._index.get(np.asarray(keys, dtype=np.uint64), dtype="f32")
+        # a key deleted between the lookup above and the lock comes back as None
+        found = [(p, r) for p, r in zip(positions, rows, strict=True) if r is not None]
+        if not found:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        return (np.stack([r for _, r in found]).astype(np.float32, copy=False),
+                [p for p, _ in found])
+
     def vector(self, item_id: str) -> np.ndarray:
         """The stored vector of ``item_id`` as float32: f16/i8 come back dequantised,
         and i8 (cos) vectors come back unit-normalised. ``KeyError`` if unknown."""
@@ -231,7 +255,7 @@ class VectorIndex:
 
     # -- searching -------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int, *, keep: Keep | None = None,
-               exclude: Collection[str] = ()) -> list[Hits]:
+               exclude: Collection[str] = (), headroom: float = 1.0) -> list[Hits]:
         """The ``k`` nearest items of each query, as a list with one ``(ids, scores)``
         tuple per query row. ``vectors`` is [B, dim], or [dim] for one query (the list then
         has one tuple: ``ids, scores = index.search(v, k)[0]``).
@@ -241,21 +265,31 @@ class VectorIndex:
         items survive the filters. ``exclude`` ids and ids for which ``keep`` says False
         are never returned; both apply to every row (search row by row for per-query
         filters).
+
+        How much is fetched: ``k``, plus one per ``exclude`` id in the index (each may
+        take a place), plus ``ceil(headroom * k)`` when ``keep`` is given: the share of
+        results ``keep`` is expected to drop. The default 1.0 suits an unknown filter;
+        a caller whose filter rarely drops anything (no category filter) passes a small
+        value, because the fetch sets HNSW's beam width (ef = max(expansion_search,
+        fetch)) and so the cost. Rows left short are searched again with twice the fetch.
         """
         queries = self._matrix(vectors, "query")
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
+        if headroom < 0:
+            raise ValueError(f"headroom must be >= 0, got {headroom}")
         if k == 0 or len(self._keys) == 0:
             return [([], np.zeros(0, dtype=np.float32)) for _ in range(len(queries))]
-        return self._search(queries, k, keep, exclude)
+        return self._search(queries, k, keep, exclude, headroom)
 
     def _search(self, queries: np.ndarray, k: int, keep: Keep | None,
-                exclude: Collection[str]) -> list[Hits]:
+                exclude: Collection[str], headroom: float) -> list[Hits]:
         results: list[Hits | None] = [None] * len(queries)
         pending = np.arange(len(queries))
-        fetch = k + len(exclude)
+        banned = self._banned_keys(exclude)
+        fetch = k + (len(banned) if banned is not None else 0)
         if keep is not None:
-            fetch *= 2
+            fetch += math.ceil(headroom * k)
         while len(pending):
             with self._lock:
                 size = len(self._keys)
@@ -271,7 +305,6 @@ class VectorIndex:
                 rows = queries[pending]
                 found = self._index.search(rows, fetch, exact=exact,
                                            threads=1 if len(rows) == 1 else self.threads)
-                banned = self._banned_keys(exclude)
                 # Map keys to ids before letting go of the lock: delete() clears
                 # entries of self._ids in place.
                 answers = [(keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])

@@ -63,6 +63,10 @@ METRIC = "cos"
 #: Items encoded per encoder call when (re-)indexing many items.
 ENCODE_CHUNK = 256
 _TINY = 1e-6
+#: Over-fetch for the catalogue filter when the request has no category filter: it then
+#: only drops items deleted since the index was built (the index's ``exclude`` already
+#: makes room for excluded ids). A short answer is searched again with more.
+FILTER_HEADROOM = 0.1
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,7 +88,8 @@ VECTOR_PARAMS: dict[str, Param] = {
     "history_decay": Param(float, 0.9, lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_history": Param(int, 50, _positive, "> 0"),
     "text_weight": Param(float, 0.5, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "index_dtype": Param(str, "f32", lambda v: v in ("f32", "f16", "i8"), "f32, f16 or i8"),
+    "index_dtype": Param(str, "f32", lambda v: v in ("f32", "f16", "bf16", "i8"),
+                         "f32, f16, bf16 or i8"),
     "device": Param(str, "auto", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     "max_batch": Param(int, 32, _positive, "> 0"),
     "max_delay_ms": Param(float, 2.0, lambda v: v >= 0, ">= 0"),
@@ -304,7 +309,9 @@ class VectorChannel(Channel):
         size = len(index)
         if size == 0:
             return out
-        fetch = min(size, 2 * (k + max(len(queries[i].exclude) for i in rows)))
+        fetch = min(size, k + max(len(queries[i].exclude) for i in rows)
+                    + math.ceil(k * max(1.0 if queries[i].categories else FILTER_HEADROOM
+                                        for i in rows)))
         found = index.search(np.stack([vectors[i] for i in rows]), fetch)
         catalog = self.ctx.catalog
         for i, (ids, scores) in zip(rows, found, strict=True):
@@ -318,7 +325,9 @@ class VectorChannel(Channel):
 
     def _search_one(self, vector: np.ndarray, query: Query, k: int) -> Candidates:
         catalog = self.ctx.catalog
-        ids, scores = self.index.search(vector, k, exclude=query.exclude,
+        # keep= drops deleted items (rare) and, with a category filter, most of them
+        headroom = 1.0 if query.categories else FILTER_HEADROOM
+        ids, scores = self.index.search(vector, k, exclude=query.exclude, headroom=headroom,
                                         keep=lambda found: catalog.filter_mask(found, query))[0]
         return _candidates(ids, scores)
 
@@ -341,19 +350,12 @@ class VectorChannel(Channel):
 
     def _history_vector(self, history: Sequence[str]) -> np.ndarray | None:
         recent = history[-self.params["max_history"]:]
-        decay = self.params["history_decay"]
-        index = self.index
-        vectors, weights = [], []
-        newest = len(recent) - 1
-        for position, item in enumerate(recent):
-            try:
-                vectors.append(index.vector(item))
-            except KeyError:
-                continue
-            weights.append(decay ** (newest - position))
-        if not vectors:
+        vectors, positions = self.index.vectors(recent)
+        if not positions:
             return None
-        return _unit(np.average(np.stack(vectors), axis=0, weights=weights))
+        age = (len(recent) - 1) - np.asarray(positions, dtype=np.float64)
+        weights = np.power(self.params["history_decay"], age)
+        return _unit((weights @ vectors) / weights.sum())
 
     # -- online changes -------------------------------------------------------------------
     def upsert_items(self, items: Sequence[ItemRecord]) -> int:

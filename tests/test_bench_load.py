@@ -88,3 +88,34 @@ def test_stage_benchmark_times_every_stage(catalog_dir):
     assert any(s.startswith("channel ") for s in stages)
     for v in stages.values():
         assert {"n", "mean", "p50", "p99", "cpu_mean"} <= set(v) and v["n"] > 0
+
+
+def test_bench_load_against_a_running_server_reports_its_cpu_per_request(catalog_dir,
+                                                                        tmp_path):
+    import os
+
+    from harness import make_config, serve
+
+    config = make_config({"artifacts": {"root": str(catalog_dir)},
+                          "channels": {"popular": {"required": True, "k": 30},
+                                       "cf": {"k": 30}, "content": {"k": 30},
+                                       "llm": {"k": 30}}}, tmp_path)
+    out = tmp_path / "summary.json"
+    with serve(config) as served:
+        code = main(["bench", "load", "--addr", f"127.0.0.1:{served.port}",
+                     "--artifacts", str(catalog_dir),
+                     "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
+                     "--concurrency", "2", "--duration", "1", "--warmup", "0.3", "-k", "50",
+                     "--server-pid", str(os.getpid()), "--json", str(out)])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert summary["errors"] == {} and summary["ok"] == summary["requests"] > 0
+    assert summary["target"] == f"127.0.0.1:{served.port}"
+    assert set(summary["by_kind"]) == {"known", "unseen", "text"}
+    for name in CHANNELS:
+        assert summary["channel_status"][name].get(OK, 0) > 0, name
+    # the server runs in this process here, so both figures count the same process:
+    # they agree up to /proc's 10 ms clock ticks
+    cpu = summary["cpu_ms_per_request"]
+    assert cpu["generator"] > 0 and cpu["server"] > 0
+    assert abs(cpu["server"] - cpu["generator"]) * summary["requests"] <= 30

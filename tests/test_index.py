@@ -64,7 +64,7 @@ def test_hnsw_recall_at_10_is_at_least_095_of_exact_search_on_50k_vectors(centre
     assert recall(index.search(queries, 10), exact_top(vectors, queries, 10)) >= 0.95
 
 
-@pytest.mark.parametrize(("dtype", "floor"), [("f16", 0.95), ("i8", 0.90)])
+@pytest.mark.parametrize(("dtype", "floor"), [("f16", 0.95), ("bf16", 0.95), ("i8", 0.90)])
 def test_quantised_indexes_keep_recall(centres, dtype, floor):
     # i8 loses a few ties between near-equal neighbours: its floor is lower, and a
     # larger ef does not raise it (the loss is in the quantised distances).
@@ -159,6 +159,46 @@ def test_a_deleted_id_can_be_added_again(hnsw, small):
     hnsw.add(["7"], small[7])
 
     assert hnsw.search(small[7], 1)[0][0] == ["7"]
+
+
+def test_vectors_returns_the_known_rows_and_where_they_were_asked(small):
+    index = VectorIndex(DIM, dtype="f16")
+    index.add(ids_of(100), small[:100])
+    index.delete(["5"])
+
+    rows, positions = index.vectors(["7", "nope", "5", "42", "7"])
+
+    assert positions == [0, 3, 4]
+    assert rows.dtype == np.float32 and rows.shape == (3, DIM)
+    for row, item in zip(rows, ["7", "42", "7"], strict=True):
+        np.testing.assert_array_equal(row, index.vector(item))
+    np.testing.assert_allclose(rows[1], small[42], atol=1e-3)  # f16 round trip
+    empty, none = index.vectors(["nope"])
+    assert empty.shape == (0, DIM) and none == []
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_a_tight_fetch_still_fills_k_when_the_filter_drops_more_than_its_headroom(
+        hnsw, small, dtype):
+    # headroom 0.1 fetches 11 for k = 10; a filter dropping half of every fetch must
+    # make the index fetch again rather than answer short
+    index = hnsw if dtype == "f32" else VectorIndex(DIM, dtype=dtype, exact_below=0)
+    if dtype != "f32":
+        index.add(ids_of(len(small)), small)
+
+    def odd(ids: list[str]) -> list[bool]:
+        return [int(i) % 2 == 1 for i in ids]
+
+    for ids, scores in index.search(small[:20], 10, keep=odd, headroom=0.1,
+                                    exclude={"1", "3"}):
+        assert len(ids) == 10 and all(int(i) % 2 == 1 for i in ids)
+        assert not {"1", "3"} & set(ids)
+        assert np.all(np.diff(scores) <= 1e-6)
+
+
+def test_negative_headroom_is_refused(hnsw, small):
+    with pytest.raises(ValueError, match="headroom"):
+        hnsw.search(small[0], 5, headroom=-1)
 
 
 # -- filters -------------------------------------------------------------------------

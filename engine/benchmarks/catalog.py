@@ -25,7 +25,8 @@ What is real and what is synthetic (also written to ``DIR/bench_catalog.json``):
 * **catalog, popular, content**: the real build code (``build_all``, each plugin's own
   ``build``) with the parameters in :data:`BUILD_PARAMS`: ``content`` trains for at most
   60 s (its default cap), then encodes *every* item with its exported ONNX encoder into
-  an f16 index.
+  a bf16 index (every index here is bf16: half of f32's memory, the recall of f32 and
+  about twice f16's search speed on CPUs with AVX-512 BF16; docs/vectors.md).
 * **cf**: the item-to-item half is the real ``CFChannel.build`` on the whole log (cosine,
   100 neighbours per item instead of 200). The two-tower half runs the plugin's own
   trainer and exporter, but when the log holds more than ``--cf-train-samples`` (default
@@ -36,18 +37,19 @@ What is real and what is synthetic (also written to ``DIR/bench_catalog.json``):
   covers every item the log knows, so serving cost is real; the model's quality at this
   budget is not meaningful. At small N (fewer samples than the cap) ``cf`` is the real
   build throughout.
-* **llm**: the bundle is the one ``LLMChannel.build`` writes (the MiniLM encoder
-  exported to ONNX, or copied from ``--llm-model-dir``; ``index/``; ``signatures.npz``
-  through :func:`recall_engine.vector_channel.write_vectors`), but only ``--llm-real``
-  items (default 8,192, a sample stratified over the 32 topic/sub-tag groups) are
-  embedded by MiniLM. Every other item's vector is synthetic: the MiniLM vector of a
-  random real item of the same (topic, sub-tag) plus Gaussian noise (cosine about 0.8 to
-  it), unit-normalised. Embedding a million texts with MiniLM takes about two hours on
-  two cores. The index is built with ``expansion_add = 64`` (:data:`LLM_INDEX_OPTIONS`)
-  instead of 128, 2.5x less build CPU. Serving is entirely real: free-text queries go
-  through MiniLM under ONNX Runtime, history queries average stored vectors, and both
-  search the usearch index. With ``--items`` at most ``--llm-real`` the llm channel is
-  the real build throughout.
+* **llm**: the bundle is the one ``LLMChannel.build`` writes (the MiniLM encoder exported
+  to ONNX, or copied from ``--llm-model-dir``; ``index/``; ``signatures.npz`` through
+  :func:`recall_engine.vector_channel.write_vectors`), but only ``--llm-real`` items
+  (default 8,192, a sample stratified over the 32 topic/sub-tag groups) are embedded by
+  MiniLM. Every other item's vector is synthetic: the MiniLM vector of a random real item
+  of the same (topic, sub-tag) plus Gaussian noise (cosine about 0.8 to it),
+  unit-normalised. The bundle ships MiniLM's int8 variant too, for serving free-text
+  queries with ``precision = "int8"`` (``bench/load-1m.toml``). Embedding a million texts
+  with MiniLM takes about two hours on two cores. The index is built with ``expansion_add
+  = 64`` (:data:`LLM_INDEX_OPTIONS`) instead of 128, 2.5x less build CPU. Serving is
+  entirely real: free-text queries go through MiniLM under ONNX Runtime, history queries
+  average stored vectors, and both search the usearch index. With ``--items`` at most
+  ``--llm-real`` the llm channel is the real build throughout.
 
 ``DIR/data/sample_interactions.csv`` holds the interactions of up to 5,000 users, for
 ``recall-engine bench load --interactions`` (known users with real histories);
@@ -71,9 +73,10 @@ import numpy as np
 #: items on two cores; recorded in every bundle's manifest and in bench_catalog.json.
 BUILD_PARAMS: dict[str, dict[str, Any]] = {
     "popular": {},
-    "cf": {"method": "cosine", "neighbours": 100, "epochs": 1, "batch_size": 4096},
-    "content": {"index_dtype": "f16", "max_train_seconds": 60.0},
-    "llm": {"index_dtype": "f16"},
+    "cf": {"method": "cosine", "neighbours": 100, "epochs": 1, "batch_size": 4096,
+           "index_dtype": "bf16"},
+    "content": {"index_dtype": "bf16", "max_train_seconds": 60.0},
+    "llm": {"index_dtype": "bf16", "variants": ["int8"]},
 }
 CHANNELS = tuple(BUILD_PARAMS)
 LLM_REAL = 8192

@@ -5,7 +5,9 @@ Drives a running server (``--addr``) with grpc.aio clients, or an in-process eng
 fixed concurrency (closed loop) or a target rate (open loop), for a duration, with a
 request mix of known users (their real histories), users unseen in training (fresh
 histories sampled from the catalogue) and free-text queries. Reports requests/s,
-p50/p90/p99/p99.9 latency, errors by status code and per-channel latency.
+p50/p90/p99/p99.9 latency, errors by status code and per-channel latency, and CPU time
+per request: the generator's, and the server's with ``--server-pid`` (in process, the
+generator's figure includes the engine).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +86,7 @@ class Results:
     channel_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     channel_status: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     elapsed_s: float = 0.0
+    cpu: CpuMeter | None = None
 
     def record(self, kind: str, ms: float, resp) -> None:
         self.latencies_ms.append(ms)
@@ -99,7 +104,14 @@ class Results:
             a = np.asarray(a) if len(a) else np.zeros(1)
             return {f"p{p}": round(float(np.percentile(a, p)), 3) for p in (50, 90, 99, 99.9)}
 
+        done = max(total, 1)
+        cpu = {}
+        if self.cpu is not None:
+            cpu["cpu_ms_per_request"] = {"generator": round(1000 * self.cpu.client_s / done, 3)}
+            if self.cpu.pids:
+                cpu["cpu_ms_per_request"]["server"] = round(1000 * self.cpu.server_s / done, 3)
         return {
+            **cpu,
             "requests": total, "ok": len(self.latencies_ms), "seconds": round(self.elapsed_s, 2),
             "rps": round(len(self.latencies_ms) / self.elapsed_s, 1) if self.elapsed_s else 0.0,
             "latency_ms": pct(lat), "errors": dict(self.errors),
@@ -109,8 +121,57 @@ class Results:
         }
 
 
+class CpuMeter:
+    """CPU seconds spent during the measured window by this process (the load generator,
+    or generator + engine in process) and by the server's process tree (``pids`` and
+    all their descendants, from ``/proc``): CPU time per request moves far less with
+    other jobs' load than latency does."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = list(pids)
+        self.client_s = self.server_s = 0.0
+        self._c0 = self._s0 = 0.0
+
+    def start(self) -> None:
+        self._c0, self._s0 = time.process_time(), self._server()
+
+    def stop(self) -> None:
+        self.client_s = time.process_time() - self._c0
+        self.server_s = self._server() - self._s0
+
+    def _server(self) -> float:
+        if not self.pids:
+            return 0.0
+        return sum(_cpu_seconds(pid) for pid in _tree(self.pids))
+
+
+def _tree(roots: Sequence[int]) -> list[int]:
+    """``roots`` and their descendants (Linux ``/proc``)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(child for child, ppid in parent.items() if ppid == pid)
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | None,
-                 duration: float, warmup: float) -> Results:
+                 duration: float, warmup: float, meter: CpuMeter | None = None) -> Results:
     """Closed loop (``concurrency`` workers back to back) or open loop (``rate``/s)."""
     results = Results()
     reqs = pool.requests
@@ -118,6 +179,15 @@ async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | Non
     t_measure = t_start + warmup
     t_end = t_measure + duration
     counter = 0
+    meter = meter or CpuMeter()
+
+    async def window() -> None:
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        meter.start()
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        meter.stop()
+
+    timer = asyncio.ensure_future(window())
 
     async def one(kind: str, req) -> None:
         t0 = time.perf_counter()
@@ -157,12 +227,15 @@ async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | Non
             await asyncio.wait(tasks, timeout=10)
     else:
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    await timer
     results.elapsed_s = min(time.perf_counter(), t_end) - t_measure
+    results.cpu = meter
     return results
 
 
 async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: float | None,
-                   duration: float, warmup: float, channels: int, timeout: float) -> Results:
+                   duration: float, warmup: float, channels: int, timeout: float,
+                   server_pids: Sequence[int] = ()) -> Results:
     import grpc
 
     from recall_engine._proto import recall_pb2_grpc
@@ -179,7 +252,7 @@ async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: floa
 
     try:
         return await _drive(call, pool, concurrency=concurrency, rate=rate, duration=duration,
-                            warmup=warmup)
+                            warmup=warmup, meter=CpuMeter(server_pids))
     finally:
         for c in chans:
             await c.close()
@@ -306,6 +379,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=2.0, help="per-call deadline, seconds")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server-pid", type=int, action="append", default=[],
+                   help="the server's PID (repeatable; children count too, e.g. serve "
+                        "--processes N): report its CPU time per request (Linux)")
     p.add_argument("--stages", action="store_true",
                    help="also time each request stage in isolation (in-process)")
 
@@ -330,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
                                          **common))
     else:
         res = asyncio.run(run_grpc(args.addr, pool, channels=args.grpc_channels,
-                                   timeout=args.timeout, **common))
+                                   timeout=args.timeout, server_pids=args.server_pid, **common))
     summary = summarise(res, args)
     print(render(summary))
     if args.stages:
@@ -355,6 +431,9 @@ def render(s: dict) -> str:
     lat = s["latency_ms"]
     lines = [f"target={s['target']} {s['mode']} k={s['k']} seconds={s['seconds']}",
              f"requests/s {s['rps']}   ok {s['ok']}   errors {s['errors'] or 0}",
+             *(["CPU ms per request: " + ", ".join(
+                 f"{who} {ms}" for who, ms in s["cpu_ms_per_request"].items())]
+               if "cpu_ms_per_request" in s else []),
              "| latency ms | p50 | p90 | p99 | p99.9 |", "|---|---|---|---|---|",
              f"| all | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['p99.9']} |"]
     for kind, v in s["by_kind"].items():

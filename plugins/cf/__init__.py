@@ -20,9 +20,12 @@ Two modes, each on or off by itself (``[channels.<name>.params]``):
     ``logq_correction`` on, ``train_threads`` 1); the encoder is exported to ONNX and
     served by ONNX Runtime (``device`` ``"cpu"`` by default: a small pooled MLP is faster
     on the CPU than a round trip to a GPU; ``encoder_threads`` 1), item vectors are
-    searched in a usearch index. A user never seen in training is served from the
-    history in the request (see :mod:`.two_tower`). ``dim``, ``sequence_length`` and
-    ``encoder`` are fixed by the build: serving reads them from the bundle.
+    searched in a usearch index (``index_dtype`` ``"f32"``; ``"bf16"`` halves memory and
+    is about twice as fast on CPUs with AVX-512 BF16, see docs/vectors.md;
+    ``expansion_search`` overrides the index's HNSW ef at serve time, 0 keeps it). A user
+    never seen in training is served from the history in the request (see
+    :mod:`.two_tower`). ``dim``, ``sequence_length``, ``encoder`` and ``index_dtype`` are
+    fixed by the build: serving reads them from the bundle.
 
 With both on, the two lists are merged by weighted reciprocal rank fusion
 (``item2item_weight``, ``two_tower_weight``, ``rrf_k``; see :mod:`.merge`). The channel

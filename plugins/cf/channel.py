@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from recall_engine.channel import (
     Query,
 )
 from recall_engine.logs import get_logger
+from recall_engine.vector_channel import FILTER_HEADROOM
 
 from . import item2item
 from .histories import VOCAB_FILE, Vocab, known_history, pad_left, recency_weights, training_log
@@ -32,6 +34,13 @@ MANIFEST_FIELD = "cf"  # extra manifest field: {"modes": [...], "method": ..., .
 
 Ranked = tuple[list[str], np.ndarray]
 _EMPTY: Ranked = ([], np.zeros(0, dtype=np.float32))
+
+
+def _fetch(k: int, q: Query) -> int:
+    """Candidates to rank before the catalogue filter: ``k``, room for every excluded
+    id, and headroom for the filter (a tenth of ``k``; all of ``k`` with a category
+    filter, which may drop most). A short answer is widened and tried again."""
+    return k + len(q.exclude) + math.ceil(k * (1.0 if q.categories else FILTER_HEADROOM))
 
 
 @dataclass(slots=True, frozen=True)
@@ -123,7 +132,9 @@ class CFChannel(Channel):
             self._encoder = OnnxModel(bundle.file(ENCODER_MANIFEST).parent,
                                       device=self.params.device,
                                       intra_op_threads=self.params.encoder_threads)
-            self._index = VectorIndex.load(bundle.file(INDEX_META).parent)
+            ef = self.params.expansion_search
+            self._index = VectorIndex.load(bundle.file(INDEX_META).parent,
+                                           **({"expansion_search": ef} if ef else {}))
             # the encoder was trained (and its position table sized) for this length
             self._length = int(self._built.get("sequence_length", self.params.sequence_length))
         self._vocab = vocab
@@ -189,7 +200,7 @@ class CFChannel(Channel):
         """Top ``k`` of ``cand`` by score that the catalogue lets ``q`` see: sort only an
         over-fetch (``argpartition``), filter it, and widen it when too few survive."""
         ids = self._checked_vocab().ids
-        fetch = min(len(cand), 2 * k + len(q.exclude))
+        fetch = min(len(cand), _fetch(k, q))
         while True:
             if fetch < len(cand):
                 top = np.argpartition(-scores, fetch - 1)[:fetch]
@@ -210,7 +221,7 @@ class CFChannel(Channel):
             return out
         ids, mask = pad_left([prepared[r].idx for r in rows], self._length)
         vectors = self._encoder.run({"item_ids": ids, "mask": mask})
-        fetch = max(2 * k + len(prepared[r].query.exclude) for r in rows)
+        fetch = max(_fetch(k, prepared[r].query) for r in rows)
         hits = self._index.search(vectors, fetch)
         catalog = self.ctx.catalog
         for row, vector, (found, scores) in zip(rows, vectors, hits, strict=True):

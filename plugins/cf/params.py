@@ -15,6 +15,7 @@ from typing import Any
 METHODS = ("auto", "cosine", "ease", "swing")
 ENCODERS = ("mean", "attention")
 DEVICES = ("cpu", "auto", "cuda")
+INDEX_DTYPES = ("f32", "f16", "bf16", "i8")
 EASE_MAX_ITEMS = 20_000
 
 
@@ -51,6 +52,8 @@ class CFParams:
     train_threads: int = 1
     encoder_threads: int = 1
     device: str = "cpu"
+    index_dtype: str = "f32"
+    expansion_search: int = 0
     # combining
     item2item_weight: float = 1.0
     two_tower_weight: float = 1.0
@@ -134,6 +137,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "train_threads": _integer(0),
     "encoder_threads": _integer(0),
     "device": _choice(DEVICES),
+    "index_dtype": _choice(INDEX_DTYPES),
+    "expansion_search": _integer(0),
     "item2item_weight": _number(0.0, strict=False),
     "two_tower_weight": _number(0.0, strict=False),
     "rrf_k": _number(0.0, strict=True),

@@ -202,7 +202,10 @@ def export(model: HistoryEncoder, vocab: Vocab, params: CFParams, out: Path,
                             parity_cases=cases, seed=seed)
     with torch.no_grad():
         vectors = model.item_vectors().numpy().astype(np.float32)
-    index = VectorIndex(params.dim, metric="ip", threads=1)
+    # i8 needs unit vectors under "cos"; the tower's item vectors are unit (see
+    # HistoryEncoder.item_vectors), so "cos" ranks exactly as "ip" for them
+    metric = "cos" if params.index_dtype == "i8" else "ip"
+    index = VectorIndex(params.dim, metric=metric, dtype=params.index_dtype)
     index.add(vocab.ids, vectors)
     index.save(out / INDEX_DIR)
     return {"encoder": manifest.model_sha256, "encoder_weights": manifest.source_hash}
