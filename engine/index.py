@@ -165,6 +165,12 @@ class VectorIndex:
             self._index.expansion_search = value
 
     @property
+    def hardware_acceleration(self) -> str:
+        """The SIMD kernel family usearch picked for this dtype and metric on this CPU
+        (e.g. ``"genoa"`` for bf16 with AVX-512 BF16, ``"skylake"``, ``"serial"``)."""
+        return str(self._index.hardware_acceleration)
+
+    @property
     def memory_usage(self) -> int:
         """Bytes usearch reports for the graph and vectors (a viewed index counts only
         what it allocated, not the mapped file)."""

@@ -408,6 +408,7 @@ class VectorChannel(Channel):
     def info(self) -> ChannelInfo:
         index = self.index
         details = {"dims": str(index.dim), "metric": index.metric, "index_dtype": index.dtype,
+                   "index_simd": index.hardware_acceleration,
                    "text_queries": "yes" if self.supports_text else "no",
                    "history_decay": str(self.params["history_decay"]),
                    "reconciled_added": str(self._reconciled["added"]),

@@ -303,3 +303,15 @@ def test_exported_encoder_matches_torch_on_padded_histories(tmp_path, demo_small
         want = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     np.testing.assert_allclose(onnx_out, want, atol=1e-5)
     assert np.isfinite(onnx_out).all()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "i8"])
+def test_two_tower_index_in_a_smaller_dtype_serves_the_same_topic(built, demo_small, dtype):
+    ch = built(**FAST, item2item=False, index_dtype=dtype, expansion_search=128)
+    details = ch.info().details
+    assert details["index_dtype"] == dtype and details["index_simd"]
+    assert details["metric"] == ("cos" if dtype == "i8" else "ip")
+    history = popular_items_of(demo_small, "space", 8)[::-1]
+    got = ch.recall(Query(user_id="u", history=history, exclude=frozenset(history)), 20)
+    assert len(got) == 20 and not set(got.item_ids) & set(history)
+    assert np.mean([demo_small.topics[i] == "space" for i in got.item_ids]) >= 0.7

@@ -246,6 +246,8 @@ class CFChannel(Channel):
                            neighbour_entries=str(self._table.nnz))
         if p.two_tower and self._index is not None:
             details.update(dims=str(self._index.dim), metric=self._index.metric,
+                           index_dtype=self._index.dtype,
+                           index_simd=self._index.hardware_acceleration,
                            encoder=str(self._built.get("encoder", p.encoder)),
                            sequence_length=str(self._length),
                            encoder_device=str(self._encoder.device))
