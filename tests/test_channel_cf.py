@@ -315,3 +315,34 @@ def test_two_tower_index_in_a_smaller_dtype_serves_the_same_topic(built, demo_sm
     got = ch.recall(Query(user_id="u", history=history, exclude=frozenset(history)), 20)
     assert len(got) == 20 and not set(got.item_ids) & set(history)
     assert np.mean([demo_small.topics[i] == "space" for i in got.item_ids]) >= 0.7
+
+
+def _rrf_reference(lists, k, rrf_k=60.0):
+    """The definition, item by item (the merge's first, loop-based version)."""
+    score, best = {}, {}
+    for mode, (ids, weight) in enumerate(lists):
+        if weight <= 0:
+            continue
+        for rank, item in enumerate(ids, 1):
+            score[item] = score.get(item, 0.0) + weight / (rrf_k + rank)
+            if item not in best or (rank, mode) < best[item]:
+                best[item] = (rank, mode)
+    fused = {item: np.float32(s) for item, s in score.items()}
+    order = sorted(score, key=lambda i: (-fused[i], best[i], i))[:k]
+    return order, np.asarray([fused[i] for i in order], dtype=np.float32)
+
+
+def test_vectorised_rrf_merge_matches_the_definition_on_random_lists():
+    from recall_engine.plugins.cf.merge import rrf
+
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        universe = [f"i{n}" for n in range(int(rng.integers(1, 60)))]
+        lists = [(list(rng.choice(universe, size=int(rng.integers(0, len(universe) + 1)),
+                                  replace=False)),
+                  float(rng.choice([0.0, 0.5, 1.0, 2.0]))) for _ in range(int(rng.integers(1, 4)))]
+        k = int(rng.integers(1, 80))
+        got_ids, got_scores = rrf(lists, k)
+        want_ids, want_scores = _rrf_reference(lists, k)
+        assert got_ids == want_ids
+        np.testing.assert_array_equal(got_scores, want_scores)
