@@ -34,7 +34,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -164,6 +164,13 @@ class Channel(abc.ABC):
     ``item_count``, ``build_params``, ``model_hashes``...); ``recall-engine build``
     then seals the folder as a new artifact version and points ``current`` at it.
     """
+
+    #: The engine re-checks every answer (known, allowed by the request's excludes and
+    #: categories, no duplicates, at most k) and repairs it: a safety net that costs a
+    #: catalogue lookup per candidate on every request. A channel whose own filtering
+    #: guarantees the contract, proven by ``tests/channel_contract.py``, may set this to
+    #: True and skip the net (every built-in channel does).
+    trusted_output: ClassVar[bool] = False
 
     def __init__(self, ctx: ChannelContext) -> None:
         """Keep the context; validate ``ctx.params`` and raise ``ValueError`` naming the

@@ -207,6 +207,8 @@ class VectorChannel(Channel):
     index has its own lock around every usearch call).
     """
 
+    trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
+
     PARAMS: ClassVar[Mapping[str, Param]] = VECTOR_PARAMS
     #: Whether :meth:`encode_texts` is implemented (free-text queries).
     supports_text: ClassVar[bool] = True

@@ -16,6 +16,7 @@ fixed = tests_fake_plugins:FixedChannel
 fixed_b = tests_fake_plugins:FixedChannel
 hang = tests_fake_plugins:HangChannel
 boom = tests_fake_plugins:BoomChannel
+careless = tests_fake_plugins:CarelessChannel
 fail_load = tests_fake_plugins:FailLoadChannel
 not_a_channel = tests_fake_plugins:NotAChannel
 broken_import = tests_fake_plugins_missing_module:Whatever

@@ -54,6 +54,14 @@ class BoomChannel(FixedChannel):
         pass
 
 
+class CarelessChannel(FixedChannel):
+    """Returns ``params.items`` as they are: no catalogue filter, duplicates kept, more
+    than ``k`` (what the engine's safety net is for)."""
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        return Candidates(list(self.items), np.asarray(self.scores, np.float32))
+
+
 class FailLoadChannel(FixedChannel):
     def load(self) -> None:
         raise FileNotFoundError("artifacts/faulty/current: missing")

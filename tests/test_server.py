@@ -307,3 +307,17 @@ def test_an_unknown_fan_out_is_a_config_error_naming_the_key(tmp_path):
                                           r"sequential, got 'threads'"):
         make_config({"server": {"fan_out": "threads"}, "channels": FAN_OUT_CHANNELS},
                     tmp_path)
+
+
+def test_the_engine_repairs_an_untrusted_channels_answer(tmp_path):
+    # duplicates, an excluded id, an unknown id, a wrong category and more than k: the
+    # safety net keeps the allowed ids, first occurrence, at most the channel's k
+    config = make_config({"channels": {"sloppy": {
+        "plugin": "careless", "k": 3,
+        "params": {"items": ["i1", "i1", "i2", "ghost", "i3", "i5", "i4"],
+                   "scores": [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]}}}}, tmp_path)
+    with serve(config, catalog_of(ITEMS, CATS)) as s:
+        resp = s.stub.Recall(recall_pb2.RecallRequest(
+            user_id="u", k=10, exclude_item_ids=["i2"], categories=["red"]))
+    assert list(resp.item_ids) == ["i1", "i3", "i5"]
+    assert resp.channels[0].returned == 3

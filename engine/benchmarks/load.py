@@ -208,6 +208,9 @@ async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | Non
             kind, req = reqs[i % len(reqs)]
             i += concurrency
             await one(kind, req)
+            # an in-process engine that answers without suspending (fan_out =
+            # "sequential") would otherwise let one worker run the whole duration
+            await asyncio.sleep(0)
 
     if rate:
         tasks: set[asyncio.Task] = set()
@@ -375,7 +378,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="request mix shares (known, unseen, text)")
     p.add_argument("-k", type=int, default=200)
     p.add_argument("--history-len", type=int, default=20)
-    p.add_argument("--grpc-channels", type=int, default=4, help="client HTTP/2 connections")
+    p.add_argument("--grpc-channels", type=int, default=16,
+                   help="client HTTP/2 connections (several, so that SO_REUSEPORT spreads "
+                        "them evenly over serve --processes N)")
     p.add_argument("--timeout", type=float, default=2.0, help="per-call deadline, seconds")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--seed", type=int, default=0)

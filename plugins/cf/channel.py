@@ -55,6 +55,8 @@ class _Prepared:
 class CFChannel(Channel):
     """Collaborative filtering: item-to-item neighbours and a two-tower model."""
 
+    trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
+
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
         self.params: CFParams = parse_params(ctx.name, ctx.params)
