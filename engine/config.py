@@ -43,8 +43,6 @@ __all__ = [
 DEFAULT_TOKEN_ENV = "RECALL_ENGINE_ADMIN_TOKEN"
 DEFAULT_FUSION = "rrf"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: ``server.fan_out``: how a request's channel calls run (see :meth:`Engine.recall`).
-FAN_OUTS = ("parallel", "auto", "sequential")
 # Channel names appear in weights, metric labels and artifact folder names.
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _ADDR_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$")
@@ -67,7 +65,6 @@ class ServerConfig:
     addr: str = "127.0.0.1:50051"
     metrics_addr: str | None = "127.0.0.1:9464"  # None: no Prometheus endpoint
     workers: int = 8
-    fan_out: str = "parallel"
     request_timeout_ms: int = 500
     max_k: int = 1000
     max_history: int = 1000
@@ -252,7 +249,6 @@ def _parse_server(t: _Table) -> ServerConfig:
         addr=_addr(t.get_str("addr", d.addr), t.key("addr")),
         metrics_addr=_addr(metrics_addr, t.key("metrics_addr")) if metrics_addr else None,
         workers=t.get_int("workers", d.workers, minimum=1),
-        fan_out=_choice(t.get_str("fan_out", d.fan_out), FAN_OUTS, t.key("fan_out")),
         request_timeout_ms=t.get_int("request_timeout_ms", d.request_timeout_ms, minimum=1),
         max_k=t.get_int("max_k", d.max_k, minimum=1),
         max_history=t.get_int("max_history", d.max_history, minimum=0),
@@ -573,12 +569,6 @@ def _addr(value: str, key: str) -> str:
     m = _ADDR_RE.match(value)
     if m is None or int(m["port"]) > 65535:
         raise ConfigError(f"{key}: must be HOST:PORT (port 0-65535), got {value!r}")
-    return value
-
-
-def _choice(value: str, options: tuple[str, ...], key: str) -> str:
-    if value not in options:
-        raise ConfigError(f"{key}: must be one of {', '.join(options)}, got {value!r}")
     return value
 
 

@@ -124,7 +124,6 @@ class Engine:
                                         thread_name_prefix="channel")
         self._state: _State | None = None
         self._admin_lock = threading.Lock()   # serialises loads, reloads and updates
-        self._in_flight = 0   # requests inside recall(); read and written on the loop only
 
     # -- lifecycle -------------------------------------------------------------
     @property
@@ -255,32 +254,7 @@ class Engine:
     # -- serving ---------------------------------------------------------------
     async def recall(self, inp: RecallInput, timeout_s: float | None = None) -> RecallOutput:
         """Fan ``inp`` out to the plan's channels, each under its own timeout inside
-        the request deadline, and fuse what came back in time.
-
-        ``server.fan_out`` says how the channel calls run:
-
-        * ``parallel``: all at once on the worker pool; a call past its timeout is
-          abandoned (reported TIMEOUT, its late result dropped) while the request goes
-          on. Lowest latency while cores are idle; costs thread hand-offs and GIL
-          contention on every request.
-        * ``sequential``: one after another on the calling (event-loop) thread: no
-          hand-offs at all, so the least CPU per request. A call cannot be abandoned:
-          one that overruns its timeout is reported TIMEOUT and its result dropped
-          when it returns, and calls that would start after the request deadline are
-          not started (TIMEOUT). A channel that hangs blocks its process.
-        * ``auto``: ``parallel`` when this is the only request in flight (idle cores
-          shorten it), ``sequential`` when others are (the cores are busy anyway, and
-          hand-offs would only add CPU). With one process per core this keeps the low
-          latency of ``parallel`` at light load and the throughput of ``sequential``
-          under load.
-        """
-        self._in_flight += 1
-        try:
-            return await self._recall(inp, timeout_s)
-        finally:
-            self._in_flight -= 1
-
-    async def _recall(self, inp: RecallInput, timeout_s: float | None) -> RecallOutput:
+        the request deadline, and fuse what came back in time."""
         state = self._require_state()
         t_end = time.perf_counter() + (timeout_s if timeout_s is not None
                                        else state.config.server.request_timeout_ms / 1000)
@@ -307,11 +281,7 @@ class Engine:
             calls.append(_Call(name, slot, k_c, w, timeout))
         lists: list[RankedList] = []
         if calls:
-            mode = state.config.server.fan_out
-            if mode == "parallel" or mode == "auto" and self._in_flight == 1:
-                await self._fan_out(calls, inp.query)
-            else:
-                self._run_in_turn(calls, inp.query, t_end)
+            await self._fan_out(calls, inp.query)
             for call in calls:
                 report, cands = self._report(call)
                 reports[call.name] = report
@@ -358,24 +328,6 @@ class Engine:
         except asyncio.CancelledError:
             fan.time_out(calls, float("inf"))   # the request is gone: drop late results
             raise
-
-    def _run_in_turn(self, calls: Sequence[_Call], query: Query, t_end: float) -> None:
-        """The ``sequential`` fan-out (see :meth:`recall`): each call on this thread,
-        none started past the request deadline ``t_end``, a late answer dropped."""
-        for call in calls:
-            call.started = now = time.perf_counter()
-            if now >= t_end:
-                call.timed_out, call.ended = True, now
-                continue
-            call.slot.acquire()
-            try:
-                call.result = _guarded(call.slot, self.catalog, query, call.k)
-            except Exception as e:  # noqa: BLE001 - reported like a pool call's error
-                call.error = e
-            call.ended = time.perf_counter()
-            call.finished = True
-            if call.ended - call.started > call.timeout:
-                call.timed_out, call.result, call.error = True, None, None
 
     @staticmethod
     def _report(call: _Call) -> tuple[ChannelReport, Candidates | None]:

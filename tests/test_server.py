@@ -256,59 +256,6 @@ def test_engine_status_enum_matches_proto():
         assert recall_pb2.ChannelStatus.Value(f"CHANNEL_STATUS_{st.name}") == st.value
 
 
-FAN_OUT_CHANNELS = {
-    "good": {"plugin": "fixed", "params": {"items": ["i1", "i2"]}},
-    "late": {"plugin": "hang", "timeout_ms": 100, "params": {"items": ["i3"], "sleep_s": 0.3}},
-    "bad": {"plugin": "boom", "params": {"items": ["i4"]}},
-}
-
-
-@pytest.mark.parametrize("fan_out", ["parallel", "sequential", "auto"])
-def test_every_fan_out_reports_late_and_failed_channels_and_keeps_the_rest(tmp_path,
-                                                                           fan_out):
-    config = make_config({"server": {"fan_out": fan_out}, "channels": FAN_OUT_CHANNELS},
-                         tmp_path)
-    with serve(config, catalog_of(ITEMS)) as s:
-        resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u1", k=10), timeout=5)
-    assert list(resp.item_ids) == ["i1", "i2"]  # the late channel's i3 is dropped
-    status = {c.channel: c for c in resp.channels}
-    assert status["good"].status == recall_pb2.CHANNEL_STATUS_OK
-    assert status["late"].status == recall_pb2.CHANNEL_STATUS_TIMEOUT
-    assert status["bad"].status == recall_pb2.CHANNEL_STATUS_ERROR
-    if fan_out == "sequential":
-        # not abandoned: the late call ran to its end before the request went on
-        assert status["late"].latency_ms >= 290
-    else:
-        # one request alone: auto fans out in parallel and abandons the call
-        assert 90 <= status["late"].latency_ms < 290
-
-
-def test_sequential_fan_out_starts_no_channel_after_the_request_deadline(tmp_path):
-    config = make_config({"server": {"fan_out": "sequential"}, "channels": {
-        "late": {"plugin": "hang", "timeout_ms": 1000, "params": {"items": ["i3"],
-                                                                  "sleep_s": 0.3}},
-        "next": {"plugin": "fixed", "params": {"items": ["i1"]}},
-    }}, tmp_path)
-    with serve(config, catalog_of(ITEMS)) as s:
-        calls_before = s.engine._state.slots["next"].channel.calls  # noqa: SLF001
-        with pytest.raises(grpc.RpcError) as e:
-            s.stub.Recall(recall_pb2.RecallRequest(user_id="u1", k=10), timeout=0.2)
-        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # the server gave "next" no time after "late" used up the 200 ms
-        resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u1", k=10), timeout=5)
-        assert s.engine._state.slots["next"].channel.calls == calls_before + 1  # noqa: SLF001
-    assert set(resp.item_ids) == {"i1", "i3"}
-
-
-def test_an_unknown_fan_out_is_a_config_error_naming_the_key(tmp_path):
-    from recall_engine.config import ConfigError
-
-    with pytest.raises(ConfigError, match=r"^server\.fan_out: must be one of parallel, auto, "
-                                          r"sequential, got 'threads'"):
-        make_config({"server": {"fan_out": "threads"}, "channels": FAN_OUT_CHANNELS},
-                    tmp_path)
-
-
 def test_the_engine_repairs_an_untrusted_channels_answer(tmp_path):
     # duplicates, an excluded id, an unknown id, a wrong category and more than k: the
     # safety net keeps the allowed ids, first occurrence, at most the channel's k

@@ -208,9 +208,6 @@ async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | Non
             kind, req = reqs[i % len(reqs)]
             i += concurrency
             await one(kind, req)
-            # an in-process engine that answers without suspending (fan_out =
-            # "sequential") would otherwise let one worker run the whole duration
-            await asyncio.sleep(0)
 
     if rate:
         tasks: set[asyncio.Task] = set()
