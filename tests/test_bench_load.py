@@ -119,3 +119,16 @@ def test_bench_load_against_a_running_server_reports_its_cpu_per_request(catalog
     cpu = summary["cpu_ms_per_request"]
     assert cpu["generator"] > 0 and cpu["server"] > 0
     assert abs(cpu["server"] - cpu["generator"]) * summary["requests"] <= 30
+
+
+def test_bench_memory_reports_every_channel_in_fresh_processes(catalog_dir, tmp_path):
+    out = tmp_path / "memory.json"
+    assert main(["bench", "memory", "--artifacts", str(catalog_dir),
+                 "--channels", "popular,llm", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["catalog"]["catalog_items"] == 500 and report["catalog"]["baseline_mib"] > 0
+    assert set(report["channels"]) == {"popular", "llm"}
+    llm = report["channels"]["llm"]
+    assert llm["items"] == 500 and llm["details"]["dims"] == "384"
+    # the llm channel holds MiniLM (about 90 MB of fp32 weights) whatever the item count
+    assert llm["channel_mib"] > 50

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "encoders": "text encoder latency and throughput: PyTorch vs ONNX Runtime variants",
     "index": "vector index build, search throughput, latency and recall",
     "load": "end-to-end load test against a running server",
+    "memory": "resident memory per channel and per million items, each in a fresh process",
 }
 
 

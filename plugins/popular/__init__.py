@@ -95,7 +95,7 @@ class PopularChannel(Channel):
             positions = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         else:
             positions = None
-        order = np.arange(len(ids)) if positions is None else positions
+        order = range(len(ids)) if positions is None else positions.tolist()
         # The catalogue filter (excludes, deleted items: they leave the catalogue, and
         # categories as the catalogue has them now: an upsert may have changed them)
         # runs on a slice just long enough when nothing is deleted, widened while short.
@@ -104,8 +104,8 @@ class PopularChannel(Channel):
         start, want = 0, k + len(query.exclude)
         while len(out) < k and start < len(order):
             chunk = order[start:start + want]
-            mask = filter_mask([ids[i] for i in chunk.tolist()], query)
-            out.extend(pos for pos, keep in zip(chunk.tolist(), mask, strict=True) if keep)
+            mask = filter_mask([ids[i] for i in chunk], query)
+            out.extend(pos for pos, keep in zip(chunk, mask, strict=True) if keep)
             start += len(chunk)
             want = 2 * want
         out = out[:k]
