@@ -65,6 +65,7 @@ class ServerConfig:
     addr: str = "127.0.0.1:50051"
     metrics_addr: str | None = "127.0.0.1:9464"  # None: no Prometheus endpoint
     workers: int = 8
+    max_in_flight: int = 0
     request_timeout_ms: int = 500
     max_k: int = 1000
     max_history: int = 1000
@@ -249,6 +250,7 @@ def _parse_server(t: _Table) -> ServerConfig:
         addr=_addr(t.get_str("addr", d.addr), t.key("addr")),
         metrics_addr=_addr(metrics_addr, t.key("metrics_addr")) if metrics_addr else None,
         workers=t.get_int("workers", d.workers, minimum=1),
+        max_in_flight=t.get_int("max_in_flight", d.max_in_flight, minimum=0),
         request_timeout_ms=t.get_int("request_timeout_ms", d.request_timeout_ms, minimum=1),
         max_k=t.get_int("max_k", d.max_k, minimum=1),
         max_history=t.get_int("max_history", d.max_history, minimum=0),

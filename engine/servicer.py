@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -42,8 +43,27 @@ def to_proto(out: RecallOutput) -> _pb.RecallResponse:
 class RecallServicer(_pb_grpc.RecallServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._gate: asyncio.Semaphore | None = None
+        self._gate_size = 0
 
-    async def _recall_one(self, req: _pb.RecallRequest, timeout: float | None
+    def _admission(self) -> asyncio.Semaphore | None:
+        """``server.max_in_flight`` requests at a time inside the engine (0: no limit);
+        the others wait their turn on the event loop. Recreated when a config reload
+        changes the limit (requests holding the old gate finish under it)."""
+        size = self.engine.config.server.max_in_flight
+        if size != self._gate_size:
+            self._gate, self._gate_size = (asyncio.Semaphore(size) if size else None), size
+        return self._gate
+
+    async def _recall_one(self, req: _pb.RecallRequest,
+                          remaining: Callable[[], float | None]) -> _pb.RecallResponse:
+        gate = self._admission()
+        if gate is None:
+            return await self._recall_now(req, remaining())
+        async with gate:   # the deadline is read after the wait: queueing spends it
+            return await self._recall_now(req, remaining())
+
+    async def _recall_now(self, req: _pb.RecallRequest, timeout: float | None
                           ) -> _pb.RecallResponse:
         engine = self.engine
         cfg = engine.config
@@ -61,7 +81,7 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await self._recall_one(request, context.time_remaining())
+            return await self._recall_one(request, context.time_remaining)
         except Exception as e:  # noqa: BLE001 - mapped to a status in one place
             code, message = status_of(e)
             _log_failure(e, code)
@@ -78,9 +98,8 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
             if len(request.requests) > limit:
                 raise InvalidArgument("requests", f"{len(request.requests)} requests is over "
                                       f"the limit of {limit} (server.max_batch)")
-            timeout = context.time_remaining()
-            results = await asyncio.gather(
-                *(self._batch_item(i, r, timeout) for i, r in enumerate(request.requests)))
+            results = await asyncio.gather(*(self._batch_item(i, r, context.time_remaining)
+                                             for i, r in enumerate(request.requests)))
             return _pb.BatchRecallResponse(results=results)
         except Exception as e:  # noqa: BLE001
             code, message = status_of(e)
@@ -89,10 +108,10 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         finally:
             _observe("BatchRecall", code, t0)
 
-    async def _batch_item(self, i: int, req: _pb.RecallRequest, timeout: float | None
-                          ) -> _pb.BatchRecallResult:
+    async def _batch_item(self, i: int, req: _pb.RecallRequest,
+                          remaining: Callable[[], float | None]) -> _pb.BatchRecallResult:
         try:
-            return _pb.BatchRecallResult(response=await self._recall_one(req, timeout))
+            return _pb.BatchRecallResult(response=await self._recall_one(req, remaining))
         except Exception as e:  # noqa: BLE001 - one bad request fails alone
             code, message = status_of(e)
             _log_failure(e, code)

@@ -268,3 +268,32 @@ def test_the_engine_repairs_an_untrusted_channels_answer(tmp_path):
             user_id="u", k=10, exclude_item_ids=["i2"], categories=["red"]))
     assert list(resp.item_ids) == ["i1", "i3", "i5"]
     assert resp.channels[0].returned == 3
+
+
+@pytest.mark.parametrize(("limit", "serialised"), [(1, True), (0, False)])
+def test_max_in_flight_queues_requests_beyond_the_limit(tmp_path, limit, serialised):
+    import time
+
+    config = make_config({"server": {"max_in_flight": limit}, "channels": {
+        "slow": {"plugin": "hang", "timeout_ms": 2000, "params": {"items": ["i1"],
+                                                                   "sleep_s": 0.25}}}},
+        tmp_path)
+    with serve(config, catalog_of(ITEMS)) as s:
+        t0 = time.perf_counter()
+        futures = [s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=5),
+                                        timeout=10) for n in range(3)]
+        answers = [f.result() for f in futures]
+        elapsed = time.perf_counter() - t0
+    assert all(list(a.item_ids) == ["i1"] for a in answers)
+    if serialised:
+        assert elapsed >= 0.7   # three 0.25 s requests, one at a time
+    else:
+        assert elapsed < 0.7    # all three in the engine at once
+
+
+def test_a_negative_max_in_flight_is_a_config_error_naming_the_key(tmp_path):
+    from recall_engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^server\.max_in_flight"):
+        make_config({"server": {"max_in_flight": -1}, "channels": {
+            "a": {"plugin": "fixed", "params": {"items": ["i1"]}}}}, tmp_path)

@@ -1,0 +1,83 @@
+"""CPU time of each channel per call, by request kind, in process, on one thread.
+
+The A/B tool behind docs/performance.md: it loads the engine from a config (as
+``recall-engine serve`` would), builds the ``bench load`` request pool (known users
+replaying their histories, unseen users with sampled histories, free-text queries),
+then calls every channel's ``recall`` directly, channel by channel, and reports
+``time.process_time()`` per call (all threads of the process, so the MicroBatcher's
+encoder thread counts) for each request kind, and per request of the mix (a channel
+that does not accept a request costs it nothing). No gRPC, no fusion, no fan-out: the
+channels alone, with warm caches; ``bench load --in-process`` measures them together.
+
+    python bench/channel_cost.py --config bench/load-1m.toml \\
+        --interactions build/catalog-1m/data/sample_interactions.csv [--json out.json]
+
+Run it from two checkouts (or two configs) alternately to compare a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--interactions", type=Path, help="known users' histories (CSV)")
+    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2")
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=2, help="measured passes (the last counts)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    from recall_engine.benchmarks.load import RequestPool, _config, _parse_mix
+    from recall_engine.engine import Engine
+    from recall_engine.requests import recall_input
+
+    config = _config(Path("."), args.config)
+    mix = _parse_mix(args.mix)
+    if not args.interactions:
+        mix.pop("known", None)
+    pool = RequestPool.build(config.artifacts_root, mix=mix, k=200, n=args.requests,
+                             interactions=args.interactions)
+    engine = Engine(config)
+    engine.load()
+    state = engine._state  # noqa: SLF001 - a benchmark looks inside on purpose
+    names = list(config.channels)
+    inputs = [(kind, recall_input(req, config.server, names)) for kind, req in pool.requests]
+    result: dict[str, dict[str, float]] = {}
+    try:
+        for _ in range(args.rounds):
+            for name, slot in state.slots.items():
+                k = slot.config.k
+                calls = [(kind, inp.query) for kind, inp in inputs
+                         if slot.channel.accepts(inp.query)]
+                for _, query in calls[:100]:  # warm-up
+                    slot.channel.recall(query, k)
+                spent: dict[str, list[float]] = {}
+                for kind, query in calls:
+                    c0 = time.process_time()
+                    slot.channel.recall(query, k)
+                    spent.setdefault(kind, []).append(time.process_time() - c0)
+                total = sum(sum(v) for v in spent.values())
+                result[name] = {**{kind: round(1000 * sum(v) / len(v), 3)
+                                   for kind, v in spent.items()},
+                                "per_request": round(1000 * total / len(inputs), 3)}
+    finally:
+        engine.close()
+    print("| channel | CPU ms per request of the mix | by kind (ms per call) |")
+    print("|---|---:|---|")
+    for name, r in result.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in r.items() if k != "per_request")
+        print(f"| {name} | {r['per_request']} | {kinds} |")
+    print(f"| all channels | {round(sum(r['per_request'] for r in result.values()), 3)} | |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
