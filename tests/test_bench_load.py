@@ -132,3 +132,33 @@ def test_bench_memory_reports_every_channel_in_fresh_processes(catalog_dir, tmp_
     assert llm["items"] == 500 and llm["details"]["dims"] == "384"
     # the llm channel holds MiniLM (about 90 MB of fp32 weights) whatever the item count
     assert llm["channel_mib"] > 50
+
+
+def test_channel_cost_script_reports_every_channel_by_request_kind(catalog_dir, tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "cost.toml"
+    config.write_text(f'[artifacts]\nroot = "{catalog_dir}"\n'
+                      + "".join(f"[channels.{name}]\nk = 30\n" for name in CHANNELS))
+    out = tmp_path / "cost.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "channel_cost.py"), "--config", str(config),
+         "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
+         "--requests", "60", "--rounds", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cost = json.loads(out.read_text())
+    assert set(cost) == set(CHANNELS)
+    for name, row in cost.items():
+        assert row["per_request"] > 0, name
+    assert "text" in cost["llm"] and "text" not in cost["cf"]  # cf skips free text
+    assert "| all channels |" in done.stdout
+
+
+def test_the_1m_sweep_script_is_valid_bash():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(["bash", "-n", str(root / "bench" / "load-1m.sh")], check=True)
