@@ -348,9 +348,23 @@ def _checked_scores(lst: RankedList) -> np.ndarray:
                          f"item id), got shape {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError(f"{where}.scores: must be finite")
-    if len(set(lst.item_ids)) != len(lst.item_ids):
-        raise ValueError(f"{where}.item_ids: duplicate item ids")
     return scores
+
+
+def _check_unique(active: Sequence[RankedList], flat_cand: np.ndarray, bounds: np.ndarray,
+                  n_items: int) -> None:
+    """Raise naming the first list that repeats an id. Checked on the union indices the
+    pool numbers anyway (a list repeats an id iff its (list, index) pairs repeat), not
+    with a set of the id strings: on a million-item catalogue reading every id string
+    again is a cache miss per id, and this runs on every request."""
+    if not len(flat_cand):
+        return
+    list_of = np.repeat(np.arange(len(active), dtype=np.int64), np.diff(bounds, prepend=0))
+    keys = np.sort(list_of * n_items + flat_cand)
+    repeated = keys[1:] == keys[:-1]
+    if repeated.any():
+        first = int(keys[1:][repeated][0] // n_items)
+        raise ValueError(f"lists[{active[first].channel!r}].item_ids: duplicate item ids")
 
 
 def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
@@ -374,6 +388,7 @@ def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
                             np.intp, sum(len(lst.item_ids) for lst in active))
     lengths = np.fromiter((len(lst.item_ids) for lst in active), np.intp, len(active))
     bounds = np.cumsum(lengths)
+    _check_unique(active, flat_cand, bounds, len(index))
     cand = tuple(np.split(flat_cand, bounds[:-1])) if len(active) else ()
     flat_rank = np.arange(1, len(flat_cand) + 1, dtype=np.int64) - np.repeat(bounds - lengths,
                                                                              lengths)

@@ -317,6 +317,16 @@ def test_malformed_lists_are_rejected():
         fuse("rrf", [rl("a", "x"), rl("a", "y")], {"a": 1.0}, 5)
 
 
+def test_the_duplicate_check_names_the_list_that_repeats_and_allows_sharing():
+    # ids shared between lists are the point of fusion; a repeat within one list is not
+    shared = fuse("rrf", [rl("a", "x y z"), rl("b", "z y x")], {"a": 1.0, "b": 1.0}, 5)
+    assert sorted(shared.item_ids) == ["x", "y", "z"]
+    with pytest.raises(ValueError, match=r"^lists\['b'\]\.item_ids: duplicate item ids$"):
+        fuse("rrf", [rl("a", "x y z"), rl("b", "w z w")], {"a": 1.0, "b": 1.0}, 5)
+    with pytest.raises(ValueError, match=r"^lists\['a'\]\.item_ids: duplicate item ids$"):
+        fuse("rrf", [rl("a", "q x q"), rl("b", "w w")], {"a": 1.0, "b": 1.0}, 5)
+
+
 # --------------------------------------------------------------------------- properties
 
 CHANNELS = ["a", "b", "c", "d"]
