@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +79,22 @@ async def create_server(engine: Engine, addr: str, *,
     return running
 
 
+def freeze_heap() -> int:
+    """Move everything loaded so far (catalogue, channel tables) out of the garbage
+    collector's sight (``gc.freeze``) and return how many objects that was.
+
+    A million-item catalogue is a million long-lived Python objects; a full collection
+    walks all of them (about 0.4 s at 1M items on the benchmark machine) and stops every
+    request meanwhile. Frozen objects are never scanned, so full collections stay short.
+    A SIGHUP reload freezes what it loaded too. ``RECALL_ENGINE_NO_GC_FREEZE=1`` turns
+    this off (to measure it)."""
+    if os.environ.get("RECALL_ENGINE_NO_GC_FREEZE"):
+        return 0
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def serve(config: Config, *, reload_config: Callable[[], Config],
                 ready: Callable[[Running], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT. SIGHUP reloads the config. Channels load after the
@@ -94,8 +112,10 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
     except Exception:
         await running.server.stop(0)
         raise
+    frozen = freeze_heap()
     await running.set_serving(True)
-    log.info("serving", channels=[cc.name for cc, _ in engine.channel_infos()])
+    log.info("serving", channels=[cc.name for cc, _ in engine.channel_infos()],
+             gc_frozen_objects=frozen)
     if ready:
         ready(running)
 
@@ -105,7 +125,7 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
         async def reload() -> None:
             try:
                 gen = await asyncio.to_thread(lambda: engine.reload_config(reload_config()))
-                log.info("sighup_reload", generation=gen)
+                log.info("sighup_reload", generation=gen, gc_frozen_objects=freeze_heap())
             except Exception as e:  # noqa: BLE001 - keep serving the old config
                 log.error("sighup_reload_failed", error=str(e))
         loop.create_task(reload())
