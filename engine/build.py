@@ -72,18 +72,23 @@ def build_all(interactions: Interactions, items: Sequence[ItemRecord], out: Path
     return results
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The input flags :func:`load_inputs` reads (``build``, ``eval``, ``tune-weights``)."""
     p.add_argument("--interactions", type=Path,
                    help="CSV/Parquet with user_id,item_id[,timestamp,weight,event]")
     p.add_argument("--items", type=Path, help="CSV/Parquet with item_id,title,text,categories")
     p.add_argument("--dataset", help="a known dataset instead of the two files: "
                    "ml-100k:FOLDER, ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="malformed rows: stop (default) or skip and count")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="artifacts folder to write")
     p.add_argument("--config", type=Path,
                    help="TOML config: which channels and their params (default: all built-in)")
     p.add_argument("--channels", default="", help="comma-separated subset of channels to build")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                   help="malformed rows: stop (default) or skip and count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -69,6 +69,18 @@ _TINY = 1e-6
 FILTER_HEADROOM = 0.1
 
 
+def filter_headroom(query: Query) -> float:
+    """The share of ``k`` to over-fetch for the catalogue filter: all of it with a
+    category filter (which may drop most candidates), else :data:`FILTER_HEADROOM`."""
+    return 1.0 if query.categories else FILTER_HEADROOM
+
+
+def fetch_size(k: int, query: Query) -> int:
+    """Candidates to rank before the catalogue filter: ``k``, room for every excluded
+    id, and :func:`filter_headroom`. A short answer is widened and tried again."""
+    return k + len(query.exclude) + math.ceil(k * filter_headroom(query))
+
+
 @dataclass(slots=True, frozen=True)
 class Param:
     """One accepted ``[channels.<name>.params]`` key: its type, default and check."""
@@ -311,9 +323,7 @@ class VectorChannel(Channel):
         size = len(index)
         if size == 0:
             return out
-        fetch = min(size, k + max(len(queries[i].exclude) for i in rows)
-                    + math.ceil(k * max(1.0 if queries[i].categories else FILTER_HEADROOM
-                                        for i in rows)))
+        fetch = min(size, max(fetch_size(k, queries[i]) for i in rows))
         found = index.search(np.stack([vectors[i] for i in rows]), fetch)
         catalog = self.ctx.catalog
         for i, (ids, scores) in zip(rows, found, strict=True):
@@ -327,9 +337,8 @@ class VectorChannel(Channel):
 
     def _search_one(self, vector: np.ndarray, query: Query, k: int) -> Candidates:
         catalog = self.ctx.catalog
-        # keep= drops deleted items (rare) and, with a category filter, most of them
-        headroom = 1.0 if query.categories else FILTER_HEADROOM
-        ids, scores = self.index.search(vector, k, exclude=query.exclude, headroom=headroom,
+        ids, scores = self.index.search(vector, k, exclude=query.exclude,
+                                        headroom=filter_headroom(query),
                                         keep=lambda found: catalog.filter_mask(found, query))[0]
         return _candidates(ids, scores)
 

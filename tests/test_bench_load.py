@@ -94,7 +94,7 @@ def test_bench_load_against_a_running_server_reports_its_cpu_per_request(catalog
                                                                         tmp_path):
     import os
 
-    from harness import make_config, serve
+    from tests.harness import make_config, serve
 
     config = make_config({"artifacts": {"root": str(catalog_dir)},
                           "channels": {"popular": {"required": True, "k": 30},

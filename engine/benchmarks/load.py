@@ -124,25 +124,28 @@ class Results:
 class CpuMeter:
     """CPU seconds spent during the measured window by this process (the load generator,
     or generator + engine in process) and by the server's process tree (``pids`` and
-    all their descendants, from ``/proc``): CPU time per request moves far less with
-    other jobs' load than latency does."""
+    all their descendants when the window opens, from ``/proc``): CPU time per request
+    moves far less with other jobs' load than latency does."""
 
     def __init__(self, pids: Sequence[int] = ()) -> None:
         self.pids = list(pids)
         self.client_s = self.server_s = 0.0
         self._c0 = self._s0 = 0.0
+        self._tree: list[int] = []
 
     def start(self) -> None:
-        self._c0, self._s0 = time.process_time(), self._server()
+        # The process tree is listed once, before the window: scanning /proc costs
+        # this process CPU, which must not land inside one figure and not the other.
+        self._tree = _tree(self.pids) if self.pids else []
+        self._s0 = self._server()
+        self._c0 = time.process_time()
 
     def stop(self) -> None:
         self.client_s = time.process_time() - self._c0
         self.server_s = self._server() - self._s0
 
     def _server(self) -> float:
-        if not self.pids:
-            return 0.0
-        return sum(_cpu_seconds(pid) for pid in _tree(self.pids))
+        return sum(_cpu_seconds(pid) for pid in self._tree)
 
 
 def _tree(roots: Sequence[int]) -> list[int]:

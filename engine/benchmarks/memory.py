@@ -30,7 +30,6 @@ def rss_mib():
 from recall_engine.benchmarks.load import _config
 from recall_engine.catalog import Catalog
 from recall_engine.engine import Engine
-from recall_engine import index  # onnxruntime, then usearch (import order matters)
 
 config = _config(Path(sys.argv[1]), Path(sys.argv[2]) if sys.argv[2] else None)
 name = sys.argv[3]

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..build import add_data_arguments
 from ..config import ConfigError, load_config
 from ..data.interactions import DataError
 from ..logs import configure
@@ -26,13 +27,7 @@ __all__ = ["add_arguments", "add_input_arguments", "add_split_arguments", "parse
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
     """The data and config flags ``eval`` and ``tune-weights`` share."""
-    p.add_argument("--interactions", type=Path,
-                   help="CSV/Parquet with user_id,item_id[,timestamp,weight,event]")
-    p.add_argument("--items", type=Path, help="CSV/Parquet with item_id,title,text,categories")
-    p.add_argument("--dataset", help="a known dataset instead of the two files: "
-                   "ml-100k:FOLDER, ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                   help="malformed rows: stop (default) or skip and count")
+    add_data_arguments(p)
     p.add_argument("--config", type=Path,
                    help="TOML config: channels, plan and experiments to evaluate "
                    "(default: every built-in channel, weight 1, RRF)")

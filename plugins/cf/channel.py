@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from recall_engine.channel import (
     Query,
 )
 from recall_engine.logs import get_logger
-from recall_engine.vector_channel import FILTER_HEADROOM
+from recall_engine.vector_channel import fetch_size
 
 from . import item2item
 from .histories import VOCAB_FILE, Vocab, known_history, pad_left, recency_weights, training_log
@@ -34,13 +33,6 @@ MANIFEST_FIELD = "cf"  # extra manifest field: {"modes": [...], "method": ..., .
 
 Ranked = tuple[list[str], np.ndarray]
 _EMPTY: Ranked = ([], np.zeros(0, dtype=np.float32))
-
-
-def _fetch(k: int, q: Query) -> int:
-    """Candidates to rank before the catalogue filter: ``k``, room for every excluded
-    id, and headroom for the filter (a tenth of ``k``; all of ``k`` with a category
-    filter, which may drop most). A short answer is widened and tried again."""
-    return k + len(q.exclude) + math.ceil(k * (1.0 if q.categories else FILTER_HEADROOM))
 
 
 @dataclass(slots=True, frozen=True)
@@ -202,7 +194,7 @@ class CFChannel(Channel):
         """Top ``k`` of ``cand`` by score that the catalogue lets ``q`` see: sort only an
         over-fetch (``argpartition``), filter it, and widen it when too few survive."""
         ids = self._checked_vocab().ids
-        fetch = min(len(cand), _fetch(k, q))
+        fetch = min(len(cand), fetch_size(k, q))
         while True:
             if fetch < len(cand):
                 top = np.argpartition(-scores, fetch - 1)[:fetch]
@@ -223,7 +215,7 @@ class CFChannel(Channel):
             return out
         ids, mask = pad_left([prepared[r].idx for r in rows], self._length)
         vectors = self._encoder.run({"item_ids": ids, "mask": mask})
-        fetch = max(_fetch(k, prepared[r].query) for r in rows)
+        fetch = max(fetch_size(k, prepared[r].query) for r in rows)
         hits = self._index.search(vectors, fetch)
         catalog = self.ctx.catalog
         for row, vector, (found, scores) in zip(rows, vectors, hits, strict=True):
