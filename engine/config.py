@@ -66,6 +66,9 @@ class ServerConfig:
     metrics_addr: str | None = "127.0.0.1:9464"  # None: no Prometheus endpoint
     workers: int = 8
     max_in_flight: int = 0
+    # serve --processes N: process i also listens alone on addr's host at this port + i,
+    # so clients can balance per call (0: only the shared addr); docs/performance.md.
+    worker_port_base: int = 0
     request_timeout_ms: int = 500
     max_k: int = 1000
     max_history: int = 1000
@@ -251,6 +254,8 @@ def _parse_server(t: _Table) -> ServerConfig:
         metrics_addr=_addr(metrics_addr, t.key("metrics_addr")) if metrics_addr else None,
         workers=t.get_int("workers", d.workers, minimum=1),
         max_in_flight=t.get_int("max_in_flight", d.max_in_flight, minimum=0),
+        worker_port_base=_port(t.get_int("worker_port_base", d.worker_port_base, minimum=0),
+                               t.key("worker_port_base")),
         request_timeout_ms=t.get_int("request_timeout_ms", d.request_timeout_ms, minimum=1),
         max_k=t.get_int("max_k", d.max_k, minimum=1),
         max_history=t.get_int("max_history", d.max_history, minimum=0),
@@ -571,6 +576,12 @@ def _addr(value: str, key: str) -> str:
     m = _ADDR_RE.match(value)
     if m is None or int(m["port"]) > 65535:
         raise ConfigError(f"{key}: must be HOST:PORT (port 0-65535), got {value!r}")
+    return value
+
+
+def _port(value: int, key: str) -> int:
+    if value > 65535:
+        raise ConfigError(f"{key}: must be a port number 0-65535, got {value}")
     return value
 
 

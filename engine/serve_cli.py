@@ -26,7 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON logs (default: JSON unless stderr is a terminal)")
     p.add_argument("--processes", type=int, default=1,
                    help="server processes sharing the port (SO_REUSEPORT); Python serves "
-                        "one core per process, so use one per core (needs a fixed port)")
+                        "one core per process, so use one per core (needs a fixed port). "
+                        "With server.worker_port_base set, process i also listens alone on "
+                        "that port + i, for clients that balance per call")
+    p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by --processes
 
 
 def _read(args: argparse.Namespace) -> Config:
@@ -61,8 +64,16 @@ def run(args: argparse.Namespace) -> int:
         return _run_processes(args, config)
     from .server import serve
 
+    worker_addr = None
+    if args.worker_port is not None or config.server.worker_port_base:
+        problem = _worker_ports_problem(config, 1)
+        if problem:
+            log.error("config_invalid", error=problem)
+            return 2
+        port = args.worker_port if args.worker_port is not None else config.server.worker_port_base
+        worker_addr = f"{config.server.addr.rpartition(':')[0]}:{port}"
     try:
-        asyncio.run(serve(config, reload_config=lambda: _read(args)))
+        asyncio.run(serve(config, reload_config=lambda: _read(args), worker_addr=worker_addr))
     except Exception as e:  # noqa: BLE001 - start-up failure: say why, exit non-zero
         log.error("startup_failed", error=str(e))
         return 1
@@ -82,6 +93,11 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
     if port == "0":
         log.error("config_invalid", error="--processes needs a fixed port, not 0")
         return 2
+    problem = _worker_ports_problem(config, args.processes)
+    if problem:
+        log.error("config_invalid", error=problem)
+        return 2
+    base = config.server.worker_port_base
     argv = [a for a in sys.argv[1:]]
     children = []
     for i in range(args.processes):
@@ -93,10 +109,13 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
             child_args += ["--metrics-addr", f"{mhost}:{child_port}"]
         if not args.config and not args.artifacts:
             child_args += ["--demo-dir", str(args.demo_dir)]
+        if base:
+            child_args += ["--worker-port", str(base + i)]
         env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i)}
         children.append(subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args],
                                          env=env))
-    log.info("processes_started", count=len(children), pids=[c.pid for c in children])
+    log.info("processes_started", count=len(children), pids=[c.pid for c in children],
+             worker_addrs=[f"{host}:{base + i}" for i in range(len(children))] if base else [])
 
     def forward(signum, _frame) -> None:
         for c in children:
@@ -107,6 +126,22 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         signal.signal(sig, forward)
     codes = [c.wait() for c in children]
     return max(codes)
+
+
+def _worker_ports_problem(config: Config, processes: int) -> str | None:
+    """Why ``server.worker_port_base`` cannot serve ``processes`` processes, or None."""
+    base = config.server.worker_port_base
+    if not base:
+        return None
+    shared = int(config.server.addr.rpartition(":")[2])
+    last = base + processes - 1
+    if last > 65535:
+        return (f"server.worker_port_base: {base} + {processes} processes runs past port "
+                f"65535")
+    if base <= shared <= last:
+        return (f"server.worker_port_base: ports {base}-{last} overlap the shared "
+                f"server.addr port {shared}")
+    return None
 
 
 def _without(argv: list[str], flag: str) -> list[str]:

@@ -57,9 +57,11 @@ def _credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
 
 
 async def create_server(engine: Engine, addr: str, *,
-                        reload_config: Callable[[], Config] | None = None) -> Running:
-    """Bind ``addr`` (port 0 picks a free port), register every service, start.
-    Health says NOT_SERVING until the caller marks it serving."""
+                        reload_config: Callable[[], Config] | None = None,
+                        worker_addr: str | None = None) -> Running:
+    """Bind ``addr`` (port 0 picks a free port) and ``worker_addr`` if given (this
+    process's own address beside the port ``serve --processes N`` shares), register every
+    service, start. Health says NOT_SERVING until the caller marks it serving."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -69,10 +71,14 @@ async def create_server(engine: Engine, addr: str, *,
     reflection.enable_server_reflection(
         (RECALL_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     creds = _credentials(engine.config.tls)
-    port = (server.add_secure_port(addr, creds) if creds
-            else server.add_insecure_port(addr))
-    if port == 0:
-        raise OSError(f"could not bind {addr}")
+    ports = []
+    for where in (addr, worker_addr) if worker_addr else (addr,):
+        bound = (server.add_secure_port(where, creds) if creds
+                 else server.add_insecure_port(where))
+        if bound == 0:
+            raise OSError(f"could not bind {where}")
+        ports.append(bound)
+    port = ports[0]
     await server.start()
     running = Running(server, port, health_servicer, engine)
     await running.set_serving(False)
@@ -96,13 +102,15 @@ def freeze_heap() -> int:
 
 
 async def serve(config: Config, *, reload_config: Callable[[], Config],
-                ready: Callable[[Running], None] | None = None) -> None:
+                ready: Callable[[Running], None] | None = None,
+                worker_addr: str | None = None) -> None:
     """Run until SIGTERM/SIGINT. SIGHUP reloads the config. Channels load after the
     port is bound, so health is observable (NOT_SERVING) while they warm up."""
     engine = Engine(config)
-    running = await create_server(engine, config.server.addr, reload_config=reload_config)
+    running = await create_server(engine, config.server.addr, reload_config=reload_config,
+                                  worker_addr=worker_addr)
     host = config.server.addr.rpartition(":")[0]
-    log.info("server_listening", addr=f"{host}:{running.port}")
+    log.info("server_listening", addr=f"{host}:{running.port}", worker_addr=worker_addr)
     if config.server.metrics_addr:
         mport = metrics.start_http(config.server.metrics_addr)
         log.info("metrics_listening", port=mport)

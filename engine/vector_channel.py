@@ -13,9 +13,17 @@ A query vector is made from what the request has:
   in one call instead);
 * **both** → ``(1 - text_weight) * history + text_weight * text``, renormalised.
 
-Every vector is L2-normalised and searched with the ``cos`` metric. Excludes,
-categories and deleted items are honoured by :meth:`Catalog.filter_mask` after an
+Every vector is L2-normalised and searched with the ``cos`` metric. Excludes are the
+index's own ``exclude``; a category filter is :meth:`Catalog.filter_mask` after an
 over-fetch (the index's ``keep=`` hook).
+
+Catalogue filter. The index holds only items the catalogue has: :meth:`load`
+reconciles it with the catalogue, and the engine upserts into the catalogue before the
+channels and deletes from the channels before the catalogue. So a single query without
+a category filter never looks its candidates up in the catalogue: on a million-item
+catalogue those ~130 dict lookups per search cost 0.1–0.15 ms (docs/performance.md).
+A caller that changes the catalogue itself must call :meth:`delete_items` /
+:meth:`upsert_items` in that same order.
 
 A subclass provides the encoders (the hooks :meth:`VectorChannel.open_encoders`,
 :meth:`~VectorChannel.encode_items` and, for free text,
@@ -336,10 +344,15 @@ class VectorChannel(Channel):
         return out
 
     def _search_one(self, vector: np.ndarray, query: Query, k: int) -> Candidates:
-        catalog = self.ctx.catalog
+        """One query. The index holds catalogue items only (see "Catalogue filter" in
+        the module docstring), so the catalogue is asked per candidate only for a
+        category filter; excludes are the index's own ``exclude``."""
+        keep = None
+        if query.categories:
+            catalog = self.ctx.catalog
+            keep = lambda found: catalog.filter_mask(found, query)  # noqa: E731
         ids, scores = self.index.search(vector, k, exclude=query.exclude,
-                                        headroom=filter_headroom(query),
-                                        keep=lambda found: catalog.filter_mask(found, query))[0]
+                                        headroom=filter_headroom(query), keep=keep)[0]
         return _candidates(ids, scores)
 
     def _query_vectors(self, queries: Sequence[Query], *, batched: bool

@@ -204,6 +204,9 @@ ERRORS = [
     # unknown keys, at every level
     ("[sever]\n" + CHANNELS, "sever: unknown key"),
     ("[server]\nworker = 2\n" + CHANNELS, "server.worker: unknown key"),
+    ("[server]\nworker_port_base = 70000\n" + CHANNELS,
+     "server.worker_port_base: must be a port number 0-65535, got 70000"),
+    ("[server]\nworker_port_base = -1\n" + CHANNELS, "server.worker_port_base: must be an integer"),
     ("[admin]\ntokn = 'x'\n" + CHANNELS, "admin.tokn: unknown key"),
     ("[tls]\ncrt = ''\n" + CHANNELS, "tls.crt: unknown key"),
     ("[artifacts]\nrot = 'a'\n" + CHANNELS, "artifacts.rot: unknown key"),
@@ -378,3 +381,9 @@ def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="nope.toml: config file not found"):
         load_config(missing)
+
+
+def test_worker_port_base_is_read(tmp_path):
+    cfg = _load(tmp_path, "[server]\nworker_port_base = 50061\n" + CHANNELS, environ={})
+    assert cfg.server.worker_port_base == 50061
+    assert ServerConfig().worker_port_base == 0

@@ -242,8 +242,11 @@ async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: floa
     import grpc
 
     from recall_engine._proto import recall_pb2_grpc
+    from recall_engine.client_target import balanced_target
 
-    chans = [grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+    target, options = balanced_target(addr)
+    chans = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1),
+                                                        *options])
              for _ in range(channels)]
     stubs = [recall_pb2_grpc.RecallServiceStub(c) for c in chans]
     n = 0
@@ -358,7 +361,10 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--addr", help="running server HOST:PORT")
+    p.add_argument("--addr", help="running server HOST:PORT; several, comma-separated (e.g. "
+                   "the worker addresses of serve --processes N with "
+                   "server.worker_port_base): every call goes to the next one "
+                   "(gRPC round_robin)")
     p.add_argument("--artifacts", type=Path,
                    help="artifacts folder (its catalogue feeds the request mix; with "
                         "--in-process the engine serves it); default: --config's "
@@ -379,8 +385,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=200)
     p.add_argument("--history-len", type=int, default=20)
     p.add_argument("--grpc-channels", type=int, default=16,
-                   help="client HTTP/2 connections (several, so that SO_REUSEPORT spreads "
-                        "them evenly over serve --processes N)")
+                   help="client gRPC channels, used in turn; each holds one HTTP/2 "
+                        "connection per --addr address")
     p.add_argument("--timeout", type=float, default=2.0, help="per-call deadline, seconds")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--seed", type=int, default=0)
@@ -395,6 +401,13 @@ def run(args: argparse.Namespace) -> int:
     mix = _parse_mix(args.mix)
     if not args.in_process and not args.addr:
         raise SystemExit("give --addr HOST:PORT or --in-process")
+    if not args.in_process:
+        from recall_engine.client_target import balanced_target
+
+        try:
+            balanced_target(args.addr)
+        except ValueError as e:
+            raise SystemExit(f"--{e}") from None
     if args.artifacts is None:
         if args.config is None:
             raise SystemExit("give --artifacts DIR or --config FILE")
