@@ -1,7 +1,13 @@
 """The shared item catalogue: ids, titles, text and categories.
 
 Every channel gets the same :class:`Catalog`; it backs category filters, the text that
-online upserts bring, and deletes that must disappear from every channel. Reads are
+online upserts bring, and deletes that must disappear from every channel.
+
+Item ids read from files are interned (``sys.intern``), here and where the channels load
+their own id lists (``VectorIndex``, cf's vocabulary, popular), so a million ids exist
+once per process instead of once per structure: ≈ 60 MiB less per channel at 1M items,
+and a candidate looked up in the catalogue matches its key by identity, without
+comparing the strings (docs/performance.md). Reads are
 lock-free (copy-on-write dict swap); writes are serialised and appended to an update
 log beside the catalogue file so that they survive a restart.
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +33,7 @@ UPDATES_FILE = "updates.jsonl"
 
 def _record(obj: dict, where: str) -> ItemRecord:
     try:
-        item_id = str(obj["item_id"])
+        item_id = sys.intern(str(obj["item_id"]))
     except KeyError:
         raise ValueError(f"{where}: missing item_id") from None
     cats = obj.get("categories") or ()

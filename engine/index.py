@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -424,6 +425,8 @@ class VectorIndex:
             raise ValueError(f"{path}: cannot {'view' if view else 'load'} ({exc})") from exc
 
     def _set_ids(self, ids: list[Any], where: Path) -> None:
+        # interned: shared with the catalogue's and the other channels' copies (catalog.py)
+        ids = [sys.intern(i) if isinstance(i, str) else i for i in ids]
         self._ids = np.empty(len(ids), dtype=object)
         self._ids[:] = ids
         self._keys = {item_id: key for key, item_id in enumerate(ids) if item_id is not None}

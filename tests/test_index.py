@@ -346,3 +346,22 @@ def test_eight_threads_search_while_another_upserts_and_deletes(hnsw, small):
 
     assert not errors, errors[0]
     assert len(hnsw) == len(small) + 40 * 50 - 39 * 25
+
+
+def test_loaded_ids_are_the_catalogues_own_string_objects(tmp_path):
+    """Ids read from disk are interned, so the catalogue and every index share one
+    string per item (memory) and catalogue lookups of found ids match by identity."""
+    from recall_engine.catalog import Catalog
+    from recall_engine.channel import ItemRecord
+
+    names = [f"item-{n}" for n in range(50)]
+    Catalog([ItemRecord(i) for i in names]).save(tmp_path / "catalog")
+    index = VectorIndex(4, metric="cos")
+    index.add(names, np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    index.save(tmp_path / "index")
+    catalog = Catalog.load(tmp_path / "catalog")
+    loaded = VectorIndex.load(tmp_path / "index")
+    by_value = {i: i for i in catalog.ids()}
+    assert all(by_value[i] is i for i in loaded.ids())
+    found, _ = loaded.search(np.ones(4, dtype=np.float32), 5)[0]
+    assert all(by_value[i] is i for i in found)

@@ -9,6 +9,7 @@ padding, so its embedding row for index ``i`` is ``i + 1`` (:data:`PAD`).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ class Vocab:
 
     @classmethod
     def from_ids(cls, ids: Sequence[str], counts: np.ndarray) -> Vocab:
-        ids = list(ids)
+        ids = list(map(sys.intern, ids))  # shared with the catalogue's (catalog.py)
         return cls(ids, {item: i for i, item in enumerate(ids)},
                    np.asarray(counts, dtype=np.float32))
 

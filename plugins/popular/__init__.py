@@ -10,6 +10,7 @@ Artifact (``ARTIFACTS/popular/<version>/popular.npz``): ``ids`` (str, best first
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class PopularChannel(Channel):
     def load(self) -> None:
         bundle = self.ctx.open_bundle()
         with np.load(bundle.file(ARTIFACT), allow_pickle=False) as z:
-            self._ids = z["ids"].tolist()
+            self._ids = list(map(sys.intern, z["ids"].tolist()))  # shared (catalog.py)
             self._scores = z["scores"].astype(np.float32)
             self._by_cat = {k[4:]: z[k] for k in z.files if k.startswith("cat:")}
         self._version = bundle.version
