@@ -14,10 +14,19 @@ log beside the catalogue file so that they survive a restart.
 On disk (``ARTIFACTS/catalog/``): ``items.jsonl`` (one JSON object per item with
 ``item_id``, ``title``, ``text``, ``categories``) and ``updates.jsonl`` (``{"op":
 "upsert", ...item}`` or ``{"op": "delete", "item_id": ...}`` in order).
+
+Several processes on one catalogue (``serve --processes N``): each appends its own
+writes to ``updates.jsonl`` under an exclusive ``flock`` and remembers how far into the
+file its in-memory state goes; :meth:`Catalog.read_new_updates` returns what the other
+processes appended since, in file order, for the engine to apply (``Engine.sync_catalog``,
+polled by the server every ``server.catalog_sync_ms``). A process whose own write lands
+after someone else's re-reads its own line after theirs, so every process ends in the
+log's order.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -55,6 +64,7 @@ class Catalog:
         self._items: dict[str, ItemRecord] = {it.item_id: it for it in items}
         self._folder = folder
         self._lock = threading.Lock()
+        self._log_offset = 0  # bytes of updates.jsonl that the in-memory state reflects
 
     # -- reading ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -107,18 +117,22 @@ class Catalog:
                 and not cats.isdisjoint(it.categories) for i in item_ids]
 
     # -- writing ---------------------------------------------------------------
-    def upsert(self, items: Sequence[ItemRecord]) -> int:
+    def upsert(self, items: Sequence[ItemRecord], *, log: bool = True) -> int:
+        """Add or replace ``items``; ``log=False`` applies what another process already
+        wrote to the update log (:meth:`read_new_updates`)."""
         with self._lock:
-            self._log([{"op": "upsert", **_to_json(it)} for it in items])
+            if log:
+                self._log([{"op": "upsert", **_to_json(it)} for it in items])
             new = dict(self._items)
             new.update((it.item_id, it) for it in items)
             self._items = new
         return len(items)
 
-    def delete(self, item_ids: Sequence[str]) -> int:
+    def delete(self, item_ids: Sequence[str], *, log: bool = True) -> int:
         with self._lock:
             present = [i for i in item_ids if i in self._items]
-            self._log([{"op": "delete", "item_id": i} for i in present])
+            if log:
+                self._log([{"op": "delete", "item_id": i} for i in present])
             new = dict(self._items)
             for i in present:
                 del new[i]
@@ -129,11 +143,59 @@ class Catalog:
         if self._folder is None or not rows:
             return
         self._folder.mkdir(parents=True, exist_ok=True)
-        with open(self._folder / UPDATES_FILE, "a", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+        with open(self._folder / UPDATES_FILE, "ab") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)   # released when the file closes
+            end = fh.seek(0, os.SEEK_END)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            if end == self._log_offset:   # nobody else wrote since we last synced
+                self._log_offset = end + len(data)
+
+    def read_new_updates(self) -> list[tuple[str, ItemRecord | str]]:
+        """What other processes appended to the update log since this catalogue last
+        read or wrote it, in file order: ``("upsert", ItemRecord)`` or ``("delete",
+        item_id)``. Only whole lines count; the read position moves past them. Raises
+        ``ValueError`` naming the file and byte offset of a bad line."""
+        if self._folder is None:
+            return []
+        path = self._folder / UPDATES_FILE
+        try:
+            if path.stat().st_size == self._log_offset:
+                return []
+            with open(path, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH)
+                start = self._log_offset
+                if fh.seek(0, os.SEEK_END) < start:   # rewritten under us (a new build)
+                    raise ValueError(f"{path}: shorter than the {start} bytes already "
+                                     "applied; restart to load the rebuilt catalogue")
+                fh.seek(start)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        data = data[:data.rfind(b"\n") + 1]
+        ops: list[tuple[str, ItemRecord | str]] = []
+        at = start
+        for line in data.splitlines(keepends=True):
+            where = f"{path} at byte {at}"
+            at += len(line)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            if obj.get("op") == "delete":
+                ops.append(("delete", sys.intern(str(obj.get("item_id")))))
+            elif obj.get("op") == "upsert":
+                ops.append(("upsert", _record(obj, where)))
+            else:
+                raise ValueError(f"{where}: unknown op {obj.get('op')!r}")
+        self._log_offset = start + len(data)
+        return ops
 
     # -- files -----------------------------------------------------------------
     def save(self, folder: Path) -> Path:
@@ -145,6 +207,8 @@ class Catalog:
                 fh.write(json.dumps(_to_json(it), ensure_ascii=False) + "\n")
         os.replace(tmp, folder / ITEMS_FILE)
         (folder / UPDATES_FILE).unlink(missing_ok=True)
+        if folder == self._folder:
+            self._log_offset = 0
         return folder / ITEMS_FILE
 
     @classmethod
@@ -157,18 +221,14 @@ class Catalog:
         for lineno, obj in _read_jsonl(path):
             it = _record(obj, f"{path}:{lineno}")
             items[it.item_id] = it
-        updates = folder / UPDATES_FILE
-        if updates.exists():
-            for lineno, obj in _read_jsonl(updates):
-                where = f"{updates}:{lineno}"
-                if obj.get("op") == "delete":
-                    items.pop(str(obj.get("item_id")), None)
-                elif obj.get("op") == "upsert":
-                    it = _record(obj, where)
-                    items[it.item_id] = it
-                else:
-                    raise ValueError(f"{where}: unknown op {obj.get('op')!r}")
-        return cls(items.values(), folder=folder)
+        catalog = cls(folder=folder)
+        for op, what in catalog.read_new_updates():   # the whole update log, in order
+            if op == "delete":
+                items.pop(what, None)   # type: ignore[arg-type]
+            else:
+                items[what.item_id] = what   # type: ignore[union-attr]
+        catalog._items = items
+        return catalog
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:

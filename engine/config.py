@@ -69,6 +69,8 @@ class ServerConfig:
     # serve --processes N: process i also listens alone on addr's host at this port + i,
     # so clients can balance per call (0: only the shared addr); docs/performance.md.
     worker_port_base: int = 0
+    # how often a process applies catalogue updates that other processes logged (0: never)
+    catalog_sync_ms: int = 1000
     request_timeout_ms: int = 500
     max_k: int = 1000
     max_history: int = 1000
@@ -256,6 +258,7 @@ def _parse_server(t: _Table) -> ServerConfig:
         max_in_flight=t.get_int("max_in_flight", d.max_in_flight, minimum=0),
         worker_port_base=_port(t.get_int("worker_port_base", d.worker_port_base, minimum=0),
                                t.key("worker_port_base")),
+        catalog_sync_ms=t.get_int("catalog_sync_ms", d.catalog_sync_ms, minimum=0),
         request_timeout_ms=t.get_int("request_timeout_ms", d.request_timeout_ms, minimum=1),
         max_k=t.get_int("max_k", d.max_k, minimum=1),
         max_history=t.get_int("max_history", d.max_history, minimum=0),

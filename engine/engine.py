@@ -238,6 +238,33 @@ class Engine:
             self.catalog.delete(item_ids)
             return removed
 
+    def sync_catalog(self) -> int:
+        """Apply what other server processes appended to the catalogue's update log
+        (``serve --processes N``: an admin call reaches one process), to the catalogue
+        and every channel, in log order. Returns how many operations were applied."""
+        with self._admin_lock:
+            state = self._state
+            if state is None:
+                return 0
+            ops = self.catalog.read_new_updates()
+            start = 0
+            while start < len(ops):   # runs of the same op, in order
+                op = ops[start][0]
+                end = start
+                while end < len(ops) and ops[end][0] == op:
+                    end += 1
+                batch = [what for _, what in ops[start:end]]
+                if op == "upsert":
+                    self.catalog.upsert(batch, log=False)   # type: ignore[arg-type]
+                    for slot in state.slots.values():
+                        slot.channel.upsert_items(batch)   # type: ignore[arg-type]
+                else:
+                    for slot in state.slots.values():
+                        slot.channel.delete_items(batch)   # type: ignore[arg-type]
+                    self.catalog.delete(batch, log=False)   # type: ignore[arg-type]
+                start = end
+            return len(ops)
+
     def channel_infos(self) -> list[tuple[ChannelConfig, ChannelInfo]]:
         state = self._require_state()
         return [(s.config, _safe_info(s.channel)) for s in state.slots.values()]

@@ -101,6 +101,20 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
+async def _follow_catalog(engine: Engine) -> None:
+    """Every ``server.catalog_sync_ms``, apply the catalogue updates that other
+    processes logged (``Engine.sync_catalog``). A stat call when nothing changed."""
+    while True:
+        await asyncio.sleep(max(engine.config.server.catalog_sync_ms, 1) / 1000)
+        try:
+            applied = await asyncio.to_thread(engine.sync_catalog)
+        except Exception as e:  # noqa: BLE001 - keep serving; say why, try again later
+            log.error("catalog_sync_failed", error=str(e))
+            continue
+        if applied:
+            log.info("catalog_synced", operations=applied)
+
+
 async def serve(config: Config, *, reload_config: Callable[[], Config],
                 ready: Callable[[Running], None] | None = None,
                 worker_addr: str | None = None) -> None:
@@ -128,6 +142,7 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
         ready(running)
 
     stop = asyncio.Event()
+    follow = loop.create_task(_follow_catalog(engine)) if config.server.catalog_sync_ms else None
 
     def on_hup() -> None:
         async def reload() -> None:
@@ -142,6 +157,8 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
+    if follow is not None:
+        follow.cancel()
     log.info("shutting_down", grace_s=engine.config.server.grace_s)
     await running.stop(engine.config.server.grace_s)
     log.info("stopped")

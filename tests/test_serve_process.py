@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recall_engine._proto import recall_pb2, recall_pb2_grpc
+from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.harness import catalog_of
 
 CONFIG = """
@@ -163,43 +163,67 @@ def _recall_ok(metrics_port: int) -> float:
     return 0.0
 
 
+class Processes:
+    """``serve --processes 2`` with ``worker_port_base``, the fixed channel over i1-i9."""
+
+    def __init__(self, tmp_path: Path, fake_plugins: Path, extra: str = "") -> None:
+        catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
+        self.shared, self.workers = _free_port_pair(), _free_port_pair()
+        self.metrics = _free_port_pair()
+        config = tmp_path / "recall.toml"
+        config.write_text(f"""
+[server]
+addr = "127.0.0.1:{self.shared}"
+metrics_addr = "127.0.0.1:{self.metrics}"
+worker_port_base = {self.workers}
+{extra}
+[channels.a]
+plugin = "fixed"
+params = {{ items = ["i1", "i2", "i3"] }}
+""")
+        self.env = {**os.environ,
+                    "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
+        self.proc = subprocess.Popen([sys.executable, "-m", "recall_engine", "serve",
+                                      "--config", str(config), "--processes", "2",
+                                      "--log-json"],
+                                     env=self.env, stderr=subprocess.PIPE, text=True)
+        self.events: list[str] = []
+        threading.Thread(target=lambda: self.events.extend(self.proc.stderr),
+                         daemon=True).start()
+        deadline = time.time() + 90
+        while sum('"event": "serving"' in e for e in self.events) < 2:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise AssertionError("".join(self.events))
+            time.sleep(0.2)
+
+    def recall(self, port: int, k: int = 3) -> list[str]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = recall_pb2_grpc.RecallServiceStub(ch)
+            return list(stub.Recall(recall_pb2.RecallRequest(user_id="u", k=k),
+                                    timeout=10).item_ids)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly(
         tmp_path, fake_plugins):
     """serve --processes 2 with server.worker_port_base: each process answers on the
     shared port and on its own; bench load over the two worker addresses (gRPC
     round_robin) puts the same number of calls on each process, where the shared
     port leaves the split to the kernel's hash of a few connections."""
-    catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
-    shared, workers, metrics = _free_port_pair(), _free_port_pair(), _free_port_pair()
-    config = tmp_path / "recall.toml"
-    config.write_text(f"""
-[server]
-addr = "127.0.0.1:{shared}"
-metrics_addr = "127.0.0.1:{metrics}"
-worker_port_base = {workers}
-
-[channels.a]
-plugin = "fixed"
-params = {{ items = ["i1", "i2", "i3"] }}
-""")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
-    proc = subprocess.Popen([sys.executable, "-m", "recall_engine", "serve", "--config",
-                             str(config), "--processes", "2", "--log-json"],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    events: list[str] = []
-    threading.Thread(target=lambda: events.extend(proc.stderr), daemon=True).start()
+    server = Processes(tmp_path, fake_plugins)
+    workers, metrics = server.workers, server.metrics
     try:
-        deadline = time.time() + 90
-        while sum('"event": "serving"' in e for e in events) < 2:
-            assert proc.poll() is None and time.time() < deadline, "".join(events)
-            time.sleep(0.2)
-        started = next(json.loads(e) for e in events if '"processes_started"' in e)
+        started = next(json.loads(e) for e in server.events if '"processes_started"' in e)
         assert started["worker_addrs"] == [f"127.0.0.1:{workers}", f"127.0.0.1:{workers + 1}"]
-        for port in (shared, workers, workers + 1):
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                stub = recall_pb2_grpc.RecallServiceStub(ch)
-                got = stub.Recall(recall_pb2.RecallRequest(user_id="u", k=2), timeout=10)
-                assert list(got.item_ids) == ["i1", "i2"]
+        for port in (server.shared, workers, workers + 1):
+            assert server.recall(port, k=2) == ["i1", "i2"]
         before = [_recall_ok(metrics), _recall_ok(metrics + 1)]
         out = tmp_path / "load.json"
         load = subprocess.run(
@@ -207,7 +231,7 @@ params = {{ items = ["i1", "i2", "i3"] }}
              f"127.0.0.1:{workers},127.0.0.1:{workers + 1}", "--artifacts",
              str(tmp_path / "artifacts"), "--concurrency", "4", "--duration", "2",
              "--warmup", "0.5", "--grpc-channels", "4", "--json", str(out)],
-            env=env, capture_output=True, text=True, timeout=120)
+            env=server.env, capture_output=True, text=True, timeout=120)
         assert load.returncode == 0, load.stderr
         summary = json.loads(out.read_text())
         assert summary["ok"] > 50 and not summary["errors"]
@@ -217,11 +241,29 @@ params = {{ items = ["i1", "i2", "i3"] }}
         # (Four connections hashed onto two processes split 2:2, 3:1 or 4:0.)
         assert min(calls) > 0 and abs(calls[0] - calls[1]) <= 4 + 0.01 * sum(calls), calls
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
+
+
+def test_an_admin_delete_sent_to_one_process_reaches_the_other(tmp_path, fake_plugins):
+    """An admin call lands on one process; the others apply it from the catalogue's
+    update log within server.catalog_sync_ms."""
+    server = Processes(tmp_path, fake_plugins,
+                       'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n')
+    first, second = server.workers, server.workers + 1
+    try:
+        assert server.recall(second) == ["i1", "i2", "i3"]
+        with grpc.insecure_channel(f"127.0.0.1:{first}") as ch:
+            admin = admin_pb2_grpc.AdminServiceStub(ch)
+            resp = admin.DeleteItems(admin_pb2.DeleteItemsRequest(item_ids=["i1"]),
+                                     metadata=[("authorization", "Bearer t0ken")], timeout=10)
+        assert resp.deleted["a"] == 0 and server.recall(first) == ["i2", "i3"]
+        deadline = time.time() + 10
+        while server.recall(second) != ["i2", "i3"]:
+            assert time.time() < deadline, "the second process never applied the delete"
+            time.sleep(0.1)
+        assert any('"catalog_synced"' in e for e in server.events)
+    finally:
+        server.stop()
 
 
 def test_worker_ports_that_overlap_the_shared_port_are_refused(tmp_path):
