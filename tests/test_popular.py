@@ -48,3 +48,26 @@ def test_popular_skips_items_deleted_from_the_catalogue(channel):
     top = channel.recall(Query(), 1).item_ids[0]
     channel.ctx.catalog.delete([top])
     assert top not in channel.recall(Query(), 50).item_ids
+
+
+def test_union_head_is_the_head_of_the_full_union():
+    import numpy as np
+
+    from recall_engine.plugins.popular import union_head
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        parts = [np.unique(rng.integers(0, 500, rng.integers(0, 200))).astype(np.int32)
+                 for _ in range(rng.integers(0, 4))]
+        full = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        for n in (0, 1, 7, 50, 400, 1000):
+            assert union_head(parts, n).tolist() == full[:n].tolist()
+
+
+def test_popular_with_several_categories_matches_the_full_union(channel, demo_small):
+    cats = frozenset({"jazz", "space", "cooking"})
+    exclude = frozenset(channel.recall(Query(categories=cats), 5).item_ids)
+    got = channel.recall(Query(categories=cats, exclude=exclude), 120)
+    ranked = channel.recall(Query(), 10_000).item_ids   # every item, most popular first
+    want = [i for i in ranked if demo_small.topics[i] in cats and i not in exclude][:120]
+    assert list(got.item_ids) == want

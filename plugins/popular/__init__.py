@@ -58,6 +58,16 @@ def write_artifact(folder: Path, ids: np.ndarray, scores: np.ndarray, catalog: C
     return path
 
 
+def union_head(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """The ``n`` smallest values of the union of the ascending arrays ``parts``. Each of
+    them ranks below ``n`` in its own array, so the arrays' first ``n`` entries suffice."""
+    if len(parts) == 1:
+        return parts[0][:n]
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate([p[:n] for p in parts]))[:n]
+
+
 class PopularChannel(Channel):
     trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
 
@@ -91,20 +101,25 @@ class PopularChannel(Channel):
 
     def recall(self, query: Query, k: int) -> Candidates:
         ids, scores = self._ids, self._scores
+        parts = None
         if query.categories:
             parts = [self._by_cat[c] for c in query.categories if c in self._by_cat]
-            positions = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-        else:
-            positions = None
-        order = range(len(ids)) if positions is None else positions.tolist()
         # The catalogue filter (excludes, deleted items: they leave the catalogue, and
         # categories as the catalogue has them now: an upsert may have changed them)
         # runs on a slice just long enough when nothing is deleted, widened while short.
+        # With categories the slice comes from the head of each category's list, never
+        # from a union of whole lists (a large category holds most of the catalogue).
         filter_mask = self.ctx.catalog.filter_mask
         out: list[int] = []
         start, want = 0, k + len(query.exclude)
-        while len(out) < k and start < len(order):
-            chunk = order[start:start + want]
+        while len(out) < k:
+            end = start + want
+            if parts is None:
+                chunk: Sequence[int] = range(start, min(end, len(ids)))
+            else:
+                chunk = union_head(parts, end)[start:].tolist()
+            if not len(chunk):
+                break
             mask = filter_mask([ids[i] for i in chunk], query)
             out.extend(pos for pos, keep in zip(chunk, mask, strict=True) if keep)
             start += len(chunk)
