@@ -19,11 +19,13 @@ needs around it:
   (so f16/i8 scores match what the graph search would give once the catalogue grows).
   Graph search on a tiny catalogue buys nothing and may miss items.
 * **Filters after an over-fetch.** ``exclude`` ids and a ``keep`` callback are applied
-  to an over-fetched candidate list; the fetch doubles until ``k`` survive or the whole
-  index was seen (switching to an exact scan once a graph search would cost as much).
-  Post-filtering suits filters that keep a fair share of items; a filter that keeps
-  0.1 % of a large catalogue scans it all (partition such catalogues into several
-  indexes instead).
+  to an over-fetched candidate list; the fetch grows (at least doubling, or to what the
+  share that survived says is needed) until ``k`` survive, the whole index was seen
+  (switching to an exact scan once a graph search would cost as much) or ``max_fetch``
+  was reached. Post-filtering suits filters that keep a fair share of the query's
+  neighbourhood; without ``max_fetch`` a filter whose items lie far from the query scans
+  the whole index, round after round (seconds per query at a million items), so serving
+  code passes one (partition catalogues with such filters into several indexes).
 
 Threading: every call into usearch runs under one lock per index. usearch releases the
 GIL while it works, so other Python threads (gRPC, ONNX Runtime) keep running, but two
@@ -262,14 +264,16 @@ class VectorIndex:
 
     # -- searching -------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int, *, keep: Keep | None = None,
-               exclude: Collection[str] = (), headroom: float = 1.0) -> list[Hits]:
+               exclude: Collection[str] = (), headroom: float = 1.0,
+               max_fetch: int | None = None) -> list[Hits]:
         """The ``k`` nearest items of each query, as a list with one ``(ids, scores)``
         tuple per query row. ``vectors`` is [B, dim], or [dim] for one query (the list then
         has one tuple: ``ids, scores = index.search(v, k)[0]``).
 
         ``ids`` is a list of item ids best first, ``scores`` a float32 array as long,
         larger is better (see :data:`SCORES`). Fewer than ``k`` come back only when fewer
-        items survive the filters. ``exclude`` ids and ids for which ``keep`` says False
+        items survive the filters, or, with ``max_fetch``, when fewer than ``k`` of the
+        ``max_fetch`` nearest items do. ``exclude`` ids and ids for which ``keep`` says False
         are never returned; both apply to every row (search row by row for per-query
         filters).
 
@@ -278,25 +282,33 @@ class VectorIndex:
         results ``keep`` is expected to drop. The default 1.0 suits an unknown filter;
         a caller whose filter rarely drops anything (no category filter) passes a small
         value, because the fetch sets HNSW's beam width (ef = max(expansion_search,
-        fetch)) and so the cost. Rows left short are searched again with twice the fetch.
+        fetch)) and so the cost. Rows left short are searched again with a larger fetch:
+        twice as many, or as many as the share that survived says ``k`` needs, whichever is
+        more. ``max_fetch`` bounds that: a narrow filter whose items lie far from the query
+        would otherwise widen the search to the whole index (seconds per query on a
+        million items) before giving up.
         """
         queries = self._matrix(vectors, "query")
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         if headroom < 0:
             raise ValueError(f"headroom must be >= 0, got {headroom}")
+        if max_fetch is not None and max_fetch <= 0:
+            raise ValueError(f"max_fetch must be > 0, got {max_fetch}")
         if k == 0 or len(self._keys) == 0:
             return [([], np.zeros(0, dtype=np.float32)) for _ in range(len(queries))]
-        return self._search(queries, k, keep, exclude, headroom)
+        return self._search(queries, k, keep, exclude, headroom, max_fetch)
 
     def _search(self, queries: np.ndarray, k: int, keep: Keep | None,
-                exclude: Collection[str], headroom: float) -> list[Hits]:
+                exclude: Collection[str], headroom: float, max_fetch: int | None
+                ) -> list[Hits]:
         results: list[Hits | None] = [None] * len(queries)
         pending = np.arange(len(queries))
         banned = self._banned_keys(exclude)
         fetch = k + (len(banned) if banned is not None else 0)
         if keep is not None:
             fetch += math.ceil(headroom * k)
+        limit = max(fetch, max_fetch) if max_fetch is not None else None
         while len(pending):
             with self._lock:
                 size = len(self._keys)
@@ -316,16 +328,20 @@ class VectorIndex:
                 # entries of self._ids in place.
                 answers = [(keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])
                            for keys, distances, n in zip(*_columns(found), strict=True)]
-            complete = fetch >= size
-            still = []
+            complete = fetch >= size or (limit is not None and fetch >= limit)
+            still, fewest = [], k
             for row, (keys, ids, distances) in zip(pending, answers, strict=True):
                 hit = self._filter(keys, ids, distances, banned, keep, k)
                 if len(hit[0]) >= k or complete:
                     results[row] = hit
                 else:
                     still.append(row)
+                    fewest = min(fewest, len(hit[0]))
             pending = np.asarray(still, dtype=np.intp)
-            fetch *= 2
+            # what the surviving share says k needs, with a quarter more for luck
+            fetch = max(2 * fetch, math.ceil(1.25 * fetch * k / max(fewest, 1)))
+            if limit is not None:
+                fetch = min(fetch, limit)
         return results  # type: ignore[return-value]
 
     def _banned_keys(self, exclude: Collection[str]) -> np.ndarray | None:

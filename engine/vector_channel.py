@@ -15,7 +15,11 @@ A query vector is made from what the request has:
 
 Every vector is L2-normalised and searched with the ``cos`` metric. Excludes are the
 index's own ``exclude``; a category filter is :meth:`Catalog.filter_mask` after an
-over-fetch (the index's ``keep=`` hook).
+over-fetch (the index's ``keep=`` hook), over at most ``max_filter_fetch`` nearest items
+(4,096 by default): the channel returns the in-category items among those, fewer than
+``k`` when the category lies far from the query, instead of scanning the whole index
+(1M items: 0.8–6 s per query before the bound, docs/performance.md). The popular
+channel answers category filters exactly.
 
 Catalogue filter. The index holds only items the catalogue has: :meth:`load`
 reconciles it with the catalogue, and the engine upserts into the catalogue before the
@@ -117,6 +121,9 @@ VECTOR_PARAMS: dict[str, Param] = {
     # HNSW search breadth (ef) at serve time; 0 keeps what the index was built with.
     # A search for n ids explores max(expansion_search, n) candidates.
     "expansion_search": Param(int, 0, lambda v: v >= 0, ">= 0"),
+    # With a category filter: rank at most this many nearest items, then return those of
+    # them the filter keeps, even if fewer than k (see VectorIndex.search's max_fetch).
+    "max_filter_fetch": Param(int, 4096, _positive, "> 0"),
 }
 
 
@@ -347,12 +354,14 @@ class VectorChannel(Channel):
         """One query. The index holds catalogue items only (see "Catalogue filter" in
         the module docstring), so the catalogue is asked per candidate only for a
         category filter; excludes are the index's own ``exclude``."""
-        keep = None
+        keep, limit = None, None
         if query.categories:
             catalog = self.ctx.catalog
             keep = lambda found: catalog.filter_mask(found, query)  # noqa: E731
+            limit = self.params["max_filter_fetch"]
         ids, scores = self.index.search(vector, k, exclude=query.exclude,
-                                        headroom=filter_headroom(query), keep=keep)[0]
+                                        headroom=filter_headroom(query), keep=keep,
+                                        max_fetch=limit)[0]
         return _candidates(ids, scores)
 
     def _query_vectors(self, queries: Sequence[Query], *, batched: bool

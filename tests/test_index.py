@@ -232,6 +232,45 @@ def test_a_filter_keeping_three_items_returns_exactly_those(hnsw, small):
     assert set(ids) == wanted
 
 
+def test_max_fetch_bounds_a_narrow_filter_instead_of_scanning_the_index(hnsw, small):
+    """A filter whose three items lie anywhere: without max_fetch the search widens
+    until it has seen the whole index; with it, it stops after ranking max_fetch items
+    and returns the kept ones among them."""
+    wanted = {"17", "2500", "4999"}
+    seen: list[int] = []
+
+    def keep(ids: list[str]) -> np.ndarray:
+        seen.append(len(ids))
+        return np.isin(ids, list(wanted))
+
+    ids, _ = hnsw.search(small[0], 10, keep=keep, max_fetch=200)[0]
+    nearest_200 = set(hnsw.search(small[0], 200)[0][0])
+    assert set(ids) == wanted & nearest_200
+    assert max(seen) <= 200
+    seen.clear()
+    assert set(hnsw.search(small[0], 10, keep=keep)[0][0]) == wanted
+    assert max(seen) == len(small)   # unbounded: it got to the whole index
+
+
+def test_a_short_first_fetch_grows_by_the_share_that_survived(hnsw, small):
+    """A filter keeping 1 in 20 items needs about 20 x k candidates: the second round
+    asks for that many instead of doubling five times."""
+    rounds: list[int] = []
+
+    def every_20th(ids: list[str]) -> list[bool]:
+        rounds.append(len(ids))
+        return [int(i) % 20 == 0 for i in ids]
+
+    ids, _ = hnsw.search(small[3], 10, keep=every_20th)[0]
+    assert len(ids) == 10 and all(int(i) % 20 == 0 for i in ids)
+    assert len(rounds) <= 3, rounds
+
+
+def test_max_fetch_must_be_positive(hnsw, small):
+    with pytest.raises(ValueError, match="max_fetch"):
+        hnsw.search(small[0], 5, max_fetch=0)
+
+
 def test_empty_index_answers_every_query_with_nothing():
     hits = VectorIndex(4).search(np.ones((3, 4), dtype=np.float32), 5)
 
