@@ -182,12 +182,7 @@ class Catalog:
             at += len(line)
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object")
+            obj = _json_object(line, where)
             if obj.get("op") == "delete":
                 ops.append(("delete", sys.intern(str(obj.get("item_id")))))
             elif obj.get("op") == "upsert":
@@ -235,12 +230,15 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+            if line:
+                yield lineno, _json_object(line, f"{path}:{lineno}")
+
+
+def _json_object(line: str | bytes, where: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    return obj
