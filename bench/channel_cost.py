@@ -12,12 +12,17 @@ channels alone, with warm caches; ``bench load --in-process`` measures them toge
     python bench/channel_cost.py --config bench/load-1m.toml \\
         --interactions build/catalog-1m/data/sample_interactions.csv [--json out.json]
 
+``--category NAME`` (repeatable) puts a category filter on every request, to measure
+the filtered paths (``--mix known=1,unseen=1 --requests 30`` keeps it short); the table
+then also says how many answers came back shorter than the channel's k.
+
 Run it from two checkouts (or two configs) alternately to compare a change.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,6 +35,8 @@ def main() -> int:
     p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=2, help="measured passes (the last counts)")
+    p.add_argument("--category", action="append", default=[],
+                   help="filter every request to this category (repeatable)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -48,6 +55,10 @@ def main() -> int:
     state = engine._state  # noqa: SLF001 - a benchmark looks inside on purpose
     names = list(config.channels)
     inputs = [(kind, recall_input(req, config.server, names)) for kind, req in pool.requests]
+    if args.category:
+        cats = frozenset(args.category)
+        inputs = [(kind, dataclasses.replace(inp, query=dataclasses.replace(
+            inp.query, categories=cats))) for kind, inp in inputs]
     result: dict[str, dict[str, float]] = {}
     try:
         for _ in range(args.rounds):
@@ -58,22 +69,27 @@ def main() -> int:
                 for _, query in calls[:100]:  # warm-up
                     slot.channel.recall(query, k)
                 spent: dict[str, list[float]] = {}
+                short = 0
                 for kind, query in calls:
                     c0 = time.process_time()
-                    slot.channel.recall(query, k)
+                    got = slot.channel.recall(query, k)
                     spent.setdefault(kind, []).append(time.process_time() - c0)
+                    short += len(got) < k
                 total = sum(sum(v) for v in spent.values())
                 result[name] = {**{kind: round(1000 * sum(v) / len(v), 3)
                                    for kind, v in spent.items()},
-                                "per_request": round(1000 * total / len(inputs), 3)}
+                                "per_request": round(1000 * total / len(inputs), 3),
+                                "short": short}
     finally:
         engine.close()
-    print("| channel | CPU ms per request of the mix | by kind (ms per call) |")
-    print("|---|---:|---|")
+    print("| channel | CPU ms per request of the mix | by kind (ms per call) "
+          "| answers short of k |")
+    print("|---|---:|---|---:|")
     for name, r in result.items():
-        kinds = ", ".join(f"{k} {v}" for k, v in r.items() if k != "per_request")
-        print(f"| {name} | {r['per_request']} | {kinds} |")
-    print(f"| all channels | {round(sum(r['per_request'] for r in result.values()), 3)} | |")
+        kinds = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("per_request", "short"))
+        print(f"| {name} | {r['per_request']} | {kinds} | {r['short']} |")
+    total = round(sum(r["per_request"] for r in result.values()), 3)
+    print(f"| all channels | {total} | | |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

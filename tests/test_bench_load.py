@@ -155,6 +155,18 @@ def test_channel_cost_script_reports_every_channel_by_request_kind(catalog_dir, 
         assert row["per_request"] > 0, name
     assert "text" in cost["llm"] and "text" not in cost["cf"]  # cf skips free text
     assert "| all channels |" in done.stdout
+    assert all(row["short"] == 0 for row in cost.values())   # 500 items, k = 30
+
+    # with a category filter: the filtered paths run, popular still answers k in full
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "channel_cost.py"), "--config", str(config),
+         "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
+         "--requests", "30", "--rounds", "1", "--category", "jazz", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cost = json.loads(out.read_text())
+    assert set(cost) == set(CHANNELS) and cost["popular"]["short"] == 0
+    assert all(row["per_request"] > 0 for row in cost.values())
 
 
 def test_the_1m_sweep_script_is_valid_bash():

@@ -223,7 +223,8 @@ class CFChannel(Channel):
             keep = np.flatnonzero(catalog.filter_mask(found, q))[:k]
             if len(keep) < k and len(found) == fetch:  # a narrow filter: search with it
                 found, scores = self._index.search(
-                    vector, k, keep=lambda c, q=q: catalog.filter_mask(c, q))[0]
+                    vector, k, keep=lambda c, q=q: catalog.filter_mask(c, q),
+                    max_fetch=self.params.max_filter_fetch)[0]
                 keep = np.arange(len(found))
             out[row] = ([found[i] for i in keep.tolist()], scores[keep])
         return out

@@ -54,6 +54,7 @@ class CFParams:
     device: str = "cpu"
     index_dtype: str = "f32"
     expansion_search: int = 0
+    max_filter_fetch: int = 4096   # a narrow category filter ranks at most this many
     # combining
     item2item_weight: float = 1.0
     two_tower_weight: float = 1.0
@@ -139,6 +140,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "device": _choice(DEVICES),
     "index_dtype": _choice(INDEX_DTYPES),
     "expansion_search": _integer(0),
+    "max_filter_fetch": _integer(1),
     "item2item_weight": _number(0.0, strict=False),
     "two_tower_weight": _number(0.0, strict=False),
     "rrf_k": _number(0.0, strict=True),
