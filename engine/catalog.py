@@ -1,15 +1,15 @@
 """The shared item catalogue: ids, titles, text and categories.
 
 Every channel gets the same :class:`Catalog`; it backs category filters, the text that
-online upserts bring, and deletes that must disappear from every channel.
+online upserts bring, and deletes that must disappear from every channel. Reads are
+lock-free (copy-on-write dict swap); writes are serialised and appended to an update
+log beside the catalogue file so that they survive a restart.
 
 Item ids read from files are interned (``sys.intern``), here and where the channels load
 their own id lists (``VectorIndex``, cf's vocabulary, popular), so a million ids exist
 once per process instead of once per structure: ≈ 60 MiB less per channel at 1M items,
 and a candidate looked up in the catalogue matches its key by identity, without
-comparing the strings (docs/performance.md). Reads are
-lock-free (copy-on-write dict swap); writes are serialised and appended to an update
-log beside the catalogue file so that they survive a restart.
+comparing the strings (docs/performance.md).
 
 On disk (``ARTIFACTS/catalog/``): ``items.jsonl`` (one JSON object per item with
 ``item_id``, ``title``, ``text``, ``categories``) and ``updates.jsonl`` (``{"op":

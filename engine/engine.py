@@ -227,16 +227,25 @@ class Engine:
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> dict[str, int]:
         with self._admin_lock:
-            state = self._require_state()
-            self.catalog.upsert(items)
-            return {n: s.channel.upsert_items(items) for n, s in state.slots.items()}
+            return self._upsert(self._require_state(), items, log=True)
 
     def delete_items(self, item_ids: Sequence[str]) -> dict[str, int]:
         with self._admin_lock:
-            state = self._require_state()
-            removed = {n: s.channel.delete_items(item_ids) for n, s in state.slots.items()}
-            self.catalog.delete(item_ids)
-            return removed
+            return self._delete(self._require_state(), item_ids, log=True)
+
+    def _upsert(self, state: _State, items: Sequence[ItemRecord], *, log: bool
+                ) -> dict[str, int]:
+        """The catalogue first, then the channels: a channel's index never holds an item
+        the catalogue lacks (vector_channel.py relies on it)."""
+        self.catalog.upsert(items, log=log)
+        return {n: s.channel.upsert_items(items) for n, s in state.slots.items()}
+
+    def _delete(self, state: _State, item_ids: Sequence[str], *, log: bool
+                ) -> dict[str, int]:
+        """The channels first, then the catalogue (the same invariant as ``_upsert``)."""
+        removed = {n: s.channel.delete_items(item_ids) for n, s in state.slots.items()}
+        self.catalog.delete(item_ids, log=log)
+        return removed
 
     def sync_catalog(self) -> int:
         """Apply what other server processes appended to the catalogue's update log
@@ -254,14 +263,8 @@ class Engine:
                 while end < len(ops) and ops[end][0] == op:
                     end += 1
                 batch = [what for _, what in ops[start:end]]
-                if op == "upsert":
-                    self.catalog.upsert(batch, log=False)   # type: ignore[arg-type]
-                    for slot in state.slots.values():
-                        slot.channel.upsert_items(batch)   # type: ignore[arg-type]
-                else:
-                    for slot in state.slots.values():
-                        slot.channel.delete_items(batch)   # type: ignore[arg-type]
-                    self.catalog.delete(batch, log=False)   # type: ignore[arg-type]
+                apply = self._upsert if op == "upsert" else self._delete
+                apply(state, batch, log=False)   # type: ignore[arg-type]
                 start = end
             return len(ops)
 

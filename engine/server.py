@@ -71,18 +71,20 @@ async def create_server(engine: Engine, addr: str, *,
     reflection.enable_server_reflection(
         (RECALL_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     creds = _credentials(engine.config.tls)
-    ports = []
-    for where in (addr, worker_addr) if worker_addr else (addr,):
-        bound = (server.add_secure_port(where, creds) if creds
-                 else server.add_insecure_port(where))
-        if bound == 0:
-            raise OSError(f"could not bind {where}")
-        ports.append(bound)
-    port = ports[0]
+    port = _bind(server, addr, creds)
+    if worker_addr:
+        _bind(server, worker_addr, creds)
     await server.start()
     running = Running(server, port, health_servicer, engine)
     await running.set_serving(False)
     return running
+
+
+def _bind(server: grpc.aio.Server, addr: str, creds: grpc.ServerCredentials | None) -> int:
+    port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+    if port == 0:
+        raise OSError(f"could not bind {addr}")
+    return port
 
 
 def freeze_heap() -> int:
