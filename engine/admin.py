@@ -19,6 +19,7 @@ from .errors import (
     status_of,
 )
 from .logs import get_logger
+from .process_group import ProcessGroup
 
 log = get_logger(__name__)
 
@@ -38,10 +39,13 @@ def check_token(metadata, expected: str | None) -> None:
 
 
 class AdminServicer(_pb_grpc.AdminServiceServicer):
-    def __init__(self, engine: Engine, reload_config: Callable[[], Config]) -> None:
-        """``reload_config`` re-reads the config file (the same function SIGHUP uses)."""
+    def __init__(self, engine: Engine, reload_config: Callable[[], Config],
+                 group: ProcessGroup | None = None) -> None:
+        """``reload_config`` re-reads the config file (the same function SIGHUP uses);
+        ``group``: the other processes of ``serve --processes N``, told of reloads."""
         self.engine = engine
         self._read_config = reload_config
+        self._group = group
 
     async def _guard(self, context, fn, *args):
         try:
@@ -56,11 +60,15 @@ class AdminServicer(_pb_grpc.AdminServiceServicer):
 
     async def ReloadConfig(self, request, context):  # noqa: N802
         gen = await self._guard(context, lambda: self.engine.reload_config(self._read_config()))
+        if self._group is not None:
+            self._group.announce_config_reload()
         return _pb.ReloadConfigResponse(config_generation=gen)
 
     async def Reload(self, request, context):  # noqa: N802
         versions = await self._guard(context, self.engine.reload_channels,
                                      list(request.channels), request.version or None)
+        if self._group is not None:   # the versions this process resolved, not "current"
+            self._group.announce_reload(versions)
         return _pb.ReloadResponse(versions=versions)
 
     async def UpsertItems(self, request, context):  # noqa: N802

@@ -15,18 +15,16 @@ On disk (``ARTIFACTS/catalog/``): ``items.jsonl`` (one JSON object per item with
 ``item_id``, ``title``, ``text``, ``categories``) and ``updates.jsonl`` (``{"op":
 "upsert", ...item}`` or ``{"op": "delete", "item_id": ...}`` in order).
 
-Several processes on one catalogue (``serve --processes N``): each appends its own
-writes to ``updates.jsonl`` under an exclusive ``flock`` and remembers how far into the
-file its in-memory state goes; :meth:`Catalog.read_new_updates` returns what the other
-processes appended since, in file order, for the engine to apply (``Engine.sync_catalog``,
-polled by the server every ``server.catalog_sync_ms``). A process whose own write lands
-after someone else's re-reads its own line after theirs, so every process ends in the
-log's order.
+Several processes on one catalogue (``serve --processes N``): ``updates.jsonl`` is a
+:class:`~recall_engine.shared_log.SharedLog`; :meth:`Catalog.read_new_updates` returns
+what the other processes appended since, in file order, for the engine to apply
+(``Engine.sync_catalog``, polled by the server every ``server.catalog_sync_ms``). A
+process whose own write lands after someone else's re-reads its own line after theirs
+(upserts and deletes are idempotent), so every process ends in the log's order.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
@@ -35,6 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .channel import ItemRecord, Query
+from .shared_log import SharedLog, json_object
 
 ITEMS_FILE = "items.jsonl"
 UPDATES_FILE = "updates.jsonl"
@@ -64,7 +63,8 @@ class Catalog:
         self._items: dict[str, ItemRecord] = {it.item_id: it for it in items}
         self._folder = folder
         self._lock = threading.Lock()
-        self._log_offset = 0  # bytes of updates.jsonl that the in-memory state reflects
+        # updates.jsonl, with how far into it the in-memory state goes
+        self._updates = SharedLog(folder / UPDATES_FILE) if folder is not None else None
 
     # -- reading ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -140,56 +140,24 @@ class Catalog:
         return len(present)
 
     def _log(self, rows: list[dict]) -> None:
-        if self._folder is None or not rows:
-            return
-        self._folder.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-        with open(self._folder / UPDATES_FILE, "ab") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)   # released when the file closes
-            end = fh.seek(0, os.SEEK_END)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-            if end == self._log_offset:   # nobody else wrote since we last synced
-                self._log_offset = end + len(data)
+        if self._updates is not None:
+            self._updates.append(rows)
 
     def read_new_updates(self) -> list[tuple[str, ItemRecord | str]]:
         """What other processes appended to the update log since this catalogue last
         read or wrote it, in file order: ``("upsert", ItemRecord)`` or ``("delete",
         item_id)``. Only whole lines count; the read position moves past them. Raises
         ``ValueError`` naming the file and byte offset of a bad line."""
-        if self._folder is None:
+        if self._updates is None:
             return []
-        path = self._folder / UPDATES_FILE
-        try:
-            if path.stat().st_size == self._log_offset:
-                return []
-            with open(path, "rb") as fh:
-                fcntl.flock(fh, fcntl.LOCK_SH)
-                start = self._log_offset
-                if fh.seek(0, os.SEEK_END) < start:   # rewritten under us (a new build)
-                    raise ValueError(f"{path}: shorter than the {start} bytes already "
-                                     "applied; restart to load the rebuilt catalogue")
-                fh.seek(start)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        data = data[:data.rfind(b"\n") + 1]
         ops: list[tuple[str, ItemRecord | str]] = []
-        at = start
-        for line in data.splitlines(keepends=True):
-            where = f"{path} at byte {at}"
-            at += len(line)
-            if not line.strip():
-                continue
-            obj = _json_object(line, where)
+        for where, obj in self._updates.read_new():
             if obj.get("op") == "delete":
                 ops.append(("delete", sys.intern(str(obj.get("item_id")))))
             elif obj.get("op") == "upsert":
                 ops.append(("upsert", _record(obj, where)))
             else:
                 raise ValueError(f"{where}: unknown op {obj.get('op')!r}")
-        self._log_offset = start + len(data)
         return ops
 
     # -- files -----------------------------------------------------------------
@@ -202,8 +170,8 @@ class Catalog:
                 fh.write(json.dumps(_to_json(it), ensure_ascii=False) + "\n")
         os.replace(tmp, folder / ITEMS_FILE)
         (folder / UPDATES_FILE).unlink(missing_ok=True)
-        if folder == self._folder:
-            self._log_offset = 0
+        if folder == self._folder and self._updates is not None:
+            self._updates.offset = 0
         return folder / ITEMS_FILE
 
     @classmethod
@@ -231,14 +199,4 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if line:
-                yield lineno, _json_object(line, f"{path}:{lineno}")
-
-
-def _json_object(line: str | bytes, where: str) -> dict:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object")
-    return obj
+                yield lineno, json_object(line, f"{path}:{lineno}")

@@ -69,7 +69,8 @@ class ServerConfig:
     # serve --processes N: process i also listens alone on addr's host at this port + i,
     # so clients can balance per call (0: only the shared addr); docs/performance.md.
     worker_port_base: int = 0
-    # how often a process applies catalogue updates that other processes logged (0: never)
+    # how often a process applies what the other processes of serve --processes N did on
+    # admin calls: catalogue updates, artifact and config reloads (0: never)
     catalog_sync_ms: int = 1000
     request_timeout_ms: int = 500
     max_k: int = 1000

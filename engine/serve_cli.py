@@ -84,9 +84,13 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
     """Start ``args.processes`` copies of this server on the same port (the kernel
     spreads connections over them), forward SIGTERM/SIGINT/SIGHUP, wait for all."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
+    import tempfile
+
+    from .process_group import GROUP_DIR_ENV
 
     log = get_logger("recall_engine.serve")
     host, _, port = config.server.addr.rpartition(":")
@@ -99,6 +103,7 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         return 2
     base = config.server.worker_port_base
     argv = [a for a in sys.argv[1:]]
+    group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")   # admin reloads fan out
     children = []
     for i in range(args.processes):
         child_args = _without(argv, "--processes") + ["--processes", "1",
@@ -111,10 +116,11 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
             child_args += ["--demo-dir", str(args.demo_dir)]
         if base:
             child_args += ["--worker-port", str(base + i)]
-        env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i)}
+        env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i), GROUP_DIR_ENV: group_dir}
         children.append(subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args],
                                          env=env))
     log.info("processes_started", count=len(children), pids=[c.pid for c in children],
+             group_dir=group_dir,
              worker_addrs=[f"{host}:{base + i}" for i in range(len(children))] if base else [])
 
     def forward(signum, _frame) -> None:
@@ -124,7 +130,10 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    codes = [c.wait() for c in children]
+    try:
+        codes = [c.wait() for c in children]
+    finally:
+        shutil.rmtree(group_dir, ignore_errors=True)
     return max(codes)
 
 

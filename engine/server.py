@@ -19,6 +19,7 @@ from .admin import AdminServicer
 from .config import Config, TLSConfig
 from .engine import Engine
 from .logs import get_logger
+from .process_group import GroupFollowError, ProcessGroup, follow
 from .servicer import RecallServicer
 
 log = get_logger(__name__)
@@ -58,14 +59,15 @@ def _credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
 
 async def create_server(engine: Engine, addr: str, *,
                         reload_config: Callable[[], Config] | None = None,
-                        worker_addr: str | None = None) -> Running:
+                        worker_addr: str | None = None,
+                        group: ProcessGroup | None = None) -> Running:
     """Bind ``addr`` (port 0 picks a free port) and ``worker_addr`` if given (this
     process's own address beside the port ``serve --processes N`` shares), register every
     service, start. Health says NOT_SERVING until the caller marks it serving."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(engine, reload_config or (lambda: engine.config)), server)
+        AdminServicer(engine, reload_config or (lambda: engine.config), group), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -103,18 +105,33 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
-async def _follow_catalog(engine: Engine) -> None:
-    """Every ``server.catalog_sync_ms``, apply the catalogue updates that other
-    processes logged (``Engine.sync_catalog``). A stat call when nothing changed."""
+async def _follow_others(engine: Engine, group: ProcessGroup | None,
+                         read_config: Callable[[], Config]) -> None:
+    """Every ``server.catalog_sync_ms``, apply what the other processes of the group
+    did on admin calls: catalogue updates (``Engine.sync_catalog``), then artifact and
+    config reloads (:mod:`recall_engine.process_group`). A stat call per file when
+    nothing changed."""
     while True:
         await asyncio.sleep(max(engine.config.server.catalog_sync_ms, 1) / 1000)
         try:
             applied = await asyncio.to_thread(engine.sync_catalog)
         except Exception as e:  # noqa: BLE001 - keep serving; say why, try again later
             log.error("catalog_sync_failed", error=str(e))
+        else:
+            if applied:
+                log.info("catalog_synced", operations=applied)
+        if group is None:
             continue
-        if applied:
-            log.info("catalog_synced", operations=applied)
+        try:
+            done = await asyncio.to_thread(
+                lambda: follow(engine, group.read_others(), read_config))
+        except GroupFollowError as e:
+            log.error("group_reload_failed", error=str(e), done=e.done)
+        except ValueError as e:   # a malformed control log
+            log.error("group_reload_failed", error=str(e), done=[])
+        else:
+            if done:
+                log.info("group_reloaded", done=done, gc_frozen_objects=freeze_heap())
 
 
 async def serve(config: Config, *, reload_config: Callable[[], Config],
@@ -123,8 +140,9 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
     """Run until SIGTERM/SIGINT. SIGHUP reloads the config. Channels load after the
     port is bound, so health is observable (NOT_SERVING) while they warm up."""
     engine = Engine(config)
+    group = ProcessGroup.from_env()
     running = await create_server(engine, config.server.addr, reload_config=reload_config,
-                                  worker_addr=worker_addr)
+                                  worker_addr=worker_addr, group=group)
     host = config.server.addr.rpartition(":")[0]
     log.info("server_listening", addr=f"{host}:{running.port}", worker_addr=worker_addr)
     if config.server.metrics_addr:
@@ -144,7 +162,8 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
         ready(running)
 
     stop = asyncio.Event()
-    follow = loop.create_task(_follow_catalog(engine)) if config.server.catalog_sync_ms else None
+    follow = (loop.create_task(_follow_others(engine, group, reload_config))
+              if config.server.catalog_sync_ms else None)
 
     def on_hup() -> None:
         async def reload() -> None:

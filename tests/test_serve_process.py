@@ -17,6 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
+from recall_engine.artifacts import ArtifactStore
+from recall_engine.build import build_all
+from recall_engine.config import parse_config
 from tests.harness import catalog_of
 
 CONFIG = """
@@ -163,11 +166,21 @@ def _recall_ok(metrics_port: int) -> float:
     return 0.0
 
 
-class Processes:
-    """``serve --processes 2`` with ``worker_port_base``, the fixed channel over i1-i9."""
+FIXED_CHANNEL = """
+[channels.a]
+plugin = "fixed"
+params = { items = ["i1", "i2", "i3"] }
+"""
 
-    def __init__(self, tmp_path: Path, fake_plugins: Path, extra: str = "") -> None:
-        catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
+
+class Processes:
+    """``serve --processes 2`` with ``worker_port_base``; by default the fixed channel
+    over a catalogue of i1-i9 (other ``channels`` bring their own artifacts)."""
+
+    def __init__(self, tmp_path: Path, fake_plugins: Path, extra: str = "",
+                 channels: str = FIXED_CHANNEL) -> None:
+        if channels == FIXED_CHANNEL:
+            catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
         self.shared, self.workers = _free_port_pair(), _free_port_pair()
         self.metrics = _free_port_pair()
         config = tmp_path / "recall.toml"
@@ -177,10 +190,7 @@ addr = "127.0.0.1:{self.shared}"
 metrics_addr = "127.0.0.1:{self.metrics}"
 worker_port_base = {self.workers}
 {extra}
-[channels.a]
-plugin = "fixed"
-params = {{ items = ["i1", "i2", "i3"] }}
-""")
+{channels}""")
         self.env = {**os.environ,
                     "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
         self.proc = subprocess.Popen([sys.executable, "-m", "recall_engine", "serve",
@@ -264,6 +274,58 @@ def test_an_admin_delete_sent_to_one_process_reaches_the_other(tmp_path, fake_pl
         assert any('"catalog_synced"' in e for e in server.events)
     finally:
         server.stop()
+
+
+def test_admin_reloads_sent_to_one_process_reach_the_other(tmp_path, fake_plugins, demo_small):
+    """Reload (a new artifact version) and ReloadConfig land on one process; it announces
+    them in the group's control log and the other process does the same within
+    server.catalog_sync_ms. The group's folder goes when the server stops."""
+    root = tmp_path / "artifacts"
+    config = parse_config({"artifacts": {"root": str(root)}, "channels": {"popular": {}}},
+                          tmp_path)
+    first = build_all(demo_small.interactions, demo_small.items, root, config)[0].version
+    half = demo_small.interactions.take(range(len(demo_small.interactions) // 2))
+    second = build_all(half, demo_small.items, root, config)[0].version
+    ArtifactStore(root).set_current("popular", first)
+    server = Processes(tmp_path, fake_plugins, 'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n',
+                       channels="[channels.popular]\n")
+    one, two = server.workers, server.workers + 1
+    token = [("authorization", "Bearer t0ken")]
+
+    def listing(port: int) -> tuple[dict[str, str], int]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            resp = recall_pb2_grpc.RecallServiceStub(ch).ListChannels(
+                recall_pb2.ListChannelsRequest(), timeout=10)
+        return {c.name: c.version for c in resp.channels}, resp.config_generation
+
+    def admin(port: int):
+        return admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+    def eventually(port: int, want: tuple[dict[str, str], int]) -> None:
+        deadline = time.time() + 30
+        while listing(port) != want:
+            assert time.time() < deadline, (listing(port), want, "".join(server.events))
+            time.sleep(0.1)
+
+    try:
+        started = next(json.loads(e) for e in server.events if '"processes_started"' in e)
+        group_dir = Path(started["group_dir"])
+        assert group_dir.is_dir()
+        assert listing(one) == listing(two) == ({"popular": first}, 1)
+        resp = admin(one).Reload(admin_pb2.ReloadRequest(channels=["popular"], version=second),
+                                 metadata=token, timeout=30)
+        assert dict(resp.versions) == {"popular": second}
+        assert listing(one) == ({"popular": second}, 1)
+        eventually(two, ({"popular": second}, 1))
+        assert server.recall(one, k=10) == server.recall(two, k=10)
+        gen = admin(two).ReloadConfig(admin_pb2.ReloadConfigRequest(), metadata=token,
+                                      timeout=30).config_generation
+        assert gen == 2
+        eventually(one, ({"popular": second}, 2))
+        assert any('"group_reloaded"' in e for e in server.events)
+    finally:
+        server.stop()
+    assert not group_dir.exists()
 
 
 def test_worker_ports_that_overlap_the_shared_port_are_refused(tmp_path):

@@ -1,0 +1,87 @@
+"""Admin reloads across serve --processes N: the control log (ProcessGroup) and what a
+process does with the others' announcements (follow), on a real engine with two built
+versions of the popular channel."""
+
+from __future__ import annotations
+
+import pytest
+
+from recall_engine.artifacts import ArtifactStore
+from recall_engine.build import build_all
+from recall_engine.catalog import Catalog
+from recall_engine.config import parse_config
+from recall_engine.engine import Engine
+from recall_engine.process_group import CONTROL_FILE, GroupFollowError, ProcessGroup, follow
+
+
+def group_pair(folder):
+    one, two = ProcessGroup(folder), ProcessGroup(folder)
+    two.pid = one.pid + 1   # two processes in one test
+    return one, two
+
+
+def test_a_process_reads_the_others_announcements_not_its_own(tmp_path):
+    one, two = group_pair(tmp_path)
+    one.announce_reload({"popular": "v2"})
+    two.announce_config_reload()
+    assert [r["op"] for r in one.read_others()] == ["reload_config"]
+    assert two.read_others() == [{"op": "reload", "pid": one.pid, "versions": {"popular": "v2"}}]
+    assert one.read_others() == [] and two.read_others() == []
+    assert ProcessGroup.from_env() is None   # not started by serve --processes N
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"op": "restart", "pid": 1}', "unknown op 'restart'"),
+    ('{"op": "reload", "pid": 1, "versions": ["v2"]}', "'versions' must map"),
+    ('{"op": "reload", "pid": 1, "versions": {"popular": 2}}', "'versions' must map"),
+    ("[1]", "expected a JSON object"),
+])
+def test_malformed_lines_are_named_by_file_and_byte(tmp_path, line, message):
+    (tmp_path / CONTROL_FILE).write_text('{"op": "reload_config", "pid": 1}\n' + line + "\n")
+    with pytest.raises(ValueError, match=rf"{CONTROL_FILE} at byte 34: {message}"):
+        ProcessGroup(tmp_path).read_others()
+
+
+@pytest.fixture()
+def two_versions(tmp_path, demo_small):
+    data = {"server": {"addr": "127.0.0.1:0", "metrics_addr": ""},
+            "artifacts": {"root": str(tmp_path)},
+            "channels": {"popular": {"required": True}}}
+    config = parse_config(data, tmp_path)
+    first = build_all(demo_small.interactions, demo_small.items, tmp_path, config)[0].version
+    half = demo_small.interactions.take(range(len(demo_small.interactions) // 2))
+    second = build_all(half, demo_small.items, tmp_path, config)[0].version
+    ArtifactStore(tmp_path).set_current("popular", first)
+    engine = Engine(config, catalog=Catalog.load(tmp_path / "catalog"))
+    engine.load()
+    yield engine, config, first, second
+    engine.close()
+
+
+def serving(engine):
+    return {cc.name: info.version for cc, info in engine.channel_infos()}
+
+
+def test_follow_loads_the_announced_version_and_skips_what_is_already_served(two_versions):
+    engine, config, first, second = two_versions
+    assert serving(engine) == {"popular": first}
+    assert follow(engine, [{"op": "reload", "pid": 1, "versions": {"popular": second}}],
+                  lambda: config) == [f"popular {second}"]
+    assert serving(engine) == {"popular": second}
+    slot = engine._state.slots["popular"]
+    assert follow(engine, [{"op": "reload", "pid": 1, "versions": {"popular": second},
+                            }], lambda: config) == []
+    assert engine._state.slots["popular"] is slot   # not loaded a second time
+    gen = engine.generation
+    assert follow(engine, [{"op": "reload_config", "pid": 1}], lambda: config) == [
+        f"config generation {gen + 1}"]
+
+
+def test_a_failed_announcement_does_not_drop_the_ones_after_it(two_versions):
+    engine, config, first, second = two_versions
+    rows = [{"op": "reload", "pid": 1, "versions": {"popular": "no-such-version"}},
+            {"op": "reload", "pid": 1, "versions": {"popular": second}}]
+    with pytest.raises(GroupFollowError, match="reload from process 1: .*no-such-version") as e:
+        follow(engine, rows, lambda: config)
+    assert e.value.done == [f"popular {second}"]
+    assert serving(engine) == {"popular": second}
