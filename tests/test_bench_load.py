@@ -174,3 +174,40 @@ def test_the_1m_sweep_script_is_valid_bash():
 
     root = Path(__file__).resolve().parents[1]
     subprocess.run(["bash", "-n", str(root / "bench" / "load-1m.sh")], check=True)
+
+
+def test_index_recall_script_scores_the_served_indexes_against_exact_search(catalog_dir,
+                                                                            tmp_path):
+    """Every vector channel's searches are recorded and searched again, by graph and
+    exactly. 500 items is a small graph, where HNSW at ef >= 64 finds the exact top 30."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    config = tmp_path / "recall.toml"
+    config.write_text(f'[artifacts]\nroot = "{catalog_dir}"\n'
+                      + "".join(f"[channels.{name}]\nk = 30\n" for name in CHANNELS))
+    out, queries = tmp_path / "recall.json", tmp_path / "queries"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "index_recall.py"), "--config", str(config),
+         "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
+         "--requests", "40", "--ef", "64,128", "--json", str(out),
+         "--save-queries", str(queries)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"content", "llm"} <= set(result) and "popular" not in result   # no index
+    for name, row in result.items():
+        assert 0 < row["distinct_exact"] <= 1, name
+        for ef in (64, 128):
+            assert row[f"ef{ef}"]["recall"] >= 0.95, (name, row)
+            assert row[f"ef{ef}"]["cpu_ms"] > 0
+            assert -1e-3 <= row[f"ef{ef}"]["score_lost"] < 0.01   # bf16 rounding either way
+        saved = np.load(queries / f"{name}.npz")
+        assert len(saved["vectors"]) == len(saved["kinds"]) == len(saved["n"]) > 0
+        # the channels' own query vectors: one per request, not all alike
+        assert len(np.unique(saved["vectors"].round(4), axis=0)) > len(saved["vectors"]) // 2
+    assert "text" in result["llm"]["ef64"]["by_kind"]
+    assert "| llm | 128 |" in done.stdout
