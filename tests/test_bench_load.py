@@ -211,3 +211,15 @@ def test_index_recall_script_scores_the_served_indexes_against_exact_search(cata
         assert len(np.unique(saved["vectors"].round(4), axis=0)) > len(saved["vectors"]) // 2
     assert "text" in result["llm"]["ef64"]["by_kind"]
     assert "| llm | 128 |" in done.stdout
+
+    # bench/index_tune.py: the same queries on the served index and on a rebuilt one
+    version = (catalog_dir / "content" / "current").read_text().strip()
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "index_tune.py"), "--index",
+         str(catalog_dir / "content" / version / "index"), "--queries",
+         str(queries / "content.npz"), "--builds", "8:64", "--ef", "64"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [r[1].strip() for r in rows[1:]] == ["served (M 16)", "M 8, expansion_add 64"]
+    assert all(float(r[3]) >= 0.95 for r in rows[1:]), rows
