@@ -223,3 +223,25 @@ def test_index_recall_script_scores_the_served_indexes_against_exact_search(cata
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
     assert [r[1].strip() for r in rows[1:]] == ["served (M 16)", "M 8, expansion_add 64"]
     assert all(float(r[3]) >= 0.95 for r in rows[1:]), rows
+
+
+def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tmp_path):
+    import shutil
+
+    from recall_engine.cli import main
+
+    out = tmp_path / "cat"
+    shutil.copytree(catalog_dir, out)
+    before = json.loads((out / "bench_catalog.json").read_text())
+    old_popular = (out / "popular" / "current").read_text()
+    args = ["bench", "catalog", "--items", "500", "--out", str(out), "--seed", "3",
+            "--channels", "popular", "--no-progress"]
+    assert main(args) == 0
+    after = json.loads((out / "bench_catalog.json").read_text())
+    assert (out / "popular" / "current").read_text() != old_popular   # rebuilt
+    assert after["channels"] == before["channels"]
+    assert after["seconds"]["cf"] == before["seconds"]["cf"]
+    assert after["llm"] == before["llm"] and after["cf"] == before["cf"]
+    # another seed is another catalogue: nothing of the old report is kept
+    assert main([*args[:6], "--seed", "4", "--channels", "popular", "--no-progress"]) == 0
+    assert json.loads((out / "bench_catalog.json").read_text())["channels"] == ["popular"]

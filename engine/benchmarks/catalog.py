@@ -45,8 +45,8 @@ What is real and what is synthetic (also written to ``DIR/bench_catalog.json``):
   of the same (topic, sub-tag) plus Gaussian noise (cosine about 0.8 to it),
   unit-normalised. The bundle ships MiniLM's int8 variant too, for serving free-text
   queries with ``precision = "int8"`` (``bench/load-1m.toml``). Embedding a million texts
-  with MiniLM takes about two hours on two cores. The index is built with ``expansion_add
-  = 64`` (:data:`LLM_INDEX_OPTIONS`) instead of 128, 2.5x less build CPU. Serving is
+  with MiniLM takes about two hours on two cores. The index is built with usearch's
+  default ``expansion_add = 128`` (:data:`LLM_INDEX_OPTIONS`). Serving is
   entirely real: free-text queries go through MiniLM under ONNX Runtime, history queries
   average stored vectors, and both search the usearch index. With ``--items`` at most
   ``--llm-real`` the llm channel is the real build throughout.
@@ -80,9 +80,10 @@ BUILD_PARAMS: dict[str, dict[str, Any]] = {
 }
 CHANNELS = tuple(BUILD_PARAMS)
 LLM_REAL = 8192
-#: HNSW build setting for the synthetic-llm index: half the default ``expansion_add``
-#: builds a 1M x 384 index about 2.5x faster (search-time recall: docs/performance.md).
-LLM_INDEX_OPTIONS = {"expansion_add": 64}
+#: HNSW build setting for the synthetic-llm index. Until round 4 it was half of this (64),
+#: to build faster; at 1M that found 0.470 of the exact top 100 at ef 128 against 0.527
+#: with 128, for the same search CPU (bench/index_tune.py, docs/performance.md "Round 4").
+LLM_INDEX_OPTIONS = {"expansion_add": 128}
 #: Two-tower training samples (next-item targets) above which ``cf`` trains on a sample
 #: of users: one step over a million-row embedding table costs about a CPU second.
 CF_TRAIN_SAMPLES = 400_000
@@ -433,9 +434,32 @@ def build_catalog(out: Path, n_items: int, *, n_users: int | None = None,
                      f"of the {samples} next-item samples") if sampled_cf
               else "real build on the whole log",
               "channels": list(channels)}
+    report = _merge_previous(out / "bench_catalog.json", report)
     _write_sample(out / "data" / "sample_interactions.csv", data.interactions)
     (out / "bench_catalog.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _merge_previous(path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """``--channels`` rebuilt some channels of a catalogue generated with the same size
+    and seed: keep what the earlier report says of the others."""
+    try:
+        previous = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return report
+    same = ("items", "users", "interactions", "seed")
+    if any(previous.get(key) != report[key] for key in same):
+        return report
+    rebuilt = set(report["channels"])
+    kept = [c for c in previous.get("channels", []) if c not in rebuilt]
+    merged = dict(report)
+    merged["channels"] = [c for c in CHANNELS if c in rebuilt or c in kept]
+    merged["seconds"] = {**{c: previous["seconds"][c] for c in kept
+                            if c in previous.get("seconds", {})}, **report["seconds"]}
+    for name in ("llm", "cf"):
+        if name in kept and name in previous:
+            merged[name] = previous[name]
+    return merged
 
 
 def _write_sample(path: Path, log: Any, users: int = KNOWN_USERS) -> None:
