@@ -32,10 +32,11 @@ class BuiltChannel:
 
 
 def build_all(interactions: Interactions, items: Sequence[ItemRecord], out: Path,
-              config: Config, *, channels: Sequence[str] = (), seed: int = 0,
+              config: Config, *, channels: Sequence[str] | None = None, seed: int = 0,
               progress: bool = False) -> list[BuiltChannel]:
     """Write ``out/catalog`` and a new current bundle under ``out/<channel>`` for every
-    enabled channel (or just ``channels``) whose plugin defines ``build``."""
+    enabled channel (or just ``channels``; an empty list builds the catalogue alone)
+    whose plugin defines ``build``."""
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(items, folder=out / "catalog")
     catalog.save(out / "catalog")
@@ -43,7 +44,7 @@ def build_all(interactions: Interactions, items: Sequence[ItemRecord], out: Path
     plugins = discover()
     results: list[BuiltChannel] = []
     for name, cc in config.channels.items():
-        if not cc.enabled or (channels and name not in channels):
+        if not cc.enabled or (channels is not None and name not in channels):
             continue
         try:
             factory = load_factory(resolve(plugins, cc.plugin))
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else default_config(args.out.resolve())
         interactions, items = load_inputs(args, progress)
         built = build_all(interactions, items, args.out, config,
-                          channels=[c for c in args.channels.split(",") if c],
+                          channels=[c for c in args.channels.split(",") if c] or None,
                           seed=args.seed, progress=progress)
     except (ConfigError, DataError, PluginError, FileNotFoundError) as e:
         print(f"recall-engine build: {e}", file=sys.stderr)

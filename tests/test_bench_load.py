@@ -225,7 +225,8 @@ def test_index_recall_script_scores_the_served_indexes_against_exact_search(cata
     assert all(float(r[3]) >= 0.95 for r in rows[1:]), rows
 
 
-def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tmp_path):
+def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tmp_path,
+                                                                 minilm_onnx):
     import shutil
 
     from recall_engine.cli import main
@@ -242,6 +243,11 @@ def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tm
     assert after["channels"] == before["channels"]
     assert after["seconds"]["cf"] == before["seconds"]["cf"]
     assert after["llm"] == before["llm"] and after["cf"] == before["cf"]
+    # a channel built by a shortcut (synthetic llm vectors) leaves the others alone
+    currents = {c: (out / c / "current").read_text() for c in CHANNELS}
+    assert main([*args[:-3], "--channels", "llm", "--llm-real", "100",
+                 "--llm-model-dir", str(minilm_onnx), "--no-progress"]) == 0
+    assert [c for c in CHANNELS if (out / c / "current").read_text() != currents[c]] == ["llm"]
     # another seed is another catalogue: nothing of the old report is kept
     assert main([*args[:6], "--seed", "4", "--channels", "popular", "--no-progress"]) == 0
     assert json.loads((out / "bench_catalog.json").read_text())["channels"] == ["popular"]
