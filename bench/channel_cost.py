@@ -40,21 +40,11 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    from recall_engine.benchmarks.load import RequestPool, _config, _parse_mix
-    from recall_engine.engine import Engine
-    from recall_engine.requests import recall_input
+    from recall_engine.benchmarks.load import engine_with_inputs
 
-    config = _config(Path("."), args.config)
-    mix = _parse_mix(args.mix)
-    if not args.interactions:
-        mix.pop("known", None)
-    pool = RequestPool.build(config.artifacts_root, mix=mix, k=200, n=args.requests,
-                             interactions=args.interactions)
-    engine = Engine(config)
-    engine.load()
+    engine, inputs = engine_with_inputs(args.config, mix=args.mix, requests=args.requests,
+                                        interactions=args.interactions)
     state = engine._state  # noqa: SLF001 - a benchmark looks inside on purpose
-    names = list(config.channels)
-    inputs = [(kind, recall_input(req, config.server, names)) for kind, req in pool.requests]
     if args.category:
         cats = frozenset(args.category)
         inputs = [(kind, dataclasses.replace(inp, query=dataclasses.replace(

@@ -46,22 +46,12 @@ def main() -> int:
     args = p.parse_args()
     efs = [int(x) for x in args.ef.split(",")]
 
-    from recall_engine.benchmarks.load import RequestPool, _config, _parse_mix
-    from recall_engine.engine import Engine
+    from recall_engine.benchmarks.load import engine_with_inputs
     from recall_engine.index import VectorIndex
-    from recall_engine.requests import recall_input
 
-    config = _config(Path("."), args.config)
-    mix = _parse_mix(args.mix)
-    if not args.interactions:
-        mix.pop("known", None)
-    pool = RequestPool.build(config.artifacts_root, mix=mix, k=200, n=args.requests,
-                             interactions=args.interactions)
-    engine = Engine(config)
-    engine.load()
+    engine, inputs = engine_with_inputs(args.config, mix=args.mix, requests=args.requests,
+                                        interactions=args.interactions)
     state = engine._state  # noqa: SLF001 - a benchmark looks inside on purpose
-    names = list(config.channels)
-    inputs = [(kind, recall_input(req, config.server, names)) for kind, req in pool.requests]
 
     results: dict[str, dict] = {}
     for name, slot in state.slots.items():

@@ -42,6 +42,22 @@ def make_config(data: dict, base_dir: Path) -> Config:
     return parse_config(data, base_dir)
 
 
+def two_popular_versions(root: Path, demo: Any, **config: Any) -> tuple[Config, str, str]:
+    """Build the popular channel twice into ``root`` (the whole log, then its first half:
+    a different ranking) and leave the first current. ``config``: more top-level config
+    tables (``admin``, ...). Returns the config and both versions."""
+    from recall_engine.artifacts import ArtifactStore
+    from recall_engine.build import build_all
+
+    cfg = make_config({**config, "artifacts": {"root": str(root)},
+                       "channels": {"popular": {"required": True}}}, root)
+    first = build_all(demo.interactions, demo.items, root, cfg)[0].version
+    half = demo.interactions.take(range(len(demo.interactions) // 2))
+    second = build_all(half, demo.items, root, cfg)[0].version
+    ArtifactStore(root).set_current("popular", first)
+    return cfg, first, second
+
+
 def catalog_of(ids, categories: dict[str, tuple[str, ...]] | None = None) -> Catalog:
     categories = categories or {}
     return Catalog([ItemRecord(i, title=i, categories=categories.get(i, ())) for i in ids])

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from recall_engine.artifacts import ArtifactStore
-from recall_engine.build import build_all
 from recall_engine.catalog import Catalog
-from recall_engine.config import parse_config
 from recall_engine.engine import Engine
 from recall_engine.process_group import CONTROL_FILE, GroupFollowError, ProcessGroup, follow
+from tests.harness import two_popular_versions
 
 
 def group_pair(folder):
@@ -44,14 +42,7 @@ def test_malformed_lines_are_named_by_file_and_byte(tmp_path, line, message):
 
 @pytest.fixture()
 def two_versions(tmp_path, demo_small):
-    data = {"server": {"addr": "127.0.0.1:0", "metrics_addr": ""},
-            "artifacts": {"root": str(tmp_path)},
-            "channels": {"popular": {"required": True}}}
-    config = parse_config(data, tmp_path)
-    first = build_all(demo_small.interactions, demo_small.items, tmp_path, config)[0].version
-    half = demo_small.interactions.take(range(len(demo_small.interactions) // 2))
-    second = build_all(half, demo_small.items, tmp_path, config)[0].version
-    ArtifactStore(tmp_path).set_current("popular", first)
+    config, first, second = two_popular_versions(tmp_path, demo_small)
     engine = Engine(config, catalog=Catalog.load(tmp_path / "catalog"))
     engine.load()
     yield engine, config, first, second

@@ -9,27 +9,16 @@ import grpc
 import pytest
 
 from recall_engine._proto import admin_pb2, recall_pb2
-from recall_engine.build import build_all
 from recall_engine.catalog import Catalog
-from recall_engine.config import parse_config
-from tests.harness import serve
+from tests.harness import serve, two_popular_versions
 
 TOKEN = (("authorization", "Bearer s3cret"),)
 
 
 @pytest.fixture()
 def built(tmp_path, demo_small):
-    data = {"server": {"addr": "127.0.0.1:0", "metrics_addr": ""},
-            "admin": {"token": "s3cret"}, "artifacts": {"root": str(tmp_path)},
-            "channels": {"popular": {"required": True}}}
-    config = parse_config(data, tmp_path)
-    first = build_all(demo_small.interactions, demo_small.items, tmp_path, config)[0].version
-    # a second version built from only the first half of the log: a different ranking
-    half = demo_small.interactions.take(range(len(demo_small.interactions) // 2))
-    second = build_all(half, demo_small.items, tmp_path, config)[0].version
-    from recall_engine.artifacts import ArtifactStore
-
-    ArtifactStore(tmp_path).set_current("popular", first)
+    config, first, second = two_popular_versions(tmp_path, demo_small,
+                                                 admin={"token": "s3cret"})
     return config, tmp_path, first, second
 
 

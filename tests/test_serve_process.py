@@ -17,10 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recall_engine.artifacts import ArtifactStore
-from recall_engine.build import build_all
-from recall_engine.config import parse_config
-from tests.harness import catalog_of
+from tests.harness import catalog_of, two_popular_versions
 
 CONFIG = """
 [server]
@@ -280,14 +277,9 @@ def test_admin_reloads_sent_to_one_process_reach_the_other(tmp_path, fake_plugin
     """Reload (a new artifact version) and ReloadConfig land on one process; it announces
     them in the group's control log and the other process does the same within
     server.catalog_sync_ms. The group's folder goes when the server stops."""
-    root = tmp_path / "artifacts"
-    config = parse_config({"artifacts": {"root": str(root)}, "channels": {"popular": {}}},
-                          tmp_path)
-    first = build_all(demo_small.interactions, demo_small.items, root, config)[0].version
-    half = demo_small.interactions.take(range(len(demo_small.interactions) // 2))
-    second = build_all(half, demo_small.items, root, config)[0].version
-    ArtifactStore(root).set_current("popular", first)
-    server = Processes(tmp_path, fake_plugins, 'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n',
+    _, first, second = two_popular_versions(tmp_path / "artifacts", demo_small)
+    server = Processes(tmp_path, fake_plugins,
+                       'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n',
                        channels="[channels.popular]\n")
     one, two = server.workers, server.workers + 1
     token = [("authorization", "Bearer t0ken")]

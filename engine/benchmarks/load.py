@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -270,6 +271,28 @@ def _config(artifacts: Path, config_file: Path | None):
     from recall_engine.config import default_config, load_config
 
     return load_config(config_file) if config_file else default_config(artifacts.resolve())
+
+
+def engine_with_inputs(config_file: Path, *, mix: str, requests: int,
+                       interactions: Path | None) -> tuple[Any, list]:
+    """For the in-process bench scripts (``bench/channel_cost.py``,
+    ``bench/index_recall.py``): the engine loaded from ``config_file`` as ``serve`` would
+    load it, and the request pool as ``(kind, RecallInput)`` pairs (no known users
+    without ``interactions``)."""
+    from recall_engine.engine import Engine
+    from recall_engine.requests import recall_input
+
+    config = _config(Path("."), config_file)
+    shares = _parse_mix(mix)
+    if not interactions:
+        shares.pop("known", None)
+    pool = RequestPool.build(config.artifacts_root, mix=shares, k=200, n=requests,
+                             interactions=interactions)
+    engine = Engine(config)
+    engine.load()
+    names = list(config.channels)
+    return engine, [(kind, recall_input(req, config.server, names))
+                    for kind, req in pool.requests]
 
 
 async def run_in_process(artifacts: Path, pool: RequestPool, *, concurrency: int,
