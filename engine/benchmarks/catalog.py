@@ -81,8 +81,9 @@ BUILD_PARAMS: dict[str, dict[str, Any]] = {
 CHANNELS = tuple(BUILD_PARAMS)
 LLM_REAL = 8192
 #: HNSW build setting for the synthetic-llm index. Until round 4 it was half of this (64),
-#: to build faster; at 1M that found 0.470 of the exact top 100 at ef 128 against 0.527
-#: with 128, for the same search CPU (bench/index_tune.py, docs/performance.md "Round 4").
+#: to build faster; at 1M that found 0.470 of the exact top 100 at ef 128 against 0.538
+#: with 128, for 8 % more distance computations per search (raising ef to 256 instead
+#: buys less for 43 % more; bench/index_tune.py, docs/performance.md "Round 4").
 LLM_INDEX_OPTIONS = {"expansion_add": 128}
 #: Two-tower training samples (next-item targets) above which ``cf`` trains on a sample
 #: of users: one step over a million-row embedding table costs about a CPU second.
