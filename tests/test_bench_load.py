@@ -41,6 +41,11 @@ def test_bench_catalog_builds_every_channel_and_records_what_is_synthetic(catalo
     llm = json.loads((catalog_dir / "llm" / llm_version / "manifest.json").read_text())
     synthetic = llm["build_params"]["synthetic_vectors"]
     assert synthetic["real_items"] + synthetic["synthetic_items"] == llm["item_count"] == 500
+    cf_version = (catalog_dir / "cf" / "current").read_text().strip()
+    check = json.loads((catalog_dir / "cf" / cf_version / "manifest.json").read_text())[
+        "cf"]["held_out_check"]   # the sampled model, on users it did not train on
+    assert check["users"] > 0 and 0 <= check["next_item_hit_at_100"] <= 1
+    assert 0 < check["distinct_top_100"] <= 1
     header = (catalog_dir / "data" / "sample_interactions.csv").read_text().splitlines()[0]
     assert header == "user_id,item_id,timestamp,weight,event"
 

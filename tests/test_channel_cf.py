@@ -205,7 +205,7 @@ def make(params: dict, artifacts=None) -> CFChannel:
     ("neighbours", 0), ("neighbours", "many"), ("method", "svd"), ("item2item", "yes"),
     ("ease_lambda", 0), ("half_life", -1), ("dim", 1.5), ("epochs", True),
     ("temperature", float("nan")), ("encoder", "lstm"), ("event_weights", {"like": -1}),
-    ("two_tower_weight", -0.5), ("device", "tpu"),
+    ("two_tower_weight", -0.5), ("device", "tpu"), ("sparse_updates", "yes"),
 ])
 def test_bad_params_are_rejected_naming_the_key(key, value):
     with pytest.raises(ValueError, match=rf"channels\.cf\.params\.{key}\b"):
@@ -240,6 +240,12 @@ def test_two_tower_training_is_deterministic_for_a_seed(demo_small):
     again = state_dict_sha256(two_tower.train(vocab, log, params, seed=3)[0])
     other = state_dict_sha256(two_tower.train(vocab, log, params, seed=4)[0])
     assert first == again != other
+    # sparse_updates (the default) gives the item table SparseAdam: other weights
+    dense = replace(params, sparse_updates=False)
+    assert params.sparse_updates
+    assert state_dict_sha256(two_tower.train(vocab, log, dense, seed=3)[0]) != first
+    optimisers = two_tower._optimisers(two_tower.HistoryEncoder(10, 8, 5, sparse=True), params)
+    assert [type(o).__name__ for o in optimisers] == ["SparseAdam", "Adam"]
 
 
 SERVE_WITHOUT_TORCH = """

@@ -31,12 +31,15 @@ What is real and what is synthetic (also written to ``DIR/bench_catalog.json``):
   100 neighbours per item instead of 200). The two-tower half runs the plugin's own
   trainer and exporter, but when the log holds more than ``--cf-train-samples`` (default
   400,000) next-item samples it trains on the whole histories of a random sample of
-  users holding about that many, for one epoch of 4,096-row batches: one Adam step
-  over a million-row embedding table costs about a CPU second, so the default (5
-  epochs of 512 over 4.4M samples) would take days on two cores. The item index still
-  covers every item the log knows, so serving cost is real; the model's quality at this
-  budget is not meaningful. At small N (fewer samples than the cap) ``cf`` is the real
-  build throughout.
+  users holding about that many, for one epoch of 4,096-row batches at learning rate
+  0.01 (the default 5 epochs of 512 over 4.4M samples would take most of a day on two
+  cores). The build checks the model on 2,000 next items of users it did not train on
+  (``held_out_check`` in the bundle's ``cf`` manifest field: hit@100 and how varied the
+  top 100s are). At the default learning rate (2e-3) this budget left the model
+  degenerate, every user sent to the same ≈ 190 items (hit@100 0.14, distinct 0.008;
+  0.01 gives 0.27 and 0.068; docs/performance.md "Round 4"). The item index covers every
+  item the log knows. At small N (fewer samples than the cap) ``cf`` is the real build
+  throughout.
 * **llm**: the bundle is the one ``LLMChannel.build`` writes (the MiniLM encoder exported
   to ONNX, or copied from ``--llm-model-dir``; ``index/``; ``signatures.npz`` through
   :func:`recall_engine.vector_channel.write_vectors`), but only ``--llm-real`` items
@@ -74,7 +77,7 @@ import numpy as np
 BUILD_PARAMS: dict[str, dict[str, Any]] = {
     "popular": {},
     "cf": {"method": "cosine", "neighbours": 100, "epochs": 1, "batch_size": 4096,
-           "index_dtype": "bf16"},
+           "learning_rate": 0.01, "index_dtype": "bf16"},
     "content": {"index_dtype": "bf16", "max_train_seconds": 60.0},
     "llm": {"index_dtype": "bf16", "variants": ["int8"]},
 }
@@ -333,23 +336,25 @@ def build_cf(ctx: Any, train_samples: int) -> dict[str, Any]:
     params = parse_params(ctx.name, ctx.params)
     fields = CFChannel.build(replace(ctx, params={**ctx.params, "two_tower": False}))
     vocab, data = training_log(ctx.interactions)
-    sample = sample_users(data, train_samples, np.random.default_rng(ctx.seed))
+    sample, users = sample_users(data, train_samples, np.random.default_rng(ctx.seed))
     model, report = two_tower.train(vocab, sample, params, seed=ctx.seed, progress=ctx.progress)
+    check = next_item_check(model, data, users, params.sequence_length, seed=ctx.seed)
     hashes = two_tower.export(model, vocab, params, ctx.out, seed=ctx.seed)
     info = dict(fields[MANIFEST_FIELD])
     info["modes"] = [*info["modes"], "two_tower"]
     info.update(encoder=params.encoder, sequence_length=params.sequence_length,
                 train_samples=report.samples, train_steps=report.steps,
                 train_seconds=round(report.seconds, 2), final_loss=round(report.final_loss, 4),
-                train_users=int(len(sample.starts) - 1),
+                train_users=int(len(sample.starts) - 1), held_out_check=check,
                 sampled="two-tower trained on a sample of users (bench catalog)")
     return {**fields, "dims": params.dim, "metric": "ip", "model_hashes": hashes,
             "build_params": params.as_dict(), MANIFEST_FIELD: info}
 
 
-def sample_users(data: Any, samples: int, rng: np.random.Generator) -> Any:
+def sample_users(data: Any, samples: int, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
     """A :class:`TrainingLog` of whole histories of random users holding about
-    ``samples`` next-item targets (a user with n interactions gives n - 1)."""
+    ``samples`` next-item targets (a user with n interactions gives n - 1), and those
+    users (indices into ``data``), sorted."""
     from recall_engine.plugins.cf.histories import TrainingLog
 
     lengths = np.diff(data.starts)
@@ -360,7 +365,30 @@ def sample_users(data: Any, samples: int, rng: np.random.Generator) -> Any:
     kept = lengths[take]
     starts = np.r_[0, np.cumsum(kept)].astype(np.int64)
     return TrainingLog(np.repeat(np.arange(len(take)), kept), data.items[rows],
-                       data.weights[rows], starts, len(take))
+                       data.weights[rows], starts, len(take)), take
+
+
+def next_item_check(model: Any, data: Any, trained_users: np.ndarray, length: int, *,
+                    k: int = 100, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """How good the sampled two-tower model is, on users it was not trained on: for
+    ``n`` random next-item targets of other users, the share whose target is in the top
+    ``k`` the model ranks for the history before it (exact search over every item), and
+    how varied those top-``k`` lists are (distinct items over all slots)."""
+    import torch
+
+    from recall_engine.plugins.cf.two_tower import NextItemSamples
+
+    samples = NextItemSamples(data, length)
+    owner = np.searchsorted(data.starts, samples.targets, side="right") - 1
+    held_out = np.flatnonzero(~np.isin(owner, trained_users))
+    rows = np.random.default_rng(seed).choice(held_out, min(n, len(held_out)), replace=False)
+    ids, mask, target = samples.batch(rows)
+    with torch.no_grad():
+        scores = model(ids, mask) @ model.item_vectors().T
+        top = torch.topk(scores, k, dim=1).indices.numpy()
+    hit = float(np.mean([t in row for t, row in zip(target.numpy(), top, strict=True)]))
+    return {f"next_item_hit_at_{k}": round(hit, 4),
+            f"distinct_top_{k}": round(len(np.unique(top)) / top.size, 4), "users": len(rows)}
 
 
 # --------------------------------------------------------------------------- build

@@ -17,7 +17,9 @@ Two modes, each on or off by itself (``[channels.<name>.params]``):
     A history encoder and item embeddings trained with in-batch sampled softmax
     (``dim`` 64, ``sequence_length`` 20, ``encoder`` ``"attention"`` or ``"mean"``,
     ``epochs`` 5, ``batch_size`` 512, ``learning_rate`` 2e-3, ``temperature`` 0.1,
-    ``logq_correction`` on, ``train_threads`` 1); the encoder is exported to ONNX and
+    ``logq_correction`` on, ``train_threads`` 1; ``sparse_updates`` on: the item table's
+    optimiser (SparseAdam) touches only the rows a batch used, 2.6x cheaper per step at a
+    million items, the same recall on MovieLens); the encoder is exported to ONNX and
     served by ONNX Runtime (``device`` ``"cpu"`` by default: a small pooled MLP is faster
     on the CPU than a round trip to a GPU; ``encoder_threads`` 1), item vectors are
     searched in a usearch index (``index_dtype`` ``"f32"``; ``"bf16"`` halves memory and

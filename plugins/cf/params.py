@@ -49,6 +49,7 @@ class CFParams:
     learning_rate: float = 2e-3
     temperature: float = 0.1
     logq_correction: bool = True
+    sparse_updates: bool = True   # the embedding table's optimiser touches the batch's rows only
     train_threads: int = 1
     encoder_threads: int = 1
     device: str = "cpu"
@@ -135,6 +136,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "learning_rate": _number(0.0, strict=True),
     "temperature": _number(0.0, strict=True),
     "logq_correction": _boolean,
+    "sparse_updates": _boolean,
     "train_threads": _integer(0),
     "encoder_threads": _integer(0),
     "device": _choice(DEVICES),
