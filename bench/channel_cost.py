@@ -29,11 +29,10 @@ from pathlib import Path
 
 
 def main() -> int:
+    from recall_engine.benchmarks.load import add_in_process_arguments
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--interactions", type=Path, help="known users' histories (CSV)")
-    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2")
-    p.add_argument("--requests", type=int, default=1000)
+    add_in_process_arguments(p, requests=1000)
     p.add_argument("--rounds", type=int, default=2, help="measured passes (the last counts)")
     p.add_argument("--category", action="append", default=[],
                    help="filter every request to this category (repeatable)")

@@ -33,11 +33,10 @@ import numpy as np
 
 
 def main() -> int:
+    from recall_engine.benchmarks.load import add_in_process_arguments
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--interactions", type=Path, help="known users' histories (CSV)")
-    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2")
-    p.add_argument("--requests", type=int, default=200)
+    add_in_process_arguments(p, requests=200)
     p.add_argument("--ef", default="128,256,512", help="comma-separated expansion_search")
     p.add_argument("--json", type=Path)
     p.add_argument("--save-queries", type=Path, metavar="DIR",

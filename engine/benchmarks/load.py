@@ -273,6 +273,15 @@ def _config(artifacts: Path, config_file: Path | None):
     return load_config(config_file) if config_file else default_config(artifacts.resolve())
 
 
+def add_in_process_arguments(p: argparse.ArgumentParser, *, requests: int) -> None:
+    """The options of :func:`engine_with_inputs`, for the in-process bench scripts."""
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--interactions", type=Path, help="known users' histories (CSV)")
+    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2",
+                   help="request mix shares (known, unseen, text)")
+    p.add_argument("--requests", type=int, default=requests, help="requests in the pool")
+
+
 def engine_with_inputs(config_file: Path, *, mix: str, requests: int,
                        interactions: Path | None) -> tuple[Any, list]:
     """For the in-process bench scripts (``bench/channel_cost.py``,
