@@ -29,7 +29,7 @@ protos: $(BIN)/.installed
 	$(BIN)/python protos/generate.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check engine plugins exporters tests examples
+	$(BIN)/ruff check engine plugins exporters bench tests examples
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

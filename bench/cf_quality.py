@@ -49,7 +49,7 @@ def temporal_split(inter, share: float = 0.2):
 
 
 def make_queries(train, test_inter):
-    from recall_engine.channel import Query
+    from recall_engine.sdk.channel import Query
 
     held: dict[str, set[str]] = {}
     for u, i in zip(test_inter.user_ids.tolist(), test_inter.item_ids.tolist(), strict=True):
@@ -107,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from recall_engine.build import build_all
-    from recall_engine.catalog import Catalog
-    from recall_engine.channel import ChannelContext
-    from recall_engine.config import parse_config
-    from recall_engine.data.movielens import load_dataset
-    from recall_engine.logs import configure
+    from recall_engine.config.schema import parse_config
+    from recall_engine.observability.logs import configure
+    from recall_engine.offline.build import build_all
+    from recall_engine.offline.data.movielens import load_dataset
     from recall_engine.plugins.cf import CFChannel
+    from recall_engine.runtime.catalog import Catalog
+    from recall_engine.sdk.channel import ChannelContext
 
     configure(json=False)
     params = json.loads(args.params)

@@ -36,8 +36,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from recall_engine.encoders import TextEncoder
-    from recall_engine.index import VectorIndex
+    from recall_engine.runtime.encoders import TextEncoder
+    from recall_engine.runtime.index import VectorIndex
 
     texts = movie_texts(args.movies)
     real = TextEncoder(args.encoder, precision="int8").encode(texts)

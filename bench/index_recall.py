@@ -46,7 +46,7 @@ def main() -> int:
     efs = [int(x) for x in args.ef.split(",")]
 
     from recall_engine.benchmarks.load import engine_with_inputs
-    from recall_engine.index import VectorIndex
+    from recall_engine.runtime.index import VectorIndex
 
     engine, inputs = engine_with_inputs(args.config, mix=args.mix, requests=args.requests,
                                         interactions=args.interactions)
@@ -107,7 +107,7 @@ def record_searches(channel, k: int, index, inputs) -> list[tuple[str, np.ndarra
 
 
 def measure(index, recorded: list[tuple[str, np.ndarray, int]], efs: list[int]) -> dict:
-    from recall_engine.index import SCORES
+    from recall_engine.runtime.index import SCORES
 
     raw = index._index  # noqa: SLF001 - the usearch index itself, no filters
     queries = np.stack([q for _, q, _ in recorded])

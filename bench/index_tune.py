@@ -38,7 +38,7 @@ def main() -> int:
     efs = [int(x) for x in args.ef.split(",")]
     builds = [tuple(int(v) for v in b.split(":")) for b in args.builds.split(",") if b]
 
-    from recall_engine.index import VectorIndex
+    from recall_engine.runtime.index import VectorIndex
 
     served = VectorIndex.load(args.index)   # in memory, as served
     raw = served._index  # noqa: SLF001 - the usearch index itself

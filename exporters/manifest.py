@@ -20,7 +20,7 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 KINDS = ("torch", "sentence-encoder")
 POOLINGS = ("mean",)
-#: Variant names serving knows how to pick (``engine/encoders.py``).
+#: Variant names serving knows how to pick (``engine/runtime/encoders.py``).
 VARIANTS = ("optimized", "int8", "fp16")
 
 Kind = Literal["torch", "sentence-encoder"]

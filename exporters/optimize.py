@@ -23,11 +23,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from recall_engine.logs import get_logger
-from recall_engine.tokenizer import TextTokenizer
-
-from .manifest import ModelManifest, Variant, sha256_file
-from .sentence_encoder import PARITY_CHUNKS, SENTENCES, cosine_rows
+from recall_engine.exporters.manifest import ModelManifest, Variant, sha256_file
+from recall_engine.exporters.sentence_encoder import PARITY_CHUNKS, SENTENCES, cosine_rows
+from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.tokenizer import TextTokenizer
 
 log = get_logger(__name__)
 

@@ -3,7 +3,7 @@ ONNX: ``(input_ids, attention_mask) -> embeddings``, mean-pooled and L2-normalis
 inside the graph, so serving only tokenises and runs one session.
 
 Parity is checked on :data:`SENTENCES`, real English text, tokenised by the serving
-tokenizer (:class:`recall_engine.tokenizer.TextTokenizer` on the copied
+tokenizer (:class:`recall_engine.runtime.tokenizer.TextTokenizer` on the copied
 ``tokenizer.json``) and compared with sentence-transformers' own pipeline when it is
 installed (else with the PyTorch model and the ``transformers`` tokenizer): each
 sentence's cosine must reach ``min_cosine``.
@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recall_engine.logs import get_logger
-from recall_engine.tokenizer import TextTokenizer
-
-from .manifest import ModelManifest, Parity, sha256_file
+from recall_engine.exporters.manifest import ModelManifest, Parity, sha256_file
+from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +105,12 @@ def export_sentence_encoder(
     """Export the encoder in ``folder`` to ``out_dir`` (``model.onnx``, ``tokenizer.json``,
     ``manifest.json``); raise :class:`ParityError` when a sentence's cosine to the
     PyTorch embedding is below ``min_cosine``."""
-    from .torch_export import export_graph, graph_specs, producer_versions, settle_dims
+    from recall_engine.exporters.torch_export import (
+        export_graph,
+        graph_specs,
+        producer_versions,
+        settle_dims,
+    )
 
     if out_dir is None:
         raise TypeError("export_sentence_encoder() needs out_dir")
@@ -221,7 +225,7 @@ def check_sentence_parity(model_path: Path, tokenizer: TextTokenizer, folder: Pa
     """Run the ONNX graph on :data:`SENTENCES` in chunks and compare with PyTorch."""
     import onnxruntime as ort
 
-    from .torch_export import ParityError
+    from recall_engine.exporters.torch_export import ParityError
 
     session = ort.InferenceSession(os.fspath(model_path), providers=["CPUExecutionProvider"])
     got, cases = [], []

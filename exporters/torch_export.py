@@ -34,9 +34,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from recall_engine.logs import get_logger
-
-from .manifest import MANIFEST_FILE, ModelManifest, Parity, TensorSpec, sha256_file
+from recall_engine.exporters.manifest import (
+    MANIFEST_FILE,
+    ModelManifest,
+    Parity,
+    TensorSpec,
+    sha256_file,
+)
+from recall_engine.observability.logs import get_logger
 
 log = get_logger(__name__)
 

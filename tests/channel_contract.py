@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from recall_engine.channel import Candidates, Channel, Query
+from recall_engine.sdk.channel import Candidates, Channel, Query
 
 K = 20
 

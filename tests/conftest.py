@@ -75,7 +75,7 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_small():
     """A small deterministic demo catalogue: 400 items in 8 topics, 300 users."""
-    from recall_engine.data.demo import make_demo
+    from recall_engine.offline.data.demo import make_demo
 
     return make_demo(n_items=400, n_users=300, seed=1)
 
@@ -84,10 +84,10 @@ def build_and_load(tmp_root: Path, demo, name: str, plugin: str | None = None,
                    params: dict | None = None):
     """Build channel ``name`` from ``demo`` with the real build command's code path,
     then construct, load and warm it up as the engine does. Returns the channel."""
-    from recall_engine.build import build_all
-    from recall_engine.catalog import Catalog
-    from recall_engine.config import parse_config
-    from recall_engine.registry import discover, instantiate, load_factory, resolve
+    from recall_engine.config.schema import parse_config
+    from recall_engine.offline.build import build_all
+    from recall_engine.runtime.catalog import Catalog
+    from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 
     plugin = plugin or name
     config = parse_config({"artifacts": {"root": str(tmp_root)},
@@ -95,7 +95,7 @@ def build_and_load(tmp_root: Path, demo, name: str, plugin: str | None = None,
                           tmp_root)
     build_all(demo.interactions, demo.items, tmp_root, config)
     cc = config.channels[name]
-    from recall_engine.channel import ChannelContext
+    from recall_engine.sdk.channel import ChannelContext
 
     ctx = ChannelContext(name=name, plugin=plugin, params=cc.params, artifacts=cc.artifacts,
                          catalog=Catalog.load(tmp_root / "catalog"))
@@ -107,8 +107,8 @@ def reopen(channel):
     update log replayed): what a restarted server loads."""
     from dataclasses import replace
 
-    from recall_engine.catalog import Catalog
-    from recall_engine.registry import discover, instantiate, load_factory, resolve
+    from recall_engine.runtime.catalog import Catalog
+    from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 
     ctx = replace(channel.ctx, catalog=Catalog.load(channel.ctx.artifacts.parent / "catalog"))
     return instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)

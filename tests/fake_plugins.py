@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from recall_engine.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
+from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
 
 
 class FixedChannel(Channel):

@@ -13,11 +13,11 @@ from typing import Any
 import grpc
 
 from recall_engine._proto import admin_pb2_grpc, recall_pb2_grpc
-from recall_engine.catalog import Catalog
-from recall_engine.channel import ItemRecord
-from recall_engine.config import Config, parse_config
-from recall_engine.engine import Engine
-from recall_engine.server import Running, create_server
+from recall_engine.config.schema import Config, parse_config
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import ItemRecord
+from recall_engine.serving.engine import Engine
+from recall_engine.serving.server import Running, create_server
 
 
 @dataclass
@@ -46,8 +46,8 @@ def two_popular_versions(root: Path, demo: Any, **config: Any) -> tuple[Config, 
     """Build the popular channel twice into ``root`` (the whole log, then its first half:
     a different ranking) and leave the first current. ``config``: more top-level config
     tables (``admin``, ...). Returns the config and both versions."""
-    from recall_engine.artifacts import ArtifactStore
-    from recall_engine.build import build_all
+    from recall_engine.offline.build import build_all
+    from recall_engine.runtime.artifacts import ArtifactStore
 
     cfg = make_config({**config, "artifacts": {"root": str(root)},
                        "channels": {"popular": {"required": True}}}, root)

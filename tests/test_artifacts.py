@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recall_engine.artifacts import ArtifactError, ArtifactStore
-from recall_engine.index import VectorIndex
+from recall_engine.runtime.artifacts import ArtifactError, ArtifactStore
+from recall_engine.runtime.index import VectorIndex
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recall_engine.cli import main
+from recall_engine.cli.main import main
 
 CHANNELS = ("popular", "cf", "content", "llm")
 OK, ERROR = "1", "3"  # ChannelStatus values, as JSON object keys
@@ -234,7 +234,7 @@ def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tm
                                                                  minilm_onnx):
     import shutil
 
-    from recall_engine.cli import main
+    from recall_engine.cli.main import main
 
     out = tmp_path / "cat"
     shutil.copytree(catalog_dir, out)

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from recall_engine.catalog import UPDATES_FILE, Catalog
-from recall_engine.channel import ItemRecord, Query
-from recall_engine.requests import RecallInput
+from recall_engine.runtime.catalog import UPDATES_FILE, Catalog
+from recall_engine.sdk.channel import ItemRecord, Query
+from recall_engine.serving.requests import RecallInput
 from tests.harness import catalog_of
 
 
@@ -54,8 +54,8 @@ def test_only_whole_lines_are_read_and_bad_lines_are_named(folder):
 
 
 def test_the_engine_applies_other_processes_updates_to_every_channel(folder, tmp_path):
-    from recall_engine.config import parse_config
-    from recall_engine.engine import Engine
+    from recall_engine.config.schema import parse_config
+    from recall_engine.serving.engine import Engine
 
     config = parse_config({"artifacts": {"root": str(tmp_path)},
                            "channels": {"f": {"plugin": "fixed",

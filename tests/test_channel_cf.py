@@ -13,11 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from recall_engine.catalog import Catalog
-from recall_engine.channel import ChannelContext, Query
 from recall_engine.plugins.cf import CFChannel
 from recall_engine.plugins.cf.histories import recency_weights
 from recall_engine.plugins.cf.item2item import NeighbourTable
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import ChannelContext, Query
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load
 
@@ -259,8 +259,8 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Block())
-from recall_engine.catalog import Catalog
-from recall_engine.channel import ChannelContext, Query
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import ChannelContext, Query
 from recall_engine.plugins.cf import CFChannel
 
 artifacts, catalog, history = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -291,10 +291,10 @@ def test_serving_never_imports_torch(channel, demo_small):
 def test_exported_encoder_matches_torch_on_padded_histories(tmp_path, demo_small, encoder):
     """The exporter's own parity check feeds all-true masks; serving pads on the left."""
     torch = pytest.importorskip("torch")
-    from recall_engine.encoders import OnnxModel
     from recall_engine.plugins.cf import two_tower
     from recall_engine.plugins.cf.histories import pad_left, training_log
     from recall_engine.plugins.cf.params import parse_params
+    from recall_engine.runtime.encoders import OnnxModel
 
     vocab, log = training_log(demo_small.interactions.subset(np.arange(2000)))
     params = parse_params("cf", {"epochs": 1, "dim": 8, "sequence_length": 6,

@@ -11,9 +11,9 @@ import threading
 import numpy as np
 import pytest
 
-from recall_engine.channel import ItemRecord, Query
-from recall_engine.data.interactions import Interactions
+from recall_engine.offline.data.interactions import Interactions
 from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
+from recall_engine.sdk.channel import ItemRecord, Query
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load, reopen
 
@@ -171,9 +171,9 @@ class BlockTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, BlockTorch())
-from recall_engine.catalog import Catalog
-from recall_engine.channel import ChannelContext, ItemRecord, Query
-from recall_engine.registry import discover, instantiate, load_factory, resolve
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import ChannelContext, ItemRecord, Query
+from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 
 root, name = Path(sys.argv[1]), sys.argv[2]
 ctx = ChannelContext(name=name, plugin=name, params={}, artifacts=root / name,

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from recall_engine.channel import ItemRecord, Query
-from recall_engine.registry import discover, instantiate, load_factory, resolve
+from recall_engine.sdk.channel import ItemRecord, Query
+from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load, reopen
 
@@ -197,9 +197,9 @@ class BlockTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, BlockTorch())
-from recall_engine.catalog import Catalog
-from recall_engine.channel import ChannelContext, ItemRecord, Query
-from recall_engine.registry import discover, instantiate, load_factory, resolve
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import ChannelContext, ItemRecord, Query
+from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 
 root, name, text = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 ctx = ChannelContext(name=name, plugin=name, params={}, artifacts=root / name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recall_engine.client_target import ROUND_ROBIN, balanced_target
+from recall_engine.serving.client_target import ROUND_ROBIN, balanced_target
 
 
 def test_one_address_is_used_as_is():

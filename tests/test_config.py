@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recall_engine.config import (
+from recall_engine.config.schema import (
     DEFAULT_TOKEN_ENV,
     ConfigError,
     ServerConfig,

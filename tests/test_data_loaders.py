@@ -10,10 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recall_engine.channel import ItemRecord
-from recall_engine.data.interactions import DataError, Interactions, load_interactions
-from recall_engine.data.items import load_items
-from recall_engine.data.movielens import (
+from recall_engine.offline.data.interactions import DataError, Interactions, load_interactions
+from recall_engine.offline.data.items import load_items
+from recall_engine.offline.data.movielens import (
     detect,
     load_dataset,
     load_melu_plots,
@@ -21,6 +20,7 @@ from recall_engine.data.movielens import (
     load_ml100k,
     load_ml_latest,
 )
+from recall_engine.sdk.channel import ItemRecord
 
 HEADER = "user_id,item_id,timestamp,weight,event\n"
 

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from recall_engine.cli import main
-from recall_engine.data.demo import TOPICS, make_demo, write_demo
-from recall_engine.data.interactions import load_interactions
-from recall_engine.data.items import load_items
+from recall_engine.cli.main import main
+from recall_engine.offline.data.demo import TOPICS, make_demo, write_demo
+from recall_engine.offline.data.interactions import load_interactions
+from recall_engine.offline.data.items import load_items
 
 SMALL = {"n_items": 400, "n_users": 150}
 

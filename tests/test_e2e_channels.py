@@ -7,9 +7,9 @@ import grpc
 import pytest
 
 from recall_engine._proto import admin_pb2, recall_pb2
-from recall_engine.build import build_all
-from recall_engine.catalog import Catalog
-from recall_engine.config import parse_config
+from recall_engine.config.schema import parse_config
+from recall_engine.offline.build import build_all
+from recall_engine.runtime.catalog import Catalog
 from tests.harness import serve
 
 TOKEN = (("authorization", "Bearer e2e"),)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from recall_engine.cli import main
-from recall_engine.config import load_config, parse_config
-from recall_engine.data.demo import write_demo
+from recall_engine.cli.main import main
+from recall_engine.config.schema import load_config, parse_config
+from recall_engine.offline.data.demo import write_demo
 
 # Two real (fast) channels, an optional one that fails to load, and an experiment.
 CONFIG = """\

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recall_engine.data.interactions import Interactions
 from recall_engine.evaluation.split import (
     held_out_items,
     make_split,
@@ -13,6 +12,7 @@ from recall_engine.evaluation.split import (
     time_split,
     validation_split,
 )
+from recall_engine.offline.data.interactions import Interactions
 
 
 def _log(seed: int = 0, users: int = 40) -> Interactions:

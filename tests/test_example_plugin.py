@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from recall_engine._proto import recall_pb2
-from recall_engine.registry import discover
+from recall_engine.serving.registry import discover
 from tests.conftest import ROOT
 from tests.harness import catalog_of, make_config, serve
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from recall_engine.config import Config, load_config, parse_config
-from recall_engine.experiments import BUCKETS, Assigner, Assignment, bucket
+from recall_engine.config.schema import Config, load_config, parse_config
+from recall_engine.serving.experiments import BUCKETS, Assigner, Assignment, bucket
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml"
 USERS = [f"user-{i}" for i in range(100_000)]
@@ -67,8 +67,8 @@ def test_same_user_gets_same_variant_in_a_fresh_process():
     here = [f"{a.experiment}/{a.variant}" for a in map(assigner.assign, users)]
     code = (
         "import sys\n"
-        "from recall_engine.config import load_config\n"
-        "from recall_engine.experiments import Assigner\n"
+        "from recall_engine.config.schema import load_config\n"
+        "from recall_engine.serving.experiments import Assigner\n"
         "a = Assigner(load_config(sys.argv[1], environ={}))\n"
         "for i in range(200):\n"
         "    x = a.assign(f'user-{i}')\n"

@@ -123,7 +123,7 @@ def test_load_factory_rejects_a_spec_without_colon():
 
 
 def test_cli_exports_a_factory_and_prints_parity(tmp_path, monkeypatch, capsys):
-    from recall_engine.cli import main
+    from recall_engine.cli.main import main
 
     monkeypatch.chdir(ROOT)
     out = tmp_path / "mlp"
@@ -135,7 +135,7 @@ def test_cli_exports_a_factory_and_prints_parity(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_exits_non_zero_on_parity_failure(tmp_path, monkeypatch, capsys):
-    from recall_engine.cli import main
+    from recall_engine.cli.main import main
 
     monkeypatch.chdir(ROOT)
     rc = main(["export", "torch", "tests.fixtures_models:export_branch_factory",

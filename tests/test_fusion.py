@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recall_engine.fusion import STRATEGIES, Fused, RankedList, fuse, validate_params
+from recall_engine.serving.fusion import STRATEGIES, Fused, RankedList, fuse, validate_params
 
 CONFIGS = [
     ("rrf", {}),

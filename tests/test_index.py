@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from recall_engine.index import ReadOnlyIndexError, VectorIndex
+from recall_engine.runtime.index import ReadOnlyIndexError, VectorIndex
 
 DIM = 64
 
@@ -390,8 +390,8 @@ def test_eight_threads_search_while_another_upserts_and_deletes(hnsw, small):
 def test_loaded_ids_are_the_catalogues_own_string_objects(tmp_path):
     """Ids read from disk are interned, so the catalogue and every index share one
     string per item (memory) and catalogue lookups of found ids match by identity."""
-    from recall_engine.catalog import Catalog
-    from recall_engine.channel import ItemRecord
+    from recall_engine.runtime.catalog import Catalog
+    from recall_engine.sdk.channel import ItemRecord
 
     names = [f"item-{n}" for n in range(50)]
     Catalog([ItemRecord(i) for i in names]).save(tmp_path / "catalog")

@@ -9,7 +9,7 @@ import tomllib
 from tests.conftest import ROOT
 
 MAPPING = {"engine": "recall_engine", "plugins": "recall_engine.plugins",
-           "exporters": "recall_engine.exporters"}
+           "exporters": "recall_engine.exporters", "bench": "recall_engine.benchmarks"}
 
 
 def test_every_package_folder_is_listed_in_pyproject():
@@ -32,7 +32,8 @@ def test_generated_stubs_are_up_to_date():
 
 
 def test_serving_path_does_not_import_torch():
-    code = ("import sys, recall_engine.server, recall_engine.engine, recall_engine.serve_cli;"
+    code = ("import sys, recall_engine.serving.server, recall_engine.serving.engine;"
+            "import recall_engine.cli.serve;"
             "import recall_engine.plugins.popular;"
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
             "assert not bad, bad")
@@ -41,7 +42,7 @@ def test_serving_path_does_not_import_torch():
 
 def test_index_then_onnxruntime_import_order_does_not_crash():
     # onnxruntime-gpu 1.31 segfaults when usearch's extension was loaded first;
-    # recall_engine.index loads onnxruntime first so any import order is safe.
-    code = "import recall_engine.index, usearch.compiled, onnxruntime; print('ok')"
+    # recall_engine.runtime.index loads onnxruntime first so any import order is safe.
+    code = "import recall_engine.runtime.index, usearch.compiled, onnxruntime; print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

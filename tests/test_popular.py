@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from recall_engine.channel import Query
+from recall_engine.sdk.channel import Query
 from tests.channel_contract import ChannelContract
 from tests.conftest import build_and_load
 

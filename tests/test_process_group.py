@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from recall_engine.catalog import Catalog
-from recall_engine.engine import Engine
-from recall_engine.process_group import CONTROL_FILE, GroupFollowError, ProcessGroup, follow
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.serving.engine import Engine
+from recall_engine.serving.process_group import CONTROL_FILE, GroupFollowError, ProcessGroup, follow
 from tests.harness import two_popular_versions
 
 

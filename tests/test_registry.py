@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from recall_engine.engine import Engine
-from recall_engine.registry import PluginError, discover, load_factory, resolve
+from recall_engine.serving.engine import Engine
+from recall_engine.serving.registry import PluginError, discover, load_factory, resolve
 from tests.harness import catalog_of, make_config
 
 

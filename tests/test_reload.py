@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from recall_engine._proto import admin_pb2, recall_pb2
-from recall_engine.catalog import Catalog
+from recall_engine.runtime.catalog import Catalog
 from tests.harness import serve, two_popular_versions
 
 TOKEN = (("authorization", "Bearer s3cret"),)

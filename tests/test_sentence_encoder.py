@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from recall_engine.encoders import MicroBatcher, OnnxModel, TextEncoder, resolve_device
 from recall_engine.exporters.manifest import ManifestError, ModelManifest
 from recall_engine.exporters.sentence_encoder import SENTENCES, cosine_rows
-from recall_engine.tokenizer import TextTokenizer
+from recall_engine.runtime.encoders import MicroBatcher, OnnxModel, TextEncoder, resolve_device
+from recall_engine.runtime.tokenizer import TextTokenizer
 
 train = pytest.mark.train
 
@@ -111,7 +111,7 @@ def test_fp16_variant_agreement_is_recorded(minilm_onnx):
 @train
 def test_export_cli_prints_parity_and_honours_max_length(tmp_path, capsys):
     pytest.importorskip("torch")
-    from recall_engine.cli import main
+    from recall_engine.cli.main import main
 
     out = tmp_path / "cli"
     assert main(["export", "sentence-encoder", "--out", str(out), "--max-length", "128"]) == 0
@@ -133,7 +133,7 @@ def test_text_encoder_runs_where_torch_cannot_be_imported(minilm_onnx, fp32, tmp
                     raise ImportError(f"{name} is blocked in this test")
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from recall_engine.encoders import TextEncoder
+        from recall_engine.runtime.encoders import TextEncoder
         from recall_engine.exporters.sentence_encoder import SENTENCES
         enc = TextEncoder(sys.argv[1], precision="fp32", device="cpu", prefer_optimized=False)
         np.save(sys.argv[2], enc.encode(SENTENCES))

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from recall_engine._proto import admin_pb2, recall_pb2
-from recall_engine.engine import Status
+from recall_engine.serving.engine import Status
 from tests.harness import catalog_of, make_config, serve
 
 ITEMS = [f"i{n}" for n in range(1, 10)]
@@ -292,7 +292,7 @@ def test_max_in_flight_queues_requests_beyond_the_limit(tmp_path, limit, seriali
 
 
 def test_a_negative_max_in_flight_is_a_config_error_naming_the_key(tmp_path):
-    from recall_engine.config import ConfigError
+    from recall_engine.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"^server\.max_in_flight"):
         make_config({"server": {"max_in_flight": -1}, "channels": {

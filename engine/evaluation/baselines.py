@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..data.interactions import Interactions
-from .metrics import Truth, evaluate
+from recall_engine.evaluation.metrics import Truth, evaluate
+from recall_engine.offline.data.interactions import Interactions
 
 __all__ = [
     "ALS",

@@ -3,9 +3,9 @@ way a ranking service would, run the baselines on the same split, compute every 
 
 How the engine is queried (the choice the issue leaves open):
 
-* Channels are built with :func:`recall_engine.build.build_all` on the training rows
+* Channels are built with :func:`recall_engine.offline.build.build_all` on the training rows
   only (the catalogue is complete: item metadata is not a leak) into a temporary
-  artifacts folder, and served by a real :class:`~recall_engine.engine.Engine`.
+  artifacts folder, and served by a real :class:`~recall_engine.serving.engine.Engine`.
 * **Each channel alone**: the engine is switched (``Engine.reload_config``, which keeps
   the loaded channels since their config is unchanged) to a plan that gives that
   channel weight 1 and the others 0, and every user is sent through ``Engine.recall``
@@ -13,7 +13,7 @@ How the engine is queried (the choice the issue leaves open):
   keeps its order). The channel's raw scores come back through the response's
   provenance. Channel timeouts are lifted so a loaded machine can't drop lists.
 * **Every variant** (the default plan and each experiment's variants): the per-channel
-  lists are fused offline with :func:`recall_engine.fusion.fuse` exactly as
+  lists are fused offline with :func:`recall_engine.serving.fusion.fuse` exactly as
   ``Engine.recall`` does (the variant's strategy, weights, params and per-channel k,
   channel priority = config order). That costs one request per user and channel
   instead of one per user, channel and variant. A parity check sends a sample of users
@@ -40,18 +40,18 @@ from typing import Any
 
 import numpy as np
 
-from ..build import BuiltChannel, build_all
-from ..catalog import Catalog
-from ..channel import ItemRecord, Query
-from ..config import Config, Plan, default_config
-from ..data.interactions import Interactions
-from ..engine import Engine, Status
-from ..fusion import RankedList, fuse
-from ..logs import get_logger
-from ..requests import RecallInput
-from . import baselines as bl
-from .metrics import METRICS, Truth, evaluate, ids_to_matrix, novelty_table
-from .split import Split, held_out_items, make_split, validation_split
+from recall_engine.config.schema import Config, Plan, default_config
+from recall_engine.evaluation import baselines as bl
+from recall_engine.evaluation.metrics import METRICS, Truth, evaluate, ids_to_matrix, novelty_table
+from recall_engine.evaluation.split import Split, held_out_items, make_split, validation_split
+from recall_engine.observability.logs import get_logger
+from recall_engine.offline.build import BuiltChannel, build_all
+from recall_engine.offline.data.interactions import Interactions
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.types import ItemRecord, Query
+from recall_engine.serving.engine import Engine, Status
+from recall_engine.serving.fusion import RankedList, fuse
+from recall_engine.serving.requests import RecallInput
 
 log = get_logger(__name__)
 

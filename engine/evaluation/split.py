@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..data.interactions import Interactions
+from recall_engine.offline.data.interactions import Interactions
 
 __all__ = [
     "DEFAULT_QUANTILE",

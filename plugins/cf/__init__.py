@@ -44,7 +44,7 @@ recall@100): item2item 0.45, two_tower 0.48, both 0.49; popularity 0.23, ItemKNN
 and plain EASE 0.40 on the same split.
 """
 
-from .channel import CFChannel
-from .params import CFParams, parse_params
+from recall_engine.plugins.cf.channel import CFChannel
+from recall_engine.plugins.cf.params import CFParams, parse_params
 
 __all__ = ["CFChannel", "CFParams", "parse_params"]

@@ -9,7 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from recall_engine.channel import (
+from recall_engine.observability.logs import get_logger
+from recall_engine.plugins.cf import item2item
+from recall_engine.plugins.cf.histories import (
+    VOCAB_FILE,
+    Vocab,
+    known_history,
+    pad_left,
+    recency_weights,
+    training_log,
+)
+from recall_engine.plugins.cf.merge import rrf
+from recall_engine.plugins.cf.params import CFParams, parse_params
+from recall_engine.sdk.channel import (
     BuildContext,
     Candidates,
     Channel,
@@ -17,13 +29,7 @@ from recall_engine.channel import (
     ChannelInfo,
     Query,
 )
-from recall_engine.logs import get_logger
-from recall_engine.vector_channel import fetch_size
-
-from . import item2item
-from .histories import VOCAB_FILE, Vocab, known_history, pad_left, recency_weights, training_log
-from .merge import rrf
-from .params import CFParams, parse_params
+from recall_engine.sdk.vector_channel import fetch_size
 
 log = get_logger(__name__)
 
@@ -54,8 +60,8 @@ class CFChannel(Channel):
         self.params: CFParams = parse_params(ctx.name, ctx.params)
         self._vocab: Vocab | None = None
         self._table: item2item.NeighbourTable | None = None
-        self._encoder: Any = None  # recall_engine.encoders.OnnxModel
-        self._index: Any = None  # recall_engine.index.VectorIndex
+        self._encoder: Any = None  # recall_engine.runtime.encoders.OnnxModel
+        self._index: Any = None  # recall_engine.runtime.index.VectorIndex
         self._version = ""
         self._built: dict[str, Any] = {}
         self._length = self.params.sequence_length
@@ -90,7 +96,7 @@ class CFChannel(Channel):
             log.info("cf_item2item_built", method=method, items=len(vocab), entries=table.nnz,
                      seconds=info["item2item_seconds"])
         if params.two_tower:
-            from . import two_tower  # PyTorch: build time only
+            from recall_engine.plugins.cf import two_tower  # PyTorch: build time only
 
             model, report = two_tower.train(vocab, data, params, seed=ctx.seed,
                                             progress=ctx.progress)
@@ -118,8 +124,8 @@ class CFChannel(Channel):
             self._table = item2item.NeighbourTable.load(bundle.file(item2item.ARTIFACT),
                                                         len(vocab))
         if self.params.two_tower:
-            from recall_engine.encoders import OnnxModel
-            from recall_engine.index import VectorIndex
+            from recall_engine.runtime.encoders import OnnxModel
+            from recall_engine.runtime.index import VectorIndex
 
             self._require(bundle, ENCODER_MANIFEST, files, "two_tower")
             self._require(bundle, INDEX_META, files, "two_tower")

@@ -65,7 +65,7 @@ class TrainingLog:
 
 
 def training_log(interactions) -> tuple[Vocab, TrainingLog]:
-    """Index ``interactions`` (a :class:`recall_engine.data.interactions.Interactions`):
+    """Index ``interactions`` (a :class:`recall_engine.offline.data.interactions.Interactions`):
     sort by user, then time (file order breaks ties), and count items."""
     if len(interactions) == 0:
         raise ValueError("cf: no interactions to learn from")

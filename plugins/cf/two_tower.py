@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from recall_engine.exporters.torch_export import export_torch
-from recall_engine.logs import get_logger
-
-from .histories import TrainingLog, Vocab
-from .params import CFParams
+from recall_engine.observability.logs import get_logger
+from recall_engine.plugins.cf.histories import TrainingLog, Vocab
+from recall_engine.plugins.cf.params import CFParams
 
 log = get_logger(__name__)
 
@@ -207,7 +206,7 @@ def export(model: HistoryEncoder, vocab: Vocab, params: CFParams, out: Path,
     """Write ``encoder/`` (ONNX history encoder, parity-checked, with its manifest) and
     ``index/`` (the unit item vectors in a ``VectorIndex``, metric ``ip``) under ``out``.
     Returns the model hashes for the bundle manifest."""
-    from recall_engine.index import VectorIndex
+    from recall_engine.runtime.index import VectorIndex
 
     length = params.sequence_length
     example_ids = torch.zeros((2, length), dtype=torch.int64)

@@ -9,9 +9,9 @@ nobody has interacted with yet (brand-new ones included) get vectors as good as 
 metadata, which is this channel's point. Served with ONNX Runtime, no PyTorch.
 
 Queries: history (recency-weighted mean of stored item vectors) and/or free text (its
-words as terms, through the same encoder); see :mod:`recall_engine.vector_channel`.
+words as terms, through the same encoder); see :mod:`recall_engine.sdk.vector_channel`.
 
-Params (besides :data:`~recall_engine.vector_channel.VECTOR_PARAMS`), build time:
+Params (besides :data:`~recall_engine.sdk.vector_channel.VECTOR_PARAMS`), build time:
 ``dim`` (64), ``epochs`` (4), ``batch_size`` (512), ``lr`` (0.005), ``temperature``
 (0.1), ``term_dropout`` (0.1), ``window`` (3: pairs of items at most this many steps
 apart in a user's history), ``max_pairs`` (200,000, sampled once), ``max_terms`` (64 per
@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recall_engine.channel import BuildContext, ChannelContext, ItemRecord
-from recall_engine.encoders import OnnxModel
-from recall_engine.vector_channel import (
+from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
+from recall_engine.runtime.encoders import OnnxModel
+from recall_engine.sdk.channel import BuildContext, ChannelContext, ItemRecord
+from recall_engine.sdk.vector_channel import (
     VECTOR_PARAMS,
     Param,
     VectorChannel,
@@ -39,10 +40,8 @@ from recall_engine.vector_channel import (
     write_vectors,
 )
 
-from .terms import Vocabulary, item_terms, query_terms
-
 if TYPE_CHECKING:
-    from recall_engine.artifacts import Bundle
+    from recall_engine.runtime.artifacts import Bundle
 
 ENCODER_DIR = "encoder"
 VOCABULARY_FILE = "vocabulary.json"
@@ -80,7 +79,12 @@ class ContentChannel(VectorChannel):
     def build(cls, ctx: BuildContext) -> dict[str, Any]:
         """Fit the vocabulary on the catalogue, train the encoder on co-consumed pairs,
         export it, and index every item's vector (computed by the exported graph)."""
-        from .model import TrainSettings, co_consumed_pairs, export_encoder, train_encoder
+        from recall_engine.plugins.content.model import (
+            TrainSettings,
+            co_consumed_pairs,
+            export_encoder,
+            train_encoder,
+        )
 
         p = parse_params(ctx.name, ctx.params, PARAMS)
         items = list(ctx.catalog)

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recall_engine.data.interactions import Interactions
 from recall_engine.exporters.manifest import ModelManifest
 from recall_engine.exporters.torch_export import export_torch
-from recall_engine.logs import get_logger
-from recall_engine.vector_channel import progress_bar
+from recall_engine.observability.logs import get_logger
+from recall_engine.offline.data.interactions import Interactions
+from recall_engine.sdk.vector_channel import progress_bar
 
 log = get_logger(__name__)
 

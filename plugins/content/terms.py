@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_engine.channel import ItemRecord
+from recall_engine.sdk.channel import ItemRecord
 
 FORMAT = 1
 CATEGORY_WEIGHT = 3.0

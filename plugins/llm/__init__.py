@@ -8,9 +8,9 @@ batches with ONNX Runtime, and index the unit vectors (``cos``).
 Serve (no PyTorch): the encoder runs under ONNX Runtime (CUDA when present, param
 ``device``; ``precision`` fp32 / int8 / auto). History queries average the stored
 vectors of the history items; text queries are encoded (concurrent ones batched); both
-are blended by ``text_weight`` (see :mod:`recall_engine.vector_channel`).
+are blended by ``text_weight`` (see :mod:`recall_engine.sdk.vector_channel`).
 
-Params (besides :data:`~recall_engine.vector_channel.VECTOR_PARAMS`):
+Params (besides :data:`~recall_engine.sdk.vector_channel.VECTOR_PARAMS`):
 
 * ``model_dir``: an exported sentence-encoder folder to copy instead of exporting;
 * ``source``: the Hugging Face model folder to export (default: the weights packaged in
@@ -19,7 +19,7 @@ Params (besides :data:`~recall_engine.vector_channel.VECTOR_PARAMS`):
 * ``variants``: extra graphs to ship (``optimized``, ``int8``, ``fp16``); default none,
   plus ``int8`` when ``precision`` is ``int8`` (serving picks ``fp16`` on GPU when it was
   shipped; the offline-fused ``optimized`` graph measured no faster than ONNX Runtime's
-  own fusions, see :func:`recall_engine.encoders.choose_file`);
+  own fusions, see :func:`recall_engine.runtime.encoders.choose_file`);
 * ``item_max_tokens``: tokens per item text and query (default 128, the length MiniLM
   was trained at).
 
@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recall_engine.channel import BuildContext, ItemRecord
-from recall_engine.encoders import TextEncoder
 from recall_engine.exporters.manifest import ModelManifest
-from recall_engine.logs import get_logger
-from recall_engine.tokenizer import TextTokenizer
-from recall_engine.vector_channel import (
+from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.encoders import TextEncoder
+from recall_engine.runtime.tokenizer import TextTokenizer
+from recall_engine.sdk.channel import BuildContext, ItemRecord
+from recall_engine.sdk.vector_channel import (
     VECTOR_PARAMS,
     Param,
     VectorChannel,
@@ -54,7 +54,7 @@ from recall_engine.vector_channel import (
 )
 
 if TYPE_CHECKING:
-    from recall_engine.artifacts import Bundle
+    from recall_engine.runtime.artifacts import Bundle
 
 log = get_logger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from recall_engine.catalog import Catalog
-from recall_engine.channel import (
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import (
     BuildContext,
     Candidates,
     Channel,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recall_engine.channel import (
+from recall_engine.sdk.channel import (
     Candidates,
     Channel,
     ChannelContext,

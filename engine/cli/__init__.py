@@ -1,0 +1,1 @@
+"""The ``recall-engine`` command line: one module per subcommand (see :mod:`.main`)."""

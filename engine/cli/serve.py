@@ -1,0 +1,168 @@
+"""``recall-engine serve``: serve a config, a built artifacts folder, or the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from recall_engine.config.schema import Config, ConfigError, default_config, load_config
+from recall_engine.observability.logs import configure, get_logger
+
+DEMO_DIR = Path("demo")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (see deploy/config.example.toml)")
+    p.add_argument("--artifacts", type=Path,
+                   help="serve what `recall-engine build` wrote here with the default config")
+    p.add_argument("--addr", help="HOST:PORT to bind (overrides server.addr)")
+    p.add_argument("--metrics-addr", help="HOST:PORT for /metrics ('' disables)")
+    p.add_argument("--demo-dir", type=Path, default=DEMO_DIR,
+                   help="where the built-in demo is built when nothing is configured "
+                        "(default: ./demo)")
+    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                   help="JSON logs (default: JSON unless stderr is a terminal)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT); Python serves "
+                        "one core per process, so use one per core (needs a fixed port). "
+                        "With server.worker_port_base set, process i also listens alone on "
+                        "that port + i, for clients that balance per call")
+    p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by --processes
+
+
+def _read(args: argparse.Namespace) -> Config:
+    if args.config:
+        config = load_config(args.config)
+    elif args.artifacts:
+        config = default_config(args.artifacts.resolve())
+    else:
+        config = default_config((args.demo_dir / "artifacts").resolve())
+    server = config.server
+    if args.addr:
+        server = dataclasses.replace(server, addr=args.addr)
+    if args.metrics_addr is not None:
+        server = dataclasses.replace(server, metrics_addr=args.metrics_addr)
+    return dataclasses.replace(config, server=server)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure(json=args.log_json)
+    log = get_logger("recall_engine.serve")
+    try:
+        config = _read(args)
+    except ConfigError as e:
+        log.error("config_invalid", error=str(e))
+        return 2
+    configure(level=config.server.log_level, json=args.log_json)
+    if not args.config and not args.artifacts:
+        from recall_engine.offline.demo_build import ensure_demo
+
+        ensure_demo(args.demo_dir)
+    if args.processes > 1:
+        return _run_processes(args, config)
+    from recall_engine.serving.server import serve
+
+    worker_addr = None
+    if args.worker_port is not None or config.server.worker_port_base:
+        problem = _worker_ports_problem(config, 1)
+        if problem:
+            log.error("config_invalid", error=problem)
+            return 2
+        port = args.worker_port if args.worker_port is not None else config.server.worker_port_base
+        worker_addr = f"{config.server.addr.rpartition(':')[0]}:{port}"
+    try:
+        asyncio.run(serve(config, reload_config=lambda: _read(args), worker_addr=worker_addr))
+    except Exception as e:  # noqa: BLE001 - start-up failure: say why, exit non-zero
+        log.error("startup_failed", error=str(e))
+        return 1
+    return 0
+
+
+def _run_processes(args: argparse.Namespace, config: Config) -> int:
+    """Start ``args.processes`` copies of this server on the same port (the kernel
+    spreads connections over them), forward SIGTERM/SIGINT/SIGHUP, wait for all."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from recall_engine.serving.process_group import GROUP_DIR_ENV
+
+    log = get_logger("recall_engine.serve")
+    host, _, port = config.server.addr.rpartition(":")
+    if port == "0":
+        log.error("config_invalid", error="--processes needs a fixed port, not 0")
+        return 2
+    problem = _worker_ports_problem(config, args.processes)
+    if problem:
+        log.error("config_invalid", error=problem)
+        return 2
+    base = config.server.worker_port_base
+    argv = [a for a in sys.argv[1:]]
+    group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")   # admin reloads fan out
+    children = []
+    for i in range(args.processes):
+        child_args = _without(argv, "--processes") + ["--processes", "1",
+                                                      "--addr", config.server.addr]
+        if config.server.metrics_addr:
+            mhost, _, mport = config.server.metrics_addr.rpartition(":")
+            child_port = int(mport) + i if int(mport) else 0
+            child_args += ["--metrics-addr", f"{mhost}:{child_port}"]
+        if not args.config and not args.artifacts:
+            child_args += ["--demo-dir", str(args.demo_dir)]
+        if base:
+            child_args += ["--worker-port", str(base + i)]
+        env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i), GROUP_DIR_ENV: group_dir}
+        children.append(subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args],
+                                         env=env))
+    log.info("processes_started", count=len(children), pids=[c.pid for c in children],
+             group_dir=group_dir,
+             worker_addrs=[f"{host}:{base + i}" for i in range(len(children))] if base else [])
+
+    def forward(signum, _frame) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        codes = [c.wait() for c in children]
+    finally:
+        shutil.rmtree(group_dir, ignore_errors=True)
+    return max(codes)
+
+
+def _worker_ports_problem(config: Config, processes: int) -> str | None:
+    """Why ``server.worker_port_base`` cannot serve ``processes`` processes, or None."""
+    base = config.server.worker_port_base
+    if not base:
+        return None
+    shared = int(config.server.addr.rpartition(":")[2])
+    last = base + processes - 1
+    if last > 65535:
+        return (f"server.worker_port_base: {base} + {processes} processes runs past port "
+                f"65535")
+    if base <= shared <= last:
+        return (f"server.worker_port_base: ports {base}-{last} overlap the shared "
+                f"server.addr port {shared}")
+    return None
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if a.startswith(flag + "="):
+            continue
+        out.append(a)
+    return out

@@ -1,0 +1,1 @@
+"""The configuration schema: server, channels, plans and experiments (TOML)."""

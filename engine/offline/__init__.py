@@ -1,0 +1,1 @@
+"""Offline work: building channel artifacts, the demo catalogue, and data loaders."""

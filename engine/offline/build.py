@@ -1,0 +1,78 @@
+"""``recall-engine build``: interactions + items → a catalogue and one artifact bundle
+per enabled channel whose plugin can build (``Channel.build``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from recall_engine.config.schema import Config
+from recall_engine.observability.logs import get_logger
+from recall_engine.offline.data.interactions import Interactions
+from recall_engine.runtime.artifacts import ArtifactStore
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.channel import BuildContext, ItemRecord
+from recall_engine.serving.registry import PluginError, discover, load_factory, resolve
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class BuiltChannel:
+    channel: str
+    version: str | None
+    seconds: float
+    item_count: int | None
+    skipped: str = ""
+
+
+def build_all(interactions: Interactions, items: Sequence[ItemRecord], out: Path,
+              config: Config, *, channels: Sequence[str] | None = None, seed: int = 0,
+              progress: bool = False) -> list[BuiltChannel]:
+    """Write ``out/catalog`` and a new current bundle under ``out/<channel>`` for every
+    enabled channel (or just ``channels``; an empty list builds the catalogue alone)
+    whose plugin defines ``build``."""
+    out.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(items, folder=out / "catalog")
+    catalog.save(out / "catalog")
+    store = ArtifactStore(out)
+    plugins = discover()
+    results: list[BuiltChannel] = []
+    for name, cc in config.channels.items():
+        if not cc.enabled or (channels is not None and name not in channels):
+            continue
+        try:
+            factory = load_factory(resolve(plugins, cc.plugin))
+        except PluginError as e:
+            if cc.required:
+                raise
+            log.error("build_skipped", channel=name, error=str(e))
+            results.append(BuiltChannel(name, None, 0.0, None, str(e)))
+            continue
+        builder = getattr(factory, "build", None)
+        if builder is None:
+            results.append(BuiltChannel(name, None, 0.0, None, "plugin has no build step"))
+            continue
+        t0 = time.perf_counter()
+        log.info("build_started", channel=name, plugin=cc.plugin)
+        with store.new_version(name, make_current=True) as writer:
+            fields = builder(BuildContext(name, interactions, catalog, writer.path, cc.params,
+                                          seed, progress)) or {}
+            writer.update(**fields)
+            bundle = writer.commit()
+        seconds = time.perf_counter() - t0
+        log.info("build_finished", channel=name, version=bundle.version,
+                 seconds=round(seconds, 2))
+        results.append(BuiltChannel(name, bundle.version, seconds,
+                                    bundle.manifest.get("item_count")))
+    return results
+
+
+
+
+
+
+
+

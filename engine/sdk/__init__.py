@@ -1,0 +1,22 @@
+"""The plugin SDK: everything a channel plugin imports, and what carries a stability promise.
+
+* :mod:`recall_engine.sdk.types` - the value types (``Query``, ``Candidates``,
+  ``ItemRecord``, ``ChannelInfo``); imports nothing from the engine.
+* :mod:`recall_engine.sdk.channel` - the ``Channel`` contract (the plugin author's manual).
+* :mod:`recall_engine.sdk.vector_channel` - the shared base for channels that serve
+  item vectors from a usearch index.
+"""
+
+from recall_engine.sdk.channel import ENTRY_POINT_GROUP, BuildContext, Channel, ChannelContext
+from recall_engine.sdk.types import Candidates, ChannelInfo, ItemRecord, Query
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BuildContext",
+    "Candidates",
+    "Channel",
+    "ChannelContext",
+    "ChannelInfo",
+    "ItemRecord",
+    "Query",
+]

@@ -1,0 +1,187 @@
+"""The channel contract: the plugin author's manual.
+
+A *channel* is one recall source (collaborative filtering, content, LLM embeddings,
+popularity, or your own). The engine finds channel plugins through the entry-point
+group ``recall_engine.channels``; each entry point names a class (or any callable)
+that takes a :class:`ChannelContext` and returns a :class:`Channel`.
+
+Lifecycle, always in this order, driven by the engine::
+
+    channel = Factory(ctx)      # cheap: read ctx, no I/O; may raise ValueError on bad params
+    channel.load()              # read artifacts, build indexes, open ONNX sessions
+    channel.warmup()            # run representative queries so the first request is fast
+    channel.recall(query, k)    # many times, from many threads at once
+    channel.close()             # once, after the last in-flight call returned
+
+Reloads build a *new* instance beside the old one (``load`` + ``warmup``), swap it in
+atomically, and ``close`` the old one when its in-flight calls have finished; a channel
+never has to support reloading itself.
+
+Threading: ``recall``, ``recall_batch``, ``upsert_items`` and ``delete_items`` are called
+from the engine's worker threads, concurrently. Keep per-request state on the stack;
+guard mutable shared state (e.g. an index that takes upserts) with a lock. NumPy,
+usearch and ONNX Runtime release the GIL, so real parallelism is available.
+
+Register a plugin in your ``pyproject.toml``::
+
+    [project.entry-points."recall_engine.channels"]
+    my_channel = "my_package.channel:MyChannel"
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from recall_engine.sdk.types import Candidates, ChannelInfo, ItemRecord, Query
+
+if TYPE_CHECKING:
+    from recall_engine.runtime.artifacts import Bundle
+    from recall_engine.runtime.catalog import Catalog
+
+ENTRY_POINT_GROUP = "recall_engine.channels"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BuildContext",
+    "Candidates",
+    "Channel",
+    "ChannelContext",
+    "ChannelInfo",
+    "ItemRecord",
+    "Query",
+]
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelContext:
+    """Everything the engine hands a channel at construction.
+
+    ``name`` is the channel's configured name (what weights refer to), ``plugin`` the
+    entry-point name, ``params`` the ``[channels.<name>.params]`` table of the config,
+    ``artifacts`` the channel's artifact folder (``ARTIFACTS/<name>`` by default) or
+    ``None`` when the config names none, ``version`` the artifact version to load
+    (``None``: the one the ``current`` pointer names), and ``catalog`` the shared item
+    catalogue (titles, text, categories) that filters and online updates use.
+    """
+
+    name: str
+    plugin: str
+    params: Mapping[str, Any]
+    artifacts: Path | None
+    catalog: Catalog
+    version: str | None = None
+
+    def open_bundle(self, verify: str = "size") -> Bundle:
+        """The checked artifact bundle this channel should load (``ctx.version``, or the
+        ``current`` pointer's). Raises ``ArtifactError`` naming the file and problem."""
+        from recall_engine.runtime.artifacts import ArtifactStore
+
+        if self.artifacts is None:
+            raise ValueError(f"channel {self.name!r}: no artifacts folder configured")
+        store = ArtifactStore(self.artifacts.parent)
+        return store.open(self.artifacts.name, self.version, verify=verify)
+
+
+@dataclass(slots=True, frozen=True)
+class BuildContext:
+    """What ``Channel.build`` gets from ``recall-engine build``.
+
+    ``interactions`` is a :class:`recall_engine.offline.data.interactions.Interactions` table
+    (the training interactions), ``catalog`` the item catalogue, ``out`` an empty
+    staging folder to write artifact files into, ``params`` the channel's
+    ``[channels.<name>.params]`` table, ``seed`` for anything random, and ``progress``
+    whether to show progress bars.
+    """
+
+    name: str
+    interactions: Any
+    catalog: Catalog
+    out: Path
+    params: Mapping[str, Any]
+    seed: int = 0
+    progress: bool = False
+
+
+class Channel(abc.ABC):
+    """Base class for recall channels. Subclass it and implement :meth:`recall`.
+
+    Everything else has a working default, so a minimal plugin is ``__init__`` +
+    ``recall``. Channels whose artifacts are built from data also define the
+    classmethod ``build(ctx: BuildContext) -> dict`` (see :class:`BuildContext`): it
+    writes files into ``ctx.out`` and returns manifest fields (``dims``, ``metric``,
+    ``item_count``, ``build_params``, ``model_hashes``...); ``recall-engine build``
+    then seals the folder as a new artifact version and points ``current`` at it.
+    """
+
+    #: The engine re-checks every answer (known, allowed by the request's excludes and
+    #: categories, no duplicates, at most k) and repairs it: a safety net that costs a
+    #: catalogue lookup per candidate on every request. A channel whose own filtering
+    #: guarantees the contract, proven by ``tests/channel_contract.py``, may set this to
+    #: True and skip the net (every built-in channel does).
+    trusted_output: ClassVar[bool] = False
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        """Keep the context; validate ``ctx.params`` and raise ``ValueError`` naming the
+        bad key. No I/O here: the engine may construct channels it then fails to load.
+        """
+        self.ctx = ctx
+
+    @property
+    def name(self) -> str:
+        return self.ctx.name
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Read artifacts and build whatever ``recall`` needs. Called once, before any
+        other call, on the engine's start-up (or reload) thread. Raise with a message
+        naming the file and the problem when an artifact is missing or corrupt."""
+
+    def warmup(self) -> None:
+        """Make the first real request fast (touch pages, run encoder batch shapes).
+        Called once after :meth:`load`, before health reports SERVING. The default runs
+        one empty query."""
+        self.recall(Query(user_id="__warmup__"), 10)
+
+    def accepts(self, query: Query) -> bool:
+        """Whether this channel can say anything about ``query``. Return False (e.g. a
+        history-based channel given no history) and the engine reports the channel as
+        SKIPPED instead of calling :meth:`recall`. Must be cheap; called per request."""
+        return True
+
+    @abc.abstractmethod
+    def recall(self, query: Query, k: int) -> Candidates:
+        """Return up to ``k`` candidates for ``query``, best first.
+
+        Called concurrently from worker threads under a per-channel timeout; a channel
+        that raises is reported as ERROR for this request only. Must honour
+        ``query.exclude`` and ``query.categories``, never return duplicates, and only
+        return ids of items it knows.
+        """
+
+    def recall_batch(self, queries: Sequence[Query], k: int) -> list[Candidates]:
+        """Answer many queries at once (BatchRecall, evaluation). The default loops
+        over :meth:`recall`; override when batching is cheaper (one ONNX or index call
+        for the whole batch)."""
+        return [self.recall(q, k) for q in queries]
+
+    def info(self) -> ChannelInfo:
+        """Version, item count and free-form details for ``ListChannels``."""
+        return ChannelInfo()
+
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
+        """Add or replace items online (AdminService.UpsertItems). Return how many this
+        channel indexed (0 if it cannot index new items, e.g. collaborative filtering
+        without interactions). Must be visible to the next ``recall`` and survive a
+        restart (persist beside the artifacts)."""
+        return 0
+
+    def delete_items(self, item_ids: Sequence[str]) -> int:
+        """Remove items online; return how many this channel removed. Must be visible
+        to the next ``recall`` and survive a restart."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Called once, after the last in-flight call returned."""

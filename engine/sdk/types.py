@@ -1,0 +1,75 @@
+"""The value types that cross every layer: a request as channels see it, a channel's
+answer, a catalogue item, what ``ListChannels`` reports.
+
+This module imports nothing from the engine, so the runtime (catalogue), serving and
+offline layers and third-party plugins can all share these types without pulling in
+each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Candidates", "ChannelInfo", "ItemRecord", "Query"]
+
+
+@dataclass(slots=True, frozen=True)
+class Query:
+    """One user's request as every channel sees it (already validated).
+
+    ``history`` holds item ids oldest first, newest last. ``events`` and
+    ``timestamps`` are either empty or exactly as long as ``history``.
+    ``exclude`` already contains the history items unless the caller asked to keep
+    them. ``categories``, when non-empty, restricts results to items having at least
+    one of them. Channels must honour ``exclude`` and ``categories`` (over-fetch, then
+    filter; :meth:`Catalog.filter_mask` helps); the engine filters again as a safety net.
+    """
+
+    user_id: str = ""
+    history: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    timestamps: tuple[int, ...] = ()
+    text: str = ""
+    exclude: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, frozen=True)
+class Candidates:
+    """A channel's answer: item ids best first and their raw scores (larger is better).
+
+    ``scores`` is a float32 array as long as ``item_ids``, non-increasing. Scores keep
+    the channel's own scale; fusion normalises them when it needs to.
+    """
+
+    item_ids: Sequence[str]
+    scores: np.ndarray
+
+    @staticmethod
+    def empty() -> Candidates:
+        return Candidates((), np.zeros(0, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelInfo:
+    """What ``ListChannels`` reports about a loaded channel."""
+
+    version: str = ""
+    item_count: int = 0
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class ItemRecord:
+    """One catalogue item as given to ``upsert_items`` (and stored in the catalogue)."""
+
+    item_id: str
+    title: str = ""
+    text: str = ""
+    categories: tuple[str, ...] = ()

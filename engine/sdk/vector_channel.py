@@ -1,0 +1,486 @@
+"""What the vector channels (``llm``, ``content``) share: item vectors in a
+:class:`~recall_engine.runtime.index.VectorIndex`, query vectors from history and text, and
+online upserts and deletes.
+
+A query vector is made from what the request has:
+
+* **history** → the recency-weighted mean of the history items' *stored* vectors (no
+  encoder call): the newest item weighs 1, the one before ``history_decay``, then
+  ``history_decay ** 2`` …, over the last ``max_history`` items; unknown items are
+  skipped;
+* **text** → the channel's text encoder, through a :class:`MicroBatcher` so that
+  concurrent single requests share one encoder run (``recall_batch`` encodes its texts
+  in one call instead);
+* **both** → ``(1 - text_weight) * history + text_weight * text``, renormalised.
+
+Every vector is L2-normalised and searched with the ``cos`` metric. Excludes are the
+index's own ``exclude``; a category filter is :meth:`Catalog.filter_mask` after an
+over-fetch (the index's ``keep=`` hook), over at most ``max_filter_fetch`` nearest items
+(4,096 by default): the channel returns the in-category items among those, fewer than
+``k`` when the category lies far from the query, instead of scanning the whole index
+(1M items: 0.8–6 s per query before the bound, docs/performance.md). The popular
+channel answers category filters exactly.
+
+Catalogue filter. The index holds only items the catalogue has: :meth:`load`
+reconciles it with the catalogue, and the engine upserts into the catalogue before the
+channels and deletes from the channels before the catalogue. So a single query without
+a category filter never looks its candidates up in the catalogue: on a million-item
+catalogue those ~130 dict lookups per search cost 0.1–0.15 ms (docs/performance.md).
+A caller that changes the catalogue itself must call :meth:`delete_items` /
+:meth:`upsert_items` in that same order.
+
+A subclass provides the encoders (the hooks :meth:`VectorChannel.open_encoders`,
+:meth:`~VectorChannel.encode_items` and, for free text,
+:meth:`~VectorChannel.encode_texts`) and a ``build`` classmethod that encodes the
+catalogue and calls :func:`write_vectors`. Bundle files written here::
+
+    index/index.usearch, index/ids.json, index/index.json   the VectorIndex
+    signatures.npz    per item: id and a 64-bit digest of the metadata it was encoded from
+
+Restarts. Bundles are immutable; ``upsert_items`` and ``delete_items`` change the
+in-memory index only. The catalogue's update log is the durable record: :meth:`load`
+reconciles the index with the catalogue, encoding the items whose metadata digest
+differs from ``signatures.npz`` (new or changed since the build) and removing indexed
+items the catalogue no longer has.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from tqdm import tqdm
+
+from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.encoders import MicroBatcher
+from recall_engine.runtime.index import VectorIndex
+from recall_engine.sdk.channel import (
+    Candidates,
+    Channel,
+    ChannelContext,
+    ChannelInfo,
+    ItemRecord,
+    Query,
+)
+
+if TYPE_CHECKING:
+    from recall_engine.runtime.artifacts import Bundle
+
+log = get_logger(__name__)
+
+INDEX_DIR = "index"
+SIGNATURES_FILE = "signatures.npz"
+METRIC = "cos"
+#: Items encoded per encoder call when (re-)indexing many items.
+ENCODE_CHUNK = 256
+_TINY = 1e-6
+#: Over-fetch for the catalogue filter when the request has no category filter: it then
+#: only drops items deleted since the index was built (the index's ``exclude`` already
+#: makes room for excluded ids). A short answer is searched again with more.
+FILTER_HEADROOM = 0.1
+
+
+def filter_headroom(query: Query) -> float:
+    """The share of ``k`` to over-fetch for the catalogue filter: all of it with a
+    category filter (which may drop most candidates), else :data:`FILTER_HEADROOM`."""
+    return 1.0 if query.categories else FILTER_HEADROOM
+
+
+def fetch_size(k: int, query: Query) -> int:
+    """Candidates to rank before the catalogue filter: ``k``, room for every excluded
+    id, and :func:`filter_headroom`. A short answer is widened and tried again."""
+    return k + len(query.exclude) + math.ceil(k * filter_headroom(query))
+
+
+@dataclass(slots=True, frozen=True)
+class Param:
+    """One accepted ``[channels.<name>.params]`` key: its type, default and check."""
+
+    kind: type | tuple[type, ...]
+    default: Any
+    check: Callable[[Any], bool] = lambda _: True
+    hint: str = ""
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+#: Parameters every vector channel accepts (subclasses add their own).
+VECTOR_PARAMS: dict[str, Param] = {
+    "history_decay": Param(float, 0.9, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "max_history": Param(int, 50, _positive, "> 0"),
+    "text_weight": Param(float, 0.5, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "index_dtype": Param(str, "f32", lambda v: v in ("f32", "f16", "bf16", "i8"),
+                         "f32, f16, bf16 or i8"),
+    "device": Param(str, "auto", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "max_batch": Param(int, 32, _positive, "> 0"),
+    "max_delay_ms": Param(float, 2.0, lambda v: v >= 0, ">= 0"),
+    "intra_op_threads": Param(int, 0, lambda v: v >= 0, ">= 0"),
+    # HNSW search breadth (ef) at serve time; 0 keeps what the index was built with.
+    # A search for n ids explores max(expansion_search, n) candidates.
+    "expansion_search": Param(int, 0, lambda v: v >= 0, ">= 0"),
+    # With a category filter: rank at most this many nearest items, then return those of
+    # them the filter keeps, even if fewer than k (see VectorIndex.search's max_fetch).
+    "max_filter_fetch": Param(int, 4096, _positive, "> 0"),
+}
+
+
+def parse_params(name: str, params: Mapping[str, Any], spec: Mapping[str, Param]
+                 ) -> dict[str, Any]:
+    """``params`` checked against ``spec`` and completed with defaults. Raises
+    ``ValueError`` naming the bad key."""
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise ValueError(f"channels.{name}.params: unknown keys {unknown} "
+                         f"(known: {sorted(spec)})")
+    out: dict[str, Any] = {}
+    for key, p in spec.items():
+        value = params.get(key, p.default)
+        if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        wrong_type = not isinstance(value, p.kind) or (isinstance(value, bool)
+                                                        and p.kind is not bool)
+        if value is not None and (wrong_type or not p.check(value)):
+            raise ValueError(f"channels.{name}.params.{key}: expected {p.hint or p.kind}, "
+                             f"got {value!r}")
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- build side
+
+def item_signature(item: ItemRecord) -> int:
+    """64-bit digest of the metadata an item's vector is computed from."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (item.title, item.text, *item.categories):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1f")
+    return int.from_bytes(digest.digest(), "little")
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False,
+                dynamic_ncols=True)
+
+
+def encode_all(encode: Callable[[list[ItemRecord]], np.ndarray], items: Sequence[ItemRecord],
+               dim: int, *, chunk: int = ENCODE_CHUNK, size: Callable[[ItemRecord], int]
+               | None = None, progress: bool = False, desc: str = "encoding") -> np.ndarray:
+    """``encode`` over ``items`` in chunks, rows in ``items`` order, under a progress bar.
+    ``size`` (e.g. text length) groups similar items into a chunk so padding stays small."""
+    order = (sorted(range(len(items)), key=lambda i: size(items[i])) if size
+             else list(range(len(items))))
+    out = np.zeros((len(items), dim), dtype=np.float32)
+    with progress_bar(len(items), desc, progress) as bar:
+        for start in range(0, len(order), chunk):
+            rows = order[start:start + chunk]
+            out[rows] = encode([items[i] for i in rows])
+            bar.update(len(rows))
+    return out
+
+
+def write_vectors(out: Path, items: Sequence[ItemRecord], vectors: np.ndarray, *,
+                  dtype: str = "f32", index_options: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Index ``vectors`` (one row per item) under ``out/index`` and write the items'
+    metadata digests; rows that are zero or not finite (the encoder had nothing to go
+    on) are left out. ``index_options`` go to :class:`VectorIndex` (e.g. a lower
+    ``expansion_add`` builds a million-item index about twice as fast). Returns the
+    manifest fields ``dims``, ``metric``, ``item_count``."""
+    ids, matrix = usable_rows([it.item_id for it in items], vectors)
+    index = VectorIndex(int(vectors.shape[1]), metric=METRIC, dtype=dtype,
+                        **(index_options or {}))
+    if ids:
+        index.add(ids, matrix)
+    index.save(out / INDEX_DIR)
+    by_id = {it.item_id: it for it in items}
+    digests = np.fromiter((item_signature(by_id[i]) for i in ids), dtype=np.uint64,
+                          count=len(ids))
+    with open(out / SIGNATURES_FILE, "wb") as fh:
+        np.savez(fh, ids=np.asarray(ids, dtype=str), digests=digests)
+    skipped = len(items) - len(ids)
+    if skipped:
+        log.warning("items_without_vector", count=skipped, example=next(
+            (it.item_id for it in items if it.item_id not in index), None))
+    return {"dims": int(vectors.shape[1]), "metric": METRIC, "item_count": len(index)}
+
+
+def usable_rows(ids: Sequence[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The ids and rows whose vector is finite and not ~zero."""
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
+    ok = np.isfinite(norms) & (norms > _TINY)
+    if ok.all():
+        return list(ids), vectors
+    return [i for i, keep in zip(ids, ok.tolist(), strict=True) if keep], vectors[ok]
+
+
+def _unit(vector: np.ndarray) -> np.ndarray | None:
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm <= _TINY:
+        return None
+    return (vector / norm).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- serve side
+
+class VectorChannel(Channel):
+    """Base class: item vectors in a VectorIndex, queries by history and/or text.
+
+    Subclasses set :attr:`PARAMS` (``VECTOR_PARAMS`` plus their own), implement the
+    encoder hooks and a ``build`` classmethod. Thread-safe: searches run concurrently;
+    upserts, deletes and the start-up reconciliation are serialised by one lock (the
+    index has its own lock around every usearch call).
+    """
+
+    trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
+
+    PARAMS: ClassVar[Mapping[str, Param]] = VECTOR_PARAMS
+    #: Whether :meth:`encode_texts` is implemented (free-text queries).
+    supports_text: ClassVar[bool] = True
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.params = parse_params(ctx.name, ctx.params, self.PARAMS)
+        self._index: VectorIndex | None = None
+        self._batcher: MicroBatcher[str] | None = None
+        self._write_lock = threading.Lock()
+        self._version = ""
+        self._reconciled = {"added": 0, "removed": 0}
+
+    # -- hooks for subclasses -----------------------------------------------------------
+    @abc.abstractmethod
+    def open_encoders(self, bundle: Bundle) -> None:
+        """Open the encoder(s) from ``bundle`` (called by :meth:`load`, before the index
+        is reconciled with the catalogue)."""
+
+    @abc.abstractmethod
+    def encode_items(self, items: Sequence[ItemRecord]) -> np.ndarray:
+        """Vectors of ``items``, float32 ``[len(items), dim]``, exactly as the build
+        computed them; an all-zero row means "nothing to go on" (not indexed)."""
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of free texts, float32 ``[len(texts), dim]`` (zero row: unusable)."""
+        raise NotImplementedError(f"{type(self).__name__} does not encode free text")
+
+    def text_is_usable(self, text: str) -> bool:
+        """Cheap check used by :meth:`accepts`; by default any non-blank text."""
+        return bool(text.strip())
+
+    def warmup_encoders(self) -> None:  # noqa: B027 - optional hook
+        """Run the encoders on representative batch shapes."""
+
+    def encoder_details(self) -> dict[str, str]:
+        """Extra ``info().details`` (device, precision, model file ...)."""
+        return {}
+
+    def close_encoders(self) -> None:  # noqa: B027 - optional hook
+        """Release encoder resources."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def load(self) -> None:
+        bundle = self.ctx.open_bundle()
+        ef = self.params["expansion_search"]
+        self._index = VectorIndex.load(bundle.path / INDEX_DIR, view=False,
+                                       **({"expansion_search": ef} if ef else {}))
+        self._version = bundle.version
+        self.open_encoders(bundle)
+        self._reconcile(_read_signatures(bundle.path / SIGNATURES_FILE))
+        if self.supports_text:
+            self._batcher = MicroBatcher(self.encode_texts, max_batch=self.params["max_batch"],
+                                         max_delay_ms=self.params["max_delay_ms"],
+                                         name=self.ctx.name)
+
+    def warmup(self) -> None:
+        self.warmup_encoders()
+        first = self.index.ids()[:1]
+        self.recall(Query(user_id="__warmup__", history=tuple(first)), 10)
+        if self.supports_text:
+            self.recall(Query(user_id="__warmup__", text="warm up"), 10)
+            self.recall_batch([Query(text="warm up"), Query(history=tuple(first))], 10)
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+        self.close_encoders()
+
+    @property
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            raise RuntimeError(f"channel {self.ctx.name!r}: load() has not run")
+        return self._index
+
+    # -- queries --------------------------------------------------------------------------
+    def accepts(self, query: Query) -> bool:
+        index = self.index
+        if any(item in index for item in query.history[-self.params["max_history"]:]):
+            return True
+        return self.supports_text and self.text_is_usable(query.text)
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        vector = self._query_vectors([query], batched=False)[0]
+        if vector is None or k <= 0:
+            return Candidates.empty()
+        return self._search_one(vector, query, k)
+
+    def recall_batch(self, queries: Sequence[Query], k: int) -> list[Candidates]:
+        """One encoder call for all texts and one index search for all rows, over-fetched
+        for the largest exclude; rows that the filters leave short are searched again
+        alone."""
+        vectors = self._query_vectors(queries, batched=True)
+        out = [Candidates.empty() for _ in queries]
+        rows = [i for i, v in enumerate(vectors) if v is not None]
+        if not rows or k <= 0:
+            return out
+        index = self.index
+        size = len(index)
+        if size == 0:
+            return out
+        fetch = min(size, max(fetch_size(k, queries[i]) for i in rows))
+        found = index.search(np.stack([vectors[i] for i in rows]), fetch)
+        catalog = self.ctx.catalog
+        for i, (ids, scores) in zip(rows, found, strict=True):
+            mask = np.asarray(catalog.filter_mask(ids, queries[i]), dtype=bool)
+            if int(mask.sum()) >= k or len(ids) < fetch or fetch >= size:
+                kept = [item for item, keep in zip(ids, mask.tolist(), strict=True) if keep]
+                out[i] = _candidates(kept[:k], scores[mask][:k])
+            else:
+                out[i] = self._search_one(vectors[i], queries[i], k)  # type: ignore[arg-type]
+        return out
+
+    def _search_one(self, vector: np.ndarray, query: Query, k: int) -> Candidates:
+        """One query. The index holds catalogue items only (see "Catalogue filter" in
+        the module docstring), so the catalogue is asked per candidate only for a
+        category filter; excludes are the index's own ``exclude``."""
+        keep, limit = None, None
+        if query.categories:
+            catalog = self.ctx.catalog
+            keep = lambda found: catalog.filter_mask(found, query)  # noqa: E731
+            limit = self.params["max_filter_fetch"]
+        ids, scores = self.index.search(vector, k, exclude=query.exclude,
+                                        headroom=filter_headroom(query), keep=keep,
+                                        max_fetch=limit)[0]
+        return _candidates(ids, scores)
+
+    def _query_vectors(self, queries: Sequence[Query], *, batched: bool
+                       ) -> list[np.ndarray | None]:
+        history = [self._history_vector(q.history) for q in queries]
+        text: list[np.ndarray | None] = [None] * len(queries)
+        if self.supports_text:
+            rows = [i for i, q in enumerate(queries) if q.text.strip()]
+            if rows:
+                texts = [queries[i].text for i in rows]
+                if batched or self._batcher is None:
+                    encoded = list(self.encode_texts(texts))
+                else:
+                    encoded = [self._batcher.submit(texts[0])]
+                for i, vector in zip(rows, encoded, strict=True):
+                    text[i] = _unit(np.asarray(vector, dtype=np.float32))
+        weight = self.params["text_weight"]
+        return [_blend(h, t, weight) for h, t in zip(history, text, strict=True)]
+
+    def _history_vector(self, history: Sequence[str]) -> np.ndarray | None:
+        recent = history[-self.params["max_history"]:]
+        vectors, positions = self.index.vectors(recent)
+        if not positions:
+            return None
+        age = (len(recent) - 1) - np.asarray(positions, dtype=np.float64)
+        weights = np.power(self.params["history_decay"], age)
+        return _unit((weights @ vectors) / weights.sum())
+
+    # -- online changes -------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
+        """Encode ``items`` and add or replace them in the index; visible to the next
+        search. Items the encoder has nothing to go on for are not indexed (nor
+        counted); an older vector of such an item is removed."""
+        latest = list({it.item_id: it for it in items}.values())
+        with self._write_lock:
+            return self._index_items(latest)
+
+    def delete_items(self, item_ids: Sequence[str]) -> int:
+        with self._write_lock:
+            return self.index.delete(list(item_ids))
+
+    def _index_items(self, items: Sequence[ItemRecord]) -> int:
+        added = 0
+        for start in range(0, len(items), ENCODE_CHUNK):
+            chunk = items[start:start + ENCODE_CHUNK]
+            ids, vectors = usable_rows([it.item_id for it in chunk], self.encode_items(chunk))
+            if len(ids) < len(chunk):
+                unusable = set(it.item_id for it in chunk) - set(ids)
+                self.index.delete(unusable)
+                log.warning("items_without_vector", channel=self.ctx.name, count=len(unusable))
+            if ids:
+                self.index.add(ids, vectors)
+            added += len(ids)
+        return added
+
+    def _reconcile(self, built: Mapping[str, int]) -> None:
+        """Bring the index in line with the catalogue (see the module docstring)."""
+        catalog = self.ctx.catalog
+        if len(catalog) == 0:  # no catalogue configured: serve the bundle as built
+            return
+        started = time.perf_counter()
+        index = self.index
+        with self._write_lock:
+            stale = [i for i in index.ids() if i not in catalog]
+            if stale:
+                index.delete(stale)
+            todo = [it for it in catalog
+                    if built.get(it.item_id) != item_signature(it) or it.item_id not in index]
+            added = self._index_items(todo) if todo else 0
+        self._reconciled = {"added": added, "removed": len(stale)}
+        if stale or todo:
+            log.info("index_reconciled", channel=self.ctx.name, removed=len(stale),
+                     encoded=len(todo), added=added,
+                     seconds=round(time.perf_counter() - started, 3))
+
+    # -- reporting ------------------------------------------------------------------------
+    def info(self) -> ChannelInfo:
+        index = self.index
+        details = {"dims": str(index.dim), "metric": index.metric, "index_dtype": index.dtype,
+                   "index_simd": index.hardware_acceleration,
+                   "text_queries": "yes" if self.supports_text else "no",
+                   "history_decay": str(self.params["history_decay"]),
+                   "reconciled_added": str(self._reconciled["added"]),
+                   "reconciled_removed": str(self._reconciled["removed"]),
+                   **self.encoder_details()}
+        return ChannelInfo(version=self._version, item_count=len(index), details=details)
+
+
+def _blend(history: np.ndarray | None, text: np.ndarray | None,
+           text_weight: float) -> np.ndarray | None:
+    if history is None or text is None:
+        return history if text is None else text
+    mixed = _unit((1.0 - text_weight) * history + text_weight * text)
+    return mixed if mixed is not None else history
+
+
+def _candidates(ids: Sequence[str], scores: np.ndarray) -> Candidates:
+    """Equal scores (items with identical vectors) ordered by id, so single and batched
+    searches agree whatever order the index returned them in."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if len(scores) > 1 and bool(np.any(np.diff(scores) == 0)):
+        order = np.lexsort((np.asarray(ids, dtype=str), -scores))
+        return Candidates([ids[i] for i in order.tolist()], scores[order])
+    return Candidates(list(ids), scores)
+
+
+def _read_signatures(path: Path) -> dict[str, int]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return dict(zip(z["ids"].tolist(), z["digests"].tolist(), strict=True))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (rebuild the channel)") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from exc
+

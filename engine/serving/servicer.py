@@ -1,0 +1,145 @@
+"""RecallService: proto → domain, call the engine, domain → proto. No business logic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import grpc
+import structlog
+
+from recall_engine._proto import recall_pb2 as _pb
+from recall_engine._proto import recall_pb2_grpc as _pb_grpc
+from recall_engine.observability import metrics
+from recall_engine.observability.logs import get_logger
+from recall_engine.serving.engine import Engine, RecallOutput
+from recall_engine.serving.errors import InvalidArgument, RecallError, status_of
+from recall_engine.serving.requests import recall_input
+
+log = get_logger(__name__)
+
+
+def to_proto(out: RecallOutput) -> _pb.RecallResponse:
+    """Fill the packed-column response from the fused arrays (DESIGN decision 11)."""
+    fused = out.fused
+    resp = _pb.RecallResponse(experiment=out.assignment.experiment,
+                              variant=out.assignment.variant,
+                              fusion=out.assignment.plan.fusion, request_id=out.request_id)
+    resp.item_ids.extend(fused.item_ids)
+    resp.scores.extend(fused.scores.tolist())
+    for rep in out.reports:
+        ch = resp.channels.add(channel=rep.channel, status=int(rep.status),
+                               latency_ms=rep.latency_ms, returned=rep.returned,
+                               error=rep.error, weight=rep.weight)
+        prov = fused.provenance.get(rep.channel)
+        if prov:
+            ch.candidate_index.extend(prov[0])
+            ch.rank.extend(prov[1])
+            ch.score.extend(prov[2])
+    return resp
+
+
+class RecallServicer(_pb_grpc.RecallServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._gate: asyncio.Semaphore | None = None
+        self._gate_size = 0
+
+    def _admission(self) -> asyncio.Semaphore | None:
+        """``server.max_in_flight`` requests at a time inside the engine (0: no limit);
+        the others wait their turn on the event loop. Recreated when a config reload
+        changes the limit (requests holding the old gate finish under it)."""
+        size = self.engine.config.server.max_in_flight
+        if size != self._gate_size:
+            self._gate, self._gate_size = (asyncio.Semaphore(size) if size else None), size
+        return self._gate
+
+    async def _recall_one(self, req: _pb.RecallRequest,
+                          remaining: Callable[[], float | None]) -> _pb.RecallResponse:
+        gate = self._admission()
+        if gate is None:
+            return await self._recall_now(req, remaining())
+        async with gate:   # the deadline is read after the wait: queueing spends it
+            return await self._recall_now(req, remaining())
+
+    async def _recall_now(self, req: _pb.RecallRequest, timeout: float | None
+                          ) -> _pb.RecallResponse:
+        engine = self.engine
+        cfg = engine.config
+        inp = recall_input(req, cfg.server, cfg.channels.keys())
+        structlog.contextvars.bind_contextvars(request_id=inp.request_id)
+        out = await engine.recall(inp, timeout)
+        structlog.contextvars.bind_contextvars(experiment=out.assignment.experiment,
+                                               variant=out.assignment.variant)
+        log.info("recall", user_id=inp.query.user_id, k=inp.k, returned=len(out.fused.item_ids),
+                 channels={r.channel: r.status.name.lower() for r in out.reports})
+        return to_proto(out)
+
+    async def Recall(self, request, context):  # noqa: N802 - gRPC method name
+        structlog.contextvars.clear_contextvars()
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await self._recall_one(request, context.time_remaining)
+        except Exception as e:  # noqa: BLE001 - mapped to a status in one place
+            code, message = status_of(e)
+            _log_failure(e, code)
+            await context.abort(code, message)
+        finally:
+            _observe("Recall", code, t0)
+
+    async def BatchRecall(self, request, context):  # noqa: N802
+        structlog.contextvars.clear_contextvars()
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            limit = self.engine.config.server.max_batch
+            if len(request.requests) > limit:
+                raise InvalidArgument("requests", f"{len(request.requests)} requests is over "
+                                      f"the limit of {limit} (server.max_batch)")
+            results = await asyncio.gather(*(self._batch_item(i, r, context.time_remaining)
+                                             for i, r in enumerate(request.requests)))
+            return _pb.BatchRecallResponse(results=results)
+        except Exception as e:  # noqa: BLE001
+            code, message = status_of(e)
+            _log_failure(e, code)
+            await context.abort(code, message)
+        finally:
+            _observe("BatchRecall", code, t0)
+
+    async def _batch_item(self, i: int, req: _pb.RecallRequest,
+                          remaining: Callable[[], float | None]) -> _pb.BatchRecallResult:
+        try:
+            return _pb.BatchRecallResult(response=await self._recall_one(req, remaining))
+        except Exception as e:  # noqa: BLE001 - one bad request fails alone
+            code, message = status_of(e)
+            _log_failure(e, code)
+            return _pb.BatchRecallResult(error_code=code.value[0],
+                                         error_message=f"requests[{i}].{message}"
+                                         if isinstance(e, InvalidArgument) else message)
+
+    async def ListChannels(self, request, context):  # noqa: N802
+        try:
+            infos = self.engine.channel_infos()
+        except RecallError as e:
+            await context.abort(*status_of(e))
+        resp = _pb.ListChannelsResponse(config_generation=self.engine.generation)
+        for cc, info in infos:
+            resp.channels.add(name=cc.name, plugin=cc.plugin, version=info.version,
+                              item_count=info.item_count, required=cc.required,
+                              details={k: str(v) for k, v in info.details.items()})
+        return resp
+
+
+def _observe(method: str, code: grpc.StatusCode, t0: float) -> None:
+    status = code.name
+    metrics.REQUESTS.labels(method, status).inc()
+    metrics.REQUEST_LATENCY.labels(method, status).observe(time.perf_counter() - t0)
+
+
+def _log_failure(e: BaseException, code: grpc.StatusCode) -> None:
+    if isinstance(e, RecallError):
+        log.info("request_rejected", code=code.name, error=str(e))
+    else:
+        log.exception("request_failed", code=code.name)
