@@ -76,8 +76,14 @@ import numpy as np
 #: items on two cores; recorded in every bundle's manifest and in bench_catalog.json.
 BUILD_PARAMS: dict[str, dict[str, Any]] = {
     "popular": {},
-    "cf": {"method": "cosine", "neighbours": 100, "epochs": 1, "batch_size": 4096,
-           "learning_rate": 0.01, "index_dtype": "bf16"},
+    "cf": {
+        "method": "cosine",
+        "neighbours": 100,
+        "epochs": 1,
+        "batch_size": 4096,
+        "learning_rate": 0.01,
+        "index_dtype": "bf16",
+    },
     "content": {"index_dtype": "bf16", "max_train_seconds": 60.0},
     "llm": {"index_dtype": "bf16", "variants": ["int8"]},
 }
@@ -116,6 +122,7 @@ class SyntheticCatalog:
 
 # --------------------------------------------------------------------------- items
 
+
 def make_items(n_items: int, rng: np.random.Generator) -> tuple[list, np.ndarray]:
     """``n_items`` items in the demo's topics (see the module docstring); returns the
     items and each one's group (``topic * 4 + sub-tag``). Random choices are drawn as
@@ -141,22 +148,36 @@ def make_items(n_items: int, rng: np.random.Generator) -> tuple[list, np.ndarray
         phrases = t.subtags[subtag]
         adj = t.adjectives[draws[i, 0] % len(t.adjectives)]
         who = t.people[draws[i, 1] % len(t.people)]
-        slots = {"thing": phrases[phrase_a[i]], "other": phrases[phrase_b[i]], "adj": adj,
-                 "who": who, "where": t.places[draws[i, 2] % len(t.places)],
-                 "a_adj": _with_article(adj), "A_adj": _capitalise(_with_article(adj)),
-                 "Who": _capitalise(who)}
+        slots = {
+            "thing": phrases[phrase_a[i]],
+            "other": phrases[phrase_b[i]],
+            "adj": adj,
+            "who": who,
+            "where": t.places[draws[i, 2] % len(t.places)],
+            "a_adj": _with_article(adj),
+            "A_adj": _capitalise(_with_article(adj)),
+            "Who": _capitalise(who),
+        }
         title = _title_case(t.titles[draws[i, 3] % len(t.titles)].format(**slots))
-        chosen = sorted(picks[i, :n_sentences[i]].tolist())
+        chosen = sorted(picks[i, : n_sentences[i]].tolist())
         text = " ".join(t.sentences[k].format(**slots) for k in chosen)
-        items.append(ItemRecord(f"item-{i + 1:0{width}d}", title, f"{text}\nYear: {years[i]}",
-                                (names[topic[i]], subtag)))
+        items.append(
+            ItemRecord(
+                f"item-{i + 1:0{width}d}",
+                title,
+                f"{text}\nYear: {years[i]}",
+                (names[topic[i]], subtag),
+            )
+        )
     return items, topic * 4 + sub
 
 
 # --------------------------------------------------------------------------- interactions
 
-def make_interactions(groups: np.ndarray, item_ids: np.ndarray, n_users: int, per_user: int,
-                      rng: np.random.Generator) -> tuple[Any, int]:
+
+def make_interactions(
+    groups: np.ndarray, item_ids: np.ndarray, n_users: int, per_user: int, rng: np.random.Generator
+) -> tuple[Any, int]:
     """The synthetic log (see the module docstring), in time order; returns it and the
     number of cold items."""
     from recall_engine.offline.data.interactions import Interactions
@@ -171,24 +192,31 @@ def make_interactions(groups: np.ndarray, item_ids: np.ndarray, n_users: int, pe
         cold_total += n_cold
         ranked.append(members[n_cold:])
     fav1 = rng.integers(0, n_topics, n_users)
-    fav2 = np.where(rng.random(n_users) < 0.4,
-                    (fav1 + rng.integers(1, n_topics, n_users)) % n_topics, fav1)
+    fav2 = np.where(
+        rng.random(n_users) < 0.4, (fav1 + rng.integers(1, n_topics, n_users)) % n_topics, fav1
+    )
     pref_sub = rng.integers(0, 4, (n_users, n_topics))
     sigma = 0.6
-    counts = np.clip(np.round(rng.lognormal(np.log(per_user) - sigma**2 / 2, sigma, n_users)),
-                     5, 6 * per_user).astype(np.int64)
+    counts = np.clip(
+        np.round(rng.lognormal(np.log(per_user) - sigma**2 / 2, sigma, n_users)), 5, 6 * per_user
+    ).astype(np.int64)
     user = np.repeat(np.arange(n_users), counts)
     n = len(user)
     local = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
     session_len = rng.integers(3, 11, n_users)
     sessions_per_user = -(-counts // session_len)
-    session = (np.repeat(np.cumsum(sessions_per_user) - sessions_per_user, counts)
-               + local // session_len[user])
+    session = (
+        np.repeat(np.cumsum(sessions_per_user) - sessions_per_user, counts)
+        + local // session_len[user]
+    )
     n_sessions = int(sessions_per_user.sum())
     s_user = np.repeat(np.arange(n_users), sessions_per_user)
     s_topic = _user_topics(s_user, fav1, fav2, n_topics, rng)
-    s_sub = np.where(rng.random(n_sessions) < SUBTAG_SHARE, pref_sub[s_user, s_topic],
-                     rng.integers(0, 4, n_sessions))
+    s_sub = np.where(
+        rng.random(n_sessions) < SUBTAG_SHARE,
+        pref_sub[s_user, s_topic],
+        rng.integers(0, 4, n_sessions),
+    )
     stray = rng.random(n) >= SESSION_FOCUS
     row_topic = np.where(stray, _user_topics(user, fav1, fav2, n_topics, rng), s_topic[session])
     row_sub = np.where(stray, rng.integers(0, 4, n), s_sub[session])
@@ -223,22 +251,29 @@ def make_interactions(groups: np.ndarray, item_ids: np.ndarray, n_users: int, pe
     likes = rng.random(len(order)) < LIKE_SHARE
     width = max(4, len(str(n_users)))
     user_ids = np.char.add("user-", np.char.zfill(np.arange(1, n_users + 1).astype(str), width))
-    log = Interactions(user_ids[user[order]], item_ids[items[order]], times[order],
-                       np.where(likes, 3.0, 1.0).astype(np.float32),
-                       np.where(likes, "like", "view"))
+    log = Interactions(
+        user_ids[user[order]],
+        item_ids[items[order]],
+        times[order],
+        np.where(likes, 3.0, 1.0).astype(np.float32),
+        np.where(likes, "like", "view"),
+    )
     return log, cold_total
 
 
-def _user_topics(users: np.ndarray, fav1: np.ndarray, fav2: np.ndarray, n_topics: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def _user_topics(
+    users: np.ndarray, fav1: np.ndarray, fav2: np.ndarray, n_topics: int, rng: np.random.Generator
+) -> np.ndarray:
     """One topic per entry: a favourite of the user (85 %), else any topic."""
     fav = np.where(rng.random(len(users)) < 0.5, fav1[users], fav2[users])
-    return np.where(rng.random(len(users)) < FAVOURITE_SHARE, fav,
-                    rng.integers(0, n_topics, len(users)))
+    return np.where(
+        rng.random(len(users)) < FAVOURITE_SHARE, fav, rng.integers(0, n_topics, len(users))
+    )
 
 
-def make_catalog(n_items: int, n_users: int, *, per_user: int = PER_USER,
-                 seed: int = 0) -> SyntheticCatalog:
+def make_catalog(
+    n_items: int, n_users: int, *, per_user: int = PER_USER, seed: int = 0
+) -> SyntheticCatalog:
     if n_items < 64 or n_users < 1:
         raise ValueError(f"--items must be >= 64 and --users >= 1, got {n_items}, {n_users}")
     rng = np.random.default_rng(seed)
@@ -249,6 +284,7 @@ def make_catalog(n_items: int, n_users: int, *, per_user: int = PER_USER,
 
 
 # --------------------------------------------------------------------------- llm vectors
+
 
 def build_llm(ctx: Any, groups: np.ndarray, real: int, seed: int) -> dict[str, Any]:
     """What ``LLMChannel.build`` does, with MiniLM run on ``real`` items only and
@@ -266,17 +302,27 @@ def build_llm(ctx: Any, groups: np.ndarray, real: int, seed: int) -> dict[str, A
     real_rows = stratified_sample(groups, real, rng)
     t0 = time.perf_counter()
     chosen = [items[i] for i in real_rows.tolist()]
-    embedded = encode_all(lambda chunk: encoder.encode([item_text(it) for it in chunk]),
-                          chosen, encoder.dim, size=lambda it: len(item_text(it)),
-                          progress=ctx.progress, desc=f"{ctx.name}: embedding real items")
+    embedded = encode_all(
+        lambda chunk: encoder.encode([item_text(it) for it in chunk]),
+        chosen,
+        encoder.dim,
+        size=lambda it: len(item_text(it)),
+        progress=ctx.progress,
+        desc=f"{ctx.name}: embedding real items",
+    )
     embed_s = time.perf_counter() - t0
     vectors = synthetic_vectors(groups, real_rows, _unit_rows(embedded), rng)
-    fields = write_vectors(ctx.out, items, vectors, dtype=params["index_dtype"],
-                           index_options=LLM_INDEX_OPTIONS)
-    synthetic = {"real_items": len(real_rows), "synthetic_items": len(items) - len(real_rows),
-                 "method": "MiniLM vector of a random real item of the same topic/sub-tag "
-                           f"+ Gaussian noise of norm {LLM_NOISE}, unit-normalised",
-                 "embed_seconds": round(embed_s, 1), "index_options": LLM_INDEX_OPTIONS}
+    fields = write_vectors(
+        ctx.out, items, vectors, dtype=params["index_dtype"], index_options=LLM_INDEX_OPTIONS
+    )
+    synthetic = {
+        "real_items": len(real_rows),
+        "synthetic_items": len(items) - len(real_rows),
+        "method": "MiniLM vector of a random real item of the same topic/sub-tag "
+        f"+ Gaussian noise of norm {LLM_NOISE}, unit-normalised",
+        "embed_seconds": round(embed_s, 1),
+        "index_options": LLM_INDEX_OPTIONS,
+    }
     return {**fields, **manifest_fields(params, manifest, encoder, synthetic_vectors=synthetic)}
 
 
@@ -292,8 +338,13 @@ def stratified_sample(groups: np.ndarray, n: int, rng: np.random.Generator) -> n
     return np.sort(np.concatenate(out))
 
 
-def synthetic_vectors(groups: np.ndarray, real_rows: np.ndarray, real: np.ndarray,
-                      rng: np.random.Generator, chunk: int = 65_536) -> np.ndarray:
+def synthetic_vectors(
+    groups: np.ndarray,
+    real_rows: np.ndarray,
+    real: np.ndarray,
+    rng: np.random.Generator,
+    chunk: int = 65_536,
+) -> np.ndarray:
     """Real rows keep their vectors; every other row is a random real vector of its
     group plus noise of norm about :data:`LLM_NOISE`, unit-normalised."""
     n, dim = len(groups), real.shape[1]
@@ -319,6 +370,7 @@ def _unit_rows(m: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- cf on a budget
 
+
 def build_cf(ctx: Any, train_samples: int) -> dict[str, Any]:
     """``CFChannel.build`` with the two-tower model trained on a sample of users.
 
@@ -342,13 +394,25 @@ def build_cf(ctx: Any, train_samples: int) -> dict[str, Any]:
     hashes = two_tower.export(model, vocab, params, ctx.out, seed=ctx.seed)
     info = dict(fields[MANIFEST_FIELD])
     info["modes"] = [*info["modes"], "two_tower"]
-    info.update(encoder=params.encoder, sequence_length=params.sequence_length,
-                train_samples=report.samples, train_steps=report.steps,
-                train_seconds=round(report.seconds, 2), final_loss=round(report.final_loss, 4),
-                train_users=int(len(sample.starts) - 1), held_out_check=check,
-                sampled="two-tower trained on a sample of users (bench catalog)")
-    return {**fields, "dims": params.dim, "metric": "ip", "model_hashes": hashes,
-            "build_params": params.as_dict(), MANIFEST_FIELD: info}
+    info.update(
+        encoder=params.encoder,
+        sequence_length=params.sequence_length,
+        train_samples=report.samples,
+        train_steps=report.steps,
+        train_seconds=round(report.seconds, 2),
+        final_loss=round(report.final_loss, 4),
+        train_users=int(len(sample.starts) - 1),
+        held_out_check=check,
+        sampled="two-tower trained on a sample of users (bench catalog)",
+    )
+    return {
+        **fields,
+        "dims": params.dim,
+        "metric": "ip",
+        "model_hashes": hashes,
+        "build_params": params.as_dict(),
+        MANIFEST_FIELD: info,
+    }
 
 
 def sample_users(data: Any, samples: int, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
@@ -359,17 +423,30 @@ def sample_users(data: Any, samples: int, rng: np.random.Generator) -> tuple[Any
 
     lengths = np.diff(data.starts)
     order = rng.permutation(len(lengths))
-    take = order[:int(np.searchsorted(np.cumsum(lengths[order] - 1), samples)) + 1]
+    take = order[: int(np.searchsorted(np.cumsum(lengths[order] - 1), samples)) + 1]
     take = np.sort(take)
     rows = np.concatenate([np.arange(data.starts[u], data.starts[u + 1]) for u in take])
     kept = lengths[take]
     starts = np.r_[0, np.cumsum(kept)].astype(np.int64)
-    return TrainingLog(np.repeat(np.arange(len(take)), kept), data.items[rows],
-                       data.weights[rows], starts, len(take)), take
+    return TrainingLog(
+        np.repeat(np.arange(len(take)), kept),
+        data.items[rows],
+        data.weights[rows],
+        starts,
+        len(take),
+    ), take
 
 
-def next_item_check(model: Any, data: Any, trained_users: np.ndarray, length: int, *,
-                    k: int = 100, n: int = 2000, seed: int = 0) -> dict[str, float]:
+def next_item_check(
+    model: Any,
+    data: Any,
+    trained_users: np.ndarray,
+    length: int,
+    *,
+    k: int = 100,
+    n: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
     """How good the sampled two-tower model is, on users it was not trained on: for
     ``n`` random next-item targets of other users, the share whose target is in the top
     ``k`` the model ranks for the history before it (exact search over every item), and
@@ -387,19 +464,36 @@ def next_item_check(model: Any, data: Any, trained_users: np.ndarray, length: in
         items = model.item_vectors()
         users = model(ids, mask)
         # 128 users at a time: all 2,000 against a million items would be 7.6 GB of scores
-        top = np.concatenate([torch.topk(users[i:i + 128] @ items.T, k, dim=1).indices.numpy()
-                              for i in range(0, len(users), 128)])
+        top = np.concatenate(
+            [
+                torch.topk(users[i : i + 128] @ items.T, k, dim=1).indices.numpy()
+                for i in range(0, len(users), 128)
+            ]
+        )
     hit = float(np.mean([t in row for t, row in zip(target.numpy(), top, strict=True)]))
-    return {f"next_item_hit_at_{k}": round(hit, 4),
-            f"distinct_top_{k}": round(len(np.unique(top)) / top.size, 4), "users": len(rows)}
+    return {
+        f"next_item_hit_at_{k}": round(hit, 4),
+        f"distinct_top_{k}": round(len(np.unique(top)) / top.size, 4),
+        "users": len(rows),
+    }
 
 
 # --------------------------------------------------------------------------- build
 
-def build_catalog(out: Path, n_items: int, *, n_users: int | None = None,
-                  per_user: int = PER_USER, seed: int = 0, llm_real: int = LLM_REAL,
-                  llm_model_dir: str | None = None, cf_train_samples: int = CF_TRAIN_SAMPLES,
-                  channels: Sequence[str] = CHANNELS, progress: bool = False) -> dict[str, Any]:
+
+def build_catalog(
+    out: Path,
+    n_items: int,
+    *,
+    n_users: int | None = None,
+    per_user: int = PER_USER,
+    seed: int = 0,
+    llm_real: int = LLM_REAL,
+    llm_model_dir: str | None = None,
+    cf_train_samples: int = CF_TRAIN_SAMPLES,
+    channels: Sequence[str] = CHANNELS,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Generate the catalogue and log, build every channel into ``out``, write
     ``out/bench_catalog.json``; returns what it wrote there."""
     from recall_engine.config.schema import parse_config
@@ -417,29 +511,50 @@ def build_catalog(out: Path, n_items: int, *, n_users: int | None = None,
     t0 = time.perf_counter()
     data = make_catalog(n_items, n_users, per_user=per_user, seed=seed)
     seconds["generate"] = round(time.perf_counter() - t0, 1)
-    log.info("catalog_generated", items=n_items, users=n_users,
-             interactions=len(data.interactions), seconds=seconds["generate"])
+    log.info(
+        "catalog_generated",
+        items=n_items,
+        users=n_users,
+        interactions=len(data.interactions),
+        seconds=seconds["generate"],
+    )
     params = {name: dict(p) for name, p in BUILD_PARAMS.items()}
     if llm_model_dir:
         params["llm"]["model_dir"] = str(llm_model_dir)
     synthetic_llm = "llm" in channels and n_items > llm_real
     samples = len(data.interactions) - len(np.unique(data.interactions.user_ids))
     sampled_cf = "cf" in channels and samples > cf_train_samples
-    config = parse_config({"artifacts": {"root": str(out.resolve())},
-                           "channels": {name: {"required": name == "popular", "params": p}
-                                        for name, p in params.items()},
-                           "plan": {"fusion": "rrf"}}, Path("."))
-    real_build = [c for c in channels
-                  if not (c == "llm" and synthetic_llm or c == "cf" and sampled_cf)]
+    config = parse_config(
+        {
+            "artifacts": {"root": str(out.resolve())},
+            "channels": {
+                name: {"required": name == "popular", "params": p} for name, p in params.items()
+            },
+            "plan": {"fusion": "rrf"},
+        },
+        Path("."),
+    )
+    real_build = [
+        c for c in channels if not (c == "llm" and synthetic_llm or c == "cf" and sampled_cf)
+    ]
     t0 = time.perf_counter()
-    built = build_all(data.interactions, data.items, out, config, channels=real_build,
-                      seed=seed, progress=progress)
+    built = build_all(
+        data.interactions,
+        data.items,
+        out,
+        config,
+        channels=real_build,
+        seed=seed,
+        progress=progress,
+    )
     for b in built:
         if b.version is None:
             raise RuntimeError(f"channel {b.channel} was not built: {b.skipped}")
         seconds[b.channel] = round(b.seconds, 1)
-    custom = {"cf": (sampled_cf, lambda ctx: build_cf(ctx, cf_train_samples)),
-              "llm": (synthetic_llm, lambda ctx: build_llm(ctx, data.groups, llm_real, seed))}
+    custom = {
+        "cf": (sampled_cf, lambda ctx: build_cf(ctx, cf_train_samples)),
+        "llm": (synthetic_llm, lambda ctx: build_llm(ctx, data.groups, llm_real, seed)),
+    }
     if sampled_cf or synthetic_llm:
         from recall_engine.runtime.catalog import Catalog
 
@@ -450,22 +565,44 @@ def build_catalog(out: Path, n_items: int, *, n_users: int | None = None,
             t1 = time.perf_counter()
             log.info("build_started", channel=name, plugin=name, shortcut=True)
             with ArtifactStore(out).new_version(name, make_current=True) as writer:
-                writer.update(**builder(BuildContext(name, data.interactions, catalog,
-                                                     writer.path, config.channels[name].params,
-                                                     seed, progress)))
+                writer.update(
+                    **builder(
+                        BuildContext(
+                            name,
+                            data.interactions,
+                            catalog,
+                            writer.path,
+                            config.channels[name].params,
+                            seed,
+                            progress,
+                        )
+                    )
+                )
             seconds[name] = round(time.perf_counter() - t1, 1)
             log.info("build_finished", channel=name, seconds=seconds[name])
     seconds["total_build"] = round(time.perf_counter() - t0 + seconds["generate"], 1)
-    report = {"items": n_items, "users": n_users,
-              "interactions": len(data.interactions), "cold_items": data.cold,
-              "seed": seed, "seconds": seconds, "build_params": params,
-              "llm": ("synthetic vectors except for a stratified sample of "
-                      f"{min(llm_real, n_items)} MiniLM-embedded items") if synthetic_llm
-              else "real: every item embedded by MiniLM",
-              "cf": (f"two-tower trained on a sample of users holding about {cf_train_samples} "
-                     f"of the {samples} next-item samples") if sampled_cf
-              else "real build on the whole log",
-              "channels": list(channels)}
+    report = {
+        "items": n_items,
+        "users": n_users,
+        "interactions": len(data.interactions),
+        "cold_items": data.cold,
+        "seed": seed,
+        "seconds": seconds,
+        "build_params": params,
+        "llm": (
+            "synthetic vectors except for a stratified sample of "
+            f"{min(llm_real, n_items)} MiniLM-embedded items"
+        )
+        if synthetic_llm
+        else "real: every item embedded by MiniLM",
+        "cf": (
+            f"two-tower trained on a sample of users holding about {cf_train_samples} "
+            f"of the {samples} next-item samples"
+        )
+        if sampled_cf
+        else "real build on the whole log",
+        "channels": list(channels),
+    }
     report = _merge_previous(out / "bench_catalog.json", report)
     _write_sample(out / "data" / "sample_interactions.csv", data.interactions)
     (out / "bench_catalog.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -486,8 +623,10 @@ def _merge_previous(path: Path, report: dict[str, Any]) -> dict[str, Any]:
     kept = [c for c in previous.get("channels", []) if c not in rebuilt]
     merged = dict(report)
     merged["channels"] = [c for c in CHANNELS if c in rebuilt or c in kept]
-    merged["seconds"] = {**{c: previous["seconds"][c] for c in kept
-                            if c in previous.get("seconds", {})}, **report["seconds"]}
+    merged["seconds"] = {
+        **{c: previous["seconds"][c] for c in kept if c in previous.get("seconds", {})},
+        **report["seconds"],
+    }
     for name in ("llm", "cf"):
         if name in kept and name in previous:
             merged[name] = previous[name]
@@ -503,31 +642,55 @@ def _write_sample(path: Path, log: Any, users: int = KNOWN_USERS) -> None:
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["user_id", "item_id", "timestamp", "weight", "event"])
-        w.writerows(zip(log.user_ids[rows].tolist(), log.item_ids[rows].tolist(),
-                        log.timestamps[rows].tolist(),
-                        (f"{x:g}" for x in log.weights[rows].tolist()), list(events),
-                        strict=True))
+        w.writerows(
+            zip(
+                log.user_ids[rows].tolist(),
+                log.item_ids[rows].tolist(),
+                log.timestamps[rows].tolist(),
+                (f"{x:g}" for x in log.weights[rows].tolist()),
+                list(events),
+                strict=True,
+            )
+        )
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, required=True, help="catalogue size N")
     p.add_argument("--out", type=Path, required=True, help="artifacts folder to write")
     p.add_argument("--users", type=int, help="users in the log (default: N / 5)")
-    p.add_argument("--per-user", type=int, default=PER_USER,
-                   help="mean interactions per user (default: %(default)s)")
+    p.add_argument(
+        "--per-user",
+        type=int,
+        default=PER_USER,
+        help="mean interactions per user (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--llm-real", type=int, default=LLM_REAL,
-                   help="items embedded by MiniLM; the rest get synthetic vectors "
-                        "(default: %(default)s)")
-    p.add_argument("--llm-model-dir", help="an exported sentence-encoder folder to copy "
-                   "instead of exporting MiniLM (needs no PyTorch)")
-    p.add_argument("--cf-train-samples", type=int, default=CF_TRAIN_SAMPLES,
-                   help="above this many next-item samples the cf two-tower model trains "
-                        "on a sample of users (default: %(default)s)")
-    p.add_argument("--channels", default=",".join(CHANNELS),
-                   help="comma-separated channels to build (default: all)")
+    p.add_argument(
+        "--llm-real",
+        type=int,
+        default=LLM_REAL,
+        help="items embedded by MiniLM; the rest get synthetic vectors (default: %(default)s)",
+    )
+    p.add_argument(
+        "--llm-model-dir",
+        help="an exported sentence-encoder folder to copy "
+        "instead of exporting MiniLM (needs no PyTorch)",
+    )
+    p.add_argument(
+        "--cf-train-samples",
+        type=int,
+        default=CF_TRAIN_SAMPLES,
+        help="above this many next-item samples the cf two-tower model trains "
+        "on a sample of users (default: %(default)s)",
+    )
+    p.add_argument(
+        "--channels",
+        default=",".join(CHANNELS),
+        help="comma-separated channels to build (default: all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -537,15 +700,22 @@ def run(args: argparse.Namespace) -> int:
     from recall_engine.observability.logs import configure
 
     configure(json=False if sys.stderr.isatty() else None)
-    report = build_catalog(args.out, args.items, n_users=args.users, per_user=args.per_user,
-                           seed=args.seed, llm_real=args.llm_real,
-                           llm_model_dir=args.llm_model_dir,
-                           cf_train_samples=args.cf_train_samples,
-                           channels=[c for c in args.channels.split(",") if c],
-                           progress=not args.no_progress and sys.stderr.isatty())
-    print(f"built {report['items']} items, {report['users']} users, "
-          f"{report['interactions']} interactions into {args.out}")
+    report = build_catalog(
+        args.out,
+        args.items,
+        n_users=args.users,
+        per_user=args.per_user,
+        seed=args.seed,
+        llm_real=args.llm_real,
+        llm_model_dir=args.llm_model_dir,
+        cf_train_samples=args.cf_train_samples,
+        channels=[c for c in args.channels.split(",") if c],
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(
+        f"built {report['items']} items, {report['users']} users, "
+        f"{report['interactions']} interactions into {args.out}"
+    )
     for step, s in report["seconds"].items():
         print(f"  {step:<12} {s:8.1f} s")
     return 0
-

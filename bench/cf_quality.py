@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET = ("ml-1m:/work/shared/data/ml-1m-cs100-subset/ratings.dat.gz,"
-           "/work/shared/data/ml-1m/movies.dat")
+DATASET = (
+    "ml-1m:/work/shared/data/ml-1m-cs100-subset/ratings.dat.gz,/work/shared/data/ml-1m/movies.dat"
+)
 
 
 def temporal_split(inter, share: float = 0.2):
@@ -42,7 +43,7 @@ def temporal_split(inter, share: float = 0.2):
     ends = np.r_[starts[1:], len(u)]
     test_sorted = np.zeros(len(u), dtype=bool)
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        test_sorted[e - math.ceil(share * (e - s)):e] = True
+        test_sorted[e - math.ceil(share * (e - s)) : e] = True
     test = np.zeros(len(u), dtype=bool)
     test[order] = test_sorted
     return test
@@ -60,9 +61,14 @@ def make_queries(train, test_inter):
         if user not in held:
             continue
         history = tuple(ordered.item_ids[rows].tolist())
-        queries.append(Query(user_id=user, history=history,
-                             timestamps=tuple(ordered.timestamps[rows].tolist()),
-                             exclude=frozenset(history)))
+        queries.append(
+            Query(
+                user_id=user,
+                history=history,
+                timestamps=tuple(ordered.timestamps[rows].tolist()),
+                exclude=frozenset(history),
+            )
+        )
         truths.append(held[user])
     return queries, truths
 
@@ -71,8 +77,8 @@ def recall_at(channel, queries, truths, k: int, batch: int = 256) -> tuple[float
     t0 = time.perf_counter()
     scores = []
     for lo in range(0, len(queries), batch):
-        got = channel.recall_batch(queries[lo:lo + batch], k)
-        for cands, truth in zip(got, truths[lo:lo + batch], strict=True):
+        got = channel.recall_batch(queries[lo : lo + batch], k)
+        for cands, truth in zip(got, truths[lo : lo + batch], strict=True):
             scores.append(len(truth.intersection(cands.item_ids)) / len(truth))
     return float(np.mean(scores)), time.perf_counter() - t0
 
@@ -82,8 +88,9 @@ def latency(channel, queries, n: int, history: int, k: int) -> dict[str, float]:
 
     rng = np.random.default_rng(0)
     picks = [queries[i] for i in rng.integers(0, len(queries), n)]
-    picks = [replace(q, history=q.history[-history:], timestamps=q.timestamps[-history:])
-             for q in picks]
+    picks = [
+        replace(q, history=q.history[-history:], timestamps=q.timestamps[-history:]) for q in picks
+    ]
     for q in picks[:50]:
         channel.recall(q, k)
     times = []
@@ -92,8 +99,11 @@ def latency(channel, queries, n: int, history: int, k: int) -> dict[str, float]:
         channel.recall(q, k)
         times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean())}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,16 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(train)} train rows, {len(held)} held out, {len(queries)} users", flush=True)
 
     root = args.out or Path(tempfile.mkdtemp(prefix="cf_quality_"))
-    config = parse_config({"artifacts": {"root": str(root)},
-                           "channels": {"cf": {"plugin": "cf", "params": params}}}, root)
+    config = parse_config(
+        {"artifacts": {"root": str(root)}, "channels": {"cf": {"plugin": "cf", "params": params}}},
+        root,
+    )
     t0 = time.perf_counter()
     build_all(train, items, root, config, progress=args.progress)
     build_s = time.perf_counter() - t0
     catalog = Catalog.load(root / "catalog")
     cc = config.channels["cf"]
     report: dict = {"params": params, "build_seconds": round(build_s, 1), "modes": {}}
-    for mode, flags in (("item2item", {"two_tower": False}),
-                        ("two_tower", {"item2item": False}), ("combined", {})):
+    for mode, flags in (
+        ("item2item", {"two_tower": False}),
+        ("two_tower", {"item2item": False}),
+        ("combined", {}),
+    ):
         ctx = ChannelContext("cf", "cf", {**params, **flags}, cc.artifacts, catalog)
         channel = CFChannel(ctx)
         channel.load()
@@ -142,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             report["manifest_cf"] = channel._built
         r, seconds = recall_at(channel, queries, truths, args.k)
         lat = latency(channel, queries, args.latency_queries, args.latency_history, args.k)
-        report["modes"][mode] = {f"recall@{args.k}": round(r, 4),
-                                 "eval_seconds": round(seconds, 1),
-                                 **{key: round(v, 3) for key, v in lat.items()}}
+        report["modes"][mode] = {
+            f"recall@{args.k}": round(r, 4),
+            "eval_seconds": round(seconds, 1),
+            **{key: round(v, 3) for key, v in lat.items()},
+        }
         print(mode, report["modes"][mode], flush=True)
         channel.close()
     print(json.dumps(report, indent=1))

@@ -34,27 +34,35 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_in_process_arguments(p, requests=1000)
     p.add_argument("--rounds", type=int, default=2, help="measured passes (the last counts)")
-    p.add_argument("--category", action="append", default=[],
-                   help="filter every request to this category (repeatable)")
+    p.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        help="filter every request to this category (repeatable)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
     from recall_engine.benchmarks.load import engine_with_inputs
 
-    engine, inputs = engine_with_inputs(args.config, mix=args.mix, requests=args.requests,
-                                        interactions=args.interactions)
+    engine, inputs = engine_with_inputs(
+        args.config, mix=args.mix, requests=args.requests, interactions=args.interactions
+    )
     state = engine._state  # noqa: SLF001 - a benchmark looks inside on purpose
     if args.category:
         cats = frozenset(args.category)
-        inputs = [(kind, dataclasses.replace(inp, query=dataclasses.replace(
-            inp.query, categories=cats))) for kind, inp in inputs]
+        inputs = [
+            (kind, dataclasses.replace(inp, query=dataclasses.replace(inp.query, categories=cats)))
+            for kind, inp in inputs
+        ]
     result: dict[str, dict[str, float]] = {}
     try:
         for _ in range(args.rounds):
             for name, slot in state.slots.items():
                 k = slot.config.k
-                calls = [(kind, inp.query) for kind, inp in inputs
-                         if slot.channel.accepts(inp.query)]
+                calls = [
+                    (kind, inp.query) for kind, inp in inputs if slot.channel.accepts(inp.query)
+                ]
                 for _, query in calls[:100]:  # warm-up
                     slot.channel.recall(query, k)
                 spent: dict[str, list[float]] = {}
@@ -65,14 +73,16 @@ def main() -> int:
                     spent.setdefault(kind, []).append(time.process_time() - c0)
                     short += len(got) < k
                 total = sum(sum(v) for v in spent.values())
-                result[name] = {**{kind: round(1000 * sum(v) / len(v), 3)
-                                   for kind, v in spent.items()},
-                                "per_request": round(1000 * total / len(inputs), 3),
-                                "short": short}
+                result[name] = {
+                    **{kind: round(1000 * sum(v) / len(v), 3) for kind, v in spent.items()},
+                    "per_request": round(1000 * total / len(inputs), 3),
+                    "short": short,
+                }
     finally:
         engine.close()
-    print("| channel | CPU ms per request of the mix | by kind (ms per call) "
-          "| answers short of k |")
+    print(
+        "| channel | CPU ms per request of the mix | by kind (ms per call) | answers short of k |"
+    )
     print("|---|---:|---|---:|")
     for name, r in result.items():
         kinds = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("per_request", "short"))

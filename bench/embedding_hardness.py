@@ -45,13 +45,19 @@ def main() -> int:
     raw = index._index  # noqa: SLF001 - its stored vectors
     rows = np.random.default_rng(args.seed).choice(len(raw), len(texts), replace=False)
     synthetic = np.asarray(raw.vectors[np.sort(rows)], dtype=np.float32)
-    print("| vectors | n | dims | cosine to 1st / 10th / 100th neighbour | LID@20 (median) "
-          "| relative contrast (median) |\n|---|---:|---:|---|---:|---:|")
-    for name, x in ((f"real MiniLM, MovieLens movies ({args.movies.name})", real),
-                    (f"{args.index} (random sample)", synthetic)):
+    print(
+        "| vectors | n | dims | cosine to 1st / 10th / 100th neighbour | LID@20 (median) "
+        "| relative contrast (median) |\n|---|---:|---:|---|---:|---:|"
+    )
+    for name, x in (
+        (f"real MiniLM, MovieLens movies ({args.movies.name})", real),
+        (f"{args.index} (random sample)", synthetic),
+    ):
         s = hardness(x)
-        print(f"| {name} | {len(x):,} | {x.shape[1]} | {s['nn1']:.3f} / {s['nn10']:.3f} / "
-              f"{s['nn100']:.3f} | {s['lid']:.1f} | {s['contrast']:.2f} |")
+        print(
+            f"| {name} | {len(x):,} | {x.shape[1]} | {s['nn1']:.3f} / {s['nn10']:.3f} / "
+            f"{s['nn100']:.3f} | {s['lid']:.1f} | {s['contrast']:.2f} |"
+        )
     return 0
 
 
@@ -73,13 +79,17 @@ def hardness(x: np.ndarray, k: int = 100, lid_k: int = 20) -> dict[str, float]:
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)
     top = -np.sort(-sims, axis=1)[:, :k]
-    dist = np.sqrt(np.maximum(2 - 2 * top, 1e-12))   # unit vectors: Euclidean distance
-    lid = -1 / np.mean(np.log(dist[:, :lid_k] / dist[:, lid_k - 1:lid_k]), axis=1)
+    dist = np.sqrt(np.maximum(2 - 2 * top, 1e-12))  # unit vectors: Euclidean distance
+    lid = -1 / np.mean(np.log(dist[:, :lid_k] / dist[:, lid_k - 1 : lid_k]), axis=1)
     np.fill_diagonal(sims, np.nan)
     mean_dist = np.nanmean(np.sqrt(np.maximum(2 - 2 * sims, 0)), axis=1)
-    return {"nn1": float(top[:, 0].mean()), "nn10": float(top[:, 9].mean()),
-            "nn100": float(top[:, k - 1].mean()), "lid": float(np.median(lid)),
-            "contrast": float(np.median(mean_dist / dist[:, 0]))}
+    return {
+        "nn1": float(top[:, 0].mean()),
+        "nn10": float(top[:, 9].mean()),
+        "nn100": float(top[:, k - 1].mean()),
+        "lid": float(np.median(lid)),
+        "contrast": float(np.median(mean_dist / dist[:, 0])),
+    }
 
 
 if __name__ == "__main__":

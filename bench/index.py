@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=int, default=1000, help="queries (batch and single)")
     parser.add_argument("--k", type=int, default=100, help="neighbours per query (recall@k)")
     parser.add_argument("--dtypes", default="f32,f16,i8", help="comma-separated usearch dtypes")
-    parser.add_argument("--expansion-search", default="64,256",
-                        help="comma-separated HNSW ef values to search with")
+    parser.add_argument(
+        "--expansion-search", default="64,256", help="comma-separated HNSW ef values to search with"
+    )
     parser.add_argument("--connectivity", type=int, default=16)
     parser.add_argument("--expansion-add", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="usearch threads (0: all cores)")
@@ -53,8 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
     log = _Log()
     vectors = make_vectors(args.n, args.dim, args.seed, args.data)
-    queries = make_vectors(args.queries, args.dim, args.seed + 1, args.data,
-                           centres_seed=args.seed, n_centres=_centres(args.n))
+    queries = make_vectors(
+        args.queries,
+        args.dim,
+        args.seed + 1,
+        args.data,
+        centres_seed=args.seed,
+        n_centres=_centres(args.n),
+    )
     log("data", n=args.n, dim=args.dim, data=args.data)
 
     exact_rows, truth = _bench_exact(vectors, queries, args.k)
@@ -63,19 +70,30 @@ def run(args: argparse.Namespace) -> int:
     ids = [str(i) for i in range(args.n)]
     for dtype in args.dtypes.split(","):
         rss = _rss()
-        index = VectorIndex(args.dim, metric="cos", dtype=dtype, exact_below=0,
-                            connectivity=args.connectivity,
-                            expansion_add=args.expansion_add, threads=args.threads)
+        index = VectorIndex(
+            args.dim,
+            metric="cos",
+            dtype=dtype,
+            exact_below=0,
+            connectivity=args.connectivity,
+            expansion_add=args.expansion_add,
+            threads=args.threads,
+        )
         started = time.perf_counter()
         for lo in range(0, args.n, CHUNK):
-            index.add(ids[lo:lo + CHUNK], vectors[lo:lo + CHUNK])
+            index.add(ids[lo : lo + CHUNK], vectors[lo : lo + CHUNK])
         build_s = time.perf_counter() - started
         memory = {"index_mib": index.memory_usage / 2**20, "rss_growth_mib": (_rss() - rss) / 2**20}
         log("built", dtype=dtype, build_s=round(build_s, 1), **memory)
         for ef in (int(v) for v in args.expansion_search.split(",")):
             index.expansion_search = ef
-            row = {"method": f"usearch {dtype}", "ef": ef, "build_s": build_s, **memory,
-                   **_bench_search(index.search, queries, args.k, truth)}
+            row = {
+                "method": f"usearch {dtype}",
+                "ef": ef,
+                "build_s": build_s,
+                **memory,
+                **_bench_search(index.search, queries, args.k, truth),
+            }
             log("searched", **row)
             rows.append(row)
         del index
@@ -92,8 +110,15 @@ def _centres(n: int) -> int:
     return max(1, n // 1000)
 
 
-def make_vectors(n: int, dim: int, seed: int, data: str, *, centres_seed: int | None = None,
-                 n_centres: int | None = None) -> np.ndarray:
+def make_vectors(
+    n: int,
+    dim: int,
+    seed: int,
+    data: str,
+    *,
+    centres_seed: int | None = None,
+    n_centres: int | None = None,
+) -> np.ndarray:
     """``n`` float32 unit vectors, generated in chunks to bound peak memory."""
     rng = np.random.default_rng((seed, 1))
     out = np.empty((n, dim), dtype=np.float32)
@@ -139,8 +164,9 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(best_idx, order, axis=1)
 
 
-def _bench_exact(vectors: np.ndarray, queries: np.ndarray,
-                 k: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+def _bench_exact(
+    vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     started = time.perf_counter()
     truth = exact_top_k(vectors, queries, k)
     batch_s = time.perf_counter() - started
@@ -152,15 +178,21 @@ def _bench_exact(vectors: np.ndarray, queries: np.ndarray,
         top = np.argpartition(-scores, k - 1)[:k]
         top[np.argsort(-scores[top])]
         latencies.append(time.perf_counter() - started)
-    row = {"method": "exact numpy f32", "ef": None, "build_s": 0.0,
-           "index_mib": vectors.nbytes / 2**20, "rss_growth_mib": vectors.nbytes / 2**20,
-           "batch_qps": len(queries) / batch_s, **_latency(latencies), "recall": 1.0}
+    row = {
+        "method": "exact numpy f32",
+        "ef": None,
+        "build_s": 0.0,
+        "index_mib": vectors.nbytes / 2**20,
+        "rss_growth_mib": vectors.nbytes / 2**20,
+        "batch_qps": len(queries) / batch_s,
+        **_latency(latencies),
+        "recall": 1.0,
+    }
     return [row], truth
 
 
 # -- usearch -------------------------------------------------------------------------
-def _bench_search(search: Any, queries: np.ndarray, k: int,
-                  truth: np.ndarray) -> dict[str, float]:
+def _bench_search(search: Any, queries: np.ndarray, k: int, truth: np.ndarray) -> dict[str, float]:
     search(queries[:8], k)  # warm up threads and caches
     started = time.perf_counter()
     hits = search(queries, k)
@@ -171,30 +203,38 @@ def _bench_search(search: Any, queries: np.ndarray, k: int,
         search(q, k)
         latencies.append(time.perf_counter() - started)
     found = [np.asarray(ids, dtype=np.int64) for ids, _ in hits]
-    recall = float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth,
-                                                                          strict=True)]))
+    recall = float(
+        np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth, strict=True)])
+    )
     return {"batch_qps": len(queries) / batch_s, **_latency(latencies), "recall": recall}
 
 
 def _latency(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
-    return {"single_qps": 1e3 / float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "single_qps": 1e3 / float(ms.mean()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 # -- output --------------------------------------------------------------------------
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"n={args.n:,} dim={args.dim} data={args.data} queries={args.queries} "
-             f"k={args.k} connectivity={args.connectivity} "
-             f"expansion_add={args.expansion_add}", "",
-             "| method | ef | build s | batch q/s | single q/s | p50 ms | p99 ms | "
-             f"recall@{args.k} | index MiB | RSS growth MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"n={args.n:,} dim={args.dim} data={args.data} queries={args.queries} "
+        f"k={args.k} connectivity={args.connectivity} "
+        f"expansion_add={args.expansion_add}",
+        "",
+        "| method | ef | build s | batch q/s | single q/s | p50 ms | p99 ms | "
+        f"recall@{args.k} | index MiB | RSS growth MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['ef'] or '-'} | {r['build_s']:.1f} | {r['batch_qps']:,.0f} | "
             f"{r['single_qps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['recall']:.3f} | {r['index_mib']:,.0f} | {r['rss_growth_mib']:,.0f} |")
+            f"{r['recall']:.3f} | {r['index_mib']:,.0f} | {r['rss_growth_mib']:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -207,8 +247,7 @@ def _rss() -> int:
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()
-            if not callable(v)}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if not callable(v)}
 
 
 class _Log:
@@ -219,8 +258,11 @@ class _Log:
 
     def __call__(self, event: str, **fields: Any) -> None:
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-        print(f"[{time.perf_counter() - self.started:7.1f}s] {event} {shown}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - self.started:7.1f}s] {event} {shown}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _fmt(value: Any) -> str:

@@ -39,17 +39,22 @@ def main() -> int:
     add_in_process_arguments(p, requests=200)
     p.add_argument("--ef", default="128,256,512", help="comma-separated expansion_search")
     p.add_argument("--json", type=Path)
-    p.add_argument("--save-queries", type=Path, metavar="DIR",
-                   help="also write each channel's recorded queries to DIR/<channel>.npz "
-                        "(kinds, vectors, n), to tune an index offline on them")
+    p.add_argument(
+        "--save-queries",
+        type=Path,
+        metavar="DIR",
+        help="also write each channel's recorded queries to DIR/<channel>.npz "
+        "(kinds, vectors, n), to tune an index offline on them",
+    )
     args = p.parse_args()
     efs = [int(x) for x in args.ef.split(",")]
 
     from recall_engine.benchmarks.load import engine_with_inputs
     from recall_engine.runtime.index import VectorIndex
 
-    engine, inputs = engine_with_inputs(args.config, mix=args.mix, requests=args.requests,
-                                        interactions=args.interactions)
+    engine, inputs = engine_with_inputs(
+        args.config, mix=args.mix, requests=args.requests, interactions=args.interactions
+    )
     state = engine._state  # noqa: SLF001 - a benchmark looks inside on purpose
 
     results: dict[str, dict] = {}
@@ -62,23 +67,33 @@ def main() -> int:
         recorded = record_searches(channel, slot.config.k, index, inputs)
         if args.save_queries:
             args.save_queries.mkdir(parents=True, exist_ok=True)
-            np.savez(args.save_queries / f"{name}.npz", kinds=[k for k, _, _ in recorded],
-                     vectors=np.stack([q for _, q, _ in recorded]),
-                     n=[n for _, _, n in recorded])
+            np.savez(
+                args.save_queries / f"{name}.npz",
+                kinds=[k for k, _, _ in recorded],
+                vectors=np.stack([q for _, q, _ in recorded]),
+                n=[n for _, _, n in recorded],
+            )
         results[name] = measure(index, recorded, efs)
-        print(f"{name}: {len(recorded)} searches, {len(index):,} items, "
-              f"{index.dim} dims, {index.dtype}", flush=True)
+        print(
+            f"{name}: {len(recorded)} searches, {len(index):,} items, "
+            f"{index.dim} dims, {index.dtype}",
+            flush=True,
+        )
     engine.close()
 
-    print("| channel | ef | recall@n, all | by kind | mean score lost | CPU ms per search "
-          "| distinct exact |")
+    print(
+        "| channel | ef | recall@n, all | by kind | mean score lost | CPU ms per search "
+        "| distinct exact |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|")
     for name, measured in results.items():
         for row in (v for v in measured.values() if isinstance(v, dict)):
             kinds = ", ".join(f"{k} {v:.3f}" for k, v in row["by_kind"].items())
-            print(f"| {name} | {row['ef']} | {row['recall']:.3f} | {kinds} | "
-                  f"{row['score_lost']:.4f} | {row['cpu_ms']:.3f} | "
-                  f"{measured['distinct_exact']:.3f} |")
+            print(
+                f"| {name} | {row['ef']} | {row['recall']:.3f} | {kinds} | "
+                f"{row['score_lost']:.4f} | {row['cpu_ms']:.3f} | "
+                f"{measured['distinct_exact']:.3f} |"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
@@ -95,7 +110,7 @@ def record_searches(channel, k: int, index, inputs) -> list[tuple[str, np.ndarra
         recorded.extend((kind_now, row.copy(), n) for row in rows)
         return _search(vectors, n, *a, **kw)
 
-    index.search = record   # an instance attribute shadows the method
+    index.search = record  # an instance attribute shadows the method
     try:
         for kind, inp in inputs:
             if channel.accepts(inp.query):
@@ -114,8 +129,7 @@ def measure(index, recorded: list[tuple[str, np.ndarray, int]], efs: list[int]) 
     n = max(k for _, _, k in recorded)
     truth = raw.search(queries, n, exact=True, threads=0)
     exact, score = truth.keys, SCORES[index.metric]
-    best = [float(score(truth.distances[row][:k]).mean())
-            for row, (_, _, k) in enumerate(recorded)]
+    best = [float(score(truth.distances[row][:k]).mean()) for row, (_, _, k) in enumerate(recorded)]
     # how varied the exact answers are: distinct items over all queries' top-n slots
     # (near 1/len(recorded) when every query gets the same items)
     tops = [exact[row][:k] for row, (_, _, k) in enumerate(recorded)]
@@ -135,10 +149,13 @@ def measure(index, recorded: list[tuple[str, np.ndarray, int]], efs: list[int]) 
                 got = score(found.distances[:k])
                 lost.append(best[row] - float(got.mean()) if len(got) else best[row])
             every = [v for vs in by_kind.values() for v in vs]
-            out[f"ef{ef}"] = {"ef": ef, "recall": float(np.mean(every)),
-                              "score_lost": float(np.mean(lost)),
-                              "cpu_ms": 1000 * cpu / len(recorded),
-                              "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()}}
+            out[f"ef{ef}"] = {
+                "ef": ef,
+                "recall": float(np.mean(every)),
+                "score_lost": float(np.mean(lost)),
+                "cpu_ms": 1000 * cpu / len(recorded),
+                "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()},
+            }
     finally:
         raw.expansion_search = saved
     return out

@@ -28,10 +28,17 @@ import numpy as np
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--index", type=Path, required=True, help="a VectorIndex folder")
-    p.add_argument("--queries", type=Path, required=True,
-                   help="an .npz from bench/index_recall.py --save-queries")
-    p.add_argument("--builds", default="16:128,32:128",
-                   help="comma-separated connectivity:expansion_add to build and try")
+    p.add_argument(
+        "--queries",
+        type=Path,
+        required=True,
+        help="an .npz from bench/index_recall.py --save-queries",
+    )
+    p.add_argument(
+        "--builds",
+        default="16:128,32:128",
+        help="comma-separated connectivity:expansion_add to build and try",
+    )
     p.add_argument("--ef", default="128,256,512", help="comma-separated expansion_search")
     p.add_argument("--threads", type=int, default=0, help="build threads (0: all cores)")
     args = p.parse_args()
@@ -40,7 +47,7 @@ def main() -> int:
 
     from recall_engine.runtime.index import VectorIndex
 
-    served = VectorIndex.load(args.index)   # in memory, as served
+    served = VectorIndex.load(args.index)  # in memory, as served
     raw = served._index  # noqa: SLF001 - the usearch index itself
     saved = np.load(args.queries)
     queries, kinds, sizes = saved["vectors"], saved["kinds"].tolist(), saved["n"].tolist()
@@ -58,8 +65,11 @@ def main() -> int:
                 by_kind[kind].append(len(np.intersect1d(found[:n], exact[row][:n])) / n)
             every = np.mean([v for vs in by_kind.values() for v in vs])
             kinds_text = ", ".join(f"{k} {np.mean(v):.3f}" for k, v in by_kind.items())
-            print(f"| {label} | {ef} | {every:.3f} | {kinds_text} | "
-                  f"{1000 * cpu / len(queries):.3f} |", flush=True)
+            print(
+                f"| {label} | {ef} | {every:.3f} | {kinds_text} | "
+                f"{1000 * cpu / len(queries):.3f} |",
+                flush=True,
+            )
 
     print(f"{len(queries)} queries, {len(raw):,} items × {raw.ndim}, {served.dtype}")
     print("| index | ef | recall@n | by kind | CPU ms per search |")
@@ -73,12 +83,20 @@ def main() -> int:
     vectors = np.asarray(raw.vectors, dtype=np.float32)
     for connectivity, expansion_add in builds:
         t = time.perf_counter()
-        index = Index(ndim=raw.ndim, metric=served.metric, dtype=served.dtype,
-                      connectivity=connectivity, expansion_add=expansion_add)
+        index = Index(
+            ndim=raw.ndim,
+            metric=served.metric,
+            dtype=served.dtype,
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+        )
         index.add(keys, vectors, threads=args.threads)
         label = f"M {connectivity}, expansion_add {expansion_add}"
-        print(f"({label}: built in {time.perf_counter() - t:.0f} s, "
-              f"{index.memory_usage / 2**20:,.0f} MiB)", flush=True)
+        print(
+            f"({label}: built in {time.perf_counter() - t:.0f} s, "
+            f"{index.memory_usage / 2**20:,.0f} MiB)",
+            flush=True,
+        )
         measure(index, label)
         del index
     return 0

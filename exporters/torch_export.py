@@ -55,8 +55,14 @@ class ParityError(RuntimeError):
     """ONNX Runtime's outputs differ from PyTorch's beyond tolerance (or it failed to
     run an input shape PyTorch handles). Carries the figures."""
 
-    def __init__(self, message: str, *, max_abs: float = float("nan"),
-                 max_rel: float = float("nan"), cases: Sequence[Sequence[int]] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        max_abs: float = float("nan"),
+        max_rel: float = float("nan"),
+        cases: Sequence[Sequence[int]] = (),
+    ) -> None:
         super().__init__(message)
         self.max_abs = max_abs
         self.max_rel = max_rel
@@ -120,30 +126,56 @@ def export_torch(
     names_in = list(input_names or _forward_arg_names(module, len(example_inputs)))
     with torch.inference_mode():
         example_out = _flatten(module(*example_inputs))
-    names_out = list(output_names or (
-        ["output"] if len(example_out) == 1 else [f"output_{i}" for i in range(len(example_out))]))
-    axes = _as_axes(dynamic_axes) if dynamic_axes is not None else default_dynamic_axes(
-        dict(zip(names_in, example_inputs, strict=True)), names_out)
+    names_out = list(
+        output_names
+        or (
+            ["output"]
+            if len(example_out) == 1
+            else [f"output_{i}" for i in range(len(example_out))]
+        )
+    )
+    axes = (
+        _as_axes(dynamic_axes)
+        if dynamic_axes is not None
+        else default_dynamic_axes(dict(zip(names_in, example_inputs, strict=True)), names_out)
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # a stale manifest must not bless a new graph
     model_path = out / MODEL_FILE
-    trace_warnings = export_graph(module, example_inputs, model_path, input_names=names_in,
-                                  output_names=names_out, dynamic_axes=axes, opset=opset,
-                                  exporter=exporter)
+    trace_warnings = export_graph(
+        module,
+        example_inputs,
+        model_path,
+        input_names=names_in,
+        output_names=names_out,
+        dynamic_axes=axes,
+        opset=opset,
+        exporter=exporter,
+    )
     try:
-        errors, cases, seen = check_parity(module, model_path, example_inputs, names_in, axes,
-                                           parity_cases=parity_cases, atol=atol, rtol=rtol,
-                                           seed=seed)
+        errors, cases, seen = check_parity(
+            module,
+            model_path,
+            example_inputs,
+            names_in,
+            axes,
+            parity_cases=parity_cases,
+            atol=atol,
+            rtol=rtol,
+            seed=seed,
+        )
     except ParityError as exc:
         for message in trace_warnings:
             exc.add_note(f"exporter warning: {message}")
         raise
     inputs, outputs = graph_specs(model_path)
     seen.append([tuple(t.shape) for t in example_out])
-    outputs = tuple(settle_dims(spec, axes.get(spec.name, {}), [s[i] for s in seen])
-                    for i, spec in enumerate(outputs))
+    outputs = tuple(
+        settle_dims(spec, axes.get(spec.name, {}), [s[i] for s in seen])
+        for i, spec in enumerate(outputs)
+    )
     last = outputs[0].shape[-1] if outputs[0].shape else None
     manifest = ModelManifest(
         kind="torch",
@@ -154,18 +186,25 @@ def export_torch(
         opset=opset,
         source_hash=state_dict_sha256(module),
         model_sha256=sha256_file(model_path),
-        parity=Parity(max_abs=errors.max_abs, max_rel=errors.max_rel, cases=cases,
-                      atol=atol, rtol=rtol),
+        parity=Parity(
+            max_abs=errors.max_abs, max_rel=errors.max_rel, cases=cases, atol=atol, rtol=rtol
+        ),
         producer=producer_versions(exporter),
     )
     manifest.write(out)
-    log.info("onnx_exported", path=str(model_path), max_abs=errors.max_abs,
-             max_rel=errors.max_rel, cases=[list(c) for c in cases])
+    log.info(
+        "onnx_exported",
+        path=str(model_path),
+        max_abs=errors.max_abs,
+        max_rel=errors.max_rel,
+        cases=[list(c) for c in cases],
+    )
     return manifest
 
 
-def default_dynamic_axes(inputs: Mapping[str, torch.Tensor],
-                         output_names: Sequence[str]) -> dict[str, dict[int, str]]:
+def default_dynamic_axes(
+    inputs: Mapping[str, torch.Tensor], output_names: Sequence[str]
+) -> dict[str, dict[int, str]]:
     """Dim 0 ``batch`` everywhere; dim 1 ``sequence`` on int/bool inputs of rank >= 2."""
     axes: dict[str, dict[int, str]] = {}
     for name, tensor in inputs.items():
@@ -177,9 +216,17 @@ def default_dynamic_axes(inputs: Mapping[str, torch.Tensor],
     return axes
 
 
-def export_graph(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
-                 path: Path, *, input_names: Sequence[str], output_names: Sequence[str],
-                 dynamic_axes: DynamicAxes, opset: int, exporter: Exporter) -> list[str]:
+def export_graph(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: DynamicAxes,
+    opset: int,
+    exporter: Exporter,
+) -> list[str]:
     """Write the ONNX graph (weights inside the file, not as external data); return the
     exporter's warnings (tracer warnings explain most parity failures), also logged."""
     axes = {k: dict(v) for k, v in dynamic_axes.items() if v}
@@ -191,19 +238,34 @@ def export_graph(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
         warnings.filterwarnings("ignore", category=FutureWarning)
         with torch.inference_mode(False), torch.no_grad():
             if exporter == "dynamo":
-                torch.onnx.export(module, example_inputs, str(path), dynamo=True,
-                                  external_data=False, input_names=list(input_names),
-                                  output_names=list(output_names), dynamic_axes=axes,
-                                  opset_version=opset)
+                torch.onnx.export(
+                    module,
+                    example_inputs,
+                    str(path),
+                    dynamo=True,
+                    external_data=False,
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                )
             elif exporter == "torchscript":
-                torch.onnx.export(module, example_inputs, str(path), dynamo=False,
-                                  input_names=list(input_names),
-                                  output_names=list(output_names), dynamic_axes=axes,
-                                  opset_version=opset, do_constant_folding=True)
+                torch.onnx.export(
+                    module,
+                    example_inputs,
+                    str(path),
+                    dynamo=False,
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                )
             else:
                 raise ValueError(f"exporter must be 'torchscript' or 'dynamo', not {exporter!r}")
-    messages = list(dict.fromkeys(
-        f"{Path(w.filename).name}:{w.lineno}: {w.message}" for w in caught))
+    messages = list(
+        dict.fromkeys(f"{Path(w.filename).name}:{w.lineno}: {w.message}" for w in caught)
+    )
     for message in messages:
         log.info("onnx_export_warning", message=message)
     try:
@@ -213,30 +275,42 @@ def export_graph(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
             raise
         # Seen with torch 2.13: Split(num_outputs), an opset-18 attribute, left in a
         # graph converted down to opset 17.
-        raise ValueError(f"the dynamo exporter wrote an invalid opset-{opset} graph ({exc}); "
-                         "it targets opset 18+: pass opset=18 or use the torchscript "
-                         "exporter") from exc
+        raise ValueError(
+            f"the dynamo exporter wrote an invalid opset-{opset} graph ({exc}); "
+            "it targets opset 18+: pass opset=18 or use the torchscript "
+            "exporter"
+        ) from exc
     return messages
 
 
-def check_parity(module: torch.nn.Module, model_path: Path,
-                 example_inputs: tuple[torch.Tensor, ...], input_names: Sequence[str],
-                 dynamic_axes: DynamicAxes, *, parity_cases: Sequence[tuple[int, int]],
-                 atol: float, rtol: float, seed: int = 0,
-                 ) -> tuple[_Errors, tuple[tuple[int, int], ...], list[list[tuple[int, ...]]]]:
+def check_parity(
+    module: torch.nn.Module,
+    model_path: Path,
+    example_inputs: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    dynamic_axes: DynamicAxes,
+    *,
+    parity_cases: Sequence[tuple[int, int]],
+    atol: float,
+    rtol: float,
+    seed: int = 0,
+) -> tuple[_Errors, tuple[tuple[int, int], ...], list[list[tuple[int, ...]]]]:
     """Compare PyTorch with ONNX Runtime (CPU) on fresh inputs for each case; return
     the worst errors, the cases and the output shapes seen in each case."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # a failing case is raised as ParityError, not logged
-    session = ort.InferenceSession(str(model_path), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
     generator = torch.Generator().manual_seed(seed)
     errors = _Errors(atol=atol, rtol=rtol)
     cases = tuple((int(b), int(s)) for b, s in parity_cases)
     seen: list[list[tuple[int, ...]]] = []
     for batch, seq in cases:
-        feeds = {name: fresh_like(x, dynamic_axes.get(name, {}), batch, seq, generator)
-                 for name, x in zip(input_names, example_inputs, strict=True)}
+        feeds = {
+            name: fresh_like(x, dynamic_axes.get(name, {}), batch, seq, generator)
+            for name, x in zip(input_names, example_inputs, strict=True)
+        }
         with torch.inference_mode():
             want = [t.detach().cpu().numpy() for t in _flatten(module(*feeds.values()))]
         try:
@@ -245,15 +319,19 @@ def check_parity(module: torch.nn.Module, model_path: Path,
             raise ParityError(
                 f"ONNX Runtime failed on batch={batch} sequence={seq} where PyTorch ran: "
                 f"{exc}. The export baked in a shape (Python control flow on sizes?).",
-                cases=cases) from exc
+                cases=cases,
+            ) from exc
         if len(got) != len(want):
-            raise ParityError(f"ONNX graph has {len(got)} outputs, PyTorch returned "
-                              f"{len(want)}", cases=cases)
+            raise ParityError(
+                f"ONNX graph has {len(got)} outputs, PyTorch returned {len(want)}", cases=cases
+            )
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             if g.shape != w.shape:
                 raise ParityError(
                     f"output {i} shape {g.shape} != PyTorch {w.shape} on batch={batch} "
-                    f"sequence={seq}", cases=cases)
+                    f"sequence={seq}",
+                    cases=cases,
+                )
             errors.add(g, w)
         seen.append([tuple(w.shape) for w in want])
     if errors.violations:
@@ -262,15 +340,21 @@ def check_parity(module: torch.nn.Module, model_path: Path,
             f"{errors.compared} values: max_abs={errors.max_abs:.3g} "
             f"max_rel={errors.max_rel:.3g} (atol={atol}, rtol={rtol}) over cases "
             f"(batch, sequence) {list(cases)}",
-            max_abs=errors.max_abs, max_rel=errors.max_rel, cases=cases)
+            max_abs=errors.max_abs,
+            max_rel=errors.max_rel,
+            cases=cases,
+        )
     return errors, cases, seen
 
 
-def fresh_like(example: torch.Tensor, axes: Mapping[int, str], batch: int, seq: int,
-               generator: torch.Generator) -> torch.Tensor:
+def fresh_like(
+    example: torch.Tensor, axes: Mapping[int, str], batch: int, seq: int, generator: torch.Generator
+) -> torch.Tensor:
     """A new tensor shaped like ``example`` with its dynamic axes resized."""
-    shape = [batch if axes.get(i) == "batch" else seq if i in axes else n
-             for i, n in enumerate(example.shape)]
+    shape = [
+        batch if axes.get(i) == "batch" else seq if i in axes else n
+        for i, n in enumerate(example.shape)
+    ]
     if example.dtype == torch.bool:
         return torch.ones(shape, dtype=torch.bool)
     if example.dtype.is_floating_point:
@@ -287,16 +371,19 @@ def graph_specs(model_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorS
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
         tensor = value.type.tensor_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-        shape = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
-                      for d in tensor.shape.dim)
+        shape = tuple(
+            d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+            for d in tensor.shape.dim
+        )
         return TensorSpec(name=value.name, dtype=dtype, shape=shape)
 
     inputs = tuple(spec(v) for v in graph.input if v.name not in initializers)
     return inputs, tuple(spec(v) for v in graph.output)
 
 
-def settle_dims(spec: TensorSpec, axes: Mapping[int, str],
-                 shapes: Sequence[tuple[int, ...]]) -> TensorSpec:
+def settle_dims(
+    spec: TensorSpec, axes: Mapping[int, str], shapes: Sequence[tuple[int, ...]]
+) -> TensorSpec:
     """The TorchScript exporter loses some static output dims (``Divoutput_dim_1``);
     a dim that is not declared dynamic and had one size in every parity case is static."""
     dims = list(spec.shape)
@@ -320,8 +407,12 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 
 def producer_versions(exporter: str) -> dict[str, str]:
-    return {"exporter": exporter, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__}
+    return {
+        "exporter": exporter,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
 
 
 def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
@@ -337,16 +428,22 @@ def load_factory(spec: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         sys.path.append(os.getcwd())
     factory: Callable[[], Any] = getattr(importlib.import_module(module_name), attr)
     result = factory()
-    if (not isinstance(result, tuple) or len(result) != 2
-            or not isinstance(result[0], torch.nn.Module)):
+    if (
+        not isinstance(result, tuple)
+        or len(result) != 2
+        or not isinstance(result[0], torch.nn.Module)
+    ):
         raise TypeError(f"{spec} must return (torch.nn.Module, tuple_of_example_inputs)")
     module, example = result
     return module, tuple(example) if isinstance(example, list | tuple) else (example,)
 
 
 def _forward_arg_names(module: torch.nn.Module, count: int) -> list[str]:
-    params = [p.name for p in inspect.signature(module.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params = [
+        p.name
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
 
 

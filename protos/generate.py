@@ -32,16 +32,27 @@ def generate(dest: Path) -> dict[str, str]:
     except Exception:  # pragma: no cover
         include = ""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={dest}",
-            f"--pyi_out={dest}", f"--grpc_python_out={dest}", *protos]
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={dest}",
+        f"--pyi_out={dest}",
+        f"--grpc_python_out={dest}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     out: dict[str, str] = {}
     for path in sorted((dest / "recall_engine" / "v1").glob("*_pb2*.py*")):
         text = path.read_text()
         text = re.sub(r"from recall_engine\.v1 import", "from recall_engine._proto import", text)
-        text = re.sub(r"^import recall_engine\.v1\.(\w+) as", r"import recall_engine._proto.\1 as",
-                      text, flags=re.M)
+        text = re.sub(
+            r"^import recall_engine\.v1\.(\w+) as",
+            r"import recall_engine._proto.\1 as",
+            text,
+            flags=re.M,
+        )
         out[path.name] = HEADER + text
     out["__init__.py"] = HEADER + '"""Generated protobuf and gRPC stubs (private)."""\n'
     return out
@@ -54,8 +65,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
     if ns.check:
-        stale = [n for n, t in files.items()
-                 if not (OUT / n).exists() or (OUT / n).read_text() != t]
+        stale = [
+            n for n, t in files.items() if not (OUT / n).exists() or (OUT / n).read_text() != t
+        ]
         extra = [p.name for p in OUT.glob("*_pb2*.py*") if p.name not in files]
         if stale or extra:
             print(f"stale generated stubs: {sorted(stale + extra)}; run python protos/generate.py")

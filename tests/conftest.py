@@ -45,8 +45,11 @@ def fake_plugins(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def duplicate_plugin(fake_plugins: Path):
     """A second distribution registering the name 'fixed' again."""
     site = fake_plugins.parent / "dup_site"
-    _write_dist(site, "recall_engine_dup_plugin",
-                "[recall_engine.channels]\nfixed = tests_fake_plugins:BoomChannel\n")
+    _write_dist(
+        site,
+        "recall_engine_dup_plugin",
+        "[recall_engine.channels]\nfixed = tests_fake_plugins:BoomChannel\n",
+    )
     sys.path.insert(0, str(site))
     yield
     sys.path.remove(str(site))
@@ -72,6 +75,7 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- synthetic catalogue + channel building (shared by every channel's tests) ----------
 
+
 @pytest.fixture(scope="session")
 def demo_small():
     """A small deterministic demo catalogue: 400 items in 8 topics, 300 users."""
@@ -80,8 +84,9 @@ def demo_small():
     return make_demo(n_items=400, n_users=300, seed=1)
 
 
-def build_and_load(tmp_root: Path, demo, name: str, plugin: str | None = None,
-                   params: dict | None = None):
+def build_and_load(
+    tmp_root: Path, demo, name: str, plugin: str | None = None, params: dict | None = None
+):
     """Build channel ``name`` from ``demo`` with the real build command's code path,
     then construct, load and warm it up as the engine does. Returns the channel."""
     from recall_engine.config.schema import parse_config
@@ -90,15 +95,24 @@ def build_and_load(tmp_root: Path, demo, name: str, plugin: str | None = None,
     from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 
     plugin = plugin or name
-    config = parse_config({"artifacts": {"root": str(tmp_root)},
-                           "channels": {name: {"plugin": plugin, "params": params or {}}}},
-                          tmp_root)
+    config = parse_config(
+        {
+            "artifacts": {"root": str(tmp_root)},
+            "channels": {name: {"plugin": plugin, "params": params or {}}},
+        },
+        tmp_root,
+    )
     build_all(demo.interactions, demo.items, tmp_root, config)
     cc = config.channels[name]
     from recall_engine.sdk.channel import ChannelContext
 
-    ctx = ChannelContext(name=name, plugin=plugin, params=cc.params, artifacts=cc.artifacts,
-                         catalog=Catalog.load(tmp_root / "catalog"))
+    ctx = ChannelContext(
+        name=name,
+        plugin=plugin,
+        params=cc.params,
+        artifacts=cc.artifacts,
+        catalog=Catalog.load(tmp_root / "catalog"),
+    )
     return instantiate(plugin, load_factory(resolve(discover(), plugin)), ctx)
 
 

@@ -24,8 +24,9 @@ def _seeded() -> None:
 class MLP(nn.Module):
     def __init__(self, d_in: int = 16, hidden: int = 32, d_out: int = 8) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.LayerNorm(hidden),
-                                 nn.Linear(hidden, d_out))
+        self.net = nn.Sequential(
+            nn.Linear(d_in, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, d_out)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)

@@ -49,8 +49,10 @@ def two_popular_versions(root: Path, demo: Any, **config: Any) -> tuple[Config, 
     from recall_engine.offline.build import build_all
     from recall_engine.runtime.artifacts import ArtifactStore
 
-    cfg = make_config({**config, "artifacts": {"root": str(root)},
-                       "channels": {"popular": {"required": True}}}, root)
+    cfg = make_config(
+        {**config, "artifacts": {"root": str(root)}, "channels": {"popular": {"required": True}}},
+        root,
+    )
     first = build_all(demo.interactions, demo.items, root, cfg)[0].version
     half = demo.interactions.take(range(len(demo.interactions) // 2))
     second = build_all(half, demo.items, root, cfg)[0].version
@@ -64,9 +66,12 @@ def catalog_of(ids, categories: dict[str, tuple[str, ...]] | None = None) -> Cat
 
 
 @contextlib.contextmanager
-def serve(config: Config, catalog: Catalog | None = None,
-          reload_config: Callable[[], Config] | None = None,
-          load: bool = True) -> Iterator[Served]:
+def serve(
+    config: Config,
+    catalog: Catalog | None = None,
+    reload_config: Callable[[], Config] | None = None,
+    load: bool = True,
+) -> Iterator[Served]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -81,9 +86,15 @@ def serve(config: Config, catalog: Catalog | None = None,
 
     running = asyncio.run_coroutine_threadsafe(start(), loop).result(120)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    served = Served(running.port, engine, running, loop, channel,
-                    recall_pb2_grpc.RecallServiceStub(channel),
-                    admin_pb2_grpc.AdminServiceStub(channel))
+    served = Served(
+        running.port,
+        engine,
+        running,
+        loop,
+        channel,
+        recall_pb2_grpc.RecallServiceStub(channel),
+        admin_pb2_grpc.AdminServiceStub(channel),
+    )
     try:
         yield served
     finally:

@@ -21,8 +21,13 @@ def store(tmp_path: Path) -> ArtifactStore:
     return ArtifactStore(tmp_path / "artifacts")
 
 
-def commit(store: ArtifactStore, channel: str = "cf", *, version: str | None = None,
-           make_current: bool = False) -> str:
+def commit(
+    store: ArtifactStore,
+    channel: str = "cf",
+    *,
+    version: str | None = None,
+    make_current: bool = False,
+) -> str:
     with store.new_version(channel, version=version, make_current=make_current) as bundle:
         (bundle.path / "index.usearch").write_bytes(bytes(range(256)) * 16)  # 4096 bytes
         (bundle.path / "ids.json").write_text('{"ids": ["a", "b"]}')
@@ -36,9 +41,14 @@ def test_commit_then_open_round_trip(store):
         (bundle.path / "model").mkdir()
         (bundle.path / "model" / "model.onnx").write_bytes(b"onnx" * 10)
         (bundle.path / "index.usearch").write_bytes(b"x" * 4096)
-        bundle.update(dims=64, metric="cos", item_count=5000,
-                      model_hashes={"model.onnx": "abc"}, build_params={"factors": 64},
-                      trained_on="interactions-2026-11")
+        bundle.update(
+            dims=64,
+            metric="cos",
+            item_count=5000,
+            model_hashes={"model.onnx": "abc"},
+            build_params={"factors": 64},
+            trained_on="interactions-2026-11",
+        )
 
     opened = store.open("cf", verify="sha256")
 
@@ -47,7 +57,12 @@ def test_commit_then_open_round_trip(store):
     assert re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?", opened.version)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["created_at"])
     assert (m["schema_version"], m["channel"], m["dims"], m["metric"], m["item_count"]) == (
-        1, "cf", 64, "cos", 5000)
+        1,
+        "cf",
+        64,
+        "cos",
+        5000,
+    )
     assert m["build_params"] == {"factors": 64} and m["trained_on"] == "interactions-2026-11"
     assert m["files"]["index.usearch"]["bytes"] == 4096
     assert set(m["files"]) == {"index.usearch", "model/model.onnx"}
@@ -75,8 +90,12 @@ def test_versions_sort_suffixes_numerically(store):
     for v in ["20261123T101500Z-10", "20261123T101500Z", "20261123T101500Z-2", "manual"]:
         commit(store, version=v)
 
-    assert store.versions("cf") == ["20261123T101500Z", "20261123T101500Z-2",
-                                    "20261123T101500Z-10", "manual"]
+    assert store.versions("cf") == [
+        "20261123T101500Z",
+        "20261123T101500Z-2",
+        "20261123T101500Z-10",
+        "manual",
+    ]
 
 
 def test_an_explicit_version_that_exists_is_refused(store):
@@ -175,14 +194,19 @@ def test_a_missing_file_is_refused(store):
         store.open("cf", v)
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    (None, "missing"),
-    ('{"schema_version": 1, "channel": ', "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"schema_version": 99, "channel": "cf"}', "schema_version 99 not supported"),
-    ('{"schema_version": 1, "channel": "cf", "version": "{v}", "files": []}',
-     "'files' must be an object"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "missing"),
+        ('{"schema_version": 1, "channel": ', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"schema_version": 99, "channel": "cf"}', "schema_version 99 not supported"),
+        (
+            '{"schema_version": 1, "channel": "cf", "version": "{v}", "files": []}',
+            "'files' must be an object",
+        ),
+    ],
+)
 def test_a_missing_or_garbled_manifest_is_refused(store, content, problem):
     v = commit(store)
     manifest = store.root / "cf" / v / "manifest.json"
@@ -201,8 +225,7 @@ def test_a_bundle_of_another_channel_is_refused(store):
 
     with pytest.raises(ArtifactError) as info:
         store.open("llm", v)
-    assert str(info.value) == (f"llm/{v}/manifest.json: channel 'cf' in manifest, "
-                               "expected 'llm'")
+    assert str(info.value) == (f"llm/{v}/manifest.json: channel 'cf' in manifest, expected 'llm'")
 
 
 def test_a_manifest_listing_a_path_outside_the_bundle_is_refused(store):

@@ -21,9 +21,25 @@ def catalog_dir(tmp_path_factory: pytest.TempPathFactory, minilm_onnx: Path) -> 
     """500 items, built with both shortcuts on (a sampled cf two-tower log and synthetic
     llm vectors around 100 MiniLM-embedded items), so both code paths run."""
     out = tmp_path_factory.mktemp("bench") / "catalog"
-    code = main(["bench", "catalog", "--items", "500", "--out", str(out), "--seed", "3",
-                 "--llm-real", "100", "--cf-train-samples", "500",
-                 "--llm-model-dir", str(minilm_onnx), "--no-progress"])
+    code = main(
+        [
+            "bench",
+            "catalog",
+            "--items",
+            "500",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--llm-real",
+            "100",
+            "--cf-train-samples",
+            "500",
+            "--llm-model-dir",
+            str(minilm_onnx),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 
@@ -42,8 +58,9 @@ def test_bench_catalog_builds_every_channel_and_records_what_is_synthetic(catalo
     synthetic = llm["build_params"]["synthetic_vectors"]
     assert synthetic["real_items"] + synthetic["synthetic_items"] == llm["item_count"] == 500
     cf_version = (catalog_dir / "cf" / "current").read_text().strip()
-    check = json.loads((catalog_dir / "cf" / cf_version / "manifest.json").read_text())[
-        "cf"]["held_out_check"]   # the sampled model, on users it did not train on
+    check = json.loads((catalog_dir / "cf" / cf_version / "manifest.json").read_text())["cf"][
+        "held_out_check"
+    ]  # the sampled model, on users it did not train on
     assert check["users"] > 0 and 0 <= check["next_item_hit_at_100"] <= 1
     assert 0 < check["distinct_top_100"] <= 1
     header = (catalog_dir / "data" / "sample_interactions.csv").read_text().splitlines()[0]
@@ -66,14 +83,43 @@ k = 30
 k = 30
 """)
     out = tmp_path / "summary.json"
-    code = main(["bench", "load", "--in-process", "--config", str(config),
-                 "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
-                 "--concurrency", "2", "--duration", "1", "--warmup", "0.3", "-k", "50",
-                 "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            "load",
+            "--in-process",
+            "--config",
+            str(config),
+            "--interactions",
+            str(catalog_dir / "data" / "sample_interactions.csv"),
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "-k",
+            "50",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     summary = json.loads(out.read_text())
-    assert {"requests", "ok", "seconds", "rps", "latency_ms", "errors", "by_kind",
-            "channels_ms", "channel_status", "target", "mode", "k"} <= set(summary)
+    assert {
+        "requests",
+        "ok",
+        "seconds",
+        "rps",
+        "latency_ms",
+        "errors",
+        "by_kind",
+        "channels_ms",
+        "channel_status",
+        "target",
+        "mode",
+        "k",
+    } <= set(summary)
     assert summary["errors"] == {}
     assert summary["ok"] == summary["requests"] > 0
     assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "p99.9"}
@@ -95,23 +141,49 @@ def test_stage_benchmark_times_every_stage(catalog_dir):
         assert {"n", "mean", "p50", "p99", "cpu_mean"} <= set(v) and v["n"] > 0
 
 
-def test_bench_load_against_a_running_server_reports_its_cpu_per_request(catalog_dir,
-                                                                        tmp_path):
+def test_bench_load_against_a_running_server_reports_its_cpu_per_request(catalog_dir, tmp_path):
     import os
 
     from tests.harness import make_config, serve
 
-    config = make_config({"artifacts": {"root": str(catalog_dir)},
-                          "channels": {"popular": {"required": True, "k": 30},
-                                       "cf": {"k": 30}, "content": {"k": 30},
-                                       "llm": {"k": 30}}}, tmp_path)
+    config = make_config(
+        {
+            "artifacts": {"root": str(catalog_dir)},
+            "channels": {
+                "popular": {"required": True, "k": 30},
+                "cf": {"k": 30},
+                "content": {"k": 30},
+                "llm": {"k": 30},
+            },
+        },
+        tmp_path,
+    )
     out = tmp_path / "summary.json"
     with serve(config) as served:
-        code = main(["bench", "load", "--addr", f"127.0.0.1:{served.port}",
-                     "--artifacts", str(catalog_dir),
-                     "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
-                     "--concurrency", "2", "--duration", "1", "--warmup", "0.3", "-k", "50",
-                     "--server-pid", str(os.getpid()), "--json", str(out)])
+        code = main(
+            [
+                "bench",
+                "load",
+                "--addr",
+                f"127.0.0.1:{served.port}",
+                "--artifacts",
+                str(catalog_dir),
+                "--interactions",
+                str(catalog_dir / "data" / "sample_interactions.csv"),
+                "--concurrency",
+                "2",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.3",
+                "-k",
+                "50",
+                "--server-pid",
+                str(os.getpid()),
+                "--json",
+                str(out),
+            ]
+        )
     assert code == 0
     summary = json.loads(out.read_text())
     assert summary["errors"] == {} and summary["ok"] == summary["requests"] > 0
@@ -128,8 +200,21 @@ def test_bench_load_against_a_running_server_reports_its_cpu_per_request(catalog
 
 def test_bench_memory_reports_every_channel_in_fresh_processes(catalog_dir, tmp_path):
     out = tmp_path / "memory.json"
-    assert main(["bench", "memory", "--artifacts", str(catalog_dir),
-                 "--channels", "popular,llm", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "memory",
+                "--artifacts",
+                str(catalog_dir),
+                "--channels",
+                "popular,llm",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["catalog"]["catalog_items"] == 500 and report["catalog"]["baseline_mib"] > 0
     assert set(report["channels"]) == {"popular", "llm"}
@@ -144,15 +229,32 @@ def test_channel_cost_script_reports_every_channel_by_request_kind(catalog_dir, 
     import sys
 
     config = tmp_path / "cost.toml"
-    config.write_text(f'[artifacts]\nroot = "{catalog_dir}"\n'
-                      + "".join(f"[channels.{name}]\nk = 30\n" for name in CHANNELS))
+    config.write_text(
+        f'[artifacts]\nroot = "{catalog_dir}"\n'
+        + "".join(f"[channels.{name}]\nk = 30\n" for name in CHANNELS)
+    )
     out = tmp_path / "cost.json"
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, str(root / "bench" / "channel_cost.py"), "--config", str(config),
-         "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
-         "--requests", "60", "--rounds", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            str(root / "bench" / "channel_cost.py"),
+            "--config",
+            str(config),
+            "--interactions",
+            str(catalog_dir / "data" / "sample_interactions.csv"),
+            "--requests",
+            "60",
+            "--rounds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cost = json.loads(out.read_text())
     assert set(cost) == set(CHANNELS)
@@ -160,14 +262,31 @@ def test_channel_cost_script_reports_every_channel_by_request_kind(catalog_dir, 
         assert row["per_request"] > 0, name
     assert "text" in cost["llm"] and "text" not in cost["cf"]  # cf skips free text
     assert "| all channels |" in done.stdout
-    assert all(row["short"] == 0 for row in cost.values())   # 500 items, k = 30
+    assert all(row["short"] == 0 for row in cost.values())  # 500 items, k = 30
 
     # with a category filter: the filtered paths run, popular still answers k in full
     done = subprocess.run(
-        [sys.executable, str(root / "bench" / "channel_cost.py"), "--config", str(config),
-         "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
-         "--requests", "30", "--rounds", "1", "--category", "jazz", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            str(root / "bench" / "channel_cost.py"),
+            "--config",
+            str(config),
+            "--interactions",
+            str(catalog_dir / "data" / "sample_interactions.csv"),
+            "--requests",
+            "30",
+            "--rounds",
+            "1",
+            "--category",
+            "jazz",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cost = json.loads(out.read_text())
     assert set(cost) == set(CHANNELS) and cost["popular"]["short"] == 0
@@ -181,8 +300,7 @@ def test_the_1m_sweep_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(root / "bench" / "load-1m.sh")], check=True)
 
 
-def test_index_recall_script_scores_the_served_indexes_against_exact_search(catalog_dir,
-                                                                            tmp_path):
+def test_index_recall_script_scores_the_served_indexes_against_exact_search(catalog_dir, tmp_path):
     """Every vector channel's searches are recorded and searched again, by graph and
     exactly. 500 items is a small graph, where HNSW at ef >= 64 finds the exact top 30."""
     import subprocess
@@ -191,25 +309,43 @@ def test_index_recall_script_scores_the_served_indexes_against_exact_search(cata
     import numpy as np
 
     config = tmp_path / "recall.toml"
-    config.write_text(f'[artifacts]\nroot = "{catalog_dir}"\n'
-                      + "".join(f"[channels.{name}]\nk = 30\n" for name in CHANNELS))
+    config.write_text(
+        f'[artifacts]\nroot = "{catalog_dir}"\n'
+        + "".join(f"[channels.{name}]\nk = 30\n" for name in CHANNELS)
+    )
     out, queries = tmp_path / "recall.json", tmp_path / "queries"
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, str(root / "bench" / "index_recall.py"), "--config", str(config),
-         "--interactions", str(catalog_dir / "data" / "sample_interactions.csv"),
-         "--requests", "40", "--ef", "64,128", "--json", str(out),
-         "--save-queries", str(queries)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            str(root / "bench" / "index_recall.py"),
+            "--config",
+            str(config),
+            "--interactions",
+            str(catalog_dir / "data" / "sample_interactions.csv"),
+            "--requests",
+            "40",
+            "--ef",
+            "64,128",
+            "--json",
+            str(out),
+            "--save-queries",
+            str(queries),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert {"content", "llm"} <= set(result) and "popular" not in result   # no index
+    assert {"content", "llm"} <= set(result) and "popular" not in result  # no index
     for name, row in result.items():
         assert 0 < row["distinct_exact"] <= 1, name
         for ef in (64, 128):
             assert row[f"ef{ef}"]["recall"] >= 0.95, (name, row)
             assert row[f"ef{ef}"]["cpu_ms"] > 0
-            assert -1e-3 <= row[f"ef{ef}"]["score_lost"] < 0.01   # bf16 rounding either way
+            assert -1e-3 <= row[f"ef{ef}"]["score_lost"] < 0.01  # bf16 rounding either way
         saved = np.load(queries / f"{name}.npz")
         assert len(saved["vectors"]) == len(saved["kinds"]) == len(saved["n"]) > 0
         # the channels' own query vectors: one per request, not all alike
@@ -220,18 +356,32 @@ def test_index_recall_script_scores_the_served_indexes_against_exact_search(cata
     # bench/index_tune.py: the same queries on the served index and on a rebuilt one
     version = (catalog_dir / "content" / "current").read_text().strip()
     done = subprocess.run(
-        [sys.executable, str(root / "bench" / "index_tune.py"), "--index",
-         str(catalog_dir / "content" / version / "index"), "--queries",
-         str(queries / "content.npz"), "--builds", "8:64", "--ef", "64"],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            str(root / "bench" / "index_tune.py"),
+            "--index",
+            str(catalog_dir / "content" / version / "index"),
+            "--queries",
+            str(queries / "content.npz"),
+            "--builds",
+            "8:64",
+            "--ef",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
     assert [r[1].strip() for r in rows[1:]] == ["served (M 16)", "M 8, expansion_add 64"]
     assert all(float(r[3]) >= 0.95 for r in rows[1:]), rows
 
 
-def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tmp_path,
-                                                                 minilm_onnx):
+def test_rebuilding_some_channels_keeps_the_report_of_the_others(
+    catalog_dir, tmp_path, minilm_onnx
+):
     import shutil
 
     from recall_engine.cli.main import main
@@ -240,18 +390,42 @@ def test_rebuilding_some_channels_keeps_the_report_of_the_others(catalog_dir, tm
     shutil.copytree(catalog_dir, out)
     before = json.loads((out / "bench_catalog.json").read_text())
     old_popular = (out / "popular" / "current").read_text()
-    args = ["bench", "catalog", "--items", "500", "--out", str(out), "--seed", "3",
-            "--channels", "popular", "--no-progress"]
+    args = [
+        "bench",
+        "catalog",
+        "--items",
+        "500",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "--channels",
+        "popular",
+        "--no-progress",
+    ]
     assert main(args) == 0
     after = json.loads((out / "bench_catalog.json").read_text())
-    assert (out / "popular" / "current").read_text() != old_popular   # rebuilt
+    assert (out / "popular" / "current").read_text() != old_popular  # rebuilt
     assert after["channels"] == before["channels"]
     assert after["seconds"]["cf"] == before["seconds"]["cf"]
     assert after["llm"] == before["llm"] and after["cf"] == before["cf"]
     # a channel built by a shortcut (synthetic llm vectors) leaves the others alone
     currents = {c: (out / c / "current").read_text() for c in CHANNELS}
-    assert main([*args[:-3], "--channels", "llm", "--llm-real", "100",
-                 "--llm-model-dir", str(minilm_onnx), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                *args[:-3],
+                "--channels",
+                "llm",
+                "--llm-real",
+                "100",
+                "--llm-model-dir",
+                str(minilm_onnx),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert [c for c in CHANNELS if (out / c / "current").read_text() != currents[c]] == ["llm"]
     # another seed is another catalogue: nothing of the old report is kept
     assert main([*args[:6], "--seed", "4", "--channels", "popular", "--no-progress"]) == 0

@@ -26,7 +26,7 @@ def test_a_catalogue_reads_what_another_appended_and_not_its_own_writes(folder):
     assert one.read_new_updates() == []
     ops = two.read_new_updates()
     assert ops == [("upsert", ItemRecord("d", "Dee", "", ("x",))), ("delete", "a")]
-    assert two.read_new_updates() == []   # read once
+    assert two.read_new_updates() == []  # read once
     # a third process started now replays the whole log at load
     three = Catalog.load(folder)
     assert "d" in three and "a" not in three and three.read_new_updates() == []
@@ -35,7 +35,7 @@ def test_a_catalogue_reads_what_another_appended_and_not_its_own_writes(folder):
 def test_interleaved_writers_end_in_log_order(folder):
     one, two = Catalog.load(folder), Catalog.load(folder)
     one.upsert([ItemRecord("z", "first")])
-    two.upsert([ItemRecord("z", "second")])   # lands after one's line
+    two.upsert([ItemRecord("z", "second")])  # lands after one's line
     # two had not read one's line, so it reads both, its own last: log order
     assert [what.title for _, what in two.read_new_updates()] == ["first", "second"]
     assert [what.title for _, what in one.read_new_updates()] == ["second"]
@@ -44,7 +44,7 @@ def test_interleaved_writers_end_in_log_order(folder):
 def test_only_whole_lines_are_read_and_bad_lines_are_named(folder):
     reader = Catalog.load(folder)
     with open(folder / UPDATES_FILE, "a", encoding="utf-8") as fh:
-        fh.write('{"op": "delete", "item_id": "b"}\n{"op": "del')   # a writer mid-line
+        fh.write('{"op": "delete", "item_id": "b"}\n{"op": "del')  # a writer mid-line
     assert reader.read_new_updates() == [("delete", "b")]
     assert reader.read_new_updates() == []
     with open(folder / UPDATES_FILE, "a", encoding="utf-8") as fh:
@@ -57,14 +57,17 @@ def test_the_engine_applies_other_processes_updates_to_every_channel(folder, tmp
     from recall_engine.config.schema import parse_config
     from recall_engine.serving.engine import Engine
 
-    config = parse_config({"artifacts": {"root": str(tmp_path)},
-                           "channels": {"f": {"plugin": "fixed",
-                                              "params": {"items": ["a", "b", "c"]}}}},
-                          tmp_path)
+    config = parse_config(
+        {
+            "artifacts": {"root": str(tmp_path)},
+            "channels": {"f": {"plugin": "fixed", "params": {"items": ["a", "b", "c"]}}},
+        },
+        tmp_path,
+    )
     engine = Engine(config)
     engine.load()
     try:
-        other = Catalog.load(folder)            # another process's catalogue
+        other = Catalog.load(folder)  # another process's catalogue
         other.delete(["a"])
         other.upsert([ItemRecord("a", "back again"), ItemRecord("e")])
         other.delete(["b"])
@@ -73,6 +76,6 @@ def test_the_engine_applies_other_processes_updates_to_every_channel(folder, tmp
         assert "e" in engine.catalog and "b" not in engine.catalog
         assert engine.sync_catalog() == 0
         out = asyncio.run(engine.recall(RecallInput(Query(user_id="u"), 3, "r")))
-        assert out.fused.item_ids == ["a", "c"]   # the channel sees the catalogue now
+        assert out.fused.item_ids == ["a", "c"]  # the channel sees the catalogue now
     finally:
         engine.close()

@@ -40,8 +40,9 @@ def built(tmp_path_factory, demo_small):
     def get(**params):
         key = json.dumps(params, sort_keys=True)
         if key not in cache:
-            cache[key] = build_and_load(tmp_path_factory.mktemp("cf_variant"), demo_small,
-                                        "cf", params=params)
+            cache[key] = build_and_load(
+                tmp_path_factory.mktemp("cf_variant"), demo_small, "cf", params=params
+            )
         return cache[key]
 
     yield get
@@ -65,9 +66,14 @@ def user_queries(demo, n: int = 6, length: int = 30) -> list[Query]:
     for user, rows in sorted(data.by_user().items())[:n]:
         rows = rows[-length:]
         history = tuple(data.item_ids[rows].tolist())
-        out.append(Query(user_id=user, history=history,
-                         timestamps=tuple(data.timestamps[rows].tolist()),
-                         exclude=frozenset(history)))
+        out.append(
+            Query(
+                user_id=user,
+                history=history,
+                timestamps=tuple(data.timestamps[rows].tolist()),
+                exclude=frozenset(history),
+            )
+        )
     return out
 
 
@@ -82,32 +88,36 @@ class TestCFContract(ChannelContract):
 
 # -- known answers ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["ease", "cosine", "swing"])
 def test_item2item_finds_the_partner_of_a_co_consumed_pair(built, demo_small, method):
     ch = built(two_tower=False, method=method)
     assert ch.info().details["method"] == method
     pairs = demo_small.co_pairs
-    found = [b in ch.recall(Query(history=(a,), exclude=frozenset({a})), 10).item_ids
-             for a, b in pairs]
+    found = [
+        b in ch.recall(Query(history=(a,), exclude=frozenset({a})), 10).item_ids for a, b in pairs
+    ]
     assert all(found), [p for p, ok in zip(pairs, found, strict=True) if not ok]
 
 
 def test_combined_channel_keeps_the_pair_partner_in_its_top_10(channel, demo_small):
-    found = [b in channel.recall(Query(history=(a,), exclude=frozenset({a})), 10).item_ids
-             for a, b in demo_small.co_pairs]
+    found = [
+        b in channel.recall(Query(history=(a,), exclude=frozenset({a})), 10).item_ids
+        for a, b in demo_small.co_pairs
+    ]
     assert sum(found) >= 0.9 * len(found)
 
 
 def popular_items_of(demo, topic: str, n: int) -> tuple[str, ...]:
-    counts = Counter(i for i in demo.interactions.item_ids.tolist()
-                     if demo.topics[i] == topic)
+    counts = Counter(i for i in demo.interactions.item_ids.tolist() if demo.topics[i] == topic)
     return tuple(item for item, _ in counts.most_common(n))
 
 
 @pytest.mark.parametrize("encoder", ["attention", "mean"])
 @pytest.mark.parametrize("topic", ["space", "jazz"])
-def test_two_tower_serves_an_unseen_user_from_the_request_history(built, demo_small, topic,
-                                                                   encoder):
+def test_two_tower_serves_an_unseen_user_from_the_request_history(
+    built, demo_small, topic, encoder
+):
     ch = built(**FAST, item2item=False, encoder=encoder)
     history = popular_items_of(demo_small, topic, 8)[::-1]
     query = Query(user_id="never-seen-user", history=history, exclude=frozenset(history))
@@ -119,8 +129,7 @@ def test_two_tower_serves_an_unseen_user_from_the_request_history(built, demo_sm
     assert share >= 0.7, (topic, [demo_small.topics[i] for i in got.item_ids])
 
 
-def test_each_mode_alone_answers_and_reports_its_mode(item2item_only, two_tower_only,
-                                                      demo_small):
+def test_each_mode_alone_answers_and_reports_its_mode(item2item_only, two_tower_only, demo_small):
     for ch, mode in ((item2item_only, "item2item"), (two_tower_only, "two_tower")):
         info = ch.info()
         assert info.details["modes"] == mode
@@ -161,17 +170,18 @@ def test_recency_weights_newest_item_weighs_most():
     w = recency_weights(np.arange(3), 3, half_life=1.0)
     np.testing.assert_allclose(w, [0.25, 0.5, 1.0])
     day = 86_400
-    w = recency_weights(np.arange(2), 2, half_life=1.0, timestamps=(0, 2 * day),
-                        half_life_days=2.0)
+    w = recency_weights(np.arange(2), 2, half_life=1.0, timestamps=(0, 2 * day), half_life_days=2.0)
     np.testing.assert_allclose(w, [0.5, 1.0])
 
 
 def test_item2item_aggregation_of_50_items_takes_well_under_a_millisecond():
     rng = np.random.default_rng(0)
     n, per = 20_000, 200
-    table = NeighbourTable(np.arange(0, (n + 1) * per, per, dtype=np.int64),
-                           rng.integers(0, n, n * per).astype(np.int32),
-                           rng.random(n * per).astype(np.float32))
+    table = NeighbourTable(
+        np.arange(0, (n + 1) * per, per, dtype=np.int64),
+        rng.integers(0, n, n * per).astype(np.int32),
+        rng.random(n * per).astype(np.float32),
+    )
     history = rng.choice(n, 50, replace=False)
     weights = np.power(0.5, np.arange(50)[::-1] / 10).astype(np.float32)
     best = float("inf")
@@ -186,27 +196,47 @@ def test_item2item_aggregation_of_50_items_takes_well_under_a_millisecond():
 
 def test_recall_batch_of_mixed_queries_keeps_their_order(channel, demo_small):
     qs = user_queries(demo_small, 4)
-    mixed = [qs[0], Query(history=("no-such-item",)), qs[1], replace(qs[2], categories=
-             frozenset({"jazz"}))]
+    mixed = [
+        qs[0],
+        Query(history=("no-such-item",)),
+        qs[1],
+        replace(qs[2], categories=frozenset({"jazz"})),
+    ]
     got = channel.recall_batch(mixed, 10)
-    assert [list(g.item_ids) for g in got] == [list(channel.recall(q, 10).item_ids)
-                                              for q in mixed]
+    assert [list(g.item_ids) for g in got] == [list(channel.recall(q, 10).item_ids) for q in mixed]
     assert len(got[1]) == 0
 
 
 # -- params and bundles ----------------------------------------------------------------
 
+
 def make(params: dict, artifacts=None) -> CFChannel:
-    return CFChannel(ChannelContext(name="cf", plugin="cf", params=params,
-                                    artifacts=artifacts, catalog=Catalog()))
+    return CFChannel(
+        ChannelContext(
+            name="cf", plugin="cf", params=params, artifacts=artifacts, catalog=Catalog()
+        )
+    )
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("neighbours", 0), ("neighbours", "many"), ("method", "svd"), ("item2item", "yes"),
-    ("ease_lambda", 0), ("half_life", -1), ("dim", 1.5), ("epochs", True),
-    ("temperature", float("nan")), ("encoder", "lstm"), ("event_weights", {"like": -1}),
-    ("two_tower_weight", -0.5), ("device", "tpu"), ("sparse_updates", "yes"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("neighbours", 0),
+        ("neighbours", "many"),
+        ("method", "svd"),
+        ("item2item", "yes"),
+        ("ease_lambda", 0),
+        ("half_life", -1),
+        ("dim", 1.5),
+        ("epochs", True),
+        ("temperature", float("nan")),
+        ("encoder", "lstm"),
+        ("event_weights", {"like": -1}),
+        ("two_tower_weight", -0.5),
+        ("device", "tpu"),
+        ("sparse_updates", "yes"),
+    ],
+)
 def test_bad_params_are_rejected_naming_the_key(key, value):
     with pytest.raises(ValueError, match=rf"channels\.cf\.params\.{key}\b"):
         make({key: value})
@@ -234,8 +264,10 @@ def test_two_tower_training_is_deterministic_for_a_seed(demo_small):
 
     data = demo_small.interactions
     vocab, log = training_log(data.subset(np.arange(3000)))
-    params = parse_params("cf", {"epochs": 1, "dim": 8, "sequence_length": 5,
-                                 "batch_size": 64, "encoder": "attention"})
+    params = parse_params(
+        "cf",
+        {"epochs": 1, "dim": 8, "sequence_length": 5, "batch_size": 64, "encoder": "attention"},
+    )
     first = state_dict_sha256(two_tower.train(vocab, log, params, seed=3)[0])
     again = state_dict_sha256(two_tower.train(vocab, log, params, seed=3)[0])
     other = state_dict_sha256(two_tower.train(vocab, log, params, seed=4)[0])
@@ -277,10 +309,20 @@ def test_serving_never_imports_torch(channel, demo_small):
     query = user_queries(demo_small, 1)[0]
     artifacts = channel.ctx.artifacts
     out = subprocess.run(
-        [sys.executable, "-c", SERVE_WITHOUT_TORCH, str(artifacts),
-         str(artifacts.parent / "catalog"), json.dumps(list(query.history)),
-         json.dumps(FAST)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            SERVE_WITHOUT_TORCH,
+            str(artifacts),
+            str(artifacts.parent / "catalog"),
+            json.dumps(list(query.history)),
+            json.dumps(FAST),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["torch"] is False
@@ -297,14 +339,14 @@ def test_exported_encoder_matches_torch_on_padded_histories(tmp_path, demo_small
     from recall_engine.runtime.encoders import OnnxModel
 
     vocab, log = training_log(demo_small.interactions.subset(np.arange(2000)))
-    params = parse_params("cf", {"epochs": 1, "dim": 8, "sequence_length": 6,
-                                 "batch_size": 64, "encoder": encoder})
+    params = parse_params(
+        "cf", {"epochs": 1, "dim": 8, "sequence_length": 6, "batch_size": 64, "encoder": encoder}
+    )
     model, _ = two_tower.train(vocab, log, params)
     two_tower.export(model, vocab, params, tmp_path)
     histories = [np.arange(1), np.arange(3, 7), np.arange(10), np.zeros(0, np.int64)]
     ids, mask = pad_left(histories, 6)
-    onnx_out = OnnxModel(tmp_path / "encoder", device="cpu").run({"item_ids": ids,
-                                                                  "mask": mask})
+    onnx_out = OnnxModel(tmp_path / "encoder", device="cpu").run({"item_ids": ids, "mask": mask})
     with torch.no_grad():
         want = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     np.testing.assert_allclose(onnx_out, want, atol=1e-5)
@@ -344,9 +386,17 @@ def test_vectorised_rrf_merge_matches_the_definition_on_random_lists():
     rng = np.random.default_rng(5)
     for _ in range(2000):
         universe = [f"i{n}" for n in range(int(rng.integers(1, 60)))]
-        lists = [(list(rng.choice(universe, size=int(rng.integers(0, len(universe) + 1)),
-                                  replace=False)),
-                  float(rng.choice([0.0, 0.5, 1.0, 2.0]))) for _ in range(int(rng.integers(1, 4)))]
+        lists = [
+            (
+                list(
+                    rng.choice(
+                        universe, size=int(rng.integers(0, len(universe) + 1)), replace=False
+                    )
+                ),
+                float(rng.choice([0.0, 0.5, 1.0, 2.0])),
+            )
+            for _ in range(int(rng.integers(1, 4)))
+        ]
         k = int(rng.integers(1, 80))
         got_ids, got_scores = rrf(lists, k)
         want_ids, want_scores = _rrf_reference(lists, k)

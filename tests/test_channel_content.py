@@ -17,8 +17,12 @@ from recall_engine.sdk.channel import ItemRecord, Query
 from tests.channel_contract import ChannelContract
 from tests.conftest import ROOT, build_and_load, reopen
 
-NEW_JAZZ = ItemRecord("new-jazz", "Bebop Saxophone Solos and Late-Night Jam Sessions",
-                      "A swinging listening guide to Charlie Parker records.", ("jazz", "bebop"))
+NEW_JAZZ = ItemRecord(
+    "new-jazz",
+    "Bebop Saxophone Solos and Late-Night Jam Sessions",
+    "A swinging listening guide to Charlie Parker records.",
+    ("jazz", "bebop"),
+)
 
 
 def warm_items(demo, topic: str, n: int = 8) -> tuple[str, ...]:
@@ -27,15 +31,17 @@ def warm_items(demo, topic: str, n: int = 8) -> tuple[str, ...]:
 
 
 def share(demo, ids, topic: str) -> float:
-    return sum(demo.topics.get(i, "jazz" if i == NEW_JAZZ.item_id else None) == topic
-               for i in ids) / max(1, len(ids))
+    return sum(
+        demo.topics.get(i, "jazz" if i == NEW_JAZZ.item_id else None) == topic for i in ids
+    ) / max(1, len(ids))
 
 
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory, demo_small):
     pytest.importorskip("torch")
-    ch = build_and_load(tmp_path_factory.mktemp("content"), demo_small, "content",
-                        params={"epochs": 3})
+    ch = build_and_load(
+        tmp_path_factory.mktemp("content"), demo_small, "content", params={"epochs": 3}
+    )
     yield ch
     ch.close()
 
@@ -43,10 +49,12 @@ def channel(tmp_path_factory, demo_small):
 @pytest.fixture()
 def queries(demo_small):
     jazz, space = warm_items(demo_small, "jazz"), warm_items(demo_small, "space")
-    return [Query(user_id="u1", history=jazz, exclude=frozenset(jazz)),
-            Query(text="rockets and astronauts"),
-            Query(history=space[:3], text="distant galaxies", exclude=frozenset(space[:3])),
-            Query(history=("no-such-item", *jazz[:2]))]
+    return [
+        Query(user_id="u1", history=jazz, exclude=frozenset(jazz)),
+        Query(text="rockets and astronauts"),
+        Query(history=space[:3], text="distant galaxies", exclude=frozenset(space[:3])),
+        Query(history=("no-such-item", *jazz[:2])),
+    ]
 
 
 class TestContentContract(ChannelContract):
@@ -97,8 +105,9 @@ def test_upserted_new_item_is_recallable_at_once_and_after_restart(channel, demo
         live.close()
     restarted = reopen(channel)
     try:
-        assert restarted.recall(Query(history=(NEW_JAZZ.item_id,)), 1).item_ids[0] == \
-            NEW_JAZZ.item_id
+        assert (
+            restarted.recall(Query(history=(NEW_JAZZ.item_id,)), 1).item_ids[0] == NEW_JAZZ.item_id
+        )
         assert int(restarted.info().details["reconciled_added"]) >= 1
     finally:
         restarted.close()
@@ -144,9 +153,12 @@ def test_concurrent_searches_during_upserts_raise_nothing(channel, demo_small):
         t.start()
     try:
         for i in range(20):
-            item = ItemRecord(f"stream-{i}", f"Homemade pasta night {i}",
-                              "Fresh tagliatelle with a slow-simmered tomato sauce.",
-                              ("cooking", "pasta"))
+            item = ItemRecord(
+                f"stream-{i}",
+                f"Homemade pasta night {i}",
+                "Fresh tagliatelle with a slow-simmered tomato sauce.",
+                ("cooking", "pasta"),
+            )
             live.ctx.catalog.upsert([item])
             live.upsert_items([item])
             if i % 2:
@@ -188,30 +200,50 @@ print("served without torch")
 
 def test_serving_does_not_import_torch(channel):
     root = channel.ctx.artifacts.parent
-    done = subprocess.run([sys.executable, "-c", NO_TORCH, str(root), channel.ctx.name],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(root), channel.ctx.name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "served without torch" in done.stdout
 
 
 # -- featuriser and training pairs (no channel needed) ---------------------------------
 
+
 def test_item_terms_read_categories_words_fields_and_years():
-    item = ItemRecord("1", "Toy Story (1995)",
-                      "A cowboy doll is threatened by a new toy.\nGenres: Animation, Comedy\n"
-                      "Director: John Lasseter\nPlot: Toys come to life.",
-                      ("Animation", "year:1995"))
+    item = ItemRecord(
+        "1",
+        "Toy Story (1995)",
+        "A cowboy doll is threatened by a new toy.\nGenres: Animation, Comedy\n"
+        "Director: John Lasseter\nPlot: Toys come to life.",
+        ("Animation", "year:1995"),
+    )
     terms = item_terms(item)
-    assert {"cat:animation", "year:1995", "decade:1990s", "w:toy", "w:story", "w:cowboy",
-            "f:genres:comedy", "f:director:john lasseter", "w:toys", "w:life"} <= set(terms)
+    assert {
+        "cat:animation",
+        "year:1995",
+        "decade:1990s",
+        "w:toy",
+        "w:story",
+        "w:cowboy",
+        "f:genres:comedy",
+        "f:director:john lasseter",
+        "w:toys",
+        "w:life",
+    } <= set(terms)
     assert "w:the" not in terms and "w:a" not in terms
     assert terms["w:toy"] > terms["w:cowboy"]  # title words weigh more
 
 
 def test_featurize_drops_unknown_terms_and_keeps_the_heaviest():
     vocab = Vocabulary.fit([{"w:a": 1.0, "w:b": 1.0}, {"w:b": 1.0, "w:c": 1.0}], max_terms=2)
-    ids, weights = vocab.featurize([{"w:a": 5.0, "w:b": 1.0, "w:c": 1.0, "w:zzz": 9.0},
-                                    query_terms("")])
+    ids, weights = vocab.featurize(
+        [{"w:a": 5.0, "w:b": 1.0, "w:c": 1.0, "w:zzz": 9.0}, query_terms("")]
+    )
     assert ids.shape == weights.shape == (2, 2)
     assert ids[0, 0] == vocab.ids["w:a"] and weights[0, 0] > weights[0, 1] > 0
     assert not ids[1].any() and not weights[1].any()
@@ -221,8 +253,9 @@ def test_pairs_are_distinct_items_close_in_one_users_history():
     pytest.importorskip("torch")
     from recall_engine.plugins.content.model import co_consumed_pairs
 
-    log = Interactions(["u", "u", "u", "u", "v"], ["a", "b", "b", "c", "a"],
-                       timestamps=[1, 2, 3, 4, 1])
+    log = Interactions(
+        ["u", "u", "u", "u", "v"], ["a", "b", "b", "c", "a"], timestamps=[1, 2, 3, 4, 1]
+    )
     pairs = co_consumed_pairs(log, {"a": 0, "b": 1, "c": 2}, window=2, max_pairs=100, seed=0)
     assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (0, 1), (1, 2), (1, 2)]
 

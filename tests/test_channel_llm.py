@@ -21,9 +21,13 @@ TOPIC_TEXTS = {
     "cooking": "an easy recipe for dinner with fresh ingredients",
     "finance": "saving money, interest rates and investing for retirement",
 }
-BEES = ItemRecord("new-beekeeping", "Keeping Bees: Hives, Honeycomb and the Queen",
-                  "A beekeeper's guide to wooden hives, honeycomb frames, swarming colonies "
-                  "and harvesting raw honey.", ("hobbies",))
+BEES = ItemRecord(
+    "new-beekeeping",
+    "Keeping Bees: Hives, Honeycomb and the Queen",
+    "A beekeeper's guide to wooden hives, honeycomb frames, swarming colonies "
+    "and harvesting raw honey.",
+    ("hobbies",),
+)
 BEES_QUERY = Query(text="how do I harvest honey from my beehive")
 
 
@@ -38,8 +42,12 @@ def share(demo, ids, topic: str) -> float:
 
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory, demo_small, minilm_onnx):
-    ch = build_and_load(tmp_path_factory.mktemp("llm"), demo_small, "llm",
-                        params={"model_dir": str(minilm_onnx), "variants": ["int8"]})
+    ch = build_and_load(
+        tmp_path_factory.mktemp("llm"),
+        demo_small,
+        "llm",
+        params={"model_dir": str(minilm_onnx), "variants": ["int8"]},
+    )
     yield ch
     ch.close()
 
@@ -47,11 +55,14 @@ def channel(tmp_path_factory, demo_small, minilm_onnx):
 @pytest.fixture()
 def queries(demo_small):
     jazz, space = warm_items(demo_small, "jazz"), warm_items(demo_small, "space")
-    return [Query(user_id="u1", history=jazz, exclude=frozenset(jazz)),
-            Query(text=TOPIC_TEXTS["space"]),
-            Query(history=space[:3], text="photographs of distant galaxies",
-                  exclude=frozenset(space[:3])),
-            Query(history=("no-such-item", *jazz[:2]))]
+    return [
+        Query(user_id="u1", history=jazz, exclude=frozenset(jazz)),
+        Query(text=TOPIC_TEXTS["space"]),
+        Query(
+            history=space[:3], text="photographs of distant galaxies", exclude=frozenset(space[:3])
+        ),
+        Query(history=("no-such-item", *jazz[:2])),
+    ]
 
 
 class TestLLMContract(ChannelContract):
@@ -83,8 +94,9 @@ def test_cold_items_are_recallable(channel, demo_small):
 def test_batch_encodes_texts_once(channel, monkeypatch):
     calls = []
     real = channel.encode_texts
-    monkeypatch.setattr(channel, "encode_texts", lambda texts: calls.append(len(texts))
-                        or real(texts))
+    monkeypatch.setattr(
+        channel, "encode_texts", lambda texts: calls.append(len(texts)) or real(texts)
+    )
     channel.recall_batch([Query(text=t) for t in TOPIC_TEXTS.values()], 5)
     assert calls == [len(TOPIC_TEXTS)]
 
@@ -118,7 +130,7 @@ def test_upserted_item_is_recalled_by_text_at_once_and_after_restart(channel):
     live = reopen(channel)
     try:
         assert BEES.item_id not in live.recall(BEES_QUERY, 5).item_ids
-        live.ctx.catalog.upsert([BEES])      # what Engine.upsert_items does
+        live.ctx.catalog.upsert([BEES])  # what Engine.upsert_items does
         assert live.upsert_items([BEES]) == 1
         assert live.recall(BEES_QUERY, 3).item_ids[0] == BEES.item_id
     finally:
@@ -136,8 +148,8 @@ def test_deleted_item_never_comes_back_even_after_restart(channel):
     live = reopen(channel)
     try:
         target = live.recall(query, 1).item_ids[0]
-        assert live.delete_items([target]) == 1   # Engine.delete_items: channels first,
-        live.ctx.catalog.delete([target])         # then the catalogue
+        assert live.delete_items([target]) == 1  # Engine.delete_items: channels first,
+        live.ctx.catalog.delete([target])  # then the catalogue
         assert target not in live.recall(query, 50).item_ids
         assert not live.accepts(Query(history=(target,)))
     finally:
@@ -170,8 +182,12 @@ def test_concurrent_searches_during_upserts_raise_nothing(channel, demo_small):
         t.start()
     try:
         for i in range(6):
-            item = ItemRecord(f"stream-{i}", f"Orbital launch diary {i}",
-                              "Notes from the launch pad on reusable rockets.", ("space",))
+            item = ItemRecord(
+                f"stream-{i}",
+                f"Orbital launch diary {i}",
+                "Notes from the launch pad on reusable rockets.",
+                ("space",),
+            )
             live.ctx.catalog.upsert([item])
             live.upsert_items([item, item])
             if i % 2:
@@ -214,8 +230,12 @@ print("served without torch")
 
 def test_serving_does_not_import_torch(channel):
     root = channel.ctx.artifacts.parent
-    done = subprocess.run([sys.executable, "-c", NO_TORCH, str(root), channel.ctx.name,
-                           TOPIC_TEXTS["jazz"]], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(root), channel.ctx.name, TOPIC_TEXTS["jazz"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "served without torch" in done.stdout

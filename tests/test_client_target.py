@@ -24,15 +24,17 @@ def test_host_names_are_resolved_preferring_ipv4():
     assert target == "ipv4:127.0.0.1:50061,127.0.0.1:50062"
 
 
-@pytest.mark.parametrize(("addrs", "message"), [
-    ("", "addr: give HOST:PORT"),
-    ("127.0.0.1:1,127.0.0.1", "addr: '127.0.0.1' is not HOST:PORT"),
-    ("127.0.0.1:1,:5", "addr: ':5' is not HOST:PORT"),
-    ("127.0.0.1:1,127.0.0.1:99999", "addr: '127.0.0.1:99999' is not HOST:PORT"),
-    ("127.0.0.1:1,[::1]:2", "addr: mixes IPv4 and IPv6"),
-    ("127.0.0.1:1,no-such-host.invalid:2", "addr: cannot resolve 'no-such-host.invalid:2'"),
-])
+@pytest.mark.parametrize(
+    ("addrs", "message"),
+    [
+        ("", "addr: give HOST:PORT"),
+        ("127.0.0.1:1,127.0.0.1", "addr: '127.0.0.1' is not HOST:PORT"),
+        ("127.0.0.1:1,:5", "addr: ':5' is not HOST:PORT"),
+        ("127.0.0.1:1,127.0.0.1:99999", "addr: '127.0.0.1:99999' is not HOST:PORT"),
+        ("127.0.0.1:1,[::1]:2", "addr: mixes IPv4 and IPv6"),
+        ("127.0.0.1:1,no-such-host.invalid:2", "addr: cannot resolve 'no-such-host.invalid:2'"),
+    ],
+)
 def test_bad_addresses_are_named(addrs, message):
-    with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace(
-            "(", r"\(")):
+    with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
         balanced_target(addrs)

@@ -204,8 +204,10 @@ ERRORS = [
     # unknown keys, at every level
     ("[sever]\n" + CHANNELS, "sever: unknown key"),
     ("[server]\nworker = 2\n" + CHANNELS, "server.worker: unknown key"),
-    ("[server]\nworker_port_base = 70000\n" + CHANNELS,
-     "server.worker_port_base: must be a port number 0-65535, got 70000"),
+    (
+        "[server]\nworker_port_base = 70000\n" + CHANNELS,
+        "server.worker_port_base: must be a port number 0-65535, got 70000",
+    ),
     ("[server]\nworker_port_base = -1\n" + CHANNELS, "server.worker_port_base: must be an integer"),
     ("[admin]\ntokn = 'x'\n" + CHANNELS, "admin.tokn: unknown key"),
     ("[tls]\ncrt = ''\n" + CHANNELS, "tls.crt: unknown key"),

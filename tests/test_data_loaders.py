@@ -77,9 +77,18 @@ def test_utf8_byte_order_mark_is_ignored(tmp_path):
 
 def test_parquet_happy_path_with_numeric_ids(tmp_path):
     path = tmp_path / "log.parquet"
-    pq.write_table(pa.table({"user_id": [7, 8], "item_id": ["a", "b"],
-                             "timestamp": [10, 20], "weight": [0.5, 2.0],
-                             "event": ["view", "like"]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [7, 8],
+                "item_id": ["a", "b"],
+                "timestamp": [10, 20],
+                "weight": [0.5, 2.0],
+                "event": ["view", "like"],
+            }
+        ),
+        path,
+    )
     log, report = load_interactions(path)
     assert log.user_ids.tolist() == ["7", "8"]
     assert log.timestamps.tolist() == [10, 20]
@@ -91,8 +100,7 @@ def test_parquet_happy_path_with_numeric_ids(tmp_path):
 def test_parquet_timestamp_column_becomes_epoch_seconds(tmp_path):
     path = tmp_path / "log.pq"
     ts = pa.array([0, 86_400_000], type=pa.timestamp("ms"))
-    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": ts}),
-                   path)
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": ts}), path)
     assert load_interactions(path)[0].timestamps.tolist() == [0, 86_400]
 
 
@@ -145,15 +153,28 @@ def test_fail_reports_the_earliest_bad_line_whatever_the_reason(tmp_path):
 
 
 def test_skip_counts_every_reason_and_keeps_messages_in_file_order(tmp_path):
-    rows = ["u1,i1,1,1,view", "u2,i2", ",i3,1,1,view", "u4,i4,x,1,view", "u5,i5,1,-2,view",
-            "u6,i6,1,1,view", "u7,i7,1,nan,view", "u8,,1,1,view"]
+    rows = [
+        "u1,i1,1,1,view",
+        "u2,i2",
+        ",i3,1,1,view",
+        "u4,i4,x,1,view",
+        "u5,i5,1,-2,view",
+        "u6,i6,1,1,view",
+        "u7,i7,1,nan,view",
+        "u8,,1,1,view",
+    ]
     path = write(tmp_path / "log.csv", HEADER + "\n".join(rows) + "\n")
     log, report = load_interactions(path, on_error="skip")
     assert log.user_ids.tolist() == ["u1", "u6"]
     assert report.rows == 2 and report.skipped == 6
-    assert report.reasons == {"wrong_column_count": 1, "empty_user_id": 1, "empty_item_id": 1,
-                              "non_numeric_timestamp": 1, "negative_weight": 1,
-                              "non_finite_weight": 1}
+    assert report.reasons == {
+        "wrong_column_count": 1,
+        "empty_user_id": 1,
+        "empty_item_id": 1,
+        "non_numeric_timestamp": 1,
+        "negative_weight": 1,
+        "non_finite_weight": 1,
+    }
     lines = [int(e.split(":")[1]) for e in report.first_errors]
     assert lines == [3, 4, 5, 6, 8, 9]
 
@@ -188,15 +209,23 @@ def test_header_only_file_gives_an_empty_log(tmp_path):
 
 def test_parquet_bad_rows_are_reported_by_row_number(tmp_path):
     path = tmp_path / "log.parquet"
-    pq.write_table(pa.table({"user_id": ["u1", None, "u3", "u4"], "item_id": ["a", "b", "c", "d"],
-                             "timestamp": [1, 2, None, 4], "weight": [1.0, 1.0, 1.0, -3.0]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["u1", None, "u3", "u4"],
+                "item_id": ["a", "b", "c", "d"],
+                "timestamp": [1, 2, None, 4],
+                "weight": [1.0, 1.0, 1.0, -3.0],
+            }
+        ),
+        path,
+    )
     with pytest.raises(DataError, match=r": row 2: empty user_id") as err:
         load_interactions(path)
     assert err.value.row == 2
     log, report = load_interactions(path, on_error="skip")
     assert log.user_ids.tolist() == ["u1"]
-    assert report.reasons == {"empty_user_id": 1, "non_numeric_timestamp": 1,
-                              "negative_weight": 1}
+    assert report.reasons == {"empty_user_id": 1, "non_numeric_timestamp": 1, "negative_weight": 1}
     assert "row 3: missing timestamp" in report.first_errors[1]
 
 
@@ -220,9 +249,13 @@ def test_progress_bar_goes_to_stderr_only_when_asked(tmp_path, capsys):
 
 
 def make_log() -> Interactions:
-    return Interactions(["b", "a", "b", "a", "b"], ["x", "y", "z", "x", "y"],
-                        timestamps=[30, 20, 10, 20, 30], weights=[1, 2, 3, 4, 5],
-                        events=["v", "v", "c", "v", "c"])
+    return Interactions(
+        ["b", "a", "b", "a", "b"],
+        ["x", "y", "z", "x", "y"],
+        timestamps=[30, 20, 10, 20, 30],
+        weights=[1, 2, 3, 4, 5],
+        events=["v", "v", "c", "v", "c"],
+    )
 
 
 def test_by_user_gives_row_indices_oldest_first_ties_in_file_order():
@@ -260,13 +293,19 @@ def test_columns_of_different_lengths_are_rejected():
 
 
 def test_items_csv_splits_categories_and_appends_extra_columns(tmp_path):
-    text = ("item_id,title,text,categories,director,year\n"
-            '1,Alien,"In space, no one can hear you scream.",Horror|Sci-Fi| |Horror,Ridley Scott,'
-            "1979\n2,Heat,,,Michael Mann,\n")
+    text = (
+        "item_id,title,text,categories,director,year\n"
+        '1,Alien,"In space, no one can hear you scream.",Horror|Sci-Fi| |Horror,Ridley Scott,'
+        "1979\n2,Heat,,,Michael Mann,\n"
+    )
     items, report = load_items(write(tmp_path / "items.csv", text))
     assert items == [
-        ItemRecord("1", "Alien", "In space, no one can hear you scream.\n"
-                   "director: Ridley Scott\nyear: 1979", ("Horror", "Sci-Fi")),
+        ItemRecord(
+            "1",
+            "Alien",
+            "In space, no one can hear you scream.\ndirector: Ridley Scott\nyear: 1979",
+            ("Horror", "Sci-Fi"),
+        ),
         ItemRecord("2", "Heat", "director: Michael Mann", ()),
     ]
     assert report.rows == 2 and report.duplicates == 0
@@ -295,8 +334,17 @@ def test_items_missing_id_column_is_a_data_error(tmp_path):
 
 def test_items_parquet_with_list_categories(tmp_path):
     path = tmp_path / "items.parquet"
-    pq.write_table(pa.table({"item_id": [1, 2], "title": ["A", None],
-                             "categories": [["x", "y"], []], "plot": ["p", ""]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": [1, 2],
+                "title": ["A", None],
+                "categories": [["x", "y"], []],
+                "plot": ["p", ""],
+            }
+        ),
+        path,
+    )
     items, _ = load_items(path)
     assert items == [ItemRecord("1", "A", "plot: p", ("x", "y")), ItemRecord("2", "", "", ())]
 
@@ -311,10 +359,13 @@ def ml100k_folder(tmp_path: Path) -> Path:
     folder.mkdir()
     write(folder / "u.data", "1\t10\t5\t881250949\n2\t11\t3\t881250950\n1\t11\t4\t881250000\n")
     write(folder / "u.genre", GENRES)
-    write(folder / "u.item",
-          "10|Misérables, Les (1995)|01-Jan-1995||http://x|0|0|0|1\n"
-          "11|Toy Story (1995)|01-Jan-1995||http://y|0|1|1|0\n"
-          "12|unknown||||1|0|0|0\n", encoding="latin-1")
+    write(
+        folder / "u.item",
+        "10|Misérables, Les (1995)|01-Jan-1995||http://x|0|0|0|1\n"
+        "11|Toy Story (1995)|01-Jan-1995||http://y|0|1|1|0\n"
+        "12|unknown||||1|0|0|0\n",
+        encoding="latin-1",
+    )
     return folder
 
 
@@ -338,15 +389,18 @@ def test_ml100k_bad_rating_line_names_file_and_line(tmp_path):
 
 
 MOVIES_DAT = "1::Toy Story (1995)::Animation|Children's|Comedy\n73::Misérables, Les (1995)::Drama\n"
-PLOTS = ("1::Toy Story::1995::G::22 Nov 1995::Animation, Comedy::John Lasseter::Joss Whedon::"
-         "Tom Hanks, Tim Allen::Toys come to life.::https://img\r\n"
-         "73::Les Misérables::1995::R::N/A::Drama::N/A::N/A::N/A::N/A::N/A\r\n")
+PLOTS = (
+    "1::Toy Story::1995::G::22 Nov 1995::Animation, Comedy::John Lasseter::Joss Whedon::"
+    "Tom Hanks, Tim Allen::Toys come to life.::https://img\r\n"
+    "73::Les Misérables::1995::R::N/A::Drama::N/A::N/A::N/A::N/A::N/A\r\n"
+)
 
 
 def ml1m_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     ratings = tmp_path / "ratings.dat.gz"
-    ratings.write_bytes(gzip.compress(b"1::1::5::978300760\n1::73::3::978302109\n"
-                                      b"2::1::4::978301968\n"))
+    ratings.write_bytes(
+        gzip.compress(b"1::1::5::978300760\n1::73::3::978302109\n2::1::4::978301968\n")
+    )
     movies = write(tmp_path / "movies.dat", MOVIES_DAT, encoding="latin-1")
     plots = write(tmp_path / "movies_extrainfos.dat", PLOTS)
     return ratings, movies, plots
@@ -356,8 +410,12 @@ def test_melu_plots_are_keyed_by_movie_id_without_na_values(tmp_path):
     plots = load_melu_plots(ml1m_files(tmp_path)[2])
     assert plots["1"]["plot"] == "Toys come to life."
     assert plots["1"]["director"] == "John Lasseter" and plots["1"]["rated"] == "G"
-    assert plots["73"] == {"title": "Les Misérables", "year": "1995", "rated": "R",
-                           "genre": "Drama"}
+    assert plots["73"] == {
+        "title": "Les Misérables",
+        "year": "1995",
+        "rated": "R",
+        "genre": "Drama",
+    }
 
 
 def test_ml1m_reads_gz_ratings_latin1_movies_and_merges_plots(tmp_path):
@@ -367,8 +425,10 @@ def test_ml1m_reads_gz_ratings_latin1_movies_and_merges_plots(tmp_path):
     assert log.timestamps.tolist() == [978300760, 978302109, 978301968]
     toy, mis = items
     assert mis.title == "Misérables, Les (1995)" and mis.categories == ("Drama", "year:1995")
-    assert toy.text == ("Toys come to life.\nGenres: Animation, Children's, Comedy\n"
-                        "Director: John Lasseter\nStarring: Tom Hanks, Tim Allen\nRated: G")
+    assert toy.text == (
+        "Toys come to life.\nGenres: Animation, Children's, Comedy\n"
+        "Director: John Lasseter\nStarring: Tom Hanks, Tim Allen\nRated: G"
+    )
     assert mis.text == "Genres: Drama\nRated: R"
 
 
@@ -390,13 +450,21 @@ def test_ml1m_bad_separator_line_fails_and_can_be_skipped(tmp_path):
 def ml_latest_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
-    write(folder / "ratings.csv", "userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n"
-                                  "1,2,0.5,964981247\r\n")
-    write(folder / "movies.csv", 'movieId,title,genres\r\n1,Toy Story (1995),Animation|Comedy\r\n'
-                                 '2,"American President, The (1995) ",Comedy|Drama|Romance\r\n'
-                                 "3,Babylon 5,(no genres listed)\r\n")
-    write(folder / "tags.csv", "userId,movieId,tag,timestamp\r\n2,1,Pixar,1\r\n3,1,fun,2\r\n"
-                               '4,1,pixar,3\r\n5,2,"romantic, political",4\r\n')
+    write(
+        folder / "ratings.csv",
+        "userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n1,2,0.5,964981247\r\n",
+    )
+    write(
+        folder / "movies.csv",
+        "movieId,title,genres\r\n1,Toy Story (1995),Animation|Comedy\r\n"
+        '2,"American President, The (1995) ",Comedy|Drama|Romance\r\n'
+        "3,Babylon 5,(no genres listed)\r\n",
+    )
+    write(
+        folder / "tags.csv",
+        "userId,movieId,tag,timestamp\r\n2,1,Pixar,1\r\n3,1,fun,2\r\n"
+        '4,1,pixar,3\r\n5,2,"romantic, political",4\r\n',
+    )
     return folder
 
 

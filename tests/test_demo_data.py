@@ -26,8 +26,9 @@ def test_same_seed_writes_byte_identical_files(tmp_path):
     second = write_demo(tmp_path / "b", **SMALL, seed=7)
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes()
-    assert (tmp_path / "a" / "demo_meta.json").read_bytes() == \
-        (tmp_path / "b" / "demo_meta.json").read_bytes()
+    assert (tmp_path / "a" / "demo_meta.json").read_bytes() == (
+        tmp_path / "b" / "demo_meta.json"
+    ).read_bytes()
 
 
 def test_another_seed_gives_another_log(tmp_path):
@@ -106,8 +107,10 @@ def test_cold_items_exist_and_never_appear_in_the_log(demo):
 
 def test_users_mostly_consume_their_favourite_topics(demo):
     log = demo.interactions
-    in_favourite = [demo.topics[i] in demo.user_topics[u]
-                    for u, i in zip(log.user_ids.tolist(), log.item_ids.tolist(), strict=True)]
+    in_favourite = [
+        demo.topics[i] in demo.user_topics[u]
+        for u, i in zip(log.user_ids.tolist(), log.item_ids.tolist(), strict=True)
+    ]
     assert np.mean(in_favourite) > 0.5  # uniform choice would give about 0.18
     assert all(1 <= len(t) <= 2 for t in demo.user_topics.values())
 
@@ -134,8 +137,9 @@ def test_default_size_is_about_fifty_thousand_interactions():
 
 def test_demo_data_subcommand_writes_the_files(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo-data", "--out", str(out), "--items", "80", "--users", "20",
-                 "--seed", "5"]) == 0
+    assert (
+        main(["demo-data", "--out", str(out), "--items", "80", "--users", "20", "--seed", "5"]) == 0
+    )
     assert (out / "interactions.csv").exists() and (out / "items.csv").exists()
     meta = json.loads((out / "demo_meta.json").read_text())
     assert meta["seed"] == 5 and len(meta["topics"]) == 80

@@ -58,17 +58,36 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
 def eval_run(demo_files, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     interactions, items, config = demo_files
     out = tmp_path_factory.mktemp("eval_out")
-    rc = main(["eval", "--interactions", str(interactions), "--items", str(items),
-               "--config", str(config), "--k", "10,20,50", "--out", str(out),
-               "--parity-users", "30"])
+    rc = main(
+        [
+            "eval",
+            "--interactions",
+            str(interactions),
+            "--items",
+            str(items),
+            "--config",
+            str(config),
+            "--k",
+            "10,20,50",
+            "--out",
+            str(out),
+            "--parity-users",
+            "30",
+        ]
+    )
     return out, rc
 
 
 def test_eval_writes_json_report_and_plots(eval_run):
     out, rc = eval_run
     assert rc == 0
-    for name in ("eval.json", "report.md", "recall_at_k.png", "slice_cold_users.png",
-                 "slice_cold_items.png"):
+    for name in (
+        "eval.json",
+        "report.md",
+        "recall_at_k.png",
+        "slice_cold_users.png",
+        "slice_cold_items.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
     assert "## All metrics @20" in report and "| fused:exp/b (variant)" in report
@@ -77,9 +96,18 @@ def test_eval_writes_json_report_and_plots(eval_run):
 def test_eval_covers_channels_variants_and_baselines(eval_run):
     result = json.loads((eval_run[0] / "eval.json").read_text())
     systems = result["systems"]
-    assert {"popular", "recent", "fused:default", "fused:exp/a", "fused:exp/b",
-            "popularity", "itemknn", "ease", "als"} == set(systems)
-    assert result["channels"]["loaded"] == ["popular", "recent"]       # broken skipped
+    assert {
+        "popular",
+        "recent",
+        "fused:default",
+        "fused:exp/a",
+        "fused:exp/b",
+        "popularity",
+        "itemknn",
+        "ease",
+        "als",
+    } == set(systems)
+    assert result["channels"]["loaded"] == ["popular", "recent"]  # broken skipped
     parity = result["channels"]["engine_parity"]
     assert all(p["identical"] == p["users"] == 30 for p in parity.values()), parity
 
@@ -94,7 +122,7 @@ def test_eval_figures_are_in_range(eval_run):
                 assert 0.0 <= m[metric] <= 1.0, (name, k, metric)
             assert 0.0 <= m["novelty"] <= math.log2(200), (name, k)
         recalls = [s["metrics"][k]["recall"] for k in ("10", "20", "50")]
-        assert recalls == sorted(recalls), name                  # recall grows with K
+        assert recalls == sorted(recalls), name  # recall grows with K
     # The learned baselines beat popularity on the planted structure.
     rec = {n: result["systems"][n]["metrics"]["50"]["recall"] for n in ("popularity", "ease")}
     assert rec["ease"] > rec["popularity"]
@@ -103,16 +131,34 @@ def test_eval_figures_are_in_range(eval_run):
 def test_tune_weights_writes_a_loadable_variant(demo_files, tmp_path: Path):
     interactions, items, config = demo_files
     snippet, full = tmp_path / "variant.toml", tmp_path / "config.toml"
-    rc = main(["tune-weights", "--interactions", str(interactions), "--items", str(items),
-               "--config", str(config), "--k", "20", "--rounds", "1",
-               "--weights", "0,0.5,1", "--out", str(snippet), "--write-config", str(full)])
+    rc = main(
+        [
+            "tune-weights",
+            "--interactions",
+            str(interactions),
+            "--items",
+            str(items),
+            "--config",
+            str(config),
+            "--k",
+            "20",
+            "--rounds",
+            "1",
+            "--weights",
+            "0,0.5,1",
+            "--out",
+            str(snippet),
+            "--write-config",
+            str(full),
+        ]
+    )
     assert rc == 0
     doc = tomllib.loads(CONFIG + '\n[[experiments]]\nname = "tuned"\n\n' + snippet.read_text())
     cfg = parse_config(doc, tmp_path)
     tuned = cfg.experiments[-1].variants[0]
     assert tuned.name == "tuned" and tuned.plan.fusion == "rrf"
-    assert tuned.plan.weights["broken"] == 0.0            # no lists: not given weight
+    assert tuned.plan.weights["broken"] == 0.0  # no lists: not given weight
     assert max(tuned.plan.weights.values()) == 1.0
-    assert tuned.plan.weights["popular"] > 0.0          # the fallback is kept (--keep)
+    assert tuned.plan.weights["popular"] > 0.0  # the fallback is kept (--keep)
     loaded = load_config(full)
     assert [v.name for v in loaded.experiments[-1].variants] == ["control", "tuned"]

@@ -25,8 +25,10 @@ TRUTH = Truth.from_sets([{2, 4, 9}, {5}])
 
 
 def test_hits_matrix_marks_test_items_and_ignores_padding():
-    assert hits_matrix(RECS, TRUTH).tolist() == [[False, True, False, True],
-                                                 [True, False, False, False]]
+    assert hits_matrix(RECS, TRUTH).tolist() == [
+        [False, True, False, True],
+        [True, False, False, False],
+    ]
 
 
 def test_recall_divides_hits_by_number_of_test_items():
@@ -60,14 +62,14 @@ def test_hit_rate_counts_users_with_any_hit():
 
 def test_coverage_counts_distinct_recommended_items_over_catalogue():
     m = evaluate(RECS, TRUTH, [1, 2, 4], n_catalog=10)
-    assert m[1]["coverage"] == pytest.approx(2 / 10)    # {1, 5}
-    assert m[4]["coverage"] == pytest.approx(6 / 10)    # {1..6}, padding ignored
+    assert m[1]["coverage"] == pytest.approx(2 / 10)  # {1, 5}
+    assert m[4]["coverage"] == pytest.approx(6 / 10)  # {1..6}, padding ignored
 
 
 def test_novelty_is_mean_self_information_of_recommended_items():
     # 4 training users; item 0 seen by all 4, item 1 by 1 user, item 2 by nobody.
     users = np.array([0, 1, 2, 3, 0, 0])
-    items = np.array([0, 0, 0, 0, 1, 1])                # the repeat of (0, 1) counts once
+    items = np.array([0, 0, 0, 0, 1, 1])  # the repeat of (0, 1) counts once
     info = novelty_table(users, items, 3)
     assert info.tolist() == pytest.approx([0.0, 2.0, 2.0])  # unseen counts as one user
     m = evaluate(np.array([[0, 1]]), Truth.from_sets([{1}]), [1, 2], 3, info)
@@ -89,13 +91,18 @@ def test_evaluate_needs_enough_columns():
 # -- baselines ------------------------------------------------------------------------------
 
 # Items 0-2 form one cluster and 3-5 another; user 4 has seen 0 and 1 only.
-X = sp.csr_matrix(np.array([
-    [1, 1, 1, 0, 0, 0],
-    [1, 1, 1, 0, 0, 0],
-    [0, 0, 0, 1, 1, 1],
-    [0, 1, 0, 1, 1, 0],
-    [1, 1, 0, 0, 0, 0],
-], dtype=np.float32))
+X = sp.csr_matrix(
+    np.array(
+        [
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [0, 0, 0, 1, 1, 1],
+            [0, 1, 0, 1, 1, 0],
+            [1, 1, 0, 0, 0, 0],
+        ],
+        dtype=np.float32,
+    )
+)
 
 
 def test_top_k_excludes_history_breaks_ties_by_index_and_pads():
@@ -110,8 +117,10 @@ def test_popularity_ranks_by_distinct_users_and_skips_seen_items():
     assert Popularity().fit(X).recommend(X[4:5], 3).tolist() == [[2, 3, 4]]
 
 
-@pytest.mark.parametrize("model", [ItemKNN(), ItemKNN(neighbours=2), EASE(lam=1.0),
-                                   ALS(factors=4, iterations=10, threads=1)])
+@pytest.mark.parametrize(
+    "model",
+    [ItemKNN(), ItemKNN(neighbours=2), EASE(lam=1.0), ALS(factors=4, iterations=10, threads=1)],
+)
 def test_models_recommend_the_missing_cluster_item_first(model):
     recs = model.fit(X).recommend(X[4:5], 2)
     assert recs[0, 0] == 2

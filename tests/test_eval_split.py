@@ -23,7 +23,7 @@ def _log(seed: int = 0, users: int = 40) -> Interactions:
         count = int(rng.integers(1, 31))
         u += [f"u{n}"] * count
         i += [f"i{x}" for x in rng.integers(0, 50, count)]
-        t += rng.integers(0, 20, count).tolist()        # many ties
+        t += rng.integers(0, 20, count).tolist()  # many ties
     order = rng.permutation(len(u))
     return Interactions(np.asarray(u)[order], np.asarray(i)[order], np.asarray(t)[order])
 
@@ -85,11 +85,25 @@ def test_validation_split_is_carved_from_train_only():
     val = validation_split(split)
     assert len(val.train) + len(val.test) == len(split.train)
     assert val.kind == "temporal"
-    val_rows = set(zip(val.test.user_ids.tolist(), val.test.timestamps.tolist(),
-                       val.test.item_ids.tolist(), strict=True))
-    assert not (val_rows - set(zip(split.train.user_ids.tolist(),
-                                   split.train.timestamps.tolist(),
-                                   split.train.item_ids.tolist(), strict=True)))
+    val_rows = set(
+        zip(
+            val.test.user_ids.tolist(),
+            val.test.timestamps.tolist(),
+            val.test.item_ids.tolist(),
+            strict=True,
+        )
+    )
+    assert not (
+        val_rows
+        - set(
+            zip(
+                split.train.user_ids.tolist(),
+                split.train.timestamps.tolist(),
+                split.train.item_ids.tolist(),
+                strict=True,
+            )
+        )
+    )
     time_val = validation_split(time_split(_log(), cut_time=15))
     assert time_val.train.timestamps.max() < time_val.params["cut_time"] <= 15
 

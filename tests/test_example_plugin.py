@@ -19,8 +19,19 @@ EXAMPLE = ROOT / "examples" / "recall-engine-example-plugin"
 
 @pytest.fixture(scope="module")
 def example_installed():
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", str(EXAMPLE)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(EXAMPLE),
+        ],
+        check=True,
+    )
     importlib.invalidate_caches()
     yield
 
@@ -32,12 +43,19 @@ def test_example_plugin_is_discovered_through_its_entry_point(example_installed)
 
 
 def test_example_plugin_serves_candidates_over_grpc(example_installed, tmp_path):
-    cats = {"a1": ("jazz",), "a2": ("jazz",), "a3": ("jazz",), "b1": ("space",),
-            "b2": ("space",), "c1": ("jazz", "space")}
+    cats = {
+        "a1": ("jazz",),
+        "a2": ("jazz",),
+        "a3": ("jazz",),
+        "b1": ("space",),
+        "b2": ("space",),
+        "c1": ("jazz", "space"),
+    }
     config = make_config({"channels": {"same_category": {"params": {"recent": 2}}}}, tmp_path)
     with serve(config, catalog_of(list(cats), cats)) as s:
-        resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10,
-                                                      history_item_ids=["b1", "a1"]))
+        resp = s.stub.Recall(
+            recall_pb2.RecallRequest(user_id="u", k=10, history_item_ids=["b1", "a1"])
+        )
         # newest history item a1 (jazz) weighs 1, b1 (space) 1/2; c1 has both
         assert list(resp.item_ids) == ["c1", "a2", "a3", "b2"]
         status = {c.channel: c.status for c in resp.channels}

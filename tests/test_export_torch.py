@@ -44,8 +44,11 @@ def _own_check(module, example, folder: Path, shapes) -> None:
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("factory", [fm.mlp_factory, fm.bag_factory, fm.gru_factory,
-                                     fm.attention_factory], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "factory",
+    [fm.mlp_factory, fm.bag_factory, fm.gru_factory, fm.attention_factory],
+    ids=lambda f: f.__name__,
+)
 def test_exported_model_matches_pytorch_at_other_batch_sizes_and_lengths(factory, tmp_path):
     module, example = factory()
     manifest = export_torch(module, example, tmp_path)
@@ -60,7 +63,9 @@ def test_history_encoder_inputs_are_named_with_batch_and_sequence_axes(tmp_path)
     manifest = export_torch(module, example, tmp_path)
 
     assert [(s.name, s.dtype, s.shape) for s in manifest.inputs] == [
-        ("item_ids", "int64", ("batch", "sequence")), ("mask", "int64", ("batch", "sequence"))]
+        ("item_ids", "int64", ("batch", "sequence")),
+        ("mask", "int64", ("batch", "sequence")),
+    ]
     assert [(s.name, s.shape) for s in manifest.outputs] == [("output", ("batch", 16))]
     assert manifest.dims == 16
     assert manifest.kind == "torch"
@@ -74,6 +79,7 @@ def test_manifest_records_hashes_and_reads_back(tmp_path):
     assert read == written
     assert read.source_hash == state_dict_sha256(fm.mlp_factory()[0])
     import hashlib
+
     assert read.model_sha256 == hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest()
     assert [s.name for s in read.inputs] == ["x"] and read.outputs[0].name == "y"
 
@@ -138,8 +144,9 @@ def test_cli_exits_non_zero_on_parity_failure(tmp_path, monkeypatch, capsys):
     from recall_engine.cli.main import main
 
     monkeypatch.chdir(ROOT)
-    rc = main(["export", "torch", "tests.fixtures_models:export_branch_factory",
-               "--out", str(tmp_path)])
+    rc = main(
+        ["export", "torch", "tests.fixtures_models:export_branch_factory", "--out", str(tmp_path)]
+    )
 
     assert rc == 2
     assert "parity check FAILED" in capsys.readouterr().err

@@ -29,8 +29,11 @@ CONFIG_IDS = [f"{s}-{'-'.join(map(str, p.values())) or 'default'}" for s, p in C
 def rl(channel: str, ids: str, scores: list[float] | None = None) -> RankedList:
     """A list from space-separated ids; scores default to n, n-1, ..., 1."""
     items = ids.split()
-    return RankedList(channel, items, scores if scores is not None else
-                      [float(len(items) - i) for i in range(len(items))])
+    return RankedList(
+        channel,
+        items,
+        scores if scores is not None else [float(len(items) - i) for i in range(len(items))],
+    )
 
 
 def assert_same(a: Fused, b: Fused) -> None:
@@ -107,8 +110,9 @@ def test_weighted_sum_dbsf_known_answer():
     d = 2 / (6 * math.sqrt(8 / 3))
     out = ws("dbsf")
     assert out.item_ids == ["y", "x", "w", "z"]
-    assert out.scores == pytest.approx([0.5 + 2 * (0.5 + 1 / 6), 0.5 + d,
-                                        2 * (0.5 - 1 / 6), 0.5 - d], rel=1e-6)
+    assert out.scores == pytest.approx(
+        [0.5 + 2 * (0.5 + 1 / 6), 0.5 + d, 2 * (0.5 - 1 / 6), 0.5 - d], rel=1e-6
+    )
 
 
 def test_dbsf_clips_outliers_beyond_three_sigma_to_one():
@@ -132,8 +136,9 @@ def test_weighted_sum_defaults_to_minmax():
 
 
 @pytest.mark.parametrize("normalization", ["minmax", "zscore", "dbsf", "l2"])
-@pytest.mark.parametrize("scores", [[3.0], [2.5, 2.5, 2.5], [0.0, 0.0]],
-                         ids=["single", "all-equal", "all-zero"])
+@pytest.mark.parametrize(
+    "scores", [[3.0], [2.5, 2.5, 2.5], [0.0, 0.0]], ids=["single", "all-equal", "all-zero"]
+)
 def test_degenerate_list_normalises_to_one_without_nan(normalization, scores):
     lst = RankedList("a", [f"i{n}" for n in range(len(scores))], scores)
     out = fuse("weighted_sum", [lst], {"a": 2.0}, 10, params={"normalization": normalization})
@@ -276,17 +281,23 @@ def test_unknown_strategy_names_the_known_ones():
         fuse("foo", [rl("a", "x")], {"a": 1.0}, 5)
 
 
-@pytest.mark.parametrize(("strategy", "params", "message"), [
-    ("rrf", {"rrf_k": -1}, "fusion_params.rrf_k: must be a positive number, got -1"),
-    ("rrf", {"rrf_k": 0}, "fusion_params.rrf_k: must be a positive number, got 0"),
-    ("rrf", {"rrf_k": float("nan")}, "fusion_params.rrf_k: must be a positive number"),
-    ("rrf", {"rrf_k": "60"}, "fusion_params.rrf_k: must be a positive number, got '60'"),
-    ("rrf", {"rrf_k": True}, "fusion_params.rrf_k: must be a positive number"),
-    ("weighted_sum", {"normalization": "max"},
-     "fusion_params.normalization: must be one of dbsf, l2, minmax, zscore, got 'max'"),
-    ("rrf", {"normalization": "l2"}, "fusion_params.normalization: unknown parameter"),
-    ("quota", {"rrf_k": 60}, "fusion_params.rrf_k: unknown parameter"),
-])
+@pytest.mark.parametrize(
+    ("strategy", "params", "message"),
+    [
+        ("rrf", {"rrf_k": -1}, "fusion_params.rrf_k: must be a positive number, got -1"),
+        ("rrf", {"rrf_k": 0}, "fusion_params.rrf_k: must be a positive number, got 0"),
+        ("rrf", {"rrf_k": float("nan")}, "fusion_params.rrf_k: must be a positive number"),
+        ("rrf", {"rrf_k": "60"}, "fusion_params.rrf_k: must be a positive number, got '60'"),
+        ("rrf", {"rrf_k": True}, "fusion_params.rrf_k: must be a positive number"),
+        (
+            "weighted_sum",
+            {"normalization": "max"},
+            "fusion_params.normalization: must be one of dbsf, l2, minmax, zscore, got 'max'",
+        ),
+        ("rrf", {"normalization": "l2"}, "fusion_params.normalization: unknown parameter"),
+        ("quota", {"rrf_k": 60}, "fusion_params.rrf_k: unknown parameter"),
+    ],
+)
 def test_bad_params_name_the_offending_key(strategy, params, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         validate_params(strategy, params)
@@ -340,8 +351,9 @@ score_values = st.one_of(
 @st.composite
 def ranked_list(draw, channel: str) -> RankedList:
     ids = draw(st.lists(st.sampled_from(ITEM_POOL), unique=True, max_size=8))
-    scores = sorted(draw(st.lists(score_values, min_size=len(ids), max_size=len(ids))),
-                    reverse=True)
+    scores = sorted(
+        draw(st.lists(score_values, min_size=len(ids), max_size=len(ids))), reverse=True
+    )
     as_array = draw(st.booleans())
     return RankedList(channel, ids, np.array(scores, dtype=np.float32) if as_array else scores)
 
@@ -352,8 +364,9 @@ def fusion_inputs(draw):
     lists = [draw(ranked_list(c)) for c in channels]
     weights = {}
     for c in CHANNELS:
-        w = draw(st.one_of(st.none(), st.just(0.0), st.floats(0.01, 100.0),
-                           st.sampled_from([1.0, 2.0])))
+        w = draw(
+            st.one_of(st.none(), st.just(0.0), st.floats(0.01, 100.0), st.sampled_from([1.0, 2.0]))
+        )
         if w is not None:
             weights[c] = w
     k = draw(st.integers(1, 15))
@@ -402,8 +415,9 @@ def test_inputs_are_not_mutated(strategy, params, data):
     before = copy.deepcopy((lists, weights, priority))
     out = fuse(strategy, lists, weights, k, priority=priority, params=params)
     after = (lists, weights, priority)
-    assert [(x.channel, list(x.item_ids), np.asarray(x.scores).tolist()) for x in after[0]] == \
-           [(x.channel, list(x.item_ids), np.asarray(x.scores).tolist()) for x in before[0]]
+    assert [(x.channel, list(x.item_ids), np.asarray(x.scores).tolist()) for x in after[0]] == [
+        (x.channel, list(x.item_ids), np.asarray(x.scores).tolist()) for x in before[0]
+    ]
     assert after[1:] == before[1:]
     for lst in lists:  # the result never aliases the caller's arrays
         if isinstance(lst.scores, np.ndarray):
@@ -447,8 +461,12 @@ def test_provenance_points_at_the_channels_own_rank_and_score(strategy, params, 
 def test_rrf_equals_a_plain_python_reference(data, rrf_k):
     lists, weights, k, priority = data
     kept = positive(lists, weights)
-    kept.sort(key=lambda x: (priority.index(x.channel) if x.channel in priority
-                             else len(priority), x.channel))
+    kept.sort(
+        key=lambda x: (
+            priority.index(x.channel) if x.channel in priority else len(priority),
+            x.channel,
+        )
+    )
     score: dict[str, float] = {}
     best: dict[str, tuple[int, int]] = {}
     for c, lst in enumerate(kept):

@@ -27,8 +27,14 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall(hits: list[tuple[list[str], np.ndarray]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(map(int, ids)) & set(t.tolist())) / truth.shape[1]
-                          for (ids, _), t in zip(hits, truth, strict=True)]))
+    return float(
+        np.mean(
+            [
+                len(set(map(int, ids)) & set(t.tolist())) / truth.shape[1]
+                for (ids, _), t in zip(hits, truth, strict=True)
+            ]
+        )
+    )
 
 
 def ids_of(n: int) -> list[str]:
@@ -96,9 +102,11 @@ def test_scores_are_larger_is_better_for_every_metric(metric):
 
     ids, scores = index.search(query, 10)[0]
 
-    expected = {"cos": vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query),
-                "ip": vectors @ query,
-                "l2sq": -((vectors - query) ** 2).sum(axis=1)}[metric]
+    expected = {
+        "cos": vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query),
+        "ip": vectors @ query,
+        "l2sq": -((vectors - query) ** 2).sum(axis=1),
+    }[metric]
     assert scores.dtype == np.float32
     assert np.all(np.diff(scores) <= 1e-6)
     np.testing.assert_allclose(scores, expected[list(map(int, ids))], rtol=1e-4, atol=1e-4)
@@ -179,7 +187,8 @@ def test_vectors_returns_the_known_rows_and_where_they_were_asked(small):
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 def test_a_tight_fetch_still_fills_k_when_the_filter_drops_more_than_its_headroom(
-        hnsw, small, dtype):
+    hnsw, small, dtype
+):
     # headroom 0.1 fetches 11 for k = 10; a filter dropping half of every fetch must
     # make the index fetch again rather than answer short
     index = hnsw if dtype == "f32" else VectorIndex(DIM, dtype=dtype, exact_below=0)
@@ -189,8 +198,7 @@ def test_a_tight_fetch_still_fills_k_when_the_filter_drops_more_than_its_headroo
     def odd(ids: list[str]) -> list[bool]:
         return [int(i) % 2 == 1 for i in ids]
 
-    for ids, scores in index.search(small[:20], 10, keep=odd, headroom=0.1,
-                                    exclude={"1", "3"}):
+    for ids, scores in index.search(small[:20], 10, keep=odd, headroom=0.1, exclude={"1", "3"}):
         assert len(ids) == 10 and all(int(i) % 2 == 1 for i in ids)
         assert not {"1", "3"} & set(ids)
         assert np.all(np.diff(scores) <= 1e-6)
@@ -249,7 +257,7 @@ def test_max_fetch_bounds_a_narrow_filter_instead_of_scanning_the_index(hnsw, sm
     assert max(seen) <= 200
     seen.clear()
     assert set(hnsw.search(small[0], 10, keep=keep)[0][0]) == wanted
-    assert max(seen) == len(small)   # unbounded: it got to the whole index
+    assert max(seen) == len(small)  # unbounded: it got to the whole index
 
 
 def test_a_short_first_fetch_grows_by_the_share_that_survived(hnsw, small):
@@ -300,8 +308,7 @@ def test_save_then_load_gives_identical_results(hnsw, small, tmp_path, view):
     assert [ids for ids, _ in after] == [ids for ids, _ in before]
     for (_, a), (_, b) in zip(after, before, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json", "index.json",
-                                                           "index.usearch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json", "index.json", "index.usearch"]
 
 
 def test_keys_stay_stable_across_save_and_load(small, tmp_path):

@@ -8,13 +8,18 @@ import tomllib
 
 from tests.conftest import ROOT
 
-MAPPING = {"engine": "recall_engine", "plugins": "recall_engine.plugins",
-           "exporters": "recall_engine.exporters", "bench": "recall_engine.benchmarks"}
+MAPPING = {
+    "engine": "recall_engine",
+    "plugins": "recall_engine.plugins",
+    "exporters": "recall_engine.exporters",
+    "bench": "recall_engine.benchmarks",
+}
 
 
 def test_every_package_folder_is_listed_in_pyproject():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-                 ["packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     found = set()
     for folder, root in MAPPING.items():
         for init in (ROOT / folder).rglob("__init__.py"):
@@ -26,17 +31,22 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 
 def test_generated_stubs_are_up_to_date():
-    proc = subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "protos" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_serving_path_does_not_import_torch():
-    code = ("import sys, recall_engine.serving.server, recall_engine.serving.engine;"
-            "import recall_engine.cli.serve;"
-            "import recall_engine.plugins.popular;"
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
-            "assert not bad, bad")
+    code = (
+        "import sys, recall_engine.serving.server, recall_engine.serving.engine;"
+        "import recall_engine.cli.serve;"
+        "import recall_engine.plugins.popular;"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

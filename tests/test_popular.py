@@ -20,8 +20,11 @@ def channel(tmp_path_factory, demo_small):
 
 @pytest.fixture()
 def queries(demo_small):
-    return [Query(user_id="u1"), Query(history=("item-0001",), exclude=frozenset({"item-0001"})),
-            Query(text="anything")]
+    return [
+        Query(user_id="u1"),
+        Query(history=("item-0001",), exclude=frozenset({"item-0001"})),
+        Query(text="anything"),
+    ]
 
 
 class TestPopularContract(ChannelContract):
@@ -57,8 +60,10 @@ def test_union_head_is_the_head_of_the_full_union():
 
     rng = np.random.default_rng(7)
     for _ in range(300):
-        parts = [np.unique(rng.integers(0, 500, rng.integers(0, 200))).astype(np.int32)
-                 for _ in range(rng.integers(0, 4))]
+        parts = [
+            np.unique(rng.integers(0, 500, rng.integers(0, 200))).astype(np.int32)
+            for _ in range(rng.integers(0, 4))
+        ]
         full = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         for n in (0, 1, 7, 50, 400, 1000):
             assert union_head(parts, n).tolist() == full[:n].tolist()
@@ -68,6 +73,6 @@ def test_popular_with_several_categories_matches_the_full_union(channel, demo_sm
     cats = frozenset({"jazz", "space", "cooking"})
     exclude = frozenset(channel.recall(Query(categories=cats), 5).item_ids)
     got = channel.recall(Query(categories=cats, exclude=exclude), 120)
-    ranked = channel.recall(Query(), 10_000).item_ids   # every item, most popular first
+    ranked = channel.recall(Query(), 10_000).item_ids  # every item, most popular first
     want = [i for i in ranked if demo_small.topics[i] in cats and i not in exclude][:120]
     assert list(got.item_ids) == want

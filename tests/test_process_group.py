@@ -14,7 +14,7 @@ from tests.harness import two_popular_versions
 
 def group_pair(folder):
     one, two = ProcessGroup(folder), ProcessGroup(folder)
-    two.pid = one.pid + 1   # two processes in one test
+    two.pid = one.pid + 1  # two processes in one test
     return one, two
 
 
@@ -25,15 +25,18 @@ def test_a_process_reads_the_others_announcements_not_its_own(tmp_path):
     assert [r["op"] for r in one.read_others()] == ["reload_config"]
     assert two.read_others() == [{"op": "reload", "pid": one.pid, "versions": {"popular": "v2"}}]
     assert one.read_others() == [] and two.read_others() == []
-    assert ProcessGroup.from_env() is None   # not started by serve --processes N
+    assert ProcessGroup.from_env() is None  # not started by serve --processes N
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ('{"op": "restart", "pid": 1}', "unknown op 'restart'"),
-    ('{"op": "reload", "pid": 1, "versions": ["v2"]}', "'versions' must map"),
-    ('{"op": "reload", "pid": 1, "versions": {"popular": 2}}', "'versions' must map"),
-    ("[1]", "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"op": "restart", "pid": 1}', "unknown op 'restart'"),
+        ('{"op": "reload", "pid": 1, "versions": ["v2"]}', "'versions' must map"),
+        ('{"op": "reload", "pid": 1, "versions": {"popular": 2}}', "'versions' must map"),
+        ("[1]", "expected a JSON object"),
+    ],
+)
 def test_malformed_lines_are_named_by_file_and_byte(tmp_path, line, message):
     (tmp_path / CONTROL_FILE).write_text('{"op": "reload_config", "pid": 1}\n' + line + "\n")
     with pytest.raises(ValueError, match=rf"{CONTROL_FILE} at byte 34: {message}"):
@@ -56,22 +59,38 @@ def serving(engine):
 def test_follow_loads_the_announced_version_and_skips_what_is_already_served(two_versions):
     engine, config, first, second = two_versions
     assert serving(engine) == {"popular": first}
-    assert follow(engine, [{"op": "reload", "pid": 1, "versions": {"popular": second}}],
-                  lambda: config) == [f"popular {second}"]
+    assert follow(
+        engine, [{"op": "reload", "pid": 1, "versions": {"popular": second}}], lambda: config
+    ) == [f"popular {second}"]
     assert serving(engine) == {"popular": second}
     slot = engine._state.slots["popular"]
-    assert follow(engine, [{"op": "reload", "pid": 1, "versions": {"popular": second},
-                            }], lambda: config) == []
-    assert engine._state.slots["popular"] is slot   # not loaded a second time
+    assert (
+        follow(
+            engine,
+            [
+                {
+                    "op": "reload",
+                    "pid": 1,
+                    "versions": {"popular": second},
+                }
+            ],
+            lambda: config,
+        )
+        == []
+    )
+    assert engine._state.slots["popular"] is slot  # not loaded a second time
     gen = engine.generation
     assert follow(engine, [{"op": "reload_config", "pid": 1}], lambda: config) == [
-        f"config generation {gen + 1}"]
+        f"config generation {gen + 1}"
+    ]
 
 
 def test_a_failed_announcement_does_not_drop_the_ones_after_it(two_versions):
     engine, config, first, second = two_versions
-    rows = [{"op": "reload", "pid": 1, "versions": {"popular": "no-such-version"}},
-            {"op": "reload", "pid": 1, "versions": {"popular": second}}]
+    rows = [
+        {"op": "reload", "pid": 1, "versions": {"popular": "no-such-version"}},
+        {"op": "reload", "pid": 1, "versions": {"popular": second}},
+    ]
     with pytest.raises(GroupFollowError, match="reload from process 1: .*no-such-version") as e:
         follow(engine, rows, lambda: config)
     assert e.value.done == [f"popular {second}"]

@@ -41,10 +41,15 @@ def test_unknown_plugin_lists_installed_ones():
 
 
 def _engine(tmp_path, required: bool) -> Engine:
-    config = make_config({"channels": {
-        "good": {"plugin": "fixed", "params": {"items": ["a"]}},
-        "faulty": {"plugin": "fail_load", "required": required},
-    }}, tmp_path)
+    config = make_config(
+        {
+            "channels": {
+                "good": {"plugin": "fixed", "params": {"items": ["a"]}},
+                "faulty": {"plugin": "fail_load", "required": required},
+            }
+        },
+        tmp_path,
+    )
     return Engine(config, catalog=catalog_of(["a"]))
 
 

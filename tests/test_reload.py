@@ -17,8 +17,7 @@ TOKEN = (("authorization", "Bearer s3cret"),)
 
 @pytest.fixture()
 def built(tmp_path, demo_small):
-    config, first, second = two_popular_versions(tmp_path, demo_small,
-                                                 admin={"token": "s3cret"})
+    config, first, second = two_popular_versions(tmp_path, demo_small, admin={"token": "s3cret"})
     return config, tmp_path, first, second
 
 
@@ -43,8 +42,9 @@ def test_reload_swaps_to_new_version_without_failed_requests(built):
         threads = [threading.Thread(target=hammer) for _ in range(4)]
         for t in threads:
             t.start()
-        resp = s.admin.Reload(admin_pb2.ReloadRequest(channels=["popular"], version=second),
-                              metadata=TOKEN)
+        resp = s.admin.Reload(
+            admin_pb2.ReloadRequest(channels=["popular"], version=second), metadata=TOKEN
+        )
         stop.set()
         for t in threads:
             t.join()
@@ -61,8 +61,9 @@ def test_failed_reload_keeps_the_old_version_serving(built):
     with serve(config, Catalog.load(root / "catalog")) as s:
         before = top(s)
         with pytest.raises(grpc.RpcError) as e:
-            s.admin.Reload(admin_pb2.ReloadRequest(channels=["popular"], version=second),
-                           metadata=TOKEN)
+            s.admin.Reload(
+                admin_pb2.ReloadRequest(channels=["popular"], version=second), metadata=TOKEN
+            )
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "popular.npz" in e.value.details() and "truncated" in e.value.details()
         assert top(s) == before

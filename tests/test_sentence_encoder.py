@@ -36,6 +36,7 @@ def fp32(minilm_onnx: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------- export
 
+
 @train
 def test_export_matches_pytorch_on_real_sentences(minilm_onnx, fp32):
     from recall_engine.exporters.sentence_encoder import (
@@ -60,7 +61,8 @@ def test_manifest_describes_the_text_encoder(minilm_onnx):
     assert manifest.kind == "sentence-encoder"
     assert [(s.name, s.dtype, s.shape) for s in manifest.inputs] == [
         ("input_ids", "int64", ("batch", "sequence")),
-        ("attention_mask", "int64", ("batch", "sequence"))]
+        ("attention_mask", "int64", ("batch", "sequence")),
+    ]
     assert [(s.name, s.shape) for s in manifest.outputs] == [("embeddings", ("batch", 384))]
     assert (manifest.dims, manifest.pooling, manifest.normalize) == (384, "mean", True)
     assert manifest.max_length == 256
@@ -73,8 +75,9 @@ def test_embeddings_are_unit_length_and_ordered(minilm_onnx, fp32):
     assert fp32.shape == (len(SENTENCES), 384) and fp32.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(fp32, axis=1), 1.0, atol=1e-5)
     # sub-batching by length must not reorder rows: each row equals the text alone
-    encoder = TextEncoder(minilm_onnx, precision="fp32", device="cpu", max_batch=4,
-                          prefer_optimized=False)
+    encoder = TextEncoder(
+        minilm_onnx, precision="fp32", device="cpu", max_batch=4, prefer_optimized=False
+    )
     alone = np.concatenate([encoder.encode([s]) for s in SENTENCES[:6]])
     assert cosine_rows(alone, fp32[:6]).min() >= 0.99999
 
@@ -122,6 +125,7 @@ def test_export_cli_prints_parity_and_honours_max_length(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- runtime
 
+
 @train
 def test_text_encoder_runs_where_torch_cannot_be_imported(minilm_onnx, fp32, tmp_path):
     script = textwrap.dedent("""
@@ -140,8 +144,12 @@ def test_text_encoder_runs_where_torch_cannot_be_imported(minilm_onnx, fp32, tmp
         assert not BLOCKED & {m.partition(".")[0] for m in sys.modules}
     """)
     out = tmp_path / "emb.npy"
-    subprocess.run([sys.executable, "-c", script, str(minilm_onnx), str(out)], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", script, str(minilm_onnx), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
     np.testing.assert_allclose(np.load(out), fp32, atol=1e-5)
 
@@ -153,8 +161,10 @@ def test_encoder_behind_microbatcher_gives_each_caller_its_text(minilm_onnx, fp3
     texts = SENTENCES[:12]
     results: dict[int, np.ndarray] = {}
     with MicroBatcher(encoder.encode, max_batch=8, max_delay_ms=20, name="test_minilm") as mb:
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, mb.submit(texts[i])))
-                   for i in range(len(texts))]
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, mb.submit(texts[i])))
+            for i in range(len(texts))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -199,17 +209,25 @@ def _tiny_model(folder: Path, *, input_name: str = "x", manifest_name: str = "x"
 
     folder.mkdir(parents=True, exist_ok=True)
     graph = helper.make_graph(
-        [helper.make_node("Identity", [input_name], ["y"])], "tiny",
+        [helper.make_node("Identity", [input_name], ["y"])],
+        "tiny",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, folder / "model.onnx")
-    ModelManifest(kind="torch", file="model.onnx",
-                  inputs=(TensorSpec(manifest_name, "float32", ("batch", 4)),),
-                  outputs=(TensorSpec("y", "float32", ("batch", 4)),), dims=4, opset=17,
-                  source_hash="0" * 64, model_sha256=sha256_file(folder / "model.onnx"),
-                  parity=Parity(0.0, 0.0, ((1, 1),))).write(folder)
+    ModelManifest(
+        kind="torch",
+        file="model.onnx",
+        inputs=(TensorSpec(manifest_name, "float32", ("batch", 4)),),
+        outputs=(TensorSpec("y", "float32", ("batch", 4)),),
+        dims=4,
+        opset=17,
+        source_hash="0" * 64,
+        model_sha256=sha256_file(folder / "model.onnx"),
+        parity=Parity(0.0, 0.0, ((1, 1),)),
+    ).write(folder)
     return folder
 
 
@@ -232,8 +250,10 @@ def test_onnx_model_rejects_a_manifest_that_does_not_match_the_graph(tmp_path):
 
 def test_onnx_model_rejects_a_replaced_model_file(tmp_path):
     folder = _tiny_model(tmp_path / "m")
-    shutil.copyfile(_tiny_model(tmp_path / "other", input_name="z", manifest_name="z")
-                    / "model.onnx", folder / "model.onnx")
+    shutil.copyfile(
+        _tiny_model(tmp_path / "other", input_name="z", manifest_name="z") / "model.onnx",
+        folder / "model.onnx",
+    )
 
     with pytest.raises(ManifestError, match="sha256"):
         OnnxModel(folder, device="cpu")
@@ -255,6 +275,7 @@ def test_manifest_reports_the_missing_nested_field(tmp_path):
 
 
 # --------------------------------------------------------------------------- batching
+
 
 def _sample(metric: str, name: str) -> float:
     return REGISTRY.get_sample_value(metric, {"encoder": name}) or 0.0

@@ -48,8 +48,11 @@ class ServerProcess:
     def __init__(self, config: Path, fake_site: Path) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_site), os.getcwd()])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config),
-             "--log-json"], env=env, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config), "--log-json"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.events: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -93,8 +96,10 @@ def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, 
         ch = server.channel()
         stub = recall_pb2_grpc.RecallServiceStub(ch)
         health = health_pb2_grpc.HealthStub(ch)
-        assert health.Check(health_pb2.HealthCheckRequest()).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest()).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         assert stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i1"]
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
             metrics = r.read().decode()
@@ -129,8 +134,12 @@ def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, 
 def test_invalid_config_exits_nonzero_naming_the_key(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[channels.a]\nplugin = "fixed"\ntimeout_ms = -5\n')
-    proc = subprocess.run([sys.executable, "-m", "recall_engine", "serve", "--config", str(path),
-                           "--log-json"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recall_engine", "serve", "--config", str(path), "--log-json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     err = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert any("channels.a.timeout_ms" in e.get("error", "") for e in err), proc.stderr
@@ -174,8 +183,9 @@ class Processes:
     """``serve --processes 2`` with ``worker_port_base``; by default the fixed channel
     over a catalogue of i1-i9 (other ``channels`` bring their own artifacts)."""
 
-    def __init__(self, tmp_path: Path, fake_plugins: Path, extra: str = "",
-                 channels: str = FIXED_CHANNEL) -> None:
+    def __init__(
+        self, tmp_path: Path, fake_plugins: Path, extra: str = "", channels: str = FIXED_CHANNEL
+    ) -> None:
         if channels == FIXED_CHANNEL:
             catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
         self.shared, self.workers = _free_port_pair(), _free_port_pair()
@@ -188,15 +198,25 @@ metrics_addr = "127.0.0.1:{self.metrics}"
 worker_port_base = {self.workers}
 {extra}
 {channels}""")
-        self.env = {**os.environ,
-                    "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "recall_engine", "serve",
-                                      "--config", str(config), "--processes", "2",
-                                      "--log-json"],
-                                     env=self.env, stderr=subprocess.PIPE, text=True)
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "recall_engine",
+                "serve",
+                "--config",
+                str(config),
+                "--processes",
+                "2",
+                "--log-json",
+            ],
+            env=self.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.events: list[str] = []
-        threading.Thread(target=lambda: self.events.extend(self.proc.stderr),
-                         daemon=True).start()
+        threading.Thread(target=lambda: self.events.extend(self.proc.stderr), daemon=True).start()
         deadline = time.time() + 90
         while sum('"event": "serving"' in e for e in self.events) < 2:
             if self.proc.poll() is not None or time.time() > deadline:
@@ -207,8 +227,9 @@ worker_port_base = {self.workers}
     def recall(self, port: int, k: int = 3) -> list[str]:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = recall_pb2_grpc.RecallServiceStub(ch)
-            return list(stub.Recall(recall_pb2.RecallRequest(user_id="u", k=k),
-                                    timeout=10).item_ids)
+            return list(
+                stub.Recall(recall_pb2.RecallRequest(user_id="u", k=k), timeout=10).item_ids
+            )
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -219,7 +240,8 @@ worker_port_base = {self.workers}
 
 
 def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly(
-        tmp_path, fake_plugins):
+    tmp_path, fake_plugins
+):
     """serve --processes 2 with server.worker_port_base: each process answers on the
     shared port and on its own; bench load over the two worker addresses (gRPC
     round_robin) puts the same number of calls on each process, where the shared
@@ -234,11 +256,32 @@ def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly
         before = [_recall_ok(metrics), _recall_ok(metrics + 1)]
         out = tmp_path / "load.json"
         load = subprocess.run(
-            [sys.executable, "-m", "recall_engine", "bench", "load", "--addr",
-             f"127.0.0.1:{workers},127.0.0.1:{workers + 1}", "--artifacts",
-             str(tmp_path / "artifacts"), "--concurrency", "4", "--duration", "2",
-             "--warmup", "0.5", "--grpc-channels", "4", "--json", str(out)],
-            env=server.env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "recall_engine",
+                "bench",
+                "load",
+                "--addr",
+                f"127.0.0.1:{workers},127.0.0.1:{workers + 1}",
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+                "--concurrency",
+                "4",
+                "--duration",
+                "2",
+                "--warmup",
+                "0.5",
+                "--grpc-channels",
+                "4",
+                "--json",
+                str(out),
+            ],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert load.returncode == 0, load.stderr
         summary = json.loads(out.read_text())
         assert summary["ok"] > 50 and not summary["errors"]
@@ -254,15 +297,17 @@ def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly
 def test_an_admin_delete_sent_to_one_process_reaches_the_other(tmp_path, fake_plugins):
     """An admin call lands on one process; the others apply it from the catalogue's
     update log within server.catalog_sync_ms."""
-    server = Processes(tmp_path, fake_plugins,
-                       'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n')
+    server = Processes(tmp_path, fake_plugins, 'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n')
     first, second = server.workers, server.workers + 1
     try:
         assert server.recall(second) == ["i1", "i2", "i3"]
         with grpc.insecure_channel(f"127.0.0.1:{first}") as ch:
             admin = admin_pb2_grpc.AdminServiceStub(ch)
-            resp = admin.DeleteItems(admin_pb2.DeleteItemsRequest(item_ids=["i1"]),
-                                     metadata=[("authorization", "Bearer t0ken")], timeout=10)
+            resp = admin.DeleteItems(
+                admin_pb2.DeleteItemsRequest(item_ids=["i1"]),
+                metadata=[("authorization", "Bearer t0ken")],
+                timeout=10,
+            )
         assert resp.deleted["a"] == 0 and server.recall(first) == ["i2", "i3"]
         deadline = time.time() + 10
         while server.recall(second) != ["i2", "i3"]:
@@ -278,16 +323,20 @@ def test_admin_reloads_sent_to_one_process_reach_the_other(tmp_path, fake_plugin
     them in the group's control log and the other process does the same within
     server.catalog_sync_ms. The group's folder goes when the server stops."""
     _, first, second = two_popular_versions(tmp_path / "artifacts", demo_small)
-    server = Processes(tmp_path, fake_plugins,
-                       'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n',
-                       channels="[channels.popular]\n")
+    server = Processes(
+        tmp_path,
+        fake_plugins,
+        'catalog_sync_ms = 200\n[admin]\ntoken = "t0ken"\n',
+        channels="[channels.popular]\n",
+    )
     one, two = server.workers, server.workers + 1
     token = [("authorization", "Bearer t0ken")]
 
     def listing(port: int) -> tuple[dict[str, str], int]:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             resp = recall_pb2_grpc.RecallServiceStub(ch).ListChannels(
-                recall_pb2.ListChannelsRequest(), timeout=10)
+                recall_pb2.ListChannelsRequest(), timeout=10
+            )
         return {c.name: c.version for c in resp.channels}, resp.config_generation
 
     def admin(port: int):
@@ -304,14 +353,20 @@ def test_admin_reloads_sent_to_one_process_reach_the_other(tmp_path, fake_plugin
         group_dir = Path(started["group_dir"])
         assert group_dir.is_dir()
         assert listing(one) == listing(two) == ({"popular": first}, 1)
-        resp = admin(one).Reload(admin_pb2.ReloadRequest(channels=["popular"], version=second),
-                                 metadata=token, timeout=30)
+        resp = admin(one).Reload(
+            admin_pb2.ReloadRequest(channels=["popular"], version=second),
+            metadata=token,
+            timeout=30,
+        )
         assert dict(resp.versions) == {"popular": second}
         assert listing(one) == ({"popular": second}, 1)
         eventually(two, ({"popular": second}, 1))
         assert server.recall(one, k=10) == server.recall(two, k=10)
-        gen = admin(two).ReloadConfig(admin_pb2.ReloadConfigRequest(), metadata=token,
-                                      timeout=30).config_generation
+        gen = (
+            admin(two)
+            .ReloadConfig(admin_pb2.ReloadConfigRequest(), metadata=token, timeout=30)
+            .config_generation
+        )
         assert gen == 2
         eventually(one, ({"popular": second}, 2))
         assert any('"group_reloaded"' in e for e in server.events)
@@ -322,12 +377,28 @@ def test_admin_reloads_sent_to_one_process_reach_the_other(tmp_path, fake_plugin
 
 def test_worker_ports_that_overlap_the_shared_port_are_refused(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text('[server]\naddr = "127.0.0.1:50100"\nworker_port_base = 50099\n'
-                    '[channels.a]\nplugin = "fixed"\n')
-    proc = subprocess.run([sys.executable, "-m", "recall_engine", "serve", "--config",
-                           str(path), "--processes", "2", "--log-json"],
-                          capture_output=True, text=True, timeout=60)
+    path.write_text(
+        '[server]\naddr = "127.0.0.1:50100"\nworker_port_base = 50099\n'
+        '[channels.a]\nplugin = "fixed"\n'
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recall_engine",
+            "serve",
+            "--config",
+            str(path),
+            "--processes",
+            "2",
+            "--log-json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     err = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    assert any("server.worker_port_base" in e.get("error", "") and "overlap" in e["error"]
-               for e in err), proc.stderr
+    assert any(
+        "server.worker_port_base" in e.get("error", "") and "overlap" in e["error"] for e in err
+    ), proc.stderr

@@ -58,17 +58,20 @@ def test_recall_returns_fused_candidates_with_provenance(server):
 
 
 def test_history_items_are_excluded_unless_asked(server):
-    resp = server.stub.Recall(recall_pb2.RecallRequest(user_id="u1", k=10,
-                                                       history_item_ids=["i1", "i3"]))
+    resp = server.stub.Recall(
+        recall_pb2.RecallRequest(user_id="u1", k=10, history_item_ids=["i1", "i3"])
+    )
     assert "i1" not in resp.item_ids and "i3" not in resp.item_ids
-    resp = server.stub.Recall(recall_pb2.RecallRequest(
-        user_id="u1", k=10, history_item_ids=["i1"], include_history=True))
+    resp = server.stub.Recall(
+        recall_pb2.RecallRequest(user_id="u1", k=10, history_item_ids=["i1"], include_history=True)
+    )
     assert "i1" in resp.item_ids
 
 
 def test_excludes_and_category_filter_are_honoured(server):
-    resp = server.stub.Recall(recall_pb2.RecallRequest(
-        user_id="u1", k=10, exclude_item_ids=["i5"], categories=["red"]))
+    resp = server.stub.Recall(
+        recall_pb2.RecallRequest(user_id="u1", k=10, exclude_item_ids=["i5"], categories=["red"])
+    )
     assert set(resp.item_ids) == {"i1", "i3"}
 
 
@@ -78,9 +81,11 @@ def test_k_caps_the_answer(server):
 
 
 def test_batch_recall_answers_each_request_and_isolates_bad_ones(server):
-    reqs = [recall_pb2.RecallRequest(user_id="u1", k=3),
-            recall_pb2.RecallRequest(user_id="u2", k=0),
-            recall_pb2.RecallRequest(user_id="u3", k=5, exclude_item_ids=["i1"])]
+    reqs = [
+        recall_pb2.RecallRequest(user_id="u1", k=3),
+        recall_pb2.RecallRequest(user_id="u2", k=0),
+        recall_pb2.RecallRequest(user_id="u3", k=5, exclude_item_ids=["i1"]),
+    ]
     resp = server.stub.BatchRecall(recall_pb2.BatchRecallRequest(requests=reqs))
     assert len(resp.results) == 3
     assert len(resp.results[0].response.item_ids) == 3
@@ -99,12 +104,17 @@ def test_list_channels_reports_what_is_loaded(server):
 
 def test_health_is_serving_after_load_and_reflection_lists_services(server):
     assert health_status(server) == health_pb2.HealthCheckResponse.SERVING
-    assert health_status(server, "recall_engine.v1.RecallService") == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health_status(server, "recall_engine.v1.RecallService")
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     db = ProtoReflectionDescriptorDatabase(server.channel)
     services = set(db.get_services())
-    assert {"recall_engine.v1.RecallService", "recall_engine.v1.AdminService",
-            "grpc.health.v1.Health"} <= services
+    assert {
+        "recall_engine.v1.RecallService",
+        "recall_engine.v1.AdminService",
+        "grpc.health.v1.Health",
+    } <= services
     desc = db.FindFileContainingSymbol("recall_engine.v1.RecallService")
     assert desc.name == "recall_engine/v1/recall.proto"
 
@@ -118,14 +128,20 @@ def test_health_not_serving_before_channels_load(tmp_path):
 
 
 def test_channel_timeout_and_error_return_partial_results(tmp_path):
-    config = make_config({
-        "channels": {
-            "good": {"plugin": "fixed", "params": {"items": ["i1", "i2"]}},
-            "slow": {"plugin": "hang", "timeout_ms": 100, "params": {"items": ["i3"],
-                                                                      "sleep_s": 3}},
-            "bad": {"plugin": "boom", "params": {"items": ["i4"]}},
+    config = make_config(
+        {
+            "channels": {
+                "good": {"plugin": "fixed", "params": {"items": ["i1", "i2"]}},
+                "slow": {
+                    "plugin": "hang",
+                    "timeout_ms": 100,
+                    "params": {"items": ["i3"], "sleep_s": 3},
+                },
+                "bad": {"plugin": "boom", "params": {"items": ["i4"]}},
+            },
         },
-    }, tmp_path)
+        tmp_path,
+    )
     with serve(config, catalog_of(ITEMS)) as s:
         resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u1", k=10), timeout=5)
         assert list(resp.item_ids) == ["i1", "i2"]
@@ -138,8 +154,10 @@ def test_channel_timeout_and_error_return_partial_results(tmp_path):
 
 
 def test_deadline_exceeded_only_when_no_channel_answers(tmp_path):
-    config = make_config({"channels": {"slow": {"plugin": "hang", "timeout_ms": 50,
-                                                "params": {"sleep_s": 1}}}}, tmp_path)
+    config = make_config(
+        {"channels": {"slow": {"plugin": "hang", "timeout_ms": 50, "params": {"sleep_s": 1}}}},
+        tmp_path,
+    )
     with serve(config, catalog_of(ITEMS)) as s:
         with pytest.raises(grpc.RpcError) as e:
             s.stub.Recall(recall_pb2.RecallRequest(user_id="u1", k=10))
@@ -152,10 +170,14 @@ BAD_REQUESTS = [
     (dict(k=5), "user_id"),
     (dict(user_id="u", k=5, history_item_ids=[f"h{i}" for i in range(11)]), "history_item_ids"),
     (dict(user_id="u", k=5, exclude_item_ids=[f"x{i}" for i in range(21)]), "exclude_item_ids"),
-    (dict(user_id="u", k=5, history_item_ids=["i1", "i2"], history_events=["click"]),
-     "history_events"),
-    (dict(user_id="u", k=5, history_item_ids=["i1"], history_timestamps=[1, 2]),
-     "history_timestamps"),
+    (
+        dict(user_id="u", k=5, history_item_ids=["i1", "i2"], history_events=["click"]),
+        "history_events",
+    ),
+    (
+        dict(user_id="u", k=5, history_item_ids=["i1"], history_timestamps=[1, 2]),
+        "history_timestamps",
+    ),
     (dict(user_id="u", k=5, history_item_ids=["i1", ""]), "history_item_ids"),
     (dict(user_id="u", k=5, weight_override={"nope": 1.0}), "weight_override.nope"),
     (dict(user_id="u", k=5, weight_override={"a": float("nan")}), "weight_override.a"),
@@ -166,8 +188,9 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("fields", "field_name"), BAD_REQUESTS)
 def test_bad_input_is_invalid_argument_naming_the_field(tmp_path, fields, field_name):
-    config = two_channel_config(tmp_path, server={"max_history": 10, "max_exclude": 20,
-                                                  "allow_weight_override": True})
+    config = two_channel_config(
+        tmp_path, server={"max_history": 10, "max_exclude": 20, "allow_weight_override": True}
+    )
     with serve(config, catalog_of(ITEMS)) as s:
         with pytest.raises(grpc.RpcError) as e:
             s.stub.Recall(recall_pb2.RecallRequest(**fields))
@@ -190,25 +213,36 @@ def test_weight_override_changes_fused_order_as_rrf_says(tmp_path):
         base = list(s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10)).item_ids)
         # equal weights: i2 (a rank 2) = 1/62 beats i5 (b rank 2) only by priority
         assert base.index("i2") < base.index("i5")
-        boosted = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10,
-                                                         weight_override={"b": 3.0}))
+        boosted = s.stub.Recall(
+            recall_pb2.RecallRequest(user_id="u", k=10, weight_override={"b": 3.0})
+        )
         # b x3: i3 = 3/61 + 1/63 > i1 = 1/61 + 3/63; i5 = 3/62 > i2 = 1/62
         assert boosted.item_ids[0] == "i3"
         boosted_ids = list(boosted.item_ids)
         assert boosted_ids.index("i5") < boosted_ids.index("i2")
         assert math.isclose(boosted.scores[0], 3 / 61 + 1 / 63, rel_tol=1e-6)
-        zero = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10,
-                                                      weight_override={"b": 0.0}))
+        zero = s.stub.Recall(
+            recall_pb2.RecallRequest(user_id="u", k=10, weight_override={"b": 0.0})
+        )
         assert "i5" not in zero.item_ids
-        assert {c.channel: c.status for c in zero.channels}["b"] == \
-            recall_pb2.CHANNEL_STATUS_SKIPPED
+        assert {c.channel: c.status for c in zero.channels}[
+            "b"
+        ] == recall_pb2.CHANNEL_STATUS_SKIPPED
 
 
 def test_experiment_variant_weights_reach_the_response(tmp_path):
-    config = two_channel_config(tmp_path, experiments=[{
-        "name": "exp", "salt": "s1",
-        "variants": [{"name": "only_b", "traffic": 1.0, "plan": {"weights": {"a": 0.0, "b": 1.0}}}],
-    }])
+    config = two_channel_config(
+        tmp_path,
+        experiments=[
+            {
+                "name": "exp",
+                "salt": "s1",
+                "variants": [
+                    {"name": "only_b", "traffic": 1.0, "plan": {"weights": {"a": 0.0, "b": 1.0}}}
+                ],
+            }
+        ],
+    )
     with serve(config, catalog_of(ITEMS)) as s:
         resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="anyone", k=10))
         assert (resp.experiment, resp.variant) == ("exp", "only_b")
@@ -220,8 +254,9 @@ def test_admin_reload_config_swaps_weights_without_restart(tmp_path):
     with serve(current["cfg"], catalog_of(ITEMS), reload_config=lambda: current["cfg"]) as s:
         meta = (("authorization", "Bearer t0k"),)
         assert s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i1"]
-        current["cfg"] = two_channel_config(tmp_path, admin={"token": "t0k"},
-                                            plan={"weights": {"a": 0.1, "b": 1.0}})
+        current["cfg"] = two_channel_config(
+            tmp_path, admin={"token": "t0k"}, plan={"weights": {"a": 0.1, "b": 1.0}}
+        )
         resp = s.admin.ReloadConfig(admin_pb2.ReloadConfigRequest(), metadata=meta)
         assert resp.config_generation == 2
         assert s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i3"]
@@ -233,15 +268,17 @@ def test_admin_calls_need_the_token(tmp_path):
             s.admin.ReloadConfig(admin_pb2.ReloadConfigRequest())
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as e:
-            s.admin.ReloadConfig(admin_pb2.ReloadConfigRequest(),
-                                 metadata=(("authorization", "Bearer wrong"),))
+            s.admin.ReloadConfig(
+                admin_pb2.ReloadConfigRequest(), metadata=(("authorization", "Bearer wrong"),)
+            )
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_admin_delete_removes_item_from_every_channel(tmp_path):
     with serve(two_channel_config(tmp_path, admin={"token": "t"}), catalog_of(ITEMS)) as s:
-        s.admin.DeleteItems(admin_pb2.DeleteItemsRequest(item_ids=["i1"]),
-                            metadata=(("authorization", "Bearer t"),))
+        s.admin.DeleteItems(
+            admin_pb2.DeleteItemsRequest(item_ids=["i1"]), metadata=(("authorization", "Bearer t"),)
+        )
         resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10))
         assert "i1" not in resp.item_ids and "i3" in resp.item_ids
 
@@ -259,13 +296,25 @@ def test_engine_status_enum_matches_proto():
 def test_the_engine_repairs_an_untrusted_channels_answer(tmp_path):
     # duplicates, an excluded id, an unknown id, a wrong category and more than k: the
     # safety net keeps the allowed ids, first occurrence, at most the channel's k
-    config = make_config({"channels": {"sloppy": {
-        "plugin": "careless", "k": 3,
-        "params": {"items": ["i1", "i1", "i2", "ghost", "i3", "i5", "i4"],
-                   "scores": [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]}}}}, tmp_path)
+    config = make_config(
+        {
+            "channels": {
+                "sloppy": {
+                    "plugin": "careless",
+                    "k": 3,
+                    "params": {
+                        "items": ["i1", "i1", "i2", "ghost", "i3", "i5", "i4"],
+                        "scores": [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+                    },
+                }
+            }
+        },
+        tmp_path,
+    )
     with serve(config, catalog_of(ITEMS, CATS)) as s:
-        resp = s.stub.Recall(recall_pb2.RecallRequest(
-            user_id="u", k=10, exclude_item_ids=["i2"], categories=["red"]))
+        resp = s.stub.Recall(
+            recall_pb2.RecallRequest(user_id="u", k=10, exclude_item_ids=["i2"], categories=["red"])
+        )
     assert list(resp.item_ids) == ["i1", "i3", "i5"]
     assert resp.channels[0].returned == 3
 
@@ -274,26 +323,42 @@ def test_the_engine_repairs_an_untrusted_channels_answer(tmp_path):
 def test_max_in_flight_queues_requests_beyond_the_limit(tmp_path, limit, serialised):
     import time
 
-    config = make_config({"server": {"max_in_flight": limit}, "channels": {
-        "slow": {"plugin": "hang", "timeout_ms": 2000, "params": {"items": ["i1"],
-                                                                   "sleep_s": 0.25}}}},
-        tmp_path)
+    config = make_config(
+        {
+            "server": {"max_in_flight": limit},
+            "channels": {
+                "slow": {
+                    "plugin": "hang",
+                    "timeout_ms": 2000,
+                    "params": {"items": ["i1"], "sleep_s": 0.25},
+                }
+            },
+        },
+        tmp_path,
+    )
     with serve(config, catalog_of(ITEMS)) as s:
         t0 = time.perf_counter()
-        futures = [s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=5),
-                                        timeout=10) for n in range(3)]
+        futures = [
+            s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=5), timeout=10)
+            for n in range(3)
+        ]
         answers = [f.result() for f in futures]
         elapsed = time.perf_counter() - t0
     assert all(list(a.item_ids) == ["i1"] for a in answers)
     if serialised:
-        assert elapsed >= 0.7   # three 0.25 s requests, one at a time
+        assert elapsed >= 0.7  # three 0.25 s requests, one at a time
     else:
-        assert elapsed < 0.7    # all three in the engine at once
+        assert elapsed < 0.7  # all three in the engine at once
 
 
 def test_a_negative_max_in_flight_is_a_config_error_naming_the_key(tmp_path):
     from recall_engine.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"^server\.max_in_flight"):
-        make_config({"server": {"max_in_flight": -1}, "channels": {
-            "a": {"plugin": "fixed", "params": {"items": ["i1"]}}}}, tmp_path)
+        make_config(
+            {
+                "server": {"max_in_flight": -1},
+                "channels": {"a": {"plugin": "fixed", "params": {"items": ["i1"]}}},
+            },
+            tmp_path,
+        )

@@ -19,20 +19,60 @@ def _run(*args: str, cwd) -> None:
 
 
 def _cert(folder, name: str, ca: str, san: str = "") -> None:
-    _run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj",
-         f"/CN={name}", "-out", f"{name}.csr", cwd=folder)
+    _run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-subj",
+        f"/CN={name}",
+        "-out",
+        f"{name}.csr",
+        cwd=folder,
+    )
     ext = folder / f"{name}.ext"
     ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
-    _run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-         "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", ext.name,
-         cwd=folder)
+    _run(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        f"{name}.crt",
+        "-extfile",
+        ext.name,
+        cwd=folder,
+    )
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
-    _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-         "ca.crt", "-days", "2", "-subj", "/CN=test-ca", cwd=d)
+    _run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=d,
+    )
     _cert(d, "server", "ca", "DNS:localhost,IP:127.0.0.1")
     _cert(d, "client", "ca")
     return d
@@ -42,9 +82,9 @@ def _config(tmp_path, certs, mutual: bool):
     tls = {"cert": str(certs / "server.crt"), "key": str(certs / "server.key")}
     if mutual:
         tls["client_ca"] = str(certs / "ca.crt")
-    return make_config({"tls": tls, "channels": {"a": {"plugin": "fixed",
-                                                       "params": {"items": ["i1"]}}}},
-                       tmp_path)
+    return make_config(
+        {"tls": tls, "channels": {"a": {"plugin": "fixed", "params": {"items": ["i1"]}}}}, tmp_path
+    )
 
 
 def _call(port: int, creds: grpc.ChannelCredentials | None):
@@ -70,6 +110,7 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path, certs):
         with pytest.raises(grpc.RpcError) as e:
             _call(s.port, grpc.ssl_channel_credentials(ca))
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        creds = grpc.ssl_channel_credentials(ca, (certs / "client.key").read_bytes(),
-                                             (certs / "client.crt").read_bytes())
+        creds = grpc.ssl_channel_credentials(
+            ca, (certs / "client.key").read_bytes(), (certs / "client.crt").read_bytes()
+        )
         assert list(_call(s.port, creds).item_ids) == ["i1"]

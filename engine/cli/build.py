@@ -17,8 +17,11 @@ from recall_engine.serving.registry import PluginError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="artifacts folder to write")
-    p.add_argument("--config", type=Path,
-                   help="TOML config: which channels and their params (default: all built-in)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config: which channels and their params (default: all built-in)",
+    )
     p.add_argument("--channels", default="", help="comma-separated subset of channels to build")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -30,9 +33,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else default_config(args.out.resolve())
         interactions, items = load_inputs(args, progress)
-        built = build_all(interactions, items, args.out, config,
-                          channels=[c for c in args.channels.split(",") if c] or None,
-                          seed=args.seed, progress=progress)
+        built = build_all(
+            interactions,
+            items,
+            args.out,
+            config,
+            channels=[c for c in args.channels.split(",") if c] or None,
+            seed=args.seed,
+            progress=progress,
+        )
     except (ConfigError, DataError, PluginError, FileNotFoundError) as e:
         print(f"recall-engine build: {e}", file=sys.stderr)
         return 2

@@ -36,16 +36,26 @@ from recall_engine.serving.registry import PluginError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_arguments(p)
     add_split_arguments(p)
-    p.add_argument("--k", default=",".join(map(str, DEFAULT_KS)),
-                   help="comma-separated cut-offs (default %(default)s)")
-    p.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
-                   help=f"comma-separated, from {', '.join(BASELINES)}; '' for none")
+    p.add_argument(
+        "--k",
+        default=",".join(map(str, DEFAULT_KS)),
+        help="comma-separated cut-offs (default %(default)s)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=",".join(DEFAULT_BASELINES),
+        help=f"comma-separated, from {', '.join(BASELINES)}; '' for none",
+    )
     p.add_argument("--out", type=Path, default=Path("eval"), help="report folder")
-    p.add_argument("--workdir", type=Path,
-                   help="keep the built artifacts here (default: a temporary folder)")
-    p.add_argument("--parity-users", type=int, default=100,
-                   help="users sent through Engine.recall per variant to check the offline "
-                   "fusion (0: skip)")
+    p.add_argument(
+        "--workdir", type=Path, help="keep the built artifacts here (default: a temporary folder)"
+    )
+    p.add_argument(
+        "--parity-users",
+        type=int,
+        default=100,
+        help="users sent through Engine.recall per variant to check the offline fusion (0: skip)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,17 +68,27 @@ def run(args: argparse.Namespace) -> int:
         names = parse_list(args.baselines)
         unknown = [b for b in names if b not in BASELINES]
         if unknown:
-            raise ValueError(f"--baselines: unknown {', '.join(unknown)} "
-                             f"(known: {', '.join(BASELINES)})")
+            raise ValueError(
+                f"--baselines: unknown {', '.join(unknown)} (known: {', '.join(BASELINES)})"
+            )
         config = load_config(args.config) if args.config else None
         interactions, items = load_data(args)
         options = EvalOptions(
-            ks=tuple(ks), baselines=tuple(names), split=args.split,
-            test_fraction=args.test_fraction, cut_time=args.cut_time,
-            cut_quantile=args.cut_quantile, config=config, max_users=args.max_users,
-            seed=args.seed, parity_users=args.parity_users, workdir=args.workdir,
-            progress=lambda msg: print(f"[{time.perf_counter() - started:6.1f} s] {msg}",
-                                       file=sys.stderr, flush=True))
+            ks=tuple(ks),
+            baselines=tuple(names),
+            split=args.split,
+            test_fraction=args.test_fraction,
+            cut_time=args.cut_time,
+            cut_quantile=args.cut_quantile,
+            config=config,
+            max_users=args.max_users,
+            seed=args.seed,
+            parity_users=args.parity_users,
+            workdir=args.workdir,
+            progress=lambda msg: print(
+                f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True
+            ),
+        )
         result = run_evaluation(interactions, items, options)
     except (ConfigError, DataError, PluginError, FileNotFoundError, ValueError) as e:
         print(f"recall-engine eval: {e}", file=sys.stderr)
@@ -76,12 +96,15 @@ def run(args: argparse.Namespace) -> int:
     from recall_engine.evaluation.report import main_table, write_report
 
     result["dataset"] = args.dataset or f"{args.interactions} + {args.items}"
-    result["command"] = "recall-engine " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["eval"]
-                                                      else ["eval", *_argv(args)])
+    result["command"] = "recall-engine " + shlex.join(
+        sys.argv[1:] if sys.argv[1:2] == ["eval"] else ["eval", *_argv(args)]
+    )
     paths = write_report(result, args.out)
     print(main_table(result))
-    print(f"\nwrote {paths['json']}, {paths['markdown']} and "
-          f"{len(paths) - 2} plots in {result['timings']['total_seconds']:.0f} s")
+    print(
+        f"\nwrote {paths['json']}, {paths['markdown']} and "
+        f"{len(paths) - 2} plots in {result['timings']['total_seconds']:.0f} s"
+    )
     return 0
 
 

@@ -15,20 +15,34 @@ DEMO_DIR = Path("demo")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (see deploy/config.example.toml)")
-    p.add_argument("--artifacts", type=Path,
-                   help="serve what `recall-engine build` wrote here with the default config")
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        help="serve what `recall-engine build` wrote here with the default config",
+    )
     p.add_argument("--addr", help="HOST:PORT to bind (overrides server.addr)")
     p.add_argument("--metrics-addr", help="HOST:PORT for /metrics ('' disables)")
-    p.add_argument("--demo-dir", type=Path, default=DEMO_DIR,
-                   help="where the built-in demo is built when nothing is configured "
-                        "(default: ./demo)")
-    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                   help="JSON logs (default: JSON unless stderr is a terminal)")
-    p.add_argument("--processes", type=int, default=1,
-                   help="server processes sharing the port (SO_REUSEPORT); Python serves "
-                        "one core per process, so use one per core (needs a fixed port). "
-                        "With server.worker_port_base set, process i also listens alone on "
-                        "that port + i, for clients that balance per call")
+    p.add_argument(
+        "--demo-dir",
+        type=Path,
+        default=DEMO_DIR,
+        help="where the built-in demo is built when nothing is configured (default: ./demo)",
+    )
+    p.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON logs (default: JSON unless stderr is a terminal)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); Python serves "
+        "one core per process, so use one per core (needs a fixed port). "
+        "With server.worker_port_base set, process i also listens alone on "
+        "that port + i, for clients that balance per call",
+    )
     p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by --processes
 
 
@@ -103,11 +117,15 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         return 2
     base = config.server.worker_port_base
     argv = [a for a in sys.argv[1:]]
-    group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")   # admin reloads fan out
+    group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")  # admin reloads fan out
     children = []
     for i in range(args.processes):
-        child_args = _without(argv, "--processes") + ["--processes", "1",
-                                                      "--addr", config.server.addr]
+        child_args = _without(argv, "--processes") + [
+            "--processes",
+            "1",
+            "--addr",
+            config.server.addr,
+        ]
         if config.server.metrics_addr:
             mhost, _, mport = config.server.metrics_addr.rpartition(":")
             child_port = int(mport) + i if int(mport) else 0
@@ -117,11 +135,16 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         if base:
             child_args += ["--worker-port", str(base + i)]
         env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i), GROUP_DIR_ENV: group_dir}
-        children.append(subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args],
-                                         env=env))
-    log.info("processes_started", count=len(children), pids=[c.pid for c in children],
-             group_dir=group_dir,
-             worker_addrs=[f"{host}:{base + i}" for i in range(len(children))] if base else [])
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args], env=env)
+        )
+    log.info(
+        "processes_started",
+        count=len(children),
+        pids=[c.pid for c in children],
+        group_dir=group_dir,
+        worker_addrs=[f"{host}:{base + i}" for i in range(len(children))] if base else [],
+    )
 
     def forward(signum, _frame) -> None:
         for c in children:
@@ -145,11 +168,12 @@ def _worker_ports_problem(config: Config, processes: int) -> str | None:
     shared = int(config.server.addr.rpartition(":")[2])
     last = base + processes - 1
     if last > 65535:
-        return (f"server.worker_port_base: {base} + {processes} processes runs past port "
-                f"65535")
+        return f"server.worker_port_base: {base} + {processes} processes runs past port 65535"
     if base <= shared <= last:
-        return (f"server.worker_port_base: ports {base}-{last} overlap the shared "
-                f"server.addr port {shared}")
+        return (
+            f"server.worker_port_base: ports {base}-{last} overlap the shared "
+            f"server.addr port {shared}"
+        )
     return None
 
 

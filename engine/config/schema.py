@@ -257,8 +257,9 @@ def _parse_server(t: _Table) -> ServerConfig:
         metrics_addr=_addr(metrics_addr, t.key("metrics_addr")) if metrics_addr else None,
         workers=t.get_int("workers", d.workers, minimum=1),
         max_in_flight=t.get_int("max_in_flight", d.max_in_flight, minimum=0),
-        worker_port_base=_port(t.get_int("worker_port_base", d.worker_port_base, minimum=0),
-                               t.key("worker_port_base")),
+        worker_port_base=_port(
+            t.get_int("worker_port_base", d.worker_port_base, minimum=0), t.key("worker_port_base")
+        ),
         catalog_sync_ms=t.get_int("catalog_sync_ms", d.catalog_sync_ms, minimum=0),
         request_timeout_ms=t.get_int("request_timeout_ms", d.request_timeout_ms, minimum=1),
         max_k=t.get_int("max_k", d.max_k, minimum=1),

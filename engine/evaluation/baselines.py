@@ -52,17 +52,22 @@ EASE_GRID = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
 BATCH = 512
 
 
-def interaction_matrix(data: Interactions, user_index: Mapping[str, int],
-                       item_index: Mapping[str, int]) -> sp.csr_matrix:
+def interaction_matrix(
+    data: Interactions, user_index: Mapping[str, int], item_index: Mapping[str, int]
+) -> sp.csr_matrix:
     """Binary CSR matrix ``len(user_index) × len(item_index)``: 1 where the user has any
     row with the item. Rows of unknown users or items are dropped."""
-    users = np.fromiter((user_index.get(u, -1) for u in data.user_ids.tolist()),
-                        dtype=np.int64, count=len(data))
-    items = np.fromiter((item_index.get(i, -1) for i in data.item_ids.tolist()),
-                        dtype=np.int64, count=len(data))
+    users = np.fromiter(
+        (user_index.get(u, -1) for u in data.user_ids.tolist()), dtype=np.int64, count=len(data)
+    )
+    items = np.fromiter(
+        (item_index.get(i, -1) for i in data.item_ids.tolist()), dtype=np.int64, count=len(data)
+    )
     keep = (users >= 0) & (items >= 0)
-    m = sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.float32), (users[keep], items[keep])),
-                      shape=(len(user_index), len(item_index)))
+    m = sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (users[keep], items[keep])),
+        shape=(len(user_index), len(item_index)),
+    )
     m.sum_duplicates()
     m.data[:] = 1.0
     return m
@@ -72,7 +77,7 @@ class Baseline(abc.ABC):
     """Fit on a training matrix, score history rows, recommend the top k unseen items."""
 
     name = "baseline"
-    needs_history = True      # an empty history gets no recommendations
+    needs_history = True  # an empty history gets no recommendations
 
     @abc.abstractmethod
     def fit(self, train: sp.csr_matrix) -> Baseline:
@@ -92,9 +97,9 @@ class Baseline(abc.ABC):
         n, n_items = histories.shape
         out = np.full((n, k), -1, dtype=np.int64)
         for start in range(0, n, BATCH):
-            rows = histories[start:start + BATCH]
+            rows = histories[start : start + BATCH]
             s = np.asarray(self.scores(rows), dtype=np.float32)
-            out[start:start + rows.shape[0]] = top_k(s, rows, k)
+            out[start : start + rows.shape[0]] = top_k(s, rows, k)
         if self.needs_history:
             out[np.diff(histories.indptr) == 0] = -1
         return out
@@ -108,8 +113,11 @@ def top_k(scores: np.ndarray, histories: sp.csr_matrix, k: int) -> np.ndarray:
     scores[r, c] = -np.inf
     n_items = scores.shape[1]
     kk = min(k, n_items)
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n_items else \
-        np.broadcast_to(np.arange(n_items), scores.shape).copy()
+    part = (
+        np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        if kk < n_items
+        else np.broadcast_to(np.arange(n_items), scores.shape).copy()
+    )
     picked = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -picked), axis=1)
     best = np.take_along_axis(part, order, axis=1)
@@ -184,8 +192,9 @@ def _keep_top(sim: sp.csr_matrix, n: int) -> sp.csr_matrix:
         cols.append(sim.indices[top])
         vals.append(sim.data[top])
     # Transpose: score(u, j) = Σ_i∈history sim(i, j) over the neighbours kept for j.
-    kept = sp.csr_matrix((np.concatenate(vals), (np.concatenate(cols), np.concatenate(rows))),
-                         shape=sim.shape)
+    kept = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(cols), np.concatenate(rows))), shape=sim.shape
+    )
     return kept
 
 
@@ -214,7 +223,7 @@ class EASE(Baseline):
         g = (xa.T @ xa).toarray()
         g[np.diag_indices_from(g)] += self.lam
         p = _spd_inverse(g)
-        p /= -np.diag(p)            # column j divided by -P_jj: B = -P / diag(P)
+        p /= -np.diag(p)  # column j divided by -P_jj: B = -P / diag(P)
         p[np.diag_indices_from(p)] = 0.0
         self._b = p
         return self
@@ -241,7 +250,7 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray:
     inv, info = potri(c, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE: Cholesky inverse failed (potri {info})")
-    upper = np.triu(inv)            # potri fills the upper triangle only
+    upper = np.triu(inv)  # potri fills the upper triangle only
     upper += np.triu(upper, 1).T
     return upper
 
@@ -255,8 +264,15 @@ class ALS(Baseline):
 
     name = "als"
 
-    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0,
-                 iterations: int = 15, threads: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 2.0,
+        iterations: int = 15,
+        threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.iterations, self.seed = iterations, seed
         self.threads = threads or _cpus()
@@ -266,22 +282,33 @@ class ALS(Baseline):
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1, "blas"):   # implicit parallelises itself
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself
             self._model = AlternatingLeastSquares(
-                factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-                iterations=self.iterations, num_threads=self.threads, random_state=self.seed)
+                factors=self.factors,
+                regularization=self.regularization,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                num_threads=self.threads,
+                random_state=self.seed,
+            )
             self._model.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
         return self
 
     def scores(self, histories: sp.csr_matrix) -> np.ndarray:
         assert self._model is not None, "fit() first"
-        users = self._model.recalculate_user(np.arange(histories.shape[0]),
-                                             sp.csr_matrix(histories, dtype=np.float32))
+        users = self._model.recalculate_user(
+            np.arange(histories.shape[0]), sp.csr_matrix(histories, dtype=np.float32)
+        )
         return np.asarray(users) @ np.asarray(self._model.item_factors).T
 
     def params(self) -> dict[str, Any]:
-        return {"factors": self.factors, "regularization": self.regularization,
-                "alpha": self.alpha, "iterations": self.iterations, "threads": self.threads}
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+            "threads": self.threads,
+        }
 
 
 def _cpus() -> int:
@@ -292,7 +319,11 @@ def _cpus() -> int:
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    "popularity": Popularity, "itemknn": ItemKNN, "ease": EASE, "als": ALS}
+    "popularity": Popularity,
+    "itemknn": ItemKNN,
+    "ease": EASE,
+    "als": ALS,
+}
 
 
 def make_baseline(name: str, **params: Any) -> Baseline:
@@ -303,8 +334,13 @@ def make_baseline(name: str, **params: Any) -> Baseline:
         raise ValueError(f"unknown baseline {name!r} (known: {', '.join(BASELINES)})") from None
 
 
-def tune_ease(train: sp.csr_matrix, histories: sp.csr_matrix, truth: Truth, k: int,
-              grid: Sequence[float] = EASE_GRID) -> tuple[float, dict[float, float]]:
+def tune_ease(
+    train: sp.csr_matrix,
+    histories: sp.csr_matrix,
+    truth: Truth,
+    k: int,
+    grid: Sequence[float] = EASE_GRID,
+) -> tuple[float, dict[float, float]]:
     """The λ of ``grid`` with the best recall@k of ``EASE(λ).fit(train)`` on
     (``histories`` → ``truth``), and every λ's recall."""
     scores: dict[float, float] = {}

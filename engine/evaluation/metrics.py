@@ -52,8 +52,11 @@ class Truth:
     def from_sets(sets: Sequence[Sequence[int] | set[int]]) -> Truth:
         sizes = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
         offsets = np.concatenate(([0], np.cumsum(sizes)))
-        items = np.concatenate([np.unique(np.fromiter(s, dtype=np.int64, count=len(s)))
-                                for s in sets]) if len(sets) else np.zeros(0, np.int64)
+        items = (
+            np.concatenate([np.unique(np.fromiter(s, dtype=np.int64, count=len(s))) for s in sets])
+            if len(sets)
+            else np.zeros(0, np.int64)
+        )
         return Truth(offsets, items.astype(np.int64))
 
     @property
@@ -66,7 +69,7 @@ class Truth:
     def rows(self, mask: np.ndarray) -> Truth:
         """The truth of the users where ``mask`` is true (or at those indices)."""
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
-        return Truth.from_sets([self.items[self.offsets[u]:self.offsets[u + 1]] for u in idx])
+        return Truth.from_sets([self.items[self.offsets[u] : self.offsets[u + 1]] for u in idx])
 
 
 def ids_to_matrix(lists: Sequence[Sequence[str]], index: Mapping[str, int], k: int) -> np.ndarray:
@@ -75,7 +78,7 @@ def ids_to_matrix(lists: Sequence[Sequence[str]], index: Mapping[str, int], k: i
     out = np.full((len(lists), k), -1, dtype=np.int64)
     for row, ids in enumerate(lists):
         idx = [index[i] for i in ids[:k] if i in index]
-        out[row, :len(idx)] = idx
+        out[row, : len(idx)] = idx
     return out
 
 
@@ -89,7 +92,7 @@ def hits_matrix(recs: np.ndarray, truth: Truth) -> np.ndarray:
         raise ValueError(f"recs has {n_users} rows, truth {len(truth)} users")
     span = int(max(recs.max(initial=-1), truth.items.max(initial=-1))) + 2
     owner = np.repeat(np.arange(n_users, dtype=np.int64), truth.sizes)
-    keys = owner * span + truth.items                       # sorted: users, then items
+    keys = owner * span + truth.items  # sorted: users, then items
     query = np.arange(n_users, dtype=np.int64)[:, None] * span + recs
     pos = np.searchsorted(keys, query)
     found = np.zeros_like(recs, dtype=bool)
@@ -98,8 +101,9 @@ def hits_matrix(recs: np.ndarray, truth: Truth) -> np.ndarray:
     return found & (recs >= 0)
 
 
-def novelty_table(train_user_codes: np.ndarray, train_item_codes: np.ndarray,
-                  n_items: int) -> np.ndarray:
+def novelty_table(
+    train_user_codes: np.ndarray, train_item_codes: np.ndarray, n_items: int
+) -> np.ndarray:
     """``-log2(popularity share)`` per item index (see the module doc)."""
     n_users = len(np.unique(train_user_codes)) if len(train_user_codes) else 1
     pairs = np.unique(np.stack([train_user_codes, train_item_codes]), axis=1)
@@ -107,8 +111,13 @@ def novelty_table(train_user_codes: np.ndarray, train_item_codes: np.ndarray,
     return -np.log2(np.maximum(users_per_item, 1.0) / max(n_users, 1))
 
 
-def evaluate(recs: np.ndarray, truth: Truth, ks: Sequence[int], n_catalog: int,
-             self_information: np.ndarray | None = None) -> dict[int, dict[str, float]]:
+def evaluate(
+    recs: np.ndarray,
+    truth: Truth,
+    ks: Sequence[int],
+    n_catalog: int,
+    self_information: np.ndarray | None = None,
+) -> dict[int, dict[str, float]]:
     """Every metric at every K in ``ks`` (see the module doc), averaged over users.
 
     ``recs`` needs at least ``max(ks)`` columns; ``self_information`` (from
@@ -136,7 +145,10 @@ def evaluate(recs: np.ndarray, truth: Truth, ks: Sequence[int], n_catalog: int,
             row["ndcg"] = float(np.mean((h * discounts[:k]).sum(axis=1) / idcg))
             row["hit"] = float(np.mean(n_hits > 0))
             row["coverage"] = float(len(np.unique(filled)) / n_catalog) if n_catalog else 0.0
-            row["novelty"] = (float(self_information[filled].mean())
-                              if self_information is not None and len(filled) else float("nan"))
+            row["novelty"] = (
+                float(self_information[filled].mean())
+                if self_information is not None and len(filled)
+                else float("nan")
+            )
         out[k] = row
     return out

@@ -11,8 +11,13 @@ from typing import Any
 __all__ = ["main_table", "markdown", "plot", "write_report"]
 
 KIND_ORDER = {"channel": 0, "variant": 1, "baseline": 2}
-LABELS = {"recall": "recall", "ndcg": "NDCG", "hit": "hit rate", "coverage": "coverage",
-          "novelty": "novelty (bits)"}
+LABELS = {
+    "recall": "recall",
+    "ndcg": "NDCG",
+    "hit": "hit rate",
+    "coverage": "coverage",
+    "novelty": "novelty (bits)",
+}
 SLICE_TITLES = {
     "cold_users": "Cold users (at most {n} training interactions)",
     "cold_items": "Cold items (test items absent from training; recall on those items only)",
@@ -30,8 +35,10 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -42,8 +49,12 @@ def k_table(systems: dict[str, Any], k: int) -> str:
     rows = []
     for name in _ordered(systems):
         m = systems[name]["metrics"][str(k)]
-        rows.append([f"{name} ({systems[name]['kind']})",
-                     *(_fmt(m[x], 2 if x == "novelty" else 4) for x in metrics)])
+        rows.append(
+            [
+                f"{name} ({systems[name]['kind']})",
+                *(_fmt(m[x], 2 if x == "novelty" else 4) for x in metrics),
+            ]
+        )
     return _table(["system", *(f"{LABELS[x]}@{k}" for x in metrics)], rows)
 
 
@@ -52,11 +63,15 @@ def recall_table(systems: dict[str, Any], ks: Sequence[int], main_k: int) -> str
     rows = []
     for name in _ordered(systems):
         m = systems[name]["metrics"]
-        rows.append([f"{name} ({systems[name]['kind']})",
-                     *(_fmt(m[str(k)]["recall"]) for k in ks),
-                     _fmt(m[str(main_k)]["ndcg"]), _fmt(m[str(main_k)]["hit"])])
-    return _table(["system", *(f"recall@{k}" for k in ks), f"NDCG@{main_k}", f"hit@{main_k}"],
-                  rows)
+        rows.append(
+            [
+                f"{name} ({systems[name]['kind']})",
+                *(_fmt(m[str(k)]["recall"]) for k in ks),
+                _fmt(m[str(main_k)]["ndcg"]),
+                _fmt(m[str(main_k)]["hit"]),
+            ]
+        )
+    return _table(["system", *(f"recall@{k}" for k in ks), f"NDCG@{main_k}", f"hit@{main_k}"], rows)
 
 
 def main_table(result: dict[str, Any]) -> str:
@@ -68,14 +83,17 @@ def main_table(result: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
     p, ch, t = result["protocol"], result["channels"], result["timings"]
     split = p["split"]
-    how = (f"per-user temporal hold-out, newest {split['test_fraction']:.0%} of each user"
-           if split["kind"] == "temporal" else
-           f"global time cut at {split['cut_time']}"
-           + (f" (quantile {split['quantile']})" if "quantile" in split else ""))
+    how = (
+        f"per-user temporal hold-out, newest {split['test_fraction']:.0%} of each user"
+        if split["kind"] == "temporal"
+        else f"global time cut at {split['cut_time']}"
+        + (f" (quantile {split['quantile']})" if "quantile" in split else "")
+    )
     built = ", ".join(f"{b['channel']} ({b['seconds']:.1f} s)" for b in ch["built"] if b["version"])
     skipped = "; ".join(f"{b['channel']}: {b['skipped']}" for b in ch["built"] if not b["version"])
-    parity = ", ".join(f"{v}: {c['identical']}/{c['users']}"
-                       for v, c in ch.get("engine_parity", {}).items())
+    parity = ", ".join(
+        f"{v}: {c['identical']}/{c['users']}" for v, c in ch.get("engine_parity", {}).items()
+    )
     out = [
         f"# Offline evaluation{': ' + result['dataset'] if result.get('dataset') else ''}",
         "",
@@ -86,8 +104,10 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
         f"* Channels loaded: {', '.join(ch['loaded']) or 'none'}.",
         f"* Engine parity (offline fusion vs `Engine.recall`, identical lists): {parity or 'n/a'}.",
         f"* Wall time: {t['total_seconds']:.0f} s ("
-        + ", ".join(f"{k.removesuffix('_seconds')} {v:.0f} s" for k, v in t.items()
-                    if k != "total_seconds") + ").",
+        + ", ".join(
+            f"{k.removesuffix('_seconds')} {v:.0f} s" for k, v in t.items() if k != "total_seconds"
+        )
+        + ").",
         f"* Machine: {result['machine']['cpu']}, {result['machine']['cpus_usable']} usable CPUs, "
         f"Python {result['machine']['python']}.",
     ]
@@ -98,17 +118,27 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
         out += ["", f"## All metrics @{k}", "", k_table(result["systems"], k)]
     for name, sl in result["slices"].items():
         title = SLICE_TITLES.get(name, name).format(n=p["cold_user_max_train_interactions"])
-        out += ["", f"## Slice: {title}", "",
-                f"{sl['users']} users, {sl.get('test_items', 0)} test items."]
+        out += [
+            "",
+            f"## Slice: {title}",
+            "",
+            f"{sl['users']} users, {sl.get('test_items', 0)} test items.",
+        ]
         if sl["systems"]:
             out += ["", recall_table(sl["systems"], p["ks"], p["main_k"])]
     base = {n: s for n, s in result["systems"].items() if s["kind"] == "baseline"}
     if base:
         out += ["", "## Baselines", ""]
-        out += [f"* {n}: {json.dumps(s['params'])}, fit {s['fit_seconds']} s, "
-                f"recommend {s['recommend_seconds']} s"
-                + (f"; λ grid recall: {json.dumps(s['lambda_grid_recall'])}"
-                   if "lambda_grid_recall" in s else "") for n, s in base.items()]
+        out += [
+            f"* {n}: {json.dumps(s['params'])}, fit {s['fit_seconds']} s, "
+            f"recommend {s['recommend_seconds']} s"
+            + (
+                f"; λ grid recall: {json.dumps(s['lambda_grid_recall'])}"
+                if "lambda_grid_recall" in s
+                else ""
+            )
+            for n, s in base.items()
+        ]
     if images:
         out += ["", "## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images]
     return "\n".join(out) + "\n"
@@ -130,8 +160,13 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
     systems = result["systems"]
     for name in _ordered(systems):
         s = systems[name]
-        ax.plot(ks, [s["metrics"][str(k)]["recall"] or 0.0 for k in ks],
-                styles.get(s["kind"], "-"), marker="o", label=name)
+        ax.plot(
+            ks,
+            [s["metrics"][str(k)]["recall"] or 0.0 for k in ks],
+            styles.get(s["kind"], "-"),
+            marker="o",
+            label=name,
+        )
     ax.set_xlabel("K")
     ax.set_ylabel("recall@K")
     ax.set_title("Recall@K per channel, fused variant and baseline")
@@ -146,8 +181,11 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
         names = _ordered(sl["systems"]) if sl["systems"] else []
         fig, ax = plt.subplots(figsize=(8, 4.5))
         values = [sl["systems"][n]["metrics"][str(main_k)]["recall"] or 0.0 for n in names]
-        ax.bar(range(len(names)), values,
-               color=[colors.get(sl["systems"][n]["kind"], "tab:green") for n in names])
+        ax.bar(
+            range(len(names)),
+            values,
+            color=[colors.get(sl["systems"][n]["kind"], "tab:green") for n in names],
+        )
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel(f"recall@{main_k}")
         ax.set_title(f"{sname}: {sl['users']} users" + ("" if names else " (empty slice)"))
@@ -163,8 +201,7 @@ def write_report(result: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write ``eval.json``, the plots and ``report.md`` into ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "eval.json"
-    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
+    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     images = plot(result, out)
     md_path = out / "report.md"
     md_path.write_text(markdown(result, [i.name for i in images]), encoding="utf-8")

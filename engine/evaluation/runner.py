@@ -73,9 +73,9 @@ __all__ = [
 
 DEFAULT_KS = (20, 50, 100, 200)
 DEFAULT_BASELINES = ("popularity", "itemknn", "ease", "als")
-COLD_USER_MAX = 5            # "cold user": at most this many training interactions
+COLD_USER_MAX = 5  # "cold user": at most this many training interactions
 NO_TIMEOUT_MS = 600_000
-NO_BUILD_STEP = "plugin has no build step"   # build.build_all's reason: may still load
+NO_BUILD_STEP = "plugin has no build step"  # build.build_all's reason: may still load
 PARITY_USERS = 100
 CONCURRENCY = 64
 
@@ -90,11 +90,11 @@ class EvalOptions:
     test_fraction: float = 0.2
     cut_time: int | None = None
     cut_quantile: float = 0.8
-    config: Config | None = None          # None: default_config (every built-in channel)
+    config: Config | None = None  # None: default_config (every built-in channel)
     max_users: int | None = None
     seed: int = 0
     parity_users: int = PARITY_USERS
-    workdir: Path | None = None           # None: a temporary folder, removed afterwards
+    workdir: Path | None = None  # None: a temporary folder, removed afterwards
     progress: Callable[[str], None] = field(default=lambda msg: None)
 
 
@@ -109,7 +109,7 @@ class UserSet:
     users: list[str]
     histories: list[np.ndarray]
     truth: Truth
-    item_ids: list[str]                    # item index → id (catalogue first)
+    item_ids: list[str]  # item index → id (catalogue first)
     index: dict[str, int]
 
 
@@ -121,8 +121,9 @@ def item_universe(items: Sequence[ItemRecord], *logs: Interactions) -> list[str]
     return ids + extra
 
 
-def user_set(split: Split, item_ids: list[str], max_users: int | None = None,
-             seed: int = 0) -> UserSet:
+def user_set(
+    split: Split, item_ids: list[str], max_users: int | None = None, seed: int = 0
+) -> UserSet:
     """Users with at least one test item to find (a seeded sample of ``max_users``)."""
     sets = held_out_items(split)
     users = sorted(sets)
@@ -148,13 +149,15 @@ def make_queries(train: Interactions, us: UserSet, max_history: int) -> list[Que
     out = []
     for user, rows in zip(us.users, us.histories, strict=True):
         recent = rows[-max_history:] if max_history else rows[:0]
-        out.append(Query(
-            user_id=user,
-            history=tuple(items[recent].tolist()),
-            events=() if events is None else tuple(events[recent].tolist()),
-            timestamps=tuple(stamps[recent].tolist()) if train.has_timestamps else (),
-            exclude=frozenset(items[rows].tolist()),
-        ))
+        out.append(
+            Query(
+                user_id=user,
+                history=tuple(items[recent].tolist()),
+                events=() if events is None else tuple(events[recent].tolist()),
+                timestamps=tuple(stamps[recent].tolist()) if train.has_timestamps else (),
+                exclude=frozenset(items[rows].tolist()),
+            )
+        )
     return out
 
 
@@ -164,13 +167,19 @@ def make_queries(train: Interactions, us: UserSet, max_history: int) -> list[Que
 def eval_config(config: Config, artifacts_root: Path, ks: Sequence[int]) -> Config:
     """``config`` re-pointed at ``artifacts_root`` (every channel's current version),
     with timeouts lifted and ``max_k`` large enough for ``ks``."""
-    channels = {name: replace(cc, artifacts=artifacts_root / name, version=None,
-                              timeout_ms=NO_TIMEOUT_MS)
-                for name, cc in config.channels.items()}
-    server = replace(config.server, request_timeout_ms=NO_TIMEOUT_MS, metrics_addr=None,
-                     max_k=max(config.server.max_k, *ks))
-    return replace(config, artifacts_root=artifacts_root, server=server,
-                   channels=MappingProxyType(channels))
+    channels = {
+        name: replace(cc, artifacts=artifacts_root / name, version=None, timeout_ms=NO_TIMEOUT_MS)
+        for name, cc in config.channels.items()
+    }
+    server = replace(
+        config.server,
+        request_timeout_ms=NO_TIMEOUT_MS,
+        metrics_addr=None,
+        max_k=max(config.server.max_k, *ks),
+    )
+    return replace(
+        config, artifacts_root=artifacts_root, server=server, channels=MappingProxyType(channels)
+    )
 
 
 def variant_plans(config: Config) -> dict[str, Plan]:
@@ -183,10 +192,12 @@ def variant_plans(config: Config) -> dict[str, Plan]:
 
 
 def _single_plan(config: Config, name: str, k: int) -> Plan:
-    return Plan(fusion="rrf",
-                weights=MappingProxyType({n: float(n == name) for n in config.plan.weights}),
-                channel_k=MappingProxyType(dict.fromkeys(config.plan.weights, k)),
-                fusion_params=MappingProxyType({}))
+    return Plan(
+        fusion="rrf",
+        weights=MappingProxyType({n: float(n == name) for n in config.plan.weights}),
+        channel_k=MappingProxyType(dict.fromkeys(config.plan.weights, k)),
+        fusion_params=MappingProxyType({}),
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -202,23 +213,34 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve_channels(train: Interactions, items: Sequence[ItemRecord], config: Config,
-                   ks: Sequence[int], *, workdir: Path | None = None, seed: int = 0
-                   ) -> Iterator[Served]:
+def serve_channels(
+    train: Interactions,
+    items: Sequence[ItemRecord],
+    config: Config,
+    ks: Sequence[int],
+    *,
+    workdir: Path | None = None,
+    seed: int = 0,
+) -> Iterator[Served]:
     """Build every enabled channel on ``train`` into ``workdir/artifacts`` (a temporary
     folder by default) and load them in an engine; close it on exit."""
     with contextlib.ExitStack() as stack:
-        root = Path(workdir) if workdir else Path(stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="recall-eval-")))
+        root = (
+            Path(workdir)
+            if workdir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recall-eval-")))
+        )
         artifacts = (root / "artifacts").resolve()
         cfg = eval_config(config, artifacts, ks)
         t0 = time.perf_counter()
-        built = [_build_one(train, items, artifacts, cfg, name, seed)
-                 for name in cfg.enabled_channels()]
+        built = [
+            _build_one(train, items, artifacts, cfg, name, seed) for name in cfg.enabled_channels()
+        ]
         t1 = time.perf_counter()
         # A channel whose build failed has nothing to load: leave it out up front.
-        cfg = _disable(cfg, [b.channel for b in built
-                             if b.version is None and b.skipped != NO_BUILD_STEP])
+        cfg = _disable(
+            cfg, [b.channel for b in built if b.version is None and b.skipped != NO_BUILD_STEP]
+        )
         engine = Engine(cfg, catalog=Catalog.load(artifacts / "catalog"))
         engine.load()
         stack.callback(engine.close)
@@ -228,8 +250,14 @@ def serve_channels(train: Interactions, items: Sequence[ItemRecord], config: Con
         yield Served(engine, cfg, built, loaded, t1 - t0, time.perf_counter() - t1)
 
 
-def _build_one(train: Interactions, items: Sequence[ItemRecord], artifacts: Path,
-               cfg: Config, name: str, seed: int) -> BuiltChannel:
+def _build_one(
+    train: Interactions,
+    items: Sequence[ItemRecord],
+    artifacts: Path,
+    cfg: Config,
+    name: str,
+    seed: int,
+) -> BuiltChannel:
     """Build one channel; an optional channel's failure of any kind is recorded (the
     evaluation goes on with the others), a required one's is raised."""
     t0 = time.perf_counter()
@@ -239,15 +267,17 @@ def _build_one(train: Interactions, items: Sequence[ItemRecord], artifacts: Path
         if cfg.channels[name].required:
             raise
         log.error("eval_build_failed", channel=name, error=f"{type(e).__name__}: {e}")
-        return BuiltChannel(name, None, time.perf_counter() - t0, None,
-                            f"build failed: {type(e).__name__}: {e}")
+        return BuiltChannel(
+            name, None, time.perf_counter() - t0, None, f"build failed: {type(e).__name__}: {e}"
+        )
 
 
 def _disable(cfg: Config, names: Sequence[str]) -> Config:
     if not names:
         return cfg
-    channels = {n: replace(cc, enabled=False) if n in names else cc
-                for n, cc in cfg.channels.items()}
+    channels = {
+        n: replace(cc, enabled=False) if n in names else cc for n, cc in cfg.channels.items()
+    }
     return replace(cfg, channels=MappingProxyType(channels))
 
 
@@ -255,8 +285,9 @@ def _plan_config(config: Config, plan: Plan) -> Config:
     return replace(config, plan=plan, experiments=())
 
 
-async def _recall_all(engine: Engine, queries: Sequence[Query], k: int,
-                      concurrency: int = CONCURRENCY) -> list[Any]:
+async def _recall_all(
+    engine: Engine, queries: Sequence[Query], k: int, concurrency: int = CONCURRENCY
+) -> list[Any]:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(n: int, q: Query) -> Any:
@@ -266,23 +297,30 @@ async def _recall_all(engine: Engine, queries: Sequence[Query], k: int,
     return await asyncio.gather(*(one(n, q) for n, q in enumerate(queries)))
 
 
-def channel_lists(served: Served, queries: Sequence[Query], k: int
-                  ) -> tuple[dict[str, list[RankedList]], dict[str, dict[str, int]]]:
+def channel_lists(
+    served: Served, queries: Sequence[Query], k: int
+) -> tuple[dict[str, list[RankedList]], dict[str, dict[str, int]]]:
     """Every loaded channel's list (ids and raw scores) per query, through the engine,
     and per channel the count of each request status (OK, SKIPPED, ERROR...)."""
     out: dict[str, list[RankedList]] = {}
     statuses: dict[str, dict[str, int]] = {}
     try:
         for name in served.loaded:
-            served.engine.reload_config(_plan_config(served.config,
-                                                     _single_plan(served.config, name, k)))
+            served.engine.reload_config(
+                _plan_config(served.config, _single_plan(served.config, name, k))
+            )
             results = asyncio.run(_recall_all(served.engine, queries, k))
             lists, counts = [], {s.name: 0 for s in Status}
             for res in results:
                 counts[next(r.status for r in res.reports if r.channel == name).name] += 1
                 ids_idx, _, raw = res.fused.provenance.get(name, ([], [], []))
-                lists.append(RankedList(name, [res.fused.item_ids[i] for i in ids_idx],
-                                        np.asarray(raw, dtype=np.float32)))
+                lists.append(
+                    RankedList(
+                        name,
+                        [res.fused.item_ids[i] for i in ids_idx],
+                        np.asarray(raw, dtype=np.float32),
+                    )
+                )
             out[name] = lists
             statuses[name] = {s: n for s, n in counts.items() if n}
     finally:
@@ -290,8 +328,13 @@ def channel_lists(served: Served, queries: Sequence[Query], k: int
     return out, statuses
 
 
-def fuse_plan(plan: Plan, per_channel: Mapping[str, Sequence[RankedList]], n: int, k: int,
-              priority: Sequence[str]) -> list[str]:
+def fuse_plan(
+    plan: Plan,
+    per_channel: Mapping[str, Sequence[RankedList]],
+    n: int,
+    k: int,
+    priority: Sequence[str],
+) -> list[str]:
     """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it."""
     lists = []
     for name, w in plan.weights.items():
@@ -301,14 +344,21 @@ def fuse_plan(plan: Plan, per_channel: Mapping[str, Sequence[RankedList]], n: in
         depth = plan.channel_k.get(name, len(lst.item_ids))
         if len(lst.item_ids):
             lists.append(RankedList(name, lst.item_ids[:depth], lst.scores[:depth]))
-    fused = fuse(plan.fusion, lists, dict(plan.weights), k, priority=priority,
-                 params=plan.fusion_params)
+    fused = fuse(
+        plan.fusion, lists, dict(plan.weights), k, priority=priority, params=plan.fusion_params
+    )
     return fused.item_ids
 
 
-def parity_check(served: Served, plans: Mapping[str, Plan], queries: Sequence[Query],
-                 fused: Mapping[str, list[list[str]]], k: int, sample: int, seed: int
-                 ) -> dict[str, dict[str, int]]:
+def parity_check(
+    served: Served,
+    plans: Mapping[str, Plan],
+    queries: Sequence[Query],
+    fused: Mapping[str, list[list[str]]],
+    k: int,
+    sample: int,
+    seed: int,
+) -> dict[str, dict[str, int]]:
     """Send ``sample`` users through ``Engine.recall`` under each plan and count the
     lists identical to the offline fusion."""
     if not queries or sample <= 0:
@@ -320,8 +370,9 @@ def parity_check(served: Served, plans: Mapping[str, Plan], queries: Sequence[Qu
         for name, plan in plans.items():
             served.engine.reload_config(_plan_config(served.config, plan))
             results = asyncio.run(_recall_all(served.engine, [queries[i] for i in picked], k))
-            same = sum(res.fused.item_ids == fused[name][i]
-                       for res, i in zip(results, picked, strict=True))
+            same = sum(
+                res.fused.item_ids == fused[name][i] for res, i in zip(results, picked, strict=True)
+            )
             out[name] = {"users": len(picked), "identical": int(same)}
     finally:
         served.engine.reload_config(served.config)
@@ -331,9 +382,16 @@ def parity_check(served: Served, plans: Mapping[str, Plan], queries: Sequence[Qu
 # --------------------------------------------------------------------------- baselines
 
 
-def run_baselines(names: Sequence[str], split: Split, us: UserSet, k: int, main_k: int,
-                  seed: int, max_users: int | None, progress: Callable[[str], None]
-                  ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+def run_baselines(
+    names: Sequence[str],
+    split: Split,
+    us: UserSet,
+    k: int,
+    main_k: int,
+    seed: int,
+    max_users: int | None,
+    progress: Callable[[str], None],
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Fit every baseline on ``split.train``; recommendations for ``us`` and, per
     baseline, its parameters and timings (EASE's λ tuned on the validation split)."""
     users_all = sorted(set(split.train.users().tolist()) | set(us.users))
@@ -348,8 +406,10 @@ def run_baselines(names: Sequence[str], split: Split, us: UserSet, k: int, main_
         if name == "ease":
             lam, grid = _tune_ease(split, us, main_k, seed, max_users)
             model: bl.Baseline = bl.EASE(lam)
-            extra = {"lambda_grid_recall": {str(g): round(r, 5) for g, r in grid.items()},
-                     "tuned_on": f"validation split, recall@{main_k}"}
+            extra = {
+                "lambda_grid_recall": {str(g): round(r, 5) for g, r in grid.items()},
+                "tuned_on": f"validation split, recall@{main_k}",
+            }
         elif name == "als":
             model = bl.ALS(seed=seed)
         else:
@@ -358,14 +418,19 @@ def run_baselines(names: Sequence[str], split: Split, us: UserSet, k: int, main_
         t1 = time.perf_counter()
         recs[name] = model.recommend(hist, k)
         t2 = time.perf_counter()
-        info[name] = {"params": model.params(), **extra,
-                      "fit_seconds": round(t1 - t0, 2), "recommend_seconds": round(t2 - t1, 2)}
+        info[name] = {
+            "params": model.params(),
+            **extra,
+            "fit_seconds": round(t1 - t0, 2),
+            "recommend_seconds": round(t2 - t1, 2),
+        }
         progress(f"baseline {name}: {t2 - t0:.1f} s")
     return recs, info
 
 
-def _tune_ease(split: Split, us: UserSet, k: int, seed: int, max_users: int | None
-               ) -> tuple[float, dict[float, float]]:
+def _tune_ease(
+    split: Split, us: UserSet, k: int, seed: int, max_users: int | None
+) -> tuple[float, dict[float, float]]:
     val = validation_split(split)
     vus = user_set(val, us.item_ids, max_users, seed)
     if not vus.users:
@@ -389,7 +454,7 @@ def _slices(split: Split, us: UserSet) -> dict[str, tuple[np.ndarray, Truth]]:
     sizes = us.truth.sizes
     rows, sets = [], []
     for u in range(len(us.users)):
-        items = us.truth.items[us.truth.offsets[u]:us.truth.offsets[u] + sizes[u]]
+        items = us.truth.items[us.truth.offsets[u] : us.truth.offsets[u] + sizes[u]]
         cold = [i for i in items.tolist() if i not in seen]
         if cold:
             rows.append(u)
@@ -400,27 +465,42 @@ def _slices(split: Split, us: UserSet) -> dict[str, tuple[np.ndarray, Truth]]:
     }
 
 
-Recs = dict[str, tuple[str, np.ndarray]]      # system -> (kind, (users, kmax) item indices)
+Recs = dict[str, tuple[str, np.ndarray]]  # system -> (kind, (users, kmax) item indices)
 
 
-def run_evaluation(interactions: Interactions, items: Sequence[ItemRecord],
-                   options: EvalOptions) -> dict[str, Any]:
+def run_evaluation(
+    interactions: Interactions, items: Sequence[ItemRecord], options: EvalOptions
+) -> dict[str, Any]:
     """The whole run; returns the JSON-ready result that ``report.py`` renders."""
     started = time.perf_counter()
     ks = tuple(sorted(set(options.ks)))
     main_k = 100 if 100 in ks else ks[-1]
     config = options.config or default_config(Path("artifacts"))
-    split = make_split(interactions, options.split,  # type: ignore[arg-type]
-                       test_fraction=options.test_fraction, cut_time=options.cut_time,
-                       quantile=options.cut_quantile)
+    split = make_split(
+        interactions,
+        options.split,  # type: ignore[arg-type]
+        test_fraction=options.test_fraction,
+        cut_time=options.cut_time,
+        quantile=options.cut_quantile,
+    )
     us = user_set(split, item_universe(items, interactions), options.max_users, options.seed)
-    options.progress(f"split {split.kind}: {len(split.train)} train / {len(split.test)} test "
-                     f"rows, {len(us.users)} users evaluated")
+    options.progress(
+        f"split {split.kind}: {len(split.train)} train / {len(split.test)} test "
+        f"rows, {len(us.users)} users evaluated"
+    )
     timings: dict[str, float] = {"split_seconds": round(time.perf_counter() - started, 2)}
     recs, systems, channels = _evaluate_engine(split, items, config, us, ks, options, timings)
     t0 = time.perf_counter()
-    base_recs, base_info = run_baselines(options.baselines, split, us, ks[-1], main_k,
-                                         options.seed, options.max_users, options.progress)
+    base_recs, base_info = run_baselines(
+        options.baselines,
+        split,
+        us,
+        ks[-1],
+        main_k,
+        options.seed,
+        options.max_users,
+        options.progress,
+    )
     timings["baselines_seconds"] = round(time.perf_counter() - t0, 2)
     for name, m in base_recs.items():
         recs[name] = ("baseline", m)
@@ -431,9 +511,13 @@ def run_evaluation(interactions: Interactions, items: Sequence[ItemRecord],
     timings["total_seconds"] = round(time.perf_counter() - started, 2)
     return {
         "protocol": {
-            "split": split.describe(), "ks": list(ks), "main_k": main_k,
-            "evaluated_users": len(us.users), "test_items": int(len(us.truth.items)),
-            "catalog_items": len(us.item_ids), "max_users": options.max_users,
+            "split": split.describe(),
+            "ks": list(ks),
+            "main_k": main_k,
+            "evaluated_users": len(us.users),
+            "test_items": int(len(us.truth.items)),
+            "catalog_items": len(us.item_ids),
+            "max_users": options.max_users,
             "seed": options.seed,
             "relevance": "binary: every interaction counts (ratings as implicit feedback)",
             "exclude": "every training item of the user",
@@ -448,54 +532,79 @@ def run_evaluation(interactions: Interactions, items: Sequence[ItemRecord],
     }
 
 
-def _evaluate_engine(split: Split, items: Sequence[ItemRecord], config: Config, us: UserSet,
-                     ks: tuple[int, ...], options: EvalOptions, timings: dict[str, float]
-                     ) -> tuple[Recs, dict[str, dict[str, Any]], dict[str, Any]]:
+def _evaluate_engine(
+    split: Split,
+    items: Sequence[ItemRecord],
+    config: Config,
+    us: UserSet,
+    ks: tuple[int, ...],
+    options: EvalOptions,
+    timings: dict[str, float],
+) -> tuple[Recs, dict[str, dict[str, Any]], dict[str, Any]]:
     """Build and serve the channels; every channel's and variant's top ``max(ks)``."""
     kmax = ks[-1]
     plans = variant_plans(config)
     depth = max(kmax, *(k for p in plans.values() for k in p.channel_k.values()))
     recs: Recs = {}
     systems: dict[str, dict[str, Any]] = {}
-    with serve_channels(split.train, items, config, ks, workdir=options.workdir,
-                        seed=options.seed) as served:
+    with serve_channels(
+        split.train, items, config, ks, workdir=options.workdir, seed=options.seed
+    ) as served:
         timings["build_seconds"] = round(served.build_seconds, 2)
         timings["load_seconds"] = round(served.load_seconds, 2)
-        options.progress("built: " + ", ".join(
-            f"{b.channel} ({b.seconds:.0f} s)" if b.version else f"{b.channel} skipped"
-            for b in served.built))
+        options.progress(
+            "built: "
+            + ", ".join(
+                f"{b.channel} ({b.seconds:.0f} s)" if b.version else f"{b.channel} skipped"
+                for b in served.built
+            )
+        )
         queries = make_queries(split.train, us, served.config.server.max_history)
         t0 = time.perf_counter()
         per_channel, statuses = channel_lists(served, queries, depth)
         timings["channel_query_seconds"] = round(time.perf_counter() - t0, 2)
-        options.progress(f"queried {len(served.loaded)} channels in "
-                         f"{timings['channel_query_seconds']} s")
+        options.progress(
+            f"queried {len(served.loaded)} channels in {timings['channel_query_seconds']} s"
+        )
         for name, lists in per_channel.items():
-            recs[name] = ("channel", ids_to_matrix([lst.item_ids for lst in lists],
-                                                   us.index, kmax))
+            recs[name] = ("channel", ids_to_matrix([lst.item_ids for lst in lists], us.index, kmax))
             systems[name] = {"kind": "channel", "statuses": statuses[name]}
         t0 = time.perf_counter()
         priority = tuple(served.config.channels)
-        fused = {name: [fuse_plan(plan, per_channel, n, kmax, priority)
-                        for n in range(len(queries))] for name, plan in plans.items()}
+        fused = {
+            name: [fuse_plan(plan, per_channel, n, kmax, priority) for n in range(len(queries))]
+            for name, plan in plans.items()
+        }
         for name, plan in plans.items():
             recs[f"fused:{name}"] = ("variant", ids_to_matrix(fused[name], us.index, kmax))
             systems[f"fused:{name}"] = {"kind": "variant", "plan": _plan_json(plan)}
         timings["fusion_seconds"] = round(time.perf_counter() - t0, 2)
-        parity = parity_check(served, plans, queries, fused, kmax, options.parity_users,
-                              options.seed)
-    built = [{"channel": b.channel, "version": b.version, "seconds": round(b.seconds, 2),
-              "items": b.item_count, "skipped": b.skipped} for b in served.built]
-    return recs, systems, {"built": built, "loaded": list(served.loaded),
-                           "engine_parity": parity}
+        parity = parity_check(
+            served, plans, queries, fused, kmax, options.parity_users, options.seed
+        )
+    built = [
+        {
+            "channel": b.channel,
+            "version": b.version,
+            "seconds": round(b.seconds, 2),
+            "items": b.item_count,
+            "skipped": b.skipped,
+        }
+        for b in served.built
+    ]
+    return recs, systems, {"built": built, "loaded": list(served.loaded), "engine_parity": parity}
 
 
-def _score(recs: Recs, systems: dict[str, dict[str, Any]], split: Split, us: UserSet,
-           ks: Sequence[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _score(
+    recs: Recs, systems: dict[str, dict[str, Any]], split: Split, us: UserSet, ks: Sequence[int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every metric of every system, overall and per slice."""
     train_u = np.unique(split.train.user_ids, return_inverse=True)[1]
-    train_i = np.fromiter((us.index.get(i, -1) for i in split.train.item_ids.tolist()),
-                          dtype=np.int64, count=len(split.train))
+    train_i = np.fromiter(
+        (us.index.get(i, -1) for i in split.train.item_ids.tolist()),
+        dtype=np.int64,
+        count=len(split.train),
+    )
     known = train_i >= 0
     selfinfo = novelty_table(train_u[known], train_i[known], len(us.item_ids))
     n_catalog = len(us.item_ids)
@@ -503,25 +612,36 @@ def _score(recs: Recs, systems: dict[str, dict[str, Any]], split: Split, us: Use
     overall: dict[str, Any] = {}
     by_slice: dict[str, Any] = {
         s: {"users": len(rows), "test_items": int(len(truth.items)), "systems": {}}
-        for s, (rows, truth) in slices.items()}
+        for s, (rows, truth) in slices.items()
+    }
     for name, (kind, m) in recs.items():
-        overall[name] = {**systems[name], "metrics": _metrics_json(
-            evaluate(m, us.truth, ks, n_catalog, selfinfo))}
+        overall[name] = {
+            **systems[name],
+            "metrics": _metrics_json(evaluate(m, us.truth, ks, n_catalog, selfinfo)),
+        }
         for s, (rows, truth) in slices.items():
             if len(rows):
-                by_slice[s]["systems"][name] = {"kind": kind, "metrics": _metrics_json(
-                    evaluate(m[rows], truth, ks, n_catalog, selfinfo))}
+                by_slice[s]["systems"][name] = {
+                    "kind": kind,
+                    "metrics": _metrics_json(evaluate(m[rows], truth, ks, n_catalog, selfinfo)),
+                }
     return overall, by_slice
 
 
 def _metrics_json(m: Mapping[int, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
-    return {str(k): {name: (None if np.isnan(v) else round(float(v), 6))
-                     for name, v in row.items()} for k, row in m.items()}
+    return {
+        str(k): {name: (None if np.isnan(v) else round(float(v), 6)) for name, v in row.items()}
+        for k, row in m.items()
+    }
 
 
 def _plan_json(plan: Plan) -> dict[str, Any]:
-    return {"fusion": plan.fusion, "weights": dict(plan.weights),
-            "channel_k": dict(plan.channel_k), "fusion_params": dict(plan.fusion_params)}
+    return {
+        "fusion": plan.fusion,
+        "weights": dict(plan.weights),
+        "channel_k": dict(plan.channel_k),
+        "fusion_params": dict(plan.fusion_params),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -529,9 +649,15 @@ def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh
-                        if ln.startswith("model name")), cpu)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
     except OSError:
         pass
-    return {"cpu": cpu, "cpus_usable": bl._cpus(), "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cpus_usable": bl._cpus(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }

@@ -60,10 +60,14 @@ class Split:
 
     def describe(self) -> dict[str, Any]:
         """Sizes and parameters, JSON-ready."""
-        return {"kind": self.kind, **self.params,
-                "train_rows": len(self.train), "test_rows": len(self.test),
-                "train_users": int(len(self.train.users())),
-                "test_users": int(len(self.test.users()))}
+        return {
+            "kind": self.kind,
+            **self.params,
+            "train_rows": len(self.train),
+            "test_rows": len(self.test),
+            "train_users": int(len(self.train.users())),
+            "test_users": int(len(self.test.users())),
+        }
 
 
 def temporal_split(data: Interactions, fraction: float = DEFAULT_TEST_FRACTION) -> Split:
@@ -78,19 +82,23 @@ def temporal_split(data: Interactions, fraction: float = DEFAULT_TEST_FRACTION) 
         order = np.lexsort((data.timestamps, codes))
         n = counts[codes[order]]
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        from_end = n - (np.arange(len(order)) - starts[codes[order]])   # 1 = newest
+        from_end = n - (np.arange(len(order)) - starts[codes[order]])  # 1 = newest
         n_test = np.clip(np.rint(fraction * n).astype(np.int64), 1, n - 1)
         is_test[order] = (n >= 2) & (from_end <= n_test)
-    return Split(data.subset(~is_test), data.subset(is_test), "temporal",
-                 {"test_fraction": fraction})
+    return Split(
+        data.subset(~is_test), data.subset(is_test), "temporal", {"test_fraction": fraction}
+    )
 
 
-def time_split(data: Interactions, cut_time: int | None = None,
-               quantile: float = DEFAULT_QUANTILE) -> Split:
+def time_split(
+    data: Interactions, cut_time: int | None = None, quantile: float = DEFAULT_QUANTILE
+) -> Split:
     """Rows before ``cut_time`` (default: the ``quantile`` of all timestamps) are train."""
     if not data.has_timestamps:
-        raise ValueError("a time split needs timestamps; this log has none "
-                         "(use the temporal split, which falls back to file order)")
+        raise ValueError(
+            "a time split needs timestamps; this log has none "
+            "(use the temporal split, which falls back to file order)"
+        )
     params: dict[str, Any] = {}
     if cut_time is None:
         if not 0 < quantile < 1:
@@ -105,9 +113,14 @@ def time_split(data: Interactions, cut_time: int | None = None,
     return Split(data.subset(~is_test), data.subset(is_test), "time", params)
 
 
-def make_split(data: Interactions, kind: SplitKind = "temporal", *,
-               test_fraction: float = DEFAULT_TEST_FRACTION, cut_time: int | None = None,
-               quantile: float = DEFAULT_QUANTILE) -> Split:
+def make_split(
+    data: Interactions,
+    kind: SplitKind = "temporal",
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    cut_time: int | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+) -> Split:
     """The split the CLI names: ``temporal`` or ``time``."""
     if kind == "temporal":
         return temporal_split(data, test_fraction)

@@ -41,8 +41,15 @@ from recall_engine.evaluation.runner import (
 from recall_engine.evaluation.split import Split
 from recall_engine.serving.fusion import RankedList, validate_params
 
-__all__ = ["PARAM_GRID", "WEIGHT_GRID", "ChannelLists", "Search", "coordinate_ascent",
-           "tune_candidates", "variant_toml"]
+__all__ = [
+    "PARAM_GRID",
+    "WEIGHT_GRID",
+    "ChannelLists",
+    "Search",
+    "coordinate_ascent",
+    "tune_candidates",
+    "variant_toml",
+]
 
 WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 DEFAULT_KEEP = ("popular",)
@@ -64,8 +71,9 @@ class ChannelLists:
     n_items: int
 
     def recall(self, plan: Plan, k: int) -> float:
-        fused = [fuse_plan(plan, self.per_channel, n, k, self.priority)
-                 for n in range(len(self.truth))]
+        fused = [
+            fuse_plan(plan, self.per_channel, n, k, self.priority) for n in range(len(self.truth))
+        ]
         recs = ids_to_matrix(fused, self.index, k)
         return evaluate(recs, self.truth, [k], self.n_items)[k]["recall"]
 
@@ -82,19 +90,28 @@ class Search:
     trace: tuple[tuple[str, float], ...]
 
 
-def with_weights(plan: Plan, weights: Mapping[str, float],
-                 params: Mapping[str, Any] | None = None) -> Plan:
-    return Plan(fusion=plan.fusion, weights=MappingProxyType(dict(weights)),
-                channel_k=plan.channel_k,
-                fusion_params=MappingProxyType(dict(plan.fusion_params if params is None
-                                                    else params)))
+def with_weights(
+    plan: Plan, weights: Mapping[str, float], params: Mapping[str, Any] | None = None
+) -> Plan:
+    return Plan(
+        fusion=plan.fusion,
+        weights=MappingProxyType(dict(weights)),
+        channel_k=plan.channel_k,
+        fusion_params=MappingProxyType(dict(plan.fusion_params if params is None else params)),
+    )
 
 
-def coordinate_ascent(cands: ChannelLists, start: Plan, k: int, *,
-                      grid: Sequence[float] = WEIGHT_GRID, rounds: int = 3,
-                      param_grid: Mapping[str, Sequence[Any]] | None = None,
-                      keep: Collection[str] = DEFAULT_KEEP,
-                      log=lambda msg: None) -> Search:
+def coordinate_ascent(
+    cands: ChannelLists,
+    start: Plan,
+    k: int,
+    *,
+    grid: Sequence[float] = WEIGHT_GRID,
+    rounds: int = 3,
+    param_grid: Mapping[str, Sequence[Any]] | None = None,
+    keep: Collection[str] = DEFAULT_KEEP,
+    log=lambda msg: None,
+) -> Search:
     """Maximise recall@k over the weights of the channels that have lists (others
     keep weight 0) and the strategy's parameter (see module doc).
 
@@ -130,7 +147,7 @@ def coordinate_ascent(cands: ChannelLists, start: Plan, k: int, *,
     for r in range(rounds):
         improved = False
         for c in channels:
-            for value in (positive if c in keep else grid):
+            for value in positive if c in keep else grid:
                 trial = {**weights, c: value}
                 if not any(v > 0 for v in trial.values()):
                     continue
@@ -149,8 +166,14 @@ def coordinate_ascent(cands: ChannelLists, start: Plan, k: int, *,
             log(f"round {r + 1}: {name} -> {params[name]}  recall@{k} {best:.4f}")
         if not improved:
             break
-    return Search(start, with_weights(start, _scaled(weights), params), start_recall, best,
-                  len(cache), tuple(trace))
+    return Search(
+        start,
+        with_weights(start, _scaled(weights), params),
+        start_recall,
+        best,
+        len(cache),
+        tuple(trace),
+    )
 
 
 def _scaled(weights: Mapping[str, float]) -> dict[str, float]:
@@ -171,8 +194,7 @@ def _value(v: Any) -> str:
 
 def plan_toml(plan: Plan, prefix: str) -> str:
     """``[prefix]`` with fusion, weights, channel_k and fusion_params tables."""
-    lines = [f"[{prefix}]", f"fusion = {_value(plan.fusion)}", "",
-             f"[{prefix}.weights]"]
+    lines = [f"[{prefix}]", f"fusion = {_value(plan.fusion)}", "", f"[{prefix}.weights]"]
     lines += [f"{c} = {_value(float(w))}" for c, w in plan.weights.items()]
     lines += ["", f"[{prefix}.channel_k]"]
     lines += [f"{c} = {int(k)}" for c, k in plan.channel_k.items()]
@@ -182,38 +204,43 @@ def plan_toml(plan: Plan, prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def variant_toml(plan: Plan, name: str = "tuned", traffic: float = 0.5,
-                 comment: str = "") -> str:
+def variant_toml(plan: Plan, name: str = "tuned", traffic: float = 0.5, comment: str = "") -> str:
     """A ``[[experiments.variants]]`` block for ``plan``, to paste into an
     ``[[experiments]]`` block."""
     head = "".join(f"# {line}\n" for line in comment.splitlines())
-    return (head + "[[experiments.variants]]\n"
-            f"name = {_value(name)}\ntraffic = {_value(traffic)}\n\n"
-            + plan_toml(plan, "experiments.variants.plan"))
+    return (
+        head + "[[experiments.variants]]\n"
+        f"name = {_value(name)}\ntraffic = {_value(traffic)}\n\n"
+        + plan_toml(plan, "experiments.variants.plan")
+    )
 
 
-def full_config(base: Config, base_text: str | None, start: Plan, tuned: Plan,
-                name: str, experiment: str) -> str:
+def full_config(
+    base: Config, base_text: str | None, start: Plan, tuned: Plan, name: str, experiment: str
+) -> str:
     """``base_text`` (or a minimal config for ``base``) plus a 50/50 experiment between
     the starting plan (``control``) and the tuned one."""
     if base_text is None:
         lines = [f"[artifacts]\nroot = {_value(str(base.artifacts_root))}\n"]
         for c, cc in base.channels.items():
-            lines.append(f"[channels.{c}]\nplugin = {_value(cc.plugin)}\n"
-                         f"enabled = {_value(cc.enabled)}\nrequired = {_value(cc.required)}\n")
+            lines.append(
+                f"[channels.{c}]\nplugin = {_value(cc.plugin)}\n"
+                f"enabled = {_value(cc.enabled)}\nrequired = {_value(cc.required)}\n"
+            )
         lines.append(plan_toml(base.plan, "plan"))
         base_text = "\n".join(lines)
-    block = (f"\n[[experiments]]\nname = {_value(experiment)}\nsalt = {_value(experiment)}\n\n"
-             + variant_toml(start, "control", 0.5) + "\n" + variant_toml(tuned, name, 0.5))
+    block = (
+        f"\n[[experiments]]\nname = {_value(experiment)}\nsalt = {_value(experiment)}\n\n"
+        + variant_toml(start, "control", 0.5)
+        + "\n"
+        + variant_toml(tuned, name, 0.5)
+    )
     return base_text.rstrip("\n") + "\n" + block
 
 
-
-
-
-
-def tune_candidates(split: Split, items, config: Config, k: int, max_users: int | None,
-                seed: int) -> ChannelLists:
+def tune_candidates(
+    split: Split, items, config: Config, k: int, max_users: int | None, seed: int
+) -> ChannelLists:
     plans = variant_plans(config)
     depth = max(k, *(c for p in plans.values() for c in p.channel_k.values()))
     item_ids = item_universe(items, split.train, split.test)
@@ -225,5 +252,3 @@ def tune_candidates(split: Split, items, config: Config, k: int, max_users: int 
         per_channel, _ = channel_lists(served, queries, depth)
         priority = tuple(served.config.channels)
     return ChannelLists(per_channel, us.truth, us.index, priority, len(item_ids))
-
-

@@ -9,27 +9,50 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-REQUESTS = Counter("recall_requests_total", "Recall requests by method and gRPC status",
-                   ["method", "status"])
-REQUEST_LATENCY = Histogram("recall_request_seconds", "Recall request latency by method and status",
-                            ["method", "status"], buckets=_LATENCY_BUCKETS)
-VARIANT_REQUESTS = Counter("recall_variant_requests_total", "Requests per experiment variant",
-                           ["experiment", "variant"])
-CHANNEL_LATENCY = Histogram("recall_channel_seconds", "Channel call latency",
-                            ["channel", "status"], buckets=_LATENCY_BUCKETS)
-CHANNEL_CANDIDATES = Histogram("recall_channel_candidates", "Candidates a channel returned",
-                               ["channel"], buckets=(0, 1, 10, 50, 100, 200, 500, 1000, 5000))
+REQUESTS = Counter(
+    "recall_requests_total", "Recall requests by method and gRPC status", ["method", "status"]
+)
+REQUEST_LATENCY = Histogram(
+    "recall_request_seconds",
+    "Recall request latency by method and status",
+    ["method", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+VARIANT_REQUESTS = Counter(
+    "recall_variant_requests_total", "Requests per experiment variant", ["experiment", "variant"]
+)
+CHANNEL_LATENCY = Histogram(
+    "recall_channel_seconds",
+    "Channel call latency",
+    ["channel", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+CHANNEL_CANDIDATES = Histogram(
+    "recall_channel_candidates",
+    "Candidates a channel returned",
+    ["channel"],
+    buckets=(0, 1, 10, 50, 100, 200, 500, 1000, 5000),
+)
 CHANNEL_ERRORS = Counter("recall_channel_errors_total", "Channel calls that raised", ["channel"])
-CHANNEL_TIMEOUTS = Counter("recall_channel_timeouts_total", "Channel calls that timed out",
-                           ["channel"])
+CHANNEL_TIMEOUTS = Counter(
+    "recall_channel_timeouts_total", "Channel calls that timed out", ["channel"]
+)
 CHANNEL_ITEMS = Gauge("recall_channel_items", "Items a loaded channel can recall", ["channel"])
-ENCODER_BATCH_SIZE = Histogram("recall_encoder_batch_size", "Texts per encoder batch", ["encoder"],
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-ENCODER_QUEUE_SECONDS = Histogram("recall_encoder_queue_seconds",
-                                  "Time an encode call waited for its batch", ["encoder"],
-                                  buckets=_LATENCY_BUCKETS)
-ENCODER_SECONDS = Histogram("recall_encoder_seconds", "Encoder batch run time", ["encoder"],
-                            buckets=_LATENCY_BUCKETS)
+ENCODER_BATCH_SIZE = Histogram(
+    "recall_encoder_batch_size",
+    "Texts per encoder batch",
+    ["encoder"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+ENCODER_QUEUE_SECONDS = Histogram(
+    "recall_encoder_queue_seconds",
+    "Time an encode call waited for its batch",
+    ["encoder"],
+    buckets=_LATENCY_BUCKETS,
+)
+ENCODER_SECONDS = Histogram(
+    "recall_encoder_seconds", "Encoder batch run time", ["encoder"], buckets=_LATENCY_BUCKETS
+)
 CONFIG_GENERATION = Gauge("recall_config_generation", "Config generation being served")
 
 

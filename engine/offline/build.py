@@ -28,9 +28,16 @@ class BuiltChannel:
     skipped: str = ""
 
 
-def build_all(interactions: Interactions, items: Sequence[ItemRecord], out: Path,
-              config: Config, *, channels: Sequence[str] | None = None, seed: int = 0,
-              progress: bool = False) -> list[BuiltChannel]:
+def build_all(
+    interactions: Interactions,
+    items: Sequence[ItemRecord],
+    out: Path,
+    config: Config,
+    *,
+    channels: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[BuiltChannel]:
     """Write ``out/catalog`` and a new current bundle under ``out/<channel>`` for every
     enabled channel (or just ``channels``; an empty list builds the catalogue alone)
     whose plugin defines ``build``."""
@@ -58,21 +65,19 @@ def build_all(interactions: Interactions, items: Sequence[ItemRecord], out: Path
         t0 = time.perf_counter()
         log.info("build_started", channel=name, plugin=cc.plugin)
         with store.new_version(name, make_current=True) as writer:
-            fields = builder(BuildContext(name, interactions, catalog, writer.path, cc.params,
-                                          seed, progress)) or {}
+            fields = (
+                builder(
+                    BuildContext(
+                        name, interactions, catalog, writer.path, cc.params, seed, progress
+                    )
+                )
+                or {}
+            )
             writer.update(**fields)
             bundle = writer.commit()
         seconds = time.perf_counter() - t0
-        log.info("build_finished", channel=name, version=bundle.version,
-                 seconds=round(seconds, 2))
-        results.append(BuiltChannel(name, bundle.version, seconds,
-                                    bundle.manifest.get("item_count")))
+        log.info("build_finished", channel=name, version=bundle.version, seconds=round(seconds, 2))
+        results.append(
+            BuiltChannel(name, bundle.version, seconds, bundle.manifest.get("item_count"))
+        )
     return results
-
-
-
-
-
-
-
-

@@ -31,13 +31,18 @@ def ensure_demo(demo_dir: Path, *, progress: bool | None = None) -> Path:
     interactions_path, items_path = write_demo(demo_dir / "data")
     interactions, _ = load_interactions(interactions_path)
     items, _ = load_items(items_path)
-    built = build_all(interactions, items, artifacts, default_config(artifacts.resolve()),
-                      progress=bool(progress))
+    built = build_all(
+        interactions, items, artifacts, default_config(artifacts.resolve()), progress=bool(progress)
+    )
     if any(b.version is None and b.skipped != "plugin has no build step" for b in built):
-        log.warning("demo_incomplete", skipped={b.channel: b.skipped for b in built
-                                                if b.version is None})
+        log.warning(
+            "demo_incomplete", skipped={b.channel: b.skipped for b in built if b.version is None}
+        )
         return artifacts
     (artifacts / COMPLETE).write_text("".join(f"{b.channel} {b.version}\n" for b in built))
-    log.info("demo_build_finished", seconds=round(time.perf_counter() - t0, 1),
-             channels={b.channel: b.version for b in built})
+    log.info(
+        "demo_build_finished",
+        seconds=round(time.perf_counter() - t0, 1),
+        channels={b.channel: b.version for b in built},
+    )
     return artifacts

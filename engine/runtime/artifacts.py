@@ -103,8 +103,9 @@ class ArtifactStore:
         self.root = Path(root)
 
     # -- writing ---------------------------------------------------------------
-    def new_version(self, channel: str, *, make_current: bool = False,
-                    version: str | None = None) -> BundleWriter:
+    def new_version(
+        self, channel: str, *, make_current: bool = False, version: str | None = None
+    ) -> BundleWriter:
         """Start a bundle for ``channel`` in a fresh staging folder. ``version`` names it
         (default: the UTC time at commit, e.g. ``20261123T101500Z``, with ``-1``, ``-2``
         … appended if taken). Use it as a context manager, or call ``commit``/``abort``."""
@@ -161,8 +162,11 @@ class ArtifactStore:
         folder = self.root / channel
         if not folder.is_dir():
             return []
-        names = [p.name for p in folder.iterdir()
-                 if p.is_dir() and _NAME.match(p.name) and p.name != CURRENT]
+        names = [
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and p.name != CURRENT
+        ]
         return sorted(names, key=_version_order)
 
     def current(self, channel: str) -> str | None:
@@ -178,8 +182,7 @@ class ArtifactStore:
             raise ArtifactError(f"{channel}/{CURRENT}: does not name a version ({version!r})")
         return version
 
-    def open(self, channel: str, version: str | None = None, *,
-             verify: str = "size") -> Bundle:
+    def open(self, channel: str, version: str | None = None, *, verify: str = "size") -> Bundle:
         """Check and return a bundle (``version=None``: the current one).
 
         Checks that the manifest exists and parses, its schema version is supported, its
@@ -193,8 +196,9 @@ class ArtifactStore:
         if version is None:
             version = self.current(channel)
             if version is None:
-                raise ArtifactError(f"{channel}/{CURRENT}: missing (no current version; "
-                                    "pass a version or set one)")
+                raise ArtifactError(
+                    f"{channel}/{CURRENT}: missing (no current version; pass a version or set one)"
+                )
         where = f"{channel}/{version}"
         folder = self.root / channel / version
         if not folder.is_dir():
@@ -211,16 +215,22 @@ class BundleWriter:
     :meth:`update`, then :meth:`commit` (or leave the ``with`` block). Leaving the block
     with an exception removes the staging folder instead."""
 
-    def __init__(self, store: ArtifactStore, channel: str, *, make_current: bool,
-                 version: str | None) -> None:
+    def __init__(
+        self, store: ArtifactStore, channel: str, *, make_current: bool, version: str | None
+    ) -> None:
         self.store = store
         self.channel = channel
         self.make_current = make_current
         self.requested_version = version
         self.path = store.root / channel / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.path.mkdir(parents=True)
-        self.fields: dict[str, Any] = {"dims": None, "metric": None, "item_count": None,
-                                       "model_hashes": {}, "build_params": {}}
+        self.fields: dict[str, Any] = {
+            "dims": None,
+            "metric": None,
+            "item_count": None,
+            "model_hashes": {},
+            "build_params": {},
+        }
         self.bundle: Bundle | None = None
 
     @property
@@ -247,9 +257,14 @@ class BundleWriter:
         files = {name: _describe(self.path / name) for name in _staged_files(self.path)}
         folder = self.store.root / self.channel
         for version in _candidate_versions(folder, self.requested_version):
-            manifest = {"schema_version": SCHEMA_VERSION, "channel": self.channel,
-                        "version": version, "created_at": _utc_iso(),
-                        "files": files, **self.fields}
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "channel": self.channel,
+                "version": version,
+                "created_at": _utc_iso(),
+                "files": files,
+                **self.fields,
+            }
             _write_json(self.path / MANIFEST, manifest)
             try:
                 # rename() onto an existing, non-empty folder fails: that claims the
@@ -265,8 +280,13 @@ class BundleWriter:
             raise ArtifactError(f"{self.channel}/{version}: no free version name left")
         _fsync_dir(folder)
         self.bundle = Bundle(folder / version, manifest)
-        log.info("artifact_committed", channel=self.channel, version=version,
-                 files=len(files), bytes=sum(f["bytes"] for f in files.values()))
+        log.info(
+            "artifact_committed",
+            channel=self.channel,
+            version=version,
+            files=len(files),
+            bytes=sum(f["bytes"] for f in files.values()),
+        )
         if self.make_current if make_current is None else make_current:
             self.store.set_current(self.channel, version)
         return self.bundle
@@ -279,8 +299,12 @@ class BundleWriter:
     def __enter__(self) -> BundleWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is not None:
             self.abort()
         elif self.bundle is None:
@@ -290,8 +314,10 @@ class BundleWriter:
 # -- helpers ---------------------------------------------------------------------------
 def _check_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name) or name == CURRENT:
-        raise ValueError(f"bad {what} name {name!r}: use letters, digits, '.', '_' and '-', "
-                         f"not starting with '.' or '-', and not {CURRENT!r}")
+        raise ValueError(
+            f"bad {what} name {name!r}: use letters, digits, '.', '_' and '-', "
+            f"not starting with '.' or '-', and not {CURRENT!r}"
+        )
 
 
 def _version_order(name: str) -> tuple[int, str, int]:
@@ -366,23 +392,28 @@ def _read_manifest(path: Path, where: str) -> dict[str, Any]:
 def _check_manifest(manifest: dict[str, Any], channel: str, version: str, where: str) -> None:
     schema = manifest.get("schema_version")
     if schema not in SUPPORTED_SCHEMAS:
-        raise ArtifactError(f"{where}: schema_version {schema!r} not supported "
-                            f"(this build reads {sorted(SUPPORTED_SCHEMAS)})")
+        raise ArtifactError(
+            f"{where}: schema_version {schema!r} not supported "
+            f"(this build reads {sorted(SUPPORTED_SCHEMAS)})"
+        )
     if manifest.get("channel") != channel:
-        raise ArtifactError(f"{where}: channel {manifest.get('channel')!r} in manifest, "
-                            f"expected {channel!r}")
+        raise ArtifactError(
+            f"{where}: channel {manifest.get('channel')!r} in manifest, expected {channel!r}"
+        )
     if manifest.get("version") != version:
-        raise ArtifactError(f"{where}: version {manifest.get('version')!r} in manifest, "
-                            f"expected {version!r}")
+        raise ArtifactError(
+            f"{where}: version {manifest.get('version')!r} in manifest, expected {version!r}"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict):
-        raise ArtifactError(f"{where}: 'files' must be an object of name -> "
-                            "{sha256, bytes}")
+        raise ArtifactError(f"{where}: 'files' must be an object of name -> {{sha256, bytes}}")
     for name, entry in files.items():
-        bad_name = (not name or name.startswith("/") or ".." in Path(name).parts
-                    or name == MANIFEST)
-        bad_entry = (not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int)
-                     or not isinstance(entry.get("sha256"), str))
+        bad_name = not name or name.startswith("/") or ".." in Path(name).parts or name == MANIFEST
+        bad_entry = (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("bytes"), int)
+            or not isinstance(entry.get("sha256"), str)
+        )
         if bad_name or bad_entry:
             raise ArtifactError(f"{where}: bad file entry {name!r}: {entry!r}")
 
@@ -402,5 +433,6 @@ def _check_file(path: Path, entry: Mapping[str, Any], where: str, verify: str) -
     if verify == "sha256":
         digest = _sha256(path)
         if digest != entry["sha256"]:
-            raise ArtifactError(f"{where}: sha256 mismatch (file {digest[:12]}…, "
-                                f"manifest {entry['sha256'][:12]}…)")
+            raise ArtifactError(
+                f"{where}: sha256 mismatch (file {digest[:12]}…, manifest {entry['sha256'][:12]}…)"
+            )

@@ -47,13 +47,18 @@ def _record(obj: dict, where: str) -> ItemRecord:
     cats = obj.get("categories") or ()
     if isinstance(cats, str):
         cats = [c for c in cats.split("|") if c]
-    return ItemRecord(item_id, str(obj.get("title", "")), str(obj.get("text", "")),
-                      tuple(str(c) for c in cats))
+    return ItemRecord(
+        item_id, str(obj.get("title", "")), str(obj.get("text", "")), tuple(str(c) for c in cats)
+    )
 
 
 def _to_json(item: ItemRecord) -> dict:
-    return {"item_id": item.item_id, "title": item.title, "text": item.text,
-            "categories": list(item.categories)}
+    return {
+        "item_id": item.item_id,
+        "title": item.title,
+        "text": item.text,
+        "categories": list(item.categories),
+    }
 
 
 class Catalog:
@@ -113,8 +118,10 @@ class Catalog:
                 return list(map(items.__contains__, item_ids))
             return [i in items and i not in exclude for i in item_ids]
         get = items.get
-        return [(it := get(i)) is not None and i not in exclude
-                and not cats.isdisjoint(it.categories) for i in item_ids]
+        return [
+            (it := get(i)) is not None and i not in exclude and not cats.isdisjoint(it.categories)
+            for i in item_ids
+        ]
 
     # -- writing ---------------------------------------------------------------
     def upsert(self, items: Sequence[ItemRecord], *, log: bool = True) -> int:
@@ -185,11 +192,11 @@ class Catalog:
             it = _record(obj, f"{path}:{lineno}")
             items[it.item_id] = it
         catalog = cls(folder=folder)
-        for op, what in catalog.read_new_updates():   # the whole update log, in order
+        for op, what in catalog.read_new_updates():  # the whole update log, in order
             if op == "delete":
-                items.pop(what, None)   # type: ignore[arg-type]
+                items.pop(what, None)  # type: ignore[arg-type]
             else:
-                items[what.item_id] = what   # type: ignore[union-attr]
+                items[what.item_id] = what  # type: ignore[union-attr]
         catalog._items = items
         return catalog
 

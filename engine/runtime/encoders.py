@@ -51,12 +51,20 @@ _GRAPH_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
-              "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
-              "tensor(bool)": "bool", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+}
 
 
 # --------------------------------------------------------------------------- sessions
+
 
 @functools.cache
 def cuda_device_count() -> int:
@@ -81,9 +89,14 @@ def resolve_device(device: Device) -> Literal["cpu", "cuda"]:
     return device
 
 
-def create_session(model_path: str | os.PathLike[str], *, device: Device = "auto",
-                   intra_op_threads: int = 0, graph_optimization: GraphOptimization = "all",
-                   tensorrt: bool | None = None) -> ort.InferenceSession:
+def create_session(
+    model_path: str | os.PathLike[str],
+    *,
+    device: Device = "auto",
+    intra_op_threads: int = 0,
+    graph_optimization: GraphOptimization = "all",
+    tensorrt: bool | None = None,
+) -> ort.InferenceSession:
     """Open an ONNX Runtime session with providers chosen for ``device`` and log them.
 
     ``intra_op_threads=0`` lets ONNX Runtime use one thread per physical core. Raises
@@ -91,8 +104,9 @@ def create_session(model_path: str | os.PathLike[str], *, device: Device = "auto
     with ``"auto"`` a failed CUDA provider falls back to the CPU (logged).
     """
     if graph_optimization not in _GRAPH_LEVELS:
-        raise ValueError(f"graph_optimization must be one of {sorted(_GRAPH_LEVELS)}, "
-                         f"not {graph_optimization!r}")
+        raise ValueError(
+            f"graph_optimization must be one of {sorted(_GRAPH_LEVELS)}, not {graph_optimization!r}"
+        )
     target = resolve_device(device)
     options = ort.SessionOptions()
     options.graph_optimization_level = _GRAPH_LEVELS[graph_optimization]
@@ -102,23 +116,37 @@ def create_session(model_path: str | os.PathLike[str], *, device: Device = "auto
     if target == "cuda":
         providers.insert(0, "CUDAExecutionProvider")
         if _tensorrt_wanted(tensorrt):
-            providers.insert(0, ("TensorrtExecutionProvider", {
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": os.environ.get(
-                    "RECALL_ENGINE_TRT_CACHE", os.path.join(tempfile.gettempdir(), "recall_trt")),
-            }))
-    session = ort.InferenceSession(os.fspath(model_path), sess_options=options,
-                                   providers=providers)
+            providers.insert(
+                0,
+                (
+                    "TensorrtExecutionProvider",
+                    {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": os.environ.get(
+                            "RECALL_ENGINE_TRT_CACHE",
+                            os.path.join(tempfile.gettempdir(), "recall_trt"),
+                        ),
+                    },
+                ),
+            )
+    session = ort.InferenceSession(os.fspath(model_path), sess_options=options, providers=providers)
     chosen = session.get_providers()
     if target == "cuda" and "CUDAExecutionProvider" not in chosen:
         if device == "cuda":
-            raise RuntimeError(f"device='cuda' but ONNX Runtime could not create the CUDA "
-                               f"provider for {model_path} (got {chosen}); check the CUDA "
-                               "and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'")
+            raise RuntimeError(
+                f"device='cuda' but ONNX Runtime could not create the CUDA "
+                f"provider for {model_path} (got {chosen}); check the CUDA "
+                "and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
+            )
         log.warning("onnx_cuda_fallback", model=os.fspath(model_path), providers=chosen)
-    log.info("onnx_session_created", model=os.fspath(model_path), providers=chosen,
-             device=session_device(session), graph_optimization=graph_optimization,
-             intra_op_threads=intra_op_threads)
+    log.info(
+        "onnx_session_created",
+        model=os.fspath(model_path),
+        providers=chosen,
+        device=session_device(session),
+        graph_optimization=graph_optimization,
+        intra_op_threads=intra_op_threads,
+    )
     return session
 
 
@@ -135,8 +163,10 @@ def _tensorrt_wanted(tensorrt: bool | None) -> bool:
 
 # --------------------------------------------------------------------------- models
 
-def choose_file(manifest: ModelManifest, precision: Precision, device: str, *,
-                prefer_optimized: bool = False) -> tuple[str, str]:
+
+def choose_file(
+    manifest: ModelManifest, precision: Precision, device: str, *, prefer_optimized: bool = False
+) -> tuple[str, str]:
     """``(file, precision)`` to serve: ``auto`` is fp16 on GPU (when exported) else fp32;
     fp32 uses the fused ``optimized`` graph only with ``prefer_optimized``.
 
@@ -153,8 +183,10 @@ def choose_file(manifest: ModelManifest, precision: Precision, device: str, *,
     if precision not in ("int8", "fp16"):
         raise ValueError(f"precision must be 'auto', 'fp32', 'int8' or 'fp16', not {precision!r}")
     if precision not in manifest.variants:
-        raise ManifestError(f"no {precision} variant in this export (has: "
-                            f"{sorted(manifest.variants) or 'none'}); re-export with --{precision}")
+        raise ManifestError(
+            f"no {precision} variant in this export (has: "
+            f"{sorted(manifest.variants) or 'none'}); re-export with --{precision}"
+        )
     return manifest.variants[precision].file, precision
 
 
@@ -164,31 +196,50 @@ class OnnxModel:
     ``run`` is thread-safe (ONNX Runtime sessions are); open once, share everywhere.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, precision: Precision = "auto",
-                 device: Device = "auto", intra_op_threads: int = 0,
-                 graph_optimization: GraphOptimization = "all", prefer_optimized: bool = False,
-                 verify_hash: bool = True) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        precision: Precision = "auto",
+        device: Device = "auto",
+        intra_op_threads: int = 0,
+        graph_optimization: GraphOptimization = "all",
+        prefer_optimized: bool = False,
+        verify_hash: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         self.manifest = ModelManifest.read(self.folder)
         target = resolve_device(device)
-        file, self.precision = choose_file(self.manifest, precision, target,
-                                           prefer_optimized=prefer_optimized)
+        file, self.precision = choose_file(
+            self.manifest, precision, target, prefer_optimized=prefer_optimized
+        )
         self.path = self.folder / file
         if verify_hash:
             self._verify(file)
-        self.session = create_session(self.path, device=device,
-                                      intra_op_threads=intra_op_threads,
-                                      graph_optimization=graph_optimization)
+        self.session = create_session(
+            self.path,
+            device=device,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+        )
         self.device = session_device(self.session)
-        if self.device == "cpu" and target == "cuda" and precision == "auto" \
-                and self.precision == "fp16":
+        if (
+            self.device == "cpu"
+            and target == "cuda"
+            and precision == "auto"
+            and self.precision == "fp16"
+        ):
             # CUDA was expected but did not come up: fp16 on the CPU is slow; serve fp32.
-            file, self.precision = choose_file(self.manifest, "fp32", "cpu",
-                                               prefer_optimized=prefer_optimized)
+            file, self.precision = choose_file(
+                self.manifest, "fp32", "cpu", prefer_optimized=prefer_optimized
+            )
             self.path = self.folder / file
-            self.session = create_session(self.path, device="cpu",
-                                          intra_op_threads=intra_op_threads,
-                                          graph_optimization=graph_optimization)
+            self.session = create_session(
+                self.path,
+                device="cpu",
+                intra_op_threads=intra_op_threads,
+                graph_optimization=graph_optimization,
+            )
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self._dtypes = {spec.name: np.dtype(spec.dtype) for spec in self.manifest.inputs}
@@ -196,33 +247,42 @@ class OnnxModel:
         self._io_binding = self.device == "cuda"
 
     def _verify(self, file: str) -> None:
-        want = (self.manifest.model_sha256 if file == self.manifest.file else
-                next(v.sha256 for v in self.manifest.variants.values() if v.file == file))
+        want = (
+            self.manifest.model_sha256
+            if file == self.manifest.file
+            else next(v.sha256 for v in self.manifest.variants.values() if v.file == file)
+        )
         if sha256_file(self.path) != want:
-            raise ManifestError(f"{self.path}: sha256 differs from the manifest; the file "
-                                "was replaced after export (re-export, or copy both)")
+            raise ManifestError(
+                f"{self.path}: sha256 differs from the manifest; the file "
+                "was replaced after export (re-export, or copy both)"
+            )
 
     def _validate(self) -> None:
         declared = {spec.name: spec for spec in self.manifest.inputs}
         actual = {i.name: i for i in self.session.get_inputs()}
         if set(declared) != set(actual):
-            raise ManifestError(f"{self.path}: manifest inputs {sorted(declared)} != graph "
-                                f"inputs {sorted(actual)}")
+            raise ManifestError(
+                f"{self.path}: manifest inputs {sorted(declared)} != graph inputs {sorted(actual)}"
+            )
         for name, spec in declared.items():
             got = _ORT_TYPES.get(actual[name].type, actual[name].type)
             if got != spec.dtype or len(actual[name].shape) != len(spec.shape):
                 raise ManifestError(
                     f"{self.path}: input {name!r} is {got}{list(actual[name].shape)} in the "
-                    f"graph but {spec.dtype}{list(spec.shape)} in the manifest")
+                    f"graph but {spec.dtype}{list(spec.shape)} in the manifest"
+                )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """Run on named inputs (cast to the manifest's dtypes); return the first output."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
-            raise ValueError(f"missing model inputs {missing}; this model takes "
-                             f"{list(self.input_names)}")
-        arrays = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n])
-                  for n in self.input_names}
+            raise ValueError(
+                f"missing model inputs {missing}; this model takes {list(self.input_names)}"
+            )
+        arrays = {
+            n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.input_names
+        }
         if self._io_binding:
             try:
                 return self._run_bound(arrays)
@@ -251,20 +311,32 @@ class TextEncoder:
     text does not pad a whole batch of short ones.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, precision: Precision = "auto",
-                 device: Device = "auto", max_batch: int = 32, intra_op_threads: int = 0,
-                 graph_optimization: GraphOptimization = "all",
-                 prefer_optimized: bool = False) -> None:
-        self.model = OnnxModel(folder, precision=precision, device=device,
-                               intra_op_threads=intra_op_threads,
-                               graph_optimization=graph_optimization,
-                               prefer_optimized=prefer_optimized)
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        precision: Precision = "auto",
+        device: Device = "auto",
+        max_batch: int = 32,
+        intra_op_threads: int = 0,
+        graph_optimization: GraphOptimization = "all",
+        prefer_optimized: bool = False,
+    ) -> None:
+        self.model = OnnxModel(
+            folder,
+            precision=precision,
+            device=device,
+            intra_op_threads=intra_op_threads,
+            graph_optimization=graph_optimization,
+            prefer_optimized=prefer_optimized,
+        )
         manifest = self.model.manifest
         if manifest.kind != "sentence-encoder" or manifest.tokenizer is None:
             raise ManifestError(f"{folder}: a {manifest.kind!r} model is not a text encoder")
         assert manifest.dims is not None and manifest.max_length is not None
-        self.tokenizer = TextTokenizer.from_file(self.model.folder / manifest.tokenizer,
-                                                 manifest.max_length)
+        self.tokenizer = TextTokenizer.from_file(
+            self.model.folder / manifest.tokenizer, manifest.max_length
+        )
         self.dim = manifest.dims
         self.max_batch = max(1, int(max_batch))
 
@@ -275,13 +347,14 @@ class TextEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.max_batch):
-            rows = order[start:start + self.max_batch]
+            rows = order[start : start + self.max_batch]
             ids, mask = self.tokenizer.encode([texts[i] for i in rows])
             out[rows] = self.model.run({"input_ids": ids, "attention_mask": mask})
         return out
 
-    def warmup(self, batch_sizes: Sequence[int] = (1, 8, 32),
-               lengths: Sequence[int] = (16, 64)) -> None:
+    def warmup(
+        self, batch_sizes: Sequence[int] = (1, 8, 32), lengths: Sequence[int] = (16, 64)
+    ) -> None:
         """Run each batch size at each token length once, so the first requests do not
         pay for ONNX Runtime's lazy allocations (and, on GPU, kernel selection)."""
         for length in lengths:
@@ -289,8 +362,12 @@ class TextEncoder:
             text = " ".join(["recall"] * words)
             for batch in batch_sizes:
                 self.encode([text] * batch)
-        log.info("encoder_warmed_up", model=str(self.model.path), batch_sizes=list(batch_sizes),
-                 lengths=list(lengths))
+        log.info(
+            "encoder_warmed_up",
+            model=str(self.model.path),
+            batch_sizes=list(batch_sizes),
+            lengths=list(lengths),
+        )
 
 
 # --------------------------------------------------------------------------- batching
@@ -315,8 +392,14 @@ class MicroBatcher(Generic[T]):
     the batcher goes on with the next batch. Metrics are labelled ``encoder=name``.
     """
 
-    def __init__(self, fn: Callable[[list[T]], Any], *, max_batch: int = 32,
-                 max_delay_ms: float = 2.0, name: str = "encoder") -> None:
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Any],
+        *,
+        max_batch: int = 32,
+        max_delay_ms: float = 2.0,
+        name: str = "encoder",
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._fn = fn
@@ -329,8 +412,7 @@ class MicroBatcher(Generic[T]):
         self._batch_size = ENCODER_BATCH_SIZE.labels(name)
         self._queue_seconds = ENCODER_QUEUE_SECONDS.labels(name)
         self._seconds = ENCODER_SECONDS.labels(name)
-        self._thread = threading.Thread(target=self._loop, name=f"microbatch-{name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"microbatch-{name}", daemon=True)
         self._thread.start()
 
     def submit(self, item: T, timeout: float | None = None) -> Any:
@@ -377,7 +459,7 @@ class MicroBatcher(Generic[T]):
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             return batch
 
     def _loop(self) -> None:
@@ -393,8 +475,9 @@ class MicroBatcher(Generic[T]):
         try:
             results = self._fn([p.item for p in batch])
             if len(results) != len(batch):
-                raise RuntimeError(f"{self.name}: fn returned {len(results)} results for "
-                                   f"{len(batch)} items")
+                raise RuntimeError(
+                    f"{self.name}: fn returned {len(results)} results for {len(batch)} items"
+                )
         except BaseException as exc:  # noqa: BLE001 - delivered to every caller
             for pending in batch:
                 pending.future.set_exception(exc)

@@ -108,10 +108,18 @@ class VectorIndex:
     ``threads``: cores usearch may use inside one batch add/search (0: all).
     """
 
-    def __init__(self, dim: int, *, metric: str = "cos", dtype: str = "f32",
-                 connectivity: int = 16, expansion_add: int = 128,
-                 expansion_search: int = 256, exact_below: int = 20_000,
-                 threads: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        metric: str = "cos",
+        dtype: str = "f32",
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 256,
+        exact_below: int = 20_000,
+        threads: int = 0,
+    ) -> None:
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if metric not in METRICS:
@@ -119,10 +127,15 @@ class VectorIndex:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if dtype == "i8" and metric != "cos":
-            raise ValueError("dtype 'i8' needs metric 'cos' (usearch clips i8 components to "
-                             "[-1, 1]); normalise the vectors and use 'cos', or use 'f16'")
-        for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                            ("expansion_search", expansion_search)):
+            raise ValueError(
+                "dtype 'i8' needs metric 'cos' (usearch clips i8 components to "
+                "[-1, 1]); normalise the vectors and use 'cos', or use 'f16'"
+            )
+        for name, value in (
+            ("connectivity", connectivity),
+            ("expansion_add", expansion_add),
+            ("expansion_search", expansion_search),
+        ):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if exact_below < 0 or threads < 0:
@@ -134,8 +147,14 @@ class VectorIndex:
         self.expansion_add = expansion_add
         self.exact_below = exact_below
         self.threads = threads
-        self._index = Index(ndim=dim, metric=metric, dtype=dtype, connectivity=connectivity,
-                            expansion_add=expansion_add, expansion_search=expansion_search)
+        self._index = Index(
+            ndim=dim,
+            metric=metric,
+            dtype=dtype,
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
         self._score = SCORES[metric]
         self._ids = np.empty(0, dtype=object)  # key -> item id, None where deleted
         self._keys: dict[str, int] = {}  # item id -> key
@@ -151,8 +170,10 @@ class VectorIndex:
         return item_id in self._keys
 
     def __repr__(self) -> str:
-        return (f"VectorIndex(dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r}, "
-                f"items={len(self)}{', view' if self._read_only else ''})")
+        return (
+            f"VectorIndex(dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r}, "
+            f"items={len(self)}{', view' if self._read_only else ''})"
+        )
 
     @property
     def read_only(self) -> bool:
@@ -204,8 +225,10 @@ class VectorIndex:
         found = [(p, r) for p, r in zip(positions, rows, strict=True) if r is not None]
         if not found:
             return np.zeros((0, self.dim), dtype=np.float32), []
-        return (np.stack([r for _, r in found]).astype(np.float32, copy=False),
-                [p for p, _ in found])
+        return (
+            np.stack([r for _, r in found]).astype(np.float32, copy=False),
+            [p for p, _ in found],
+        )
 
     def vector(self, item_id: str) -> np.ndarray:
         """The stored vector of ``item_id`` as float32: f16/i8 come back dequantised,
@@ -241,7 +264,7 @@ class VectorIndex:
             for offset, item_id in enumerate(new):
                 self._keys[item_id] = first + offset
             self._next_key = first + len(new)
-            self._ids[first:self._next_key] = new
+            self._ids[first : self._next_key] = new
             if old:
                 self._index.remove(np.asarray(old, dtype=np.uint64))
             keys = np.fromiter((self._keys[i] for i in ids), dtype=np.uint64, count=len(ids))
@@ -263,9 +286,16 @@ class VectorIndex:
         return len(keys)
 
     # -- searching -------------------------------------------------------------
-    def search(self, vectors: np.ndarray, k: int, *, keep: Keep | None = None,
-               exclude: Collection[str] = (), headroom: float = 1.0,
-               max_fetch: int | None = None) -> list[Hits]:
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        keep: Keep | None = None,
+        exclude: Collection[str] = (),
+        headroom: float = 1.0,
+        max_fetch: int | None = None,
+    ) -> list[Hits]:
         """The ``k`` nearest items of each query, as a list with one ``(ids, scores)``
         tuple per query row. ``vectors`` is [B, dim], or [dim] for one query (the list then
         has one tuple: ``ids, scores = index.search(v, k)[0]``).
@@ -299,9 +329,15 @@ class VectorIndex:
             return [([], np.zeros(0, dtype=np.float32)) for _ in range(len(queries))]
         return self._search(queries, k, keep, exclude, headroom, max_fetch)
 
-    def _search(self, queries: np.ndarray, k: int, keep: Keep | None,
-                exclude: Collection[str], headroom: float, max_fetch: int | None
-                ) -> list[Hits]:
+    def _search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        keep: Keep | None,
+        exclude: Collection[str],
+        headroom: float,
+        max_fetch: int | None,
+    ) -> list[Hits]:
         results: list[Hits | None] = [None] * len(queries)
         pending = np.arange(len(queries))
         banned = self._banned_keys(exclude)
@@ -319,15 +355,21 @@ class VectorIndex:
                 fetch = min(fetch, size)
                 # A graph search with ef = fetch computes about fetch x 2*connectivity
                 # distances (the level-0 degree); past the catalogue size, scan instead.
-                exact = (size < self.exact_below or fetch >= size
-                         or fetch * 2 * self.connectivity >= size)
+                exact = (
+                    size < self.exact_below
+                    or fetch >= size
+                    or fetch * 2 * self.connectivity >= size
+                )
                 rows = queries[pending]
-                found = self._index.search(rows, fetch, exact=exact,
-                                           threads=1 if len(rows) == 1 else self.threads)
+                found = self._index.search(
+                    rows, fetch, exact=exact, threads=1 if len(rows) == 1 else self.threads
+                )
                 # Map keys to ids before letting go of the lock: delete() clears
                 # entries of self._ids in place.
-                answers = [(keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])
-                           for keys, distances, n in zip(*_columns(found), strict=True)]
+                answers = [
+                    (keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])
+                    for keys, distances, n in zip(*_columns(found), strict=True)
+                ]
             complete = fetch >= size or (limit is not None and fetch >= limit)
             still, fewest = [], k
             for row, (keys, ids, distances) in zip(pending, answers, strict=True):
@@ -348,11 +390,17 @@ class VectorIndex:
         if not exclude:
             return None
         get = self._keys.get
-        return np.fromiter((key for key in map(get, exclude) if key is not None),
-                           dtype=np.uint64)
+        return np.fromiter((key for key in map(get, exclude) if key is not None), dtype=np.uint64)
 
-    def _filter(self, keys: np.ndarray, ids: np.ndarray, distances: np.ndarray,
-                banned: np.ndarray | None, keep: Keep | None, k: int) -> Hits:
+    def _filter(
+        self,
+        keys: np.ndarray,
+        ids: np.ndarray,
+        distances: np.ndarray,
+        banned: np.ndarray | None,
+        keep: Keep | None,
+        k: int,
+    ) -> Hits:
         if banned is not None and len(banned):
             allowed = ~np.isin(keys, banned)
             ids, distances = ids[allowed], distances[allowed]
@@ -373,24 +421,37 @@ class VectorIndex:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             _replace(folder / INDEX_FILE, lambda tmp: self._index.save(os.fspath(tmp)))
-            ids = self._ids[:self._next_key].tolist()
-            _replace(folder / IDS_FILE, lambda tmp: tmp.write_text(
-                json.dumps({"ids": ids}, separators=(",", ":")), encoding="utf-8"))
+            ids = self._ids[: self._next_key].tolist()
+            _replace(
+                folder / IDS_FILE,
+                lambda tmp: tmp.write_text(
+                    json.dumps({"ids": ids}, separators=(",", ":")), encoding="utf-8"
+                ),
+            )
             meta = self._meta()
-            _replace(folder / META_FILE, lambda tmp: tmp.write_text(
-                json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+            _replace(
+                folder / META_FILE,
+                lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
+            )
 
     def _meta(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
-                "dtype": self.dtype, "connectivity": self.connectivity,
-                "expansion_add": self.expansion_add,
-                "expansion_search": self._index.expansion_search,
-                "exact_below": self.exact_below, "count": len(self._keys),
-                "usearch_version": usearch.__version__}
+        return {
+            "format": FORMAT_VERSION,
+            "dim": self.dim,
+            "metric": self.metric,
+            "dtype": self.dtype,
+            "connectivity": self.connectivity,
+            "expansion_add": self.expansion_add,
+            "expansion_search": self._index.expansion_search,
+            "exact_below": self.exact_below,
+            "count": len(self._keys),
+            "usearch_version": usearch.__version__,
+        }
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, view: bool = False,
-             **overrides: Any) -> VectorIndex:
+    def load(
+        cls, folder: str | os.PathLike[str], *, view: bool = False, **overrides: Any
+    ) -> VectorIndex:
         """Open an index written by :meth:`save`. ``view=True`` memory-maps
         ``index.usearch`` instead of reading it: near-instant, shared page cache, but
         read-only (the file must stay in place while the index is used). ``overrides``
@@ -400,14 +461,24 @@ class VectorIndex:
         folder = Path(folder)
         meta = _read_json(folder / META_FILE)
         if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{folder / META_FILE}: unsupported format "
-                             f"{meta.get('format')!r} (expected {FORMAT_VERSION})")
+            raise ValueError(
+                f"{folder / META_FILE}: unsupported format "
+                f"{meta.get('format')!r} (expected {FORMAT_VERSION})"
+            )
         unknown = set(overrides) - {"expansion_search", "exact_below", "threads"}
         if unknown:
             raise TypeError(f"load() cannot override {', '.join(sorted(unknown))}")
-        params = {name: meta[name] for name in ("metric", "dtype", "connectivity",
-                                                 "expansion_add", "expansion_search",
-                                                 "exact_below")}
+        params = {
+            name: meta[name]
+            for name in (
+                "metric",
+                "dtype",
+                "connectivity",
+                "expansion_add",
+                "expansion_search",
+                "exact_below",
+            )
+        }
         index = cls(int(meta["dim"]), **{**params, **overrides})
         index_path = folder / INDEX_FILE
         index._open_usearch(index_path, view)
@@ -432,9 +503,11 @@ class VectorIndex:
             raise ValueError(f"{path}: {dims} dimensions, {META_FILE} says {self.dim}")
         wanted = (self._index.metric_kind, self._index.dtype)
         if (found["kind_metric"], found["kind_scalar"]) != wanted:
-            raise ValueError(f"{path}: metric/dtype {found['kind_metric'].name}/"
-                             f"{found['kind_scalar'].name}, {META_FILE} says "
-                             f"{self.metric}/{self.dtype}")
+            raise ValueError(
+                f"{path}: metric/dtype {found['kind_metric'].name}/"
+                f"{found['kind_scalar'].name}, {META_FILE} says "
+                f"{self.metric}/{self.dtype}"
+            )
         try:
             (self._index.view if view else self._index.load)(os.fspath(path))
         except Exception as exc:
@@ -448,19 +521,22 @@ class VectorIndex:
         self._keys = {item_id: key for key, item_id in enumerate(ids) if item_id is not None}
         self._next_key = len(ids)
         if len(self._keys) != len(self._index):
-            raise ValueError(f"{where}: {len(self._keys)} ids for {len(self._index)} "
-                             f"vectors in {INDEX_FILE}")
+            raise ValueError(
+                f"{where}: {len(self._keys)} ids for {len(self._index)} vectors in {INDEX_FILE}"
+            )
 
     # -- helpers ---------------------------------------------------------------
     def _check_writable(self) -> None:
         if self._read_only:
-            raise ReadOnlyIndexError("index was opened with view=True (memory-mapped, "
-                                     "read-only); load it with view=False to add or delete")
+            raise ReadOnlyIndexError(
+                "index was opened with view=True (memory-mapped, "
+                "read-only); load it with view=False to add or delete"
+            )
 
     def _reserve_keys(self, needed: int) -> None:
         if needed > len(self._ids):
             grown = np.empty(max(needed, 2 * len(self._ids), 1024), dtype=object)
-            grown[:len(self._ids)] = self._ids
+            grown[: len(self._ids)] = self._ids
             self._ids = grown
 
     def _matrix(self, vectors: np.ndarray, what: str) -> np.ndarray:
@@ -468,8 +544,10 @@ class VectorIndex:
         if array.ndim == 1:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != self.dim:
-            raise ValueError(f"{what} must have shape [n, {self.dim}] or [{self.dim}], "
-                             f"got {list(np.shape(vectors))}")
+            raise ValueError(
+                f"{what} must have shape [n, {self.dim}] or [{self.dim}], "
+                f"got {list(np.shape(vectors))}"
+            )
         if not np.issubdtype(array.dtype, np.number):
             raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
         return np.ascontiguousarray(array, dtype=np.float32)

@@ -26,7 +26,7 @@ from pathlib import Path
 class SharedLog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = 0   # bytes of the file that this process has applied
+        self.offset = 0  # bytes of the file that this process has applied
 
     def append(self, rows: list[dict]) -> None:
         if not rows:
@@ -34,12 +34,12 @@ class SharedLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
         with open(self.path, "ab") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)   # released when the file closes
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
             end = fh.seek(0, os.SEEK_END)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-            if end == self.offset:   # nobody else wrote since we last read
+            if end == self.offset:  # nobody else wrote since we last read
                 self.offset = end + len(data)
 
     def read_new(self) -> list[tuple[str, dict]]:
@@ -54,13 +54,15 @@ class SharedLog:
                 fcntl.flock(fh, fcntl.LOCK_SH)
                 start = self.offset
                 if fh.seek(0, os.SEEK_END) < start:
-                    raise ValueError(f"{self.path}: shorter than the {start} bytes already "
-                                     "applied; it was rewritten (restart to reload it)")
+                    raise ValueError(
+                        f"{self.path}: shorter than the {start} bytes already "
+                        "applied; it was rewritten (restart to reload it)"
+                    )
                 fh.seek(start)
                 data = fh.read()
         except FileNotFoundError:
             return []
-        data = data[:data.rfind(b"\n") + 1]
+        data = data[: data.rfind(b"\n") + 1]
         rows: list[tuple[str, dict]] = []
         at = start
         for line in data.splitlines(keepends=True):

@@ -24,8 +24,9 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (room for special tokens), "
-                             f"got {max_length}")
+            raise ValueError(
+                f"max_length must be at least 2 (room for special tokens), got {max_length}"
+            )
         pad_token, pad_id = _pad_token(tokenizer)
         tokenizer.enable_truncation(max_length=max_length)
         tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=None)

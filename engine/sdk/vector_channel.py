@@ -119,8 +119,9 @@ VECTOR_PARAMS: dict[str, Param] = {
     "history_decay": Param(float, 0.9, lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_history": Param(int, 50, _positive, "> 0"),
     "text_weight": Param(float, 0.5, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "index_dtype": Param(str, "f32", lambda v: v in ("f32", "f16", "bf16", "i8"),
-                         "f32, f16, bf16 or i8"),
+    "index_dtype": Param(
+        str, "f32", lambda v: v in ("f32", "f16", "bf16", "i8"), "f32, f16, bf16 or i8"
+    ),
     "device": Param(str, "auto", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     "max_batch": Param(int, 32, _positive, "> 0"),
     "max_delay_ms": Param(float, 2.0, lambda v: v >= 0, ">= 0"),
@@ -134,29 +135,30 @@ VECTOR_PARAMS: dict[str, Param] = {
 }
 
 
-def parse_params(name: str, params: Mapping[str, Any], spec: Mapping[str, Param]
-                 ) -> dict[str, Any]:
+def parse_params(name: str, params: Mapping[str, Any], spec: Mapping[str, Param]) -> dict[str, Any]:
     """``params`` checked against ``spec`` and completed with defaults. Raises
     ``ValueError`` naming the bad key."""
     unknown = sorted(set(params) - set(spec))
     if unknown:
-        raise ValueError(f"channels.{name}.params: unknown keys {unknown} "
-                         f"(known: {sorted(spec)})")
+        raise ValueError(f"channels.{name}.params: unknown keys {unknown} (known: {sorted(spec)})")
     out: dict[str, Any] = {}
     for key, p in spec.items():
         value = params.get(key, p.default)
         if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        wrong_type = not isinstance(value, p.kind) or (isinstance(value, bool)
-                                                        and p.kind is not bool)
+        wrong_type = not isinstance(value, p.kind) or (
+            isinstance(value, bool) and p.kind is not bool
+        )
         if value is not None and (wrong_type or not p.check(value)):
-            raise ValueError(f"channels.{name}.params.{key}: expected {p.hint or p.kind}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"channels.{name}.params.{key}: expected {p.hint or p.kind}, got {value!r}"
+            )
         out[key] = value
     return out
 
 
 # --------------------------------------------------------------------------- build side
+
 
 def item_signature(item: ItemRecord) -> int:
     """64-bit digest of the metadata an item's vector is computed from."""
@@ -168,49 +170,64 @@ def item_signature(item: ItemRecord) -> int:
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit="item", disable=not enabled, leave=False, dynamic_ncols=True
+    )
 
 
-def encode_all(encode: Callable[[list[ItemRecord]], np.ndarray], items: Sequence[ItemRecord],
-               dim: int, *, chunk: int = ENCODE_CHUNK, size: Callable[[ItemRecord], int]
-               | None = None, progress: bool = False, desc: str = "encoding") -> np.ndarray:
+def encode_all(
+    encode: Callable[[list[ItemRecord]], np.ndarray],
+    items: Sequence[ItemRecord],
+    dim: int,
+    *,
+    chunk: int = ENCODE_CHUNK,
+    size: Callable[[ItemRecord], int] | None = None,
+    progress: bool = False,
+    desc: str = "encoding",
+) -> np.ndarray:
     """``encode`` over ``items`` in chunks, rows in ``items`` order, under a progress bar.
     ``size`` (e.g. text length) groups similar items into a chunk so padding stays small."""
-    order = (sorted(range(len(items)), key=lambda i: size(items[i])) if size
-             else list(range(len(items))))
+    order = (
+        sorted(range(len(items)), key=lambda i: size(items[i])) if size else list(range(len(items)))
+    )
     out = np.zeros((len(items), dim), dtype=np.float32)
     with progress_bar(len(items), desc, progress) as bar:
         for start in range(0, len(order), chunk):
-            rows = order[start:start + chunk]
+            rows = order[start : start + chunk]
             out[rows] = encode([items[i] for i in rows])
             bar.update(len(rows))
     return out
 
 
-def write_vectors(out: Path, items: Sequence[ItemRecord], vectors: np.ndarray, *,
-                  dtype: str = "f32", index_options: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+def write_vectors(
+    out: Path,
+    items: Sequence[ItemRecord],
+    vectors: np.ndarray,
+    *,
+    dtype: str = "f32",
+    index_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Index ``vectors`` (one row per item) under ``out/index`` and write the items'
     metadata digests; rows that are zero or not finite (the encoder had nothing to go
     on) are left out. ``index_options`` go to :class:`VectorIndex` (e.g. a lower
     ``expansion_add`` builds a million-item index about twice as fast). Returns the
     manifest fields ``dims``, ``metric``, ``item_count``."""
     ids, matrix = usable_rows([it.item_id for it in items], vectors)
-    index = VectorIndex(int(vectors.shape[1]), metric=METRIC, dtype=dtype,
-                        **(index_options or {}))
+    index = VectorIndex(int(vectors.shape[1]), metric=METRIC, dtype=dtype, **(index_options or {}))
     if ids:
         index.add(ids, matrix)
     index.save(out / INDEX_DIR)
     by_id = {it.item_id: it for it in items}
-    digests = np.fromiter((item_signature(by_id[i]) for i in ids), dtype=np.uint64,
-                          count=len(ids))
+    digests = np.fromiter((item_signature(by_id[i]) for i in ids), dtype=np.uint64, count=len(ids))
     with open(out / SIGNATURES_FILE, "wb") as fh:
         np.savez(fh, ids=np.asarray(ids, dtype=str), digests=digests)
     skipped = len(items) - len(ids)
     if skipped:
-        log.warning("items_without_vector", count=skipped, example=next(
-            (it.item_id for it in items if it.item_id not in index), None))
+        log.warning(
+            "items_without_vector",
+            count=skipped,
+            example=next((it.item_id for it in items if it.item_id not in index), None),
+        )
     return {"dims": int(vectors.shape[1]), "metric": METRIC, "item_count": len(index)}
 
 
@@ -231,6 +248,7 @@ def _unit(vector: np.ndarray) -> np.ndarray | None:
 
 
 # --------------------------------------------------------------------------- serve side
+
 
 class VectorChannel(Channel):
     """Base class: item vectors in a VectorIndex, queries by history and/or text.
@@ -289,15 +307,19 @@ class VectorChannel(Channel):
     def load(self) -> None:
         bundle = self.ctx.open_bundle()
         ef = self.params["expansion_search"]
-        self._index = VectorIndex.load(bundle.path / INDEX_DIR, view=False,
-                                       **({"expansion_search": ef} if ef else {}))
+        self._index = VectorIndex.load(
+            bundle.path / INDEX_DIR, view=False, **({"expansion_search": ef} if ef else {})
+        )
         self._version = bundle.version
         self.open_encoders(bundle)
         self._reconcile(_read_signatures(bundle.path / SIGNATURES_FILE))
         if self.supports_text:
-            self._batcher = MicroBatcher(self.encode_texts, max_batch=self.params["max_batch"],
-                                         max_delay_ms=self.params["max_delay_ms"],
-                                         name=self.ctx.name)
+            self._batcher = MicroBatcher(
+                self.encode_texts,
+                max_batch=self.params["max_batch"],
+                max_delay_ms=self.params["max_delay_ms"],
+                name=self.ctx.name,
+            )
 
     def warmup(self) -> None:
         self.warmup_encoders()
@@ -322,7 +344,7 @@ class VectorChannel(Channel):
     # -- queries --------------------------------------------------------------------------
     def accepts(self, query: Query) -> bool:
         index = self.index
-        if any(item in index for item in query.history[-self.params["max_history"]:]):
+        if any(item in index for item in query.history[-self.params["max_history"] :]):
             return True
         return self.supports_text and self.text_is_usable(query.text)
 
@@ -366,13 +388,17 @@ class VectorChannel(Channel):
             catalog = self.ctx.catalog
             keep = lambda found: catalog.filter_mask(found, query)  # noqa: E731
             limit = self.params["max_filter_fetch"]
-        ids, scores = self.index.search(vector, k, exclude=query.exclude,
-                                        headroom=filter_headroom(query), keep=keep,
-                                        max_fetch=limit)[0]
+        ids, scores = self.index.search(
+            vector,
+            k,
+            exclude=query.exclude,
+            headroom=filter_headroom(query),
+            keep=keep,
+            max_fetch=limit,
+        )[0]
         return _candidates(ids, scores)
 
-    def _query_vectors(self, queries: Sequence[Query], *, batched: bool
-                       ) -> list[np.ndarray | None]:
+    def _query_vectors(self, queries: Sequence[Query], *, batched: bool) -> list[np.ndarray | None]:
         history = [self._history_vector(q.history) for q in queries]
         text: list[np.ndarray | None] = [None] * len(queries)
         if self.supports_text:
@@ -389,7 +415,7 @@ class VectorChannel(Channel):
         return [_blend(h, t, weight) for h, t in zip(history, text, strict=True)]
 
     def _history_vector(self, history: Sequence[str]) -> np.ndarray | None:
-        recent = history[-self.params["max_history"]:]
+        recent = history[-self.params["max_history"] :]
         vectors, positions = self.index.vectors(recent)
         if not positions:
             return None
@@ -413,7 +439,7 @@ class VectorChannel(Channel):
     def _index_items(self, items: Sequence[ItemRecord]) -> int:
         added = 0
         for start in range(0, len(items), ENCODE_CHUNK):
-            chunk = items[start:start + ENCODE_CHUNK]
+            chunk = items[start : start + ENCODE_CHUNK]
             ids, vectors = usable_rows([it.item_id for it in chunk], self.encode_items(chunk))
             if len(ids) < len(chunk):
                 unusable = set(it.item_id for it in chunk) - set(ids)
@@ -435,30 +461,43 @@ class VectorChannel(Channel):
             stale = [i for i in index.ids() if i not in catalog]
             if stale:
                 index.delete(stale)
-            todo = [it for it in catalog
-                    if built.get(it.item_id) != item_signature(it) or it.item_id not in index]
+            todo = [
+                it
+                for it in catalog
+                if built.get(it.item_id) != item_signature(it) or it.item_id not in index
+            ]
             added = self._index_items(todo) if todo else 0
         self._reconciled = {"added": added, "removed": len(stale)}
         if stale or todo:
-            log.info("index_reconciled", channel=self.ctx.name, removed=len(stale),
-                     encoded=len(todo), added=added,
-                     seconds=round(time.perf_counter() - started, 3))
+            log.info(
+                "index_reconciled",
+                channel=self.ctx.name,
+                removed=len(stale),
+                encoded=len(todo),
+                added=added,
+                seconds=round(time.perf_counter() - started, 3),
+            )
 
     # -- reporting ------------------------------------------------------------------------
     def info(self) -> ChannelInfo:
         index = self.index
-        details = {"dims": str(index.dim), "metric": index.metric, "index_dtype": index.dtype,
-                   "index_simd": index.hardware_acceleration,
-                   "text_queries": "yes" if self.supports_text else "no",
-                   "history_decay": str(self.params["history_decay"]),
-                   "reconciled_added": str(self._reconciled["added"]),
-                   "reconciled_removed": str(self._reconciled["removed"]),
-                   **self.encoder_details()}
+        details = {
+            "dims": str(index.dim),
+            "metric": index.metric,
+            "index_dtype": index.dtype,
+            "index_simd": index.hardware_acceleration,
+            "text_queries": "yes" if self.supports_text else "no",
+            "history_decay": str(self.params["history_decay"]),
+            "reconciled_added": str(self._reconciled["added"]),
+            "reconciled_removed": str(self._reconciled["removed"]),
+            **self.encoder_details(),
+        }
         return ChannelInfo(version=self._version, item_count=len(index), details=details)
 
 
-def _blend(history: np.ndarray | None, text: np.ndarray | None,
-           text_weight: float) -> np.ndarray | None:
+def _blend(
+    history: np.ndarray | None, text: np.ndarray | None, text_weight: float
+) -> np.ndarray | None:
     if history is None or text is None:
         return history if text is None else text
     mixed = _unit((1.0 - text_weight) * history + text_weight * text)
@@ -483,4 +522,3 @@ def _read_signatures(path: Path) -> dict[str, int]:
         raise FileNotFoundError(f"{path}: missing (rebuild the channel)") from None
     except (KeyError, ValueError, OSError) as exc:
         raise ValueError(f"{path}: unreadable ({exc})") from exc
-

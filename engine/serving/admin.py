@@ -27,20 +27,24 @@ log = get_logger(__name__)
 def check_token(metadata, expected: str | None) -> None:
     """``authorization: Bearer <token>`` must match the configured admin token."""
     if not expected:
-        raise FailedPrecondition("admin API disabled: set admin.token in the config or the "
-                                 "RECALL_ENGINE_ADMIN_TOKEN environment variable")
+        raise FailedPrecondition(
+            "admin API disabled: set admin.token in the config or the "
+            "RECALL_ENGINE_ADMIN_TOKEN environment variable"
+        )
     given = next((v for k, v in metadata or () if k == "authorization"), None)
     if not given:
         raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
     scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                              expected.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
         raise PermissionDenied("wrong admin token")
 
 
 class AdminServicer(_pb_grpc.AdminServiceServicer):
-    def __init__(self, engine: Engine, reload_config: Callable[[], Config],
-                 group: ProcessGroup | None = None) -> None:
+    def __init__(
+        self, engine: Engine, reload_config: Callable[[], Config], group: ProcessGroup | None = None
+    ) -> None:
         """``reload_config`` re-reads the config file (the same function SIGHUP uses);
         ``group``: the other processes of ``serve --processes N``, told of reloads."""
         self.engine = engine
@@ -65,9 +69,10 @@ class AdminServicer(_pb_grpc.AdminServiceServicer):
         return _pb.ReloadConfigResponse(config_generation=gen)
 
     async def Reload(self, request, context):  # noqa: N802
-        versions = await self._guard(context, self.engine.reload_channels,
-                                     list(request.channels), request.version or None)
-        if self._group is not None:   # the versions this process resolved, not "current"
+        versions = await self._guard(
+            context, self.engine.reload_channels, list(request.channels), request.version or None
+        )
+        if self._group is not None:  # the versions this process resolved, not "current"
             self._group.announce_reload(versions)
         return _pb.ReloadResponse(versions=versions)
 
@@ -75,8 +80,9 @@ class AdminServicer(_pb_grpc.AdminServiceServicer):
         items = []
         for i, it in enumerate(request.items):
             if not it.item_id:
-                await context.abort(*status_of(InvalidArgument(f"items[{i}].item_id",
-                                                               "must not be empty")))
+                await context.abort(
+                    *status_of(InvalidArgument(f"items[{i}].item_id", "must not be empty"))
+                )
             items.append(ItemRecord(it.item_id, it.title, it.text, tuple(it.categories)))
         indexed = await self._guard(context, self.engine.upsert_items, items)
         return _pb.UpsertItemsResponse(indexed=indexed)

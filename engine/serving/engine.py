@@ -74,8 +74,16 @@ class _Slot:
     """A loaded channel plus an in-flight counter, so a retired channel is closed only
     after its last call returned."""
 
-    __slots__ = ("config", "channel", "plugin", "latency_ok", "candidates", "_inflight",
-                 "_retired", "_lock")
+    __slots__ = (
+        "config",
+        "channel",
+        "plugin",
+        "latency_ok",
+        "candidates",
+        "_inflight",
+        "_retired",
+        "_lock",
+    )
 
     def __init__(self, config: ChannelConfig, channel: Channel, plugin: str) -> None:
         self.config, self.channel, self.plugin = config, channel, plugin
@@ -117,7 +125,7 @@ class _State:
     assigner: Assigner
     slots: Mapping[str, _Slot]
     generation: int
-    failed: Mapping[str, str] = field(default_factory=dict)   # optional channels not loaded
+    failed: Mapping[str, str] = field(default_factory=dict)  # optional channels not loaded
 
 
 class Engine:
@@ -127,15 +135,17 @@ class Engine:
     warms every enabled channel) → ``recall()`` many times → ``close()``.
     """
 
-    def __init__(self, config: Config, *, catalog: Catalog | None = None,
-                 blocked_plugins: Sequence[str] = ()) -> None:
+    def __init__(
+        self, config: Config, *, catalog: Catalog | None = None, blocked_plugins: Sequence[str] = ()
+    ) -> None:
         self._config = config
         self._blocked = tuple(blocked_plugins)
         self.catalog = catalog if catalog is not None else _open_catalog(config)
-        self._pool = ThreadPoolExecutor(max_workers=config.server.workers,
-                                        thread_name_prefix="channel")
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.server.workers, thread_name_prefix="channel"
+        )
         self._state: _State | None = None
-        self._admin_lock = threading.Lock()   # serialises loads, reloads and updates
+        self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
 
     # -- lifecycle -------------------------------------------------------------
     @property
@@ -161,8 +171,9 @@ class Engine:
                 slot.retire()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _load_channels(self, config: Config, names, version: Mapping[str, str | None]
-                       ) -> tuple[dict[str, _Slot], dict[str, str]]:
+    def _load_channels(
+        self, config: Config, names, version: Mapping[str, str | None]
+    ) -> tuple[dict[str, _Slot], dict[str, str]]:
         plugins = discover(blocked=self._blocked)
         slots: dict[str, _Slot] = {}
         failed: dict[str, str] = {}
@@ -183,14 +194,26 @@ class Engine:
 
     def _make_slot(self, cc: ChannelConfig, plugins, version: str | None) -> _Slot:
         factory = load_factory(resolve(plugins, cc.plugin))
-        ctx = ChannelContext(name=cc.name, plugin=cc.plugin, params=cc.params,
-                             artifacts=cc.artifacts, catalog=self.catalog, version=version)
+        ctx = ChannelContext(
+            name=cc.name,
+            plugin=cc.plugin,
+            params=cc.params,
+            artifacts=cc.artifacts,
+            catalog=self.catalog,
+            version=version,
+        )
         t0 = time.perf_counter()
         channel = instantiate(cc.plugin, factory, ctx)
         info = _safe_info(channel)
         metrics.CHANNEL_ITEMS.labels(cc.name).set(info.item_count)
-        log.info("channel_loaded", channel=cc.name, plugin=cc.plugin, version=info.version,
-                 items=info.item_count, seconds=round(time.perf_counter() - t0, 3))
+        log.info(
+            "channel_loaded",
+            channel=cc.name,
+            plugin=cc.plugin,
+            version=info.version,
+            items=info.item_count,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
         return _Slot(cc, channel, cc.plugin)
 
     # -- admin -----------------------------------------------------------------
@@ -199,11 +222,17 @@ class Engine:
         loaded beside the old ones first; on any failure the old state keeps serving."""
         with self._admin_lock:
             old = self._require_state()
-            changed = [n for n, cc in new.channels.items()
-                       if cc.enabled and (n not in old.slots or old.slots[n].config != cc)]
+            changed = [
+                n
+                for n, cc in new.channels.items()
+                if cc.enabled and (n not in old.slots or old.slots[n].config != cc)
+            ]
             fresh, failed = self._load_channels(new, changed, {})
-            slots = {n: fresh.get(n) or old.slots[n] for n, cc in new.channels.items()
-                     if cc.enabled and (n in fresh or n in old.slots)}
+            slots = {
+                n: fresh.get(n) or old.slots[n]
+                for n, cc in new.channels.items()
+                if cc.enabled and (n in fresh or n in old.slots)
+            }
             self._state = _State(new, Assigner(new), slots, old.generation + 1, failed)
             for n, slot in old.slots.items():
                 if slots.get(n) is not slot:
@@ -220,8 +249,10 @@ class Engine:
             names = list(names) or list(state.slots)
             for n in names:
                 if n not in state.slots:
-                    raise InvalidArgument("channels", f"channel {n!r} is not loaded "
-                                          f"(loaded: {', '.join(state.slots)})")
+                    raise InvalidArgument(
+                        "channels",
+                        f"channel {n!r} is not loaded (loaded: {', '.join(state.slots)})",
+                    )
             plugins = discover(blocked=self._blocked)
             fresh: dict[str, _Slot] = {}
             try:
@@ -245,15 +276,13 @@ class Engine:
         with self._admin_lock:
             return self._delete(self._require_state(), item_ids, log=True)
 
-    def _upsert(self, state: _State, items: Sequence[ItemRecord], *, log: bool
-                ) -> dict[str, int]:
+    def _upsert(self, state: _State, items: Sequence[ItemRecord], *, log: bool) -> dict[str, int]:
         """The catalogue first, then the channels: a channel's index never holds an item
         the catalogue lacks (vector_channel.py relies on it)."""
         self.catalog.upsert(items, log=log)
         return {n: s.channel.upsert_items(items) for n, s in state.slots.items()}
 
-    def _delete(self, state: _State, item_ids: Sequence[str], *, log: bool
-                ) -> dict[str, int]:
+    def _delete(self, state: _State, item_ids: Sequence[str], *, log: bool) -> dict[str, int]:
         """The channels first, then the catalogue (the same invariant as ``_upsert``)."""
         removed = {n: s.channel.delete_items(item_ids) for n, s in state.slots.items()}
         self.catalog.delete(item_ids, log=log)
@@ -269,14 +298,14 @@ class Engine:
                 return 0
             ops = self.catalog.read_new_updates()
             start = 0
-            while start < len(ops):   # runs of the same op, in order
+            while start < len(ops):  # runs of the same op, in order
                 op = ops[start][0]
                 end = start
                 while end < len(ops) and ops[end][0] == op:
                     end += 1
                 batch = [what for _, what in ops[start:end]]
                 apply = self._upsert if op == "upsert" else self._delete
-                apply(state, batch, log=False)   # type: ignore[arg-type]
+                apply(state, batch, log=False)  # type: ignore[arg-type]
                 start = end
             return len(ops)
 
@@ -298,8 +327,9 @@ class Engine:
         """Fan ``inp`` out to the plan's channels, each under its own timeout inside
         the request deadline, and fuse what came back in time."""
         state = self._require_state()
-        t_end = time.perf_counter() + (timeout_s if timeout_s is not None
-                                       else state.config.server.request_timeout_ms / 1000)
+        t_end = time.perf_counter() + (
+            timeout_s if timeout_s is not None else state.config.server.request_timeout_ms / 1000
+        )
         assignment = state.assigner.assign(inp.query.user_id)
         plan = assignment.plan
         weights = dict(plan.weights)
@@ -312,8 +342,9 @@ class Engine:
             slot = state.slots.get(name)
             if slot is None:
                 if name in weights and w > 0:
-                    reports[name] = ChannelReport(name, Status.SKIPPED, w,
-                                                  error=state.failed.get(name, "not loaded"))
+                    reports[name] = ChannelReport(
+                        name, Status.SKIPPED, w, error=state.failed.get(name, "not loaded")
+                    )
                 continue
             if w <= 0 or not slot.channel.accepts(inp.query):
                 reports[name] = ChannelReport(name, Status.SKIPPED, w)
@@ -330,10 +361,17 @@ class Engine:
                 if cands is not None and len(cands):
                     lists.append(RankedList(call.name, cands.item_ids, cands.scores))
             if all(reports[c.name].status == Status.TIMEOUT for c in calls):
-                raise DeadlineExceeded("no channel answered within the deadline: "
-                                       + ", ".join(c.name for c in calls))
-        fused = fuse(plan.fusion, lists, weights, inp.k, priority=tuple(state.config.channels),
-                     params=plan.fusion_params)
+                raise DeadlineExceeded(
+                    "no channel answered within the deadline: " + ", ".join(c.name for c in calls)
+                )
+        fused = fuse(
+            plan.fusion,
+            lists,
+            weights,
+            inp.k,
+            priority=tuple(state.config.channels),
+            params=plan.fusion_params,
+        )
         ordered = tuple(reports[n] for n in state.config.channels if n in reports)
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
         return RecallOutput(fused, ordered, assignment, inp.request_id)
@@ -368,7 +406,7 @@ class Engine:
                     timer.cancel()
                     fan.waiter = None
         except asyncio.CancelledError:
-            fan.time_out(calls, float("inf"))   # the request is gone: drop late results
+            fan.time_out(calls, float("inf"))  # the request is gone: drop late results
             raise
 
     @staticmethod
@@ -379,10 +417,14 @@ class Engine:
         if call.timed_out:
             metrics.CHANNEL_TIMEOUTS.labels(name).inc()
             metrics.CHANNEL_LATENCY.labels(name, "timeout").observe(ms / 1000)
-            log.warning("channel_timeout", channel=name,
-                        timeout_ms=round(call.timeout * 1000, 1))
-            return ChannelReport(name, Status.TIMEOUT, call.weight, ms,
-                                 error=f"no answer within {call.timeout * 1000:.0f} ms"), None
+            log.warning("channel_timeout", channel=name, timeout_ms=round(call.timeout * 1000, 1))
+            return ChannelReport(
+                name,
+                Status.TIMEOUT,
+                call.weight,
+                ms,
+                error=f"no answer within {call.timeout * 1000:.0f} ms",
+            ), None
         e = call.error
         if e is not None:
             if not isinstance(e, Exception):
@@ -390,8 +432,9 @@ class Engine:
             metrics.CHANNEL_ERRORS.labels(name).inc()
             metrics.CHANNEL_LATENCY.labels(name, "error").observe(ms / 1000)
             log.warning("channel_error", channel=name, error=f"{type(e).__name__}: {e}")
-            return ChannelReport(name, Status.ERROR, call.weight, ms,
-                                 error=f"{type(e).__name__}: {e}"), None
+            return ChannelReport(
+                name, Status.ERROR, call.weight, ms, error=f"{type(e).__name__}: {e}"
+            ), None
         cands = call.result
         assert cands is not None
         slot.latency_ok.observe(ms / 1000)
@@ -430,8 +473,7 @@ class _FanOut:
         self.pending = calls
         self.waiter: asyncio.Future | None = None
 
-    def finish(self, call: _Call, result: Candidates | None, error: BaseException | None
-               ) -> None:
+    def finish(self, call: _Call, result: Candidates | None, error: BaseException | None) -> None:
         """Worker thread: record the outcome unless the call already timed out."""
         ended = time.perf_counter()
         with self.lock:

@@ -289,8 +289,9 @@ def validate_params(strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
     for key in params:
         if key not in spec:
             known = ", ".join(sorted(spec)) or "none"
-            raise ValueError(f"fusion_params.{key}: unknown parameter for {strategy!r} "
-                             f"(known: {known})")
+            raise ValueError(
+                f"fusion_params.{key}: unknown parameter for {strategy!r} (known: {known})"
+            )
     checked = {}
     for key, (default, check) in spec.items():
         try:
@@ -345,15 +346,18 @@ def _checked_scores(lst: RankedList) -> np.ndarray:
     # np.array copies, so nothing downstream can write into the caller's array.
     scores = np.array(lst.scores, dtype=np.float64)
     if scores.shape != (len(lst.item_ids),):
-        raise ValueError(f"{where}.scores: expected {len(lst.item_ids)} scores (one per "
-                         f"item id), got shape {scores.shape}")
+        raise ValueError(
+            f"{where}.scores: expected {len(lst.item_ids)} scores (one per "
+            f"item id), got shape {scores.shape}"
+        )
     if not np.isfinite(scores).all():
         raise ValueError(f"{where}.scores: must be finite")
     return scores
 
 
-def _check_unique(active: Sequence[RankedList], flat_cand: np.ndarray, bounds: np.ndarray,
-                  n_items: int) -> None:
+def _check_unique(
+    active: Sequence[RankedList], flat_cand: np.ndarray, bounds: np.ndarray, n_items: int
+) -> None:
     """Raise naming the first list that repeats an id. Checked on the union indices the
     pool numbers anyway (a list repeats an id iff its (list, index) pairs repeat), not
     with a set of the id strings: on a million-item catalogue reading every id string
@@ -368,8 +372,9 @@ def _check_unique(active: Sequence[RankedList], flat_cand: np.ndarray, bounds: n
         raise ValueError(f"lists[{active[first].channel!r}].item_ids: duplicate item ids")
 
 
-def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
-                priority: Sequence[str]) -> _Pool:
+def _build_pool(
+    lists: Sequence[RankedList], weights: Mapping[str, float], priority: Sequence[str]
+) -> _Pool:
     _check_weights(weights)
     names = [lst.channel for lst in lists]
     if len(set(names)) != len(names):
@@ -378,8 +383,10 @@ def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
     rank_of = {}
     for i, name in enumerate(priority):
         rank_of.setdefault(name, i)
-    active = sorted((lst for lst in lists if weights.get(lst.channel, 0.0) > 0),
-                    key=lambda lst: (rank_of.get(lst.channel, len(priority)), lst.channel))
+    active = sorted(
+        (lst for lst in lists if weights.get(lst.channel, 0.0) > 0),
+        key=lambda lst: (rank_of.get(lst.channel, len(priority)), lst.channel),
+    )
     scores = tuple(_checked_scores(lst) for lst in active)
     # Union index of every list position, items numbered in first-seen (channel) order.
     # dict.fromkeys dedupes in first-seen order and map() looks every position up, both
@@ -391,8 +398,9 @@ def _build_pool(lists: Sequence[RankedList], weights: Mapping[str, float],
     bounds = np.cumsum(lengths)
     _check_unique(active, flat_cand, bounds, len(index))
     cand = tuple(np.split(flat_cand, bounds[:-1])) if len(active) else ()
-    flat_rank = np.arange(1, len(flat_cand) + 1, dtype=np.int64) - np.repeat(bounds - lengths,
-                                                                             lengths)
+    flat_rank = np.arange(1, len(flat_cand) + 1, dtype=np.int64) - np.repeat(
+        bounds - lengths, lengths
+    )
     flat_channel = np.repeat(np.arange(len(active), dtype=np.int64), lengths)
     best_rank = np.full(len(index), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(best_rank, flat_cand, flat_rank)
@@ -448,7 +456,10 @@ def _assemble(pool: _Pool, order: np.ndarray, scores: np.ndarray) -> Fused:
     start = 0
     for name, n in zip(pool.channels, per_channel, strict=True):
         if n:
-            provenance[name] = (where[start:start + n], ranks[start:start + n],
-                                raw[start:start + n])
+            provenance[name] = (
+                where[start : start + n],
+                ranks[start : start + n],
+                raw[start : start + n],
+            )
             start += n
     return Fused([pool.ids[i] for i in order.tolist()], scores, provenance)

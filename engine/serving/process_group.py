@@ -58,17 +58,20 @@ class ProcessGroup:
             if op == "reload":
                 versions = row.get("versions")
                 if not isinstance(versions, dict) or not all(
-                        isinstance(v, str) for v in versions.values()):
-                    raise ValueError(f"{where}: 'versions' must map channel names to "
-                                     "version strings")
+                    isinstance(v, str) for v in versions.values()
+                ):
+                    raise ValueError(
+                        f"{where}: 'versions' must map channel names to version strings"
+                    )
             elif op != "reload_config":
                 raise ValueError(f"{where}: unknown op {op!r}")
             rows.append(row)
         return rows
 
 
-def follow(engine: Engine, announcements: list[dict], read_config: Callable[[], Config]
-           ) -> list[str]:
+def follow(
+    engine: Engine, announcements: list[dict], read_config: Callable[[], Config]
+) -> list[str]:
     """Do what the other processes announced, in order; returns a line per action
     taken. An action that fails does not stop the later ones (the log has moved past
     them all): the failures are raised together at the end, as :class:`GroupFollowError`

@@ -26,12 +26,13 @@ class PluginError(RuntimeError):
 @dataclass(slots=True, frozen=True)
 class PluginSpec:
     name: str
-    value: str          # "module:attr"
-    dist: str           # distribution that registered it
+    value: str  # "module:attr"
+    dist: str  # distribution that registered it
 
 
-def discover(group: str = ENTRY_POINT_GROUP, *,
-             blocked: Iterable[str] = ()) -> dict[str, PluginSpec]:
+def discover(
+    group: str = ENTRY_POINT_GROUP, *, blocked: Iterable[str] = ()
+) -> dict[str, PluginSpec]:
     """Every plugin registered in ``group``, by entry-point name.
 
     Two distributions registering the same name is an error (which one would win is
@@ -50,7 +51,8 @@ def discover(group: str = ENTRY_POINT_GROUP, *,
             raise PluginError(
                 f'plugin "{ep.name}": registered twice, by {found[ep.name].dist} '
                 f"({found[ep.name].value}) and by {dist} ({ep.value}); uninstall one or "
-                "block it by name")
+                "block it by name"
+            )
         found[ep.name] = PluginSpec(ep.name, ep.value, dist)
         seen_eps[ep.name] = ep
     return found
@@ -62,23 +64,31 @@ def load_factory(spec: PluginSpec, group: str = ENTRY_POINT_GROUP) -> ChannelFac
     try:
         factory = ep.load()
     except Exception as e:  # noqa: BLE001 - any import failure is the plugin's
-        raise PluginError(f'plugin "{spec.name}" ({spec.value}): failed to import: '
-                          f"{type(e).__name__}: {e}") from e
+        raise PluginError(
+            f'plugin "{spec.name}" ({spec.value}): failed to import: {type(e).__name__}: {e}'
+        ) from e
     _validate_factory(spec, factory)
     return factory
 
 
 def _validate_factory(spec: PluginSpec, factory: object) -> None:
     if inspect.isclass(factory):
-        missing = [m for m in ("recall", "load", "warmup", "info", "close", "accepts")
-                   if not callable(getattr(factory, m, None))]
+        missing = [
+            m
+            for m in ("recall", "load", "warmup", "info", "close", "accepts")
+            if not callable(getattr(factory, m, None))
+        ]
         if missing:
-            raise PluginError(f'plugin "{spec.name}" ({spec.value}): class {factory.__name__} '
-                              f"does not implement the channel contract (missing: "
-                              f"{', '.join(missing)}); subclass recall_engine.sdk.channel.Channel")
+            raise PluginError(
+                f'plugin "{spec.name}" ({spec.value}): class {factory.__name__} '
+                f"does not implement the channel contract (missing: "
+                f"{', '.join(missing)}); subclass recall_engine.sdk.channel.Channel"
+            )
         if inspect.isabstract(factory):
-            raise PluginError(f'plugin "{spec.name}" ({spec.value}): class {factory.__name__} '
-                              "is abstract; implement recall(query, k)")
+            raise PluginError(
+                f'plugin "{spec.name}" ({spec.value}): class {factory.__name__} '
+                "is abstract; implement recall(query, k)"
+            )
     elif not callable(factory):
         raise PluginError(f'plugin "{spec.name}" ({spec.value}): entry point is not callable')
 
@@ -111,5 +121,6 @@ def resolve(plugins: Mapping[str, PluginSpec], plugin: str) -> PluginSpec:
         return plugins[plugin]
     except KeyError:
         known = ", ".join(sorted(plugins)) or "none"
-        raise PluginError(f'plugin "{plugin}": not installed (group {ENTRY_POINT_GROUP}; '
-                          f"installed: {known})") from None
+        raise PluginError(
+            f'plugin "{plugin}": not installed (group {ENTRY_POINT_GROUP}; installed: {known})'
+        ) from None

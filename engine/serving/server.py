@@ -36,8 +36,11 @@ class Running:
     engine: Engine
 
     async def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", RECALL_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, status)
 
@@ -53,25 +56,32 @@ def _credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
         return None
     key = tls.key.read_bytes() if tls.key else b""
     ca = tls.client_ca.read_bytes() if tls.client_ca else None
-    return grpc.ssl_server_credentials([(key, tls.cert.read_bytes())], root_certificates=ca,
-                                       require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, tls.cert.read_bytes())], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
-async def create_server(engine: Engine, addr: str, *,
-                        reload_config: Callable[[], Config] | None = None,
-                        worker_addr: str | None = None,
-                        group: ProcessGroup | None = None) -> Running:
+async def create_server(
+    engine: Engine,
+    addr: str,
+    *,
+    reload_config: Callable[[], Config] | None = None,
+    worker_addr: str | None = None,
+    group: ProcessGroup | None = None,
+) -> Running:
     """Bind ``addr`` (port 0 picks a free port) and ``worker_addr`` if given (this
     process's own address beside the port ``serve --processes N`` shares), register every
     service, start. Health says NOT_SERVING until the caller marks it serving."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(engine, reload_config or (lambda: engine.config), group), server)
+        AdminServicer(engine, reload_config or (lambda: engine.config), group), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (RECALL_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (RECALL_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     creds = _credentials(engine.config.tls)
     port = _bind(server, addr, creds)
     if worker_addr:
@@ -105,8 +115,9 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
-async def _follow_others(engine: Engine, group: ProcessGroup | None,
-                         read_config: Callable[[], Config]) -> None:
+async def _follow_others(
+    engine: Engine, group: ProcessGroup | None, read_config: Callable[[], Config]
+) -> None:
     """Every ``server.catalog_sync_ms``, apply what the other processes of the group
     did on admin calls: catalogue updates (``Engine.sync_catalog``), then artifact and
     config reloads (:mod:`recall_engine.serving.process_group`). A stat call per file when
@@ -123,26 +134,34 @@ async def _follow_others(engine: Engine, group: ProcessGroup | None,
         if group is None:
             continue
         try:
-            done = await asyncio.to_thread(
-                lambda: follow(engine, group.read_others(), read_config))
+            done = await asyncio.to_thread(lambda: follow(engine, group.read_others(), read_config))
         except GroupFollowError as e:
             log.error("group_reload_failed", error=str(e), done=e.done)
-        except ValueError as e:   # a malformed control log
+        except ValueError as e:  # a malformed control log
             log.error("group_reload_failed", error=str(e), done=[])
         else:
             if done:
                 log.info("group_reloaded", done=done, gc_frozen_objects=freeze_heap())
 
 
-async def serve(config: Config, *, reload_config: Callable[[], Config],
-                ready: Callable[[Running], None] | None = None,
-                worker_addr: str | None = None) -> None:
+async def serve(
+    config: Config,
+    *,
+    reload_config: Callable[[], Config],
+    ready: Callable[[Running], None] | None = None,
+    worker_addr: str | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT. SIGHUP reloads the config. Channels load after the
     port is bound, so health is observable (NOT_SERVING) while they warm up."""
     engine = Engine(config)
     group = ProcessGroup.from_env()
-    running = await create_server(engine, config.server.addr, reload_config=reload_config,
-                                  worker_addr=worker_addr, group=group)
+    running = await create_server(
+        engine,
+        config.server.addr,
+        reload_config=reload_config,
+        worker_addr=worker_addr,
+        group=group,
+    )
     host = config.server.addr.rpartition(":")[0]
     log.info("server_listening", addr=f"{host}:{running.port}", worker_addr=worker_addr)
     if config.server.metrics_addr:
@@ -156,14 +175,18 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
         raise
     frozen = freeze_heap()
     await running.set_serving(True)
-    log.info("serving", channels=[cc.name for cc, _ in engine.channel_infos()],
-             gc_frozen_objects=frozen)
+    log.info(
+        "serving", channels=[cc.name for cc, _ in engine.channel_infos()], gc_frozen_objects=frozen
+    )
     if ready:
         ready(running)
 
     stop = asyncio.Event()
-    follow = (loop.create_task(_follow_others(engine, group, reload_config))
-              if config.server.catalog_sync_ms else None)
+    follow = (
+        loop.create_task(_follow_others(engine, group, reload_config))
+        if config.server.catalog_sync_ms
+        else None
+    )
 
     def on_hup() -> None:
         async def reload() -> None:
@@ -172,6 +195,7 @@ async def serve(config: Config, *, reload_config: Callable[[], Config],
                 log.info("sighup_reload", generation=gen, gc_frozen_objects=freeze_heap())
             except Exception as e:  # noqa: BLE001 - keep serving the old config
                 log.error("sighup_reload_failed", error=str(e))
+
         loop.create_task(reload())
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)

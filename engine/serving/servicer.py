@@ -23,15 +23,23 @@ log = get_logger(__name__)
 def to_proto(out: RecallOutput) -> _pb.RecallResponse:
     """Fill the packed-column response from the fused arrays (DESIGN decision 11)."""
     fused = out.fused
-    resp = _pb.RecallResponse(experiment=out.assignment.experiment,
-                              variant=out.assignment.variant,
-                              fusion=out.assignment.plan.fusion, request_id=out.request_id)
+    resp = _pb.RecallResponse(
+        experiment=out.assignment.experiment,
+        variant=out.assignment.variant,
+        fusion=out.assignment.plan.fusion,
+        request_id=out.request_id,
+    )
     resp.item_ids.extend(fused.item_ids)
     resp.scores.extend(fused.scores.tolist())
     for rep in out.reports:
-        ch = resp.channels.add(channel=rep.channel, status=int(rep.status),
-                               latency_ms=rep.latency_ms, returned=rep.returned,
-                               error=rep.error, weight=rep.weight)
+        ch = resp.channels.add(
+            channel=rep.channel,
+            status=int(rep.status),
+            latency_ms=rep.latency_ms,
+            returned=rep.returned,
+            error=rep.error,
+            weight=rep.weight,
+        )
         prov = fused.provenance.get(rep.channel)
         if prov:
             ch.candidate_index.extend(prov[0])
@@ -55,25 +63,33 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
             self._gate, self._gate_size = (asyncio.Semaphore(size) if size else None), size
         return self._gate
 
-    async def _recall_one(self, req: _pb.RecallRequest,
-                          remaining: Callable[[], float | None]) -> _pb.RecallResponse:
+    async def _recall_one(
+        self, req: _pb.RecallRequest, remaining: Callable[[], float | None]
+    ) -> _pb.RecallResponse:
         gate = self._admission()
         if gate is None:
             return await self._recall_now(req, remaining())
-        async with gate:   # the deadline is read after the wait: queueing spends it
+        async with gate:  # the deadline is read after the wait: queueing spends it
             return await self._recall_now(req, remaining())
 
-    async def _recall_now(self, req: _pb.RecallRequest, timeout: float | None
-                          ) -> _pb.RecallResponse:
+    async def _recall_now(
+        self, req: _pb.RecallRequest, timeout: float | None
+    ) -> _pb.RecallResponse:
         engine = self.engine
         cfg = engine.config
         inp = recall_input(req, cfg.server, cfg.channels.keys())
         structlog.contextvars.bind_contextvars(request_id=inp.request_id)
         out = await engine.recall(inp, timeout)
-        structlog.contextvars.bind_contextvars(experiment=out.assignment.experiment,
-                                               variant=out.assignment.variant)
-        log.info("recall", user_id=inp.query.user_id, k=inp.k, returned=len(out.fused.item_ids),
-                 channels={r.channel: r.status.name.lower() for r in out.reports})
+        structlog.contextvars.bind_contextvars(
+            experiment=out.assignment.experiment, variant=out.assignment.variant
+        )
+        log.info(
+            "recall",
+            user_id=inp.query.user_id,
+            k=inp.k,
+            returned=len(out.fused.item_ids),
+            channels={r.channel: r.status.name.lower() for r in out.reports},
+        )
         return to_proto(out)
 
     async def Recall(self, request, context):  # noqa: N802 - gRPC method name
@@ -96,10 +112,17 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         try:
             limit = self.engine.config.server.max_batch
             if len(request.requests) > limit:
-                raise InvalidArgument("requests", f"{len(request.requests)} requests is over "
-                                      f"the limit of {limit} (server.max_batch)")
-            results = await asyncio.gather(*(self._batch_item(i, r, context.time_remaining)
-                                             for i, r in enumerate(request.requests)))
+                raise InvalidArgument(
+                    "requests",
+                    f"{len(request.requests)} requests is over "
+                    f"the limit of {limit} (server.max_batch)",
+                )
+            results = await asyncio.gather(
+                *(
+                    self._batch_item(i, r, context.time_remaining)
+                    for i, r in enumerate(request.requests)
+                )
+            )
             return _pb.BatchRecallResponse(results=results)
         except Exception as e:  # noqa: BLE001
             code, message = status_of(e)
@@ -108,16 +131,20 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         finally:
             _observe("BatchRecall", code, t0)
 
-    async def _batch_item(self, i: int, req: _pb.RecallRequest,
-                          remaining: Callable[[], float | None]) -> _pb.BatchRecallResult:
+    async def _batch_item(
+        self, i: int, req: _pb.RecallRequest, remaining: Callable[[], float | None]
+    ) -> _pb.BatchRecallResult:
         try:
             return _pb.BatchRecallResult(response=await self._recall_one(req, remaining))
         except Exception as e:  # noqa: BLE001 - one bad request fails alone
             code, message = status_of(e)
             _log_failure(e, code)
-            return _pb.BatchRecallResult(error_code=code.value[0],
-                                         error_message=f"requests[{i}].{message}"
-                                         if isinstance(e, InvalidArgument) else message)
+            return _pb.BatchRecallResult(
+                error_code=code.value[0],
+                error_message=f"requests[{i}].{message}"
+                if isinstance(e, InvalidArgument)
+                else message,
+            )
 
     async def ListChannels(self, request, context):  # noqa: N802
         try:
@@ -126,9 +153,14 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
             await context.abort(*status_of(e))
         resp = _pb.ListChannelsResponse(config_generation=self.engine.generation)
         for cc, info in infos:
-            resp.channels.add(name=cc.name, plugin=cc.plugin, version=info.version,
-                              item_count=info.item_count, required=cc.required,
-                              details={k: str(v) for k, v in info.details.items()})
+            resp.channels.add(
+                name=cc.name,
+                plugin=cc.plugin,
+                version=info.version,
+                item_count=info.item_count,
+                required=cc.required,
+                details={k: str(v) for k, v in info.details.items()},
+            )
         return resp
 
 

@@ -74,42 +74,67 @@ class CFChannel(Channel):
         params = parse_params(ctx.name, ctx.params)
         vocab, data = training_log(ctx.interactions)
         vocab.save(ctx.out / VOCAB_FILE)
-        info: dict[str, Any] = {"modes": [], "users": data.n_users,
-                                "interactions": len(data.items)}
-        fields: dict[str, Any] = {"item_count": len(vocab), "build_params": params.as_dict(),
-                                  "model_hashes": {}}
+        info: dict[str, Any] = {"modes": [], "users": data.n_users, "interactions": len(data.items)}
+        fields: dict[str, Any] = {
+            "item_count": len(vocab),
+            "build_params": params.as_dict(),
+            "model_hashes": {},
+        }
         if params.item2item:
             method = params.resolved_method(len(vocab))
             t0 = time.perf_counter()
-            x = item2item.user_item_matrix(data.users, data.items, data.weights, data.n_users,
-                                           len(vocab), params.use_weights)
-            table = item2item.learn(x, method, neighbours=params.neighbours,
-                                    ease_lambda=params.ease_lambda,
-                                    cosine_shrink=params.cosine_shrink,
-                                    swing_alpha=params.swing_alpha,
-                                    swing_max_users=params.swing_max_users,
-                                    seed=ctx.seed, progress=ctx.progress)
+            x = item2item.user_item_matrix(
+                data.users, data.items, data.weights, data.n_users, len(vocab), params.use_weights
+            )
+            table = item2item.learn(
+                x,
+                method,
+                neighbours=params.neighbours,
+                ease_lambda=params.ease_lambda,
+                cosine_shrink=params.cosine_shrink,
+                swing_alpha=params.swing_alpha,
+                swing_max_users=params.swing_max_users,
+                seed=ctx.seed,
+                progress=ctx.progress,
+            )
             table.save(ctx.out / item2item.ARTIFACT)
             info["modes"].append("item2item")
-            info.update(method=method, neighbour_entries=table.nnz,
-                        item2item_seconds=round(time.perf_counter() - t0, 2))
-            log.info("cf_item2item_built", method=method, items=len(vocab), entries=table.nnz,
-                     seconds=info["item2item_seconds"])
+            info.update(
+                method=method,
+                neighbour_entries=table.nnz,
+                item2item_seconds=round(time.perf_counter() - t0, 2),
+            )
+            log.info(
+                "cf_item2item_built",
+                method=method,
+                items=len(vocab),
+                entries=table.nnz,
+                seconds=info["item2item_seconds"],
+            )
         if params.two_tower:
             from recall_engine.plugins.cf import two_tower  # PyTorch: build time only
 
-            model, report = two_tower.train(vocab, data, params, seed=ctx.seed,
-                                            progress=ctx.progress)
-            fields["model_hashes"] = two_tower.export(model, vocab, params, ctx.out,
-                                                      seed=ctx.seed)
+            model, report = two_tower.train(
+                vocab, data, params, seed=ctx.seed, progress=ctx.progress
+            )
+            fields["model_hashes"] = two_tower.export(model, vocab, params, ctx.out, seed=ctx.seed)
             fields.update(dims=params.dim, metric="ip")
             info["modes"].append("two_tower")
-            info.update(encoder=params.encoder, sequence_length=params.sequence_length,
-                        train_samples=report.samples, train_steps=report.steps,
-                        train_seconds=round(report.seconds, 2),
-                        final_loss=round(report.final_loss, 4))
-            log.info("cf_two_tower_built", samples=report.samples, steps=report.steps,
-                     seconds=round(report.seconds, 2), loss=round(report.final_loss, 4))
+            info.update(
+                encoder=params.encoder,
+                sequence_length=params.sequence_length,
+                train_samples=report.samples,
+                train_steps=report.steps,
+                train_seconds=round(report.seconds, 2),
+                final_loss=round(report.final_loss, 4),
+            )
+            log.info(
+                "cf_two_tower_built",
+                samples=report.samples,
+                steps=report.steps,
+                seconds=round(report.seconds, 2),
+                loss=round(report.final_loss, 4),
+            )
         fields[MANIFEST_FIELD] = info
         return fields
 
@@ -121,20 +146,22 @@ class CFChannel(Channel):
         vocab = Vocab.load(bundle.file(VOCAB_FILE))
         if self.params.item2item:
             self._require(bundle, item2item.ARTIFACT, files, "item2item")
-            self._table = item2item.NeighbourTable.load(bundle.file(item2item.ARTIFACT),
-                                                        len(vocab))
+            self._table = item2item.NeighbourTable.load(bundle.file(item2item.ARTIFACT), len(vocab))
         if self.params.two_tower:
             from recall_engine.runtime.encoders import OnnxModel
             from recall_engine.runtime.index import VectorIndex
 
             self._require(bundle, ENCODER_MANIFEST, files, "two_tower")
             self._require(bundle, INDEX_META, files, "two_tower")
-            self._encoder = OnnxModel(bundle.file(ENCODER_MANIFEST).parent,
-                                      device=self.params.device,
-                                      intra_op_threads=self.params.encoder_threads)
+            self._encoder = OnnxModel(
+                bundle.file(ENCODER_MANIFEST).parent,
+                device=self.params.device,
+                intra_op_threads=self.params.encoder_threads,
+            )
             ef = self.params.expansion_search
-            self._index = VectorIndex.load(bundle.file(INDEX_META).parent,
-                                           **({"expansion_search": ef} if ef else {}))
+            self._index = VectorIndex.load(
+                bundle.file(INDEX_META).parent, **({"expansion_search": ef} if ef else {})
+            )
             # the encoder was trained (and its position table sized) for this length
             self._length = int(self._built.get("sequence_length", self.params.sequence_length))
         self._vocab = vocab
@@ -142,9 +169,11 @@ class CFChannel(Channel):
 
     def _require(self, bundle: Any, name: str, files: Any, mode: str) -> None:
         if name not in files:
-            raise ValueError(f"{bundle.path / name}: missing; this bundle was built without "
-                             f"{mode} (rebuild, or set channels.{self.name}.params.{mode} "
-                             "= false)")
+            raise ValueError(
+                f"{bundle.path / name}: missing; this bundle was built without "
+                f"{mode} (rebuild, or set channels.{self.name}.params.{mode} "
+                "= false)"
+            )
 
     def warmup(self) -> None:
         vocab = self._checked_vocab()
@@ -167,9 +196,12 @@ class CFChannel(Channel):
         vocab = self._checked_vocab()
         p = self.params
         limit = max(p.max_history if p.item2item else 0, self._length if p.two_tower else 0)
-        prepared = [_Prepared(q, *known_history(vocab, q.history, limit)) if k > 0
-                    else _Prepared(q, np.zeros(0, np.int64), np.zeros(0, np.int64))
-                    for q in queries]
+        prepared = [
+            _Prepared(q, *known_history(vocab, q.history, limit))
+            if k > 0
+            else _Prepared(q, np.zeros(0, np.int64), np.zeros(0, np.int64))
+            for q in queries
+        ]
         use_i2i = p.item2item and (not p.two_tower or p.item2item_weight > 0)
         use_tt = p.two_tower and (not p.item2item or p.two_tower_weight > 0)
         i2i = [self._item2item(x, k) for x in prepared] if use_i2i else None
@@ -177,8 +209,11 @@ class CFChannel(Channel):
         out = []
         for row in range(len(queries)):
             if i2i is not None and tt is not None:
-                ids, scores = rrf([(i2i[row][0], p.item2item_weight),
-                                   (tt[row][0], p.two_tower_weight)], k, p.rrf_k)
+                ids, scores = rrf(
+                    [(i2i[row][0], p.item2item_weight), (tt[row][0], p.two_tower_weight)],
+                    k,
+                    p.rrf_k,
+                )
             else:
                 ids, scores = (i2i if i2i is not None else tt)[row]  # type: ignore[index]
             out.append(Candidates(ids, scores))
@@ -187,12 +222,19 @@ class CFChannel(Channel):
     def _item2item(self, x: _Prepared, k: int) -> Ranked:
         assert self._table is not None
         p = self.params
-        idx, pos = x.idx[-p.max_history:], x.positions[-p.max_history:]
+        idx, pos = x.idx[-p.max_history :], x.positions[-p.max_history :]
         if not len(idx):
             return _EMPTY
         q = x.query
-        weights = recency_weights(pos, len(q.history), p.half_life, q.timestamps,
-                                  p.half_life_days, q.events, p.event_weights)
+        weights = recency_weights(
+            pos,
+            len(q.history),
+            p.half_life,
+            q.timestamps,
+            p.half_life_days,
+            q.events,
+            p.event_weights,
+        )
         cand, scores = self._table.aggregate(idx, weights)
         return self._select(cand, scores, q, k)
 
@@ -229,8 +271,11 @@ class CFChannel(Channel):
             keep = np.flatnonzero(catalog.filter_mask(found, q))[:k]
             if len(keep) < k and len(found) == fetch:  # a narrow filter: search with it
                 found, scores = self._index.search(
-                    vector, k, keep=lambda c, q=q: catalog.filter_mask(c, q),
-                    max_fetch=self.params.max_filter_fetch)[0]
+                    vector,
+                    k,
+                    keep=lambda c, q=q: catalog.filter_mask(c, q),
+                    max_fetch=self.params.max_filter_fetch,
+                )[0]
                 keep = np.arange(len(found))
             out[row] = ([found[i] for i in keep.tolist()], scores[keep])
         return out
@@ -242,18 +287,24 @@ class CFChannel(Channel):
         modes = [m for m, on in (("item2item", p.item2item), ("two_tower", p.two_tower)) if on]
         details = {"modes": ",".join(modes), "merge": "rrf" if len(modes) == 2 else "none"}
         if p.item2item and self._table is not None:
-            details.update(method=str(self._built.get("method", p.method)),
-                           neighbours=str(p.neighbours),
-                           neighbour_entries=str(self._table.nnz))
+            details.update(
+                method=str(self._built.get("method", p.method)),
+                neighbours=str(p.neighbours),
+                neighbour_entries=str(self._table.nnz),
+            )
         if p.two_tower and self._index is not None:
-            details.update(dims=str(self._index.dim), metric=self._index.metric,
-                           index_dtype=self._index.dtype,
-                           index_simd=self._index.hardware_acceleration,
-                           encoder=str(self._built.get("encoder", p.encoder)),
-                           sequence_length=str(self._length),
-                           encoder_device=str(self._encoder.device))
-        return ChannelInfo(version=self._version, item_count=len(vocab) if vocab else 0,
-                           details=details)
+            details.update(
+                dims=str(self._index.dim),
+                metric=self._index.metric,
+                index_dtype=self._index.dtype,
+                index_simd=self._index.hardware_acceleration,
+                encoder=str(self._built.get("encoder", p.encoder)),
+                sequence_length=str(self._length),
+                encoder_device=str(self._encoder.device),
+            )
+        return ChannelInfo(
+            version=self._version, item_count=len(vocab) if vocab else 0, details=details
+        )
 
     def delete_items(self, item_ids: Sequence[str]) -> int:
         """Deleted items leave the shared catalogue, which every recall checks."""

@@ -35,8 +35,9 @@ class Vocab:
     @classmethod
     def from_ids(cls, ids: Sequence[str], counts: np.ndarray) -> Vocab:
         ids = list(map(sys.intern, ids))  # shared with the catalogue's (catalog.py)
-        return cls(ids, {item: i for i, item in enumerate(ids)},
-                   np.asarray(counts, dtype=np.float32))
+        return cls(
+            ids, {item: i for i, item in enumerate(ids)}, np.asarray(counts, dtype=np.float32)
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         with open(path, "wb") as fh:
@@ -80,8 +81,9 @@ def training_log(interactions) -> tuple[Vocab, TrainingLog]:
     return vocab, TrainingLog(users, items, weights, starts, int(users.max()) + 1)
 
 
-def known_history(vocab: Vocab, history: Sequence[str], limit: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def known_history(
+    vocab: Vocab, history: Sequence[str], limit: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, positions)`` of the newest ``limit`` distinct known items of
     ``history`` (oldest first), with their positions in ``history``. Unknown ids are
     dropped; a repeated item counts once, at its newest position."""
@@ -101,10 +103,15 @@ def known_history(vocab: Vocab, history: Sequence[str], limit: int
     return (np.asarray(idx[::-1], dtype=np.int64), np.asarray(pos[::-1], dtype=np.int64))
 
 
-def recency_weights(positions: np.ndarray, n: int, half_life: float,
-                    timestamps: Sequence[int] = (), half_life_days: float = 0.0,
-                    events: Sequence[str] = (),
-                    event_weights: Mapping[str, float] | None = None) -> np.ndarray:
+def recency_weights(
+    positions: np.ndarray,
+    n: int,
+    half_life: float,
+    timestamps: Sequence[int] = (),
+    half_life_days: float = 0.0,
+    events: Sequence[str] = (),
+    event_weights: Mapping[str, float] | None = None,
+) -> np.ndarray:
     """Weight per kept history item: ``0.5 ** (age / half_life)``.
 
     Age is counted in seconds from the newest history item when the request carries
@@ -132,5 +139,5 @@ def pad_left(histories: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, 
     for row, h in enumerate(histories):
         h = h[-length:]
         if len(h):
-            ids[row, length - len(h):] = h + 1
+            ids[row, length - len(h) :] = h + 1
     return ids, ids != PAD

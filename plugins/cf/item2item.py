@@ -61,8 +61,7 @@ class NeighbourTable:
     def nnz(self) -> int:
         return len(self.indices)
 
-    def aggregate(self, history: np.ndarray, weights: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def aggregate(self, history: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(candidates, scores)``: every item in the neighbour lists of ``history``
         (item indices) with ``Σ weight_h * sim(h, item)``, in no particular order."""
         starts = self.indptr[history]
@@ -94,13 +93,19 @@ class NeighbourTable:
             missing = {"indptr", "indices", "sims"} - set(z.files)
             if missing:
                 raise ValueError(f"{path}: missing arrays {sorted(missing)}")
-            table = cls(z["indptr"].astype(np.int64), z["indices"].astype(np.int32),
-                        z["sims"].astype(np.float32))
+            table = cls(
+                z["indptr"].astype(np.int64),
+                z["indices"].astype(np.int32),
+                z["sims"].astype(np.float32),
+            )
         if table.n_items != n_items:
             raise ValueError(f"{path}: {table.n_items} rows, the vocabulary has {n_items}")
-        if (len(table.indices) != len(table.sims) or table.indptr[0] != 0
-                or table.indptr[-1] != len(table.indices)
-                or np.any(np.diff(table.indptr) < 0)):
+        if (
+            len(table.indices) != len(table.sims)
+            or table.indptr[0] != 0
+            or table.indptr[-1] != len(table.indices)
+            or np.any(np.diff(table.indptr) < 0)
+        ):
             raise ValueError(f"{path}: inconsistent CSR arrays")
         if len(table.indices) and (table.indices.min() < 0 or table.indices.max() >= n_items):
             raise ValueError(f"{path}: neighbour index out of range")
@@ -109,8 +114,15 @@ class NeighbourTable:
 
 # ----------------------------------------------------------------------------- learning
 
-def user_item_matrix(users: np.ndarray, items: np.ndarray, weights: np.ndarray,
-                     n_users: int, n_items: int, use_weights: bool) -> sp.csr_matrix:
+
+def user_item_matrix(
+    users: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray,
+    n_users: int,
+    n_items: int,
+    use_weights: bool,
+) -> sp.csr_matrix:
     """Users x items, float32; repeated interactions sum (weighted) or count once."""
     import scipy.sparse as sp
 
@@ -122,22 +134,43 @@ def user_item_matrix(users: np.ndarray, items: np.ndarray, weights: np.ndarray,
     return x
 
 
-def learn(x: sp.csr_matrix, method: str, *, neighbours: int, ease_lambda: float = 500.0,
-          cosine_shrink: float = 10.0, swing_alpha: float = 1.0, swing_max_users: int = 100,
-          seed: int = 0, progress: bool = False) -> NeighbourTable:
+def learn(
+    x: sp.csr_matrix,
+    method: str,
+    *,
+    neighbours: int,
+    ease_lambda: float = 500.0,
+    cosine_shrink: float = 10.0,
+    swing_alpha: float = 1.0,
+    swing_max_users: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> NeighbourTable:
     """Neighbour lists from the users x items matrix ``x`` (see the module docstring)."""
     if method == "cosine":
         return cosine(x, neighbours, shrink=cosine_shrink, progress=progress)
     if method == "ease":
         return ease(x, neighbours, lam=ease_lambda, progress=progress)
     if method == "swing":
-        return swing(x, neighbours, alpha=swing_alpha, max_users=swing_max_users, seed=seed,
-                     progress=progress)
+        return swing(
+            x,
+            neighbours,
+            alpha=swing_alpha,
+            max_users=swing_max_users,
+            seed=seed,
+            progress=progress,
+        )
     raise ValueError(f"unknown item2item method {method!r}")
 
 
-def cosine(x: sp.csr_matrix, neighbours: int, *, shrink: float = 10.0,
-           progress: bool = False, max_block_entries: int = 20_000_000) -> NeighbourTable:
+def cosine(
+    x: sp.csr_matrix,
+    neighbours: int,
+    *,
+    shrink: float = 10.0,
+    progress: bool = False,
+    max_block_entries: int = 20_000_000,
+) -> NeighbourTable:
     xt = x.T.tocsr()
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
     parts = []
@@ -150,15 +183,19 @@ def cosine(x: sp.csr_matrix, neighbours: int, *, shrink: float = 10.0,
     return _concat(parts, x.shape[1])
 
 
-def _cosine_blocks(x: sp.csr_matrix, xt: sp.csr_matrix, max_entries: int,
-                   progress: bool) -> list[tuple[int, int]]:
+def _cosine_blocks(
+    x: sp.csr_matrix, xt: sp.csr_matrix, max_entries: int, progress: bool
+) -> list[tuple[int, int]]:
     """Item row ranges whose co-occurrence rows hold at most about ``max_entries``
     entries together: row ``i`` has at most ``Σ_{u ∈ U_i} |I_u|`` (one popular item in
     a large catalogue can co-occur with most of it), so memory stays bounded."""
     user_degree = np.diff(x.indptr).astype(np.float64)
     bound = np.maximum(xt @ user_degree, 1.0)
-    ends = np.searchsorted(np.cumsum(bound), np.arange(1, int(bound.sum() // max_entries) + 2)
-                           * float(max_entries), side="right")
+    ends = np.searchsorted(
+        np.cumsum(bound),
+        np.arange(1, int(bound.sum() // max_entries) + 2) * float(max_entries),
+        side="right",
+    )
     cuts = np.unique(np.r_[0, np.clip(ends, 1, x.shape[1]), x.shape[1]])
     blocks = list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))
     if progress:
@@ -168,8 +205,14 @@ def _cosine_blocks(x: sp.csr_matrix, xt: sp.csr_matrix, max_entries: int,
     return blocks
 
 
-def ease(x: sp.csr_matrix, neighbours: int, *, lam: float = 500.0,
-         progress: bool = False, block: int = 2048) -> NeighbourTable:
+def ease(
+    x: sp.csr_matrix,
+    neighbours: int,
+    *,
+    lam: float = 500.0,
+    progress: bool = False,
+    block: int = 2048,
+) -> NeighbourTable:
     import scipy.linalg
 
     n = x.shape[1]
@@ -188,8 +231,15 @@ def ease(x: sp.csr_matrix, neighbours: int, *, lam: float = 500.0,
     return _concat(parts, n)
 
 
-def swing(x: sp.csr_matrix, neighbours: int, *, alpha: float = 1.0, max_users: int = 100,
-          seed: int = 0, progress: bool = False) -> NeighbourTable:
+def swing(
+    x: sp.csr_matrix,
+    neighbours: int,
+    *,
+    alpha: float = 1.0,
+    max_users: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> NeighbourTable:
     import scipy.sparse as sp
 
     x = x.tocsr(copy=True)
@@ -200,7 +250,7 @@ def swing(x: sp.csr_matrix, neighbours: int, *, alpha: float = 1.0, max_users: i
     rng = np.random.default_rng(seed)
     rows, cols, vals = [], [], []
     for i in _blocks(x.shape[1], 1, progress, "cf swing"):
-        users = xt.indices[xt.indptr[i]:xt.indptr[i + 1]]
+        users = xt.indices[xt.indptr[i] : xt.indptr[i + 1]]
         if len(users) < 2:
             continue
         if len(users) > max_users:
@@ -208,8 +258,9 @@ def swing(x: sp.csr_matrix, neighbours: int, *, alpha: float = 1.0, max_users: i
         sub = x[users]
         items, local = np.unique(sub.indices, return_inverse=True)
         owner = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-        sub = sp.csr_matrix((np.ones(len(local), np.float32), (owner, local)),
-                            shape=(len(users), len(items)))
+        sub = sp.csr_matrix(
+            (np.ones(len(local), np.float32), (owner, local)), shape=(len(users), len(items))
+        )
         # small products through SciPy's single-threaded kernels: a BLAS thread pool
         # spinning per item costs far more than the arithmetic on a busy machine
         overlap = (sub @ sub.T).toarray()
@@ -224,11 +275,14 @@ def swing(x: sp.csr_matrix, neighbours: int, *, alpha: float = 1.0, max_users: i
         vals.append(sims[keep])
     if not rows:
         return _concat([], x.shape[1])
-    return _concat([_top_n(np.concatenate(rows), np.concatenate(cols),
-                           np.concatenate(vals), neighbours)], x.shape[1])
+    return _concat(
+        [_top_n(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), neighbours)],
+        x.shape[1],
+    )
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _blocks(n: int, block: int, progress: bool, desc: str) -> Any:
     steps = range(0, n, block)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def rrf(lists: Sequence[tuple[Sequence[str], float]], k: int, rrf_k: float = 60.0
-        ) -> tuple[list[str], np.ndarray]:
+def rrf(
+    lists: Sequence[tuple[Sequence[str], float]], k: int, rrf_k: float = 60.0
+) -> tuple[list[str], np.ndarray]:
     """Fuse ``(item ids best first, weight)`` lists into the top ``k``; returns the ids
     and their float32 fused scores (non-increasing).
 
@@ -24,16 +25,20 @@ def rrf(lists: Sequence[tuple[Sequence[str], float]], k: int, rrf_k: float = 60.
     the terms summed with ``bincount`` (in list order, as a loop would add them), and
     the best ``(rank, mode)`` kept as ``rank * modes + mode``. Each ``(rank, mode)``
     belongs to exactly one item, so the sort never needs the item id."""
-    active = [(ids, float(weight), mode) for mode, (ids, weight) in enumerate(lists)
-              if weight > 0 and len(ids)]
+    active = [
+        (ids, float(weight), mode)
+        for mode, (ids, weight) in enumerate(lists)
+        if weight > 0 and len(ids)
+    ]
     if not active or k <= 0:
         return [], np.zeros(0, dtype=np.float32)
     index: dict[str, int] = {}
     add = index.setdefault
     lengths = [len(ids) for ids, _, _ in active]
     total = sum(lengths)
-    flat = np.fromiter([add(item, len(index)) for ids, _, _ in active for item in ids],
-                       np.intp, total)
+    flat = np.fromiter(
+        [add(item, len(index)) for ids, _, _ in active for item in ids], np.intp, total
+    )
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     ranks = np.arange(1, total + 1, dtype=np.int64) - starts
     modes = np.repeat(np.asarray([mode for _, _, mode in active], dtype=np.int64), lengths)

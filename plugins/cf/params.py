@@ -49,13 +49,13 @@ class CFParams:
     learning_rate: float = 2e-3
     temperature: float = 0.1
     logq_correction: bool = True
-    sparse_updates: bool = True   # the embedding table's optimiser touches the batch's rows only
+    sparse_updates: bool = True  # the embedding table's optimiser touches the batch's rows only
     train_threads: int = 1
     encoder_threads: int = 1
     device: str = "cpu"
     index_dtype: str = "f32"
     expansion_search: int = 0
-    max_filter_fetch: int = 4096   # a narrow category filter ranks at most this many
+    max_filter_fetch: int = 4096  # a narrow category filter ranks at most this many
     # combining
     item2item_weight: float = 1.0
     two_tower_weight: float = 1.0
@@ -82,6 +82,7 @@ def _integer(low: int) -> Callable[[Any], int | None]:
     def check(v: Any) -> int | None:
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
         return v if ok else None
+
     check.__doc__ = f"an integer >= {low}"
     return check
 
@@ -91,6 +92,7 @@ def _number(low: float, *, strict: bool) -> Callable[[Any], float | None]:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             return None
         return float(v) if (v > low if strict else v >= low) else None
+
     check.__doc__ = f"a number {'>' if strict else '>='} {low:g}"
     return check
 
@@ -98,6 +100,7 @@ def _number(low: float, *, strict: bool) -> Callable[[Any], float | None]:
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return v if v in options else None
+
     check.__doc__ = "one of " + ", ".join(repr(o) for o in options)
     return check
 
@@ -166,9 +169,12 @@ def parse_params(channel: str, params: Mapping[str, Any]) -> CFParams:
         values[key] = checked
     out = CFParams(**values)
     if not out.item2item and not out.two_tower:
-        raise ValueError(f"{where}.item2item: item2item and two_tower are both false; "
-                         "enable at least one mode")
+        raise ValueError(
+            f"{where}.item2item: item2item and two_tower are both false; enable at least one mode"
+        )
     if out.item2item and out.two_tower and out.item2item_weight + out.two_tower_weight == 0:
-        raise ValueError(f"{where}.item2item_weight: item2item_weight and two_tower_weight "
-                         "are both 0; give at least one mode a weight > 0")
+        raise ValueError(
+            f"{where}.item2item_weight: item2item_weight and two_tower_weight "
+            "are both 0; give at least one mode a weight > 0"
+        )
     return out

@@ -51,8 +51,9 @@ class HistoryEncoder(nn.Module):
     """``(item_ids [B, L] int64, mask [B, L] bool) -> user vector [B, dim]`` (unit
     length). Owns the item embedding table the item tower reads too."""
 
-    def __init__(self, n_items: int, dim: int, length: int, kind: str = "mean",
-                 sparse: bool = False) -> None:
+    def __init__(
+        self, n_items: int, dim: int, length: int, kind: str = "mean", sparse: bool = False
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0, sparse=sparse)
@@ -113,12 +114,12 @@ class NextItemSamples:
         window = pos[:, None] - np.arange(self.length, 0, -1)[None, :]
         valid = window >= self.user_start[pos][:, None]
         ids = np.where(valid, self.items[np.maximum(window, 0)] + 1, 0)
-        return (torch.from_numpy(ids), torch.from_numpy(valid),
-                torch.from_numpy(self.items[pos]))
+        return (torch.from_numpy(ids), torch.from_numpy(valid), torch.from_numpy(self.items[pos]))
 
 
-def train(vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int = 0,
-          progress: bool = False) -> tuple[HistoryEncoder, TrainReport]:
+def train(
+    vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int = 0, progress: bool = False
+) -> tuple[HistoryEncoder, TrainReport]:
     """Train the two towers (see the module docstring); returns the model in eval mode.
 
     Runs on ``params.train_threads`` intra-op threads (default 1: on a busy machine two
@@ -132,17 +133,20 @@ def train(vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int = 0,
         torch.set_num_threads(threads)
 
 
-def _train(vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int,
-           progress: bool) -> tuple[HistoryEncoder, TrainReport]:
+def _train(
+    vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int, progress: bool
+) -> tuple[HistoryEncoder, TrainReport]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = HistoryEncoder(len(vocab), params.dim, params.sequence_length, params.encoder,
-                           sparse=params.sparse_updates)
+    model = HistoryEncoder(
+        len(vocab), params.dim, params.sequence_length, params.encoder, sparse=params.sparse_updates
+    )
     samples = NextItemSamples(data, params.sequence_length)
     if len(samples) == 0:
         raise ValueError("cf two_tower: no user has two interactions; nothing to learn")
-    log_q = torch.from_numpy(np.log(np.maximum(vocab.counts, 1.0) / vocab.counts.sum())
-                             .astype(np.float32))
+    log_q = torch.from_numpy(
+        np.log(np.maximum(vocab.counts, 1.0) / vocab.counts.sum()).astype(np.float32)
+    )
     optimisers = _optimisers(model, params)
     batch = min(params.batch_size, len(samples))
     steps_per_epoch = max(1, len(samples) // batch)  # drop the ragged tail batch
@@ -155,11 +159,12 @@ def _train(vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int,
         if progress:
             from tqdm import tqdm
 
-            steps = tqdm(steps, desc=f"cf two-tower epoch {epoch + 1}/{params.epochs}",
-                         unit="batch")
+            steps = tqdm(
+                steps, desc=f"cf two-tower epoch {epoch + 1}/{params.epochs}", unit="batch"
+            )
         total = 0.0
         for step in steps:
-            ids, mask, target = samples.batch(order[step * batch:(step + 1) * batch])
+            ids, mask, target = samples.batch(order[step * batch : (step + 1) * batch])
             loss = _loss(model, ids, mask, target, params, log_q)
             for optimiser in optimisers:
                 optimiser.zero_grad(set_to_none=True)
@@ -170,8 +175,9 @@ def _train(vocab: Vocab, data: TrainingLog, params: CFParams, *, seed: int,
         loss_value = total / steps_per_epoch
         log.info("cf_two_tower_epoch", epoch=epoch + 1, loss=round(loss_value, 4))
     model.eval()
-    return model, TrainReport(len(samples), steps_per_epoch * params.epochs,
-                              time.perf_counter() - t0, loss_value)
+    return model, TrainReport(
+        len(samples), steps_per_epoch * params.epochs, time.perf_counter() - t0, loss_value
+    )
 
 
 def _optimisers(model: HistoryEncoder, params: CFParams) -> list[torch.optim.Optimizer]:
@@ -184,12 +190,20 @@ def _optimisers(model: HistoryEncoder, params: CFParams) -> list[torch.optim.Opt
     if not params.sparse_updates:
         return [torch.optim.Adam(model.parameters(), lr=params.learning_rate)]
     rest = [p for name, p in model.named_parameters() if name != "items.weight"]
-    return [torch.optim.SparseAdam([model.items.weight], lr=params.learning_rate),
-            torch.optim.Adam(rest, lr=params.learning_rate)]
+    return [
+        torch.optim.SparseAdam([model.items.weight], lr=params.learning_rate),
+        torch.optim.Adam(rest, lr=params.learning_rate),
+    ]
 
 
-def _loss(model: HistoryEncoder, ids: torch.Tensor, mask: torch.Tensor,
-          target: torch.Tensor, params: CFParams, log_q: torch.Tensor) -> torch.Tensor:
+def _loss(
+    model: HistoryEncoder,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    target: torch.Tensor,
+    params: CFParams,
+    log_q: torch.Tensor,
+) -> torch.Tensor:
     users = model(ids, mask)
     items = F.normalize(model.items(target + 1), dim=-1)
     logits = users @ items.T / params.temperature
@@ -201,8 +215,9 @@ def _loss(model: HistoryEncoder, ids: torch.Tensor, mask: torch.Tensor,
     return F.cross_entropy(logits, torch.arange(len(target)))
 
 
-def export(model: HistoryEncoder, vocab: Vocab, params: CFParams, out: Path,
-           seed: int = 0) -> dict[str, str]:
+def export(
+    model: HistoryEncoder, vocab: Vocab, params: CFParams, out: Path, seed: int = 0
+) -> dict[str, str]:
     """Write ``encoder/`` (ONNX history encoder, parity-checked, with its manifest) and
     ``index/`` (the unit item vectors in a ``VectorIndex``, metric ``ip``) under ``out``.
     Returns the model hashes for the bundle manifest."""
@@ -214,9 +229,15 @@ def export(model: HistoryEncoder, vocab: Vocab, params: CFParams, out: Path,
     example_ids[1, :] = torch.arange(1, length + 1) % (len(vocab) + 1)
     example_mask = example_ids != 0
     cases = ((1, length), (3, max(1, min(length, 7))), (7, 1))
-    manifest = export_torch(model, (example_ids, example_mask), out / ENCODER_DIR,
-                            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                            parity_cases=cases, seed=seed)
+    manifest = export_torch(
+        model,
+        (example_ids, example_mask),
+        out / ENCODER_DIR,
+        input_names=list(INPUT_NAMES),
+        output_names=[OUTPUT_NAME],
+        parity_cases=cases,
+        seed=seed,
+    )
     with torch.no_grad():
         vectors = model.item_vectors().numpy().astype(np.float32)
     # i8 needs unit vectors under "cos"; the tower's item vectors are unit (see

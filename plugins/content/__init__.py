@@ -90,38 +90,82 @@ class ContentChannel(VectorChannel):
         items = list(ctx.catalog)
         docs = [item_terms(it) for it in items]
         Vocabulary.fit(docs, min_df=p["min_df"], max_terms=p["max_terms"]).save(
-            ctx.out / VOCABULARY_FILE)
+            ctx.out / VOCABULARY_FILE
+        )
         vocab = Vocabulary.load(ctx.out / VOCABULARY_FILE)  # exactly what serving reads
         term_ids, term_weights = vocab.featurize(docs)
-        pairs = co_consumed_pairs(ctx.interactions, {it.item_id: i for i, it in enumerate(items)},
-                                  window=p["window"], max_pairs=p["max_pairs"], seed=ctx.seed)
-        settings = TrainSettings(dim=p["dim"], epochs=p["epochs"], batch_size=p["batch_size"],
-                                 lr=p["lr"], temperature=p["temperature"],
-                                 term_dropout=p["term_dropout"],
-                                 max_seconds=p["max_train_seconds"])
-        model, stats = train_encoder(term_ids, term_weights, pairs, len(vocab), settings,
-                                     seed=ctx.seed, progress=ctx.progress)
+        pairs = co_consumed_pairs(
+            ctx.interactions,
+            {it.item_id: i for i, it in enumerate(items)},
+            window=p["window"],
+            max_pairs=p["max_pairs"],
+            seed=ctx.seed,
+        )
+        settings = TrainSettings(
+            dim=p["dim"],
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            lr=p["lr"],
+            temperature=p["temperature"],
+            term_dropout=p["term_dropout"],
+            max_seconds=p["max_train_seconds"],
+        )
+        model, stats = train_encoder(
+            term_ids,
+            term_weights,
+            pairs,
+            len(vocab),
+            settings,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
         manifest = export_encoder(model, ctx.out / ENCODER_DIR, seed=ctx.seed)
-        encoder = OnnxModel(ctx.out / ENCODER_DIR, device=p["device"],
-                            intra_op_threads=p["intra_op_threads"])
-        vectors = encode_all(lambda chunk: _run(encoder, vocab, [item_terms(it) for it in chunk]),
-                             items, p["dim"], progress=ctx.progress,
-                             desc=f"{ctx.name}: encoding items")
+        encoder = OnnxModel(
+            ctx.out / ENCODER_DIR, device=p["device"], intra_op_threads=p["intra_op_threads"]
+        )
+        vectors = encode_all(
+            lambda chunk: _run(encoder, vocab, [item_terms(it) for it in chunk]),
+            items,
+            p["dim"],
+            progress=ctx.progress,
+            desc=f"{ctx.name}: encoding items",
+        )
         fields = write_vectors(ctx.out, items, vectors, dtype=p["index_dtype"])
-        build_params = {k: p[k] for k in ("dim", "epochs", "batch_size", "lr", "temperature",
-                                          "term_dropout", "window", "max_pairs", "max_terms",
-                                          "min_df", "index_dtype")}
-        return {**fields,
-                "model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
-                                 "state_dict": manifest.source_hash},
-                "build_params": build_params,
-                "vocabulary": len(vocab) - 1, "training": stats}
+        build_params = {
+            k: p[k]
+            for k in (
+                "dim",
+                "epochs",
+                "batch_size",
+                "lr",
+                "temperature",
+                "term_dropout",
+                "window",
+                "max_pairs",
+                "max_terms",
+                "min_df",
+                "index_dtype",
+            )
+        }
+        return {
+            **fields,
+            "model_hashes": {
+                f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
+                "state_dict": manifest.source_hash,
+            },
+            "build_params": build_params,
+            "vocabulary": len(vocab) - 1,
+            "training": stats,
+        }
 
     # -- encoder hooks ---------------------------------------------------------------
     def open_encoders(self, bundle: Bundle) -> None:
         self._vocab = Vocabulary.load(bundle.file(VOCABULARY_FILE))
-        self._model = OnnxModel(bundle.path / ENCODER_DIR, device=self.params["device"],
-                                intra_op_threads=self.params["intra_op_threads"])
+        self._model = OnnxModel(
+            bundle.path / ENCODER_DIR,
+            device=self.params["device"],
+            intra_op_threads=self.params["intra_op_threads"],
+        )
 
     def _parts(self) -> tuple[OnnxModel, Vocabulary]:
         if self._model is None or self._vocab is None:
@@ -147,9 +191,13 @@ class ContentChannel(VectorChannel):
 
     def encoder_details(self) -> dict[str, str]:
         model, vocab = self._parts()
-        return {"encoder_file": model.path.name, "precision": model.precision,
-                "device": model.device, "providers": ",".join(model.session.get_providers()),
-                "vocabulary": str(len(vocab) - 1)}
+        return {
+            "encoder_file": model.path.name,
+            "precision": model.precision,
+            "device": model.device,
+            "providers": ",".join(model.session.get_providers()),
+            "vocabulary": str(len(vocab) - 1),
+        }
 
 
 def _run(model: OnnxModel, vocab: Vocabulary, docs: Sequence[Mapping[str, float]]) -> np.ndarray:

@@ -50,8 +50,9 @@ class ContentEncoder(nn.Module):
     def forward_fused(self, term_ids: torch.Tensor, term_weights: torch.Tensor) -> torch.Tensor:
         """The same function with ``embedding_bag`` (one fused kernel, about twice as
         fast to train on CPU); tests check it equals :meth:`forward`."""
-        pooled = F.embedding_bag(term_ids, self.terms.weight, per_sample_weights=term_weights,
-                                 mode="sum", padding_idx=0)
+        pooled = F.embedding_bag(
+            term_ids, self.terms.weight, per_sample_weights=term_weights, mode="sum", padding_idx=0
+        )
         return F.normalize(self.proj(pooled), dim=-1)
 
 
@@ -66,12 +67,21 @@ class TrainSettings:
     max_seconds: float = 60.0
 
 
-def co_consumed_pairs(interactions: Interactions, index_of: Mapping[str, int], *,
-                      window: int, max_pairs: int, seed: int) -> np.ndarray:
+def co_consumed_pairs(
+    interactions: Interactions,
+    index_of: Mapping[str, int],
+    *,
+    window: int,
+    max_pairs: int,
+    seed: int,
+) -> np.ndarray:
     """``[P, 2]`` catalogue rows of items one user consumed within ``window`` steps of
     each other (time order); a uniform sample of ``max_pairs`` when there are more."""
-    codes = np.fromiter((index_of.get(i, -1) for i in interactions.item_ids.tolist()),
-                        dtype=np.int64, count=len(interactions))
+    codes = np.fromiter(
+        (index_of.get(i, -1) for i in interactions.item_ids.tolist()),
+        dtype=np.int64,
+        count=len(interactions),
+    )
     chunks = []
     for rows in interactions.by_user().values():
         seq = codes[rows]
@@ -87,9 +97,16 @@ def co_consumed_pairs(interactions: Interactions, index_of: Mapping[str, int], *
     return pairs
 
 
-def train_encoder(term_ids: np.ndarray, term_weights: np.ndarray, pairs: np.ndarray,
-                  vocab_size: int, settings: TrainSettings, *, seed: int = 0,
-                  progress: bool = False) -> tuple[ContentEncoder, dict[str, float]]:
+def train_encoder(
+    term_ids: np.ndarray,
+    term_weights: np.ndarray,
+    pairs: np.ndarray,
+    vocab_size: int,
+    settings: TrainSettings,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[ContentEncoder, dict[str, float]]:
     """InfoNCE over co-consumed pairs with in-batch negatives (both directions), items
     given by their term features only, so the encoder stays a function of metadata.
     Negatives that are the same item as the positive (popular items recur in a batch)
@@ -104,9 +121,15 @@ def train_encoder(term_ids: np.ndarray, term_weights: np.ndarray, pairs: np.ndar
         torch.set_num_threads(threads)
 
 
-def _train(term_ids: np.ndarray, term_weights: np.ndarray, pairs: np.ndarray, vocab_size: int,
-           settings: TrainSettings, seed: int, progress: bool
-           ) -> tuple[ContentEncoder, dict[str, float]]:
+def _train(
+    term_ids: np.ndarray,
+    term_weights: np.ndarray,
+    pairs: np.ndarray,
+    vocab_size: int,
+    settings: TrainSettings,
+    seed: int,
+    progress: bool,
+) -> tuple[ContentEncoder, dict[str, float]]:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = ContentEncoder(vocab_size, settings.dim)
@@ -122,7 +145,7 @@ def _train(term_ids: np.ndarray, term_weights: np.ndarray, pairs: np.ndarray, vo
         for _ in range(settings.epochs):
             order = torch.randperm(len(all_pairs), generator=generator)
             for start in range(0, len(order), settings.batch_size):
-                batch = all_pairs[order[start:start + settings.batch_size]]
+                batch = all_pairs[order[start : start + settings.batch_size]]
                 if len(batch) < 2 or time.perf_counter() > deadline:
                     continue
                 loss = _step_loss(model, ids, weights, batch, settings, generator)
@@ -133,20 +156,33 @@ def _train(term_ids: np.ndarray, term_weights: np.ndarray, pairs: np.ndarray, vo
                 bar.update(1)
     done = len(losses)
     if done < steps and time.perf_counter() > deadline:
-        log.warning("content_training_cut_short", steps=done, planned=steps,
-                    max_seconds=settings.max_seconds)
+        log.warning(
+            "content_training_cut_short",
+            steps=done,
+            planned=steps,
+            max_seconds=settings.max_seconds,
+        )
     model.eval()
     tail = losses[-20:] or [float("nan")]
-    stats = {"steps": done, "pairs": len(pairs), "seconds": round(time.perf_counter() - started, 2),
-             "loss_first": round(losses[0], 4) if losses else float("nan"),
-             "loss_last": round(float(np.mean(tail)), 4)}
+    stats = {
+        "steps": done,
+        "pairs": len(pairs),
+        "seconds": round(time.perf_counter() - started, 2),
+        "loss_first": round(losses[0], 4) if losses else float("nan"),
+        "loss_last": round(float(np.mean(tail)), 4),
+    }
     log.info("content_trained", **stats)
     return model, stats
 
 
-def _step_loss(model: ContentEncoder, ids: torch.Tensor, weights: torch.Tensor,
-               batch: torch.Tensor, settings: TrainSettings,
-               generator: torch.Generator) -> torch.Tensor:
+def _step_loss(
+    model: ContentEncoder,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    batch: torch.Tensor,
+    settings: TrainSettings,
+    generator: torch.Generator,
+) -> torch.Tensor:
     a, b = batch[:, 0], batch[:, 1]
 
     def encode(rows: torch.Tensor) -> torch.Tensor:
@@ -161,8 +197,10 @@ def _step_loss(model: ContentEncoder, ids: torch.Tensor, weights: torch.Tensor,
     false_ab = ((b[None, :] == b[:, None]) | (b[None, :] == a[:, None])) & ~eye
     false_ba = ((a[None, :] == a[:, None]) | (a[None, :] == b[:, None])) & ~eye
     labels = torch.arange(len(batch))
-    return 0.5 * (F.cross_entropy(logits.masked_fill(false_ab, -1e4), labels)
-                  + F.cross_entropy(logits.T.masked_fill(false_ba, -1e4), labels))
+    return 0.5 * (
+        F.cross_entropy(logits.masked_fill(false_ab, -1e4), labels)
+        + F.cross_entropy(logits.T.masked_fill(false_ba, -1e4), labels)
+    )
 
 
 def export_encoder(model: ContentEncoder, folder: Path, *, seed: int = 0) -> ModelManifest:
@@ -176,5 +214,12 @@ def export_encoder(model: ContentEncoder, folder: Path, *, seed: int = 0) -> Mod
     weights[1, 5:] = 0.0
     axes = {name: {0: "batch", 1: "terms"} for name in INPUT_NAMES}
     axes[OUTPUT_NAME] = {0: "batch"}
-    return export_torch(model, (ids, weights), folder, input_names=INPUT_NAMES,
-                        output_names=(OUTPUT_NAME,), dynamic_axes=axes, seed=seed)
+    return export_torch(
+        model,
+        (ids, weights),
+        folder,
+        input_names=INPUT_NAMES,
+        output_names=(OUTPUT_NAME,),
+        dynamic_axes=axes,
+        seed=seed,
+    )

@@ -44,13 +44,15 @@ PROSE_LABELS = frozenset({"plot", "description", "summary", "overview", "text", 
 _WORD = re.compile(r"[a-z0-9]+(?:['’\-][a-z0-9]+)*")
 _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z _-]{0,30}):\s*(.+?)\s*$")
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about after all also an and any are as at be been but by can could did do does for
 from had has have he her here hers him his how i if in into is it its just me more most
 my no not of on one only or our out over own she so some such than that the their them
 then there these they this those through to too under up very was we were what when
 where which while who whom why will with would you your
-""".split())
+""".split()
+)
 
 
 def words(text: str) -> list[str]:
@@ -115,8 +117,14 @@ class Vocabulary:
         return len(self.terms) + 1
 
     @classmethod
-    def fit(cls, documents: Iterable[Mapping[str, float]], *, min_df: int = 1,
-            max_vocab: int = 500_000, max_terms: int = 64) -> Vocabulary:
+    def fit(
+        cls,
+        documents: Iterable[Mapping[str, float]],
+        *,
+        min_df: int = 1,
+        max_vocab: int = 500_000,
+        max_terms: int = 64,
+    ) -> Vocabulary:
         """Terms in at least ``min_df`` documents (the ``max_vocab`` most frequent),
         with smooth idf ``log((1 + N) / (1 + df)) + 1``."""
         df: Counter[str] = Counter()
@@ -129,8 +137,7 @@ class Vocabulary:
         idf = [math.log((1 + n) / (1 + df[t])) + 1.0 for t in kept]
         return cls(kept, idf, max_terms)
 
-    def featurize(self, documents: Sequence[Mapping[str, float]]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def featurize(self, documents: Sequence[Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray]:
         """``(term_ids int64 [B, L], term_weights float32 [B, L])``: each document's
         known terms, heaviest ``max_terms`` first, zero-padded to the longest (L >= 1)."""
         rows: list[list[tuple[int, float]]] = []
@@ -141,19 +148,23 @@ class Vocabulary:
                 if tid is not None and raw > 0:
                     row.append((tid, math.log1p(raw) * self.idf[tid]))
             row.sort(key=lambda p: (-p[1], p[0]))
-            rows.append(row[:self.max_terms])
+            rows.append(row[: self.max_terms])
         width = max([1, *(len(r) for r in rows)])
         ids = np.zeros((len(rows), width), dtype=np.int64)
         weights = np.zeros((len(rows), width), dtype=np.float32)
         for i, row in enumerate(rows):
             if row:
-                ids[i, :len(row)] = [t for t, _ in row]
-                weights[i, :len(row)] = [w for _, w in row]
+                ids[i, : len(row)] = [t for t, _ in row]
+                weights[i, : len(row)] = [w for _, w in row]
         return ids, weights
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        data = {"format": FORMAT, "max_terms": self.max_terms, "terms": self.terms,
-                "idf": self.idf[1:].tolist()}
+        data = {
+            "format": FORMAT,
+            "max_terms": self.max_terms,
+            "terms": self.terms,
+            "idf": self.idf[1:].tolist(),
+        }
         Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
     @classmethod

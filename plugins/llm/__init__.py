@@ -67,8 +67,12 @@ PARAMS: dict[str, Param] = {
     "model_dir": Param(str, None),
     "source": Param(str, None),
     "precision": Param(str, "auto", lambda v: v in ("auto", "fp32", "int8"), "auto, fp32 or int8"),
-    "variants": Param((list, tuple), None, lambda v: all(x in VARIANTS for x in v),
-                      f"a list of {', '.join(VARIANTS)}"),
+    "variants": Param(
+        (list, tuple),
+        None,
+        lambda v: all(x in VARIANTS for x in v),
+        f"a list of {', '.join(VARIANTS)}",
+    ),
     "item_max_tokens": Param(int, 128, lambda v: v >= 8, ">= 8"),
 }
 
@@ -85,30 +89,36 @@ def item_text(item: ItemRecord) -> str:
     return "\n".join([item.title, *fields, *rest]) if item.title else "\n".join(fields + rest)
 
 
-def open_text_encoder(folder: Path, params: dict[str, Any], max_tokens: int, *,
-                      precision: str | None = None) -> TextEncoder:
-    encoder = TextEncoder(folder, precision=precision or params["precision"],
-                          device=params["device"], max_batch=params["max_batch"],
-                          intra_op_threads=params["intra_op_threads"])
+def open_text_encoder(
+    folder: Path, params: dict[str, Any], max_tokens: int, *, precision: str | None = None
+) -> TextEncoder:
+    encoder = TextEncoder(
+        folder,
+        precision=precision or params["precision"],
+        device=params["device"],
+        max_batch=params["max_batch"],
+        intra_op_threads=params["intra_op_threads"],
+    )
     if max_tokens < encoder.tokenizer.max_length:
         # TextEncoder truncates at the exported max_length; items and queries are cut
         # shorter here (MiniLM was trained on 128 tokens, and long texts cost time).
         encoder.tokenizer = TextTokenizer.from_file(
             encoder.model.folder / (encoder.model.manifest.tokenizer or "tokenizer.json"),
-            max_tokens)
+            max_tokens,
+        )
     return encoder
 
 
-def prepare_encoder(folder: Path, model_dir: str | None, source: str | None,
-                    variants: Sequence[str]) -> ModelManifest:
+def prepare_encoder(
+    folder: Path, model_dir: str | None, source: str | None, variants: Sequence[str]
+) -> ModelManifest:
     """Export the sentence encoder into ``folder`` (or copy ``model_dir``) with the
     requested variants. Imports PyTorch only when it has to export."""
     if model_dir:
         src = Path(model_dir)
         manifest = ModelManifest.read(src)
         if manifest.kind != "sentence-encoder" or manifest.tokenizer is None:
-            raise ValueError(f"model_dir {src}: a {manifest.kind!r} export, not a "
-                             "sentence encoder")
+            raise ValueError(f"model_dir {src}: a {manifest.kind!r} export, not a sentence encoder")
         folder.mkdir(parents=True, exist_ok=True)
         kept = {n: v for n, v in manifest.variants.items() if n in variants}
         for name in (manifest.file, manifest.tokenizer, *(v.file for v in kept.values())):
@@ -123,8 +133,11 @@ def prepare_encoder(folder: Path, model_dir: str | None, source: str | None,
     if missing:
         from recall_engine.exporters import optimize
 
-        makers = {"optimized": optimize.optimize_transformer, "int8": optimize.quantize_int8,
-                  "fp16": optimize.convert_fp16}
+        makers = {
+            "optimized": optimize.optimize_transformer,
+            "int8": optimize.quantize_int8,
+            "fp16": optimize.convert_fp16,
+        }
         for name in missing:
             makers[name](folder)
         manifest = ModelManifest.read(folder)
@@ -137,25 +150,37 @@ def build_encoder(ctx: BuildContext) -> tuple[dict[str, Any], ModelManifest, Tex
     against fp32 items lose less than int8 on both sides. The returned params have
     ``variants`` resolved."""
     params = parse_params(ctx.name, ctx.params, PARAMS)
-    variants = list(params["variants"] if params["variants"] is not None else
-                    (["int8"] if params["precision"] == "int8" else []))
+    variants = list(
+        params["variants"]
+        if params["variants"] is not None
+        else (["int8"] if params["precision"] == "int8" else [])
+    )
     folder = ctx.out / ENCODER_DIR
     manifest = prepare_encoder(folder, params["model_dir"], params["source"], variants)
-    encoder = open_text_encoder(folder, {**params, "max_batch": BUILD_BATCH},
-                                params["item_max_tokens"], precision="fp32")
+    encoder = open_text_encoder(
+        folder, {**params, "max_batch": BUILD_BATCH}, params["item_max_tokens"], precision="fp32"
+    )
     return {**params, "variants": variants}, manifest, encoder
 
 
-def manifest_fields(params: dict[str, Any], manifest: ModelManifest, encoder: TextEncoder,
-                    **extra_build_params: Any) -> dict[str, Any]:
+def manifest_fields(
+    params: dict[str, Any], manifest: ModelManifest, encoder: TextEncoder, **extra_build_params: Any
+) -> dict[str, Any]:
     """The bundle manifest's model hashes and build parameters."""
-    return {"model_hashes": {f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
-                             "source_weights": manifest.source_hash},
-            "build_params": {"item_max_tokens": params["item_max_tokens"],
-                             "variants": params["variants"],
-                             "model_dir": params["model_dir"] or "",
-                             "index_dtype": params["index_dtype"],
-                             "encoder_file": encoder.model.path.name, **extra_build_params}}
+    return {
+        "model_hashes": {
+            f"{ENCODER_DIR}/{manifest.file}": manifest.model_sha256,
+            "source_weights": manifest.source_hash,
+        },
+        "build_params": {
+            "item_max_tokens": params["item_max_tokens"],
+            "variants": params["variants"],
+            "model_dir": params["model_dir"] or "",
+            "index_dtype": params["index_dtype"],
+            "encoder_file": encoder.model.path.name,
+            **extra_build_params,
+        },
+    }
 
 
 class LLMChannel(VectorChannel):
@@ -172,11 +197,21 @@ class LLMChannel(VectorChannel):
         params, manifest, encoder = build_encoder(ctx)
         items = list(ctx.catalog)
         started = time.perf_counter()
-        vectors = encode_all(lambda chunk: encoder.encode([item_text(it) for it in chunk]),
-                             items, encoder.dim, size=lambda it: len(item_text(it)),
-                             progress=ctx.progress, desc=f"{ctx.name}: embedding items")
-        log.info("items_embedded", channel=ctx.name, items=len(items),
-                 seconds=round(time.perf_counter() - started, 2), file=encoder.model.path.name)
+        vectors = encode_all(
+            lambda chunk: encoder.encode([item_text(it) for it in chunk]),
+            items,
+            encoder.dim,
+            size=lambda it: len(item_text(it)),
+            progress=ctx.progress,
+            desc=f"{ctx.name}: embedding items",
+        )
+        log.info(
+            "items_embedded",
+            channel=ctx.name,
+            items=len(items),
+            seconds=round(time.perf_counter() - started, 2),
+            file=encoder.model.path.name,
+        )
         fields = write_vectors(ctx.out, items, vectors, dtype=params["index_dtype"])
         return {**fields, **manifest_fields(params, manifest, encoder)}
 
@@ -203,7 +238,11 @@ class LLMChannel(VectorChannel):
 
     def encoder_details(self) -> dict[str, str]:
         model = self.encoder.model
-        return {"encoder": str(model.manifest.producer.get("source", "sentence-encoder")),
-                "encoder_file": model.path.name, "precision": model.precision,
-                "device": model.device, "providers": ",".join(model.session.get_providers()),
-                "max_tokens": str(self.encoder.tokenizer.max_length)}
+        return {
+            "encoder": str(model.manifest.producer.get("source", "sentence-encoder")),
+            "encoder_file": model.path.name,
+            "precision": model.precision,
+            "device": model.device,
+            "providers": ",".join(model.session.get_providers()),
+            "max_tokens": str(self.encoder.tokenizer.max_length),
+        }

@@ -30,9 +30,12 @@ from recall_engine.sdk.channel import (
 ARTIFACT = "popular.npz"
 
 
-def popularity(item_ids: np.ndarray, weights: np.ndarray | None = None,
-               timestamps: np.ndarray | None = None, half_life_days: float = 0.0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def popularity(
+    item_ids: np.ndarray,
+    weights: np.ndarray | None = None,
+    timestamps: np.ndarray | None = None,
+    half_life_days: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(ids best first, scores): weighted interaction counts with optional decay."""
     uniq, inv = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
     w = np.ones(len(inv)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -40,7 +43,7 @@ def popularity(item_ids: np.ndarray, weights: np.ndarray | None = None,
         age_days = (np.max(timestamps) - np.asarray(timestamps)) / 86400.0
         w = w * np.power(0.5, age_days / half_life_days)
     scores = np.bincount(inv, weights=w, minlength=len(uniq))
-    order = np.lexsort((uniq, -scores))      # score desc, id asc: deterministic
+    order = np.lexsort((uniq, -scores))  # score desc, id asc: deterministic
     return uniq[order], scores[order].astype(np.float32)
 
 
@@ -86,8 +89,9 @@ class PopularChannel(Channel):
         """Popularity over ``ctx.interactions``, written into ``ctx.out``."""
         data = ctx.interactions
         half_life = float(ctx.params.get("half_life_days", 0.0))
-        ids, scores = popularity(data.item_ids, data.weights,
-                                 data.timestamps if data.has_timestamps else None, half_life)
+        ids, scores = popularity(
+            data.item_ids, data.weights, data.timestamps if data.has_timestamps else None, half_life
+        )
         write_artifact(ctx.out, ids, scores, ctx.catalog)
         return {"item_count": len(ids), "build_params": {"half_life_days": half_life}}
 
@@ -133,5 +137,8 @@ class PopularChannel(Channel):
         return sum(1 for i in item_ids if i in known)
 
     def info(self) -> ChannelInfo:
-        return ChannelInfo(version=self._version, item_count=len(self._ids),
-                           details={"categories": str(len(self._by_cat))})
+        return ChannelInfo(
+            version=self._version,
+            item_count=len(self._ids),
+            details={"categories": str(len(self._by_cat))},
+        )

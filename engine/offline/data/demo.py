@@ -75,247 +75,693 @@ class Topic:
 TOPICS: dict[str, Topic] = {
     "cooking": Topic(
         subtags={
-            "baking": ("sourdough bread", "cinnamon rolls", "chocolate cake", "butter croissants",
-                       "apple pie", "banana bread", "lemon tart", "oatmeal cookies"),
-            "grilling": ("barbecue ribs", "grilled salmon", "smoked brisket", "chicken skewers",
-                         "charred sweetcorn", "beef burgers", "grilled vegetables", "pork chops"),
-            "pasta": ("fresh tagliatelle", "spaghetti carbonara", "beef lasagne", "pesto gnocchi",
-                      "spinach ravioli", "slow-simmered tomato sauce", "baked ziti",
-                      "penne arrabbiata"),
-            "vegetarian": ("lentil curry", "chickpea stew", "roasted cauliflower",
-                           "vegetable soup", "tofu stir-fry", "stuffed peppers", "black bean chili",
-                           "halloumi salad"),
+            "baking": (
+                "sourdough bread",
+                "cinnamon rolls",
+                "chocolate cake",
+                "butter croissants",
+                "apple pie",
+                "banana bread",
+                "lemon tart",
+                "oatmeal cookies",
+            ),
+            "grilling": (
+                "barbecue ribs",
+                "grilled salmon",
+                "smoked brisket",
+                "chicken skewers",
+                "charred sweetcorn",
+                "beef burgers",
+                "grilled vegetables",
+                "pork chops",
+            ),
+            "pasta": (
+                "fresh tagliatelle",
+                "spaghetti carbonara",
+                "beef lasagne",
+                "pesto gnocchi",
+                "spinach ravioli",
+                "slow-simmered tomato sauce",
+                "baked ziti",
+                "penne arrabbiata",
+            ),
+            "vegetarian": (
+                "lentil curry",
+                "chickpea stew",
+                "roasted cauliflower",
+                "vegetable soup",
+                "tofu stir-fry",
+                "stuffed peppers",
+                "black bean chili",
+                "halloumi salad",
+            ),
         },
-        adjectives=("crispy", "homemade", "slow-cooked", "golden", "rustic", "seasonal", "savory",
-                    "fragrant", "hearty", "tender"),
-        people=("home cooks", "pastry chefs", "beginners in the kitchen", "busy parents",
-                "celebrated chefs", "food lovers"),
-        places=("on a weeknight", "for a family dinner", "at a summer barbecue",
-                "in a small apartment kitchen", "for the holidays", "on a lazy Sunday"),
-        titles=("The {adj} Guide to {thing}", "{thing} in Thirty Minutes",
-                "How to Make {thing} Like a Chef", "A Beginner's Recipe for {thing}",
-                "{thing} and {other}: A Weeknight Menu", "Secrets of {adj} {thing}"),
-        sentences=("Learn how to prepare {adj} {thing} with simple ingredients from your pantry.",
-                   "{Who} share their favourite recipe for {thing}, step by step.",
-                   "This recipe pairs {thing} with {other} {where}.",
-                   "Season generously, watch the heat, and your {thing} will come out {adj}.",
-                   "A practical cooking lesson on {thing}, from chopping to plating.",
-                   "Perfect {where}: {adj} {thing} that the whole table will love."),
+        adjectives=(
+            "crispy",
+            "homemade",
+            "slow-cooked",
+            "golden",
+            "rustic",
+            "seasonal",
+            "savory",
+            "fragrant",
+            "hearty",
+            "tender",
+        ),
+        people=(
+            "home cooks",
+            "pastry chefs",
+            "beginners in the kitchen",
+            "busy parents",
+            "celebrated chefs",
+            "food lovers",
+        ),
+        places=(
+            "on a weeknight",
+            "for a family dinner",
+            "at a summer barbecue",
+            "in a small apartment kitchen",
+            "for the holidays",
+            "on a lazy Sunday",
+        ),
+        titles=(
+            "The {adj} Guide to {thing}",
+            "{thing} in Thirty Minutes",
+            "How to Make {thing} Like a Chef",
+            "A Beginner's Recipe for {thing}",
+            "{thing} and {other}: A Weeknight Menu",
+            "Secrets of {adj} {thing}",
+        ),
+        sentences=(
+            "Learn how to prepare {adj} {thing} with simple ingredients from your pantry.",
+            "{Who} share their favourite recipe for {thing}, step by step.",
+            "This recipe pairs {thing} with {other} {where}.",
+            "Season generously, watch the heat, and your {thing} will come out {adj}.",
+            "A practical cooking lesson on {thing}, from chopping to plating.",
+            "Perfect {where}: {adj} {thing} that the whole table will love.",
+        ),
     ),
     "football": Topic(
         subtags={
-            "tactics": ("high pressing", "a back three", "counter-attacks", "zonal marking",
-                        "the midfield pivot", "set pieces", "the false nine",
-                        "attacking full-backs"),
-            "transfers": ("the transfer window", "a record signing", "contract negotiations",
-                          "loan deals", "release clauses", "the January market", "free agents",
-                          "scouting reports"),
-            "world-cup": ("the World Cup final", "group-stage matches", "penalty shootouts",
-                          "the national team", "qualifying campaigns", "the Golden Boot race",
-                          "host cities", "tournament favourites"),
-            "youth-academy": ("academy prospects", "youth coaches", "under-18 leagues",
-                              "first-team debuts", "talent scouts", "training-ground drills",
-                              "reserve matches", "teenage strikers"),
+            "tactics": (
+                "high pressing",
+                "a back three",
+                "counter-attacks",
+                "zonal marking",
+                "the midfield pivot",
+                "set pieces",
+                "the false nine",
+                "attacking full-backs",
+            ),
+            "transfers": (
+                "the transfer window",
+                "a record signing",
+                "contract negotiations",
+                "loan deals",
+                "release clauses",
+                "the January market",
+                "free agents",
+                "scouting reports",
+            ),
+            "world-cup": (
+                "the World Cup final",
+                "group-stage matches",
+                "penalty shootouts",
+                "the national team",
+                "qualifying campaigns",
+                "the Golden Boot race",
+                "host cities",
+                "tournament favourites",
+            ),
+            "youth-academy": (
+                "academy prospects",
+                "youth coaches",
+                "under-18 leagues",
+                "first-team debuts",
+                "talent scouts",
+                "training-ground drills",
+                "reserve matches",
+                "teenage strikers",
+            ),
         },
-        adjectives=("dramatic", "tactical", "attacking", "defensive", "legendary", "relentless",
-                    "decisive", "thrilling"),
-        people=("head coaches", "veteran midfielders", "club captains", "football pundits",
-                "passionate supporters", "former goalkeepers"),
-        places=("in the Premier League", "at a packed stadium", "in the Champions League",
-                "during a local derby", "on a cold night at Anfield", "in stoppage time"),
-        titles=("{thing} Explained", "Lessons from {thing}", "Inside the Dressing Room: {thing}",
-                "The {adj} Story of {thing}", "A Season of {thing}",
-                "{thing} and {other}: Match Analysis"),
-        sentences=("{Who} break down {thing} and what it means for the league table.",
-                   "A {adj} look at {thing} {where}.",
-                   "The match turned on {thing}, with {other} deciding the final score.",
-                   "Coaches explain how {thing} shapes every goal, tackle and pass.",
-                   "From kick-off to the final whistle, {thing} set the tempo {where}.",
-                   "Fans debate {thing} after {a_adj} weekend of football."),
+        adjectives=(
+            "dramatic",
+            "tactical",
+            "attacking",
+            "defensive",
+            "legendary",
+            "relentless",
+            "decisive",
+            "thrilling",
+        ),
+        people=(
+            "head coaches",
+            "veteran midfielders",
+            "club captains",
+            "football pundits",
+            "passionate supporters",
+            "former goalkeepers",
+        ),
+        places=(
+            "in the Premier League",
+            "at a packed stadium",
+            "in the Champions League",
+            "during a local derby",
+            "on a cold night at Anfield",
+            "in stoppage time",
+        ),
+        titles=(
+            "{thing} Explained",
+            "Lessons from {thing}",
+            "Inside the Dressing Room: {thing}",
+            "The {adj} Story of {thing}",
+            "A Season of {thing}",
+            "{thing} and {other}: Match Analysis",
+        ),
+        sentences=(
+            "{Who} break down {thing} and what it means for the league table.",
+            "A {adj} look at {thing} {where}.",
+            "The match turned on {thing}, with {other} deciding the final score.",
+            "Coaches explain how {thing} shapes every goal, tackle and pass.",
+            "From kick-off to the final whistle, {thing} set the tempo {where}.",
+            "Fans debate {thing} after {a_adj} weekend of football.",
+        ),
     ),
     "space": Topic(
         subtags={
-            "mars-missions": ("the Mars rover", "Martian dust storms", "the red planet",
-                              "Jezero crater", "ancient riverbeds on Mars", "the Mars helicopter",
-                              "sample return missions", "Martian soil"),
-            "telescopes": ("the James Webb Space Telescope", "the Hubble telescope",
-                           "distant galaxies", "infrared images", "exoplanet atmospheres",
-                           "radio telescopes", "glowing nebulae",
-                           "the cosmic microwave background"),
-            "rockets": ("reusable rockets", "the launch pad", "rocket engines", "orbital launches",
-                        "booster landings", "heavy-lift vehicles", "the final countdown",
-                        "liquid-fuelled stages"),
-            "space-stations": ("the International Space Station", "astronauts in orbit",
-                               "spacewalks", "microgravity experiments", "docking spacecraft",
-                               "life support systems", "orbital laboratories", "crew rotations"),
+            "mars-missions": (
+                "the Mars rover",
+                "Martian dust storms",
+                "the red planet",
+                "Jezero crater",
+                "ancient riverbeds on Mars",
+                "the Mars helicopter",
+                "sample return missions",
+                "Martian soil",
+            ),
+            "telescopes": (
+                "the James Webb Space Telescope",
+                "the Hubble telescope",
+                "distant galaxies",
+                "infrared images",
+                "exoplanet atmospheres",
+                "radio telescopes",
+                "glowing nebulae",
+                "the cosmic microwave background",
+            ),
+            "rockets": (
+                "reusable rockets",
+                "the launch pad",
+                "rocket engines",
+                "orbital launches",
+                "booster landings",
+                "heavy-lift vehicles",
+                "the final countdown",
+                "liquid-fuelled stages",
+            ),
+            "space-stations": (
+                "the International Space Station",
+                "astronauts in orbit",
+                "spacewalks",
+                "microgravity experiments",
+                "docking spacecraft",
+                "life support systems",
+                "orbital laboratories",
+                "crew rotations",
+            ),
         },
-        adjectives=("cosmic", "orbital", "distant", "interplanetary", "stellar", "historic",
-                    "uncrewed", "deep-space"),
-        people=("NASA engineers", "astronomers", "astronauts", "planetary scientists",
-                "mission controllers", "astrophysicists"),
-        places=("in low Earth orbit", "across the solar system", "billions of light-years away",
-                "at the launch site in Florida", "beyond the Moon", "on the surface of Mars"),
-        titles=("Exploring {thing}", "The {adj} Frontier: {thing}",
-                "{thing}: A New Era of Discovery", "What We Learned from {thing}",
-                "{thing} and {other}: Mission Report", "Inside the Mission: {thing}"),
-        sentences=("{Who} describe how {thing} could change our picture of the universe.",
-                   "New data on {thing} were gathered {where}.",
-                   "{A_adj} mission studies {thing} alongside {other}.",
-                   "Scientists explain gravity, orbits and light through the story of {thing}.",
-                   "Images of {thing} reveal details never seen before.",
-                   "The launch schedule, the science goals and the risks of {thing}, explained."),
+        adjectives=(
+            "cosmic",
+            "orbital",
+            "distant",
+            "interplanetary",
+            "stellar",
+            "historic",
+            "uncrewed",
+            "deep-space",
+        ),
+        people=(
+            "NASA engineers",
+            "astronomers",
+            "astronauts",
+            "planetary scientists",
+            "mission controllers",
+            "astrophysicists",
+        ),
+        places=(
+            "in low Earth orbit",
+            "across the solar system",
+            "billions of light-years away",
+            "at the launch site in Florida",
+            "beyond the Moon",
+            "on the surface of Mars",
+        ),
+        titles=(
+            "Exploring {thing}",
+            "The {adj} Frontier: {thing}",
+            "{thing}: A New Era of Discovery",
+            "What We Learned from {thing}",
+            "{thing} and {other}: Mission Report",
+            "Inside the Mission: {thing}",
+        ),
+        sentences=(
+            "{Who} describe how {thing} could change our picture of the universe.",
+            "New data on {thing} were gathered {where}.",
+            "{A_adj} mission studies {thing} alongside {other}.",
+            "Scientists explain gravity, orbits and light through the story of {thing}.",
+            "Images of {thing} reveal details never seen before.",
+            "The launch schedule, the science goals and the risks of {thing}, explained.",
+        ),
     ),
     "jazz": Topic(
         subtags={
-            "bebop": ("bebop solos", "Charlie Parker records", "fast chord changes",
-                      "saxophone improvisation", "the Blue Note sound", "Dizzy Gillespie",
-                      "late-night jam sessions", "trumpet lines"),
-            "swing": ("big band swing", "Duke Ellington", "swing dancing", "the horn section",
-                      "Count Basie", "ballroom orchestras", "brass arrangements",
-                      "the rhythm section"),
-            "jazz-piano": ("jazz piano trios", "Bill Evans", "modal harmony", "stride piano",
-                           "piano voicings", "Thelonious Monk", "piano ballads",
-                           "the walking bass line"),
-            "vocal-jazz": ("jazz standards", "Ella Fitzgerald", "scat singing", "torch songs",
-                           "Billie Holiday", "smoky club vocals", "the Great American Songbook",
-                           "vocal phrasing"),
+            "bebop": (
+                "bebop solos",
+                "Charlie Parker records",
+                "fast chord changes",
+                "saxophone improvisation",
+                "the Blue Note sound",
+                "Dizzy Gillespie",
+                "late-night jam sessions",
+                "trumpet lines",
+            ),
+            "swing": (
+                "big band swing",
+                "Duke Ellington",
+                "swing dancing",
+                "the horn section",
+                "Count Basie",
+                "ballroom orchestras",
+                "brass arrangements",
+                "the rhythm section",
+            ),
+            "jazz-piano": (
+                "jazz piano trios",
+                "Bill Evans",
+                "modal harmony",
+                "stride piano",
+                "piano voicings",
+                "Thelonious Monk",
+                "piano ballads",
+                "the walking bass line",
+            ),
+            "vocal-jazz": (
+                "jazz standards",
+                "Ella Fitzgerald",
+                "scat singing",
+                "torch songs",
+                "Billie Holiday",
+                "smoky club vocals",
+                "the Great American Songbook",
+                "vocal phrasing",
+            ),
         },
-        adjectives=("smoky", "swinging", "soulful", "improvised", "late-night", "classic",
-                    "mellow", "virtuosic"),
-        people=("jazz musicians", "veteran saxophonists", "critics and collectors",
-                "young players", "bandleaders", "late-night listeners"),
-        places=("in a New York club", "at the Newport Jazz Festival", "on a vinyl record",
-                "in a Harlem ballroom", "after midnight", "in a small basement venue"),
-        titles=("The Sound of {thing}", "{adj} Nights: {thing}", "Listening to {thing}",
-                "A Guide to {thing}", "{thing} and {other}: Essential Recordings",
-                "The History of {thing}"),
-        sentences=("{Who} revisit {thing} and the records that defined an era.",
-                   "{A_adj} listening guide to {thing}, recorded {where}.",
-                   "The rhythm, harmony and improvisation of {thing} meet {other}.",
-                   "Put on a record and hear how {thing} changed jazz forever.",
-                   "Musicians trade choruses over {thing} {where}.",
-                   "An introduction to {thing} for anyone curious about jazz."),
+        adjectives=(
+            "smoky",
+            "swinging",
+            "soulful",
+            "improvised",
+            "late-night",
+            "classic",
+            "mellow",
+            "virtuosic",
+        ),
+        people=(
+            "jazz musicians",
+            "veteran saxophonists",
+            "critics and collectors",
+            "young players",
+            "bandleaders",
+            "late-night listeners",
+        ),
+        places=(
+            "in a New York club",
+            "at the Newport Jazz Festival",
+            "on a vinyl record",
+            "in a Harlem ballroom",
+            "after midnight",
+            "in a small basement venue",
+        ),
+        titles=(
+            "The Sound of {thing}",
+            "{adj} Nights: {thing}",
+            "Listening to {thing}",
+            "A Guide to {thing}",
+            "{thing} and {other}: Essential Recordings",
+            "The History of {thing}",
+        ),
+        sentences=(
+            "{Who} revisit {thing} and the records that defined an era.",
+            "{A_adj} listening guide to {thing}, recorded {where}.",
+            "The rhythm, harmony and improvisation of {thing} meet {other}.",
+            "Put on a record and hear how {thing} changed jazz forever.",
+            "Musicians trade choruses over {thing} {where}.",
+            "An introduction to {thing} for anyone curious about jazz.",
+        ),
     ),
     "gardening": Topic(
         subtags={
-            "vegetables": ("tomato plants", "raised vegetable beds", "seed potatoes",
-                           "climbing beans", "courgettes", "garlic bulbs", "lettuce seedlings",
-                           "crop rotation"),
-            "roses": ("climbing roses", "rose pruning", "bare-root roses", "rose beds",
-                      "aphids on roses", "fragrant shrub roses", "deadheading roses", "rose hips"),
-            "composting": ("the compost heap", "garden compost", "worm bins", "leaf mould",
-                           "kitchen scraps", "rich garden soil", "mulching", "organic fertiliser"),
-            "houseplants": ("indoor houseplants", "monstera plants", "succulents",
-                            "a watering schedule", "potting mix", "Boston ferns", "repotting",
-                            "bright indirect light"),
+            "vegetables": (
+                "tomato plants",
+                "raised vegetable beds",
+                "seed potatoes",
+                "climbing beans",
+                "courgettes",
+                "garlic bulbs",
+                "lettuce seedlings",
+                "crop rotation",
+            ),
+            "roses": (
+                "climbing roses",
+                "rose pruning",
+                "bare-root roses",
+                "rose beds",
+                "aphids on roses",
+                "fragrant shrub roses",
+                "deadheading roses",
+                "rose hips",
+            ),
+            "composting": (
+                "the compost heap",
+                "garden compost",
+                "worm bins",
+                "leaf mould",
+                "kitchen scraps",
+                "rich garden soil",
+                "mulching",
+                "organic fertiliser",
+            ),
+            "houseplants": (
+                "indoor houseplants",
+                "monstera plants",
+                "succulents",
+                "a watering schedule",
+                "potting mix",
+                "Boston ferns",
+                "repotting",
+                "bright indirect light",
+            ),
         },
-        adjectives=("blooming", "organic", "green", "sunny", "fertile", "seasonal", "lush",
-                    "hardy"),
-        people=("gardeners", "head gardeners", "allotment growers", "beginners with a balcony",
-                "horticulture experts", "green-fingered readers"),
-        places=("in early spring", "on a sunny windowsill", "in a cottage garden",
-                "on a city balcony", "before the first frost", "in the vegetable patch"),
-        titles=("Growing {thing}", "The {adj} Garden: {thing}", "A Gardener's Guide to {thing}",
-                "{thing} Through the Seasons", "{thing} and {other}: A Planting Plan",
-                "Secrets of {adj} {thing}"),
-        sentences=("{Who} share tips on soil, sunlight and watering for {thing}.",
-                   "Start with {thing} {where} and enjoy {a_adj} garden all summer.",
-                   "A practical guide to {thing}, with advice on pruning, feeding and pests.",
-                   "Combine {thing} with {other} for healthier beds and borders.",
-                   "Dig, sow and water, and give {thing} a little patience.",
-                   "Learn when to plant, prune and feed, with {thing} {where}."),
+        adjectives=(
+            "blooming",
+            "organic",
+            "green",
+            "sunny",
+            "fertile",
+            "seasonal",
+            "lush",
+            "hardy",
+        ),
+        people=(
+            "gardeners",
+            "head gardeners",
+            "allotment growers",
+            "beginners with a balcony",
+            "horticulture experts",
+            "green-fingered readers",
+        ),
+        places=(
+            "in early spring",
+            "on a sunny windowsill",
+            "in a cottage garden",
+            "on a city balcony",
+            "before the first frost",
+            "in the vegetable patch",
+        ),
+        titles=(
+            "Growing {thing}",
+            "The {adj} Garden: {thing}",
+            "A Gardener's Guide to {thing}",
+            "{thing} Through the Seasons",
+            "{thing} and {other}: A Planting Plan",
+            "Secrets of {adj} {thing}",
+        ),
+        sentences=(
+            "{Who} share tips on soil, sunlight and watering for {thing}.",
+            "Start with {thing} {where} and enjoy {a_adj} garden all summer.",
+            "A practical guide to {thing}, with advice on pruning, feeding and pests.",
+            "Combine {thing} with {other} for healthier beds and borders.",
+            "Dig, sow and water, and give {thing} a little patience.",
+            "Learn when to plant, prune and feed, with {thing} {where}.",
+        ),
     ),
     "programming": Topic(
         subtags={
-            "python": ("Python scripts", "type hints", "async functions", "the standard library",
-                       "virtual environments", "list comprehensions", "pytest fixtures",
-                       "Python packaging"),
-            "rust": ("the Rust borrow checker", "ownership and lifetimes", "Cargo crates",
-                     "memory safety", "zero-cost abstractions", "Rust traits", "async Rust",
-                     "compiler error messages"),
-            "web-development": ("REST APIs", "JavaScript frameworks", "CSS layouts", "web servers",
-                                "HTTP caching", "front-end components", "browser performance",
-                                "login and authentication flows"),
-            "databases": ("SQL queries", "database indexes", "query planners", "transactions",
-                          "schema migrations", "PostgreSQL", "database replication",
-                          "connection pools"),
+            "python": (
+                "Python scripts",
+                "type hints",
+                "async functions",
+                "the standard library",
+                "virtual environments",
+                "list comprehensions",
+                "pytest fixtures",
+                "Python packaging",
+            ),
+            "rust": (
+                "the Rust borrow checker",
+                "ownership and lifetimes",
+                "Cargo crates",
+                "memory safety",
+                "zero-cost abstractions",
+                "Rust traits",
+                "async Rust",
+                "compiler error messages",
+            ),
+            "web-development": (
+                "REST APIs",
+                "JavaScript frameworks",
+                "CSS layouts",
+                "web servers",
+                "HTTP caching",
+                "front-end components",
+                "browser performance",
+                "login and authentication flows",
+            ),
+            "databases": (
+                "SQL queries",
+                "database indexes",
+                "query planners",
+                "transactions",
+                "schema migrations",
+                "PostgreSQL",
+                "database replication",
+                "connection pools",
+            ),
         },
-        adjectives=("fast", "clean", "scalable", "concurrent", "maintainable", "modern", "robust",
-                    "efficient"),
-        people=("software engineers", "open-source maintainers", "junior developers",
-                "senior architects", "backend programmers", "core contributors"),
-        places=("in production", "on a large codebase", "in a weekend side project",
-                "during a code review", "in the cloud", "on a tight deadline"),
-        titles=("Mastering {thing}", "{adj} Code with {thing}", "A Practical Guide to {thing}",
-                "{thing} in Practice", "{thing} and {other}: Patterns That Scale",
-                "Debugging {thing}"),
-        sentences=("{Who} explain how to write {adj} code with {thing}.",
-                   "A hands-on tutorial on {thing}, with examples you can run {where}.",
-                   "Learn how {thing} and {other} fit together in a real application.",
-                   "Refactor, test and profile your code to get the most out of {thing}.",
-                   "Common bugs with {thing} and how to fix them {where}.",
-                   "A clear walkthrough of {thing} for developers who ship software."),
+        adjectives=(
+            "fast",
+            "clean",
+            "scalable",
+            "concurrent",
+            "maintainable",
+            "modern",
+            "robust",
+            "efficient",
+        ),
+        people=(
+            "software engineers",
+            "open-source maintainers",
+            "junior developers",
+            "senior architects",
+            "backend programmers",
+            "core contributors",
+        ),
+        places=(
+            "in production",
+            "on a large codebase",
+            "in a weekend side project",
+            "during a code review",
+            "in the cloud",
+            "on a tight deadline",
+        ),
+        titles=(
+            "Mastering {thing}",
+            "{adj} Code with {thing}",
+            "A Practical Guide to {thing}",
+            "{thing} in Practice",
+            "{thing} and {other}: Patterns That Scale",
+            "Debugging {thing}",
+        ),
+        sentences=(
+            "{Who} explain how to write {adj} code with {thing}.",
+            "A hands-on tutorial on {thing}, with examples you can run {where}.",
+            "Learn how {thing} and {other} fit together in a real application.",
+            "Refactor, test and profile your code to get the most out of {thing}.",
+            "Common bugs with {thing} and how to fix them {where}.",
+            "A clear walkthrough of {thing} for developers who ship software.",
+        ),
     ),
     "travel": Topic(
         subtags={
-            "backpacking": ("youth hostels", "backpacking routes", "overnight buses",
-                            "budget travel", "mountain hiking trails", "street food markets",
-                            "travel insurance", "packing light"),
-            "city-breaks": ("weekend city breaks", "museums and galleries", "boutique hotels",
-                            "old town walks", "rooftop bars", "Lisbon", "Prague", "Barcelona"),
-            "beaches": ("sandy beaches", "island hopping", "snorkelling reefs", "beach resorts",
-                        "turquoise lagoons", "the Greek islands", "coastal villages",
-                        "sunset cruises"),
-            "rail-journeys": ("scenic train journeys", "sleeper trains", "rail passes",
-                              "mountain railways", "the Trans-Siberian railway", "station cafés",
-                              "high-speed trains", "alpine rail routes"),
+            "backpacking": (
+                "youth hostels",
+                "backpacking routes",
+                "overnight buses",
+                "budget travel",
+                "mountain hiking trails",
+                "street food markets",
+                "travel insurance",
+                "packing light",
+            ),
+            "city-breaks": (
+                "weekend city breaks",
+                "museums and galleries",
+                "boutique hotels",
+                "old town walks",
+                "rooftop bars",
+                "Lisbon",
+                "Prague",
+                "Barcelona",
+            ),
+            "beaches": (
+                "sandy beaches",
+                "island hopping",
+                "snorkelling reefs",
+                "beach resorts",
+                "turquoise lagoons",
+                "the Greek islands",
+                "coastal villages",
+                "sunset cruises",
+            ),
+            "rail-journeys": (
+                "scenic train journeys",
+                "sleeper trains",
+                "rail passes",
+                "mountain railways",
+                "the Trans-Siberian railway",
+                "station cafés",
+                "high-speed trains",
+                "alpine rail routes",
+            ),
         },
-        adjectives=("unforgettable", "affordable", "scenic", "relaxing", "adventurous", "sunny",
-                    "hidden", "charming"),
-        people=("seasoned travellers", "travel writers", "families on holiday",
-                "solo backpackers", "local guides", "first-time visitors"),
-        places=("in Southeast Asia", "across Europe", "on a long weekend", "in the off-season",
-                "along the Mediterranean coast", "on a tight budget"),
-        titles=("The {adj} Guide to {thing}", "Discovering {thing}", "{thing} on a Budget",
-                "Seven Days of {thing}", "{thing} and {other}: An Itinerary",
-                "Postcards from {thing}"),
-        sentences=("{Who} share an itinerary built around {thing}.",
-                   "Plan {a_adj} trip with {thing} {where}.",
-                   "Where to stay, what to eat and how to get around: {thing} and {other}.",
-                   "Pack your bags for {thing}, with tips on tickets, timing and local customs.",
-                   "Discover {adj} places and {thing} {where}.",
-                   "A travel diary about {thing}, passports, maps and all."),
+        adjectives=(
+            "unforgettable",
+            "affordable",
+            "scenic",
+            "relaxing",
+            "adventurous",
+            "sunny",
+            "hidden",
+            "charming",
+        ),
+        people=(
+            "seasoned travellers",
+            "travel writers",
+            "families on holiday",
+            "solo backpackers",
+            "local guides",
+            "first-time visitors",
+        ),
+        places=(
+            "in Southeast Asia",
+            "across Europe",
+            "on a long weekend",
+            "in the off-season",
+            "along the Mediterranean coast",
+            "on a tight budget",
+        ),
+        titles=(
+            "The {adj} Guide to {thing}",
+            "Discovering {thing}",
+            "{thing} on a Budget",
+            "Seven Days of {thing}",
+            "{thing} and {other}: An Itinerary",
+            "Postcards from {thing}",
+        ),
+        sentences=(
+            "{Who} share an itinerary built around {thing}.",
+            "Plan {a_adj} trip with {thing} {where}.",
+            "Where to stay, what to eat and how to get around: {thing} and {other}.",
+            "Pack your bags for {thing}, with tips on tickets, timing and local customs.",
+            "Discover {adj} places and {thing} {where}.",
+            "A travel diary about {thing}, passports, maps and all.",
+        ),
     ),
     "finance": Topic(
         subtags={
-            "investing": ("index funds", "stock portfolios", "dividend shares",
-                          "asset allocation", "market volatility", "exchange-traded funds",
-                          "long-term returns", "diversification"),
-            "retirement": ("retirement savings", "pension plans", "compound interest",
-                           "early retirement", "annuities", "retirement income",
-                           "employer pension matching", "a retirement nest egg"),
-            "budgeting": ("a monthly budget", "an emergency fund", "household expenses",
-                          "saving money", "credit card debt", "spending habits", "grocery bills",
-                          "a zero-based budget"),
-            "cryptocurrency": ("Bitcoin", "crypto wallets", "blockchain technology", "stablecoins",
-                               "crypto exchanges", "Ethereum", "token prices",
-                               "decentralized finance"),
+            "investing": (
+                "index funds",
+                "stock portfolios",
+                "dividend shares",
+                "asset allocation",
+                "market volatility",
+                "exchange-traded funds",
+                "long-term returns",
+                "diversification",
+            ),
+            "retirement": (
+                "retirement savings",
+                "pension plans",
+                "compound interest",
+                "early retirement",
+                "annuities",
+                "retirement income",
+                "employer pension matching",
+                "a retirement nest egg",
+            ),
+            "budgeting": (
+                "a monthly budget",
+                "an emergency fund",
+                "household expenses",
+                "saving money",
+                "credit card debt",
+                "spending habits",
+                "grocery bills",
+                "a zero-based budget",
+            ),
+            "cryptocurrency": (
+                "Bitcoin",
+                "crypto wallets",
+                "blockchain technology",
+                "stablecoins",
+                "crypto exchanges",
+                "Ethereum",
+                "token prices",
+                "decentralized finance",
+            ),
         },
-        adjectives=("smart", "steady", "long-term", "risky", "practical", "tax-efficient",
-                    "disciplined", "volatile"),
-        people=("financial advisers", "personal finance experts", "young savers", "economists",
-                "portfolio managers", "first-time investors"),
-        places=("in a bear market", "before tax season", "on a modest salary",
-                "during high inflation", "over the next decade", "after a market crash"),
-        titles=("A {adj} Approach to {thing}", "Understanding {thing}", "{thing} Made Simple",
-                "The Truth About {thing}", "{thing} and {other}: Building Wealth",
-                "Your Guide to {thing}"),
-        sentences=("{Who} explain {thing} and what it all means for your savings.",
-                   "{A_adj} plan for {thing} {where}.",
-                   "Compare {thing} with {other} before you invest your money.",
-                   "Interest rates, inflation and risk: what {thing} could mean for your money.",
-                   "Build wealth slowly with {thing} and {a_adj} mindset.",
-                   "Money lessons on {thing} for anyone managing a household budget."),
+        adjectives=(
+            "smart",
+            "steady",
+            "long-term",
+            "risky",
+            "practical",
+            "tax-efficient",
+            "disciplined",
+            "volatile",
+        ),
+        people=(
+            "financial advisers",
+            "personal finance experts",
+            "young savers",
+            "economists",
+            "portfolio managers",
+            "first-time investors",
+        ),
+        places=(
+            "in a bear market",
+            "before tax season",
+            "on a modest salary",
+            "during high inflation",
+            "over the next decade",
+            "after a market crash",
+        ),
+        titles=(
+            "A {adj} Approach to {thing}",
+            "Understanding {thing}",
+            "{thing} Made Simple",
+            "The Truth About {thing}",
+            "{thing} and {other}: Building Wealth",
+            "Your Guide to {thing}",
+        ),
+        sentences=(
+            "{Who} explain {thing} and what it all means for your savings.",
+            "{A_adj} plan for {thing} {where}.",
+            "Compare {thing} with {other} before you invest your money.",
+            "Interest rates, inflation and risk: what {thing} could mean for your money.",
+            "Build wealth slowly with {thing} and {a_adj} mindset.",
+            "Money lessons on {thing} for anyone managing a household budget.",
+        ),
     ),
 }
 
@@ -360,13 +806,16 @@ class DemoData:
     cold_items: tuple[str, ...]
 
 
-def make_demo(n_items: int = N_ITEMS, n_users: int = N_USERS, seed: int = 0, *,
-              per_user: int = PER_USER) -> DemoData:
+def make_demo(
+    n_items: int = N_ITEMS, n_users: int = N_USERS, seed: int = 0, *, per_user: int = PER_USER
+) -> DemoData:
     """Build the demo (see the module docstring). ``per_user`` is the mean number of
     interactions drawn per user (a few are dropped as repeats)."""
     if n_items < 8 * len(TOPICS) or n_users < 1:
-        raise ValueError(f"the demo needs at least {8 * len(TOPICS)} items and 1 user, "
-                         f"got n_items={n_items}, n_users={n_users}")
+        raise ValueError(
+            f"the demo needs at least {8 * len(TOPICS)} items and 1 user, "
+            f"got n_items={n_items}, n_users={n_users}"
+        )
     rng = np.random.default_rng(seed)
     names = list(TOPICS)
     topic_of = np.arange(n_items) % len(names)
@@ -377,28 +826,37 @@ def make_demo(n_items: int = N_ITEMS, n_users: int = N_USERS, seed: int = 0, *,
     members = [np.flatnonzero(topic_of == t) for t in range(len(names))]
     plan = [_plan_topic(m, rng) for m in members]
     user_ids = [f"user-{u + 1:0{max(4, len(str(n_users)))}d}" for u in range(n_users)]
-    favourites = [tuple(sorted(rng.choice(len(names), 1 + int(rng.random() < 0.4),
-                                          replace=False).tolist())) for _ in user_ids]
+    favourites = [
+        tuple(sorted(rng.choice(len(names), 1 + int(rng.random() < 0.4), replace=False).tolist()))
+        for _ in user_ids
+    ]
     rows = _make_log(members, plan, favourites, per_user, rng)
     interactions = Interactions(
         np.asarray(user_ids)[rows["user"]] if len(rows["user"]) else np.zeros(0, "<U1"),
         np.asarray(item_ids)[rows["item"]] if len(rows["item"]) else np.zeros(0, "<U1"),
-        rows["time"], rows["weight"], rows["event"])
+        rows["time"],
+        rows["weight"],
+        rows["event"],
+    )
     pairs = sorted((item_ids[a], item_ids[b]) for p in plan for a, b in p.pairs.items())
     cold = tuple(sorted(item_ids[i] for p in plan for i in p.cold))
     return DemoData(
         interactions=interactions,
         items=items,
         topics={item_ids[i]: names[t] for i, t in enumerate(topic_of)},
-        user_topics={u: tuple(names[t] for t in fav)
-                     for u, fav in zip(user_ids, favourites, strict=True)},
+        user_topics={
+            u: tuple(names[t] for t in fav) for u, fav in zip(user_ids, favourites, strict=True)
+        },
         co_pairs=pairs,
         cold_items=cold,
     )
 
 
-def _make_items(item_ids: list[str], topics: list[str], rng: np.random.Generator,
-                ) -> list[ItemRecord]:
+def _make_items(
+    item_ids: list[str],
+    topics: list[str],
+    rng: np.random.Generator,
+) -> list[ItemRecord]:
     seen: set[str] = set()
     out = []
     for item_id, name in zip(item_ids, topics, strict=True):
@@ -425,9 +883,16 @@ def _slots(topic: Topic, phrases: tuple[str, ...], rng: np.random.Generator) -> 
     adj = topic.adjectives[rng.integers(len(topic.adjectives))]
     who = topic.people[rng.integers(len(topic.people))]
     where = topic.places[rng.integers(len(topic.places))]
-    return {"thing": phrases[a], "other": phrases[b], "adj": adj, "who": who, "where": where,
-            "a_adj": _with_article(adj), "A_adj": _capitalise(_with_article(adj)),
-            "Who": _capitalise(who)}
+    return {
+        "thing": phrases[a],
+        "other": phrases[b],
+        "adj": adj,
+        "who": who,
+        "where": where,
+        "a_adj": _with_article(adj),
+        "A_adj": _capitalise(_with_article(adj)),
+        "Who": _capitalise(who),
+    }
 
 
 @dataclass(slots=True)
@@ -447,7 +912,7 @@ def _plan_topic(members: np.ndarray, rng: np.random.Generator) -> _TopicPlan:
     n_pairs = max(1, m // 25)
     by_rank = np.argsort(rank)
     heads = rng.choice(by_rank[: 4 * n_pairs], n_pairs, replace=False)
-    tails = rng.choice(by_rank[m // 2:], n_pairs, replace=False)
+    tails = rng.choice(by_rank[m // 2 :], n_pairs, replace=False)
     weight[tails] *= 0.02
     taken = set(heads.tolist()) | set(tails.tolist())
     free = np.asarray([i for i in range(m) if i not in taken])
@@ -462,14 +927,21 @@ def _plan_topic(members: np.ndarray, rng: np.random.Generator) -> _TopicPlan:
     )
 
 
-def _make_log(members: list[np.ndarray], plan: list[_TopicPlan],
-              favourites: list[tuple[int, ...]], per_user: int, rng: np.random.Generator,
-              ) -> dict[str, np.ndarray]:
+def _make_log(
+    members: list[np.ndarray],
+    plan: list[_TopicPlan],
+    favourites: list[tuple[int, ...]],
+    per_user: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     n_topics = len(members)
     partner = {a: b for p in plan for a, b in p.pairs.items()}
     sigma = 0.6
-    counts = np.clip(np.round(rng.lognormal(np.log(per_user) - sigma**2 / 2, sigma,
-                                            len(favourites))), 5, 6 * per_user).astype(int)
+    counts = np.clip(
+        np.round(rng.lognormal(np.log(per_user) - sigma**2 / 2, sigma, len(favourites))),
+        5,
+        6 * per_user,
+    ).astype(int)
     users: list[int] = []
     items: list[int] = []
     times: list[int] = []
@@ -492,9 +964,14 @@ def _make_log(members: list[np.ndarray], plan: list[_TopicPlan],
     }
 
 
-def _user_sessions(count: int, mix: np.ndarray, members: list[np.ndarray],
-                   plan: list[_TopicPlan], partner: dict[int, int],
-                   rng: np.random.Generator) -> list[list[tuple[int, bool]]]:
+def _user_sessions(
+    count: int,
+    mix: np.ndarray,
+    members: list[np.ndarray],
+    plan: list[_TopicPlan],
+    partner: dict[int, int],
+    rng: np.random.Generator,
+) -> list[list[tuple[int, bool]]]:
     """One user's sessions: lists of ``(item, follows_partner)``, ``count`` items in
     all (fewer if repeats keep coming up: a user never consumes an item twice)."""
     seen: set[int] = set()
@@ -505,12 +982,14 @@ def _user_sessions(count: int, mix: np.ndarray, members: list[np.ndarray],
             break
         length = min(remaining, int(rng.integers(3, 11)))
         focus = rng.choice(len(mix), p=mix)
-        topics = np.where(rng.random(length) < SESSION_FOCUS, focus,
-                          rng.choice(len(mix), length, p=mix))
+        topics = np.where(
+            rng.random(length) < SESSION_FOCUS, focus, rng.choice(len(mix), length, p=mix)
+        )
         session: list[tuple[int, bool]] = []
         for t, x in zip(topics.tolist(), rng.random(length).tolist(), strict=True):
-            item = int(members[t][min(np.searchsorted(plan[t].cdf, x, side="right"),
-                                      len(members[t]) - 1)])
+            item = int(
+                members[t][min(np.searchsorted(plan[t].cdf, x, side="right"), len(members[t]) - 1)]
+            )
             if item in seen:
                 continue
             seen.add(item)
@@ -525,8 +1004,10 @@ def _user_sessions(count: int, mix: np.ndarray, members: list[np.ndarray],
     return sessions
 
 
-def _session_times(sessions: list[list[tuple[int, bool]]], rng: np.random.Generator,
-                   ) -> list[tuple[int, int]]:
+def _session_times(
+    sessions: list[list[tuple[int, bool]]],
+    rng: np.random.Generator,
+) -> list[tuple[int, int]]:
     """Timestamps: session starts lean recent (Beta(2, 1) over the span) and never
     overlap; items in a session are 20 s–10 min apart, a pair's B 10–120 s after A."""
     starts = np.sort(END_TIME - SPAN + SPAN * rng.beta(2.0, 1.0, len(sessions)))
@@ -542,8 +1023,9 @@ def _session_times(sessions: list[list[tuple[int, bool]]], rng: np.random.Genera
     return out
 
 
-def write_demo(out_dir: str | Path, *, n_items: int = N_ITEMS, n_users: int = N_USERS,
-               seed: int = 0) -> tuple[Path, Path]:
+def write_demo(
+    out_dir: str | Path, *, n_items: int = N_ITEMS, n_users: int = N_USERS, seed: int = 0
+) -> tuple[Path, Path]:
     """Write ``interactions.csv``, ``items.csv`` and ``demo_meta.json`` into ``out_dir``
     (created if needed); returns the two CSV paths. Same arguments → same bytes."""
     out = Path(out_dir)
@@ -555,22 +1037,31 @@ def write_demo(out_dir: str | Path, *, n_items: int = N_ITEMS, n_users: int = N_
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["user_id", "item_id", "timestamp", "weight", "event"])
         events = log.events if log.events is not None else [""] * len(log)
-        w.writerows(zip(log.user_ids.tolist(), log.item_ids.tolist(), log.timestamps.tolist(),
-                        (f"{x:g}" for x in log.weights.tolist()), list(events), strict=True))
+        w.writerows(
+            zip(
+                log.user_ids.tolist(),
+                log.item_ids.tolist(),
+                log.timestamps.tolist(),
+                (f"{x:g}" for x in log.weights.tolist()),
+                list(events),
+                strict=True,
+            )
+        )
     items_path = out / "items.csv"
     with open(items_path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["item_id", "title", "text", "categories"])
         w.writerows([it.item_id, it.title, it.text, "|".join(it.categories)] for it in demo.items)
-    meta = {"seed": seed, "n_items": n_items, "n_users": n_users, "topics": demo.topics,
-            "user_topics": demo.user_topics, "co_pairs": demo.co_pairs,
-            "cold_items": list(demo.cold_items)}
-    (out / "demo_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n",
-                                        encoding="utf-8")
+    meta = {
+        "seed": seed,
+        "n_items": n_items,
+        "n_users": n_users,
+        "topics": demo.topics,
+        "user_topics": demo.user_topics,
+        "co_pairs": demo.co_pairs,
+        "cold_items": list(demo.cold_items),
+    }
+    (out / "demo_meta.json").write_text(
+        json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return interactions_path, items_path
-
-
-
-
-
-

@@ -58,8 +58,9 @@ class DataError(ValueError):
     """A data file that can't be used as it is: names the file, the line (or Parquet
     row) when there is one, and the reason."""
 
-    def __init__(self, path: str | Path, reason: str, *, line: int | None = None,
-                 row: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, reason: str, *, line: int | None = None, row: int | None = None
+    ) -> None:
         self.path = str(path)
         self.reason = reason
         self.line = line
@@ -120,32 +121,46 @@ class Interactions:
 
     __slots__ = ("user_ids", "item_ids", "timestamps", "weights", "events", "has_timestamps")
 
-    def __init__(self, user_ids: Sequence[str] | np.ndarray, item_ids: Sequence[str] | np.ndarray,
-                 timestamps: Sequence[int] | np.ndarray | None = None,
-                 weights: Sequence[float] | np.ndarray | None = None,
-                 events: Sequence[str] | np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        user_ids: Sequence[str] | np.ndarray,
+        item_ids: Sequence[str] | np.ndarray,
+        timestamps: Sequence[int] | np.ndarray | None = None,
+        weights: Sequence[float] | np.ndarray | None = None,
+        events: Sequence[str] | np.ndarray | None = None,
+    ) -> None:
         self.user_ids = _as_str_array(user_ids)
         self.item_ids = _as_str_array(item_ids)
         n = len(self.user_ids)
         self.has_timestamps = timestamps is not None
-        self.timestamps = (np.zeros(n, np.int64) if timestamps is None
-                           else np.asarray(timestamps, dtype=np.int64))
-        self.weights = (np.ones(n, np.float32) if weights is None
-                        else np.asarray(weights, dtype=np.float32))
+        self.timestamps = (
+            np.zeros(n, np.int64) if timestamps is None else np.asarray(timestamps, dtype=np.int64)
+        )
+        self.weights = (
+            np.ones(n, np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
+        )
         self.events = None if events is None else _as_str_array(events)
-        lengths = {len(self.item_ids), len(self.timestamps), len(self.weights),
-                   n if self.events is None else len(self.events)}
+        lengths = {
+            len(self.item_ids),
+            len(self.timestamps),
+            len(self.weights),
+            n if self.events is None else len(self.events),
+        }
         if lengths != {n}:
-            raise ValueError(f"Interactions columns differ in length: user_ids has {n}, "
-                             f"others {sorted(lengths - {n})}")
+            raise ValueError(
+                f"Interactions columns differ in length: user_ids has {n}, "
+                f"others {sorted(lengths - {n})}"
+            )
 
     def __len__(self) -> int:
         return len(self.user_ids)
 
     def __repr__(self) -> str:
-        return (f"Interactions({len(self)} rows, {len(self.users())} users, "
-                f"{len(self.items())} items, timestamps={self.has_timestamps}, "
-                f"events={self.events is not None})")
+        return (
+            f"Interactions({len(self)} rows, {len(self.users())} users, "
+            f"{len(self.items())} items, timestamps={self.has_timestamps}, "
+            f"events={self.events is not None})"
+        )
 
     def users(self) -> np.ndarray:
         """Distinct user ids, sorted."""
@@ -159,7 +174,8 @@ class Interactions:
         """The rows at ``indices`` (an int array), in that order."""
         idx = np.asarray(indices, dtype=np.intp)
         return Interactions(
-            self.user_ids[idx], self.item_ids[idx],
+            self.user_ids[idx],
+            self.item_ids[idx],
             self.timestamps[idx] if self.has_timestamps else None,
             self.weights[idx],
             None if self.events is None else self.events[idx],
@@ -206,8 +222,9 @@ def _as_str_array(values: Sequence[str] | np.ndarray) -> np.ndarray:
 # -- loading -----------------------------------------------------------------------------
 
 
-def load_interactions(path: str | Path, *, on_error: OnError = "fail", fmt: Fmt = "auto",
-                      progress: bool | None = None) -> tuple[Interactions, LoadReport]:
+def load_interactions(
+    path: str | Path, *, on_error: OnError = "fail", fmt: Fmt = "auto", progress: bool | None = None
+) -> tuple[Interactions, LoadReport]:
     """Read an interaction log (CSV, TSV or Parquet; ``.gz`` text is fine).
 
     ``fmt="auto"`` looks at the Parquet magic bytes and the suffix (``.tsv`` → tab).
@@ -221,19 +238,25 @@ def load_interactions(path: str | Path, *, on_error: OnError = "fail", fmt: Fmt 
     kind = detect_format(path, fmt)
     if kind == "parquet":
         cols, positions, problems = read_parquet_columns(
-            path, REQUIRED_COLUMNS, OPTIONAL_COLUMNS, progress=progress)
+            path, REQUIRED_COLUMNS, OPTIONAL_COLUMNS, progress=progress
+        )
     else:
         cols, positions, problems = read_csv_columns(
-            path, REQUIRED_COLUMNS, OPTIONAL_COLUMNS, delimiter="\t" if kind == "tsv" else ",",
-            progress=progress)
+            path,
+            REQUIRED_COLUMNS,
+            OPTIONAL_COLUMNS,
+            delimiter="\t" if kind == "tsv" else ",",
+            progress=progress,
+        )
     interactions = build_interactions(cols, positions, problems)
     report = problems.finish(on_error, rows=len(interactions))
     report.seconds = time.perf_counter() - started
     return interactions, report
 
 
-def build_interactions(cols: Mapping[str, np.ndarray], positions: np.ndarray,
-                       problems: Problems) -> Interactions:
+def build_interactions(
+    cols: Mapping[str, np.ndarray], positions: np.ndarray, problems: Problems
+) -> Interactions:
     """Validate raw columns (``user_id``, ``item_id`` and any of ``timestamp``,
     ``weight``, ``event``) and keep the good rows; bad ones go to ``problems``.
 
@@ -248,23 +271,40 @@ def build_interactions(cols: Mapping[str, np.ndarray], positions: np.ndarray,
     if "timestamp" in cols:
         raw_ts = cols["timestamp"]
         timestamps, ts_bad = parse_ints(raw_ts)
-        bad = problems.flag(ts_bad, bad, positions, "non_numeric_timestamp",
-                            lambda i: _describe("timestamp", raw_ts[i]))
+        bad = problems.flag(
+            ts_bad,
+            bad,
+            positions,
+            "non_numeric_timestamp",
+            lambda i: _describe("timestamp", raw_ts[i]),
+        )
     weights = None
     if "weight" in cols:
         raw_w = cols["weight"]
         weights, w_bad = parse_floats(raw_w)
-        bad = problems.flag(w_bad, bad, positions, "non_numeric_weight",
-                            lambda i: _describe("weight", raw_w[i]))
+        bad = problems.flag(
+            w_bad, bad, positions, "non_numeric_weight", lambda i: _describe("weight", raw_w[i])
+        )
         finite = np.isfinite(weights)
-        bad = problems.flag(~finite & ~w_bad, bad, positions, "non_finite_weight",
-                            lambda i: f"weight is {raw_w[i]!s}, expected a finite number")
-        bad = problems.flag(finite & (weights < 0), bad, positions, "negative_weight",
-                            lambda i: f"negative weight {raw_w[i]!s}")
+        bad = problems.flag(
+            ~finite & ~w_bad,
+            bad,
+            positions,
+            "non_finite_weight",
+            lambda i: f"weight is {raw_w[i]!s}, expected a finite number",
+        )
+        bad = problems.flag(
+            finite & (weights < 0),
+            bad,
+            positions,
+            "negative_weight",
+            lambda i: f"negative weight {raw_w[i]!s}",
+        )
     events = None if "event" not in cols else _strip(cols["event"])
     keep = ~bad if bad.any() else slice(None)
     return Interactions(
-        users[keep], items[keep],
+        users[keep],
+        items[keep],
         None if timestamps is None else timestamps[keep],
         None if weights is None else weights[keep],
         None if events is None else events[keep],
@@ -359,8 +399,14 @@ class Problems:
         if self.counts[code] <= MAX_FIRST_ERRORS:
             self._first.append((position, reason))
 
-    def flag(self, mask: np.ndarray, already: np.ndarray, positions: np.ndarray, code: str,
-             reason: Callable[[int], str]) -> np.ndarray:
+    def flag(
+        self,
+        mask: np.ndarray,
+        already: np.ndarray,
+        positions: np.ndarray,
+        code: str,
+        reason: Callable[[int], str],
+    ) -> np.ndarray:
         """Record the rows in ``mask`` not already bad under ``code``; return the union."""
         new = mask & ~already
         if not new.any():
@@ -385,7 +431,9 @@ class Problems:
         if first and on_error == "fail":
             raise self.error(*first[0])
         return LoadReport(
-            rows=rows, skipped=self.total, reasons=Counter(self.counts),
+            rows=rows,
+            skipped=self.total,
+            reasons=Counter(self.counts),
             first_errors=[str(self.error(pos, why)) for pos, why in first[:MAX_FIRST_ERRORS]],
             path=self.path,
         )
@@ -434,8 +482,17 @@ class _CountingReader(io.RawIOBase):
 def progress_bar(total: int | None, desc: str, progress: bool | None, unit: str = "B") -> tqdm:
     """A tqdm bar on stderr; ``progress=None`` shows it only when stderr is a terminal."""
     disable = (not sys.stderr.isatty()) if progress is None else not progress
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
-                disable=disable, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=disable,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def read_bytes(path: str | Path, progress: bool | None = None) -> bytes:
@@ -454,11 +511,18 @@ def read_bytes(path: str | Path, progress: bool | None = None) -> bytes:
 RawColumns = dict[str, np.ndarray]
 
 
-def read_text_table(path: str | Path, *, delimiter: str, header: bool = True,
-                    names: Sequence[str] = (), required: Sequence[str] = (),
-                    quoting: bool = True, encoding: str = "utf-8", progress: bool | None = None,
-                    numeric: Sequence[str] = (),
-                    ) -> tuple[list[str], list[np.ndarray], np.ndarray, Problems]:
+def read_text_table(
+    path: str | Path,
+    *,
+    delimiter: str,
+    header: bool = True,
+    names: Sequence[str] = (),
+    required: Sequence[str] = (),
+    quoting: bool = True,
+    encoding: str = "utf-8",
+    progress: bool | None = None,
+    numeric: Sequence[str] = (),
+) -> tuple[list[str], list[np.ndarray], np.ndarray, Problems]:
     """A delimited text file as string columns.
 
     With ``header`` the first line names the columns (stripped, lower-cased; DataError
@@ -487,8 +551,9 @@ def read_text_table(path: str | Path, *, delimiter: str, header: bool = True,
     names = list(names)
     check_columns(names, required, path)
     problems = Problems(path)
-    columns = _fast_columns(data, len(names), delimiter, quoting, encoding, header,
-                            [name in numeric for name in names])
+    columns = _fast_columns(
+        data, len(names), delimiter, quoting, encoding, header, [name in numeric for name in names]
+    )
     if columns is not None:
         n = len(columns[0]) if columns else 0
         return names, columns, np.arange(first_line, first_line + n, dtype=np.int64), problems
@@ -496,11 +561,13 @@ def read_text_table(path: str | Path, *, delimiter: str, header: bool = True,
     if header:
         text.readline()
     if quoting:
-        rows, lines = read_csv_rows(text, len(names), problems, delimiter=delimiter,
-                                    first_line=first_line)
+        rows, lines = read_csv_rows(
+            text, len(names), problems, delimiter=delimiter, first_line=first_line
+        )
     else:
-        rows, lines = read_split_rows(text, len(names), problems, sep=delimiter,
-                                      first_line=first_line)
+        rows, lines = read_split_rows(
+            text, len(names), problems, sep=delimiter, first_line=first_line
+        )
     return names, [_unicode(col) for col in rows], lines, problems
 
 
@@ -518,8 +585,15 @@ def _unicode(values: Any) -> np.ndarray:
 _UNIT_SEP = b"\x1f"
 
 
-def _fast_columns(data: bytes, ncols: int, delimiter: str, quoting: bool, encoding: str,
-                  header: bool, numeric: list[bool]) -> list[np.ndarray] | None:
+def _fast_columns(
+    data: bytes,
+    ncols: int,
+    delimiter: str,
+    quoting: bool,
+    encoding: str,
+    header: bool,
+    numeric: list[bool],
+) -> list[np.ndarray] | None:
     """pyarrow's CSV parse, or ``None`` when it can't be trusted: a parse error, or blank
     lines (which it skips silently, shifting line numbers).
 
@@ -532,8 +606,9 @@ def _fast_columns(data: bytes, ncols: int, delimiter: str, quoting: bool, encodi
     if b"\n\n" in data or b"\n\r\n" in data or data[:1] in (b"\n", b"\r"):
         return None
     body_start = data.find(b"\n") + 1 if header else 0
-    if (header and body_start == 0) or (len(data) - body_start < 64
-                                        and not data[body_start:].strip()):
+    if (header and body_start == 0) or (
+        len(data) - body_start < 64 and not data[body_start:].strip()
+    ):
         return [np.zeros(0, dtype="<U1") for _ in range(ncols)]
     if len(delimiter) > 1:  # pyarrow wants one character: swap "::" for a unit separator
         if _UNIT_SEP in data or quoting:
@@ -544,14 +619,17 @@ def _fast_columns(data: bytes, ncols: int, delimiter: str, quoting: bool, encodi
     try:
         table = pacsv.read_csv(
             pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(column_names=columns, skip_rows=int(header),
-                                           use_threads=False, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter,
-                                             quote_char='"' if quoting else False,
-                                             newlines_in_values=False),
+            read_options=pacsv.ReadOptions(
+                column_names=columns, skip_rows=int(header), use_threads=False, encoding=encoding
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char='"' if quoting else False, newlines_in_values=False
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(columns, pa.string()),
-                strings_can_be_null=False, quoted_strings_can_be_null=False),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError):
         return None
@@ -581,8 +659,9 @@ def _from_arrow(col: Any, numeric: bool) -> np.ndarray:
     return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def read_csv_rows(fh: TextIO, ncols: int, problems: Problems, *, delimiter: str = ",",
-                  first_line: int = 1) -> tuple[list[tuple[str, ...]], np.ndarray]:
+def read_csv_rows(
+    fh: TextIO, ncols: int, problems: Problems, *, delimiter: str = ",", first_line: int = 1
+) -> tuple[list[tuple[str, ...]], np.ndarray]:
     """Split the rest of ``fh`` with :mod:`csv` (quotes honoured) into ``ncols`` columns.
 
     Returns the columns (tuples of strings) and each kept row's line number (the line it
@@ -597,13 +676,17 @@ def read_csv_rows(fh: TextIO, ncols: int, problems: Problems, *, delimiter: str 
             rows.append(row)
             lines.append(reader.line_num + offset)
         elif row and row != [""]:
-            problems.add(reader.line_num + offset, "wrong_column_count",
-                         f"expected {ncols} fields, got {len(row)}")
+            problems.add(
+                reader.line_num + offset,
+                "wrong_column_count",
+                f"expected {ncols} fields, got {len(row)}",
+            )
     return _columns(rows, ncols), np.asarray(lines, dtype=np.int64)
 
 
-def read_split_rows(fh: TextIO, ncols: int, problems: Problems, *, sep: str,
-                    first_line: int = 1) -> tuple[list[tuple[str, ...]], np.ndarray]:
+def read_split_rows(
+    fh: TextIO, ncols: int, problems: Problems, *, sep: str, first_line: int = 1
+) -> tuple[list[tuple[str, ...]], np.ndarray]:
     """Like :func:`read_csv_rows` for unquoted formats split on ``sep`` (``::`` or
     ``|``, as MovieLens writes them)."""
     rows: list[list[str]] = []
@@ -630,24 +713,38 @@ def _columns(rows: list[list[str]], ncols: int) -> list[tuple[str, ...]]:
 def check_columns(names: Sequence[str], required: Sequence[str], path: Path) -> None:
     for col in required:
         if col not in names:
-            raise DataError(path, f"missing required column {col!r} "
-                                  f"(header has: {', '.join(names) or 'nothing'})")
+            raise DataError(
+                path,
+                f"missing required column {col!r} (header has: {', '.join(names) or 'nothing'})",
+            )
 
 
-def read_csv_columns(path: Path, required: Sequence[str], optional: Sequence[str], *,
-                     delimiter: str = ",", progress: bool | None = None, all_columns: bool = False,
-                     ) -> tuple[RawColumns, np.ndarray, Problems]:
+def read_csv_columns(
+    path: Path,
+    required: Sequence[str],
+    optional: Sequence[str],
+    *,
+    delimiter: str = ",",
+    progress: bool | None = None,
+    all_columns: bool = False,
+) -> tuple[RawColumns, np.ndarray, Problems]:
     """A headed CSV/TSV file as string columns by name: the required ones (DataError
     when absent) plus those of ``optional`` present (every column when ``all_columns``)."""
     names, columns, lines, problems = read_text_table(
-        path, delimiter=delimiter, required=required, progress=progress, numeric=NUMERIC)
+        path, delimiter=delimiter, required=required, progress=progress, numeric=NUMERIC
+    )
     wanted = names if all_columns else [*required, *(c for c in optional if c in names)]
     return {name: columns[names.index(name)] for name in wanted}, lines, problems
 
 
-def read_parquet_columns(path: Path, required: Sequence[str], optional: Sequence[str], *,
-                         progress: bool | None = None, all_columns: bool = False,
-                         ) -> tuple[RawColumns, np.ndarray, Problems]:
+def read_parquet_columns(
+    path: Path,
+    required: Sequence[str],
+    optional: Sequence[str],
+    *,
+    progress: bool | None = None,
+    all_columns: bool = False,
+) -> tuple[RawColumns, np.ndarray, Problems]:
     """Like :func:`read_csv_columns` for Parquet. Id and text columns come back as
     strings (nulls as ""), numeric ones as numbers (nulls as NaN)."""
     import pyarrow as pa

@@ -35,8 +35,9 @@ __all__ = ["load_items", "split_categories", "compose_text"]
 KNOWN_COLUMNS = ("item_id", "title", "text", "categories")
 
 
-def load_items(path: str | Path, *, on_error: OnError = "fail", fmt: Fmt = "auto",
-               progress: bool | None = None) -> tuple[list[ItemRecord], LoadReport]:
+def load_items(
+    path: str | Path, *, on_error: OnError = "fail", fmt: Fmt = "auto", progress: bool | None = None
+) -> tuple[list[ItemRecord], LoadReport]:
     """Read an item file into :class:`ItemRecord` values, in file order.
 
     Bad rows (wrong field count, empty ``item_id``) raise :class:`DataError` with the
@@ -49,11 +50,17 @@ def load_items(path: str | Path, *, on_error: OnError = "fail", fmt: Fmt = "auto
     kind = detect_format(path, fmt)
     if kind == "parquet":
         cols, positions, problems = read_parquet_columns(
-            path, ("item_id",), (), progress=progress, all_columns=True)
+            path, ("item_id",), (), progress=progress, all_columns=True
+        )
     else:
         cols, positions, problems = read_csv_columns(
-            path, ("item_id",), (), delimiter="\t" if kind == "tsv" else ",",
-            progress=progress, all_columns=True)
+            path,
+            ("item_id",),
+            (),
+            delimiter="\t" if kind == "tsv" else ",",
+            progress=progress,
+            all_columns=True,
+        )
     items, duplicates = _records(cols, positions, problems)
     report = problems.finish(on_error, rows=len(items))
     report.duplicates = duplicates
@@ -61,24 +68,33 @@ def load_items(path: str | Path, *, on_error: OnError = "fail", fmt: Fmt = "auto
     return items, report
 
 
-def _records(cols: dict[str, np.ndarray], positions: np.ndarray,
-             problems: Problems) -> tuple[list[ItemRecord], int]:
+def _records(
+    cols: dict[str, np.ndarray], positions: np.ndarray, problems: Problems
+) -> tuple[list[ItemRecord], int]:
     ids = np.strings.strip(cols["item_id"])
-    bad = problems.flag(ids == "", np.zeros(len(ids), dtype=bool), positions,
-                        "empty_item_id", lambda i: "empty item_id")
+    bad = problems.flag(
+        ids == "",
+        np.zeros(len(ids), dtype=bool),
+        positions,
+        "empty_item_id",
+        lambda i: "empty item_id",
+    )
     n = len(ids)
     titles = _column(cols, "title", n)
     texts = _column(cols, "text", n)
     cats = _column(cols, "categories", n)
-    extras = [(name, values.tolist()) for name, values in cols.items()
-              if name not in KNOWN_COLUMNS]
+    extras = [(name, values.tolist()) for name, values in cols.items() if name not in KNOWN_COLUMNS]
     out: dict[str, ItemRecord] = {}
     duplicates = 0
     for i in np.flatnonzero(~bad).tolist():
         item_id = ids[i]
         extra = [(name, values[i]) for name, values in extras]
-        record = ItemRecord(str(item_id), titles[i].strip(), compose_text(texts[i], extra),
-                            split_categories(cats[i]))
+        record = ItemRecord(
+            str(item_id),
+            titles[i].strip(),
+            compose_text(texts[i], extra),
+            split_categories(cats[i]),
+        )
         if item_id in out:
             duplicates += 1
         out[str(item_id)] = record

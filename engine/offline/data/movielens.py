@@ -54,12 +54,30 @@ Dataset = tuple[Interactions, list[ItemRecord]]
 
 _YEAR = re.compile(r"\((\d{4})\)")
 LATIN1 = "latin-1"  # ml-100k u.item and ml-1m *.dat are ISO-8859-1
-MELU_FIELDS = ("movie_id", "title", "year", "rated", "released", "genre", "director",
-               "writer", "actors", "plot", "poster")
+MELU_FIELDS = (
+    "movie_id",
+    "title",
+    "year",
+    "rated",
+    "released",
+    "genre",
+    "director",
+    "writer",
+    "actors",
+    "plot",
+    "poster",
+)
 
 
-def movie_record(item_id: str, title: str, genres: Sequence[str], *, plot: str = "",
-                 details: Sequence[tuple[str, str]] = (), tags: Sequence[str] = ()) -> ItemRecord:
+def movie_record(
+    item_id: str,
+    title: str,
+    genres: Sequence[str],
+    *,
+    plot: str = "",
+    details: Sequence[tuple[str, str]] = (),
+    tags: Sequence[str] = (),
+) -> ItemRecord:
     """One movie as an :class:`ItemRecord` (see the module docstring for the layout)."""
     title = title.strip()
     years = _YEAR.findall(title)
@@ -72,27 +90,45 @@ def movie_record(item_id: str, title: str, genres: Sequence[str], *, plot: str =
 def _ratings(path: Path, sep: str, on_error: OnError, progress: bool | None) -> Interactions:
     """``user SEP movie SEP rating SEP timestamp`` lines, no header."""
     names, columns, lines, problems = read_text_table(
-        path, delimiter=sep, header=False, names=("user_id", "item_id", "weight", "timestamp"),
-        quoting=False, progress=progress, numeric=("weight", "timestamp"))
+        path,
+        delimiter=sep,
+        header=False,
+        names=("user_id", "item_id", "weight", "timestamp"),
+        quoting=False,
+        progress=progress,
+        numeric=("weight", "timestamp"),
+    )
     interactions = build_interactions(dict(zip(names, columns, strict=True)), lines, problems)
     problems.finish(on_error, rows=len(interactions))
     return interactions
 
 
-def _table(path: Path, sep: str, ncols: int, encoding: str, progress: bool | None,
-           ) -> tuple[list[list[str]], np.ndarray, Problems]:
+def _table(
+    path: Path,
+    sep: str,
+    ncols: int,
+    encoding: str,
+    progress: bool | None,
+) -> tuple[list[list[str]], np.ndarray, Problems]:
     """A small headerless ``sep``-separated file as Python lists of strings per column."""
     _, columns, lines, problems = read_text_table(
-        path, delimiter=sep, header=False, names=[f"c{i}" for i in range(ncols)],
-        quoting=False, encoding=encoding, progress=progress)
+        path,
+        delimiter=sep,
+        header=False,
+        names=[f"c{i}" for i in range(ncols)],
+        quoting=False,
+        encoding=encoding,
+        progress=progress,
+    )
     return [c.tolist() for c in columns], lines, problems
 
 
 # -- ml-100k ------------------------------------------------------------------------------
 
 
-def load_ml100k(folder: str | Path, *, on_error: OnError = "fail",
-                progress: bool | None = None) -> Dataset:
+def load_ml100k(
+    folder: str | Path, *, on_error: OnError = "fail", progress: bool | None = None
+) -> Dataset:
     """``u.data`` (``user\\titem\\trating\\ttimestamp``) and ``u.item`` (``|``-separated,
     latin-1: id, title, release date, video release date, IMDb URL, 19 genre flags
     named by ``u.genre``)."""
@@ -127,9 +163,14 @@ def _ml100k_genres(path: Path) -> list[str]:
 # -- ml-1m --------------------------------------------------------------------------------
 
 
-def load_ml1m(ratings_path: str | Path, movies_path: str | Path | None = None,
-              plots_path: str | Path | None = None, *, on_error: OnError = "fail",
-              progress: bool | None = None) -> Dataset:
+def load_ml1m(
+    ratings_path: str | Path,
+    movies_path: str | Path | None = None,
+    plots_path: str | Path | None = None,
+    *,
+    on_error: OnError = "fail",
+    progress: bool | None = None,
+) -> Dataset:
     """``ratings.dat[.gz]`` (``user::movie::rating::timestamp``) and ``movies.dat``
     (``movie::title::genre|genre``, latin-1), optionally enriched with the MeLU plot
     file (see :func:`load_melu_plots`).
@@ -153,16 +194,29 @@ def load_ml1m(ratings_path: str | Path, movies_path: str | Path | None = None,
             problems.add(int(lines[i]), "empty_item_id", "empty movie id")
             continue
         extra = plots.get(item_id.strip(), {})
-        details = [("Director", extra.get("director", "")), ("Starring", extra.get("actors", "")),
-                   ("Rated", extra.get("rated", ""))]
-        items.append(movie_record(item_id.strip(), title, split_categories(genres),
-                                  plot=extra.get("plot", ""), details=details))
+        details = [
+            ("Director", extra.get("director", "")),
+            ("Starring", extra.get("actors", "")),
+            ("Rated", extra.get("rated", "")),
+        ]
+        items.append(
+            movie_record(
+                item_id.strip(),
+                title,
+                split_categories(genres),
+                plot=extra.get("plot", ""),
+                details=details,
+            )
+        )
     problems.finish(on_error, rows=len(items))
     return interactions, items
 
 
-def load_melu_plots(path: str | Path, *, progress: bool | None = False,
-                    ) -> dict[str, dict[str, str]]:
+def load_melu_plots(
+    path: str | Path,
+    *,
+    progress: bool | None = False,
+) -> dict[str, dict[str, str]]:
     """MeLU's ``movies_extrainfos.dat`` (UTF-8, CRLF, ``::``-separated): movie id →
     ``{"title", "year", "rated", "released", "genre", "director", "writer", "actors",
     "plot", "poster"}``. ``N/A`` and empty values are left out. ``title`` is the
@@ -180,8 +234,9 @@ def load_melu_plots(path: str | Path, *, progress: bool | None = False,
 # -- ml-latest ----------------------------------------------------------------------------
 
 
-def load_ml_latest(folder: str | Path, *, on_error: OnError = "fail",
-                   progress: bool | None = None) -> Dataset:
+def load_ml_latest(
+    folder: str | Path, *, on_error: OnError = "fail", progress: bool | None = None
+) -> Dataset:
     """``ratings.csv`` (``userId,movieId,rating,timestamp``), ``movies.csv``
     (``movieId,title,genres``, titles quoted when they hold commas, ``(no genres
     listed)`` for none) and, when present, ``tags.csv`` (``userId,movieId,tag,timestamp``):
@@ -190,20 +245,26 @@ def load_ml_latest(folder: str | Path, *, on_error: OnError = "fail",
     folder = Path(folder)
     names = ("userid", "movieid", "rating", "timestamp")
     header, columns, lines, problems = read_text_table(
-        folder / "ratings.csv", delimiter=",", required=names, progress=progress,
-        numeric=("rating", "timestamp"))
+        folder / "ratings.csv",
+        delimiter=",",
+        required=names,
+        progress=progress,
+        numeric=("rating", "timestamp"),
+    )
     cols = dict(zip(header, columns, strict=True))
-    renamed = dict(zip(("user_id", "item_id", "weight", "timestamp"),
-                       (cols[n] for n in names), strict=True))
+    renamed = dict(
+        zip(("user_id", "item_id", "weight", "timestamp"), (cols[n] for n in names), strict=True)
+    )
     interactions = build_interactions(renamed, lines, problems)
     problems.finish(on_error, rows=len(interactions))
     tags = _ml_latest_tags(folder / "tags.csv", progress) if (folder / "tags.csv").exists() else {}
-    cols, lines, problems = read_csv_columns(folder / "movies.csv", ("movieid", "title", "genres"),
-                                             (), progress=progress)
+    cols, lines, problems = read_csv_columns(
+        folder / "movies.csv", ("movieid", "title", "genres"), (), progress=progress
+    )
     items = []
-    for i, (item_id, title, genres) in enumerate(zip(cols["movieid"].tolist(),
-                                                     cols["title"].tolist(),
-                                                     cols["genres"].tolist(), strict=True)):
+    for i, (item_id, title, genres) in enumerate(
+        zip(cols["movieid"].tolist(), cols["title"].tolist(), cols["genres"].tolist(), strict=True)
+    ):
         item_id = item_id.strip()
         if not item_id:
             problems.add(int(lines[i]), "empty_item_id", "empty movieId")
@@ -251,8 +312,7 @@ def detect(path: str | Path) -> str | None:
     return None
 
 
-def load_dataset(spec: str, *, on_error: OnError = "fail",
-                 progress: bool | None = None) -> Dataset:
+def load_dataset(spec: str, *, on_error: OnError = "fail", progress: bool | None = None) -> Dataset:
     """Load what ``spec`` names (see the module docstring for the forms)."""
     kind, sep, rest = spec.partition(":")
     parts = [p for p in rest.split(",") if p] if sep else []
@@ -280,7 +340,8 @@ def load_dataset(spec: str, *, on_error: OnError = "fail",
     raise ValueError(
         f"can't tell what dataset {spec!r} is: use ml-100k:FOLDER, "
         "ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER, files:INTERACTIONS[,ITEMS], "
-        "demo, or a MovieLens folder")
+        "demo, or a MovieLens folder"
+    )
 
 
 def _ml1m_paths(parts: list[str]) -> tuple[Path, Path | None, Path | None]:
@@ -289,8 +350,10 @@ def _ml1m_paths(parts: list[str]) -> tuple[Path, Path | None, Path | None]:
     plots = Path(parts[2]) if len(parts) > 2 else None
     if ratings.is_dir():
         folder = ratings
-        ratings = next((folder / n for n in ("ratings.dat", "ratings.dat.gz")
-                        if (folder / n).is_file()), folder / "ratings.dat")
+        ratings = next(
+            (folder / n for n in ("ratings.dat", "ratings.dat.gz") if (folder / n).is_file()),
+            folder / "ratings.dat",
+        )
         if plots is None and (folder / "movies_extrainfos.dat").is_file():
             plots = folder / "movies_extrainfos.dat"
     return ratings, movies, plots

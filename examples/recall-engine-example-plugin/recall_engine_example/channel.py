@@ -28,8 +28,9 @@ class SameCategoryChannel(Channel):
         super().__init__(ctx)
         recent = ctx.params.get("recent", 5)
         if not isinstance(recent, int) or recent < 1:
-            raise ValueError(f"channels.{ctx.name}.params.recent: must be a positive integer, "
-                             f"got {recent!r}")
+            raise ValueError(
+                f"channels.{ctx.name}.params.recent: must be a positive integer, got {recent!r}"
+            )
         self._recent = recent
         self._by_category: dict[str, list[str]] = {}
         self._lock = threading.Lock()
@@ -48,7 +49,7 @@ class SameCategoryChannel(Channel):
         catalog, by_category = self.ctx.catalog, self._by_category
         # newest history item weighs 1, the one before 1/2, then 1/3 ...
         cat_weight: dict[str, float] = defaultdict(float)
-        for age, item_id in enumerate(reversed(query.history[-self._recent:])):
+        for age, item_id in enumerate(reversed(query.history[-self._recent :])):
             for c in catalog.categories(item_id):
                 cat_weight[c] += 1.0 / (age + 1)
         scores: dict[str, float] = defaultdict(float)
@@ -62,7 +63,7 @@ class SameCategoryChannel(Channel):
         return Candidates([i for i, _ in out], np.asarray([s for _, s in out], np.float32))
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> int:
-        with self._lock:   # copy-on-write: readers keep the dict they started with
+        with self._lock:  # copy-on-write: readers keep the dict they started with
             by_cat = {c: list(ids) for c, ids in self._by_category.items()}
             for item in items:
                 for ids in by_cat.values():
@@ -74,5 +75,8 @@ class SameCategoryChannel(Channel):
         return len(items)
 
     def info(self) -> ChannelInfo:
-        return ChannelInfo(version="builtin", item_count=len(self.ctx.catalog),
-                           details={"categories": str(len(self._by_category))})
+        return ChannelInfo(
+            version="builtin",
+            item_count=len(self.ctx.catalog),
+            details={"categories": str(len(self._by_category))},
+        )
