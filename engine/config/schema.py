@@ -78,6 +78,17 @@ class ServerConfig:
     max_exclude: int = 10000
     max_batch: int = 256
     grace_s: float = 5.0
+    # SIGTERM: health NOT_SERVING for this long while calls are still answered, so load
+    # balancers move traffic away before the listener closes (SIGINT skips it)
+    drain_s: float = 5.0
+    # AdminService on its own address (None: beside RecallService on addr)
+    admin_addr: str | None = None
+    # gRPC connection limits (0 turns the idle and age limits off)
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 1800.0
+    max_connections: int = 1000
+    max_concurrent_streams: int = 100
+    max_receive_bytes: int = 4 * 1024 * 1024
     allow_weight_override: bool = False
     log_level: str = "INFO"
 
@@ -267,6 +278,19 @@ def _parse_server(t: _Table) -> ServerConfig:
         max_exclude=t.get_int("max_exclude", d.max_exclude, minimum=0),
         max_batch=t.get_int("max_batch", d.max_batch, minimum=1),
         grace_s=t.get_float("grace_s", d.grace_s),
+        drain_s=t.get_float("drain_s", d.drain_s),
+        admin_addr=(
+            _addr(t.get_str("admin_addr", ""), t.key("admin_addr"))
+            if t.get_str("admin_addr", "")
+            else None
+        ),
+        max_connection_idle_s=t.get_float("max_connection_idle_s", d.max_connection_idle_s),
+        max_connection_age_s=t.get_float("max_connection_age_s", d.max_connection_age_s),
+        max_connections=t.get_int("max_connections", d.max_connections, minimum=1),
+        max_concurrent_streams=t.get_int(
+            "max_concurrent_streams", d.max_concurrent_streams, minimum=1
+        ),
+        max_receive_bytes=t.get_int("max_receive_bytes", d.max_receive_bytes, minimum=1024),
         allow_weight_override=t.get_bool("allow_weight_override", d.allow_weight_override),
         log_level=_log_level(t.get_str("log_level", d.log_level), t.key("log_level")),
     )
