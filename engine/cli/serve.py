@@ -96,36 +96,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_processes(args: argparse.Namespace, config: Config) -> int:
     """Start ``args.processes`` copies of this server on the same port (the kernel
-    spreads connections over them), forward SIGTERM/SIGINT/SIGHUP, wait for all."""
+    spreads connections over them) and keep them up (:mod:`recall_engine.serving.workers`)."""
     import os
     import shutil
-    import signal
-    import subprocess
     import sys
     import tempfile
 
     from recall_engine.serving.process_group import GROUP_DIR_ENV
+    from recall_engine.serving.workers import WorkerPool, reserve_port
 
     log = get_logger("recall_engine.serve")
-    host, _, port = config.server.addr.rpartition(":")
-    if port == "0":
-        log.error("config_invalid", error="--processes needs a fixed port, not 0")
-        return 2
     problem = _worker_ports_problem(config, args.processes)
     if problem:
         log.error("config_invalid", error=problem)
         return 2
+    host, _, port = config.server.addr.rpartition(":")
+    reserved = None
+    if port == "0":  # pick the port once, here, and keep it while the workers run
+        reserved = reserve_port(host)
+        port = str(reserved.getsockname()[1])
+    addr = f"{host}:{port}"
     base = config.server.worker_port_base
-    argv = [a for a in sys.argv[1:]]
+    argv = _without(_without(sys.argv[1:], "--processes"), "--addr")
     group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")  # admin reloads fan out
-    children = []
-    for i in range(args.processes):
-        child_args = _without(argv, "--processes") + [
-            "--processes",
-            "1",
-            "--addr",
-            config.server.addr,
-        ]
+
+    def command(i: int, _restarts: int) -> tuple[list[str], dict[str, str]]:
+        child_args = [*argv, "--processes", "1", "--addr", addr]
         if config.server.metrics_addr:
             mhost, _, mport = config.server.metrics_addr.rpartition(":")
             child_port = int(mport) + i if int(mport) else 0
@@ -135,29 +131,18 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         if base:
             child_args += ["--worker-port", str(base + i)]
         env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i), GROUP_DIR_ENV: group_dir}
-        children.append(
-            subprocess.Popen([sys.executable, "-m", "recall_engine", *child_args], env=env)
-        )
-    log.info(
-        "processes_started",
-        count=len(children),
-        pids=[c.pid for c in children],
-        group_dir=group_dir,
-        worker_addrs=[f"{host}:{base + i}" for i in range(len(children))] if base else [],
-    )
+        return [sys.executable, "-m", "recall_engine", *child_args], env
 
-    def forward(signum, _frame) -> None:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
     try:
-        codes = [c.wait() for c in children]
+        return WorkerPool(args.processes, command).run(
+            addr=addr,
+            group_dir=group_dir,
+            worker_addrs=[f"{host}:{base + i}" for i in range(args.processes)] if base else [],
+        )
     finally:
         shutil.rmtree(group_dir, ignore_errors=True)
-    return max(codes)
+        if reserved is not None:
+            reserved.close()
 
 
 def _worker_ports_problem(config: Config, processes: int) -> str | None:

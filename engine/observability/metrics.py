@@ -37,6 +37,37 @@ CHANNEL_ERRORS = Counter("recall_channel_errors_total", "Channel calls that rais
 CHANNEL_TIMEOUTS = Counter(
     "recall_channel_timeouts_total", "Channel calls that timed out", ["channel"]
 )
+CHANNEL_REJECTED = Counter(
+    "recall_channel_rejected_total",
+    "Channel calls not started: the channel's bound on calls in flight was reached",
+    ["channel"],
+)
+CHANNEL_ABANDONED = Counter(
+    "recall_channel_abandoned_total",
+    "Channel calls still running when their timeout passed (left to finish on their thread)",
+    ["channel"],
+)
+CHANNEL_HUNG = Gauge(
+    "recall_channel_hung_calls",
+    "Channel calls running past their timeout right now (they hold a bulkhead slot)",
+    ["channel"],
+)
+CHANNEL_BAD_OUTPUT = Counter(
+    "recall_channel_bad_output_total",
+    "Channel answers refused by the engine's output check (non-finite scores, duplicates...)",
+    ["channel"],
+)
+CHANNEL_IN_FLIGHT = Gauge(
+    "recall_channel_in_flight", "Channel calls in flight (bulkhead occupancy)", ["channel"]
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "recall_engine_requests_in_flight", "Requests admitted into the engine and not finished"
+)
+REQUESTS_SHED = Counter(
+    "recall_requests_shed_total",
+    "Requests refused with RESOURCE_EXHAUSTED by admission control",
+    ["reason"],
+)
 CHANNEL_ITEMS = Gauge("recall_channel_items", "Items a loaded channel can recall", ["channel"])
 ENCODER_BATCH_SIZE = Histogram(
     "recall_encoder_batch_size",
@@ -53,7 +84,27 @@ ENCODER_QUEUE_SECONDS = Histogram(
 ENCODER_SECONDS = Histogram(
     "recall_encoder_seconds", "Encoder batch run time", ["encoder"], buckets=_LATENCY_BUCKETS
 )
+ENCODER_BATCHER_RESTARTS = Counter(
+    "recall_encoder_batcher_restarts_total",
+    "Micro-batcher threads found dead and restarted",
+    ["encoder"],
+)
+ENCODER_EXPIRED = Counter(
+    "recall_encoder_expired_total",
+    "Encode calls dropped before running: their caller's deadline had passed or it gave up",
+    ["encoder"],
+)
 CONFIG_GENERATION = Gauge("recall_config_generation", "Config generation being served")
+
+ADMIN_AUTH_FAILURES = Counter(
+    "recall_admin_auth_failures_total",
+    "AdminService calls refused before any work: no token configured, none sent, or wrong",
+    ["method", "code"],
+)
+WORKER_RESTARTS = Gauge(
+    "recall_worker_restarts",
+    "serve --processes N: how many times the parent restarted this worker slot",
+)
 
 
 def start_http(addr: str) -> int:

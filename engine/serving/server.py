@@ -6,21 +6,24 @@ import asyncio
 import gc
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recall_engine.config.schema import Config, TLSConfig
+from recall_engine.config.schema import Config, ServerConfig, TLSConfig
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.admin import AdminServicer
+from recall_engine.serving.auth import AdminAuthInterceptor
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.process_group import GroupFollowError, ProcessGroup, follow
 from recall_engine.serving.servicer import RecallServicer
+from recall_engine.serving.workers import RESTARTS_ENV
 
 log = get_logger(__name__)
 
@@ -34,21 +37,55 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     engine: Engine
+    admin_server: grpc.aio.Server | None = None
+    admin_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", RECALL_SERVICE, ADMIN_SERVICE):
-            await self.health.set(name, status)
+        await _set_health(self.health, serving)
 
-    async def stop(self, grace: float) -> None:
-        """Health NOT_SERVING, let in-flight calls finish (up to ``grace``), close."""
+    async def stop(self, grace: float, drain: float = 0.0) -> None:
+        """Health NOT_SERVING; keep accepting calls for ``drain`` seconds so load
+        balancers see it and move traffic away; then let in-flight calls finish (up to
+        ``grace``) and close."""
         await self.set_serving(False)
-        await self.server.stop(grace)
+        if drain > 0:
+            log.info("draining", drain_s=drain)
+            await asyncio.sleep(drain)
+        servers = [self.server] + ([self.admin_server] if self.admin_server else [])
+        await asyncio.gather(*(s.stop(grace) for s in servers))
         self.engine.close()
+
+
+async def _set_health(servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", RECALL_SERVICE, ADMIN_SERVICE):
+        await servicer.set(name, status)
+
+
+def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC core options from ``[server]``: connection limits and lifetimes.
+
+    Idle connections are closed after ``max_connection_idle_s`` (an idle client
+    reconnects transparently); every connection is recycled after
+    ``max_connection_age_s`` (plus ``grace_s`` for calls in flight) so that clients
+    rebalance over replicas that came up later; at most ``max_connections`` are open at
+    once and ``max_concurrent_streams`` calls run per connection."""
+    opts = [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", cfg.max_receive_bytes),
+        ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+    ]
+    if cfg.max_connection_idle_s:
+        opts.append(("grpc.max_connection_idle_ms", int(cfg.max_connection_idle_s * 1000)))
+    if cfg.max_connection_age_s:
+        opts.append(("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)))
+        opts.append(("grpc.max_connection_age_grace_ms", int(cfg.grace_s * 1000)))
+    return opts
 
 
 def _credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
@@ -71,25 +108,51 @@ async def create_server(
 ) -> Running:
     """Bind ``addr`` (port 0 picks a free port) and ``worker_addr`` if given (this
     process's own address beside the port ``serve --processes N`` shares), register every
-    service, start. Health says NOT_SERVING until the caller marks it serving."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(engine, reload_config or (lambda: engine.config), group), server
-    )
+    service, start. AdminService is served on ``server.admin_addr`` alone when that is
+    set, else beside RecallService. Health says NOT_SERVING from before the port opens
+    until the caller marks it serving."""
+    cfg = engine.config.server
+    options = server_options(cfg)
+    auth = AdminAuthInterceptor(lambda: engine.config.admin.token)
+    server = grpc.aio.server(interceptors=[auth], options=options)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (RECALL_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    await _set_health(health_servicer, False)  # before any port opens
+    admin = AdminServicer(engine, reload_config or (lambda: engine.config), group)
+    recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
+    admin_server = None
+    if cfg.admin_addr:
+        admin_server = grpc.aio.server(interceptors=[auth], options=options)
+        _add_common(admin_server, health_servicer, admin, recall=False)
+        _add_common(server, health_servicer, None)
+    else:
+        _add_common(server, health_servicer, admin)
     creds = _credentials(engine.config.tls)
     port = _bind(server, addr, creds)
     if worker_addr:
         _bind(server, worker_addr, creds)
+    admin_port = _bind(admin_server, cfg.admin_addr, creds) if admin_server else None
     await server.start()
-    running = Running(server, port, health_servicer, engine)
-    await running.set_serving(False)
-    return running
+    if admin_server is not None:
+        await admin_server.start()
+    return Running(server, port, health_servicer, engine, admin_server, admin_port)
+
+
+def _add_common(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    admin: AdminServicer | None,
+    *,
+    recall: bool = True,
+) -> None:
+    """Health and reflection on every server; AdminService where ``admin`` is given."""
+    services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if recall:
+        services.append(RECALL_SERVICE)
+    if admin is not None:
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        services.append(ADMIN_SERVICE)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(services, server)
 
 
 def _bind(server: grpc.aio.Server, addr: str, creds: grpc.ServerCredentials | None) -> int:
@@ -121,13 +184,14 @@ async def _follow_others(
     """Every ``server.catalog_sync_ms``, apply what the other processes of the group
     did on admin calls: catalogue updates (``Engine.sync_catalog``), then artifact and
     config reloads (:mod:`recall_engine.serving.process_group`). A stat call per file when
-    nothing changed."""
+    nothing changed. One failed round (a malformed line, an unreadable file) is logged
+    and the next round tries again: the loop itself never ends on an error."""
     while True:
         await asyncio.sleep(max(engine.config.server.catalog_sync_ms, 1) / 1000)
         try:
             applied = await asyncio.to_thread(engine.sync_catalog)
         except Exception as e:  # noqa: BLE001 - keep serving; say why, try again later
-            log.error("catalog_sync_failed", error=str(e))
+            log.error("catalog_sync_failed", error=str(e), error_type=type(e).__name__)
         else:
             if applied:
                 log.info("catalog_synced", operations=applied)
@@ -137,11 +201,52 @@ async def _follow_others(
             done = await asyncio.to_thread(lambda: follow(engine, group.read_others(), read_config))
         except GroupFollowError as e:
             log.error("group_reload_failed", error=str(e), done=e.done)
-        except ValueError as e:  # a malformed control log
-            log.error("group_reload_failed", error=str(e), done=[])
+        except Exception as e:  # noqa: BLE001 - a malformed or unreadable control log
+            log.error("group_reload_failed", error=str(e), error_type=type(e).__name__, done=[])
         else:
             if done:
                 log.info("group_reloaded", done=done, gc_frozen_objects=freeze_heap())
+
+
+class Tasks:
+    """The server's background tasks: referenced (asyncio keeps only weak references to
+    tasks), and every failure logged. ``supervise`` restarts a loop that ends with an
+    error, after a short backoff."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def supervise(
+        self, name: str, loop_fn: Callable[[], Coroutine[Any, Any, None]], backoff_s: float = 1.0
+    ) -> asyncio.Task[None]:
+        async def run() -> None:
+            while True:
+                try:
+                    await loop_fn()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - log, wait, start the loop again
+                    log.error("background_task_failed", task=name, error=repr(e), restart=True)
+                    await asyncio.sleep(backoff_s)
+
+        return self.spawn(name, run())
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", task=task.get_name(), error=repr(task.exception()))
+
+    async def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def serve(
@@ -152,7 +257,10 @@ async def serve(
     worker_addr: str | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. SIGHUP reloads the config. Channels load after the
-    port is bound, so health is observable (NOT_SERVING) while they warm up."""
+    port is bound, so health is observable (NOT_SERVING) while they warm up. SIGTERM
+    drains: NOT_SERVING for ``server.drain_s`` while calls are still answered, then the
+    listeners close after at most ``server.grace_s`` more; SIGINT skips the drain."""
+    metrics.WORKER_RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0") or 0))
     engine = Engine(config)
     group = ProcessGroup.from_env()
     running = await create_server(
@@ -164,6 +272,9 @@ async def serve(
     )
     host = config.server.addr.rpartition(":")[0]
     log.info("server_listening", addr=f"{host}:{running.port}", worker_addr=worker_addr)
+    if running.admin_port is not None:
+        admin_host = (config.server.admin_addr or "").rpartition(":")[0]
+        log.info("admin_listening", addr=f"{admin_host}:{running.admin_port}")
     if config.server.metrics_addr:
         mport = metrics.start_http(config.server.metrics_addr)
         log.info("metrics_listening", port=mport)
@@ -171,7 +282,7 @@ async def serve(
     try:
         await asyncio.to_thread(engine.load)
     except Exception:
-        await running.server.stop(0)
+        await running.stop(0)
         raise
     frozen = freeze_heap()
     await running.set_serving(True)
@@ -181,29 +292,28 @@ async def serve(
     if ready:
         ready(running)
 
+    tasks = Tasks()
     stop = asyncio.Event()
-    follow = (
-        loop.create_task(_follow_others(engine, group, reload_config))
-        if config.server.catalog_sync_ms
-        else None
-    )
+    drain = {"s": config.server.drain_s}
+    if config.server.catalog_sync_ms:
+        tasks.supervise("follow_others", lambda: _follow_others(engine, group, reload_config))
 
-    def on_hup() -> None:
-        async def reload() -> None:
-            try:
-                gen = await asyncio.to_thread(lambda: engine.reload_config(reload_config()))
-                log.info("sighup_reload", generation=gen, gc_frozen_objects=freeze_heap())
-            except Exception as e:  # noqa: BLE001 - keep serving the old config
-                log.error("sighup_reload_failed", error=str(e))
+    async def reload() -> None:
+        try:
+            gen = await asyncio.to_thread(lambda: engine.reload_config(reload_config()))
+            log.info("sighup_reload", generation=gen, gc_frozen_objects=freeze_heap())
+        except Exception as e:  # noqa: BLE001 - keep serving the old config
+            log.error("sighup_reload_failed", error=str(e))
 
-        loop.create_task(reload())
+    def on_int() -> None:
+        drain["s"] = 0.0
+        stop.set()
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGINT, on_int)
+    loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn("sighup_reload", reload()))
     await stop.wait()
-    if follow is not None:
-        follow.cancel()
-    log.info("shutting_down", grace_s=engine.config.server.grace_s)
-    await running.stop(engine.config.server.grace_s)
+    await tasks.cancel_all()
+    log.info("shutting_down", drain_s=drain["s"], grace_s=engine.config.server.grace_s)
+    await running.stop(engine.config.server.grace_s, drain=drain["s"])
     log.info("stopped")

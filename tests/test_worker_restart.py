@@ -1,0 +1,106 @@
+"""serve --processes N keeps its workers up: a worker killed with SIGKILL is reaped,
+logged and restarted; the parent exits non-zero because a worker died abnormally."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from recall_engine._proto import recall_pb2, recall_pb2_grpc
+from tests.harness import catalog_of
+
+CONFIG = """
+[server]
+addr = "127.0.0.1:0"
+metrics_addr = ""
+grace_s = 2
+
+[channels.a]
+plugin = "fixed"
+params = { items = ["i1", "i2", "i3"] }
+"""
+
+
+class Parent:
+    def __init__(self, tmp_path: Path, fake_plugins: Path) -> None:
+        catalog_of(["i1", "i2", "i3"]).save(tmp_path / "artifacts" / "catalog")
+        config = tmp_path / "recall.toml"
+        config.write_text(CONFIG)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config)]
+            + ["--processes", "2", "--log-json"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: list[dict] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self._lock:
+                self.events.append(event)
+
+    def named(self, name: str) -> list[dict]:
+        with self._lock:
+            return [e for e in self.events if e.get("event") == name]
+
+    def wait_for(self, name: str, count: int, timeout: float = 90) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.named(name)) < count:
+            assert self.proc.poll() is None, self.events
+            assert time.monotonic() < deadline, f"no {count} x {name}: {self.events}"
+            time.sleep(0.05)
+        return self.named(name)
+
+
+def _recall(port: int) -> list[str]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = recall_pb2_grpc.RecallServiceStub(ch)
+        return list(stub.Recall(recall_pb2.RecallRequest(user_id="u", k=2), timeout=10).item_ids)
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` is reaped: a zombie still has its /proc entry."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_a_killed_worker_is_reaped_restarted_and_the_parent_exits_non_zero(tmp_path, fake_plugins):
+    parent = Parent(tmp_path, fake_plugins)
+    try:
+        parent.wait_for("serving", 2)
+        started = parent.named("processes_started")[0]
+        port = int(started["addr"].rsplit(":", 1)[1])
+        assert port != 0 and _recall(port) == ["i1", "i2"]
+
+        victim = started["pids"][0]
+        os.kill(victim, signal.SIGKILL)
+        died = parent.wait_for("worker_died", 1)[0]
+        assert died["pid"] == victim and died["cause"] == "signal SIGKILL"
+        deadline = time.monotonic() + 10
+        while not _gone(victim):  # reaped at once, not left a zombie
+            assert time.monotonic() < deadline, f"worker {victim} was not reaped"
+            time.sleep(0.05)
+        restarted = parent.wait_for("worker_restarted", 1)[0]
+        assert restarted["slot"] == 0 and restarted["restarts"] == 1
+        parent.wait_for("serving", 3)  # the new worker loaded and serves
+        assert _recall(port) == ["i1", "i2"]
+    finally:
+        parent.proc.send_signal(signal.SIGTERM)
+        code = parent.proc.wait(60)
+    assert code == 1, parent.events
