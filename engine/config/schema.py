@@ -77,6 +77,11 @@ class ServerConfig:
     max_history: int = 1000
     max_exclude: int = 10000
     max_batch: int = 256
+    # input caps: free text longer than this is cut before tokenising (the encoders keep
+    # a few hundred tokens anyway); ids and categories over their caps are refused
+    max_text_chars: int = 8192
+    max_id_chars: int = 256
+    max_categories: int = 64
     grace_s: float = 5.0
     # SIGTERM: health NOT_SERVING for this long while calls are still answered, so load
     # balancers move traffic away before the listener closes (SIGINT skips it)
@@ -277,6 +282,9 @@ def _parse_server(t: _Table) -> ServerConfig:
         max_history=t.get_int("max_history", d.max_history, minimum=0),
         max_exclude=t.get_int("max_exclude", d.max_exclude, minimum=0),
         max_batch=t.get_int("max_batch", d.max_batch, minimum=1),
+        max_text_chars=t.get_int("max_text_chars", d.max_text_chars, minimum=1),
+        max_id_chars=t.get_int("max_id_chars", d.max_id_chars, minimum=1),
+        max_categories=t.get_int("max_categories", d.max_categories, minimum=0),
         grace_s=t.get_float("grace_s", d.grace_s),
         drain_s=t.get_float("drain_s", d.drain_s),
         admin_addr=(
