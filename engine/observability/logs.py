@@ -27,6 +27,7 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            truncate_long_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -35,6 +36,21 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
+
+
+#: Longest string a log field keeps; the rest is replaced by a count. Requests are
+#: validated before they are logged, but a log line must stay a line whatever reaches it.
+MAX_FIELD_CHARS = 1024
+
+
+def truncate_long_values(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Cut every string field (the event name included) to :data:`MAX_FIELD_CHARS`."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            event[key] = f"{value[:MAX_FIELD_CHARS]}...[{len(value) - MAX_FIELD_CHARS} more chars]"
+    return event
 
 
 class _StderrLogger:

@@ -1,4 +1,10 @@
-"""Proto request -> validated domain input. Every rejection names the field."""
+"""Proto request -> validated domain input. Every rejection names the field.
+
+Caps (``[server]``): ``max_k``, ``max_history``, ``max_exclude``, ``max_categories``,
+``max_id_chars`` for every id and category (an id is a key, not a document: a 1 MB
+``user_id`` would otherwise be copied into every log line), and ``max_text_chars`` for
+free text, which is cut rather than refused (the encoders truncate to a few hundred
+tokens anyway; cutting first keeps the tokenizer from chewing on megabytes)."""
 
 from __future__ import annotations
 
@@ -25,6 +31,13 @@ def recall_input(
     req: _pb.RecallRequest, limits: ServerConfig, channels: Collection[str]
 ) -> RecallInput:
     """Validate ``req`` against the server limits and the configured channel names."""
+    _check_ids(req, limits.max_id_chars)
+    if len(req.categories) > limits.max_categories:
+        raise InvalidArgument(
+            "categories",
+            f"{len(req.categories)} categories is over the limit of "
+            f"{limits.max_categories} (server.max_categories)",
+        )
     k = req.k
     if k == 0:
         raise InvalidArgument("k", "must be at least 1")
@@ -56,7 +69,7 @@ def recall_input(
             f"{len(req.exclude_item_ids)} items is over the "
             f"limit of {limits.max_exclude} (server.max_exclude)",
         )
-    text = req.text.strip()
+    text = req.text[: limits.max_text_chars].strip()
     if not req.user_id and not history and not text:
         raise InvalidArgument("user_id", "give a user_id, a history (history_item_ids) or text")
     exclude = set(req.exclude_item_ids)
@@ -73,6 +86,29 @@ def recall_input(
     )
     override = _override(req, limits, channels) if req.weight_override else None
     return RecallInput(query, k, req.request_id or uuid.uuid4().hex, override)
+
+
+def _check_ids(req: _pb.RecallRequest, cap: int) -> None:
+    """Every id-like string at most ``cap`` characters; the error names the field (and
+    the index for repeated ones) and never echoes the value."""
+    for name in ("user_id", "request_id"):
+        value = getattr(req, name)
+        if len(value) > cap:
+            raise InvalidArgument(
+                name, f"{len(value)} characters is over the limit of {cap} (server.max_id_chars)"
+            )
+    for name in ("history_item_ids", "exclude_item_ids", "categories", "history_events"):
+        for i, value in enumerate(getattr(req, name)):
+            if len(value) > cap:
+                raise InvalidArgument(
+                    f"{name}[{i}]",
+                    f"{len(value)} characters is over the limit of {cap} (server.max_id_chars)",
+                )
+    for name in req.weight_override:
+        if len(name) > cap:
+            raise InvalidArgument(
+                "weight_override", f"a key of {len(name)} characters is over the limit of {cap}"
+            )
 
 
 def _override(

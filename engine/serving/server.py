@@ -21,6 +21,7 @@ from recall_engine.observability.logs import get_logger
 from recall_engine.serving.admin import AdminServicer
 from recall_engine.serving.auth import AdminAuthInterceptor
 from recall_engine.serving.engine import Engine
+from recall_engine.serving.malformed import MalformedRequestInterceptor
 from recall_engine.serving.process_group import GroupFollowError, ProcessGroup, follow
 from recall_engine.serving.servicer import RecallServicer
 from recall_engine.serving.workers import RESTARTS_ENV
@@ -113,15 +114,19 @@ async def create_server(
     until the caller marks it serving."""
     cfg = engine.config.server
     options = server_options(cfg)
-    auth = AdminAuthInterceptor(lambda: engine.config.admin.token)
-    server = grpc.aio.server(interceptors=[auth], options=options)
+    # auth first: an unauthenticated admin call is refused before anything parses it
+    interceptors = [
+        AdminAuthInterceptor(lambda: engine.config.admin.token),
+        MalformedRequestInterceptor(),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, False)  # before any port opens
     admin = AdminServicer(engine, reload_config or (lambda: engine.config), group)
     recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
     admin_server = None
     if cfg.admin_addr:
-        admin_server = grpc.aio.server(interceptors=[auth], options=options)
+        admin_server = grpc.aio.server(interceptors=interceptors, options=options)
         _add_common(admin_server, health_servicer, admin, recall=False)
         _add_common(server, health_servicer, None)
     else:
