@@ -208,7 +208,10 @@ ERRORS = [
         "[server]\nworker_port_base = 70000\n" + CHANNELS,
         "server.worker_port_base: must be a port number 0-65535, got 70000",
     ),
-    ("[server]\nworker_port_base = -1\n" + CHANNELS, "server.worker_port_base: must be an integer"),
+    (
+        "[server]\nworker_port_base = -1\n" + CHANNELS,
+        "server.worker_port_base: must be a port number 0-65535, got -1",
+    ),
     ("[admin]\ntokn = 'x'\n" + CHANNELS, "admin.tokn: unknown key"),
     ("[tls]\ncrt = ''\n" + CHANNELS, "tls.crt: unknown key"),
     ("[artifacts]\nrot = 'a'\n" + CHANNELS, "artifacts.rot: unknown key"),
@@ -226,7 +229,7 @@ ERRORS = [
     (CHANNELS + "k = 1.5\n", "channels.cf.k: must be a positive integer, got 1.5"),
     (CHANNELS + "enabled = 'yes'\n", "channels.cf.enabled: must be true or false, got 'yes'"),
     (CHANNELS + "params = 3\n", "channels.cf.params: must be a table, got 3"),
-    (CHANNELS + "plugin = ''\n", "channels.cf.plugin: must not be empty"),
+    (CHANNELS + "plugin = ''\n", "channels.cf.plugin: must be a non-empty string, got ''"),
     (CHANNELS + "version = '../x'\n", "channels.cf.version: must be a plain folder name"),
     ("[server]\nworkers = '8'\n" + CHANNELS, "server.workers: must be a positive integer, got '8'"),
     (
@@ -281,7 +284,7 @@ ERRORS = [
     ),
     (
         CHANNELS + "[plan]\nfusion = 'borda'\n",
-        "plan.fusion: unknown fusion strategy 'borda' (known: quota, rrf, weighted_sum)",
+        "plan.fusion: must be one of 'quota', 'rrf', 'weighted_sum', got 'borda'",
     ),
     (CHANNELS + "[plan]\nfusion_params = { rrf_k = -1 }\n", "plan.fusion_params.rrf_k"),
     (CHANNELS + "[plan]\nfusion_params = 5\n", "plan.fusion_params: must be a table"),
@@ -299,11 +302,11 @@ ERRORS = [
     ),
     (
         CHANNELS + EXP + VAR.format("a", 1.5),
-        "experiments[0].variants[0].traffic: must be between 0 and 1",
+        "experiments[0].variants[0].traffic: must be between 0 and 1, got 1.5",
     ),
     (
         CHANNELS + EXP + VAR.format("a", -0.1),
-        "experiments[0].variants[0].traffic: must be finite and >= 0",
+        "experiments[0].variants[0].traffic: must be between 0 and 1, got -0.1",
     ),
     (
         CHANNELS + EXP + "[[experiments.variants]]\nname = 'a'\n",
@@ -338,7 +341,8 @@ ERRORS = [
     ),
     (
         CHANNELS + EXP + VAR.format("a", 0.1) + "[experiments.variants.plan]\nfusion = 'x'\n",
-        "experiments[0].variants[0].plan.fusion: unknown fusion strategy 'x'",
+        "experiments[0].variants[0].plan.fusion: must be one of 'quota', 'rrf', 'weighted_sum', "
+        "got 'x'",
     ),
     (
         CHANNELS

@@ -31,6 +31,7 @@ Rules every strategy follows:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+
+from recall_engine.config.fusion import FUSION_PARAMS, NORMALIZATIONS, fusion_params
 
 __all__ = ["STRATEGIES", "Fused", "FusionFn", "RankedList", "fuse", "validate_params"]
 
@@ -253,27 +256,10 @@ STRATEGIES: dict[str, FusionFn] = {
 }
 
 
-def _positive_number(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return value
-
-
-def _normalization(value: Any) -> Any:
-    if not isinstance(value, str) or value not in _NORMALIZERS:
-        raise ValueError(f"must be one of {', '.join(sorted(_NORMALIZERS))}, got {value!r}")
-    return value
-
-
-# strategy -> param -> (default, checker that returns the value or raises ValueError)
-_PARAMS: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
-    "rrf": {"rrf_k": (60, _positive_number)},
-    "weighted_sum": {"normalization": ("minmax", _normalization)},
-    "quota": {},
-}
-assert _PARAMS.keys() == STRATEGIES.keys()
+# The config owns what a plan may say (strategy names, each one's params and their
+# checks: recall_engine.config.fusion); this module implements exactly those.
+assert set(STRATEGIES) == set(FUSION_PARAMS)
+assert set(_NORMALIZERS) == set(NORMALIZATIONS)
 
 
 def validate_params(strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,23 +268,24 @@ def validate_params(strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
     Raises ``ValueError`` naming the offending key (``fusion_params.<key>: ...``) for an
     unknown key or a bad value, or naming the strategy when it is unknown.
     """
-    spec = _PARAMS.get(strategy)
-    if spec is None:
+    if strategy not in FUSION_PARAMS:
         known = ", ".join(sorted(STRATEGIES))
         raise ValueError(f"fusion: unknown strategy {strategy!r} (known: {known})")
-    for key in params:
-        if key not in spec:
-            known = ", ".join(sorted(spec)) or "none"
-            raise ValueError(
-                f"fusion_params.{key}: unknown parameter for {strategy!r} (known: {known})"
-            )
-    checked = {}
-    for key, (default, check) in spec.items():
-        try:
-            checked[key] = check(params.get(key, default))
-        except ValueError as e:
-            raise ValueError(f"fusion_params.{key}: {e}") from None
-    return checked
+    try:
+        # the type too: True == 1 and 1.0 == 1 share a hash, but only 1 is an rrf_k
+        key = (strategy, tuple(sorted((k, type(v), v) for k, v in params.items())))
+        hash(key)
+    except TypeError:  # an unhashable value: checked below, and rejected
+        return fusion_params(strategy, params, "fusion_params", ValueError)
+    return dict(_checked(key))
+
+
+@functools.lru_cache(maxsize=256)
+def _checked(key: tuple[str, tuple[tuple[str, type, Any], ...]]) -> dict[str, Any]:
+    # fuse() checks the plan's params on every request; a plan has few distinct ones.
+    strategy, items = key
+    params = {k: v for k, _, v in items}
+    return fusion_params(strategy, params, "fusion_params", ValueError)
 
 
 # --------------------------------------------------------------------------- fuse

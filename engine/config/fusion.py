@@ -1,0 +1,78 @@
+"""What a plan may say about fusion: the strategy names and each strategy's params.
+
+This is the config's half of fusion, so that the schema checks plans without importing
+the serving layer; :mod:`recall_engine.serving.fusion` implements the strategies and
+checks at import that it implements exactly these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Literal, get_args
+
+import annotated_types as at
+
+from recall_engine.sdk.params import Describe, parse
+
+__all__ = [
+    "DEFAULT_FUSION",
+    "FUSION_PARAMS",
+    "NORMALIZATIONS",
+    "FusionName",
+    "QuotaParams",
+    "RRFParams",
+    "WeightedSumParams",
+    "fusion_params",
+]
+
+DEFAULT_FUSION = "rrf"
+Normalization = Literal["dbsf", "l2", "minmax", "zscore"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+FusionName = Literal["quota", "rrf", "weighted_sum"]
+
+
+@dataclass(slots=True, frozen=True)
+class RRFParams:
+    """Weighted reciprocal rank fusion; ``rrf_k`` 60 as in Cormack et al. 2009."""
+
+    rrf_k: Annotated[float, at.Gt(0), Describe("a positive number")] = 60
+
+
+@dataclass(slots=True, frozen=True)
+class WeightedSumParams:
+    """Weighted sum of per-channel normalised scores."""
+
+    normalization: Annotated[Normalization, Describe("one of " + ", ".join(NORMALIZATIONS))] = (
+        "minmax"
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class QuotaParams:
+    """Quota / round-robin merge: no params."""
+
+
+FUSION_PARAMS: dict[str, type] = {
+    "quota": QuotaParams,
+    "rrf": RRFParams,
+    "weighted_sum": WeightedSumParams,
+}
+assert tuple(FUSION_PARAMS) == get_args(FusionName)
+
+
+def fusion_params(
+    strategy: str, params: Mapping[str, Any], path: str, error: type[ValueError]
+) -> dict[str, Any]:
+    """``params`` of ``strategy`` checked and completed with defaults; errors start with
+    ``path`` (``plan.fusion_params``) and are raised as ``error``."""
+    cls = FUSION_PARAMS[strategy]
+    known = [f.name for f in fields(cls)]
+    for key in params:
+        if key not in known:
+            raise error(
+                f"{path}.{key}: unknown parameter for {strategy!r} "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+    checked = parse(cls, params, path, error=error)
+    return {name: getattr(checked, name) for name in known}
