@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 
 FAKE_ENTRY_POINTS = """\
 [recall_engine.channels]
@@ -73,7 +72,7 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-# -- synthetic catalogue + channel building (shared by every channel's tests) ----------
+# -- synthetic catalogue (shared by every channel's tests; tests/helpers.py builds) ----
 
 
 @pytest.fixture(scope="session")
@@ -82,47 +81,3 @@ def demo_small():
     from recall_engine.offline.data.demo import make_demo
 
     return make_demo(n_items=400, n_users=300, seed=1)
-
-
-def build_and_load(
-    tmp_root: Path, demo, name: str, plugin: str | None = None, params: dict | None = None
-):
-    """Build channel ``name`` from ``demo`` with the real build command's code path,
-    then construct, load and warm it up as the engine does. Returns the channel."""
-    from recall_engine.config.schema import parse_config
-    from recall_engine.offline.build import build_all
-    from recall_engine.runtime.catalog import Catalog
-    from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
-
-    plugin = plugin or name
-    config = parse_config(
-        {
-            "artifacts": {"root": str(tmp_root)},
-            "channels": {name: {"plugin": plugin, "params": params or {}}},
-        },
-        tmp_root,
-    )
-    build_all(demo.interactions, demo.items, tmp_root, config)
-    cc = config.channels[name]
-    from recall_engine.sdk.channel import ChannelContext
-
-    ctx = ChannelContext(
-        name=name,
-        plugin=plugin,
-        params=cc.params,
-        artifacts=cc.artifacts,
-        catalog=Catalog.load(tmp_root / "catalog"),
-    )
-    return instantiate(plugin, load_factory(resolve(discover(), plugin)), ctx)
-
-
-def reopen(channel):
-    """A fresh instance on the same bundle with the catalogue re-read from disk (its
-    update log replayed): what a restarted server loads."""
-    from dataclasses import replace
-
-    from recall_engine.runtime.catalog import Catalog
-    from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
-
-    ctx = replace(channel.ctx, catalog=Catalog.load(channel.ctx.artifacts.parent / "catalog"))
-    return instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)

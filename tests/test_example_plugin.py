@@ -11,8 +11,8 @@ import pytest
 
 from recall_engine._proto import recall_pb2
 from recall_engine.serving.registry import discover
-from tests.conftest import ROOT
 from tests.harness import catalog_of, make_config, serve
+from tests.helpers import ROOT
 
 EXAMPLE = ROOT / "examples" / "recall-engine-example-plugin"
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import tomllib
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 MAPPING = {
     "engine": "recall_engine",
@@ -56,3 +56,28 @@ def test_index_then_onnxruntime_import_order_does_not_crash():
     code = "import recall_engine.runtime.index, usearch.compiled, onnxruntime; print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_sdk_ships_py_typed():
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    assert "py.typed" in package_data["*"]
+    assert (ROOT / "engine" / "sdk" / "py.typed").is_file()
+
+
+def test_the_contract_suite_imports_without_pytest_and_the_sdk_without_the_suite():
+    code = (
+        "import importlib.abc, sys\n"
+        "class NoPytest(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in ('pytest', '_pytest'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoPytest())\n"
+        "import recall_engine.sdk\n"
+        "assert 'recall_engine.sdk.testing' not in sys.modules\n"
+        "from recall_engine.sdk.testing import ChannelContract, VectorChannelContract\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

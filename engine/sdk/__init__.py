@@ -5,6 +5,12 @@
 * :mod:`recall_engine.sdk.channel` - the ``Channel`` contract (the plugin author's manual).
 * :mod:`recall_engine.sdk.vector_channel` - the shared base for channels that serve
   item vectors from a usearch index.
+* :mod:`recall_engine.sdk.testing` - the contract as tests: subclass ``ChannelContract``
+  (or ``VectorChannelContract``) in your plugin's pytest suite to prove your channel keeps
+  every promise of the contract. Imported on its own (it is not loaded by
+  ``import recall_engine.sdk``); it runs under pytest, the ``[test]`` extra.
+
+The package ships ``py.typed``: type checkers read these annotations.
 """
 
 from recall_engine.sdk.channel import ENTRY_POINT_GROUP, BuildContext, Channel, ChannelContext

@@ -120,7 +120,7 @@ class Channel(abc.ABC):
     #: The engine re-checks every answer (known, allowed by the request's excludes and
     #: categories, no duplicates, at most k) and repairs it: a safety net that costs a
     #: catalogue lookup per candidate on every request. A channel whose own filtering
-    #: guarantees the contract, proven by ``tests/channel_contract.py``, may set this to
+    #: guarantees the contract, proven by ``recall_engine.sdk.testing``, may set this to
     #: True and skip the net (every built-in channel does).
     trusted_output: ClassVar[bool] = False
 

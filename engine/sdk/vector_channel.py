@@ -259,7 +259,7 @@ class VectorChannel(Channel):
     index has its own lock around every usearch call).
     """
 
-    trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
+    trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
 
     PARAMS: ClassVar[Mapping[str, Param]] = VECTOR_PARAMS
     #: Whether :meth:`encode_texts` is implemented (free-text queries).

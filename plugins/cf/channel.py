@@ -53,7 +53,7 @@ class _Prepared:
 class CFChannel(Channel):
     """Collaborative filtering: item-to-item neighbours and a two-tower model."""
 
-    trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
+    trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)

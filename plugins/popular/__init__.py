@@ -72,7 +72,7 @@ def union_head(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
 
 
 class PopularChannel(Channel):
-    trusted_output = True  # filters by the catalogue itself (tests/channel_contract.py)
+    trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
