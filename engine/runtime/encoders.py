@@ -30,13 +30,14 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from recall_engine.exporters.manifest import ManifestError, ModelManifest, sha256_file
 from recall_engine.observability.logs import get_logger
 from recall_engine.observability.metrics import (
     ENCODER_BATCH_SIZE,
     ENCODER_QUEUE_SECONDS,
     ENCODER_SECONDS,
 )
+from recall_engine.runtime.files import sha256_file
+from recall_engine.runtime.model_manifest import ManifestError, ModelManifest
 from recall_engine.runtime.tokenizer import TextTokenizer
 
 log = get_logger(__name__)
