@@ -23,9 +23,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from recall_engine.exporters.manifest import ModelManifest, Variant, sha256_file
 from recall_engine.exporters.sentence_encoder import PARITY_CHUNKS, SENTENCES, cosine_rows
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.files import atomic_path, replace_file, sha256_file
+from recall_engine.runtime.model_manifest import ModelManifest, Variant
 from recall_engine.runtime.tokenizer import TextTokenizer
 
 log = get_logger(__name__)
@@ -51,7 +52,8 @@ def optimize_transformer(
     manifest = ModelManifest.read(folder)
     model = _fused(folder, manifest, model_type, num_heads, hidden_size, use_gpu=False)
     stats = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-    model.save_model_to_file(str(folder / FILES["optimized"]))
+    with atomic_path(folder / FILES["optimized"]) as tmp:
+        model.save_model_to_file(str(tmp))
     note = "fused: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
     return _record(folder, manifest, "optimized", feeds, note=note)
 
@@ -88,7 +90,7 @@ def quantize_int8(
         log.info("int8_candidate", per_channel=choice, cosine_mean=mean)
         if best is None or mean > best[0]:
             best = (mean, choice)
-            os.replace(tmp, target)
+            replace_file(tmp, target)
         else:
             tmp.unlink()
     assert best is not None
@@ -118,7 +120,8 @@ def convert_fp16(
     manifest = ModelManifest.read(folder)
     model = _fused(folder, manifest, model_type, num_heads, hidden_size, use_gpu=True)
     model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(folder / FILES["fp16"]))
+    with atomic_path(folder / FILES["fp16"]) as tmp:
+        model.save_model_to_file(str(tmp))
     try:
         return _record(folder, manifest, "fp16", feeds, note="keep_io_types: fp32 in/out")
     except Exception as exc:  # onnxruntime raises untyped errors for missing kernels

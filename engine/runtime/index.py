@@ -60,6 +60,8 @@ import onnxruntime  # noqa: F401 - must load before usearch: the reverse order s
 import usearch  # noqa: I001 - (onnxruntime-gpu 1.31 + usearch 2.26, libstdc++ symbol clash)
 from usearch.index import BatchMatches, Index
 
+from recall_engine.runtime.files import atomic_path, atomic_write, read_json_object
+
 METRICS = ("cos", "ip", "l2sq")
 DTYPES = ("f32", "f16", "bf16", "i8")
 
@@ -420,19 +422,11 @@ class VectorIndex:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            _replace(folder / INDEX_FILE, lambda tmp: self._index.save(os.fspath(tmp)))
+            with atomic_path(folder / INDEX_FILE) as tmp:
+                self._index.save(os.fspath(tmp))
             ids = self._ids[: self._next_key].tolist()
-            _replace(
-                folder / IDS_FILE,
-                lambda tmp: tmp.write_text(
-                    json.dumps({"ids": ids}, separators=(",", ":")), encoding="utf-8"
-                ),
-            )
-            meta = self._meta()
-            _replace(
-                folder / META_FILE,
-                lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
-            )
+            atomic_write(folder / IDS_FILE, json.dumps({"ids": ids}, separators=(",", ":")))
+            atomic_write(folder / META_FILE, json.dumps(self._meta(), indent=2) + "\n")
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -459,7 +453,7 @@ class VectorIndex:
         ``exact_below``, ``threads``). Raises ``FileNotFoundError`` or ``ValueError``
         naming the file and the problem."""
         folder = Path(folder)
-        meta = _read_json(folder / META_FILE)
+        meta = read_json_object(folder / META_FILE)
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(
                 f"{folder / META_FILE}: unsupported format "
@@ -482,7 +476,7 @@ class VectorIndex:
         index = cls(int(meta["dim"]), **{**params, **overrides})
         index_path = folder / INDEX_FILE
         index._open_usearch(index_path, view)
-        ids = _read_json(folder / IDS_FILE).get("ids")
+        ids = read_json_object(folder / IDS_FILE).get("ids")
         if not isinstance(ids, list):
             raise ValueError(f"{folder / IDS_FILE}: expected an object with an 'ids' list")
         index._set_ids(ids, folder / IDS_FILE)
@@ -560,24 +554,3 @@ def _columns(found: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(found, BatchMatches):
         return found.keys, found.distances, found.counts
     return found.keys[None, :], found.distances[None, :], np.array([len(found.keys)])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

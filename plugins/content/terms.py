@@ -26,10 +26,10 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from recall_engine.runtime.files import atomic_write, read_json_object
 from recall_engine.sdk.channel import ItemRecord
 
 FORMAT = 1
@@ -165,16 +165,11 @@ class Vocabulary:
             "terms": self.terms,
             "idf": self.idf[1:].tolist(),
         }
-        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        atomic_write(path, json.dumps(data, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: missing") from None
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: unreadable ({exc})") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        data = read_json_object(path)
+        if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a format-{FORMAT} vocabulary")
         return cls(data["terms"], data["idf"], data["max_terms"])
