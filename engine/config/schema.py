@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge
 
 from recall_engine.config.errors import ConfigError
 from recall_engine.config.fields import (
@@ -107,7 +109,23 @@ class ServerConfig:
     max_history: NonNegativeInt = 1000
     max_exclude: NonNegativeInt = 10000
     max_batch: PositiveInt = 256
+    # input caps: free text longer than this is cut before tokenising (the encoders keep
+    # a few hundred tokens anyway); ids and categories over their caps are refused
+    max_text_chars: PositiveInt = 8192
+    max_id_chars: PositiveInt = 256
+    max_categories: NonNegativeInt = 64
     grace_s: NonNegativeFloat = 5.0
+    # SIGTERM: health NOT_SERVING for this long while calls are still answered, so load
+    # balancers move traffic away before the listener closes (SIGINT skips it)
+    drain_s: NonNegativeFloat = 5.0
+    # AdminService on its own address (None, "" in the file: beside RecallService on addr)
+    admin_addr: OptionalAddress = None
+    # gRPC connection limits (0 turns the idle and age limits off)
+    max_connection_idle_s: NonNegativeFloat = 300.0
+    max_connection_age_s: NonNegativeFloat = 1800.0
+    max_connections: PositiveInt = 1000
+    max_concurrent_streams: PositiveInt = 100
+    max_receive_bytes: Annotated[int, Ge(1024)] = 4 * 1024 * 1024
     allow_weight_override: bool = False
     log_level: LogLevel = "INFO"
 
