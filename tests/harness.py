@@ -71,11 +71,12 @@ def serve(
     catalog: Catalog | None = None,
     reload_config: Callable[[], Config] | None = None,
     load: bool = True,
+    **engine_options: Any,
 ) -> Iterator[Served]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    engine = Engine(config, catalog=catalog)
+    engine = Engine(config, catalog=catalog, **engine_options)
 
     async def start() -> Running:
         running = await create_server(engine, config.server.addr, reload_config=reload_config)

@@ -15,6 +15,7 @@ make constant.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import os
@@ -22,7 +23,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -33,6 +35,8 @@ import onnxruntime as ort
 from recall_engine.observability.logs import get_logger
 from recall_engine.observability.metrics import (
     ENCODER_BATCH_SIZE,
+    ENCODER_BATCHER_RESTARTS,
+    ENCODER_EXPIRED,
     ENCODER_QUEUE_SECONDS,
     ENCODER_SECONDS,
 )
@@ -375,11 +379,28 @@ class TextEncoder:
 
 T = TypeVar("T")
 
+#: The ``time.perf_counter()`` instant by which the work running on this thread must be
+#: done, or None. The engine sets it around each channel call (the channel's own
+#: timeout, counted from when the call started, inside the request's deadline), so that
+#: code below a channel (e.g. :meth:`MicroBatcher.submit`) stops waiting once nobody
+#: wants the answer any more, without every plugin threading a deadline through.
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "recall_engine_call_deadline", default=None
+)
+
+# How often a caller without a deadline checks that the batching thread still lives.
+_LIVENESS_POLL_S = 0.5
+
+
+class BatcherDied(RuntimeError):
+    """The batching thread stopped; the items of the batch it held failed with this."""
+
 
 @dataclass(slots=True)
 class _Pending(Generic[T]):
     item: T
     future: Future[Any]
+    deadline: float | None = None  # perf_counter instant; None: no deadline
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -391,6 +412,13 @@ class MicroBatcher(Generic[T]):
     first. ``fn`` returns one result per item (an array's rows, or a list); each caller
     gets its own. When ``fn`` raises, every caller of that batch gets the exception and
     the batcher goes on with the next batch. Metrics are labelled ``encoder=name``.
+
+    Deadlines: an item whose caller gave up (timed out, cancelled its future) or whose
+    deadline passed while it was queued is dropped before the batch runs, so work nobody
+    waits for is never started. A caller never waits past its deadline (``timeout``, or
+    :data:`CALL_DEADLINE` when the engine set one), and a caller without one never hangs
+    on a dead thread: the thread's liveness is checked on every :meth:`submit` and while
+    waiting, and a dead thread is logged, counted and restarted.
     """
 
     def __init__(
@@ -413,23 +441,52 @@ class MicroBatcher(Generic[T]):
         self._batch_size = ENCODER_BATCH_SIZE.labels(name)
         self._queue_seconds = ENCODER_QUEUE_SECONDS.labels(name)
         self._seconds = ENCODER_SECONDS.labels(name)
-        self._thread = threading.Thread(target=self._loop, name=f"microbatch-{name}", daemon=True)
-        self._thread.start()
+        self._expired = ENCODER_EXPIRED.labels(name)
+        self._restarts = ENCODER_BATCHER_RESTARTS.labels(name)
+        self.restarts = 0
+        self._thread = self._start_thread()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching thread is running."""
+        return self._thread.is_alive()
 
     def submit(self, item: T, timeout: float | None = None) -> Any:
-        """Block until ``item``'s result is ready and return it (thread-safe)."""
-        return self.submit_future(item).result(timeout)
+        """Block until ``item``'s result is ready and return it (thread-safe).
 
-    def submit_future(self, item: T) -> Future[Any]:
+        ``timeout`` (seconds; default: what :data:`CALL_DEADLINE` leaves, else none)
+        bounds the wait: past it the item is withdrawn if it has not started and
+        ``TimeoutError`` is raised. Raises :class:`BatcherDied` when the thread died
+        holding this item's batch."""
+        deadline = _deadline_of(timeout)
+        future = self.submit_future(item, deadline=deadline)
+        while True:
+            wait = _LIVENESS_POLL_S
+            if deadline is not None:
+                wait = min(wait, deadline - time.perf_counter())
+                if wait <= 0:
+                    break
+            try:
+                return future.result(wait)
+            except FutureTimeout:
+                self._ensure_alive()
+            except CancelledError:  # dropped by the batcher: the deadline passed
+                break
+        future.cancel()  # withdrawn unless already running (counted when dropped)
+        raise TimeoutError(f"MicroBatcher {self.name!r}: no result within the caller's deadline")
+
+    def submit_future(self, item: T, *, deadline: float | None = None) -> Future[Any]:
         """Queue ``item``; the future resolves with its result (for asyncio callers:
-        ``asyncio.wrap_future``)."""
-        pending: _Pending[T] = _Pending(item, Future())
+        ``asyncio.wrap_future``). Cancel the future to withdraw an item not yet started;
+        ``deadline`` (a ``time.perf_counter()`` instant) drops it unstarted once passed."""
+        pending: _Pending[T] = _Pending(item, Future(), deadline)
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"MicroBatcher {self.name!r} is closed")
             self._queue.append(pending)
             if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
                 self._cond.notify()
+        self._ensure_alive()
         return pending.future
 
     def close(self, timeout: float | None = 5.0) -> None:
@@ -439,7 +496,7 @@ class MicroBatcher(Generic[T]):
             left, self._queue = self._queue, []
             self._cond.notify_all()
         for pending in left:
-            pending.future.set_exception(RuntimeError(f"MicroBatcher {self.name!r} closed"))
+            _fail(pending, RuntimeError(f"MicroBatcher {self.name!r} closed"))
         self._thread.join(timeout)
 
     def __enter__(self) -> MicroBatcher[T]:
@@ -447,6 +504,23 @@ class MicroBatcher(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name=f"microbatch-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def _ensure_alive(self) -> None:
+        """Restart the batching thread if it died (queued items are then served)."""
+        if self._thread.is_alive():
+            return
+        with self._cond:
+            if self._closed or self._thread.is_alive():
+                return
+            self.restarts += 1
+            self._restarts.inc()
+            log.error("microbatcher_restarted", encoder=self.name, restarts=self.restarts)
+            self._thread = self._start_thread()
 
     def _next_batch(self) -> list[_Pending[T]] | None:
         with self._cond:
@@ -464,11 +538,38 @@ class MicroBatcher(Generic[T]):
             return batch
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            if batch:
+        batch: list[_Pending[T]] = []
+        try:
+            while (batch := self._next_batch()) is not None:
                 self._run(batch)
+                batch = []
+        except BaseException as exc:
+            # Only a BaseException that is not an Exception gets here (SystemExit,
+            # KeyboardInterrupt...): the thread ends, so nobody may wait on its batch.
+            log.error("microbatcher_died", encoder=self.name, error=f"{type(exc).__name__}: {exc}")
+            died = BatcherDied(f"MicroBatcher {self.name!r}: batching thread died ({exc!r})")
+            for pending in batch:
+                _fail(pending, died)
+            # the thread ends here, as it would have: the next submit restarts it
+
+    def _live(self, batch: list[_Pending[T]]) -> list[_Pending[T]]:
+        """The items still wanted, marked running (no longer cancellable): an item whose
+        caller cancelled it or whose deadline passed is dropped unstarted."""
+        now = time.perf_counter()
+        live = []
+        for pending in batch:
+            if pending.deadline is not None and pending.deadline <= now:
+                pending.future.cancel()
+            if pending.future.set_running_or_notify_cancel():
+                live.append(pending)
+            else:
+                self._expired.inc()
+        return live
 
     def _run(self, batch: list[_Pending[T]]) -> None:
+        batch = self._live(batch)
+        if not batch:
+            return
         started = time.perf_counter()
         for pending in batch:
             self._queue_seconds.observe(started - pending.queued_at)
@@ -479,12 +580,30 @@ class MicroBatcher(Generic[T]):
                 raise RuntimeError(
                     f"{self.name}: fn returned {len(results)} results for {len(batch)} items"
                 )
-        except BaseException as exc:  # noqa: BLE001 - delivered to every caller
+            rows = [
+                row.copy() if isinstance(row, np.ndarray) else row
+                for row in (results[i] for i in range(len(batch)))
+            ]
+        except Exception as exc:  # noqa: BLE001 - delivered to every caller
             for pending in batch:
-                pending.future.set_exception(exc)
+                _fail(pending, exc)
             return
         finally:
             self._seconds.observe(time.perf_counter() - started)
-        for i, pending in enumerate(batch):
-            row = results[i]
-            pending.future.set_result(row.copy() if isinstance(row, np.ndarray) else row)
+        for pending, row in zip(batch, rows, strict=True):
+            pending.future.set_result(row)
+
+
+def _deadline_of(timeout: float | None) -> float | None:
+    """An absolute ``perf_counter`` deadline: ``timeout`` from now, else the engine's."""
+    if timeout is not None:
+        return time.perf_counter() + timeout
+    return CALL_DEADLINE.get()
+
+
+def _fail(pending: _Pending[Any], exc: BaseException) -> None:
+    """Fail ``pending`` unless it is already done (its caller may have cancelled it)."""
+    try:
+        pending.future.set_exception(exc)
+    except InvalidStateError:
+        pass

@@ -8,10 +8,10 @@ State that reloads (config, assigner, loaded channels) lives in one immutable
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -21,6 +21,7 @@ from recall_engine.config.schema import ChannelConfig, Config
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.encoders import CALL_DEADLINE
 from recall_engine.sdk.channel import (
     Candidates,
     Channel,
@@ -29,14 +30,18 @@ from recall_engine.sdk.channel import (
     ItemRecord,
     Query,
 )
+from recall_engine.serving.admission import Admission, OverloadSettings
+from recall_engine.serving.bulkhead import Bulkhead
 from recall_engine.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    Overloaded,
     Unavailable,
 )
 from recall_engine.serving.experiments import Assigner, Assignment
 from recall_engine.serving.fusion import Fused, RankedList, fuse
+from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, discover, instantiate, load_factory, resolve
 from recall_engine.serving.requests import RecallInput
 
@@ -71,32 +76,42 @@ class RecallOutput:
 
 
 class _Slot:
-    """A loaded channel plus an in-flight counter, so a retired channel is closed only
-    after its last call returned."""
+    """A loaded channel, its bulkhead, and an in-flight counter, so that a retired
+    channel is closed only after its last call returned, exactly once, and no call
+    starts on it after it was retired (:meth:`acquire` fails; the request then uses the
+    current generation's slot)."""
 
     __slots__ = (
         "config",
         "channel",
         "plugin",
+        "bulkhead",
         "latency_ok",
         "candidates",
         "_inflight",
         "_retired",
+        "_closed",
         "_lock",
     )
 
-    def __init__(self, config: ChannelConfig, channel: Channel, plugin: str) -> None:
+    def __init__(self, config: ChannelConfig, channel: Channel, plugin: str, limit: int) -> None:
         self.config, self.channel, self.plugin = config, channel, plugin
+        self.bulkhead = Bulkhead(config.name, limit)
         # labelled metric children, looked up once instead of per request
         self.latency_ok = metrics.CHANNEL_LATENCY.labels(config.name, "ok")
         self.candidates = metrics.CHANNEL_CANDIDATES.labels(config.name)
         self._inflight = 0
         self._retired = False
+        self._closed = False
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """Count one more call in flight; False (and nothing counted) once retired."""
         with self._lock:
+            if self._retired:
+                return False
             self._inflight += 1
+            return True
 
     def release(self) -> None:
         with self._lock:
@@ -112,7 +127,16 @@ class _Slot:
         if close:
             self._close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.bulkhead.close()
         try:
             self.channel.close()
         except Exception:  # noqa: BLE001
@@ -136,13 +160,21 @@ class Engine:
     """
 
     def __init__(
-        self, config: Config, *, catalog: Catalog | None = None, blocked_plugins: Sequence[str] = ()
+        self,
+        config: Config,
+        *,
+        catalog: Catalog | None = None,
+        blocked_plugins: Sequence[str] = (),
+        overload: OverloadSettings | None = None,
     ) -> None:
         self._config = config
         self._blocked = tuple(blocked_plugins)
         self.catalog = catalog if catalog is not None else _open_catalog(config)
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.server.workers, thread_name_prefix="channel"
+        self.overload = overload if overload is not None else OverloadSettings()
+        self.admission = Admission(
+            self.overload.max_in_flight,
+            self.overload.retry_after_ms_min,
+            self.overload.retry_after_ms_max,
         )
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
@@ -165,11 +197,12 @@ class Engine:
             metrics.CONFIG_GENERATION.set(1)
 
     def close(self) -> None:
+        """Stop serving; each channel is closed once its in-flight calls returned.
+        Idempotent."""
         state, self._state = self._state, None
         if state:
             for slot in state.slots.values():
                 slot.retire()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _load_channels(
         self, config: Config, names, version: Mapping[str, str | None]
@@ -214,7 +247,7 @@ class Engine:
             items=info.item_count,
             seconds=round(time.perf_counter() - t0, 3),
         )
-        return _Slot(cc, channel, cc.plugin)
+        return _Slot(cc, channel, cc.plugin, self.overload.channel_limit(cc.name))
 
     # -- admin -----------------------------------------------------------------
     def reload_config(self, new: Config) -> int:
@@ -323,47 +356,56 @@ class Engine:
         return self._state
 
     # -- serving ---------------------------------------------------------------
-    async def recall(self, inp: RecallInput, timeout_s: float | None = None) -> RecallOutput:
-        """Fan ``inp`` out to the plan's channels, each under its own timeout inside
-        the request deadline, and fuse what came back in time."""
+    @contextlib.contextmanager
+    def admitted(self, items: int) -> Iterator[int]:
+        """Admit a BatchRecall of ``items`` requests as one: yields how many of its
+        items may run at once (at least 1, at most the settings' batch width, as many as
+        there is room for); pass ``admitted=True`` to :meth:`recall` for each item.
+        Raises :class:`Overloaded` when there is no room at all."""
+        width = self.admission.enter(self.overload.batch_width(items), at_least=1)
+        try:
+            yield width
+        finally:
+            self.admission.leave(width)
+
+    async def recall(
+        self, inp: RecallInput, timeout_s: float | None = None, *, admitted: bool = False
+    ) -> RecallOutput:
+        """Fan ``inp`` out to the plan's channels, each under its own timeout (counted
+        from when that channel's call starts) inside the request deadline, and fuse what
+        came back in time.
+
+        Raises :class:`Overloaded` at once when the engine is at its bound on requests
+        in flight (unless ``admitted``: a BatchRecall admitted as a whole), and
+        :class:`DeadlineExceeded` without starting anything when ``timeout_s`` is
+        already spent."""
         state = self._require_state()
-        t_end = time.perf_counter() + (
+        budget = (
             timeout_s if timeout_s is not None else state.config.server.request_timeout_ms / 1000
         )
+        if budget <= 0:
+            raise DeadlineExceeded("the deadline passed before the request started")
+        if admitted:
+            return await self._recall(state, inp, budget)
+        self.admission.enter()
+        t0 = time.perf_counter()
+        try:
+            return await self._recall(state, inp, budget)
+        finally:
+            self.admission.leave(1, time.perf_counter() - t0)
+
+    async def _recall(self, state: _State, inp: RecallInput, budget: float) -> RecallOutput:
+        t_end = time.perf_counter() + budget
         assignment = state.assigner.assign(inp.query.user_id)
         plan = assignment.plan
         weights = dict(plan.weights)
         if inp.weight_override:
             weights.update(inp.weight_override)
-        calls: list[_Call] = []
-        reports: dict[str, ChannelReport] = {}
-        for name in state.config.channels:
-            w = weights.get(name, 0.0)
-            slot = state.slots.get(name)
-            if slot is None:
-                if name in weights and w > 0:
-                    reports[name] = ChannelReport(
-                        name, Status.SKIPPED, w, error=state.failed.get(name, "not loaded")
-                    )
-                continue
-            if w <= 0 or not slot.channel.accepts(inp.query):
-                reports[name] = ChannelReport(name, Status.SKIPPED, w)
-                continue
-            k_c = plan.channel_k.get(name, slot.config.k)
-            timeout = min(slot.config.timeout_ms / 1000, max(t_end - time.perf_counter(), 0))
-            calls.append(_Call(name, slot, k_c, w, timeout))
+        calls, reports = self._plan_calls(state, inp.query, plan.channel_k, weights, t_end)
         lists: list[RankedList] = []
         if calls:
             await self._fan_out(calls, inp.query)
-            for call in calls:
-                report, cands = self._report(call)
-                reports[call.name] = report
-                if cands is not None and len(cands):
-                    lists.append(RankedList(call.name, cands.item_ids, cands.scores))
-            if all(reports[c.name].status == Status.TIMEOUT for c in calls):
-                raise DeadlineExceeded(
-                    "no channel answered within the deadline: " + ", ".join(c.name for c in calls)
-                )
+            lists = self._collect(calls, reports, weights)
         fused = fuse(
             plan.fusion,
             lists,
@@ -376,23 +418,129 @@ class Engine:
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
         return RecallOutput(fused, ordered, assignment, inp.request_id)
 
+    def _plan_calls(
+        self,
+        state: _State,
+        query: Query,
+        channel_k: Mapping[str, int],
+        weights: Mapping[str, float],
+        t_end: float,
+    ) -> tuple[list[_Call], dict[str, ChannelReport]]:
+        """The channel calls of one request, each on an acquired slot, and the reports
+        of the channels not called (skipped, not loaded, ``accepts`` raised)."""
+        fallback = self.overload.fallback
+        calls: list[_Call] = []
+        reports: dict[str, ChannelReport] = {}
+        for name in state.config.channels:
+            w = weights.get(name, 0.0)
+            if name not in state.slots:
+                if name in weights and w > 0:
+                    reports[name] = ChannelReport(
+                        name, Status.SKIPPED, w, error=state.failed.get(name, "not loaded")
+                    )
+                continue
+            reserve = w <= 0 and name == fallback
+            if w <= 0 and not reserve:
+                reports[name] = ChannelReport(name, Status.SKIPPED, w)
+                continue
+            slot = self._acquire(state, name)
+            if slot is None:
+                reports[name] = ChannelReport(name, Status.SKIPPED, w, error="not loaded")
+                continue
+            try:
+                accepted = slot.channel.accepts(query)
+            except Exception as e:  # noqa: BLE001 - the channel's fault, its report
+                slot.release()
+                reports[name] = _error_report(name, w, 0.0, e, "accepts")
+                continue
+            if not accepted:
+                slot.release()
+                reports[name] = ChannelReport(name, Status.SKIPPED, w)
+                continue
+            k_c = channel_k.get(name, slot.config.k)
+            calls.append(_Call(name, slot, k_c, w, slot.config.timeout_ms / 1000, t_end, reserve))
+        return calls, reports
+
+    def _acquire(self, state: _State, name: str) -> _Slot | None:
+        """``name``'s slot of ``state``, acquired; when a reload retired it since the
+        request read ``state``, the current generation's (None: no longer loaded)."""
+        slot: _Slot | None = state.slots.get(name)
+        for _ in range(8):  # each failure means a reload swapped this channel meanwhile
+            if slot is None or slot.acquire():
+                return slot
+            current = self._state
+            slot = current.slots.get(name) if current is not None else None
+        return None
+
+    def _collect(
+        self, calls: Sequence[_Call], reports: dict[str, ChannelReport], weights: dict[str, float]
+    ) -> list[RankedList]:
+        """Reports and lists of the finished calls. The fallback held in reserve (weight
+        0 in the plan) is fused only when no other channel brought a candidate."""
+        lists: list[RankedList] = []
+        reserve: tuple[_Call, ChannelReport, Candidates | None] | None = None
+        for call in calls:
+            report, cands = self._report(call)
+            if call.reserve:
+                reserve = (call, report, cands)
+                continue
+            reports[call.name] = report
+            if cands is not None and len(cands):
+                lists.append(RankedList(call.name, cands.item_ids, cands.scores))
+        if reserve is not None:
+            call, report, cands = reserve
+            if not lists and report.status == Status.OK:
+                weights[call.name] = 1.0
+                reports[call.name] = replace(report, weight=1.0)
+                if cands is not None and len(cands):
+                    lists.append(RankedList(call.name, cands.item_ids, cands.scores))
+            elif report.status == Status.OK:
+                reports[call.name] = replace(
+                    report,
+                    status=Status.SKIPPED,
+                    error="fallback held in reserve: other channels answered",
+                )
+            else:
+                reports[call.name] = report
+        if not lists:
+            self._raise_if_nothing_answered(calls, reports)
+        return lists
+
+    def _raise_if_nothing_answered(
+        self, calls: Sequence[_Call], reports: Mapping[str, ChannelReport]
+    ) -> None:
+        """No channel answered: DEADLINE_EXCEEDED when every call ran out of time,
+        RESOURCE_EXHAUSTED when some were refused by a full bulkhead; a request where a
+        channel answered (even empty) or failed on its own is answered (fail-open)."""
+        statuses = [reports[c.name].status for c in calls if c.name in reports]
+        if not statuses or any(st != Status.TIMEOUT for st in statuses):
+            return
+        names = ", ".join(c.name for c in calls)
+        if any(c.rejected for c in calls):
+            raise Overloaded(
+                f"overloaded: no channel had room for the request ({names})",
+                self.admission.retry_after_ms,
+            )
+        raise DeadlineExceeded("no channel answered within the deadline: " + names)
+
     async def _fan_out(self, calls: Sequence[_Call], query: Query) -> None:
-        """Run ``calls`` on the worker pool, all at once, and return when each one has
-        finished or passed its timeout (late ones are marked ``timed_out``; their result
-        is dropped when it comes). One event-loop wake-up per request (the last call to
-        finish) and one timer per distinct deadline, instead of a task, a future chain
-        and a timer per channel: the fan-out is on every request's path."""
+        """Start ``calls``, each on its channel's bulkhead (a call that finds it full is
+        marked ``rejected`` at once), and return when each one has finished or passed its
+        deadline (late ones are marked ``timed_out``: a call not started by then never
+        starts, one running is abandoned and its result dropped). One event-loop
+        wake-up per request (the last call to finish) and one timer per distinct
+        deadline: the fan-out is on every request's path."""
         loop = asyncio.get_running_loop()
         fan = _FanOut(loop, len(calls))
-        for call in calls:
-            call.started = time.perf_counter()
-            call.slot.acquire()
-            try:
-                self._pool.submit(_run_call, call, self.catalog, query, fan)
-            except BaseException:
-                call.slot.release()
-                raise
+        check = self.overload.check_output
         try:
+            for call in calls:
+                call.queued = time.perf_counter()
+                if not call.slot.bulkhead.try_submit(
+                    _run_call, call, self.catalog, query, fan, check
+                ):
+                    fan.reject(call)
+                    call.slot.release()
             while fan.pending:
                 now = time.perf_counter()
                 due = fan.time_out(calls, now)
@@ -405,36 +553,45 @@ class Engine:
                 finally:
                     timer.cancel()
                     fan.waiter = None
-        except asyncio.CancelledError:
-            fan.time_out(calls, float("inf"))  # the request is gone: drop late results
+        except BaseException:
+            fan.time_out(calls, float("inf"), cancelled=True)  # the request is gone
             raise
 
     @staticmethod
     def _report(call: _Call) -> tuple[ChannelReport, Candidates | None]:
-        """The finished (or timed-out) ``call`` as a report, with metrics and logs."""
+        """The finished (or timed-out, or refused) ``call`` as a report, with metrics
+        and logs."""
         name, slot = call.name, call.slot
-        ms = (call.ended - call.started) * 1000
+        if call.rejected:
+            metrics.CHANNEL_REJECTED.labels(name).inc()
+            return ChannelReport(
+                name,
+                Status.TIMEOUT,
+                call.weight,
+                error=f"overloaded: {slot.bulkhead.limit} calls in flight (the channel's limit)",
+            ), None
+        ms = (call.ended - (call.started or call.queued)) * 1000
         if call.timed_out:
             metrics.CHANNEL_TIMEOUTS.labels(name).inc()
             metrics.CHANNEL_LATENCY.labels(name, "timeout").observe(ms / 1000)
-            log.warning("channel_timeout", channel=name, timeout_ms=round(call.timeout * 1000, 1))
+            budget_ms = (call.deadline() - (call.started or call.queued)) * 1000
+            log.warning(
+                "channel_timeout",
+                channel=name,
+                timeout_ms=round(budget_ms, 1),
+                started=bool(call.started),
+            )
             return ChannelReport(
                 name,
                 Status.TIMEOUT,
                 call.weight,
                 ms,
-                error=f"no answer within {call.timeout * 1000:.0f} ms",
+                error=f"no answer within {budget_ms:.0f} ms"
+                if call.started
+                else f"not started within {budget_ms:.0f} ms",
             ), None
-        e = call.error
-        if e is not None:
-            if not isinstance(e, Exception):
-                raise e
-            metrics.CHANNEL_ERRORS.labels(name).inc()
-            metrics.CHANNEL_LATENCY.labels(name, "error").observe(ms / 1000)
-            log.warning("channel_error", channel=name, error=f"{type(e).__name__}: {e}")
-            return ChannelReport(
-                name, Status.ERROR, call.weight, ms, error=f"{type(e).__name__}: {e}"
-            ), None
+        if call.error is not None:
+            return _error_report(name, call.weight, ms, call.error, "recall"), None
         cands = call.result
         assert cands is not None
         slot.latency_ok.observe(ms / 1000)
@@ -442,22 +599,49 @@ class Engine:
         return ChannelReport(name, Status.OK, call.weight, ms, len(cands)), cands
 
 
+def _error_report(
+    name: str, weight: float, ms: float, e: BaseException, hook: str
+) -> ChannelReport:
+    """A channel hook raised (or answered nonsense): that channel is ERROR for this
+    request, never the request."""
+    if isinstance(e, BadOutput):
+        metrics.CHANNEL_BAD_OUTPUT.labels(name).inc()
+        error = f"bad output: {e}"
+    else:
+        error = f"{hook} raised {type(e).__name__}: {e}"
+    metrics.CHANNEL_ERRORS.labels(name).inc()
+    metrics.CHANNEL_LATENCY.labels(name, "error").observe(ms / 1000)
+    log.warning("channel_error", channel=name, error=error)
+    return ChannelReport(name, Status.ERROR, weight, ms, error=error)
+
+
 @dataclass(slots=True, eq=False)
 class _Call:
-    """One channel call of one request. The worker thread fills ``result`` or
-    ``error`` and ``ended``; the event loop may mark it ``timed_out`` first."""
+    """One channel call of one request. The worker thread sets ``started`` and fills
+    ``result`` or ``error`` and ``ended``; the event loop may mark it ``timed_out``
+    first (or ``rejected`` when the bulkhead was full)."""
 
     name: str
     slot: _Slot
     k: int
     weight: float
-    timeout: float
+    limit: float  # the channel's timeout, seconds, counted from ``started``
+    t_end: float  # the request's deadline (perf_counter)
+    reserve: bool = False  # the fallback, run at weight 0 in case nothing else answers
+    queued: float = 0.0
     started: float = 0.0
     ended: float = 0.0
     result: Candidates | None = None
     error: BaseException | None = None
     finished: bool = False
     timed_out: bool = False
+    rejected: bool = False
+    hung: bool = False  # abandoned while running: still holds a bulkhead thread
+
+    def deadline(self) -> float:
+        """The channel's timeout from its start (from its hand-over while it has not
+        started), within the request's deadline."""
+        return min(self.t_end, (self.started or self.queued) + self.limit)
 
 
 class _FanOut:
@@ -473,15 +657,44 @@ class _FanOut:
         self.pending = calls
         self.waiter: asyncio.Future | None = None
 
+    def start(self, call: _Call) -> bool:
+        """Worker thread: mark ``call`` started, or False when its deadline passed (or
+        the request went away) before it could start: then it never runs."""
+        now = time.perf_counter()
+        with self.lock:
+            if call.timed_out:
+                return False
+            call.started = now
+            return True
+
+    def reject(self, call: _Call) -> None:
+        """Event loop: the bulkhead was full; the call never runs."""
+        with self.lock:
+            call.rejected, call.finished = True, True
+            self.pending -= 1
+
     def finish(self, call: _Call, result: Candidates | None, error: BaseException | None) -> None:
         """Worker thread: record the outcome unless the call already timed out."""
         ended = time.perf_counter()
         with self.lock:
             if call.timed_out:
-                return
-            call.result, call.error, call.ended, call.finished = result, error, ended, True
-            self.pending -= 1
-            last = self.pending == 0
+                late = call.hung
+                call.hung = False
+            else:
+                late = False
+                call.result, call.error, call.ended, call.finished = result, error, ended, True
+                self.pending -= 1
+                last = self.pending == 0
+        if call.timed_out:
+            if late:
+                metrics.CHANNEL_HUNG.labels(call.name).dec()
+                log.warning(
+                    "channel_call_finished_late",
+                    channel=call.name,
+                    ms=round((ended - call.started) * 1000, 1),
+                    timeout_ms=round((call.deadline() - call.started) * 1000, 1),
+                )
+            return
         if last:
             try:
                 self.loop.call_soon_threadsafe(self._wake)
@@ -493,18 +706,25 @@ class _FanOut:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def time_out(self, calls: Sequence[_Call], now: float) -> float | None:
+    def time_out(
+        self, calls: Sequence[_Call], now: float, *, cancelled: bool = False
+    ) -> float | None:
         """Event loop: mark the unfinished calls whose deadline is ``now`` or earlier as
-        timed out; return the next deadline, or None when nothing is pending."""
+        timed out (a running one is abandoned: counted as hung until it returns); return
+        the next deadline, or None when nothing is pending."""
         due = None
         with self.lock:
             for call in calls:
                 if call.finished or call.timed_out:
                     continue
-                deadline = call.started + call.timeout
+                deadline = call.deadline()
                 if deadline <= now:
                     call.timed_out, call.ended = True, min(now, time.perf_counter())
                     self.pending -= 1
+                    if call.started and not cancelled:
+                        call.hung = True
+                        metrics.CHANNEL_ABANDONED.labels(call.name).inc()
+                        metrics.CHANNEL_HUNG.labels(call.name).inc()
                 elif due is None or deadline < due:
                     due = deadline
         return due
@@ -515,26 +735,37 @@ def _resolve(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut) -> None:
-    """The worker-thread side of a channel call."""
+def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: bool) -> None:
+    """The worker-thread side of a channel call: never started when its deadline passed
+    first; the deadline is visible to the code below the channel (``CALL_DEADLINE``)."""
+    if not fan.start(call):
+        call.slot.release()
+        return
+    token = CALL_DEADLINE.set(call.deadline())
     try:
-        cands = _guarded(call.slot, catalog, query, call.k)
+        cands = _guarded(call.slot, catalog, query, call.k, check)
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         fan.finish(call, None, e)
     else:
         fan.finish(call, cands, None)
+    finally:
+        CALL_DEADLINE.reset(token)
 
 
-def _guarded(slot: _Slot, catalog: Catalog, query: Query, k: int) -> Candidates:
-    """Run the channel, enforce the contract (known, allowed, unique ids, at most k) as
-    a safety net unless the channel vouches for its output (``trusted_output``), release
-    the slot."""
+def _guarded(slot: _Slot, catalog: Catalog, query: Query, k: int, check: bool) -> Candidates:
+    """Run the channel, release the slot, check the answer (:func:`check_answer`:
+    finite scores, one per id, string ids, no duplicates from a channel that vouches
+    for its output), then, unless the channel vouches for it (``trusted_output``),
+    enforce the rest of the contract (known, allowed, unique ids, at most k) by repair."""
     channel = slot.channel
     try:
-        cands = channel.recall(query, k)
+        answer = channel.recall(query, k)
     finally:
         slot.release()
-    if channel.trusted_output:
+    trusted = channel.trusted_output
+    # an untrusted answer is cut to k after the repair below drops what is not allowed
+    cands = check_answer(answer, k if trusted else None, unique=trusted) if check else answer
+    if trusted:
         return cands
     ids = list(cands.item_ids)
     mask = catalog.filter_mask(ids, query)

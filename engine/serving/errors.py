@@ -37,6 +37,21 @@ class ResourceExhausted(RecallError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Overloaded(ResourceExhausted):
+    """Load shed: the engine is at its bound on requests in flight. Nothing was started;
+    the client may retry after ``retry_after_ms`` (sent as trailing metadata)."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The retry hint: ``grpc-retry-pushback-ms`` is what gRPC clients with a retry
+        policy obey; ``retry-after-ms`` is the same figure for everyone else."""
+        ms = str(self.retry_after_ms)
+        return (("grpc-retry-pushback-ms", ms), ("retry-after-ms", ms))
+
+
 class Unauthenticated(RecallError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

@@ -14,7 +14,7 @@ from recall_engine._proto import recall_pb2_grpc as _pb_grpc
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.engine import Engine, RecallOutput
-from recall_engine.serving.errors import InvalidArgument, RecallError, status_of
+from recall_engine.serving.errors import InvalidArgument, Overloaded, RecallError, status_of
 from recall_engine.serving.requests import recall_input
 
 log = get_logger(__name__)
@@ -64,22 +64,22 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         return self._gate
 
     async def _recall_one(
-        self, req: _pb.RecallRequest, remaining: Callable[[], float | None]
+        self, req: _pb.RecallRequest, remaining: Callable[[], float | None], admitted: bool = False
     ) -> _pb.RecallResponse:
         gate = self._admission()
         if gate is None:
-            return await self._recall_now(req, remaining())
+            return await self._recall_now(req, remaining(), admitted)
         async with gate:  # the deadline is read after the wait: queueing spends it
-            return await self._recall_now(req, remaining())
+            return await self._recall_now(req, remaining(), admitted)
 
     async def _recall_now(
-        self, req: _pb.RecallRequest, timeout: float | None
+        self, req: _pb.RecallRequest, timeout: float | None, admitted: bool = False
     ) -> _pb.RecallResponse:
         engine = self.engine
         cfg = engine.config
         inp = recall_input(req, cfg.server, cfg.channels.keys())
         structlog.contextvars.bind_contextvars(request_id=inp.request_id)
-        out = await engine.recall(inp, timeout)
+        out = await engine.recall(inp, timeout, admitted=admitted)
         structlog.contextvars.bind_contextvars(
             experiment=out.assignment.experiment, variant=out.assignment.variant
         )
@@ -101,7 +101,7 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         except Exception as e:  # noqa: BLE001 - mapped to a status in one place
             code, message = status_of(e)
             _log_failure(e, code)
-            await context.abort(code, message)
+            await context.abort(code, message, _trailers(e))
         finally:
             _observe("Recall", code, t0)
 
@@ -117,25 +117,35 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
                     f"{len(request.requests)} requests is over "
                     f"the limit of {limit} (server.max_batch)",
                 )
-            results = await asyncio.gather(
-                *(
-                    self._batch_item(i, r, context.time_remaining)
-                    for i, r in enumerate(request.requests)
+            # Admitted as one; its items then run ``width`` at a time, each starting its
+            # channels' timeouts when it starts, not queued behind the others.
+            with self.engine.admitted(len(request.requests)) as width:
+                lane = asyncio.Semaphore(width)
+                results = await asyncio.gather(
+                    *(
+                        self._batch_item(i, r, context.time_remaining, lane)
+                        for i, r in enumerate(request.requests)
+                    )
                 )
-            )
             return _pb.BatchRecallResponse(results=results)
         except Exception as e:  # noqa: BLE001
             code, message = status_of(e)
             _log_failure(e, code)
-            await context.abort(code, message)
+            await context.abort(code, message, _trailers(e))
         finally:
             _observe("BatchRecall", code, t0)
 
     async def _batch_item(
-        self, i: int, req: _pb.RecallRequest, remaining: Callable[[], float | None]
+        self,
+        i: int,
+        req: _pb.RecallRequest,
+        remaining: Callable[[], float | None],
+        lane: asyncio.Semaphore,
     ) -> _pb.BatchRecallResult:
         try:
-            return _pb.BatchRecallResult(response=await self._recall_one(req, remaining))
+            async with lane:
+                response = await self._recall_one(req, remaining, admitted=True)
+            return _pb.BatchRecallResult(response=response)
         except Exception as e:  # noqa: BLE001 - one bad request fails alone
             code, message = status_of(e)
             _log_failure(e, code)
@@ -170,7 +180,14 @@ def _observe(method: str, code: grpc.StatusCode, t0: float) -> None:
     metrics.REQUEST_LATENCY.labels(method, status).observe(time.perf_counter() - t0)
 
 
+def _trailers(e: BaseException) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata of a failed call: the retry hint of a shed request."""
+    return e.trailing_metadata() if isinstance(e, Overloaded) else ()
+
+
 def _log_failure(e: BaseException, code: grpc.StatusCode) -> None:
+    if isinstance(e, Overloaded):
+        return  # counted in metrics and logged once a second by the admission control
     if isinstance(e, RecallError):
         log.info("request_rejected", code=code.name, error=str(e))
     else:

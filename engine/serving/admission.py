@@ -1,0 +1,194 @@
+"""Admission control: a bound on requests in flight in the engine, and the settings of
+the engine's overload protection (DESIGN decision 12).
+
+Past the bound a request is shed at once with :class:`Overloaded` (``RESOURCE_EXHAUSTED``
+plus a retry hint), before any work is done for it: shedding early costs microseconds,
+while admitting work the machine cannot finish makes every request late (congestion
+collapse). The retry hint adapts so that clients that obey it come back about when a
+slot frees, instead of hammering the server with requests it will shed again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from recall_engine.observability import metrics
+from recall_engine.observability.logs import get_logger
+from recall_engine.serving.errors import Overloaded
+
+log = get_logger(__name__)
+
+__all__ = ["Admission", "OverloadSettings", "machine_in_flight"]
+
+
+def machine_in_flight(cpus: int | None = None) -> int:
+    """The default bound on requests in the engine: 4 per CPU core (at least 4).
+
+    A request spends part of its life off the CPU (waiting for the event loop, the GIL,
+    an encoder batch), so a few per core keep every core busy; many more only queue
+    inside the process where no deadline can see them."""
+    return max(4, 4 * (cpus if cpus is not None else (os.cpu_count() or 1)))
+
+
+@dataclass(slots=True, frozen=True)
+class OverloadSettings:
+    """The engine's overload knobs (defaults sized from this machine).
+
+    ``max_in_flight``: requests admitted into the engine at once (0: no bound); past it a
+    request is shed with ``RESOURCE_EXHAUSTED``. ``channel_max_in_flight``: calls in
+    flight per channel, its bulkhead (0: the same as ``max_in_flight``, so a healthy
+    channel never refuses an admitted request and a hung one holds at most this many
+    threads); ``channel_limits`` overrides it per channel name. ``fallback``: the channel
+    that answers every admitted request (run even when the plan gives it weight 0, its
+    list then used only when no other channel answered); its bulkhead is
+    ``fallback_max_in_flight`` (0: ``max_in_flight`` plus the channel bound, a reserve
+    the other channels cannot use). ``batch_parallelism``: BatchRecall items in flight at
+    once per batch (0: a quarter of ``max_in_flight``). ``retry_after_ms_min``/``max``
+    bound the retry hint sent with a shed. ``check_output``: check every channel answer
+    (finite scores, lengths, unique string ids) before fusion.
+    """
+
+    max_in_flight: int = field(default_factory=machine_in_flight)
+    channel_max_in_flight: int = 0
+    channel_limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    fallback: str | None = "popular"
+    fallback_max_in_flight: int = 0
+    batch_parallelism: int = 0
+    retry_after_ms_min: int = 1
+    retry_after_ms_max: int = 1000
+    check_output: bool = True
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_in_flight",
+            "channel_max_in_flight",
+            "fallback_max_in_flight",
+            "batch_parallelism",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
+        for channel, value in self.channel_limits.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"channel_limits.{channel}: must be an integer >= 1, got {value!r}"
+                )
+        if not 1 <= self.retry_after_ms_min <= self.retry_after_ms_max:
+            raise ValueError(
+                "retry_after_ms_min/max: need 1 <= min <= max, got "
+                f"{self.retry_after_ms_min}, {self.retry_after_ms_max}"
+            )
+
+    def channel_limit(self, channel: str) -> int:
+        """The bulkhead size of ``channel``."""
+        if channel in self.channel_limits:
+            return self.channel_limits[channel]
+        default = self.channel_max_in_flight or self.max_in_flight or machine_in_flight()
+        if channel == self.fallback:
+            return self.fallback_max_in_flight or (default + (self.max_in_flight or default))
+        return default
+
+    def batch_width(self, items: int) -> int:
+        """How many items of a BatchRecall of ``items`` may run at once."""
+        width = self.batch_parallelism or max(1, (self.max_in_flight or machine_in_flight()) // 4)
+        return max(1, min(items, width))
+
+
+class Admission:
+    """A counter of requests in flight with a bound, thread-safe.
+
+    :meth:`enter` admits or raises :class:`Overloaded`; :meth:`leave` records how long the
+    request took, which feeds the retry hint: ``retry_after_ms`` is the mean admitted
+    request time times a factor that grows while more requests are shed than admitted
+    (clients come back too early) and shrinks when few are, clamped to the settings'
+    bounds.
+    """
+
+    _WINDOW_S = 0.1
+    _TARGET_SHED_RATIO = 0.5  # sheds per admission the factor steers towards
+
+    def __init__(self, limit: int, retry_min_ms: int = 1, retry_max_ms: int = 1000) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.shed = 0
+        self._lock = threading.Lock()
+        self._retry_min, self._retry_max = retry_min_ms, retry_max_ms
+        self._mean_s = 0.005
+        self._factor = 1.0
+        self._window_start = time.perf_counter()
+        self._window_admits = 0
+        self._window_sheds = 0
+        self._logged_at = 0.0
+        self._logged_shed = 0
+        self._shed_counter = metrics.REQUESTS_SHED.labels("max_in_flight")
+
+    def enter(self, n: int = 1, *, at_least: int | None = None) -> int:
+        """Admit ``n`` requests, or as many as there is room for but ``at_least``; return
+        how many were admitted. Raises :class:`Overloaded` when not even ``at_least``
+        (default ``n``) fit."""
+        want_min = n if at_least is None else at_least
+        with self._lock:
+            room = n if not self.limit else min(n, self.limit - self.in_flight)
+            if room >= want_min and room > 0:
+                self.in_flight += room
+                self._window_admits += 1
+                metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+                return room
+            self.shed += 1
+            self._window_sheds += 1
+            retry = self._retry_after_ms(time.perf_counter())
+            in_flight = self.in_flight
+        self._shed_counter.inc()
+        self._log_shed()
+        raise Overloaded(
+            f"overloaded: {in_flight} requests in flight, the limit is {self.limit}; "
+            f"retry after {retry} ms",
+            retry,
+        )
+
+    def leave(self, n: int = 1, seconds: float | None = None) -> None:
+        """``n`` admitted requests finished; ``seconds``: how long one took."""
+        with self._lock:
+            self.in_flight -= n
+            if seconds is not None:
+                self._mean_s += 0.05 * (seconds - self._mean_s)
+            metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+
+    @property
+    def retry_after_ms(self) -> int:
+        with self._lock:
+            return self._retry_after_ms(time.perf_counter())
+
+    def _retry_after_ms(self, now: float) -> int:
+        """Under ``_lock``."""
+        if now - self._window_start >= self._WINDOW_S:
+            if self._window_sheds:
+                ratio = self._window_sheds / max(self._window_admits, 1)
+                step = math.sqrt(ratio / self._TARGET_SHED_RATIO)
+                self._factor *= min(2.0, max(0.5, step))
+            else:
+                self._factor *= 0.5
+            self._factor = min(10_000.0, max(1.0, self._factor))
+            self._window_start, self._window_admits, self._window_sheds = now, 0, 0
+        ms = math.ceil(self._mean_s * 1000 * self._factor)
+        return int(min(self._retry_max, max(self._retry_min, ms)))
+
+    def _log_shed(self) -> None:
+        """At most one log line a second while shedding: a line per shed request would
+        add the most work exactly when there is the least room for it."""
+        now = time.monotonic()
+        if now - self._logged_at < 1.0:
+            return
+        with self._lock:
+            if now - self._logged_at < 1.0:
+                return
+            shed, self._logged_shed = self.shed - self._logged_shed, self.shed
+            self._logged_at = now
+            in_flight = self.in_flight
+        log.warning("load_shed", shed=shed, in_flight=in_flight, limit=self.limit)

@@ -1,0 +1,113 @@
+"""A bulkhead: one channel's own threads and bound on calls in flight.
+
+Every channel gets its own, so a channel that hangs or slows down holds at most its own
+``limit`` threads and cannot take capacity from the others (DESIGN decision 12). There is
+no queue: a call either starts on a free thread now or is refused at once, so a channel's
+timeout is never spent waiting behind its other calls. Threads are daemons (a hung
+plugin call must not keep the process from exiting) and are started on demand.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from recall_engine.observability import metrics
+from recall_engine.observability.logs import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["Bulkhead"]
+
+_STOP = None
+
+
+class Bulkhead:
+    """At most ``limit`` calls of channel ``name`` in flight, each on its own thread.
+
+    Invariant (under ``_lock``): threads == in_flight + idle, and threads <= limit; a
+    call is handed to an idle thread or to a new one, never queued behind another call.
+    """
+
+    __slots__ = (
+        "name",
+        "limit",
+        "_lock",
+        "_work",
+        "_in_flight",
+        "_idle",
+        "_threads",
+        "_closed",
+        "_gauge",
+    )
+
+    def __init__(self, name: str, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"bulkhead {name!r}: limit must be >= 1, got {limit}")
+        self.name, self.limit = name, limit
+        self._lock = threading.Lock()
+        self._work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._in_flight = 0
+        self._idle = 0
+        self._threads = 0
+        self._closed = False
+        self._gauge = metrics.CHANNEL_IN_FLIGHT.labels(name)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def try_submit(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Start ``fn(*args)`` on a thread of this bulkhead and return True, or return
+        False at once when ``limit`` calls are already in flight (or it is closed).
+        ``fn`` must not raise (it is the caller's job to catch and report)."""
+        with self._lock:
+            if self._closed or self._in_flight >= self.limit:
+                return False
+            self._in_flight += 1
+            spawn = self._idle == 0
+            if spawn:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        if spawn:
+            try:
+                threading.Thread(
+                    target=self._worker, name=f"channel-{self.name}", daemon=True
+                ).start()
+            except RuntimeError:  # can't start new thread: refuse this call, count nothing
+                with self._lock:
+                    self._in_flight -= 1
+                    self._threads -= 1
+                log.exception("bulkhead_thread_start_failed", channel=self.name)
+                return False
+        self._gauge.inc()
+        self._work.put((fn, args))
+        return True
+
+    def close(self) -> None:
+        """Refuse new calls; threads end once their current call returns."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._work.put(_STOP)
+
+    def _worker(self) -> None:
+        while (item := self._work.get()) is not _STOP:
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 - a worker must outlive any call
+                log.exception("bulkhead_call_failed", channel=self.name)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self._idle += 1
+                self._gauge.dec()

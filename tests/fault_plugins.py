@@ -1,0 +1,197 @@
+"""A fault-injection channel plugin, registered as a REAL entry point (see
+:func:`install`): it hangs, sleeps, raises in any hook, answers NaN or infinite scores,
+duplicates, scores not parallel to its ids, ids that are not strings, or leaks threads.
+
+Tests import this module as ``tests.fault_plugins`` and the entry points name the same
+module, so a test and the channels the engine loads share :data:`CONTROL` (faults that
+change at run time, events for deterministic interleavings) and :data:`INSTANCES`.
+
+``params``: ``items`` (answered best first, scores 1/rank), ``fault`` (one of
+:data:`FAULTS`, default ``none``), ``sleep_s`` (``sleep``), ``hook`` (where ``raise``
+raises: ``accepts``, ``recall`` or ``recall_batch``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
+
+FAULTS = (
+    "none",
+    "hang",  # blocks until CONTROL.release is set (bounded: HANG_LIMIT_S)
+    "sleep",  # sleeps params.sleep_s, then answers
+    "raise",  # raises in params.hook
+    "nan",
+    "inf",
+    "duplicates",
+    "mismatch",  # more scores than ids
+    "not_strings",  # integer ids
+    "not_candidates",  # returns a plain list
+    "leak",  # starts a thread per call that outlives it (bounded: HANG_LIMIT_S)
+    "block_accepts",  # accepts() signals CONTROL.entered, waits for CONTROL.proceed
+)
+HANG_LIMIT_S = 30.0  # no fault outlives a test run
+
+
+@dataclass
+class Control:
+    """Run-time switches shared by the tests and the loaded channels."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+    proceed: threading.Event = field(default_factory=threading.Event)
+    faults: dict[str, str] = field(default_factory=dict)  # channel name -> fault override
+    leaked: list[threading.Thread] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.release.set()  # let whatever still hangs go
+        self.proceed.set()
+        for t in self.leaked:
+            t.join(HANG_LIMIT_S)
+        self.release, self.entered, self.proceed = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+        self.faults.clear()
+        self.leaked.clear()
+        INSTANCES.clear()
+
+
+CONTROL = Control()
+INSTANCES: list[FaultChannel] = []
+_serial = itertools.count(1)
+
+
+class FaultChannel(Channel):
+    """Vouches for its output (``trusted_output``), as the built-in channels do."""
+
+    trusted_output = True
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.items = [str(i) for i in ctx.params.get("items", [])]
+        self.serial = next(_serial)
+        self.calls = 0
+        self.closes = 0
+        self.calls_after_close = 0
+        self._lock = threading.Lock()
+        INSTANCES.append(self)
+
+    @property
+    def fault(self) -> str:
+        return CONTROL.faults.get(self.ctx.name, str(self.ctx.params.get("fault", "none")))
+
+    def warmup(self) -> None:
+        pass
+
+    def accepts(self, query: Query) -> bool:
+        self._check_hook("accepts")
+        if self.fault == "block_accepts":
+            CONTROL.entered.set()
+            CONTROL.proceed.wait(HANG_LIMIT_S)
+        return True
+
+    def recall(self, query: Query, k: int) -> Candidates:
+        with self._lock:
+            self.calls += 1
+            if self.closes:
+                self.calls_after_close += 1
+        self._check_hook("recall")
+        return self._answer(k)
+
+    def recall_batch(self, queries, k: int) -> list[Candidates]:
+        self._check_hook("recall_batch")
+        return [self.recall(q, k) for q in queries]
+
+    def info(self) -> ChannelInfo:
+        return ChannelInfo(version=f"fault-{self.serial}", item_count=len(self.items))
+
+    def close(self) -> None:
+        with self._lock:
+            self.closes += 1
+
+    def _check_hook(self, hook: str) -> None:
+        if self.fault == "raise" and self.ctx.params.get("hook", "recall") == hook:
+            raise RuntimeError(f"injected fault in {hook}")
+
+    def _answer(self, k: int) -> Candidates:
+        fault = self.fault
+        items = self.items[:k]
+        scores = np.asarray([1.0 / (i + 1) for i in range(len(items))], np.float32)
+        if fault == "hang":
+            CONTROL.release.wait(HANG_LIMIT_S)
+        elif fault == "sleep":
+            time.sleep(float(self.ctx.params.get("sleep_s", 0.05)))
+        elif fault == "nan":
+            scores[len(scores) // 2] = np.nan
+        elif fault == "inf":
+            scores[0] = np.inf
+        elif fault == "duplicates":
+            items = items + items[:1]
+            scores = np.append(scores, np.float32(0.0))
+        elif fault == "mismatch":
+            scores = np.append(scores, np.float32(0.0))
+        elif fault == "not_strings":
+            return Candidates(list(range(len(items))), scores)
+        elif fault == "not_candidates":
+            return list(zip(items, scores.tolist(), strict=True))  # type: ignore[return-value]
+        elif fault == "leak":
+            t = threading.Thread(target=CONTROL.release.wait, args=(HANG_LIMIT_S,), daemon=True)
+            t.start()
+            CONTROL.leaked.append(t)
+        return Candidates(items, scores)
+
+
+class UntrustedFaultChannel(FaultChannel):
+    """The same, without ``trusted_output``: the engine repairs what it can."""
+
+    trusted_output = False
+
+
+ENTRY_POINTS = """\
+[recall_engine.channels]
+fault = tests.fault_plugins:FaultChannel
+fault_untrusted = tests.fault_plugins:UntrustedFaultChannel
+"""
+
+
+def install(site: Path) -> Path:
+    """Register the plugins as a real distribution: a ``.dist-info`` under ``site``,
+    which the caller puts on ``sys.path``."""
+    info = site / "recall_engine_fault_plugins-0.0.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: recall_engine_fault_plugins\nVersion: 0.0.0\n"
+    )
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    return site
+
+
+# -- pytest fixtures (import them into a test module to use them) ---------------------
+
+
+@pytest.fixture(scope="session")
+def fault_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The fault plugins installed as a real distribution for the whole session."""
+    site = install(tmp_path_factory.mktemp("fault_site"))
+    sys.path.insert(0, str(site))
+    yield site
+    sys.path.remove(str(site))
+
+
+@pytest.fixture()
+def faults(fault_site: Path) -> Iterator[Control]:
+    """:data:`CONTROL`, reset after the test (whatever hangs is released)."""
+    yield CONTROL
+    CONTROL.reset()

@@ -1,0 +1,291 @@
+"""Overload and lifecycle: admission control sheds at once with a retry hint, work past
+its deadline never starts, BatchRecall items get their own channel deadlines, a reload
+never lets a request run on a closed channel, and closing is idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from recall_engine._proto import recall_pb2
+from recall_engine.sdk.types import Candidates, Query
+from recall_engine.serving.admission import Admission, OverloadSettings, machine_in_flight
+from recall_engine.serving.bulkhead import Bulkhead
+from recall_engine.serving.engine import Engine, Status
+from recall_engine.serving.errors import DeadlineExceeded, Overloaded
+from recall_engine.serving.output_check import BadOutput, check_answer
+from recall_engine.serving.requests import RecallInput
+from tests.fault_plugins import CONTROL, INSTANCES, fault_site, faults  # noqa: F401 - fixtures
+from tests.harness import catalog_of, make_config, serve
+
+pytestmark = pytest.mark.usefixtures("faults")
+
+ITEMS = [f"i{n}" for n in range(1, 10)]
+
+
+def one_channel(tmp_path, fault: str = "none", timeout_ms: int = 2000, **params):
+    return make_config(
+        {
+            "channels": {
+                "a": {
+                    "plugin": "fault",
+                    "timeout_ms": timeout_ms,
+                    "params": {"items": ["i1", "i2"], "fault": fault, **params},
+                }
+            }
+        },
+        tmp_path,
+    )
+
+
+def wait_until(predicate, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+# -- admission ---------------------------------------------------------------------------
+
+
+def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
+    limit = 2
+    overload = OverloadSettings(max_in_flight=limit)
+    with serve(one_channel(tmp_path, "hang"), catalog_of(ITEMS), overload=overload) as s:
+        held = [
+            s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=2), timeout=10)
+            for n in range(limit)
+        ]
+        wait_until(lambda: s.engine.admission.in_flight == limit)
+        calls_before = sum(c.calls for c in INSTANCES)
+        t0 = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as e:
+            s.stub.Recall(recall_pb2.RecallRequest(user_id="over", k=2), timeout=10)
+        shed_s = time.perf_counter() - t0
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = dict(e.value.trailing_metadata())
+        assert int(trailers["grpc-retry-pushback-ms"]) >= 1
+        assert trailers["retry-after-ms"] == trailers["grpc-retry-pushback-ms"]
+        assert shed_s < 2.0  # not held until a slot frees (the held calls hang 30 s)
+        assert sum(c.calls for c in INSTANCES) == calls_before  # nothing was started
+        CONTROL.release.set()
+        for f in held:
+            assert list(f.result().item_ids) == ["i1", "i2"]
+        wait_until(lambda: s.engine.admission.in_flight == 0)
+        assert list(s.stub.Recall(recall_pb2.RecallRequest(user_id="later", k=2)).item_ids)
+
+
+def test_admission_counts_and_retry_hint_grows_while_clients_come_back_too_early():
+    adm = Admission(limit=1, retry_min_ms=1, retry_max_ms=5000)
+    assert adm.enter() == 1
+    hints = []
+    for _ in range(6):
+        with pytest.raises(Overloaded) as e:
+            for _ in range(20):  # 20 sheds per window, no admission: far too early
+                adm.enter()
+        hints.append(e.value.retry_after_ms)
+        adm._window_start -= 1  # noqa: SLF001 - close the window without sleeping
+    assert hints[-1] > hints[0]
+    assert all(1 <= h <= 5000 for h in hints)
+    adm.leave(1, 0.01)
+    assert adm.in_flight == 0 and adm.enter(3, at_least=1) == 1  # limit 1: one fits
+
+
+def test_default_limits_are_sized_from_the_machine():
+    settings = OverloadSettings()
+    assert settings.max_in_flight == machine_in_flight() >= 4
+    assert settings.channel_limit("cf") == settings.max_in_flight
+    assert settings.channel_limit("popular") > settings.channel_limit("cf")  # a reserve
+    assert OverloadSettings(channel_limits={"cf": 3}).channel_limit("cf") == 3
+    assert machine_in_flight(2) == 8 and machine_in_flight(16) == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"max_in_flight": -1}, "max_in_flight"),
+        ({"channel_limits": {"cf": 0}}, "channel_limits.cf"),
+        ({"retry_after_ms_min": 10, "retry_after_ms_max": 5}, "retry_after_ms"),
+    ],
+)
+def test_bad_overload_settings_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=rf"^{key}"):
+        OverloadSettings(**kwargs)
+
+
+# -- deadlines ----------------------------------------------------------------------------
+
+
+def test_a_request_whose_deadline_passed_is_never_started(tmp_path):
+    engine = Engine(one_channel(tmp_path), catalog=catalog_of(ITEMS))
+    engine.load()
+    try:
+        inp = RecallInput(Query(user_id="u"), 5, "r1")
+        with pytest.raises(DeadlineExceeded):
+            asyncio.run(engine.recall(inp, 0.0))
+        assert INSTANCES[-1].calls == 0
+        assert engine.admission.in_flight == 0
+        out = asyncio.run(engine.recall(inp, 1.0))
+        assert out.reports[0].status == Status.OK and INSTANCES[-1].calls == 1
+    finally:
+        engine.close()
+
+
+def test_batch_items_get_their_own_channel_deadlines_not_queued_behind_each_other(tmp_path):
+    # 12 items, 2 at a time, each 80 ms on a channel with a 200 ms timeout: ~480 ms for
+    # the batch. Counted from the batch's start, every item after the fourth would time
+    # out; counted from each item's start, none does.
+    overload = OverloadSettings(max_in_flight=8, batch_parallelism=2)
+    config = one_channel(tmp_path, "sleep", timeout_ms=200, sleep_s=0.08)
+    with serve(config, catalog_of(ITEMS), overload=overload) as s:
+        reqs = [recall_pb2.RecallRequest(user_id=f"u{n}", k=2) for n in range(12)]
+        resp = s.stub.BatchRecall(recall_pb2.BatchRecallRequest(requests=reqs), timeout=30)
+    assert [r.error_code for r in resp.results] == [0] * 12
+    assert all(r.response.channels[0].status == recall_pb2.CHANNEL_STATUS_OK for r in resp.results)
+
+
+def test_a_batch_is_shed_as_a_whole_when_the_engine_is_full(tmp_path):
+    overload = OverloadSettings(max_in_flight=1)
+    with serve(one_channel(tmp_path, "hang"), catalog_of(ITEMS), overload=overload) as s:
+        held = s.stub.Recall.future(recall_pb2.RecallRequest(user_id="u", k=2), timeout=10)
+        wait_until(lambda: s.engine.admission.in_flight == 1)
+        reqs = [recall_pb2.RecallRequest(user_id=f"u{n}", k=2) for n in range(3)]
+        with pytest.raises(grpc.RpcError) as e:
+            s.stub.BatchRecall(recall_pb2.BatchRecallRequest(requests=reqs), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "grpc-retry-pushback-ms" in dict(e.value.trailing_metadata())
+        CONTROL.release.set()
+        held.result()
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+def _two_channel_engine(tmp_path) -> Engine:
+    """``gate`` comes first in priority order: its ``accepts`` can hold a request after
+    it read the engine's state and before it touches channel ``a``."""
+    config = make_config(
+        {
+            "channels": {
+                "gate": {"plugin": "fault", "params": {"items": ["i9"]}},
+                "a": {"plugin": "fault", "params": {"items": ["i1", "i2"]}},
+            }
+        },
+        tmp_path,
+    )
+    engine = Engine(config, catalog=catalog_of(ITEMS))
+    engine.load()
+    return engine
+
+
+def test_a_request_that_read_the_old_generation_runs_on_the_new_channel_not_the_closed_one(
+    tmp_path,
+):
+    engine = _two_channel_engine(tmp_path)
+    try:
+        old = next(c for c in INSTANCES if c.ctx.name == "a")
+        CONTROL.faults["gate"] = "block_accepts"
+        result: dict = {}
+        t = threading.Thread(
+            target=lambda: result.update(
+                out=asyncio.run(engine.recall(RecallInput(Query(user_id="u"), 5, "r"), 5.0))
+            )
+        )
+        t.start()
+        assert CONTROL.entered.wait(10)  # the request holds the old state
+        CONTROL.faults["gate"] = "none"
+        engine.reload_channels(["a"], None)  # retires (and closes) the old "a"
+        assert old.closes == 1
+        CONTROL.proceed.set()
+        t.join(10)
+        new = next(c for c in INSTANCES if c.ctx.name == "a" and c is not old)
+        assert old.calls_after_close == 0 and old.calls == 0
+        assert new.calls == 1
+        assert old.closes == 1  # closed once, not again when the request let go
+        reports = {r.channel: r.status for r in result["out"].reports}
+        assert reports == {"gate": Status.OK, "a": Status.OK}
+    finally:
+        engine.close()
+
+
+def test_a_retired_channel_closes_once_after_its_last_call_returns(tmp_path):
+    engine = _two_channel_engine(tmp_path)
+    try:
+        old = next(c for c in INSTANCES if c.ctx.name == "a")
+        CONTROL.faults["a"] = "hang"
+        result: dict = {}
+        t = threading.Thread(
+            target=lambda: result.update(
+                out=asyncio.run(engine.recall(RecallInput(Query(user_id="u"), 5, "r"), 20.0))
+            )
+        )
+        t.start()
+        wait_until(lambda: old.calls == 1)
+        engine.reload_channels(["a"], None)
+        assert old.closes == 0  # a call is still running on it
+        CONTROL.release.set()
+        t.join(20)
+        wait_until(lambda: old.closes == 1)
+        engine.close()
+        engine.close()  # idempotent
+        assert old.closes == 1
+        assert all(c.closes == 1 for c in INSTANCES)
+    finally:
+        engine.close()
+
+
+# -- bulkhead and output check -----------------------------------------------------------
+
+
+def test_a_bulkhead_refuses_past_its_limit_without_queueing_and_reuses_its_threads():
+    bulkhead = Bulkhead("t", 2)
+    release = threading.Event()
+    started = []
+    assert bulkhead.try_submit(lambda: (started.append(1), release.wait(10)))
+    assert bulkhead.try_submit(lambda: (started.append(2), release.wait(10)))
+    assert not bulkhead.try_submit(lambda: started.append(3))
+    release.set()
+    wait_until(lambda: bulkhead.in_flight == 0)
+    done = threading.Event()
+    assert bulkhead.try_submit(done.set)
+    assert done.wait(10) and sorted(started) == [1, 2]
+    threads = [t for t in threading.enumerate() if t.name == "channel-t"]
+    assert len(threads) == 2 and all(t.daemon for t in threads)
+    bulkhead.close()
+    assert not bulkhead.try_submit(done.set)
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (Candidates(["a", "b"], np.array([1.0, np.nan], np.float32)), "not finite"),
+        (Candidates(["a", "b"], np.array([np.inf, 1.0])), "not finite"),
+        (Candidates(["a", "b"], np.array([1.0], np.float32)), "shape"),
+        (Candidates(["a", "a"], np.array([2.0, 1.0], np.float32)), "duplicate"),
+        (Candidates([1, 2], np.array([2.0, 1.0], np.float32)), "strings"),
+        (Candidates(["a", ["b"]], np.array([2.0, 1.0], np.float32)), "strings"),
+        (Candidates(np.array([1, 2]), np.array([2.0, 1.0], np.float32)), "strings"),
+        (Candidates(["a", "b"], np.array(["x", "y"])), "numbers"),
+        ([("a", 1.0)], "not Candidates"),
+    ],
+)
+def test_the_output_check_names_what_is_wrong(answer, problem):
+    with pytest.raises(BadOutput, match=problem):
+        check_answer(answer, 10)
+
+
+def test_the_output_check_passes_good_answers_and_cuts_them_to_k():
+    ids = np.array(["a", "b", "c"])
+    out = check_answer(Candidates(ids, np.array([3, 2, 1], np.float64)), 2)
+    assert list(out.item_ids) == ["a", "b"] and out.scores.dtype == np.float32
+    assert len(check_answer(Candidates.empty(), 5)) == 0
+    dup = Candidates(["a", "a"], np.array([2.0, 1.0], np.float32))
+    assert len(check_answer(dup, 5, unique=False)) == 2  # an untrusted channel: repaired later
