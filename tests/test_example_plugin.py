@@ -1,15 +1,18 @@
-"""The example third-party plugin, installed with pip, found through its entry point
-and served over gRPC."""
+"""The example third-party plugin, installed with pip, found through its entry point,
+served over gRPC, and passing its own test run (the shipped contract suite)."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from recall_engine._proto import recall_pb2
+from recall_engine.sdk.testing import ChannelContract
 from recall_engine.serving.registry import discover
 from tests.harness import catalog_of, make_config, serve
 from tests.helpers import ROOT
@@ -62,3 +65,32 @@ def test_example_plugin_serves_candidates_over_grpc(example_installed, tmp_path)
         assert status == {"same_category": recall_pb2.CHANNEL_STATUS_OK}
         listed = s.stub.ListChannels(recall_pb2.ListChannelsRequest()).channels
         assert [(c.name, c.plugin) for c in listed] == [("same_category", "same_category")]
+
+
+def test_example_plugins_own_tests_run_the_shipped_contract_suite_and_pass(
+    example_installed, tmp_path
+):
+    """``python -m pytest`` in the example's folder, as its author would run it: every
+    check of recall_engine.sdk.testing.ChannelContract runs against its channel and
+    passes, beside its own tests."""
+    report = tmp_path / "junit.xml"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"],
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cases = ET.parse(report).getroot().iter("testcase")
+    outcome = {
+        (case.get("classname", "").rpartition(".")[2], case.get("name")): [c.tag for c in case]
+        for case in cases
+    }
+    contract = {n for n in dir(ChannelContract) if n.startswith("test_")}
+    ran = {name for (cls, name), _ in outcome.items() if cls == "TestSameCategoryContract"}
+    assert ran == contract
+    assert all(tags == [] for tags in outcome.values()), outcome  # no failure, error, skip
+    assert len(outcome) > len(contract)  # and the example's own tests
