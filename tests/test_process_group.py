@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.shared_log import HEADER, encode_rows
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.process_group import CONTROL_FILE, GroupFollowError, ProcessGroup, follow
 from tests.harness import two_popular_versions
@@ -29,18 +30,30 @@ def test_a_process_reads_the_others_announcements_not_its_own(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
+    ("row", "message"),
     [
-        ('{"op": "restart", "pid": 1}', "unknown op 'restart'"),
-        ('{"op": "reload", "pid": 1, "versions": ["v2"]}', "'versions' must map"),
-        ('{"op": "reload", "pid": 1, "versions": {"popular": 2}}', "'versions' must map"),
-        ("[1]", "expected a JSON object"),
+        ({"op": "restart", "pid": 1}, "unknown op 'restart'"),
+        ({"op": "reload", "pid": 1, "versions": ["v2"]}, "'versions' must map"),
+        ({"op": "reload", "pid": 1, "versions": {"popular": 2}}, "'versions' must map"),
+        (1, "expected a JSON object"),
     ],
 )
-def test_malformed_lines_are_named_by_file_and_byte(tmp_path, line, message):
-    (tmp_path / CONTROL_FILE).write_text('{"op": "reload_config", "pid": 1}\n' + line + "\n")
-    with pytest.raises(ValueError, match=rf"{CONTROL_FILE} at byte 34: {message}"):
+def test_malformed_records_are_named_by_file_and_byte(tmp_path, row, message):
+    first = encode_rows([{"op": "reload_config", "pid": 1}])
+    (tmp_path / CONTROL_FILE).write_bytes(HEADER + first + encode_rows([row]))
+    at = len(HEADER) + len(first)
+    with pytest.raises(ValueError, match=rf"{CONTROL_FILE} at byte {at}: {message}"):
         ProcessGroup(tmp_path).read_others()
+
+
+def test_a_control_log_torn_by_a_dying_process_is_cut_before_the_next_announcement(tmp_path):
+    one, two = group_pair(tmp_path)
+    one.announce_config_reload()
+    with open(tmp_path / CONTROL_FILE, "ab") as fh:  # a third process died mid-append
+        fh.write(encode_rows([{"op": "reload_config", "pid": 7}])[:9])
+    assert [r["pid"] for r in two.read_others()] == [one.pid]
+    one.announce_reload({"popular": "v2"})
+    assert two.read_others() == [{"op": "reload", "pid": one.pid, "versions": {"popular": "v2"}}]
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ from recall_engine.config.schema import ConfigError, default_config, load_config
 from recall_engine.observability.logs import configure
 from recall_engine.offline.build import build_all
 from recall_engine.offline.data.interactions import DataError
+from recall_engine.runtime.catalog import CatalogInUse
 from recall_engine.serving.registry import PluginError
 
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=progress,
         )
-    except (ConfigError, DataError, PluginError, FileNotFoundError) as e:
+    except (ConfigError, DataError, PluginError, FileNotFoundError, CatalogInUse) as e:
         print(f"recall-engine build: {e}", file=sys.stderr)
         return 2
     print(f"built {len(items)} items, {len(interactions)} interactions into {args.out}")

@@ -32,6 +32,7 @@ from recall_engine.sdk.channel import (
 )
 from recall_engine.serving.admission import Admission, OverloadSettings
 from recall_engine.serving.bulkhead import Bulkhead
+from recall_engine.serving.catalog_updates import compact_if_due, compaction_overrides, write_ahead
 from recall_engine.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -302,23 +303,38 @@ class Engine:
             return {n: _safe_info(s.channel).version for n, s in fresh.items()}
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> dict[str, int]:
+        """Log, then apply (see ``_upsert``). A failed log write raises
+        ``ResourceExhausted`` or ``Unavailable`` with the reason and changes nothing."""
         with self._admin_lock:
-            return self._upsert(self._require_state(), items, log=True)
+            state = self._require_state()
+            done = self._upsert(state, items, log=True)
+            compact_if_due(self.catalog, (s.channel for s in state.slots.values()))
+            return done
 
     def delete_items(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Log, then apply, like :meth:`upsert_items`."""
         with self._admin_lock:
-            return self._delete(self._require_state(), item_ids, log=True)
+            state = self._require_state()
+            done = self._delete(state, item_ids, log=True)
+            compact_if_due(self.catalog, (s.channel for s in state.slots.values()))
+            return done
 
     def _upsert(self, state: _State, items: Sequence[ItemRecord], *, log: bool) -> dict[str, int]:
-        """The catalogue first, then the channels: a channel's index never holds an item
-        the catalogue lacks (vector_channel.py relies on it)."""
-        self.catalog.upsert(items, log=log)
+        """The update log first (``log=True``; a failed write changes nothing), then
+        the catalogue, then the channels: a channel's index never holds an item the
+        catalogue lacks (vector_channel.py relies on it)."""
+        if log:
+            write_ahead(lambda: self.catalog.log_upserts(items))
+        self.catalog.upsert(items, log=False)
         return {n: s.channel.upsert_items(items) for n, s in state.slots.items()}
 
     def _delete(self, state: _State, item_ids: Sequence[str], *, log: bool) -> dict[str, int]:
-        """The channels first, then the catalogue (the same invariant as ``_upsert``)."""
+        """The update log first, then the channels, then the catalogue (the same
+        invariant as ``_upsert``)."""
+        if log:
+            write_ahead(lambda: self.catalog.log_deletes(item_ids))
         removed = {n: s.channel.delete_items(item_ids) for n, s in state.slots.items()}
-        self.catalog.delete(item_ids, log=log)
+        self.catalog.delete(item_ids, log=False)
         return removed
 
     def sync_catalog(self) -> int:
@@ -340,6 +356,7 @@ class Engine:
                 apply = self._upsert if op == "upsert" else self._delete
                 apply(state, batch, log=False)  # type: ignore[arg-type]
                 start = end
+            compact_if_due(self.catalog, (s.channel for s in state.slots.values()))
             return len(ops)
 
     def channel_infos(self) -> list[tuple[ChannelConfig, ChannelInfo]]:
@@ -793,7 +810,7 @@ def _safe_info(channel: Channel) -> ChannelInfo:
 
 def _open_catalog(config: Config) -> Catalog:
     folder = config.artifacts_root / "catalog"
-    if (folder / "items.jsonl").exists():
-        return Catalog.load(folder)
+    if Catalog.exists(folder):
+        return Catalog.load(folder, **compaction_overrides())
     log.warning("catalog_missing", folder=str(folder))
     return Catalog(folder=folder)

@@ -26,7 +26,7 @@ from recall_engine.config.schema import Config
 from recall_engine.runtime.shared_log import SharedLog
 from recall_engine.serving.engine import Engine
 
-CONTROL_FILE = "control.jsonl"
+CONTROL_FILE = "control.log"  # framed records (runtime/shared_log.py)
 GROUP_DIR_ENV = "RECALL_ENGINE_GROUP_DIR"
 """Set by the parent of ``serve --processes N`` for its children."""
 

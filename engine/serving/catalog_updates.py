@@ -1,0 +1,99 @@
+"""Online item updates on the serving side: write ahead, say why a write failed, compact.
+
+The engine writes every admin upsert or delete to the catalogue's update log before it
+changes anything in memory (DESIGN decision 13). A write that fails (a full disk, an I/O
+error, a log this version cannot use) therefore changes nothing, and the client is told
+why with a status it can act on: ``RESOURCE_EXHAUSTED`` when the disk or quota is full,
+``UNAVAILABLE`` otherwise; never ``INTERNAL``.
+
+Compaction (:meth:`Catalog.compact`) runs after an update once the log is past its
+thresholds; channels that encode items online save those vectors first
+(:class:`SavesOnlineVectors`), so that a restart from the new snapshot reuses them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from typing import Protocol, runtime_checkable
+
+from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.shared_log import LogError
+from recall_engine.serving.errors import RecallError, ResourceExhausted, Unavailable
+
+log = get_logger(__name__)
+
+#: Environment overrides of the compaction thresholds (until the config schema has a
+#: ``[catalog]`` table for them): rows and bytes of update log per generation.
+COMPACT_RECORDS_ENV = "RECALL_ENGINE_CATALOG_COMPACT_RECORDS"
+COMPACT_BYTES_ENV = "RECALL_ENGINE_CATALOG_COMPACT_BYTES"
+
+#: errnos that mean "no room": the client should wait for space, not retry at once.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@runtime_checkable
+class SavesOnlineVectors(Protocol):
+    """A channel that keeps what it encoded for online upserts beside the catalogue
+    (``VectorChannel``): called before each compaction."""
+
+    def save_online_vectors(self) -> int: ...
+
+
+def write_ahead(write: Callable[[], None]) -> None:
+    """Run ``write`` (a catalogue log write); turn its failure into the status the client
+    gets, naming the reason. Nothing has been applied when this raises."""
+    try:
+        write()
+    except OSError as exc:
+        raise write_failure(exc) from exc
+    except LogError as exc:
+        raise Unavailable(f"catalogue update log unusable, nothing was changed: {exc}") from exc
+
+
+def write_failure(exc: OSError) -> RecallError:
+    """The status for a failed log write."""
+    reason = f"catalogue update log write failed, nothing was changed: {exc}"
+    log.error("catalog_update_not_logged", errno=exc.errno, error=str(exc))
+    if exc.errno in NO_SPACE:
+        return ResourceExhausted(reason)
+    return Unavailable(reason)
+
+
+def compact_if_due(catalog: Catalog, channels: Iterable[object]) -> bool:
+    """Compact the catalogue when its log has grown past the thresholds, after the
+    channels saved their online vectors. A failure is logged and left for the next
+    update to retry: everything is still in the log."""
+    if not catalog.needs_compaction():
+        return False
+    try:
+        for channel in channels:
+            if isinstance(channel, SavesOnlineVectors):
+                channel.save_online_vectors()
+        return catalog.compact()
+    except (OSError, LogError) as exc:
+        log.error("catalog_compaction_failed", error=str(exc))
+        return False
+
+
+def compaction_overrides() -> dict[str, int]:
+    """``Catalog.load`` keyword arguments from :data:`COMPACT_RECORDS_ENV` and
+    :data:`COMPACT_BYTES_ENV`, when set (a bad value names the variable)."""
+    out: dict[str, int] = {}
+    for env, key in (
+        (COMPACT_RECORDS_ENV, "compact_records"),
+        (COMPACT_BYTES_ENV, "compact_bytes"),
+    ):
+        raw = os.environ.get(env)
+        if raw is None:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{env}: expected a positive integer, got {raw!r}") from None
+        if value <= 0:
+            raise ValueError(f"{env}: expected a positive integer, got {raw!r}")
+        out[key] = value
+    return out
