@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recall_engine.runtime.artifacts import ArtifactError, ArtifactStore
+from recall_engine.runtime.artifacts import (
+    MANIFEST_DIGEST,
+    ArtifactError,
+    ArtifactStore,
+    _digest_line,
+)
 from recall_engine.runtime.index import VectorIndex
 
 
@@ -36,6 +41,12 @@ def commit(
     return bundle.version
 
 
+def reseal(manifest: Path) -> None:
+    """Write ``manifest.sha256`` for the manifest as it is now (what a build does), so
+    that a test reaches the checks behind the digest."""
+    (manifest.parent / MANIFEST_DIGEST).write_text(_digest_line(manifest.read_bytes()))
+
+
 def test_commit_then_open_round_trip(store):
     with store.new_version("cf", make_current=True) as bundle:
         (bundle.path / "model").mkdir()
@@ -57,7 +68,7 @@ def test_commit_then_open_round_trip(store):
     assert re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?", opened.version)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["created_at"])
     assert (m["schema_version"], m["channel"], m["dims"], m["metric"], m["item_count"]) == (
-        1,
+        2,
         "cf",
         64,
         "cos",
@@ -174,16 +185,52 @@ def test_a_truncated_file_is_refused_with_both_sizes(store):
     assert str(info.value) == f"cf/{v}/index.usearch: truncated (12 bytes, manifest says 4096)"
 
 
-def test_a_flipped_byte_passes_the_size_check_but_not_sha256(store):
+def test_a_flipped_byte_passes_the_size_check_but_not_the_default_sha256(store):
     v = commit(store)
     path = store.root / "cf" / v / "index.usearch"
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
 
-    store.open("cf", v)  # same size
+    store.open("cf", v, verify="size")  # same size
     with pytest.raises(ArtifactError, match=rf"^cf/{v}/index\.usearch: sha256 mismatch"):
-        store.open("cf", v, verify="sha256")
+        store.open("cf", v)
+
+
+def test_one_flipped_byte_anywhere_in_a_bundle_is_refused(store):
+    """Every file of the bundle, the manifest and its digest included, at seeded random
+    offsets: each single flip is refused, naming the file."""
+    v = commit(store)
+    folder = store.root / "cf" / v
+    rng = np.random.default_rng(13)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    names = {p.name for p in files}
+    assert names == {"index.usearch", "ids.json", "manifest.json", MANIFEST_DIGEST}
+    for path in files:
+        original = path.read_bytes()
+        for _ in range(4):
+            data = bytearray(original)
+            data[int(rng.integers(len(data)))] ^= int(rng.integers(1, 256))
+            path.write_bytes(bytes(data))
+            named = "manifest.json" if path.name == MANIFEST_DIGEST else path.name
+            with pytest.raises(ArtifactError, match=rf"^cf/{v}/{re.escape(named)}: "):
+                store.open("cf", v)
+        path.write_bytes(original)
+    store.open("cf", v)
+
+
+def test_a_manifest_without_its_digest_is_refused_unless_it_predates_digests(store, capsys):
+    v = commit(store)
+    folder = store.root / "cf" / v
+    (folder / MANIFEST_DIGEST).unlink()
+    with pytest.raises(ArtifactError, match=rf"^cf/{v}/manifest\.sha256: missing"):
+        store.open("cf", v)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["schema_version"] = 1  # a bundle built before manifest digests
+    (folder / "manifest.json").write_text(json.dumps(data))
+    assert store.open("cf", v).version == v
+    out = capsys.readouterr()
+    assert "manifest_unsealed" in out.out + out.err
 
 
 def test_a_missing_file_is_refused(store):
@@ -214,6 +261,7 @@ def test_a_missing_or_garbled_manifest_is_refused(store, content, problem):
         manifest.unlink()
     else:
         manifest.write_text(content.replace("{v}", v))
+        reseal(manifest)
 
     with pytest.raises(ArtifactError, match=rf"^cf/{v}/manifest\.json: {re.escape(problem)}"):
         store.open("cf", v)
@@ -234,6 +282,7 @@ def test_a_manifest_listing_a_path_outside_the_bundle_is_refused(store):
     data = json.loads(manifest.read_text())
     data["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
     manifest.write_text(json.dumps(data))
+    reseal(manifest)
 
     with pytest.raises(ArtifactError, match="bad file entry '../../etc/passwd'"):
         store.open("cf", v)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
-from recall_engine.config.schema import (
+from recall_engine.config import (
     DEFAULT_TOKEN_ENV,
     ConfigError,
     ServerConfig,
@@ -16,7 +17,20 @@ from recall_engine.config.schema import (
     parse_config,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "deploy" / "config.example.toml"
+
+
+def _service_configs() -> list[Path]:
+    """Every service config in the repository: its TOML files but packaging ones."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("build", "demo")]
+        found += [Path(folder) / f for f in files if f.endswith(".toml") and f != "pyproject.toml"]
+    return sorted(found)
+
+
+SERVICE_CONFIGS = _service_configs()
 CHANNELS = "[channels.popular]\n[channels.cf]\n"
 
 
@@ -41,7 +55,8 @@ def test_example_config_loads_with_channels_in_declaration_order():
     assert cfg.source == EXAMPLE
     assert cfg.artifacts_root == EXAMPLE.parent / "artifacts"
     assert cfg.channels["popular"].required and not cfg.channels["cf"].required
-    assert cfg.channels["popular"].params == {"by_category": True}
+    assert cfg.channels["popular"].params == {"half_life_days": 0.0}
+    assert cfg.plugins.blocked == ()
     assert cfg.channels["cf"].artifacts == EXAMPLE.parent / "artifacts" / "cf"
     assert cfg.plan.fusion == "rrf"
     assert cfg.plan.fusion_params["rrf_k"] == 60
@@ -52,6 +67,23 @@ def test_example_config_loads_with_channels_in_declaration_order():
     assert not cfg.experiments[1].enabled
     trial = cfg.experiments[1].variants[0].plan
     assert (trial.fusion, trial.fusion_params["normalization"]) == ("weighted_sum", "zscore")
+
+
+def test_service_configs_include_the_example_and_the_benchmark_one():
+    found = {p.relative_to(ROOT).as_posix() for p in SERVICE_CONFIGS}
+    assert {"deploy/config.example.toml", "bench/load-1m.toml"} <= found
+
+
+@pytest.mark.parametrize("path", SERVICE_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_service_config_loads_and_its_plugin_params_fit_the_plugins(path):
+    from recall_engine.serving.registry import prepare
+
+    cfg = load_config(path, environ={})
+    ready, failed = prepare(cfg)  # imports the plugins and checks params, reads no artifact
+    assert failed == {}
+    assert list(ready) == list(cfg.enabled_channels())
+    for name, prepared in ready.items():
+        assert prepared.params is not None, f"{name}: a built-in plugin declares its Params"
 
 
 def test_example_variant_plans_inherit_omitted_keys_from_default_plan():

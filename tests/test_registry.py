@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
+from recall_engine.config import ConfigError
+from recall_engine.plugins.popular import PopularParams
 from recall_engine.serving.engine import Engine
-from recall_engine.serving.registry import PluginError, discover, load_factory, resolve
+from recall_engine.serving.registry import PluginError, discover, load_factory, prepare, resolve
 from tests.harness import catalog_of, make_config
 
 
@@ -65,3 +72,150 @@ def test_optional_channel_that_fails_to_load_is_skipped(tmp_path):
     engine.load()
     assert [cc.name for cc, _ in engine.channel_infos()] == ["good"]
     engine.close()
+
+
+# -- typed plugin params: checked at start-up, before any artifact is read ----------------
+
+
+def test_typo_in_a_plugin_param_stops_startup_before_any_channel_loads(tmp_path):
+    # "faulty" is first and required: had its load run before the params check, start-up
+    # would stop on its missing artifacts instead of naming the typo.
+    config = make_config(
+        {
+            "channels": {
+                "faulty": {"plugin": "fail_load", "required": True},
+                "cf": {"required": False, "params": {"epocs": 3}},
+            }
+        },
+        tmp_path,
+    )
+    engine = Engine(config, catalog=catalog_of(["a"]))
+    with pytest.raises(ConfigError, match=r"^channels\.cf\.params\.epocs: unknown key \(known: "):
+        engine.load()
+    assert not engine.ready
+
+
+def test_serve_with_a_plugin_param_typo_exits_naming_the_key_path(tmp_path, fake_plugins):
+    # Nothing is built under artifacts/: had the server read an artifact first, it would
+    # fail on the required popular channel instead.
+    path = tmp_path / "recall.toml"
+    path.write_text(
+        '[server]\naddr = "127.0.0.1:0"\nmetrics_addr = ""\n'
+        "[channels.popular]\nrequired = true\n"
+        "[channels.cf]\n[channels.cf.params]\nepocs = 3\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
+    done = subprocess.run(
+        [sys.executable, "-m", "recall_engine", "serve", "--config", str(path), "--log-json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert done.returncode == 2, done.stderr
+    [invalid] = [e for e in events if e["event"] == "config_invalid"]
+    assert invalid["error"].startswith("channels.cf.params.epocs: unknown key (known: ")
+    assert "epochs" in invalid["error"]
+    assert not any(e["event"] in ("server_listening", "channel_loaded") for e in events)
+
+
+def test_channel_gets_its_params_checked_into_the_declared_class(tmp_path):
+    config = make_config(
+        {"channels": {"pop": {"plugin": "popular", "params": {"half_life_days": 7}}}}, tmp_path
+    )
+    ready, failed = prepare(config)
+    assert failed == {}
+    params = ready["pop"].params
+    assert isinstance(params, PopularParams) and params.half_life_days == 7.0
+
+
+def test_bad_param_value_names_the_key_and_the_value(tmp_path):
+    config = make_config(
+        {"channels": {"pop": {"plugin": "popular", "params": {"half_life_days": "7"}}}}, tmp_path
+    )
+    with pytest.raises(ConfigError) as e:
+        prepare(config)
+    assert str(e.value) == "channels.pop.params.half_life_days: must be finite and >= 0, got '7'"
+
+
+def test_plugin_without_declared_params_gets_them_unchecked(tmp_path):
+    config = make_config(
+        {"channels": {"good": {"plugin": "fixed", "params": {"items": ["a"], "anything": 1}}}},
+        tmp_path,
+    )
+    ready, _ = prepare(config)
+    assert ready["good"].params is None
+    engine = Engine(config, catalog=catalog_of(["a"]))
+    engine.load()
+    try:
+        [(cc, _)] = engine.channel_infos()
+        assert dict(cc.params) == {"items": ("a",), "anything": 1}
+    finally:
+        engine.close()
+
+
+# -- [plugins] blocked --------------------------------------------------------------------
+
+
+def _with_broken(tmp_path, required: bool, blocked: list[str]):
+    return make_config(
+        {
+            "plugins": {"blocked": blocked},
+            "channels": {
+                "good": {"plugin": "fixed", "params": {"items": ["a"]}},
+                "bad": {"plugin": "broken_import", "required": required},
+            },
+        },
+        tmp_path,
+    )
+
+
+def test_blocked_plugin_is_never_imported_and_its_optional_channel_is_skipped(tmp_path):
+    _, failed = prepare(_with_broken(tmp_path, False, []))
+    assert "failed to import" in failed["bad"]  # the control: imported, failed, skipped
+
+    config = _with_broken(tmp_path, False, ["broken_import"])
+    ready, failed = prepare(config)
+    assert list(ready) == ["good"]
+    assert failed["bad"].startswith('channel "bad" (plugin "broken_import"): the plugin is ')
+    assert "blocked by the config ([plugins] blocked)" in failed["bad"]
+    assert "failed to import" not in failed["bad"]
+    engine = Engine(config, catalog=catalog_of(["a"]))
+    engine.load()
+    try:
+        assert [cc.name for cc, _ in engine.channel_infos()] == ["good"]
+    finally:
+        engine.close()
+
+
+def test_blocked_plugin_of_a_required_channel_stops_startup_naming_the_block(tmp_path):
+    engine = Engine(_with_broken(tmp_path, True, ["broken_import"]), catalog=catalog_of(["a"]))
+    with pytest.raises(PluginError, match=r'channel "bad" \(plugin "broken_import"\): .*blocked'):
+        engine.load()
+    assert not engine.ready
+
+
+def test_blocking_a_duplicated_name_in_the_config_lets_startup_proceed(tmp_path, duplicate_plugin):
+    def config(blocked: list[str]):
+        return make_config(
+            {
+                "plugins": {"blocked": blocked},
+                "channels": {"b": {"plugin": "fixed_b", "params": {"items": ["a"]}}},
+            },
+            tmp_path,
+        )
+
+    with pytest.raises(PluginError, match=r"block the name in the config: \[plugins\] blocked"):
+        Engine(config([]), catalog=catalog_of(["a"])).load()
+    engine = Engine(config(["fixed"]), catalog=catalog_of(["a"]))
+    engine.load()  # what the error message tells the operator to do, done
+    try:
+        assert [cc.name for cc, _ in engine.channel_infos()] == ["b"]
+    finally:
+        engine.close()
+
+
+def test_resolving_a_blocked_plugin_says_it_is_blocked():
+    with pytest.raises(PluginError, match='plugin "popular": blocked by the config'):
+        resolve(discover(blocked=["popular"]), "popular")

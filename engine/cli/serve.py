@@ -9,6 +9,7 @@ from pathlib import Path
 
 from recall_engine.config.schema import Config, ConfigError, default_config, load_config
 from recall_engine.observability.logs import configure, get_logger
+from recall_engine.serving.registry import check_plugin_params
 
 DEMO_DIR = Path("demo")
 
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _read(args: argparse.Namespace) -> Config:
     if args.config:
         config = load_config(args.config)
+        check_plugin_params(config)  # a typo in [channels.*.params] is a config error too
     elif args.artifacts:
         config = default_config(args.artifacts.resolve())
     else:

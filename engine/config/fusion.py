@@ -74,5 +74,5 @@ def fusion_params(
                 f"{path}.{key}: unknown parameter for {strategy!r} "
                 f"(known: {', '.join(known) or 'none'})"
             )
-    checked = parse(cls, params, path, error=error)
+    checked: object = parse(cls, params, path, error=error)
     return {name: getattr(checked, name) for name in known}

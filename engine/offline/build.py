@@ -14,7 +14,13 @@ from recall_engine.offline.data.interactions import Interactions
 from recall_engine.runtime.artifacts import ArtifactStore
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.channel import BuildContext, ItemRecord
-from recall_engine.serving.registry import PluginError, discover, load_factory, resolve
+from recall_engine.serving.registry import (
+    PluginError,
+    check_plugin_params,
+    discover,
+    load_factory,
+    resolve,
+)
 
 log = get_logger(__name__)
 
@@ -41,11 +47,12 @@ def build_all(
     """Write ``out/catalog`` and a new current bundle under ``out/<channel>`` for every
     enabled channel (or just ``channels``; an empty list builds the catalogue alone)
     whose plugin defines ``build``."""
+    check_plugin_params(config)  # a typo in [channels.*.params] stops us before any work
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(items, folder=out / "catalog")
     catalog.save(out / "catalog")
     store = ArtifactStore(out)
-    plugins = discover()
+    plugins = discover(blocked=config.plugins.blocked)
     results: list[BuiltChannel] = []
     for name, cc in config.channels.items():
         if not cc.enabled or (channels is not None and name not in channels):

@@ -16,7 +16,7 @@ a new version.
 
 ``manifest.json``::
 
-    {"schema_version": 1, "channel": "cf", "version": "20261123T101500Z",
+    {"schema_version": 2, "channel": "cf", "version": "20261123T101500Z",
      "created_at": "2026-11-23T10:15:00Z",
      "files": {"index.usearch": {"sha256": "...", "bytes": 4096}, ...},
      "dims": 64, "metric": "cos", "item_count": 5000,
@@ -31,9 +31,17 @@ Writing one::
                       build_params={"factors": 64})
     # committed here (or removed, if the block raised); bundle.version names it
 
-Reading one: ``store.open("cf")`` (the current version) checks the manifest and every
-listed file's size, or its sha256 with ``verify="sha256"``, and raises
-:class:`ArtifactError` naming the file and the problem.
+Reading one: ``store.open("cf")`` (the current version) checks the manifest and the
+sha256 of every file it lists (``verify="size"``: sizes only, for tools that must be
+quick), and raises :class:`ArtifactError` naming the file and the problem.
+
+Trust no file (DESIGN decision 14). Every file of a bundle is covered by a digest: the
+listed files by their ``sha256`` in the manifest, and the manifest itself by
+``manifest.sha256`` beside it (``sha256sum -c`` reads it), so one flipped byte anywhere
+in a bundle is refused, and a reload that is refused leaves the old version serving.
+Hashing is streamed; it costs what reading the files costs (docs/reliability.md).
+Bundles from before the manifest digest (``schema_version`` 1, no ``manifest.sha256``)
+still open, with a ``manifest_unsealed`` warning; their listed files are still checked.
 """
 
 from __future__ import annotations
@@ -53,10 +61,17 @@ from types import TracebackType
 from typing import Any
 
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.files import (
+    atomic_write,
+    fsync_dir,
+    parse_json_object,
+    sha256_file,
+)
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMAS = frozenset({1})
+SCHEMA_VERSION = 2  # 2: manifest.sha256 seals the manifest
+SUPPORTED_SCHEMAS = frozenset({1, 2})
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
 CURRENT = "current"
 STAGING_PREFIX = ".staging-"
 VERIFY_MODES = ("size", "sha256")
@@ -120,17 +135,7 @@ class ArtifactStore:
         _check_name(version, "version")
         if not (self.root / channel / version / MANIFEST).is_file():
             raise ArtifactError(f"{channel}/{version}/{MANIFEST}: missing")
-        pointer = self.root / channel / CURRENT
-        tmp = pointer.with_name(f".{CURRENT}-{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(version + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, pointer)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(pointer.parent)
+        atomic_write(self.root / channel / CURRENT, version + "\n")
         log.info("artifact_current_set", channel=channel, version=version)
 
     def prune(self, channel: str, keep: int = 3) -> list[str]:
@@ -182,14 +187,13 @@ class ArtifactStore:
             raise ArtifactError(f"{channel}/{CURRENT}: does not name a version ({version!r})")
         return version
 
-    def open(self, channel: str, version: str | None = None, *, verify: str = "size") -> Bundle:
+    def open(self, channel: str, version: str | None = None, *, verify: str = "sha256") -> Bundle:
         """Check and return a bundle (``version=None``: the current one).
 
-        Checks that the manifest exists and parses, its schema version is supported, its
-        channel and version match the folder, and every listed file exists with the
-        listed size (``verify="size"``, cheap) or also the listed sha256
-        (``verify="sha256"``, reads every byte). Raises ``ArtifactError`` naming the
-        file and the problem.
+        Checks that the manifest matches ``manifest.sha256`` and parses, its schema
+        version is supported, its channel and version match the folder, and every listed
+        file exists with the listed size and sha256 (``verify="size"``: sizes only).
+        Raises ``ArtifactError`` naming the file and the problem.
         """
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
@@ -203,10 +207,20 @@ class ArtifactStore:
         folder = self.root / channel / version
         if not folder.is_dir():
             raise ArtifactError(f"{where}: missing")
-        manifest = _read_manifest(folder / MANIFEST, f"{where}/{MANIFEST}")
+        started = time.perf_counter()
+        manifest = _read_manifest(folder, where)
         _check_manifest(manifest, channel, version, f"{where}/{MANIFEST}")
         for name, entry in manifest["files"].items():
             _check_file(folder / name, entry, f"{where}/{name}", verify)
+        if verify == "sha256":
+            log.info(
+                "artifact_verified",
+                channel=channel,
+                version=version,
+                files=len(manifest["files"]),
+                bytes=sum(e["bytes"] for e in manifest["files"].values()),
+                seconds=round(time.perf_counter() - started, 3),
+            )
         return Bundle(folder, manifest)
 
 
@@ -265,7 +279,9 @@ class BundleWriter:
                 "files": files,
                 **self.fields,
             }
-            _write_json(self.path / MANIFEST, manifest)
+            text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+            atomic_write(self.path / MANIFEST, text)
+            atomic_write(self.path / MANIFEST_DIGEST, _digest_line(text.encode()))
             try:
                 # rename() onto an existing, non-empty folder fails: that claims the
                 # name atomically even against a concurrent writer.
@@ -278,7 +294,7 @@ class BundleWriter:
                     raise ArtifactError(f"{self.channel}/{version}: already exists") from None
         else:
             raise ArtifactError(f"{self.channel}/{version}: no free version name left")
-        _fsync_dir(folder)
+        fsync_dir(folder)
         self.bundle = Bundle(folder / version, manifest)
         log.info(
             "artifact_committed",
@@ -343,49 +359,45 @@ def _staged_files(folder: Path) -> list[str]:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             name = path.relative_to(folder).as_posix()
-            if name != MANIFEST:
+            if name not in (MANIFEST, MANIFEST_DIGEST):
                 names.append(name)
     return names
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _digest_line(manifest: bytes) -> str:
+    """``manifest.sha256``: the manifest's digest in ``sha256sum`` format."""
+    return f"{hashlib.sha256(manifest).hexdigest()}  {MANIFEST}\n"
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _read_manifest(folder: Path, where: str) -> dict[str, Any]:
+    """The parsed manifest, once its bytes match ``manifest.sha256``."""
+    path = folder / MANIFEST
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_manifest(path: Path, where: str) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"{where}: missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{where}: unreadable ({exc})") from exc
+        raise ArtifactError(f"{where}/{MANIFEST}: missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"{where}/{MANIFEST}: unreadable ({exc})") from exc
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
+        sealed = (folder / MANIFEST_DIGEST).read_bytes()
+    except FileNotFoundError:
+        sealed = None
+    except OSError as exc:
+        raise ArtifactError(f"{where}/{MANIFEST_DIGEST}: unreadable ({exc})") from exc
+    if sealed is not None and sealed != _digest_line(data).encode():
+        raise ArtifactError(
+            f"{where}/{MANIFEST}: sha256 mismatch with {MANIFEST_DIGEST} (the manifest or "
+            "its digest changed after the build)"
+        )
+    manifest = parse_json_object(data, f"{where}/{MANIFEST}", error=ArtifactError)
+    if sealed is None:
+        if manifest.get("schema_version") != 1:
+            raise ArtifactError(f"{where}/{MANIFEST_DIGEST}: missing")
+        log.warning("manifest_unsealed", bundle=where, note="built before manifest digests")
     return manifest
 
 
@@ -408,7 +420,12 @@ def _check_manifest(manifest: dict[str, Any], channel: str, version: str, where:
     if not isinstance(files, dict):
         raise ArtifactError(f"{where}: 'files' must be an object of name -> {{sha256, bytes}}")
     for name, entry in files.items():
-        bad_name = not name or name.startswith("/") or ".." in Path(name).parts or name == MANIFEST
+        bad_name = (
+            not name
+            or name.startswith("/")
+            or ".." in Path(name).parts
+            or name in (MANIFEST, MANIFEST_DIGEST)
+        )
         bad_entry = (
             not isinstance(entry, dict)
             or not isinstance(entry.get("bytes"), int)
@@ -431,7 +448,7 @@ def _check_file(path: Path, entry: Mapping[str, Any], where: str, verify: str) -
     if size != expected:
         raise ArtifactError(f"{where}: wrong size ({size} bytes, manifest says {expected})")
     if verify == "sha256":
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != entry["sha256"]:
             raise ArtifactError(
                 f"{where}: sha256 mismatch (file {digest[:12]}…, manifest {entry['sha256'][:12]}…)"

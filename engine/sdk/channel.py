@@ -75,9 +75,10 @@ class ChannelContext:
     catalog: Catalog
     version: str | None = None
 
-    def open_bundle(self, verify: str = "size") -> Bundle:
+    def open_bundle(self, verify: str = "sha256") -> Bundle:
         """The checked artifact bundle this channel should load (``ctx.version``, or the
-        ``current`` pointer's). Raises ``ArtifactError`` naming the file and problem."""
+        ``current`` pointer's): every file matches its digest in the manifest. Raises
+        ``ArtifactError`` naming the file and problem."""
         from recall_engine.runtime.artifacts import ArtifactStore
 
         if self.artifacts is None:

@@ -41,8 +41,8 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import annotated_types as at
 import pydantic
@@ -60,6 +60,7 @@ __all__ = [
     "PositiveFloat",
     "PositiveInt",
     "UnitFloat",
+    "check_declaration",
     "known_keys",
     "parse",
     "show",
@@ -113,8 +114,9 @@ def parse(
     reported, one per ``; ``. ``context`` reaches validators that take ``info``
     (``info.context``). Raises ``error`` (a ``ValueError``).
     """
+    validator = _validator(cast(Hashable, cls))
     try:
-        return _validator(cls).validate_python(thaw(data), context=context)
+        return cast(T, validator.validate_python(thaw(data), context=context))
     except ValidationError as e:
         messages = [_message(cls, err, path) for err in e.errors(include_url=False)]
         raise error("; ".join(dict.fromkeys(messages))) from None
@@ -161,11 +163,11 @@ def show(value: Any) -> str:
 
 
 @functools.cache
-def _validator(cls: type) -> SchemaValidator:
+def _validator(cls: Hashable) -> SchemaValidator:
     """pydantic's validator for ``cls`` with the house rules written into its schema:
     scalars strict, floats finite, unknown keys forbidden (containers stay lax so that
     tables and arrays may be given as any mapping and sequence)."""
-    schema = copy.deepcopy(pydantic.TypeAdapter(cls).core_schema)
+    schema = copy.deepcopy(pydantic.TypeAdapter(cast(Any, cls)).core_schema)
     _tighten(schema)
     return SchemaValidator(schema)
 
@@ -345,3 +347,14 @@ def _bounds(meta: list[Any], *, integer: bool) -> str:
 
 def _num(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+
+def check_declaration(cls: Any) -> None:
+    """Raise ``TypeError`` when ``cls`` cannot serve as a params class (not a type the
+    schema library can check a table against); called once when a plugin registers."""
+    if not isinstance(cls, type):
+        raise TypeError(f"Params must be a class, got {cls!r}")
+    try:
+        _validator(cast(Hashable, cls))
+    except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as e:
+        raise TypeError(f"Params {cls.__name__} cannot be checked: {e}") from None

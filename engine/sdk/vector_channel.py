@@ -39,9 +39,15 @@ catalogue and calls :func:`write_vectors`. Bundle files written here::
 
 Restarts. Bundles are immutable; ``upsert_items`` and ``delete_items`` change the
 in-memory index only. The catalogue's update log is the durable record: :meth:`load`
-reconciles the index with the catalogue, encoding the items whose metadata digest
-differs from ``signatures.npz`` (new or changed since the build) and removing indexed
-items the catalogue no longer has.
+reconciles the index with the catalogue, removing indexed items the catalogue no longer
+has and indexing the items whose metadata digest differs from ``signatures.npz`` (new or
+changed since the build): with the vector saved at the last catalogue compaction when
+its digest still matches (:meth:`save_online_vectors`,
+:mod:`recall_engine.runtime.online_vectors`), with the encoder otherwise. So a restart
+encodes at most what changed since the last compaction, however many upserts came
+before. Before any of that, :meth:`load` searches a sample of the bundle's stored
+vectors (:func:`~recall_engine.runtime.index_check.check_index`) and refuses a bundle
+whose index answers nonsense.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ from tqdm import tqdm
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.encoders import MicroBatcher
 from recall_engine.runtime.index import VectorIndex
+from recall_engine.runtime.index_check import check_index
+from recall_engine.runtime.online_vectors import read_online_vectors, save_online_vectors
 from recall_engine.sdk.channel import (
     Candidates,
     Channel,
@@ -273,6 +281,8 @@ class VectorChannel(Channel):
         self._write_lock = threading.Lock()
         self._version = ""
         self._reconciled = {"added": 0, "removed": 0}
+        # metadata digest of every item whose vector was encoded here, not in the bundle
+        self._online: dict[str, int] = {}
 
     # -- hooks for subclasses -----------------------------------------------------------
     @abc.abstractmethod
@@ -311,6 +321,7 @@ class VectorChannel(Channel):
             bundle.path / INDEX_DIR, view=False, **({"expansion_search": ef} if ef else {})
         )
         self._version = bundle.version
+        check_index(self._index, f"{self.ctx.name}/{bundle.version}/{INDEX_DIR}")
         self.open_encoders(bundle)
         self._reconcile(_read_signatures(bundle.path / SIGNATURES_FILE))
         if self.supports_text:
@@ -434,7 +445,23 @@ class VectorChannel(Channel):
 
     def delete_items(self, item_ids: Sequence[str]) -> int:
         with self._write_lock:
+            for item_id in item_ids:
+                self._online.pop(item_id, None)
             return self.index.delete(list(item_ids))
+
+    def save_online_vectors(self) -> int:
+        """Save the vectors encoded while serving beside the catalogue
+        (``Catalog.online_vectors_file``), for the next start to reuse. Called by the
+        engine before it compacts the catalogue. Returns how many were saved."""
+        path = self.ctx.catalog.online_vectors_file(self.ctx.name, self._version)
+        if path is None:
+            return 0
+        with self._write_lock:
+            ids = list(self._online)
+            vectors, found = self.index.vectors(ids)
+            ids = [ids[i] for i in found]
+            save_online_vectors(path, ids, [self._online[i] for i in ids], vectors)
+        return len(ids)
 
     def _index_items(self, items: Sequence[ItemRecord]) -> int:
         added = 0
@@ -444,11 +471,37 @@ class VectorChannel(Channel):
             if len(ids) < len(chunk):
                 unusable = set(it.item_id for it in chunk) - set(ids)
                 self.index.delete(unusable)
+                for item_id in unusable:
+                    self._online.pop(item_id, None)
                 log.warning("items_without_vector", channel=self.ctx.name, count=len(unusable))
             if ids:
                 self.index.add(ids, vectors)
+                digests = {it.item_id: item_signature(it) for it in chunk}
+                self._online.update((i, digests[i]) for i in ids)
             added += len(ids)
         return added
+
+    def _reuse_saved(self, items: list[ItemRecord]) -> tuple[int, list[ItemRecord]]:
+        """Index those of ``items`` whose vector was saved from the same metadata; return
+        how many, and the items still to encode."""
+        saved = read_online_vectors(
+            self.ctx.catalog.online_vectors_file(self.ctx.name, self._version), self.index.dim
+        )
+        if not saved:
+            return 0, items
+        reuse: list[tuple[str, int, np.ndarray]] = []
+        rest: list[ItemRecord] = []
+        for it in items:
+            hit = saved.get(it.item_id)
+            digest = item_signature(it)
+            if hit is not None and hit[0] == digest:
+                reuse.append((it.item_id, digest, hit[1]))
+            else:
+                rest.append(it)
+        if reuse:
+            self.index.add([r[0] for r in reuse], np.stack([r[2] for r in reuse]))
+            self._online.update((r[0], r[1]) for r in reuse)
+        return len(reuse), rest
 
     def _reconcile(self, built: Mapping[str, int]) -> None:
         """Bring the index in line with the catalogue (see the module docstring)."""
@@ -466,13 +519,15 @@ class VectorChannel(Channel):
                 for it in catalog
                 if built.get(it.item_id) != item_signature(it) or it.item_id not in index
             ]
-            added = self._index_items(todo) if todo else 0
+            reused, todo = self._reuse_saved(todo) if todo else (0, todo)
+            added = reused + (self._index_items(todo) if todo else 0)
         self._reconciled = {"added": added, "removed": len(stale)}
-        if stale or todo:
+        if stale or todo or reused:
             log.info(
                 "index_reconciled",
                 channel=self.ctx.name,
                 removed=len(stale),
+                reused=reused,
                 encoded=len(todo),
                 added=added,
                 seconds=round(time.perf_counter() - started, 3),

@@ -43,7 +43,7 @@ from recall_engine.serving.errors import (
 from recall_engine.serving.experiments import Assigner, Assignment
 from recall_engine.serving.fusion import Fused, RankedList, fuse
 from recall_engine.serving.output_check import BadOutput, check_answer
-from recall_engine.serving.registry import PluginError, discover, instantiate, load_factory, resolve
+from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
 from recall_engine.serving.requests import RecallInput
 
 log = get_logger(__name__)
@@ -208,13 +208,12 @@ class Engine:
     def _load_channels(
         self, config: Config, names, version: Mapping[str, str | None]
     ) -> tuple[dict[str, _Slot], dict[str, str]]:
-        plugins = discover(blocked=self._blocked)
+        # Every plugin imported and every channel's params checked before any artifact
+        # is read (a typo in a params table stops start-up at once, naming the key).
+        plugins, failed = prepare(config, names, blocked=self._blocked)
         slots: dict[str, _Slot] = {}
-        failed: dict[str, str] = {}
-        for name in names:
+        for name in plugins:
             cc = config.channels[name]
-            if not cc.enabled:
-                continue
             try:
                 slots[name] = self._make_slot(cc, plugins, version.get(name, cc.version))
             except PluginError as e:
@@ -226,8 +225,11 @@ class Engine:
                 log.error("optional_channel_skipped", channel=name, error=str(e))
         return slots, failed
 
-    def _make_slot(self, cc: ChannelConfig, plugins, version: str | None) -> _Slot:
-        factory = load_factory(resolve(plugins, cc.plugin))
+    def _make_slot(
+        self, cc: ChannelConfig, plugins: Mapping[str, PreparedChannel], version: str | None
+    ) -> _Slot:
+        prepared = plugins[cc.name]
+        factory = prepared.factory
         ctx = ChannelContext(
             name=cc.name,
             plugin=cc.plugin,
@@ -235,6 +237,7 @@ class Engine:
             artifacts=cc.artifacts,
             catalog=self.catalog,
             version=version,
+            typed_params=prepared.params,
         )
         t0 = time.perf_counter()
         channel = instantiate(cc.plugin, factory, ctx)
@@ -287,9 +290,11 @@ class Engine:
                         "channels",
                         f"channel {n!r} is not loaded (loaded: {', '.join(state.slots)})",
                     )
-            plugins = discover(blocked=self._blocked)
             fresh: dict[str, _Slot] = {}
             try:
+                plugins, _ = prepare(
+                    state.config, names, blocked=self._blocked, skip_optional=False
+                )
                 for n in names:
                     fresh[n] = self._make_slot(state.config.channels[n], plugins, version)
             except PluginError as e:

@@ -20,7 +20,7 @@ from recall_engine.plugins.cf.histories import (
     training_log,
 )
 from recall_engine.plugins.cf.merge import rrf
-from recall_engine.plugins.cf.params import CFParams, parse_params
+from recall_engine.plugins.cf.params import CFParams
 from recall_engine.sdk.channel import (
     BuildContext,
     Candidates,
@@ -54,10 +54,11 @@ class CFChannel(Channel):
     """Collaborative filtering: item-to-item neighbours and a two-tower model."""
 
     trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
+    Params = CFParams
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        self.params: CFParams = parse_params(ctx.name, ctx.params)
+        self.params: CFParams = ctx.params_as(CFParams)
         self._vocab: Vocab | None = None
         self._table: item2item.NeighbourTable | None = None
         self._encoder: Any = None  # recall_engine.runtime.encoders.OnnxModel
@@ -71,7 +72,7 @@ class CFChannel(Channel):
     def build(cls, ctx: BuildContext) -> dict[str, Any]:
         """Learn the enabled modes from ``ctx.interactions`` and write ``vocab.npz``,
         ``item2item.npz``, ``encoder/`` and ``index/`` into ``ctx.out``."""
-        params = parse_params(ctx.name, ctx.params)
+        params = ctx.params_as(CFParams)
         vocab, data = training_log(ctx.interactions)
         vocab.save(ctx.out / VOCAB_FILE)
         info: dict[str, Any] = {"modes": [], "users": data.n_users, "interactions": len(data.items)}

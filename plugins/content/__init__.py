@@ -11,7 +11,8 @@ metadata, which is this channel's point. Served with ONNX Runtime, no PyTorch.
 Queries: history (recency-weighted mean of stored item vectors) and/or free text (its
 words as terms, through the same encoder); see :mod:`recall_engine.sdk.vector_channel`.
 
-Params (besides :data:`~recall_engine.sdk.vector_channel.VECTOR_PARAMS`), build time:
+Params (:class:`ContentParams`: those of
+:class:`~recall_engine.sdk.vector_channel.VectorParams`, and), build time:
 ``dim`` (64), ``epochs`` (4), ``batch_size`` (512), ``lr`` (0.005), ``temperature``
 (0.1), ``term_dropout`` (0.1), ``window`` (3: pairs of items at most this many steps
 apart in a user's history), ``max_pairs`` (200,000, sampled once), ``max_terms`` (64 per
@@ -24,21 +25,17 @@ Bundle: ``encoder/`` (``model.onnx`` + ``manifest.json``), ``vocabulary.json``,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Interval
 
 from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
 from recall_engine.runtime.encoders import OnnxModel
 from recall_engine.sdk.channel import BuildContext, ChannelContext, ItemRecord
-from recall_engine.sdk.vector_channel import (
-    VECTOR_PARAMS,
-    Param,
-    VectorChannel,
-    encode_all,
-    parse_params,
-    write_vectors,
-)
+from recall_engine.sdk.params import NonNegativeInt, PositiveFloat, PositiveInt
+from recall_engine.sdk.vector_channel import VectorChannel, VectorParams, encode_all, write_vectors
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
@@ -47,28 +44,26 @@ ENCODER_DIR = "encoder"
 VOCABULARY_FILE = "vocabulary.json"
 
 
-def _positive(value: Any) -> bool:
-    return value > 0
+@dataclass(slots=True, frozen=True)
+class ContentParams(VectorParams):
+    """``[channels.<name>.params]`` of the content channel (build-time fields here)."""
 
-
-PARAMS: dict[str, Param] = {
-    **VECTOR_PARAMS,
-    "dim": Param(int, 64, _positive, "> 0"),
-    "epochs": Param(int, 4, lambda v: v >= 0, ">= 0"),
-    "batch_size": Param(int, 512, lambda v: v >= 2, ">= 2"),
-    "lr": Param(float, 0.005, _positive, "> 0"),
-    "temperature": Param(float, 0.1, _positive, "> 0"),
-    "term_dropout": Param(float, 0.1, lambda v: 0 <= v < 1, "in [0, 1)"),
-    "window": Param(int, 3, _positive, "> 0"),
-    "max_pairs": Param(int, 200_000, _positive, "> 0"),
-    "max_terms": Param(int, 64, _positive, "> 0"),
-    "min_df": Param(int, 1, _positive, "> 0"),
-    "max_train_seconds": Param(float, 60.0, _positive, "> 0"),
-}
+    dim: PositiveInt = 64
+    epochs: NonNegativeInt = 4
+    batch_size: Annotated[int, Ge(2)] = 512
+    lr: PositiveFloat = 0.005
+    temperature: PositiveFloat = 0.1
+    term_dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
+    window: PositiveInt = 3
+    max_pairs: PositiveInt = 200_000
+    max_terms: PositiveInt = 64
+    min_df: PositiveInt = 1
+    max_train_seconds: PositiveFloat = 60.0
 
 
 class ContentChannel(VectorChannel):
-    PARAMS = PARAMS
+    Params = ContentParams
+    params: ContentParams
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
@@ -86,29 +81,27 @@ class ContentChannel(VectorChannel):
             train_encoder,
         )
 
-        p = parse_params(ctx.name, ctx.params, PARAMS)
+        p = ctx.params_as(ContentParams)
         items = list(ctx.catalog)
         docs = [item_terms(it) for it in items]
-        Vocabulary.fit(docs, min_df=p["min_df"], max_terms=p["max_terms"]).save(
-            ctx.out / VOCABULARY_FILE
-        )
+        Vocabulary.fit(docs, min_df=p.min_df, max_terms=p.max_terms).save(ctx.out / VOCABULARY_FILE)
         vocab = Vocabulary.load(ctx.out / VOCABULARY_FILE)  # exactly what serving reads
         term_ids, term_weights = vocab.featurize(docs)
         pairs = co_consumed_pairs(
             ctx.interactions,
             {it.item_id: i for i, it in enumerate(items)},
-            window=p["window"],
-            max_pairs=p["max_pairs"],
+            window=p.window,
+            max_pairs=p.max_pairs,
             seed=ctx.seed,
         )
         settings = TrainSettings(
-            dim=p["dim"],
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
-            lr=p["lr"],
-            temperature=p["temperature"],
-            term_dropout=p["term_dropout"],
-            max_seconds=p["max_train_seconds"],
+            dim=p.dim,
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            temperature=p.temperature,
+            term_dropout=p.term_dropout,
+            max_seconds=p.max_train_seconds,
         )
         model, stats = train_encoder(
             term_ids,
@@ -121,18 +114,18 @@ class ContentChannel(VectorChannel):
         )
         manifest = export_encoder(model, ctx.out / ENCODER_DIR, seed=ctx.seed)
         encoder = OnnxModel(
-            ctx.out / ENCODER_DIR, device=p["device"], intra_op_threads=p["intra_op_threads"]
+            ctx.out / ENCODER_DIR, device=p.device, intra_op_threads=p.intra_op_threads
         )
         vectors = encode_all(
             lambda chunk: _run(encoder, vocab, [item_terms(it) for it in chunk]),
             items,
-            p["dim"],
+            p.dim,
             progress=ctx.progress,
             desc=f"{ctx.name}: encoding items",
         )
-        fields = write_vectors(ctx.out, items, vectors, dtype=p["index_dtype"])
+        fields = write_vectors(ctx.out, items, vectors, dtype=p.index_dtype)
         build_params = {
-            k: p[k]
+            k: getattr(p, k)
             for k in (
                 "dim",
                 "epochs",
@@ -163,8 +156,8 @@ class ContentChannel(VectorChannel):
         self._vocab = Vocabulary.load(bundle.file(VOCABULARY_FILE))
         self._model = OnnxModel(
             bundle.path / ENCODER_DIR,
-            device=self.params["device"],
-            intra_op_threads=self.params["intra_op_threads"],
+            device=self.params.device,
+            intra_op_threads=self.params.intra_op_threads,
         )
 
     def _parts(self) -> tuple[OnnxModel, Vocabulary]:
@@ -186,7 +179,7 @@ class ContentChannel(VectorChannel):
 
     def warmup_encoders(self) -> None:
         model, vocab = self._parts()
-        for batch in (1, 8, self.params["max_batch"]):
+        for batch in (1, 8, self.params.max_batch):
             _run(model, vocab, [{t: 1.0 for t in vocab.terms[:16]}] * batch)
 
     def encoder_details(self) -> dict[str, str]:

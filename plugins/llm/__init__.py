@@ -10,7 +10,8 @@ Serve (no PyTorch): the encoder runs under ONNX Runtime (CUDA when present, para
 vectors of the history items; text queries are encoded (concurrent ones batched); both
 are blended by ``text_weight`` (see :mod:`recall_engine.sdk.vector_channel`).
 
-Params (besides :data:`~recall_engine.sdk.vector_channel.VECTOR_PARAMS`):
+Params (:class:`LLMParams`: those of
+:class:`~recall_engine.sdk.vector_channel.VectorParams`, and):
 
 * ``model_dir``: an exported sentence-encoder folder to copy instead of exporting;
 * ``source``: the Hugging Face model folder to export (default: the weights packaged in
@@ -33,25 +34,19 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import numpy as np
+from annotated_types import Ge
 
 from recall_engine.exporters.manifest import ModelManifest
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.encoders import TextEncoder
 from recall_engine.runtime.tokenizer import TextTokenizer
 from recall_engine.sdk.channel import BuildContext, ItemRecord
-from recall_engine.sdk.vector_channel import (
-    VECTOR_PARAMS,
-    Param,
-    VectorChannel,
-    encode_all,
-    parse_params,
-    write_vectors,
-)
+from recall_engine.sdk.vector_channel import VectorChannel, VectorParams, encode_all, write_vectors
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
@@ -59,22 +54,21 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 ENCODER_DIR = "encoder"
-VARIANTS = ("optimized", "int8", "fp16")
+Variant = Literal["optimized", "int8", "fp16"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 BUILD_BATCH = 64
 
-PARAMS: dict[str, Param] = {
-    **VECTOR_PARAMS,
-    "model_dir": Param(str, None),
-    "source": Param(str, None),
-    "precision": Param(str, "auto", lambda v: v in ("auto", "fp32", "int8"), "auto, fp32 or int8"),
-    "variants": Param(
-        (list, tuple),
-        None,
-        lambda v: all(x in VARIANTS for x in v),
-        f"a list of {', '.join(VARIANTS)}",
-    ),
-    "item_max_tokens": Param(int, 128, lambda v: v >= 8, ">= 8"),
-}
+
+@dataclass(slots=True, frozen=True)
+class LLMParams(VectorParams):
+    """``[channels.<name>.params]`` of the llm channel."""
+
+    model_dir: str | None = None
+    source: str | None = None
+    precision: Literal["auto", "fp32", "int8"] = "auto"
+    variants: tuple[Variant, ...] | None = None  # None: int8 when precision is int8
+    item_max_tokens: Annotated[int, Ge(8)] = 128
+
 
 _FIELD = re.compile(r"^[A-Z][\w .'-]{0,30}:\s")
 
@@ -90,14 +84,18 @@ def item_text(item: ItemRecord) -> str:
 
 
 def open_text_encoder(
-    folder: Path, params: dict[str, Any], max_tokens: int, *, precision: str | None = None
+    folder: Path,
+    params: LLMParams,
+    max_tokens: int,
+    *,
+    precision: Literal["auto", "fp32", "int8", "fp16"] | None = None,
 ) -> TextEncoder:
     encoder = TextEncoder(
         folder,
-        precision=precision or params["precision"],
-        device=params["device"],
-        max_batch=params["max_batch"],
-        intra_op_threads=params["intra_op_threads"],
+        precision=precision or params.precision,
+        device=params.device,
+        max_batch=params.max_batch,
+        intra_op_threads=params.intra_op_threads,
     )
     if max_tokens < encoder.tokenizer.max_length:
         # TextEncoder truncates at the exported max_length; items and queries are cut
@@ -149,18 +147,18 @@ def build_encoder(ctx: BuildContext) -> tuple[dict[str, Any], ModelManifest, Tex
     items. Items are embedded in fp32 whatever precision serving uses: int8 queries
     against fp32 items lose less than int8 on both sides. The returned params have
     ``variants`` resolved."""
-    params = parse_params(ctx.name, ctx.params, PARAMS)
+    params = ctx.params_as(LLMParams)
     variants = list(
-        params["variants"]
-        if params["variants"] is not None
-        else (["int8"] if params["precision"] == "int8" else [])
+        params.variants
+        if params.variants is not None
+        else (["int8"] if params.precision == "int8" else [])
     )
     folder = ctx.out / ENCODER_DIR
-    manifest = prepare_encoder(folder, params["model_dir"], params["source"], variants)
+    manifest = prepare_encoder(folder, params.model_dir, params.source, variants)
     encoder = open_text_encoder(
-        folder, {**params, "max_batch": BUILD_BATCH}, params["item_max_tokens"], precision="fp32"
+        folder, replace(params, max_batch=BUILD_BATCH), params.item_max_tokens, precision="fp32"
     )
-    return {**params, "variants": variants}, manifest, encoder
+    return {**asdict(params), "variants": variants}, manifest, encoder
 
 
 def manifest_fields(
@@ -184,7 +182,8 @@ def manifest_fields(
 
 
 class LLMChannel(VectorChannel):
-    PARAMS = PARAMS
+    Params = LLMParams
+    params: LLMParams
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -218,7 +217,7 @@ class LLMChannel(VectorChannel):
     # -- encoder hooks ---------------------------------------------------------------
     def open_encoders(self, bundle: Bundle) -> None:
         built = bundle.manifest.get("build_params") or {}
-        max_tokens = int(built.get("item_max_tokens", self.params["item_max_tokens"]))
+        max_tokens = int(built.get("item_max_tokens", self.params.item_max_tokens))
         self._encoder = open_text_encoder(bundle.path / ENCODER_DIR, self.params, max_tokens)
 
     @property
@@ -234,7 +233,7 @@ class LLMChannel(VectorChannel):
         return self.encoder.encode(list(texts))
 
     def warmup_encoders(self) -> None:
-        self.encoder.warmup(batch_sizes=(1, 8, self.params["max_batch"]))
+        self.encoder.warmup(batch_sizes=(1, 8, self.params.max_batch))
 
     def encoder_details(self) -> dict[str, str]:
         model = self.encoder.model

@@ -6,12 +6,16 @@ and it exists before any learned channel has been built. Scores are interaction 
 
 Artifact (``ARTIFACTS/popular/<version>/popular.npz``): ``ids`` (str, best first),
 ``scores`` (float32), and per category ``cat:<name>`` (int32 positions into ``ids``).
+
+Params: ``half_life_days`` (build time; 0: no decay). Category filters need none: the
+artifact always holds the per-category lists.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +30,16 @@ from recall_engine.sdk.channel import (
     ChannelInfo,
     Query,
 )
+from recall_engine.sdk.params import NonNegativeFloat
 
 ARTIFACT = "popular.npz"
+
+
+@dataclass(slots=True, frozen=True)
+class PopularParams:
+    """``[channels.<name>.params]`` of the popular channel."""
+
+    half_life_days: NonNegativeFloat = 0.0  # interaction weight halves every this many days
 
 
 def popularity(
@@ -73,12 +85,11 @@ def union_head(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
 
 class PopularChannel(Channel):
     trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
+    Params = PopularParams
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        unknown = set(ctx.params) - {"half_life_days"}
-        if unknown:
-            raise ValueError(f"channels.{ctx.name}.params: unknown keys {sorted(unknown)}")
+        self.params = ctx.params_as(PopularParams)
         self._ids: list[str] = []
         self._scores = np.zeros(0, dtype=np.float32)
         self._by_cat: dict[str, np.ndarray] = {}
@@ -88,7 +99,7 @@ class PopularChannel(Channel):
     def build(cls, ctx: BuildContext) -> dict[str, Any]:
         """Popularity over ``ctx.interactions``, written into ``ctx.out``."""
         data = ctx.interactions
-        half_life = float(ctx.params.get("half_life_days", 0.0))
+        half_life = ctx.params_as(PopularParams).half_life_days
         ids, scores = popularity(
             data.item_ids, data.weights, data.timestamps if data.has_timestamps else None, half_life
         )
