@@ -26,6 +26,15 @@ Register a plugin in your ``pyproject.toml``::
 
     [project.entry-points."recall_engine.channels"]
     my_channel = "my_package.channel:MyChannel"
+
+Parameters. Declare the ``[channels.<name>.params]`` table as a class attribute
+``Params``: a frozen dataclass whose fields have defaults and constrained types (see
+:mod:`recall_engine.sdk.params`). The engine checks the config's table against it at
+start-up, before any channel reads an artifact, so a typo stops start-up naming
+``channels.<name>.params.<key>``; read the checked object with
+``ctx.params_as(Params)`` (``ctx.typed_params``). A plugin without ``Params`` gets the
+table unchecked in ``ctx.params`` and checks it in ``__init__``. An operator can keep a
+plugin from ever being imported with ``[plugins] blocked = ["name"]`` in the config.
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from recall_engine.sdk.params import parse
 from recall_engine.sdk.types import Candidates, ChannelInfo, ItemRecord, Query
 
 if TYPE_CHECKING:
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
     from recall_engine.runtime.catalog import Catalog
 
 ENTRY_POINT_GROUP = "recall_engine.channels"
+P = TypeVar("P")
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -61,11 +72,14 @@ class ChannelContext:
     """Everything the engine hands a channel at construction.
 
     ``name`` is the channel's configured name (what weights refer to), ``plugin`` the
-    entry-point name, ``params`` the ``[channels.<name>.params]`` table of the config,
-    ``artifacts`` the channel's artifact folder (``ARTIFACTS/<name>`` by default) or
-    ``None`` when the config names none, ``version`` the artifact version to load
-    (``None``: the one the ``current`` pointer names), and ``catalog`` the shared item
-    catalogue (titles, text, categories) that filters and online updates use.
+    entry-point name, ``params`` the ``[channels.<name>.params]`` table of the config (a
+    read-only mapping, as written), ``artifacts`` the channel's artifact folder
+    (``ARTIFACTS/<name>`` by default) or ``None`` when the config names none, ``version``
+    the artifact version to load (``None``: the one the ``current`` pointer names),
+    ``catalog`` the shared item catalogue (titles, text, categories) that filters and
+    online updates use, and ``typed_params`` the instance of the plugin's declared
+    ``Params`` class the engine checked ``params`` into at start-up (``None`` for a
+    plugin that declares none, or a context made by hand: use :meth:`params_as`).
     """
 
     name: str
@@ -74,6 +88,17 @@ class ChannelContext:
     artifacts: Path | None
     catalog: Catalog
     version: str | None = None
+    typed_params: Any = None
+
+    def params_as(self, cls: type[P]) -> P:
+        """The params as an instance of ``cls`` (the plugin's ``Params``):
+        ``typed_params`` when the engine already checked them into one, else ``params``
+        checked now. Raises ``ValueError`` naming ``channels.<name>.params.<key>``.
+        A context copied with new ``params`` must drop ``typed_params``
+        (``dataclasses.replace(ctx, params=..., typed_params=None)``)."""
+        if isinstance(self.typed_params, cls):
+            return self.typed_params
+        return parse(cls, self.params, f"channels.{self.name}.params")
 
     def open_bundle(self, verify: str = "sha256") -> Bundle:
         """The checked artifact bundle this channel should load (``ctx.version``, or the
@@ -106,6 +131,11 @@ class BuildContext:
     seed: int = 0
     progress: bool = False
 
+    def params_as(self, cls: type[P]) -> P:
+        """``params`` checked against ``cls`` (the plugin's ``Params``); raises
+        ``ValueError`` naming ``channels.<name>.params.<key>``."""
+        return parse(cls, self.params, f"channels.{self.name}.params")
+
 
 class Channel(abc.ABC):
     """Base class for recall channels. Subclass it and implement :meth:`recall`.
@@ -125,9 +155,15 @@ class Channel(abc.ABC):
     #: True and skip the net (every built-in channel does).
     trusted_output: ClassVar[bool] = False
 
+    #: The class the ``[channels.<name>.params]`` table is checked against at start-up
+    #: (a frozen dataclass with defaults; see the module docstring). ``None``: the
+    #: plugin checks ``ctx.params`` itself.
+    Params: ClassVar[type | None] = None
+
     def __init__(self, ctx: ChannelContext) -> None:
-        """Keep the context; validate ``ctx.params`` and raise ``ValueError`` naming the
-        bad key. No I/O here: the engine may construct channels it then fails to load.
+        """Keep the context and read the params (``ctx.params_as(self.Params)``, or
+        check ``ctx.params`` and raise ``ValueError`` naming the bad key). No I/O here:
+        the engine may construct channels it then fails to load.
         """
         self.ctx = ctx
 

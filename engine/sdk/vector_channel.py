@@ -60,9 +60,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from annotated_types import Interval
 from tqdm import tqdm
 
 from recall_engine.observability.logs import get_logger
@@ -78,6 +79,7 @@ from recall_engine.sdk.channel import (
     ItemRecord,
     Query,
 )
+from recall_engine.sdk.params import NonNegativeFloat, NonNegativeInt, PositiveInt, UnitFloat
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
@@ -108,61 +110,29 @@ def fetch_size(k: int, query: Query) -> int:
     return k + len(query.exclude) + math.ceil(k * filter_headroom(query))
 
 
+IndexDtype = Literal["f32", "f16", "bf16", "i8"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
 @dataclass(slots=True, frozen=True)
-class Param:
-    """One accepted ``[channels.<name>.params]`` key: its type, default and check."""
+class VectorParams:
+    """``[channels.<name>.params]`` every vector channel accepts; a subclass's ``Params``
+    subclasses this and adds its own fields."""
 
-    kind: type | tuple[type, ...]
-    default: Any
-    check: Callable[[Any], bool] = lambda _: True
-    hint: str = ""
-
-
-def _positive(value: Any) -> bool:
-    return value > 0
-
-
-#: Parameters every vector channel accepts (subclasses add their own).
-VECTOR_PARAMS: dict[str, Param] = {
-    "history_decay": Param(float, 0.9, lambda v: 0 < v <= 1, "in (0, 1]"),
-    "max_history": Param(int, 50, _positive, "> 0"),
-    "text_weight": Param(float, 0.5, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "index_dtype": Param(
-        str, "f32", lambda v: v in ("f32", "f16", "bf16", "i8"), "f32, f16, bf16 or i8"
-    ),
-    "device": Param(str, "auto", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
-    "max_batch": Param(int, 32, _positive, "> 0"),
-    "max_delay_ms": Param(float, 2.0, lambda v: v >= 0, ">= 0"),
-    "intra_op_threads": Param(int, 0, lambda v: v >= 0, ">= 0"),
+    history_decay: Annotated[float, Interval(gt=0, le=1)] = 0.9
+    max_history: PositiveInt = 50
+    text_weight: UnitFloat = 0.5
+    index_dtype: IndexDtype = "f32"
+    device: Device = "auto"
+    max_batch: PositiveInt = 32
+    max_delay_ms: NonNegativeFloat = 2.0
+    intra_op_threads: NonNegativeInt = 0
     # HNSW search breadth (ef) at serve time; 0 keeps what the index was built with.
     # A search for n ids explores max(expansion_search, n) candidates.
-    "expansion_search": Param(int, 0, lambda v: v >= 0, ">= 0"),
+    expansion_search: NonNegativeInt = 0
     # With a category filter: rank at most this many nearest items, then return those of
     # them the filter keeps, even if fewer than k (see VectorIndex.search's max_fetch).
-    "max_filter_fetch": Param(int, 4096, _positive, "> 0"),
-}
-
-
-def parse_params(name: str, params: Mapping[str, Any], spec: Mapping[str, Param]) -> dict[str, Any]:
-    """``params`` checked against ``spec`` and completed with defaults. Raises
-    ``ValueError`` naming the bad key."""
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise ValueError(f"channels.{name}.params: unknown keys {unknown} (known: {sorted(spec)})")
-    out: dict[str, Any] = {}
-    for key, p in spec.items():
-        value = params.get(key, p.default)
-        if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        wrong_type = not isinstance(value, p.kind) or (
-            isinstance(value, bool) and p.kind is not bool
-        )
-        if value is not None and (wrong_type or not p.check(value)):
-            raise ValueError(
-                f"channels.{name}.params.{key}: expected {p.hint or p.kind}, got {value!r}"
-            )
-        out[key] = value
-    return out
+    max_filter_fetch: PositiveInt = 4096
 
 
 # --------------------------------------------------------------------------- build side
@@ -261,7 +231,7 @@ def _unit(vector: np.ndarray) -> np.ndarray | None:
 class VectorChannel(Channel):
     """Base class: item vectors in a VectorIndex, queries by history and/or text.
 
-    Subclasses set :attr:`PARAMS` (``VECTOR_PARAMS`` plus their own), implement the
+    Subclasses set :attr:`Params` (a :class:`VectorParams` subclass), implement the
     encoder hooks and a ``build`` classmethod. Thread-safe: searches run concurrently;
     upserts, deletes and the start-up reconciliation are serialised by one lock (the
     index has its own lock around every usearch call).
@@ -269,13 +239,13 @@ class VectorChannel(Channel):
 
     trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
 
-    PARAMS: ClassVar[Mapping[str, Param]] = VECTOR_PARAMS
+    Params: ClassVar[type[VectorParams]] = VectorParams
     #: Whether :meth:`encode_texts` is implemented (free-text queries).
     supports_text: ClassVar[bool] = True
 
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        self.params = parse_params(ctx.name, ctx.params, self.PARAMS)
+        self.params = ctx.params_as(self.Params)
         self._index: VectorIndex | None = None
         self._batcher: MicroBatcher[str] | None = None
         self._write_lock = threading.Lock()
@@ -316,7 +286,7 @@ class VectorChannel(Channel):
     # -- lifecycle ------------------------------------------------------------------------
     def load(self) -> None:
         bundle = self.ctx.open_bundle()
-        ef = self.params["expansion_search"]
+        ef = self.params.expansion_search
         self._index = VectorIndex.load(
             bundle.path / INDEX_DIR, view=False, **({"expansion_search": ef} if ef else {})
         )
@@ -327,8 +297,8 @@ class VectorChannel(Channel):
         if self.supports_text:
             self._batcher = MicroBatcher(
                 self.encode_texts,
-                max_batch=self.params["max_batch"],
-                max_delay_ms=self.params["max_delay_ms"],
+                max_batch=self.params.max_batch,
+                max_delay_ms=self.params.max_delay_ms,
                 name=self.ctx.name,
             )
 
@@ -355,7 +325,7 @@ class VectorChannel(Channel):
     # -- queries --------------------------------------------------------------------------
     def accepts(self, query: Query) -> bool:
         index = self.index
-        if any(item in index for item in query.history[-self.params["max_history"] :]):
+        if any(item in index for item in query.history[-self.params.max_history :]):
             return True
         return self.supports_text and self.text_is_usable(query.text)
 
@@ -398,7 +368,7 @@ class VectorChannel(Channel):
         if query.categories:
             catalog = self.ctx.catalog
             keep = lambda found: catalog.filter_mask(found, query)  # noqa: E731
-            limit = self.params["max_filter_fetch"]
+            limit = self.params.max_filter_fetch
         ids, scores = self.index.search(
             vector,
             k,
@@ -422,16 +392,16 @@ class VectorChannel(Channel):
                     encoded = [self._batcher.submit(texts[0])]
                 for i, vector in zip(rows, encoded, strict=True):
                     text[i] = _unit(np.asarray(vector, dtype=np.float32))
-        weight = self.params["text_weight"]
+        weight = self.params.text_weight
         return [_blend(h, t, weight) for h, t in zip(history, text, strict=True)]
 
     def _history_vector(self, history: Sequence[str]) -> np.ndarray | None:
-        recent = history[-self.params["max_history"] :]
+        recent = history[-self.params.max_history :]
         vectors, positions = self.index.vectors(recent)
         if not positions:
             return None
         age = (len(recent) - 1) - np.asarray(positions, dtype=np.float64)
-        weights = np.power(self.params["history_decay"], age)
+        weights = np.power(self.params.history_decay, age)
         return _unit((weights @ vectors) / weights.sum())
 
     # -- online changes -------------------------------------------------------------------
@@ -542,7 +512,7 @@ class VectorChannel(Channel):
             "index_dtype": index.dtype,
             "index_simd": index.hardware_acceleration,
             "text_queries": "yes" if self.supports_text else "no",
-            "history_decay": str(self.params["history_decay"]),
+            "history_decay": str(self.params.history_decay),
             "reconciled_added": str(self._reconciled["added"]),
             "reconciled_removed": str(self._reconciled["removed"]),
             **self.encoder_details(),
