@@ -496,7 +496,7 @@ def build_catalog(
 ) -> dict[str, Any]:
     """Generate the catalogue and log, build every channel into ``out``, write
     ``out/bench_catalog.json``; returns what it wrote there."""
-    from recall_engine.config.schema import parse_config
+    from recall_engine.config import parse_config
     from recall_engine.observability.logs import get_logger
     from recall_engine.offline.build import build_all
     from recall_engine.runtime.artifacts import ArtifactStore

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from recall_engine.config.schema import parse_config
+    from recall_engine.config import parse_config
     from recall_engine.observability.logs import configure
     from recall_engine.offline.build import build_all
     from recall_engine.offline.data.movielens import load_dataset

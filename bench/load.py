@@ -303,7 +303,7 @@ async def run_grpc(
 def _config(artifacts: Path, config_file: Path | None):
     """The config to serve in process: ``config_file`` (``--config``), else the default
     config over ``artifacts``."""
-    from recall_engine.config.schema import default_config, load_config
+    from recall_engine.config import default_config, load_config
 
     return load_config(config_file) if config_file else default_config(artifacts.resolve())
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from recall_engine.cli._data_flags import add_data_arguments, load_inputs
-from recall_engine.config.schema import ConfigError, default_config, load_config
+from recall_engine.config import ConfigError, default_config, load_config
 from recall_engine.observability.logs import configure
 from recall_engine.offline.build import build_all
 from recall_engine.offline.data.interactions import DataError

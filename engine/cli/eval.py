@@ -20,7 +20,7 @@ from recall_engine.cli._data_flags import (
     load_data,
     parse_list,
 )
-from recall_engine.config.schema import ConfigError, load_config
+from recall_engine.config import ConfigError, load_config
 from recall_engine.evaluation.baselines import BASELINES
 from recall_engine.evaluation.runner import (
     DEFAULT_BASELINES,

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from recall_engine.config.schema import Config, ConfigError, default_config, load_config
+from recall_engine.config import Config, ConfigError, default_config, load_config
 from recall_engine.observability.logs import configure, get_logger
 from recall_engine.serving.registry import check_plugin_params
 

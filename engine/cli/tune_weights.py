@@ -16,7 +16,7 @@ from recall_engine.cli._data_flags import (
     load_data,
     parse_list,
 )
-from recall_engine.config.schema import ConfigError, Plan, default_config, load_config
+from recall_engine.config import ConfigError, Plan, default_config, load_config
 from recall_engine.evaluation.split import make_split, validation_split
 from recall_engine.evaluation.tune import (
     DEFAULT_KEEP,

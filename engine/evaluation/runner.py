@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from recall_engine.config.schema import Config, Plan, default_config
+from recall_engine.config import Config, Plan, default_config
 from recall_engine.evaluation import baselines as bl
 from recall_engine.evaluation.metrics import METRICS, Truth, evaluate, ids_to_matrix, novelty_table
 from recall_engine.evaluation.split import Split, held_out_items, make_split, validation_split

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from recall_engine.config.schema import Config, Plan
+from recall_engine.config import Config, Plan
 from recall_engine.evaluation.metrics import Truth, evaluate, ids_to_matrix
 from recall_engine.evaluation.runner import (
     channel_lists,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from recall_engine.config.schema import Config
+from recall_engine.config import Config
 from recall_engine.observability.logs import get_logger
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.runtime.artifacts import ArtifactStore

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from recall_engine.config.schema import default_config
+from recall_engine.config import default_config
 from recall_engine.observability.logs import get_logger
 
 log = get_logger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from recall_engine._proto import admin_pb2 as _pb
 from recall_engine._proto import admin_pb2_grpc as _pb_grpc
-from recall_engine.config.schema import Config, ConfigError
+from recall_engine.config import Config, ConfigError
 from recall_engine.observability.logs import get_logger
 from recall_engine.sdk.types import ItemRecord
 from recall_engine.serving.engine import Engine

@@ -17,7 +17,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from recall_engine.config.schema import ChannelConfig, Config
+from recall_engine.config import ChannelConfig, Config
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.catalog import Catalog

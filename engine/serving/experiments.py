@@ -15,7 +15,7 @@ import math
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from recall_engine.config.schema import Config, Experiment, Plan
+from recall_engine.config import Config, Experiment, Plan
 
 __all__ = ["BUCKETS", "DEFAULT_VARIANT", "Assigner", "Assignment", "bucket"]
 

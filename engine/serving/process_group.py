@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from recall_engine.config.schema import Config
+from recall_engine.config import Config
 from recall_engine.runtime.shared_log import SharedLog
 from recall_engine.serving.engine import Engine
 

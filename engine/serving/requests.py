@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from recall_engine._proto import recall_pb2 as _pb
-from recall_engine.config.schema import ServerConfig
+from recall_engine.config import ServerConfig
 from recall_engine.sdk.types import Query
 from recall_engine.serving.errors import FailedPrecondition, InvalidArgument
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recall_engine.config.schema import Config, ServerConfig, TLSConfig
+from recall_engine.config import Config, ServerConfig, TLSConfig
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.admin import AdminServicer
