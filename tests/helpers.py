@@ -17,11 +17,16 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 30.0, *, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    *,
+    interval: float = 0.02,
+    what: str | Callable[[], str] = "",
 ) -> T:
     """Call ``predicate`` until it returns something truthy and return that; fail with
-    ``what`` (and the last value) when ``timeout`` seconds pass first. The wait between
-    calls grows from ``interval`` to 0.25 s, so a fast state costs a few milliseconds."""
+    ``what`` (a string, or a function called then, e.g. to show the log so far) when
+    ``timeout`` seconds pass first. The wait between calls grows from ``interval`` to
+    0.25 s, so a state that comes quickly costs a few milliseconds."""
     deadline = time.monotonic() + timeout
     pause = interval
     while True:
@@ -29,7 +34,8 @@ def wait_until(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {said or predicate}")
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, 0.25)
 
@@ -146,3 +152,39 @@ def serve_without_torch(channel: Any, history: tuple[str, ...] = (), text: str =
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reserve_consecutive_ports(count: int, host: str = "127.0.0.1") -> tuple[int, list]:
+    """``count`` consecutive ports, each held by a bound, never-listening socket with
+    ``SO_REUSEPORT`` (what ``serve --processes`` does for a port-0 address): a server
+    that sets ``SO_REUSEPORT`` (ours does) binds them too, nothing else gets them, and
+    there is no gap between a check and a bind. For ``server.worker_port_base``, which
+    is a fixed base by design. Close the sockets when the server is gone."""
+    import socket
+
+    for _ in range(50):
+        held: list[socket.socket] = []
+        try:
+            for i in range(count):
+                port = held[0].getsockname()[1] + i if i else 0
+                if port:  # a plain bind fails when anyone, SO_REUSEPORT or not, has it
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                        probe.bind((host, port))
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((host, port))
+            return held[0].getsockname()[1], held
+        except OSError:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def require(*modules: str, extra: str) -> None:
+    """Skip the calling test (or fixture) unless every module imports, naming the extra
+    that installs them: ``require("torch", extra="train")``."""
+    import pytest
+
+    for name in modules:
+        pytest.importorskip(name, reason=f"needs {name}, from the [{extra}] extra")

@@ -18,14 +18,21 @@ from recall_engine.plugins.cf.item2item import DENSE_MAX_ITEMS, NeighbourTable
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.channel import ChannelContext, Query
 from recall_engine.sdk.testing import ChannelContract
-from tests.helpers import ROOT, build_and_load
+from tests.helpers import ROOT, build_and_load, require
 
 # Small and quick: the demo has 400 items and ~14k interactions.
 FAST = {"epochs": 3, "dim": 32, "sequence_length": 20, "batch_size": 256}
 
 
+def require_build(**params) -> None:
+    """Building cf needs scipy (item-to-item) and, for the two-tower mode, PyTorch: the
+    [train] extra. Serving needs neither (test_serving_never_imports_torch)."""
+    require("scipy", *(["torch"] if params.get("two_tower", True) else []), extra="train")
+
+
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory, demo_small):
+    require_build(**FAST)
     ch = build_and_load(tmp_path_factory.mktemp("cf"), demo_small, "cf", params=FAST)
     yield ch
     ch.close()
@@ -37,6 +44,7 @@ def built(tmp_path_factory, demo_small):
     cache = {}
 
     def get(**params):
+        require_build(**params)
         key = json.dumps(params, sort_keys=True)
         if key not in cache:
             cache[key] = build_and_load(

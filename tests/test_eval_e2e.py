@@ -13,6 +13,16 @@ import pytest
 from recall_engine.cli.main import main
 from recall_engine.config.schema import load_config, parse_config
 from recall_engine.offline.data.demo import write_demo
+from tests.helpers import require
+
+# `eval` and `tune-weights` run the reference baselines: the [eval] extra.
+pytestmark = pytest.mark.usefixtures("eval_extra")
+
+
+@pytest.fixture(scope="module")
+def eval_extra() -> None:
+    require("scipy", "implicit", "matplotlib", extra="eval")
+
 
 # Two real (fast) channels, an optional one that fails to load, and an experiment.
 CONFIG = """\

@@ -6,10 +6,18 @@ import math
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from recall_engine.evaluation.baselines import ALS, EASE, ItemKNN, Popularity, top_k, tune_ease
-from recall_engine.evaluation.metrics import (
+sp = pytest.importorskip("scipy.sparse", reason="the baselines need the [eval] extra (scipy)")
+
+from recall_engine.evaluation.baselines import (  # noqa: E402
+    ALS,
+    EASE,
+    ItemKNN,
+    Popularity,
+    top_k,
+    tune_ease,
+)
+from recall_engine.evaluation.metrics import (  # noqa: E402
     Truth,
     evaluate,
     hits_matrix,
@@ -122,6 +130,8 @@ def test_popularity_ranks_by_distinct_users_and_skips_seen_items():
     [ItemKNN(), ItemKNN(neighbours=2), EASE(lam=1.0), ALS(factors=4, iterations=10, threads=1)],
 )
 def test_models_recommend_the_missing_cluster_item_first(model):
+    if isinstance(model, ALS):
+        pytest.importorskip("implicit", reason="ALS needs the [eval] extra (implicit)")
     recs = model.fit(X).recommend(X[4:5], 2)
     assert recs[0, 0] == 2
     assert not set(recs[0].tolist()) & {0, 1}

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.harness import catalog_of, two_popular_versions
+from tests.helpers import reserve_consecutive_ports, wait_until
 
 CONFIG = """
 [server]
@@ -110,17 +110,19 @@ def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, 
 
         write_config(config_path, wa=0.0, sleep=1.5)
         server.proc.send_signal(signal.SIGHUP)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            got = list(stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids)
-            if got == ["i9"]:
-                break
-            time.sleep(0.2)
-        assert got == ["i9"], server.events
+        wait_until(
+            lambda: stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i9"],
+            20,
+            what=lambda: f"the reloaded weights: {server.events}",
+        )
 
         # an in-flight call (channel b sleeps 1.5 s) must finish after SIGTERM
         future = stub.Recall.future(recall_pb2.RecallRequest(user_id="u", k=2))
-        time.sleep(0.4)
+        wait_until(
+            lambda: _metric(server.metrics_port, 'recall_channel_in_flight{channel="b"}') >= 1,
+            10,
+            what="the call to reach channel b",
+        )
         server.proc.send_signal(signal.SIGTERM)
         resp = future.result(timeout=15)
         assert list(resp.item_ids) == ["i9", "i8"]
@@ -145,31 +147,17 @@ def test_invalid_config_exits_nonzero_naming_the_key(tmp_path):
     assert any("channels.a.timeout_ms" in e.get("error", "") for e in err), proc.stderr
 
 
-def _free_port_pair() -> int:
-    """A port P with P and P + 1 both free on 127.0.0.1 right now."""
-    import socket
-
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
+def _metric(metrics_port: int, series: str) -> float:
+    """The value of ``series`` (name and labels, as exposed) on a /metrics page, 0 if absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    return 0.0
 
 
 def _recall_ok(metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith('recall_requests_total{method="Recall",status="OK"}'):
-                return float(line.split()[-1])
-    return 0.0
+    return _metric(metrics_port, 'recall_requests_total{method="Recall",status="OK"}')
 
 
 FIXED_CHANNEL = """
@@ -181,20 +169,24 @@ params = { items = ["i1", "i2", "i3"] }
 
 class Processes:
     """``serve --processes 2`` with ``worker_port_base``; by default the fixed channel
-    over a catalogue of i1-i9 (other ``channels`` bring their own artifacts)."""
+    over a catalogue of i1-i9 (other ``channels`` bring their own artifacts).
+
+    The shared port and each process's /metrics port are port 0, read back from the
+    log (``processes_started``, ``metrics_listening``). ``worker_port_base`` is a fixed
+    base by design (process i listens on base + i), so the test reserves two
+    consecutive ports and holds them until the server is gone."""
 
     def __init__(
         self, tmp_path: Path, fake_plugins: Path, extra: str = "", channels: str = FIXED_CHANNEL
     ) -> None:
         if channels == FIXED_CHANNEL:
             catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
-        self.shared, self.workers = _free_port_pair(), _free_port_pair()
-        self.metrics = _free_port_pair()
+        self.workers, self._held = reserve_consecutive_ports(2)
         config = tmp_path / "recall.toml"
         config.write_text(f"""
 [server]
-addr = "127.0.0.1:{self.shared}"
-metrics_addr = "127.0.0.1:{self.metrics}"
+addr = "127.0.0.1:0"
+metrics_addr = "127.0.0.1:0"
 worker_port_base = {self.workers}
 {extra}
 {channels}""")
@@ -217,12 +209,25 @@ worker_port_base = {self.workers}
         )
         self.events: list[str] = []
         threading.Thread(target=lambda: self.events.extend(self.proc.stderr), daemon=True).start()
-        deadline = time.time() + 90
-        while sum('"event": "serving"' in e for e in self.events) < 2:
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise AssertionError("".join(self.events))
-            time.sleep(0.2)
+        try:
+            wait_until(
+                lambda: (
+                    self.proc.poll() is not None
+                    or (len(self.named("serving")) == 2 and self.named("processes_started"))
+                ),
+                90,
+                what=lambda: f"two serving processes: {''.join(self.events)}",
+            )
+            assert self.proc.poll() is None, "".join(self.events)
+        except AssertionError:
+            self.stop()
+            raise AssertionError("".join(self.events)) from None
+        self.started = self.named("processes_started")[0]
+        self.shared = int(self.started["addr"].rpartition(":")[2])
+        self.metrics = sorted(e["port"] for e in self.named("metrics_listening"))
+
+    def named(self, event: str) -> list[dict]:
+        return [json.loads(e) for e in list(self.events) if f'"event": "{event}"' in e]
 
     def recall(self, port: int, k: int = 3) -> list[str]:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -237,6 +242,8 @@ worker_port_base = {self.workers}
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        for sock in self._held:
+            sock.close()
 
 
 def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly(
@@ -249,11 +256,12 @@ def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly
     server = Processes(tmp_path, fake_plugins)
     workers, metrics = server.workers, server.metrics
     try:
-        started = next(json.loads(e) for e in server.events if '"processes_started"' in e)
+        started = server.started
         assert started["worker_addrs"] == [f"127.0.0.1:{workers}", f"127.0.0.1:{workers + 1}"]
+        assert len(metrics) == 2
         for port in (server.shared, workers, workers + 1):
             assert server.recall(port, k=2) == ["i1", "i2"]
-        before = [_recall_ok(metrics), _recall_ok(metrics + 1)]
+        before = [_recall_ok(port) for port in metrics]
         out = tmp_path / "load.json"
         load = subprocess.run(
             [
@@ -285,7 +293,7 @@ def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly
         assert load.returncode == 0, load.stderr
         summary = json.loads(out.read_text())
         assert summary["ok"] > 50 and not summary["errors"]
-        calls = [_recall_ok(metrics) - before[0], _recall_ok(metrics + 1) - before[1]]
+        calls = [_recall_ok(port) - was for port, was in zip(metrics, before, strict=True)]
         # Each of the 4 client channels alternates between the two processes; a channel
         # sends its first calls to whichever connection is ready first, hence the 1 %.
         # (Four connections hashed onto two processes split 2:2, 3:1 or 4:0.)
@@ -309,10 +317,11 @@ def test_an_admin_delete_sent_to_one_process_reaches_the_other(tmp_path, fake_pl
                 timeout=10,
             )
         assert resp.deleted["a"] == 0 and server.recall(first) == ["i2", "i3"]
-        deadline = time.time() + 10
-        while server.recall(second) != ["i2", "i3"]:
-            assert time.time() < deadline, "the second process never applied the delete"
-            time.sleep(0.1)
+        wait_until(
+            lambda: server.recall(second) == ["i2", "i3"],
+            10,
+            what="the second process to apply the delete",
+        )
         assert any('"catalog_synced"' in e for e in server.events)
     finally:
         server.stop()
@@ -343,14 +352,14 @@ def test_admin_reloads_sent_to_one_process_reach_the_other(tmp_path, fake_plugin
         return admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 
     def eventually(port: int, want: tuple[dict[str, str], int]) -> None:
-        deadline = time.time() + 30
-        while listing(port) != want:
-            assert time.time() < deadline, (listing(port), want, "".join(server.events))
-            time.sleep(0.1)
+        wait_until(
+            lambda: listing(port) == want,
+            30,
+            what=lambda: f"{want} on port {port}: {''.join(server.events)}",
+        )
 
     try:
-        started = next(json.loads(e) for e in server.events if '"processes_started"' in e)
-        group_dir = Path(started["group_dir"])
+        group_dir = Path(server.started["group_dir"])
         assert group_dir.is_dir()
         assert listing(one) == listing(two) == ({"popular": first}, 1)
         resp = admin(one).Reload(
