@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Gt
 
 from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
 
@@ -72,3 +75,37 @@ class NotAChannel:
 
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
+
+
+@dataclass(slots=True, frozen=True)
+class TypedParams:
+    items: tuple[str, ...] = ()
+    boost: Annotated[float, Gt(0)] = 1.0
+
+
+class TypedChannel(FixedChannel):
+    """A third-party plugin that declares its params: reports what it was handed."""
+
+    Params = TypedParams
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.typed = ctx.params_as(TypedParams)
+        self.handed = ctx.typed_params  # what the engine checked at start-up
+
+    def info(self) -> ChannelInfo:
+        return ChannelInfo(
+            version="typed-1",
+            item_count=len(self.typed.items),
+            details={"boost": str(self.typed.boost), "handed": type(self.handed).__name__},
+        )
+
+
+class Opaque:
+    """Neither a dataclass nor a model: nothing says what its table may hold."""
+
+
+class UncheckableParamsChannel(FixedChannel):
+    """Declares a Params the schema library cannot check a table against."""
+
+    Params = Opaque

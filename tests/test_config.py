@@ -393,6 +393,22 @@ def test_invalid_config_error_starts_with_key_path(tmp_path, text, expected):
     assert _error(tmp_path, text).startswith(expected)
 
 
+def test_every_problem_in_the_file_is_reported_at_once(tmp_path):
+    text = "[server]\nworkers = 0\ngrace_s = 'x'\nworkrs = 3\n" + CHANNELS
+    msg = _error(tmp_path, text)
+    assert msg.startswith("server.workers: must be a positive integer, got 0; ")
+    assert "server.grace_s: must be finite and >= 0, got 'x'" in msg
+    assert "server.workrs: unknown key (known: addr, metrics_addr, workers, " in msg
+
+
+def test_fusion_params_check_is_not_fooled_by_equal_values_of_another_type():
+    from recall_engine.serving.fusion import validate_params
+
+    assert validate_params("rrf", {"rrf_k": 1}) == {"rrf_k": 1.0}
+    with pytest.raises(ValueError, match=r"^fusion_params\.rrf_k: must be a positive number"):
+        validate_params("rrf", {"rrf_k": True})  # True == 1, but not an rrf_k
+
+
 def test_params_table_accepts_any_keys(tmp_path):
     cfg = _load(tmp_path, CHANNELS + "[channels.cf.params]\nanything = { nested = 1 }\n")
     assert cfg.channels["cf"].params["anything"]["nested"] == 1

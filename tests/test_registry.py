@@ -219,3 +219,63 @@ def test_blocking_a_duplicated_name_in_the_config_lets_startup_proceed(tmp_path,
 def test_resolving_a_blocked_plugin_says_it_is_blocked():
     with pytest.raises(PluginError, match='plugin "popular": blocked by the config'):
         resolve(discover(blocked=["popular"]), "popular")
+
+
+# -- plugins of other distributions that declare Params ------------------------------------
+
+
+@pytest.fixture()
+def typed_plugins(fake_plugins):
+    """A distribution registering plugins that declare their Params."""
+    site = fake_plugins.parent / "typed_site"
+    info = site / "recall_engine_typed_plugins-0.0.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: recall_engine_typed_plugins\nVersion: 0.0.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[recall_engine.channels]\n"
+        "typed = tests_fake_plugins:TypedChannel\n"
+        "uncheckable = tests_fake_plugins:UncheckableParamsChannel\n"
+    )
+    sys.path.insert(0, str(site))
+    yield
+    sys.path.remove(str(site))
+
+
+def test_engine_hands_the_channel_its_checked_params(tmp_path, typed_plugins):
+    config = make_config(
+        {"channels": {"t": {"plugin": "typed", "params": {"items": ["a"], "boost": 2}}}},
+        tmp_path,
+    )
+    engine = Engine(config, catalog=catalog_of(["a"]))
+    engine.load()
+    try:
+        [(_, info)] = engine.channel_infos()
+        assert info.details == {"boost": "2.0", "handed": "TypedParams"}
+    finally:
+        engine.close()
+
+
+def test_third_party_param_typo_names_the_key_path(tmp_path, typed_plugins):
+    config = make_config({"channels": {"t": {"plugin": "typed", "params": {"bost": 2}}}}, tmp_path)
+    with pytest.raises(ConfigError) as e:
+        Engine(config, catalog=catalog_of(["a"])).load()
+    assert str(e.value) == "channels.t.params.bost: unknown key (known: items, boost)"
+
+
+def test_params_class_that_cannot_be_checked_is_rejected_at_registration(typed_plugins):
+    with pytest.raises(
+        PluginError, match=r'plugin "uncheckable" .*Params Opaque cannot be checked'
+    ):
+        load_factory(discover()["uncheckable"])
+
+
+def test_build_checks_every_channels_params_before_writing_anything(tmp_path):
+    from recall_engine.offline.build import build_all
+
+    config = make_config({"channels": {"cf": {"params": {"epocs": 3}}}}, tmp_path)
+    out = tmp_path / "artifacts"
+    with pytest.raises(ConfigError, match=r"^channels\.cf\.params\.epocs: unknown key"):
+        build_all(None, [], out, config)  # type: ignore[arg-type]
+    assert not out.exists()
