@@ -220,7 +220,7 @@ class Catalog:
         """Remove ``item_ids`` (logged first, like :meth:`upsert`); returns how many
         were present."""
         with self._lock:
-            present = [i for i in item_ids if i in self._items]
+            present = list(dict.fromkeys(i for i in item_ids if i in self._items))
             if log:
                 self._append([{"op": "delete", "item_id": i} for i in present])
             new = dict(self._items)
@@ -238,7 +238,8 @@ class Catalog:
     def log_deletes(self, item_ids: Sequence[str]) -> None:
         """Write the delete of those of ``item_ids`` that are present to the log."""
         with self._lock:
-            self._append([{"op": "delete", "item_id": i} for i in item_ids if i in self._items])
+            present = dict.fromkeys(i for i in item_ids if i in self._items)
+            self._append([{"op": "delete", "item_id": i} for i in present])
 
     def _append(self, rows: list[dict]) -> None:
         if self._folder is None or not rows:
@@ -251,19 +252,21 @@ class Catalog:
             except LogClosed:
                 self._write_gen += 1
             except FileNotFoundError:  # never created, or deleted by a compaction
-                if not snapshot_file(self._folder, self._write_gen + 1).exists():
-                    _create_log(log_file(self._folder, self._write_gen))
+                newest = _newest_snapshot(self._folder)
+                if newest > self._write_gen:
+                    self._write_gen = newest
                 else:
-                    self._write_gen = max(self._write_gen + 1, _newest_snapshot(self._folder))
+                    _create_log(log_file(self._folder, self._write_gen))
         raise RuntimeError(f"{self._folder}: no open update log found")
 
     def _log(self, generation: int) -> SharedLog:
         found = self._logs.get(generation)
         if found is None:
             assert self._folder is not None
+            folder = self._folder
             found = SharedLog(
-                log_file(self._folder, generation),
-                closed_by=snapshot_file(self._folder, generation + 1),
+                log_file(folder, generation),
+                closed=lambda: _newest_snapshot(folder) > generation,
                 create=False,
             )
             self._logs[generation] = found
@@ -285,8 +288,8 @@ class Catalog:
         assert self._folder is not None
         ops: list[Op] = []
         while True:
-            # checked before reading: once the successor exists, nothing more is added
-            closed = snapshot_file(self._folder, self._gen + 1).exists()
+            # checked before reading: once a successor exists, nothing more is added
+            closed = _newest_snapshot(self._folder) > self._gen
             try:
                 rows = self._log(self._gen).read_new()
             except FileNotFoundError:
@@ -429,7 +432,7 @@ class Catalog:
                 if current.path.exists():
                     current.recover()
                 ops = catalog._follow(resync=False)
-            except FileNotFoundError:
+            except (FileNotFoundError, LogClosed):  # a compaction moved on meanwhile
                 continue
             for op, what in ops:
                 if op == "delete":
@@ -492,10 +495,11 @@ def _create_log(path: Path) -> None:
 
 def _remove_generations_before(folder: Path, keep_from: int) -> None:
     """Delete snapshots and logs older than ``keep_from`` (one generation back is kept
-    for followers that have not read all of it yet)."""
-    for path in _generation_files(folder):
-        if _generation(path) < keep_from:
-            path.unlink(missing_ok=True)
+    for followers that have not read all of it yet). Logs go first: a snapshot newer
+    than a log is what tells a writer holding that log that it is closed."""
+    old = [p for p in _generation_files(folder) if _generation(p) < keep_from]
+    for path in sorted(old, key=lambda p: (_SNAPSHOT.match(p.name) is not None, p.name)):
+        path.unlink(missing_ok=True)
 
 
 def online_updates(folder: Path) -> Path | None:

@@ -43,7 +43,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,14 +162,18 @@ def _next_frame(view: memoryview, data: bytes, start: int) -> int:
 class SharedLog:
     """One log file, appended to and followed by this process.
 
-    ``closed_by``: a path whose existence means a compaction closed this log (appends
-    then raise :class:`LogClosed`, checked under the exclusive lock). ``create``: whether
-    an append may create the file (a compacted log must not come back by accident).
+    ``closed``: says whether a compaction closed this log (appends then raise
+    :class:`LogClosed`; asked under the exclusive lock, after which nobody can close it
+    until the lock is released). A log whose file was deleted is closed too. ``create``:
+    whether an append may create the file (a compacted log must not come back by
+    accident).
     """
 
-    def __init__(self, path: Path, *, closed_by: Path | None = None, create: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, closed: Callable[[], bool] | None = None, create: bool = True
+    ) -> None:
         self.path = path
-        self.closed_by = closed_by
+        self.closed = closed
         self.create = create
         self.offset = 0  # bytes of the file that this process has applied
         self.records = 0  # rows this process applied from this file (compaction trigger)
@@ -219,8 +223,10 @@ class SharedLog:
         fd = os.open(self.path, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released when the fd closes
-            if self.closed_by is not None and self.closed_by.exists():
-                raise LogClosed(f"{self.path}: closed by {self.closed_by.name}")
+            # deleted while this process waited for the lock: what is written to it now
+            # would be lost with the inode
+            if os.fstat(fd).st_nlink == 0 or (self.closed is not None and self.closed()):
+                raise LogClosed(f"{self.path}: closed by a compaction")
             yield fd
         finally:
             os.close(fd)
