@@ -612,9 +612,11 @@ def build_catalog(
 def _merge_previous(path: Path, report: dict[str, Any]) -> dict[str, Any]:
     """``--channels`` rebuilt some channels of a catalogue generated with the same size
     and seed: keep what the earlier report says of the others."""
+    from recall_engine.runtime.files import read_json_object
+
     try:
-        previous = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        previous = read_json_object(path)
+    except (FileNotFoundError, ValueError):  # none yet, or not a report: start afresh
         return report
     same = ("items", "users", "interactions", "seed")
     if any(previous.get(key) != report[key] for key in same):

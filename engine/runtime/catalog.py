@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from recall_engine.observability.logs import get_logger
-from recall_engine.runtime.files import atomic_open, atomic_write, parse_json_object
+from recall_engine.runtime.files import atomic_open, atomic_write, fsync_dir, parse_json_object
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
 from recall_engine.sdk.types import ItemRecord, Query
 
@@ -481,7 +481,9 @@ def _read_snapshot(folder: Path, generation: int) -> dict[str, ItemRecord]:
 
 
 def _create_log(path: Path) -> None:
-    """An empty log (its header only), unless one exists."""
+    """An empty log (its header only), unless one exists: created exclusively, never
+    replacing a log someone else just started (a crash mid-header leaves a prefix of the
+    header, which the log treats as empty)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -491,6 +493,7 @@ def _create_log(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _remove_generations_before(folder: Path, keep_from: int) -> None:
@@ -569,6 +572,7 @@ def _logs_hold_updates(folder: Path) -> bool:
 
 def _retire_legacy(legacy: Path) -> None:
     os.replace(legacy, legacy.with_name(LEGACY_UPDATES_FILE + ".migrated"))
+    fsync_dir(legacy.parent)
 
 
 @contextlib.contextmanager
