@@ -204,22 +204,15 @@ def test_a_failed_log_write_leaves_the_catalogue_and_every_channel_untouched(
 
 # -- compaction and the channels' online vectors ----------------------------------------
 def test_restart_after_compaction_reuses_online_vectors_instead_of_encoding(
-    tmp_path, demo_small, capsys
+    tmp_path, content_built, capsys
 ):
-    pytest.importorskip("torch")
-    from recall_engine.offline.build import build_all
     from recall_engine.serving.engine import Engine
 
-    config = make_config(
-        {
-            "artifacts": {"root": str(tmp_path)},
-            "channels": {"content": {"params": {"epochs": 1}}},
-        },
-        tmp_path,
-    )
-    build_all(demo_small.interactions, demo_small.items, tmp_path, config)
+    root = tmp_path / "artifacts"
+    shutil.copytree(content_built, root)
+    config = content_config(root)
     new = [ItemRecord(f"new{n}", f"space rocket {n}", "astronauts", ("space",)) for n in range(30)]
-    engine = Engine(config, catalog=Catalog.load(tmp_path / "catalog", compact_records=30))
+    engine = Engine(config, catalog=Catalog.load(root / "catalog", compact_records=30))
     engine.load()
     try:
         engine.upsert_items(new[:20])
@@ -232,7 +225,7 @@ def test_restart_after_compaction_reuses_online_vectors_instead_of_encoding(
         engine.close()
     capsys.readouterr()
 
-    restarted = Engine(config, catalog=Catalog.load(tmp_path / "catalog"))
+    restarted = Engine(config, catalog=Catalog.load(root / "catalog"))
     restarted.load()
     try:
         out = capsys.readouterr()
@@ -242,6 +235,38 @@ def test_restart_after_compaction_reuses_online_vectors_instead_of_encoding(
         assert "new0" not in index
         for item_id, vector in before.items():
             assert abs(index.vector(item_id) - vector).max() < 1e-6
+    finally:
+        restarted.close()
+
+
+def test_online_vectors_are_saved_every_256_encodings_without_waiting_for_compaction(
+    tmp_path, content_built, capsys
+):
+    """The log is far from its compaction threshold, but a restart must not encode more
+    than SAVE_VECTORS_EVERY items again: the encodings are saved as they pile up."""
+    from recall_engine.serving.catalog_updates import SAVE_VECTORS_EVERY
+    from recall_engine.serving.engine import Engine
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(content_built, root)
+    config = content_config(root)
+    new = [ItemRecord(f"new{n}", f"jazz record {n}", "", ("jazz",)) for n in range(300)]
+    engine = Engine(config, catalog=Catalog.load(root / "catalog"))
+    engine.load()
+    try:
+        for start in range(0, len(new), 50):
+            engine.upsert_items(new[start : start + 50])
+        assert engine.catalog.generation == 0  # no compaction
+    finally:
+        engine.close()
+    capsys.readouterr()
+    restarted = Engine(config, catalog=Catalog.load(root / "catalog"))
+    restarted.load()
+    try:
+        out = capsys.readouterr()
+        done = parse_events(out.out + out.err, "index_reconciled")[-1]
+        assert done["reused"] >= SAVE_VECTORS_EVERY and done["encoded"] < SAVE_VECTORS_EVERY
+        assert done["reused"] + done["encoded"] == len(new)
     finally:
         restarted.close()
 

@@ -251,8 +251,10 @@ class VectorChannel(Channel):
         self._write_lock = threading.Lock()
         self._version = ""
         self._reconciled = {"added": 0, "removed": 0}
-        # metadata digest of every item whose vector was encoded here, not in the bundle
+        # metadata digest of every item whose vector was encoded here, not in the bundle,
+        # and how many of those encodings no saved file holds yet
         self._online: dict[str, int] = {}
+        self._unsaved = 0
 
     # -- hooks for subclasses -----------------------------------------------------------
     @abc.abstractmethod
@@ -419,10 +421,17 @@ class VectorChannel(Channel):
                 self._online.pop(item_id, None)
             return self.index.delete(list(item_ids))
 
+    @property
+    def unsaved_online_vectors(self) -> int:
+        """Items encoded since the last :meth:`save_online_vectors`: what a restart now
+        would have to encode again."""
+        return self._unsaved
+
     def save_online_vectors(self) -> int:
         """Save the vectors encoded while serving beside the catalogue
         (``Catalog.online_vectors_file``), for the next start to reuse. Called by the
-        engine before it compacts the catalogue. Returns how many were saved."""
+        engine before it compacts the catalogue and whenever
+        :attr:`unsaved_online_vectors` passes its bound. Returns how many were saved."""
         path = self.ctx.catalog.online_vectors_file(self.ctx.name, self._version)
         if path is None:
             return 0
@@ -431,6 +440,7 @@ class VectorChannel(Channel):
             vectors, found = self.index.vectors(ids)
             ids = [ids[i] for i in found]
             save_online_vectors(path, ids, [self._online[i] for i in ids], vectors)
+            self._unsaved = 0
         return len(ids)
 
     def _index_items(self, items: Sequence[ItemRecord]) -> int:
@@ -448,6 +458,7 @@ class VectorChannel(Channel):
                 self.index.add(ids, vectors)
                 digests = {it.item_id: item_signature(it) for it in chunk}
                 self._online.update((i, digests[i]) for i in ids)
+                self._unsaved += len(ids)
             added += len(ids)
         return added
 
