@@ -61,7 +61,7 @@ def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
             s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=2), timeout=10)
             for n in range(limit)
         ]
-        wait_until(lambda: s.engine.admission.in_flight == limit)
+        wait_until(lambda: sum(c.calls for c in INSTANCES) == limit)  # both hang in "a"
         calls_before = sum(c.calls for c in INSTANCES)
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as e:
@@ -94,6 +94,41 @@ def test_admission_counts_and_retry_hint_grows_while_clients_come_back_too_early
     assert all(1 <= h <= 5000 for h in hints)
     adm.leave(1, 0.01)
     assert adm.in_flight == 0 and adm.enter(3, at_least=1) == 1  # limit 1: one fits
+
+
+def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keeps_up():
+    adm = Admission(8, target_lag_ms=2.0)
+
+    def next_window() -> None:
+        adm._window_start -= 1  # noqa: SLF001 - close the window without sleeping
+
+    async def main() -> tuple[list[int], list[int]]:
+        adm.watch(asyncio.get_running_loop())
+        shrinking = []
+        for _ in range(4):
+            for _ in range(3):  # the loop blocked 30 ms at a time: it lags far over 2 ms
+                await asyncio.sleep(0.006)
+                time.sleep(0.03)
+            next_window()
+            adm.enter()
+            adm.leave()
+            shrinking.append(adm.limit)
+        await asyncio.sleep(0.4)  # the loop keeps up again: the lag decays
+        growing = []
+        for _ in range(3):
+            admitted = adm.enter(adm.limit)  # the bound is what holds requests back
+            next_window()
+            adm.leave(admitted)
+            adm.enter()  # opens the next window: the bound grows by one
+            adm.leave()
+            growing.append(adm.limit)
+        adm.close()
+        return shrinking, growing
+
+    shrinking, growing = asyncio.run(main())
+    assert shrinking == sorted(shrinking, reverse=True) and shrinking[-1] < 8
+    assert shrinking[-1] >= 1
+    assert growing == [shrinking[-1] + 1, shrinking[-1] + 2, shrinking[-1] + 3]
 
 
 def test_default_limits_are_sized_from_the_machine():

@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "index": "vector index build, search throughput, latency and recall",
     "load": "end-to-end load test against a running server",
     "memory": "resident memory per channel and per million items, each in a fresh process",
+    "overload": "goodput under overload against the peak: OK/s, shed requests, deadlines",
 }
 
 

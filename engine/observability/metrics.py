@@ -63,6 +63,10 @@ CHANNEL_IN_FLIGHT = Gauge(
 REQUESTS_IN_FLIGHT = Gauge(
     "recall_engine_requests_in_flight", "Requests admitted into the engine and not finished"
 )
+ADMISSION_LIMIT = Gauge(
+    "recall_engine_admission_limit",
+    "The bound on requests in flight in force (adapts to the event loop's lag)",
+)
 REQUESTS_SHED = Counter(
     "recall_requests_shed_total",
     "Requests refused with RESOURCE_EXHAUSTED by admission control",

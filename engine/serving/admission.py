@@ -10,6 +10,7 @@ slot frees, instead of hammering the server with requests it will shed again.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import threading
@@ -24,7 +25,7 @@ from recall_engine.serving.errors import Overloaded
 
 log = get_logger(__name__)
 
-__all__ = ["Admission", "OverloadSettings", "machine_in_flight"]
+__all__ = ["Admission", "LoopLag", "OverloadSettings", "machine_in_flight"]
 
 
 def machine_in_flight(cpus: int | None = None) -> int:
@@ -50,8 +51,13 @@ class OverloadSettings:
     ``fallback_max_in_flight`` (0: ``max_in_flight`` plus the channel bound, a reserve
     the other channels cannot use). ``batch_parallelism``: BatchRecall items in flight at
     once per batch (0: a quarter of ``max_in_flight``). ``retry_after_ms_min``/``max``
-    bound the retry hint sent with a shed. ``check_output``: check every channel answer
-    (finite scores, lengths, unique string ids) before fusion.
+    bound the retry hint sent with a shed. ``target_loop_lag_ms``: the serving event
+    loop's lag above which the bound on requests in flight shrinks (None: a fixed bound).
+    ``switch_interval_s``: the interpreter's GIL switch interval set when the engine
+    loads (None: left alone); the default 5 ms lets a channel thread keep the event loop
+    waiting that long at every hand-over, 1 ms keeps the loop, and so shedding, prompt.
+    ``check_output``: check every channel answer (finite scores, lengths, unique string
+    ids) before fusion.
     """
 
     max_in_flight: int = field(default_factory=machine_in_flight)
@@ -61,7 +67,9 @@ class OverloadSettings:
     fallback_max_in_flight: int = 0
     batch_parallelism: int = 0
     retry_after_ms_min: int = 1
-    retry_after_ms_max: int = 1000
+    retry_after_ms_max: int = 5000
+    target_loop_lag_ms: float | None = 2.0
+    switch_interval_s: float | None = 0.001
     check_output: bool = True
 
     def __post_init__(self) -> None:
@@ -79,6 +87,14 @@ class OverloadSettings:
                 raise ValueError(
                     f"channel_limits.{channel}: must be an integer >= 1, got {value!r}"
                 )
+        if self.target_loop_lag_ms is not None and not self.target_loop_lag_ms > 0:
+            raise ValueError(
+                f"target_loop_lag_ms: must be > 0 or None, got {self.target_loop_lag_ms!r}"
+            )
+        if self.switch_interval_s is not None and not self.switch_interval_s > 0:
+            raise ValueError(
+                f"switch_interval_s: must be > 0 or None, got {self.switch_interval_s!r}"
+            )
         if not 1 <= self.retry_after_ms_min <= self.retry_after_ms_max:
             raise ValueError(
                 "retry_after_ms_min/max: need 1 <= min <= max, got "
@@ -100,54 +116,127 @@ class OverloadSettings:
         return max(1, min(items, width))
 
 
+class LoopLag:
+    """How late the event loop runs a timer: the queueing delay every callback on it,
+    a new request's included, is seeing right now (an EWMA over ticks every 5 ms).
+
+    The serving process has one event loop; when it is saturated, a request waits in
+    front of it before any code of ours can even shed it. Its lag is the signal that
+    admission adapts to."""
+
+    INTERVAL_S = 0.005
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lag_s = 0.0
+        self._due = 0.0
+        self._stopped = False
+
+    def start(self) -> None:
+        self._due = self.loop.time() + self.INTERVAL_S
+        self.loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        self._stopped = True  # the next tick does not come back (any thread may stop it)
+
+    def _tick(self) -> None:
+        if self._stopped:
+            return
+        now = self.loop.time()
+        self.lag_s += 0.2 * (max(0.0, now - self._due) - self.lag_s)
+        self._due = now + self.INTERVAL_S
+        self.loop.call_at(self._due, self._tick)
+
+
 class Admission:
     """A counter of requests in flight with a bound, thread-safe.
 
     :meth:`enter` admits or raises :class:`Overloaded`; :meth:`leave` records how long the
-    request took, which feeds the retry hint: ``retry_after_ms`` is the mean admitted
-    request time times a factor that grows while more requests are shed than admitted
-    (clients come back too early) and shrinks when few are, clamped to the settings'
-    bounds.
+    request took. The bound adapts (AIMD, every 50 ms) between 1 and ``limit``: down by a
+    quarter while the serving event loop lags more than ``target_lag_ms`` (requests queue
+    in front of it, where no deadline is checked and nothing can be shed), up by one
+    while it keeps up and the bound is what holds requests back. ``retry_after_ms`` is
+    the mean admitted request time times a factor that grows while more requests are
+    shed than admitted or the loop lags (clients come back too early) and shrinks
+    otherwise, clamped to the settings' bounds.
     """
 
-    _WINDOW_S = 0.1
-    _TARGET_SHED_RATIO = 0.5  # sheds per admission the factor steers towards
+    _WINDOW_S = 0.05
+    _TARGET_SHED_RATIO = 0.5  # sheds per admission the retry factor steers towards
 
-    def __init__(self, limit: int, retry_min_ms: int = 1, retry_max_ms: int = 1000) -> None:
-        self.limit = limit
+    def __init__(
+        self,
+        limit: int,
+        retry_min_ms: int = 1,
+        retry_max_ms: int = 5000,
+        *,
+        target_lag_ms: float | None = 2.0,
+    ) -> None:
+        self.max_limit = limit
+        self.limit = limit  # the adaptive bound in force (0: none)
         self.in_flight = 0
         self.shed = 0
         self._lock = threading.Lock()
         self._retry_min, self._retry_max = retry_min_ms, retry_max_ms
+        self._target_lag = None if target_lag_ms is None else target_lag_ms / 1000
+        self._lag: LoopLag | None = None
         self._mean_s = 0.005
         self._factor = 1.0
         self._window_start = time.perf_counter()
         self._window_admits = 0
         self._window_sheds = 0
+        self._window_peak = 0
         self._logged_at = 0.0
         self._logged_shed = 0
         self._shed_counter = metrics.REQUESTS_SHED.labels("max_in_flight")
+
+    @property
+    def loop_lag_ms(self) -> float:
+        return 1000 * self._lag.lag_s if self._lag is not None else 0.0
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Measure ``loop``'s lag: the loop serving requests. Cheap when it is already
+        watched; moves to ``loop`` when the watched one has stopped."""
+        lag = self._lag
+        if (lag is not None and lag.loop is loop) or self._target_lag is None or not self.max_limit:
+            return
+        with self._lock:
+            old = self._lag
+            if old is not None and (old.loop is loop or old.loop.is_running()):
+                return
+            if old is not None:
+                old.stop()
+            self._lag = LoopLag(loop)
+            self._lag.start()
+
+    def close(self) -> None:
+        if self._lag is not None:
+            self._lag.stop()
 
     def enter(self, n: int = 1, *, at_least: int | None = None) -> int:
         """Admit ``n`` requests, or as many as there is room for but ``at_least``; return
         how many were admitted. Raises :class:`Overloaded` when not even ``at_least``
         (default ``n``) fit."""
         want_min = n if at_least is None else at_least
+        now = time.perf_counter()
         with self._lock:
+            if now - self._window_start >= self._WINDOW_S:
+                self._adapt(now)
             room = n if not self.limit else min(n, self.limit - self.in_flight)
             if room >= want_min and room > 0:
                 self.in_flight += room
                 self._window_admits += 1
+                self._window_peak = max(self._window_peak, self.in_flight)
                 metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
                 return room
             self.shed += 1
             self._window_sheds += 1
-            retry = self._retry_after_ms(time.perf_counter())
-            in_flight = self.in_flight
+            retry = self._retry_after_ms()
+            in_flight, limit = self.in_flight, self.limit
         self._shed_counter.inc()
         self._log_shed()
         raise Overloaded(
-            f"overloaded: {in_flight} requests in flight, the limit is {self.limit}; "
+            f"overloaded: {in_flight} requests in flight, the limit is {limit} now; "
             f"retry after {retry} ms",
             retry,
         )
@@ -163,19 +252,33 @@ class Admission:
     @property
     def retry_after_ms(self) -> int:
         with self._lock:
-            return self._retry_after_ms(time.perf_counter())
+            return self._retry_after_ms()
 
-    def _retry_after_ms(self, now: float) -> int:
+    def _adapt(self, now: float) -> None:
+        """Under ``_lock``, once a window: the bound and the retry factor."""
+        lagging = (
+            self._lag is not None
+            and self._target_lag is not None
+            and self._lag.lag_s > self._target_lag
+        )
+        if self.max_limit and self._lag is not None and self._target_lag is not None:
+            if lagging:
+                self.limit = max(1, (self.limit * 3) // 4)
+            elif self._lag.lag_s < self._target_lag / 2 and self._window_peak >= self.limit:
+                self.limit = min(self.max_limit, self.limit + 1)
+            metrics.ADMISSION_LIMIT.set(self.limit)
+        if self._window_sheds:
+            ratio = self._window_sheds / max(self._window_admits, 1)
+            step = math.sqrt(ratio / self._TARGET_SHED_RATIO)
+            self._factor *= min(2.0, max(0.5, step)) * (1.25 if lagging else 1.0)
+        else:
+            self._factor *= 0.5
+        self._factor = min(100_000.0, max(1.0, self._factor))
+        self._window_start, self._window_admits, self._window_sheds = now, 0, 0
+        self._window_peak = self.in_flight
+
+    def _retry_after_ms(self) -> int:
         """Under ``_lock``."""
-        if now - self._window_start >= self._WINDOW_S:
-            if self._window_sheds:
-                ratio = self._window_sheds / max(self._window_admits, 1)
-                step = math.sqrt(ratio / self._TARGET_SHED_RATIO)
-                self._factor *= min(2.0, max(0.5, step))
-            else:
-                self._factor *= 0.5
-            self._factor = min(10_000.0, max(1.0, self._factor))
-            self._window_start, self._window_admits, self._window_sheds = now, 0, 0
         ms = math.ceil(self._mean_s * 1000 * self._factor)
         return int(min(self._retry_max, max(self._retry_min, ms)))
 
@@ -190,5 +293,12 @@ class Admission:
                 return
             shed, self._logged_shed = self.shed - self._logged_shed, self.shed
             self._logged_at = now
-            in_flight = self.in_flight
-        log.warning("load_shed", shed=shed, in_flight=in_flight, limit=self.limit)
+            in_flight, limit = self.in_flight, self.limit
+        log.warning(
+            "load_shed",
+            shed=shed,
+            in_flight=in_flight,
+            limit=limit,
+            max_limit=self.max_limit,
+            loop_lag_ms=round(self.loop_lag_ms, 2),
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -176,6 +177,7 @@ class Engine:
             self.overload.max_in_flight,
             self.overload.retry_after_ms_min,
             self.overload.retry_after_ms_max,
+            target_lag_ms=self.overload.target_loop_lag_ms,
         )
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
@@ -191,7 +193,10 @@ class Engine:
 
     def load(self) -> None:
         """Load and warm every enabled channel. Raises :class:`PluginError` when a
-        required channel fails; optional failures are logged and skipped."""
+        required channel fails; optional failures are logged and skipped. Sets the GIL
+        switch interval of the settings (see :class:`OverloadSettings`)."""
+        if self.overload.switch_interval_s is not None:
+            sys.setswitchinterval(self.overload.switch_interval_s)
         with self._admin_lock:
             slots, failed = self._load_channels(self._config, self._config.channels.keys(), {})
             self._state = _State(self._config, Assigner(self._config), slots, 1, failed)
@@ -201,6 +206,7 @@ class Engine:
         """Stop serving; each channel is closed once its in-flight calls returned.
         Idempotent."""
         state, self._state = self._state, None
+        self.admission.close()
         if state:
             for slot in state.slots.values():
                 slot.retire()
@@ -379,16 +385,37 @@ class Engine:
 
     # -- serving ---------------------------------------------------------------
     @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Admit one request, or raise :class:`Overloaded` at once: what a servicer calls
+        first, before it parses anything, so that a shed request costs next to nothing.
+        Pass ``admitted=True`` to :meth:`recall` inside."""
+        self._watch_loop()
+        self.admission.enter()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.admission.leave(1, time.perf_counter() - t0)
+
+    @contextlib.contextmanager
     def admitted(self, items: int) -> Iterator[int]:
         """Admit a BatchRecall of ``items`` requests as one: yields how many of its
         items may run at once (at least 1, at most the settings' batch width, as many as
         there is room for); pass ``admitted=True`` to :meth:`recall` for each item.
         Raises :class:`Overloaded` when there is no room at all."""
+        self._watch_loop()
         width = self.admission.enter(self.overload.batch_width(items), at_least=1)
         try:
             yield width
         finally:
             self.admission.leave(width)
+
+    def _watch_loop(self) -> None:
+        """Admission adapts to the lag of the loop serving requests (when there is one)."""
+        try:
+            self.admission.watch(asyncio.get_running_loop())
+        except RuntimeError:  # no running loop: nothing to watch
+            pass
 
     async def recall(
         self, inp: RecallInput, timeout_s: float | None = None, *, admitted: bool = False
@@ -409,12 +436,8 @@ class Engine:
             raise DeadlineExceeded("the deadline passed before the request started")
         if admitted:
             return await self._recall(state, inp, budget)
-        self.admission.enter()
-        t0 = time.perf_counter()
-        try:
+        with self.admit():
             return await self._recall(state, inp, budget)
-        finally:
-            self.admission.leave(1, time.perf_counter() - t0)
 
     async def _recall(self, state: _State, inp: RecallInput, budget: float) -> RecallOutput:
         t_end = time.perf_counter() + budget

@@ -97,7 +97,8 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await self._recall_one(request, context.time_remaining)
+            with self.engine.admit():  # shed before anything is parsed
+                return await self._recall_one(request, context.time_remaining, admitted=True)
         except Exception as e:  # noqa: BLE001 - mapped to a status in one place
             code, message = status_of(e)
             _log_failure(e, code)
