@@ -1,0 +1,51 @@
+"""Smoke test of ``recall-engine bench overload``: it serves a built artifacts folder
+with ``serve`` in a child process and reports every point. No timing assertions: the
+targets belong to the benchmark's own report (timed targets are not tests)."""
+
+from __future__ import annotations
+
+import json
+
+from recall_engine.cli.main import main
+from recall_engine.config import default_config
+from recall_engine.offline.build import build_all
+
+
+def test_bench_overload_reports_goodput_sheds_and_deadlines_per_point(tmp_path, demo_small):
+    artifacts = tmp_path / "artifacts"
+    build_all(
+        demo_small.interactions,
+        demo_small.items,
+        artifacts,
+        default_config(artifacts.resolve()),
+        channels=["popular"],  # the optional channels are skipped at load: fast enough
+    )
+    out = tmp_path / "overload.json"
+    code = main(
+        [
+            "bench",
+            "overload",
+            "--artifacts",
+            str(artifacts),
+            "--concurrency",
+            "1,4",
+            "--traffic",
+            "history,text",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    points = {(p["traffic"], p["concurrency"]): p for p in report["points"]}
+    assert set(points) == {("history", 1), ("history", 4), ("text", 1), ("text", 4)}
+    for p in points.values():
+        assert p["ok"] > 0 and not p["other"], p
+        assert {"shed", "shed_ms", "deadline_exceeded", "share_of_peak"} <= set(p)
+    assert max(p["share_of_peak"] for p in points.values() if p["traffic"] == "text") == 1.0
+    assert report["settings"]["max_in_flight"] >= 4
+    assert report["settings"]["fallback"] == "popular"
