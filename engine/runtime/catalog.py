@@ -434,14 +434,23 @@ class Catalog:
                 ops = catalog._follow(resync=False)
             except (FileNotFoundError, LogClosed):  # a compaction moved on meanwhile
                 continue
-            for op, what in ops:
-                if op == "delete":
-                    items.pop(what, None)  # type: ignore[arg-type]
-                else:
-                    items[what.item_id] = what  # type: ignore[union-attr]
+            _apply(items, ops)
             catalog._items = items
             return catalog
         raise RuntimeError(f"{folder}: the catalogue kept changing while being read")
+
+
+def _apply(items: dict[str, ItemRecord], ops: Iterable[Op]) -> int:
+    """Apply ``ops`` to ``items`` in order (an upsert carries its record, a delete its
+    id); returns how many there were."""
+    count = 0
+    for _, what in ops:
+        if isinstance(what, ItemRecord):
+            items[what.item_id] = what
+        else:
+            items.pop(what, None)
+        count += 1
+    return count
 
 
 def _op(row: dict, where: str) -> Op:
@@ -551,13 +560,7 @@ def _migrate_legacy(folder: Path) -> None:
                 f"generations ({newest}); move one of them away"
             )
         items = _read_snapshot(folder, 0)
-        applied = 0
-        for op, what in _legacy_ops(fh.read(), legacy):
-            applied += 1
-            if op == "delete":
-                items.pop(what, None)  # type: ignore[arg-type]
-            else:
-                items[what.item_id] = what  # type: ignore[union-attr]
+        applied = _apply(items, _legacy_ops(fh.read(), legacy))
         _create_log(log_file(folder, 1))
         Catalog(items.values())._write_snapshot(snapshot_file(folder, 1))
         _retire_legacy(legacy)
