@@ -50,72 +50,57 @@ replayed onto ``items.jsonl`` into snapshot 1, then renamed ``updates.jsonl.migr
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
-import re
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from recall_engine.observability.logs import get_logger
-from recall_engine.runtime.files import atomic_open, atomic_write, fsync_dir, parse_json_object
+from recall_engine.runtime.catalog_files import (
+    ITEMS_FILE,
+    LEGACY_UPDATES_FILE,
+    VECTORS_DIR,
+    CatalogInUse,
+    Op,
+    apply_ops,
+    create_log,
+    generation_files,
+    log_file,
+    migrate_legacy,
+    newest_snapshot,
+    online_updates,
+    parse_op,
+    read_snapshot,
+    record_to_json,
+    remove_generations_before,
+    snapshot_file,
+    write_snapshot,
+)
+from recall_engine.runtime.files import atomic_write
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
 from recall_engine.sdk.types import ItemRecord, Query
 
+__all__ = [
+    "COMPACT_BYTES",
+    "COMPACT_RECORDS",
+    "ITEMS_FILE",
+    "LEGACY_UPDATES_FILE",
+    "Catalog",
+    "CatalogInUse",
+    "log_file",
+    "online_updates",
+    "snapshot_file",
+]
+
 log = get_logger(__name__)
 
-ITEMS_FILE = "items.jsonl"
-LEGACY_UPDATES_FILE = "updates.jsonl"
-VECTORS_DIR = "vectors"
+log = get_logger(__name__)
+
 #: Compact once the current log holds this many rows (upserted or deleted items) ...
 COMPACT_RECORDS = 50_000
 #: ... or this many bytes. Replaying 50,000 rows takes well under a second.
 COMPACT_BYTES = 64 << 20
-_SNAPSHOT = re.compile(r"^items(?:\.(\d+))?\.jsonl$")
-_LOG = re.compile(r"^updates\.(\d+)\.log$")
-
-
-class CatalogInUse(RuntimeError):
-    """The folder holds a live catalogue's online updates, which a new build there would
-    throw away. The message names the file."""
-
-
-def snapshot_file(folder: Path, generation: int) -> Path:
-    return folder / (ITEMS_FILE if generation == 0 else f"items.{generation}.jsonl")
-
-
-def log_file(folder: Path, generation: int) -> Path:
-    return folder / f"updates.{generation}.log"
-
-
-def _record(obj: dict, where: str) -> ItemRecord:
-    try:
-        item_id = sys.intern(str(obj["item_id"]))
-    except KeyError:
-        raise ValueError(f"{where}: missing item_id") from None
-    cats = obj.get("categories") or ()
-    if isinstance(cats, str):
-        cats = [c for c in cats.split("|") if c]
-    return ItemRecord(
-        item_id, str(obj.get("title", "")), str(obj.get("text", "")), tuple(str(c) for c in cats)
-    )
-
-
-def _to_json(item: ItemRecord) -> dict:
-    return {
-        "item_id": item.item_id,
-        "title": item.title,
-        "text": item.text,
-        "categories": list(item.categories),
-    }
-
-
-Op = tuple[str, "ItemRecord | str"]
 
 
 class Catalog:
@@ -139,7 +124,7 @@ class Catalog:
         self.compact_bytes = compact_bytes
         # the generation whose log this process reads, and the one it appends to (a
         # later one when a compaction closed the first before this process read it all)
-        self._gen = self._write_gen = _newest_snapshot(folder) if folder is not None else 0
+        self._gen = self._write_gen = newest_snapshot(folder) if folder is not None else 0
         self._logs: dict[int, SharedLog] = {}
 
     @property
@@ -210,7 +195,7 @@ class Catalog:
         log (another process's record, or :meth:`log_upserts` called first)."""
         with self._lock:
             if log:
-                self._append([{"op": "upsert", **_to_json(it)} for it in items])
+                self._append([{"op": "upsert", **record_to_json(it)} for it in items])
             new = dict(self._items)
             new.update((it.item_id, it) for it in items)
             self._items = new
@@ -233,7 +218,7 @@ class Catalog:
         """Write the upsert of ``items`` to the update log, changing nothing in memory
         (the engine logs first, then applies to the catalogue and every channel)."""
         with self._lock:
-            self._append([{"op": "upsert", **_to_json(it)} for it in items])
+            self._append([{"op": "upsert", **record_to_json(it)} for it in items])
 
     def log_deletes(self, item_ids: Sequence[str]) -> None:
         """Write the delete of those of ``item_ids`` that are present to the log."""
@@ -252,11 +237,11 @@ class Catalog:
             except LogClosed:
                 self._write_gen += 1
             except FileNotFoundError:  # never created, or deleted by a compaction
-                newest = _newest_snapshot(self._folder)
+                newest = newest_snapshot(self._folder)
                 if newest > self._write_gen:
                     self._write_gen = newest
                 else:
-                    _create_log(log_file(self._folder, self._write_gen))
+                    create_log(log_file(self._folder, self._write_gen))
         raise RuntimeError(f"{self._folder}: no open update log found")
 
     def _log(self, generation: int) -> SharedLog:
@@ -266,7 +251,7 @@ class Catalog:
             folder = self._folder
             found = SharedLog(
                 log_file(folder, generation),
-                closed=lambda: _newest_snapshot(folder) > generation,
+                closed=lambda: newest_snapshot(folder) > generation,
                 create=False,
             )
             self._logs[generation] = found
@@ -289,7 +274,7 @@ class Catalog:
         ops: list[Op] = []
         while True:
             # checked before reading: once a successor exists, nothing more is added
-            closed = _newest_snapshot(self._folder) > self._gen
+            closed = newest_snapshot(self._folder) > self._gen
             try:
                 rows = self._log(self._gen).read_new()
             except FileNotFoundError:
@@ -298,7 +283,7 @@ class Catalog:
                 if not resync:
                     raise
                 return self._resync()  # deleted before this process read all of it
-            ops.extend(_op(row, where) for where, row in rows)
+            ops.extend(parse_op(row, where) for where, row in rows)
             if not closed:
                 return ops
             self._logs.pop(self._gen, None)
@@ -348,15 +333,17 @@ class Catalog:
                 with current.hold() as fd:
                     if os.fstat(fd).st_size != max(current.offset, len(HEADER)):
                         return False  # someone wrote since this process last read
-                    _create_log(log_file(self._folder, nxt))
-                    self._write_snapshot(snapshot_file(self._folder, nxt))  # the commit
+                    create_log(log_file(self._folder, nxt))
+                    write_snapshot(
+                        snapshot_file(self._folder, nxt), self._items.values()
+                    )  # the commit
             except (LogClosed, FileNotFoundError):
                 return False
             rows, size = current.records, current.offset
             self._gen = self._write_gen = nxt
             self._logs = {}
             self._log(nxt).offset = len(HEADER)
-        _remove_generations_before(self._folder, nxt - 1)
+        remove_generations_before(self._folder, nxt - 1)
         log.info(
             "catalog_compacted",
             folder=str(self._folder),
@@ -376,11 +363,6 @@ class Catalog:
         return self._folder / VECTORS_DIR / f"{channel}.{version}.npz"
 
     # -- files -----------------------------------------------------------------
-    def _write_snapshot(self, path: Path) -> None:
-        with atomic_open(path, "w") as fh:
-            for it in self._items.values():
-                fh.write(json.dumps(_to_json(it), ensure_ascii=False) + "\n")
-
     def save(self, folder: Path, *, force: bool = False) -> Path:
         """Write ``items.jsonl`` (generation 0) and an empty update log, removing any
         other generation. Refuses with :class:`CatalogInUse` when ``folder`` holds a
@@ -393,10 +375,10 @@ class Catalog:
                 "new build here would throw away; build into another folder, or move "
                 f"{folder} away first"
             )
-        for path in _generation_files(folder):
+        for path in generation_files(folder):
             path.unlink(missing_ok=True)
         (folder / LEGACY_UPDATES_FILE).unlink(missing_ok=True)
-        self._write_snapshot(folder / ITEMS_FILE)
+        write_snapshot(folder / ITEMS_FILE, self._items.values())
         atomic_write(log_file(folder, 0), HEADER)
         if folder == self._folder:
             self._gen = self._write_gen = 0
@@ -407,7 +389,7 @@ class Catalog:
     @staticmethod
     def exists(folder: Path) -> bool:
         """Whether ``folder`` holds a catalogue (a snapshot or an update log)."""
-        return (folder / LEGACY_UPDATES_FILE).exists() or bool(_generation_files(folder))
+        return (folder / LEGACY_UPDATES_FILE).exists() or bool(generation_files(folder))
 
     @classmethod
     def load(
@@ -421,195 +403,20 @@ class Catalog:
         tail, with a warning). Errors name the file and line or byte offset."""
         if not cls.exists(folder):
             raise FileNotFoundError(f"{folder / ITEMS_FILE}: catalogue file missing")
-        _migrate_legacy(folder)
+        migrate_legacy(folder)
         for _ in range(10):  # a compaction by another process may delete what we read
             catalog = cls(
                 folder=folder, compact_records=compact_records, compact_bytes=compact_bytes
             )
             try:
-                items = _read_snapshot(folder, catalog._gen)
+                items = read_snapshot(folder, catalog._gen)
                 current = catalog._log(catalog._gen)
                 if current.path.exists():
                     current.recover()
                 ops = catalog._follow(resync=False)
             except (FileNotFoundError, LogClosed):  # a compaction moved on meanwhile
                 continue
-            _apply(items, ops)
+            apply_ops(items, ops)
             catalog._items = items
             return catalog
         raise RuntimeError(f"{folder}: the catalogue kept changing while being read")
-
-
-def _apply(items: dict[str, ItemRecord], ops: Iterable[Op]) -> int:
-    """Apply ``ops`` to ``items`` in order (an upsert carries its record, a delete its
-    id); returns how many there were."""
-    count = 0
-    for _, what in ops:
-        if isinstance(what, ItemRecord):
-            items[what.item_id] = what
-        else:
-            items.pop(what, None)
-        count += 1
-    return count
-
-
-def _op(row: dict, where: str) -> Op:
-    if row.get("op") == "delete":
-        return ("delete", sys.intern(str(row.get("item_id"))))
-    if row.get("op") == "upsert":
-        return ("upsert", _record(row, where))
-    raise ValueError(f"{where}: unknown op {row.get('op')!r}")
-
-
-def _generation_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return [p for p in folder.iterdir() if _SNAPSHOT.match(p.name) or _LOG.match(p.name)]
-
-
-def _generation(path: Path) -> int:
-    match = _SNAPSHOT.match(path.name) or _LOG.match(path.name)
-    assert match is not None
-    return int(match.group(1) or 0)
-
-
-def _newest_snapshot(folder: Path) -> int:
-    gens = [_generation(p) for p in _generation_files(folder) if _SNAPSHOT.match(p.name)]
-    return max(gens, default=0)
-
-
-def _read_snapshot(folder: Path, generation: int) -> dict[str, ItemRecord]:
-    path = snapshot_file(folder, generation)
-    items: dict[str, ItemRecord] = {}
-    if generation == 0 and not path.exists():
-        return items  # a catalogue that started empty: everything is in the log
-    for lineno, obj in _read_jsonl(path):
-        it = _record(obj, f"{path}:{lineno}")
-        items[it.item_id] = it
-    return items
-
-
-def _create_log(path: Path) -> None:
-    """An empty log (its header only), unless one exists: created exclusively, never
-    replacing a log someone else just started (a crash mid-header leaves a prefix of the
-    header, which the log treats as empty)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return
-    try:
-        os.write(fd, HEADER)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
-
-
-def _remove_generations_before(folder: Path, keep_from: int) -> None:
-    """Delete snapshots and logs older than ``keep_from`` (one generation back is kept
-    for followers that have not read all of it yet). Logs go first: a snapshot newer
-    than a log is what tells a writer holding that log that it is closed."""
-    old = [p for p in _generation_files(folder) if _generation(p) < keep_from]
-    for path in sorted(old, key=lambda p: (_SNAPSHOT.match(p.name) is not None, p.name)):
-        path.unlink(missing_ok=True)
-
-
-def online_updates(folder: Path) -> Path | None:
-    """The first file in ``folder`` that holds online updates (a log with records, a
-    compacted snapshot, an unmigrated legacy log), or None."""
-    legacy = folder / LEGACY_UPDATES_FILE
-    if legacy.exists() and legacy.stat().st_size > 0:
-        return legacy
-    for path in sorted(_generation_files(folder)):
-        if _LOG.match(path.name) and path.stat().st_size > len(HEADER):
-            return path
-        if _SNAPSHOT.match(path.name) and _generation(path) > 0:
-            return path
-    return None
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if line:
-                yield lineno, parse_json_object(line, f"{path}:{lineno}")
-
-
-# -- logs from earlier versions ----------------------------------------------------------
-def _migrate_legacy(folder: Path) -> None:
-    """Replay an unframed ``updates.jsonl`` onto ``items.jsonl`` into snapshot 1, once.
-
-    Under the old file's lock (what the old version locked, and what every process of a
-    group starting together waits on). A torn last line is dropped with a warning; a
-    line another record was glued onto (the old version's failure after a torn write)
-    keeps the record that was glued on when it parses, and the damage is reported."""
-    legacy = folder / LEGACY_UPDATES_FILE
-    if not legacy.exists():
-        return
-    with _locked(legacy) as fh:
-        if fh is None:
-            return  # another process migrated it while this one waited
-        newest = _newest_snapshot(folder)
-        if newest > 0 or _logs_hold_updates(folder):
-            if newest == 1 and not _logs_hold_updates(folder):
-                _retire_legacy(legacy)  # a migration that stopped before its last step
-                return
-            raise CatalogInUse(
-                f"{legacy}: an update log from an earlier version beside newer "
-                f"generations ({newest}); move one of them away"
-            )
-        items = _read_snapshot(folder, 0)
-        applied = _apply(items, _legacy_ops(fh.read(), legacy))
-        _create_log(log_file(folder, 1))
-        Catalog(items.values())._write_snapshot(snapshot_file(folder, 1))
-        _retire_legacy(legacy)
-        log.warning("catalog_log_migrated", file=str(legacy), operations=applied, generation=1)
-
-
-def _logs_hold_updates(folder: Path) -> bool:
-    return any(
-        _LOG.match(p.name) and p.stat().st_size > len(HEADER) for p in _generation_files(folder)
-    )
-
-
-def _retire_legacy(legacy: Path) -> None:
-    os.replace(legacy, legacy.with_name(LEGACY_UPDATES_FILE + ".migrated"))
-    fsync_dir(legacy.parent)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[Any]:
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        yield None
-        return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield fh if path.exists() else None
-
-
-def _legacy_ops(data: bytes, path: Path) -> Iterator[Op]:
-    at = 0
-    for line in data.splitlines(keepends=True):
-        where = f"{path} at byte {at}"
-        start, at = at, at + len(line)
-        if not line.endswith(b"\n"):
-            log.warning("update_log_tail_cut", file=str(path), offset=start, dropped=len(line))
-            return
-        if not line.strip():
-            continue
-        try:
-            yield _op(parse_json_object(line, where), where)
-            continue
-        except ValueError:
-            pass
-        glued = line.rfind(b'{"op"')
-        try:
-            if glued <= 0:
-                raise ValueError(where)
-            yield _op(parse_json_object(line[glued:], where), where)
-            log.error("update_log_corrupt", file=str(path), offset=start, skipped=glued)
-        except ValueError:
-            log.error("update_log_corrupt", file=str(path), offset=start, skipped=len(line))
