@@ -108,7 +108,7 @@ def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, 
         assert 'recall_channel_seconds_count{channel="a",status="ok"} 1.0' in metrics
         assert any('"variant": "default"' in e and '"recall"' in e for e in server.events)
 
-        write_config(config_path, wa=0.0, sleep=1.5)
+        write_config(config_path, wa=0.0, sleep=0.5)
         server.proc.send_signal(signal.SIGHUP)
         wait_until(
             lambda: stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i9"],
@@ -116,7 +116,7 @@ def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, 
             what=lambda: f"the reloaded weights: {server.events}",
         )
 
-        # an in-flight call (channel b sleeps 1.5 s) must finish after SIGTERM
+        # an in-flight call (channel b sleeps 0.5 s) must finish after SIGTERM
         future = stub.Recall.future(recall_pb2.RecallRequest(user_id="u", k=2))
         wait_until(
             lambda: _metric(server.metrics_port, 'recall_channel_in_flight{channel="b"}') >= 1,
