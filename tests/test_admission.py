@@ -80,20 +80,21 @@ def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
         assert list(s.stub.Recall(recall_pb2.RecallRequest(user_id="later", k=2)).item_ids)
 
 
-def test_admission_counts_and_retry_hint_grows_while_clients_come_back_too_early():
-    adm = Admission(limit=1, retry_min_ms=1, retry_max_ms=5000)
-    assert adm.enter() == 1
+def test_shed_clients_are_given_retry_instants_spread_at_the_engines_pace():
+    adm = Admission(limit=2, retry_min_ms=1, retry_max_ms=5000, target_lag_ms=None)
+    adm._mean_s = 1.0  # noqa: SLF001 - requests of 1 s: with 2 in flight one ends every 0.5 s
+    assert adm.enter(2) == 2
     hints = []
-    for _ in range(6):
+    for _ in range(12):
         with pytest.raises(Overloaded) as e:
-            for _ in range(20):  # 20 sheds per window, no admission: far too early
-                adm.enter()
+            adm.enter()
         hints.append(e.value.retry_after_ms)
-        adm._window_start -= 1  # noqa: SLF001 - close the window without sleeping
-    assert hints[-1] > hints[0]
-    assert all(1 <= h <= 5000 for h in hints)
-    adm.leave(1, 0.01)
-    assert adm.in_flight == 0 and adm.enter(3, at_least=1) == 1  # limit 1: one fits
+    # each shed client is told to come back 0.5 s after the one before, up to the cap
+    assert hints[:10] == pytest.approx([500 * (i + 1) for i in range(10)], abs=5)
+    assert hints[10:] == [5000, 5000]
+    adm.leave(2, 1.0)
+    assert adm.in_flight == 0 and adm.enter(3, at_least=1) == 2  # limit 2: two fit
+    assert adm.shed == 12
 
 
 def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keeps_up():

@@ -155,14 +155,16 @@ class Admission:
     request took. The bound adapts (AIMD, every 50 ms) between 1 and ``limit``: down by a
     quarter while the serving event loop lags more than ``target_lag_ms`` (requests queue
     in front of it, where no deadline is checked and nothing can be shed), up by one
-    while it keeps up and the bound is what holds requests back. ``retry_after_ms`` is
-    the mean admitted request time times a factor that grows while more requests are
-    shed than admitted or the loop lags (clients come back too early) and shrinks
-    otherwise, clamped to the settings' bounds.
+    while it keeps up and the bound is what holds requests back.
+
+    The retry hint paces the shed clients: each one is given the next free instant of a
+    schedule that advances by 1 / throughput per shed (the rate requests finished over
+    the last few windows; before any, the bound over the mean request time), never
+    sooner than the loop's current lag, so clients that obey it come back spread out at
+    the rate the engine finishes requests instead of all together.
     """
 
     _WINDOW_S = 0.05
-    _TARGET_SHED_RATIO = 0.5  # sheds per admission the retry factor steers towards
 
     def __init__(
         self,
@@ -181,11 +183,11 @@ class Admission:
         self._target_lag = None if target_lag_ms is None else target_lag_ms / 1000
         self._lag: LoopLag | None = None
         self._mean_s = 0.005
-        self._factor = 1.0
+        self._retry_cursor = 0.0  # perf_counter instant handed to the last shed client
         self._window_start = time.perf_counter()
-        self._window_admits = 0
-        self._window_sheds = 0
         self._window_peak = 0
+        self._window_done = 0
+        self._rate = 0.0  # requests finished per second (EWMA over windows); 0: unknown
         self._logged_at = 0.0
         self._logged_shed = 0
         self._shed_counter = metrics.REQUESTS_SHED.labels("max_in_flight")
@@ -225,13 +227,11 @@ class Admission:
             room = n if not self.limit else min(n, self.limit - self.in_flight)
             if room >= want_min and room > 0:
                 self.in_flight += room
-                self._window_admits += 1
                 self._window_peak = max(self._window_peak, self.in_flight)
                 metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
                 return room
             self.shed += 1
-            self._window_sheds += 1
-            retry = self._retry_after_ms()
+            retry = self._next_retry_ms(now)
             in_flight, limit = self.in_flight, self.limit
         self._shed_counter.inc()
         self._log_shed()
@@ -245,17 +245,20 @@ class Admission:
         """``n`` admitted requests finished; ``seconds``: how long one took."""
         with self._lock:
             self.in_flight -= n
+            self._window_done += n
             if seconds is not None:
                 self._mean_s += 0.05 * (seconds - self._mean_s)
             metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
 
     @property
     def retry_after_ms(self) -> int:
+        """The hint a request shed now would get (without taking its place)."""
         with self._lock:
-            return self._retry_after_ms()
+            now = time.perf_counter()
+            return self._clamp_ms(max(self._retry_cursor, now) + self._pace_s() - now)
 
     def _adapt(self, now: float) -> None:
-        """Under ``_lock``, once a window: the bound and the retry factor."""
+        """Under ``_lock``, once a window: the bound in force."""
         lagging = (
             self._lag is not None
             and self._target_lag is not None
@@ -267,20 +270,28 @@ class Admission:
             elif self._lag.lag_s < self._target_lag / 2 and self._window_peak >= self.limit:
                 self.limit = min(self.max_limit, self.limit + 1)
             metrics.ADMISSION_LIMIT.set(self.limit)
-        if self._window_sheds:
-            ratio = self._window_sheds / max(self._window_admits, 1)
-            step = math.sqrt(ratio / self._TARGET_SHED_RATIO)
-            self._factor *= min(2.0, max(0.5, step)) * (1.25 if lagging else 1.0)
-        else:
-            self._factor *= 0.5
-        self._factor = min(100_000.0, max(1.0, self._factor))
-        self._window_start, self._window_admits, self._window_sheds = now, 0, 0
+        if self._window_done:
+            rate = self._window_done / (now - self._window_start)
+            self._rate = rate if not self._rate else self._rate + 0.3 * (rate - self._rate)
+        self._window_start = now
         self._window_peak = self.in_flight
+        self._window_done = 0
 
-    def _retry_after_ms(self) -> int:
-        """Under ``_lock``."""
-        ms = math.ceil(self._mean_s * 1000 * self._factor)
-        return int(min(self._retry_max, max(self._retry_min, ms)))
+    def _pace_s(self) -> float:
+        """Under ``_lock``: seconds between two requests finishing at full load."""
+        if self._rate:
+            return 1.0 / self._rate
+        return self._mean_s / max(self.limit or self.in_flight, 1)  # Little's law
+
+    def _next_retry_ms(self, now: float) -> int:
+        """Under ``_lock``: the next instant of the retry schedule, as a hint."""
+        earliest = now + (self._lag.lag_s if self._lag is not None else 0.0)
+        horizon = now + self._retry_max / 1000
+        self._retry_cursor = min(max(self._retry_cursor, earliest) + self._pace_s(), horizon)
+        return self._clamp_ms(self._retry_cursor - now)
+
+    def _clamp_ms(self, seconds: float) -> int:
+        return int(min(self._retry_max, max(self._retry_min, math.ceil(seconds * 1000))))
 
     def _log_shed(self) -> None:
         """At most one log line a second while shedding: a line per shed request would
