@@ -36,12 +36,31 @@ Subclass a contract in a test module named ``test_*.py`` and provide two fixture
     a loaded and warmed-up channel (``load()`` and ``warmup()`` done, as the engine
     does) over a non-empty catalogue, ``channel.ctx.catalog``. The checks never change
     it: those that add or delete items do so on a second instance over a copy of the
-    catalogue (:meth:`ChannelContract.new_channel`).
+    catalogue (:meth:`ChannelContract.scratch`). A channel that reads artifacts gets
+    their folder through ``channel_context(..., artifacts=ROOT / name)``.
 ``queries``
     a few representative queries that the channel ``accepts`` and that each have more
     than ``k`` candidates (the exclude check removes the top half and still expects an
     answer), e.g. a history from one category, free text, history plus text, a history
     with an unknown item.
+
+What :class:`ChannelContract` checks (each test's docstring says more):
+
+* every answer: at most ``k`` distinct ids, all catalogue items, as many finite float
+  scores, best first; also for ``k = 1`` and ``k`` beyond the catalogue;
+* odd queries (empty, unknown history, unknown words, a category no item has) are
+  declined by ``accepts`` or answered, never raised on;
+* ``exclude`` (and the history the engine puts there) and ``categories`` are honoured;
+* ``recall_batch`` agrees with ``recall``; concurrent calls agree with sequential ones;
+* ``info()`` has a version, an item count and string details;
+* a second instance (a reload) answers alike, and closing it leaves the first serving;
+* a deleted item never comes back; searches during upserts and deletes stay
+  well-formed and the update calls count what they did.
+
+:class:`VectorChannelContract` adds: served item vectors equal the built ones; an
+upserted copy of an item is its nearest neighbour, a deleted item is gone, both at once
+and after a restart that reconciles the index with the catalogue; the free texts of a
+batch are encoded in one call.
 
 The checks name what they prove; a failure says which query and what went wrong.
 Assertions carry their own messages, so pytest's assertion rewriting is not needed.
