@@ -390,13 +390,16 @@ class ChannelContract:
     def test_a_deleted_item_never_comes_back(
         self, channel: Channel, queries: Sequence[Query]
     ) -> None:
-        """Deleted as the engine deletes (``delete_items`` on the channel, then from the
-        catalogue), an item the channel ranked first is gone from every answer, to
-        ``recall`` and ``recall_batch``. ``delete_items`` counts at most what it got."""
+        """Deleted as the engine deletes (``delete_items`` on the channel if it takes
+        online updates, then from the catalogue), an item the channel ranked first is
+        gone from every answer, to ``recall`` and ``recall_batch``. ``delete_items``
+        counts at most what it got."""
         live = self.scratch(channel)
         target = _ids(live.recall(queries[0], self.k))[0]
-        removed = live.delete_items([target])
-        assert isinstance(removed, int) and 0 <= removed <= 1, f"delete_items -> {removed!r}"
+        delete = _online(live, "delete_items")
+        if delete is not None:
+            removed = delete([target])
+            assert isinstance(removed, int) and 0 <= removed <= 1, f"delete_items -> {removed!r}"
         live.ctx.catalog.delete([target])
         big = len(_catalog(live)) + 10
         for n, q in enumerate(queries):
@@ -409,10 +412,12 @@ class ChannelContract:
         self, channel: Channel, queries: Sequence[Query]
     ) -> None:
         """While items are upserted and deleted (in the engine's order: catalogue then
-        channel for upserts, channel then catalogue for deletes), concurrent ``recall``
-        and ``recall_batch`` calls raise nothing and every answer stays well-formed.
+        channel for upserts, channel then catalogue for deletes; a channel that takes no
+        online updates sees the catalogue change only), concurrent ``recall`` and
+        ``recall_batch`` calls raise nothing and every answer stays well-formed.
         ``upsert_items`` counts at most what it got."""
         live = self.scratch(channel)
+        upsert, delete = _online(live, "upsert_items"), _online(live, "delete_items")
         catalog = live.ctx.catalog
         templates = list(catalog)[: self.updates]
         stop = threading.Event()
@@ -442,11 +447,13 @@ class ChannelContract:
             for n, template in enumerate(templates):
                 item = replace(template, item_id=f"{NEW_ID_PREFIX}{n}")
                 catalog.upsert([item])
-                added = live.upsert_items([item, item])
-                assert isinstance(added, int) and 0 <= added <= 2, f"upsert_items -> {added!r}"
+                if upsert is not None:
+                    added = upsert([item, item])
+                    assert isinstance(added, int) and 0 <= added <= 2, f"upsert_items -> {added!r}"
                 if n % 2:
                     gone = f"{NEW_ID_PREFIX}{n - 1}"
-                    live.delete_items([gone])
+                    if delete is not None:
+                        delete([gone])
                     catalog.delete([gone])
         finally:
             stop.set()
@@ -541,6 +548,13 @@ def _expect_updates_applied(
     for n, q in enumerate(queries):
         if ch.accepts(q):
             assert target not in _ids(ch.recall(q, k)), f"queries[{n}]: deleted {target} is back"
+
+
+def _online(channel: Channel, method: str) -> Callable[[Sequence[Any]], int] | None:
+    """The channel's ``upsert_items`` / ``delete_items`` when it takes online updates
+    (the optional capability), else None: the engine then tells it nothing."""
+    found = getattr(channel, method, None)
+    return found if callable(found) else None
 
 
 def _item(catalog: Catalog, item_id: str) -> ItemRecord:
