@@ -217,7 +217,8 @@ async def _drive(
             resp = await call(req)
         except Exception as e:  # noqa: BLE001 - counted by status code
             if t0 >= t_measure:
-                code = getattr(e, "code", lambda: None)()
+                code = getattr(e, "code", None)  # a method on RpcError, a value on RecallError
+                code = code() if callable(code) else code
                 results.errors[getattr(code, "name", type(e).__name__)] += 1
             return
         if t0 >= t_measure:
@@ -353,12 +354,19 @@ async def run_in_process(
     warmup: float,
     config_file: Path | None = None,
 ) -> Results:
+    from recall_engine.serving.admission import OverloadSettings, machine_in_flight
     from recall_engine.serving.engine import Engine
     from recall_engine.serving.requests import recall_input
     from recall_engine.serving.servicer import to_proto
 
     config = _config(artifacts, config_file)
-    engine = Engine(config)
+    # The generator runs on the engine's own event loop here: the loop's lag is the
+    # generator's, so admission keeps a fixed bound that admits every worker (`bench
+    # overload` measures admission against a real server).
+    overload = OverloadSettings(
+        max_in_flight=max(concurrency, machine_in_flight()), target_loop_lag_ms=None
+    )
+    engine = Engine(config, overload=overload)
     await asyncio.to_thread(engine.load)
     names = list(config.channels)
 

@@ -5,6 +5,7 @@ never lets a request run on a closed channel, and closing is idempotent."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -97,8 +98,9 @@ def test_shed_clients_are_given_retry_instants_spread_at_the_engines_pace():
     assert adm.shed == 12
 
 
-def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keeps_up():
-    adm = Admission(8, target_lag_ms=2.0)
+@pytest.mark.parametrize("floor", [1, 3])
+def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keeps_up(floor):
+    adm = Admission(8, target_lag_ms=2.0, min_limit=floor)
 
     def next_window() -> None:
         adm._window_start -= 1  # noqa: SLF001 - close the window without sleeping
@@ -128,13 +130,14 @@ def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keep
 
     shrinking, growing = asyncio.run(main())
     assert shrinking == sorted(shrinking, reverse=True) and shrinking[-1] < 8
-    assert shrinking[-1] >= 1
+    assert shrinking[-1] >= floor and (floor == 1 or shrinking[-1] == floor)
     assert growing == [shrinking[-1] + 1, shrinking[-1] + 2, shrinking[-1] + 3]
 
 
 def test_default_limits_are_sized_from_the_machine():
     settings = OverloadSettings()
     assert settings.max_in_flight == machine_in_flight() >= 4
+    assert settings.min_in_flight == (os.cpu_count() or 1)
     assert settings.channel_limit("cf") == settings.max_in_flight
     assert settings.channel_limit("popular") > settings.channel_limit("cf")  # a reserve
     assert OverloadSettings(channel_limits={"cf": 3}).channel_limit("cf") == 3

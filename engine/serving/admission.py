@@ -41,26 +41,29 @@ def machine_in_flight(cpus: int | None = None) -> int:
 class OverloadSettings:
     """The engine's overload knobs (defaults sized from this machine).
 
-    ``max_in_flight``: requests admitted into the engine at once (0: no bound); past it a
-    request is shed with ``RESOURCE_EXHAUSTED``. ``channel_max_in_flight``: calls in
-    flight per channel, its bulkhead (0: the same as ``max_in_flight``, so a healthy
-    channel never refuses an admitted request and a hung one holds at most this many
-    threads); ``channel_limits`` overrides it per channel name. ``fallback``: the channel
-    that answers every admitted request (run even when the plan gives it weight 0, its
-    list then used only when no other channel answered); its bulkhead is
-    ``fallback_max_in_flight`` (0: ``max_in_flight`` plus the channel bound, a reserve
-    the other channels cannot use). ``batch_parallelism``: BatchRecall items in flight at
-    once per batch (0: a quarter of ``max_in_flight``). ``retry_after_ms_min``/``max``
-    bound the retry hint sent with a shed. ``target_loop_lag_ms``: the serving event
-    loop's lag above which the bound on requests in flight shrinks (None: a fixed bound).
-    ``switch_interval_s``: the interpreter's GIL switch interval set when the engine
-    loads (None: left alone); the default 5 ms lets a channel thread keep the event loop
-    waiting that long at every hand-over, 1 ms keeps the loop, and so shedding, prompt.
-    ``check_output``: check every channel answer (finite scores, lengths, unique string
-    ids) before fusion.
+    ``max_in_flight``: requests admitted into the engine at once (0: no bound); past it
+    a request is shed with ``RESOURCE_EXHAUSTED``. ``min_in_flight``: the floor the
+    bound never adapts below (default: one per CPU core; fewer cannot overcommit the
+    machine, so a lagging loop then has another cause that shedding would not cure).
+    ``channel_max_in_flight``: calls in flight per channel, its bulkhead (0: the same as
+    ``max_in_flight``, so a healthy channel never refuses an admitted request and a hung
+    one holds at most this many threads); ``channel_limits`` overrides it per channel
+    name. ``fallback``: the channel that answers every admitted request (run even when
+    the plan gives it weight 0, its list then used only when no other channel answered);
+    its bulkhead is ``fallback_max_in_flight`` (0: ``max_in_flight`` plus the channel
+    bound, a reserve the other channels cannot use). ``batch_parallelism``: BatchRecall
+    items in flight at once per batch (0: a quarter of ``max_in_flight``).
+    ``retry_after_ms_min``/``max`` bound the retry hint sent with a shed.
+    ``target_loop_lag_ms``: the serving event loop's lag above which the bound on
+    requests in flight shrinks (None: a fixed bound). ``switch_interval_s``: the
+    interpreter's GIL switch interval set when the engine loads (None: left alone); the
+    default 5 ms lets a channel thread keep the event loop waiting that long at every
+    hand-over, 1 ms keeps the loop, and so shedding, prompt. ``check_output``: check
+    every channel answer (finite scores, lengths, unique string ids) before fusion.
     """
 
     max_in_flight: int = field(default_factory=machine_in_flight)
+    min_in_flight: int = field(default_factory=lambda: os.cpu_count() or 1)
     channel_max_in_flight: int = 0
     channel_limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     fallback: str | None = "popular"
@@ -73,6 +76,10 @@ class OverloadSettings:
     check_output: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.min_in_flight, bool) or not isinstance(self.min_in_flight, int):
+            raise ValueError(f"min_in_flight: must be an integer >= 1, got {self.min_in_flight!r}")
+        if self.min_in_flight < 1:
+            raise ValueError(f"min_in_flight: must be an integer >= 1, got {self.min_in_flight!r}")
         for name in (
             "max_in_flight",
             "channel_max_in_flight",
@@ -152,7 +159,8 @@ class Admission:
     """A counter of requests in flight with a bound, thread-safe.
 
     :meth:`enter` admits or raises :class:`Overloaded`; :meth:`leave` records how long the
-    request took. The bound adapts (AIMD, every 50 ms) between 1 and ``limit``: down by a
+    request took. The bound adapts (AIMD, every 50 ms) between ``min_limit`` and ``limit``:
+    down by a
     quarter while the serving event loop lags more than ``target_lag_ms`` (requests queue
     in front of it, where no deadline is checked and nothing can be shed), up by one
     while it keeps up and the bound is what holds requests back.
@@ -173,8 +181,10 @@ class Admission:
         retry_max_ms: int = 5000,
         *,
         target_lag_ms: float | None = 2.0,
+        min_limit: int = 1,
     ) -> None:
         self.max_limit = limit
+        self.min_limit = max(1, min(min_limit, limit)) if limit else 1
         self.limit = limit  # the adaptive bound in force (0: none)
         self.in_flight = 0
         self.shed = 0
@@ -266,7 +276,7 @@ class Admission:
         )
         if self.max_limit and self._lag is not None and self._target_lag is not None:
             if lagging:
-                self.limit = max(1, (self.limit * 3) // 4)
+                self.limit = max(self.min_limit, (self.limit * 3) // 4)
             elif self._lag.lag_s < self._target_lag / 2 and self._window_peak >= self.limit:
                 self.limit = min(self.max_limit, self.limit + 1)
             metrics.ADMISSION_LIMIT.set(self.limit)
