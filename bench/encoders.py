@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         for label, precision, device, fused in configs:
             encoder = TextEncoder(
                 folder,
-                precision=precision,
+                precision=precision,  # type: ignore[arg-type]
                 device=device,  # type: ignore[arg-type]
                 max_batch=args.batch,
                 intra_op_threads=args.threads,

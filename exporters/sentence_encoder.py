@@ -148,8 +148,8 @@ def export_sentence_encoder(
         output_names=(OUTPUT_NAME,),
         dynamic_axes=axes,
         opset=opset,
-        exporter=exporter,
-    )  # type: ignore[arg-type]
+        exporter=exporter,  # type: ignore[arg-type]  # checked by export_graph at run time
+    )
 
     parity = check_sentence_parity(
         out / MODEL_FILE, tokenizer, source, module, max_length=max_length, min_cosine=min_cosine

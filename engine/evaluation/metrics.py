@@ -49,7 +49,7 @@ class Truth:
     items: np.ndarray
 
     @staticmethod
-    def from_sets(sets: Sequence[Sequence[int] | set[int]]) -> Truth:
+    def from_sets(sets: Sequence[Sequence[int] | set[int] | np.ndarray]) -> Truth:
         sizes = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
         offsets = np.concatenate(([0], np.cumsum(sizes)))
         items = (

@@ -538,7 +538,7 @@ class MicroBatcher(Generic[T]):
             return batch
 
     def _loop(self) -> None:
-        batch: list[_Pending[T]] = []
+        batch: list[_Pending[T]] | None = []
         try:
             while (batch := self._next_batch()) is not None:
                 self._run(batch)
@@ -548,7 +548,7 @@ class MicroBatcher(Generic[T]):
             # KeyboardInterrupt...): the thread ends, so nobody may wait on its batch.
             log.error("microbatcher_died", encoder=self.name, error=f"{type(exc).__name__}: {exc}")
             died = BatcherDied(f"MicroBatcher {self.name!r}: batching thread died ({exc!r})")
-            for pending in batch:
+            for pending in batch or ():
                 _fail(pending, died)
             # the thread ends here, as it would have: the next submit restarts it
 

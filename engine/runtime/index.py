@@ -188,7 +188,7 @@ class VectorIndex:
     @expansion_search.setter
     def expansion_search(self, value: int) -> None:
         with self._lock:
-            self._index.expansion_search = value
+            self._index.expansion_search = value  # type: ignore[misc]  # usearch's stub says read-only; the setter exists
 
     @property
     def hardware_acceleration(self) -> str:
@@ -222,7 +222,7 @@ class VectorIndex:
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32), []
         with self._lock:
-            rows = self._index.get(np.asarray(keys, dtype=np.uint64), dtype="f32")
+            rows: Any = self._index.get(np.asarray(keys, dtype=np.uint64), dtype="f32")
         # a key deleted between the lookup above and the lock comes back as None
         found = [(p, r) for p, r in zip(positions, rows, strict=True) if r is not None]
         if not found:

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-
 #: Characters kept per token of ``max_length`` before tokenising (see :meth:`encode`).
 CHARS_PER_TOKEN_CAP = 64
 

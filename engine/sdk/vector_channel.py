@@ -351,7 +351,7 @@ class VectorChannel(Channel):
         if size == 0:
             return out
         fetch = min(size, max(fetch_size(k, queries[i]) for i in rows))
-        found = index.search(np.stack([vectors[i] for i in rows]), fetch)
+        found = index.search(np.stack([v for v in vectors if v is not None]), fetch)
         catalog = self.ctx.catalog
         for i, (ids, scores) in zip(rows, found, strict=True):
             mask = np.asarray(catalog.filter_mask(ids, queries[i]), dtype=bool)

@@ -367,7 +367,7 @@ def _build_pool(
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"lists: channel {dup!r} given more than once")
-    rank_of = {}
+    rank_of: dict[str, int] = {}
     for i, name in enumerate(priority):
         rank_of.setdefault(name, i)
     active = sorted(

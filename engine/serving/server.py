@@ -135,7 +135,9 @@ async def create_server(
     port = _bind(server, addr, creds)
     if worker_addr:
         _bind(server, worker_addr, creds)
-    admin_port = _bind(admin_server, cfg.admin_addr, creds) if admin_server else None
+    admin_port = (
+        _bind(admin_server, cfg.admin_addr, creds) if admin_server and cfg.admin_addr else None
+    )
     await server.start()
     if admin_server is not None:
         await admin_server.start()

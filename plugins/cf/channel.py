@@ -160,9 +160,8 @@ class CFChannel(Channel):
                 intra_op_threads=self.params.encoder_threads,
             )
             ef = self.params.expansion_search
-            self._index = VectorIndex.load(
-                bundle.file(INDEX_META).parent, **({"expansion_search": ef} if ef else {})
-            )
+            overrides: dict[str, Any] = {"expansion_search": ef} if ef else {}
+            self._index = VectorIndex.load(bundle.file(INDEX_META).parent, **overrides)
             # the encoder was trained (and its position table sized) for this length
             self._length = int(self._built.get("sequence_length", self.params.sequence_length))
         self._vocab = vocab

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -59,14 +59,14 @@ def words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
 
 
-def _year_terms(year: str, terms: Counter[str], weight: float) -> None:
+def _year_terms(year: str, terms: defaultdict[str, float], weight: float) -> None:
     terms[f"year:{year}"] += weight
     terms[f"decade:{year[:3]}0s"] += weight
 
 
 def item_terms(item: ItemRecord) -> dict[str, float]:
     """Raw (pre-idf) term weights of one item's metadata."""
-    terms: Counter[str] = Counter()
+    terms: defaultdict[str, float] = defaultdict(float)
     for category in item.categories:
         cat = category.strip().lower()
         if cat.startswith("year:") and cat[5:].isdigit() and len(cat) == 9:
@@ -94,7 +94,7 @@ def item_terms(item: ItemRecord) -> dict[str, float]:
 
 def query_terms(text: str) -> dict[str, float]:
     """Raw term weights of a free-text query: each word as a word and as a category."""
-    terms: Counter[str] = Counter()
+    terms: defaultdict[str, float] = defaultdict(float)
     for w in words(text):
         terms[f"w:{w}"] += TEXT_WEIGHT
         terms[f"cat:{w}"] += TEXT_WEIGHT

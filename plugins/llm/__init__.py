@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
@@ -131,7 +131,7 @@ def prepare_encoder(
     if missing:
         from recall_engine.exporters import optimize
 
-        makers = {
+        makers: dict[str, Callable[[Path], Any]] = {
             "optimized": optimize.optimize_transformer,
             "int8": optimize.quantize_int8,
             "fp16": optimize.convert_fp16,

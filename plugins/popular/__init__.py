@@ -69,7 +69,7 @@ def write_artifact(folder: Path, ids: np.ndarray, scores: np.ndarray, catalog: C
         arrays[f"cat:{c}"] = np.asarray(positions, dtype=np.int32)
     path = folder / ARTIFACT
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub takes allow_pickle for **
     return path
 
 

@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -521,7 +521,7 @@ def read_text_table(
     quoting: bool = True,
     encoding: str = "utf-8",
     progress: bool | None = None,
-    numeric: Sequence[str] = (),
+    numeric: Collection[str] = (),
 ) -> tuple[list[str], list[np.ndarray], np.ndarray, Problems]:
     """A delimited text file as string columns.
 
