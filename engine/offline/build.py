@@ -13,6 +13,7 @@ from recall_engine.observability.logs import get_logger
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.runtime.artifacts import ArtifactStore
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.capabilities import Buildable
 from recall_engine.sdk.channel import BuildContext, ItemRecord
 from recall_engine.serving.registry import (
     PluginError,
@@ -65,15 +66,14 @@ def build_all(
             log.error("build_skipped", channel=name, error=str(e))
             results.append(BuiltChannel(name, None, 0.0, None, str(e)))
             continue
-        builder = getattr(factory, "build", None)
-        if builder is None:
+        if not isinstance(factory, Buildable):
             results.append(BuiltChannel(name, None, 0.0, None, "plugin has no build step"))
             continue
         t0 = time.perf_counter()
         log.info("build_started", channel=name, plugin=cc.plugin)
         with store.new_version(name, make_current=True) as writer:
             fields = (
-                builder(
+                factory.build(
                     BuildContext(
                         name, interactions, catalog, writer.path, cc.params, seed, progress
                     )

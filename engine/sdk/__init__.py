@@ -3,6 +3,9 @@
 * :mod:`recall_engine.sdk.types` - the value types (``Query``, ``Candidates``,
   ``ItemRecord``, ``ChannelInfo``); imports nothing from the engine.
 * :mod:`recall_engine.sdk.channel` - the ``Channel`` contract (the plugin author's manual).
+* :mod:`recall_engine.sdk.capabilities` - optional capabilities as typed protocols:
+  ``Buildable`` (artifacts made by ``recall-engine build``), ``SupportsOnlineUpdates``.
+* :mod:`recall_engine.sdk.params` - typed plugin parameters, checked at start-up.
 * :mod:`recall_engine.sdk.vector_channel` - the shared base for channels that serve
   item vectors from a usearch index.
 * :mod:`recall_engine.sdk.testing` - the contract as tests: subclass ``ChannelContract``
@@ -13,16 +16,19 @@
 The package ships ``py.typed``: type checkers read these annotations.
 """
 
+from recall_engine.sdk.capabilities import Buildable, SupportsOnlineUpdates
 from recall_engine.sdk.channel import ENTRY_POINT_GROUP, BuildContext, Channel, ChannelContext
 from recall_engine.sdk.types import Candidates, ChannelInfo, ItemRecord, Query
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BuildContext",
+    "Buildable",
     "Candidates",
     "Channel",
     "ChannelContext",
     "ChannelInfo",
     "ItemRecord",
     "Query",
+    "SupportsOnlineUpdates",
 ]

@@ -17,7 +17,8 @@ Reloads build a *new* instance beside the old one (``load`` + ``warmup``), swap 
 atomically, and ``close`` the old one when its in-flight calls have finished; a channel
 never has to support reloading itself.
 
-Threading: ``recall``, ``recall_batch``, ``upsert_items`` and ``delete_items`` are called
+Threading: ``recall``, ``recall_batch`` and the online-update capability
+(``upsert_items`` / ``delete_items``, :mod:`recall_engine.sdk.capabilities`) are called
 from the engine's worker threads, concurrently. Keep per-request state on the stack;
 guard mutable shared state (e.g. an index that takes upserts) with a lock. NumPy,
 usearch and ONNX Runtime release the GIL, so real parallelism is available.
@@ -141,11 +142,11 @@ class Channel(abc.ABC):
     """Base class for recall channels. Subclass it and implement :meth:`recall`.
 
     Everything else has a working default, so a minimal plugin is ``__init__`` +
-    ``recall``. Channels whose artifacts are built from data also define the
-    classmethod ``build(ctx: BuildContext) -> dict`` (see :class:`BuildContext`): it
-    writes files into ``ctx.out`` and returns manifest fields (``dims``, ``metric``,
-    ``item_count``, ``build_params``, ``model_hashes``...); ``recall-engine build``
-    then seals the folder as a new artifact version and points ``current`` at it.
+    ``recall``. Optional capabilities are typed protocols in
+    :mod:`recall_engine.sdk.capabilities`: a channel whose artifacts are built from data
+    defines the classmethod ``build`` (:class:`~recall_engine.sdk.capabilities.Buildable`),
+    one that indexes catalogue changes online defines ``upsert_items`` and
+    ``delete_items`` (:class:`~recall_engine.sdk.capabilities.SupportsOnlineUpdates`).
     """
 
     #: The engine re-checks every answer (known, allowed by the request's excludes and
@@ -207,18 +208,6 @@ class Channel(abc.ABC):
     def info(self) -> ChannelInfo:
         """Version, item count and free-form details for ``ListChannels``."""
         return ChannelInfo()
-
-    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
-        """Add or replace items online (AdminService.UpsertItems). Return how many this
-        channel indexed (0 if it cannot index new items, e.g. collaborative filtering
-        without interactions). Must be visible to the next ``recall`` and survive a
-        restart (persist beside the artifacts)."""
-        return 0
-
-    def delete_items(self, item_ids: Sequence[str]) -> int:
-        """Remove items online; return how many this channel removed. Must be visible
-        to the next ``recall`` and survive a restart."""
-        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources. Called once, after the last in-flight call returned."""

@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.sdk.capabilities import SupportsOnlineUpdates
 from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ItemRecord, Query
 
 if TYPE_CHECKING:
@@ -499,6 +500,7 @@ class VectorChannelContract(ChannelContract):
         catalogue, the durable record) reconciles its index: the same holds, and
         ``info().details`` counts what was encoded and removed."""
         live = self.scratch(channel)
+        assert isinstance(live, SupportsOnlineUpdates), "a vector channel takes online updates"
         target, twin = _ids(live.recall(queries[0], 2))
         copy = replace(_item(_catalog(live), twin), item_id=f"{NEW_ID_PREFIX}copy")
         catalog = live.ctx.catalog

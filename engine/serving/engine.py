@@ -23,6 +23,7 @@ from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.encoders import CALL_DEADLINE
+from recall_engine.sdk.capabilities import SupportsOnlineUpdates
 from recall_engine.sdk.channel import (
     Candidates,
     Channel,
@@ -338,14 +339,22 @@ class Engine:
         if log:
             write_ahead(lambda: self.catalog.log_upserts(items))
         self.catalog.upsert(items, log=False)
-        return {n: s.channel.upsert_items(items) for n, s in state.slots.items()}
+        return {
+            n: s.channel.upsert_items(items) if isinstance(s.channel, SupportsOnlineUpdates) else 0
+            for n, s in state.slots.items()
+        }
 
     def _delete(self, state: _State, item_ids: Sequence[str], *, log: bool) -> dict[str, int]:
         """The update log first, then the channels, then the catalogue (the same
         invariant as ``_upsert``)."""
         if log:
             write_ahead(lambda: self.catalog.log_deletes(item_ids))
-        removed = {n: s.channel.delete_items(item_ids) for n, s in state.slots.items()}
+        removed = {
+            n: s.channel.delete_items(item_ids)
+            if isinstance(s.channel, SupportsOnlineUpdates)
+            else 0
+            for n, s in state.slots.items()
+        }
         self.catalog.delete(item_ids, log=False)
         return removed
 

@@ -1,0 +1,57 @@
+"""Optional channel capabilities, as typed protocols.
+
+A channel implements :class:`~recall_engine.sdk.channel.Channel`; these are what it
+*may* add. The engine checks for them with ``isinstance`` once, where it needs them,
+so a plugin declares a capability by defining the methods, with the signatures below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from recall_engine.sdk.types import ItemRecord
+
+if TYPE_CHECKING:
+    from recall_engine.sdk.channel import BuildContext
+
+__all__ = ["Buildable", "SupportsOnlineUpdates"]
+
+
+@runtime_checkable
+class Buildable(Protocol):
+    """A channel class whose artifacts ``recall-engine build`` makes.
+
+    ``build`` is a classmethod: it runs offline, without an instance, on the build
+    machine (PyTorch may be imported here, never in ``recall``)."""
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> Mapping[str, Any] | None:
+        """Write artifact files into ``ctx.out`` (an empty staging folder) from
+        ``ctx.interactions`` and ``ctx.catalog``, and return manifest fields (``dims``,
+        ``metric``, ``item_count``, ``build_params``, ``model_hashes``...). The build
+        then seals the folder as a new artifact version (a digest per file) and points
+        ``current`` at it. Raise with a message naming the problem; nothing is sealed
+        then."""
+        ...
+
+
+@runtime_checkable
+class SupportsOnlineUpdates(Protocol):
+    """A channel that indexes catalogue changes online (``AdminService.UpsertItems`` /
+    ``DeleteItems``). Channels without it are told nothing and keep serving their
+    bundle; the catalogue still filters deleted items out of every answer.
+
+    Called from the engine's admin thread, concurrently with ``recall``: guard the
+    index with a lock. Changes must survive a restart (persist beside the artifacts)."""
+
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
+        """Add or replace ``items``; return how many this channel indexed (0 when it
+        cannot index new items, e.g. collaborative filtering without interactions).
+        Visible to the next ``recall``."""
+        ...
+
+    def delete_items(self, item_ids: Sequence[str]) -> int:
+        """Remove ``item_ids``; return how many this channel removed. Visible to the
+        next ``recall``."""
+        ...
