@@ -27,7 +27,6 @@ from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_p
 from recall_engine.runtime.artifacts import MANIFEST, MANIFEST_DIGEST, ArtifactStore, _digest_line
 from recall_engine.runtime.catalog import Catalog, log_file
 from recall_engine.runtime.shared_log import HEADER, encode_rows, scan
-from recall_engine.serving.catalog_updates import COMPACT_RECORDS_ENV
 from tests.harness import catalog_of, make_config, serve, two_popular_versions
 from tests.helpers import wait_until
 from tests.log_events import parse_events
@@ -42,6 +41,7 @@ addr = "127.0.0.1:0"
 metrics_addr = ""
 grace_s = 0
 drain_s = 0
+catalog_compact_records = 25  # compactions happen during the update streams
 
 [admin]
 token = "{TOKEN}"
@@ -124,7 +124,7 @@ def test_kill_9_during_acknowledged_updates_loses_none_and_restarts_every_time(
     config, folder = served_folder
     rng = random.Random(7)
     expected: dict[str, str | None] = {i: i for i in FIXED}  # item -> title, None: deleted
-    env = {COMPACT_RECORDS_ENV: "25"}  # compactions happen during the stream, and the kills
+    env: dict[str, str] = {}
     acked = 0
     server = ServeProcess(config, fake_plugins, env)
     try:

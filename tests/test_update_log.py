@@ -365,16 +365,3 @@ def test_two_engines_writing_through_compactions_end_in_the_same_state(tmp_path,
     finally:
         for engine in engines:
             engine.close()
-
-
-def test_a_bad_compaction_threshold_in_the_environment_is_named(monkeypatch):
-    from recall_engine.serving.catalog_updates import (
-        COMPACT_RECORDS_ENV,
-        compaction_overrides,
-    )
-
-    monkeypatch.setenv(COMPACT_RECORDS_ENV, "25")
-    assert compaction_overrides() == {"compact_records": 25}
-    monkeypatch.setenv(COMPACT_RECORDS_ENV, "lots")
-    with pytest.raises(ValueError, match=rf"^{COMPACT_RECORDS_ENV}: expected a positive integer"):
-        compaction_overrides()

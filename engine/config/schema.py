@@ -104,6 +104,10 @@ class ServerConfig:
     # how often a process applies what the other processes of serve --processes N did on
     # admin calls: catalogue updates, artifact and config reloads (0: never)
     catalog_sync_ms: NonNegativeInt = 1000
+    # the catalogue's update log is compacted into a new snapshot once it holds this many
+    # rows or bytes, so a restart replays a bounded log whatever the number of updates
+    catalog_compact_records: PositiveInt = 50_000
+    catalog_compact_bytes: PositiveInt = 64 << 20
     request_timeout_ms: PositiveInt = 500
     max_k: PositiveInt = 1000
     max_history: NonNegativeInt = 1000

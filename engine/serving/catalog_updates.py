@@ -18,7 +18,6 @@ ever made.
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
@@ -31,8 +30,6 @@ log = get_logger(__name__)
 
 #: Environment overrides of the compaction thresholds (until the config schema has a
 #: ``[catalog]`` table for them): rows and bytes of update log per generation.
-COMPACT_RECORDS_ENV = "RECALL_ENGINE_CATALOG_COMPACT_RECORDS"
-COMPACT_BYTES_ENV = "RECALL_ENGINE_CATALOG_COMPACT_BYTES"
 
 #: Save a channel's online vectors once this many of its encodings are not saved yet.
 SAVE_VECTORS_EVERY = 256
@@ -90,24 +87,3 @@ def compact_if_due(
     except (OSError, LogError) as exc:
         log.error("catalog_compaction_failed", error=str(exc))
         return False
-
-
-def compaction_overrides() -> dict[str, int]:
-    """``Catalog.load`` keyword arguments from :data:`COMPACT_RECORDS_ENV` and
-    :data:`COMPACT_BYTES_ENV`, when set (a bad value names the variable)."""
-    out: dict[str, int] = {}
-    for env, key in (
-        (COMPACT_RECORDS_ENV, "compact_records"),
-        (COMPACT_BYTES_ENV, "compact_bytes"),
-    ):
-        raw = os.environ.get(env)
-        if raw is None:
-            continue
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{env}: expected a positive integer, got {raw!r}") from None
-        if value <= 0:
-            raise ValueError(f"{env}: expected a positive integer, got {raw!r}")
-        out[key] = value
-    return out

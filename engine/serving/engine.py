@@ -34,7 +34,7 @@ from recall_engine.sdk.channel import (
 )
 from recall_engine.serving.admission import Admission, OverloadSettings
 from recall_engine.serving.bulkhead import Bulkhead
-from recall_engine.serving.catalog_updates import compact_if_due, compaction_overrides, write_ahead
+from recall_engine.serving.catalog_updates import compact_if_due, write_ahead
 from recall_engine.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -849,6 +849,10 @@ def _safe_info(channel: Channel) -> ChannelInfo:
 def _open_catalog(config: Config) -> Catalog:
     folder = config.artifacts_root / "catalog"
     if Catalog.exists(folder):
-        return Catalog.load(folder, **compaction_overrides())
+        return Catalog.load(
+            folder,
+            compact_records=config.server.catalog_compact_records,
+            compact_bytes=config.server.catalog_compact_bytes,
+        )
     log.warning("catalog_missing", folder=str(folder))
     return Catalog(folder=folder)
