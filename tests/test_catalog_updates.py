@@ -108,9 +108,14 @@ def test_startup_cuts_a_torn_tail_with_a_warning_and_keeps_everything_before(fol
     assert "d" in restarted and "a" in restarted
     assert path.stat().st_size == whole
     cut = events("update_log_tail_cut")
-    assert cut and cut[0]["file"] == str(path) and (cut[0]["offset"], cut[0]["dropped"]) == (
-        whole,
-        7,
+    assert (
+        cut
+        and cut[0]["file"] == str(path)
+        and (cut[0]["offset"], cut[0]["dropped"])
+        == (
+            whole,
+            7,
+        )
     )
     restarted.delete(["a"])  # the next append is a valid record
     assert "a" not in Catalog.load(folder)
