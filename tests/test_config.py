@@ -203,7 +203,7 @@ def test_admin_token_in_file_wins_over_env_and_is_not_in_repr(tmp_path):
 def test_config_values_are_read_only(tmp_path):
     cfg = _load(tmp_path, "[channels.popular]\n[channels.popular.params]\nx = [1, 2]\n")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.server.workers = 2  # type: ignore[misc]
+        cfg.server.max_batch = 2  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.plan.weights["popular"] = 3.0  # type: ignore[index]
     with pytest.raises(TypeError):
@@ -263,10 +263,13 @@ ERRORS = [
     (CHANNELS + "params = 3\n", "channels.cf.params: must be a table, got 3"),
     (CHANNELS + "plugin = ''\n", "channels.cf.plugin: must be a non-empty string, got ''"),
     (CHANNELS + "version = '../x'\n", "channels.cf.version: must be a plain folder name"),
-    ("[server]\nworkers = '8'\n" + CHANNELS, "server.workers: must be a positive integer, got '8'"),
     (
-        "[server]\nworkers = true\n" + CHANNELS,
-        "server.workers: must be a positive integer, got true",
+        "[server]\nmax_batch = '8'\n" + CHANNELS,
+        "server.max_batch: must be a positive integer, got '8'",
+    ),
+    (
+        "[server]\nmax_batch = true\n" + CHANNELS,
+        "server.max_batch: must be a positive integer, got true",
     ),
     ("[server]\nmax_history = -1\n" + CHANNELS, "server.max_history: must be an integer >= 0"),
     ("[server]\ngrace_s = -1.0\n" + CHANNELS, "server.grace_s: must be finite and >= 0, got -1"),
@@ -394,11 +397,11 @@ def test_invalid_config_error_starts_with_key_path(tmp_path, text, expected):
 
 
 def test_every_problem_in_the_file_is_reported_at_once(tmp_path):
-    text = "[server]\nworkers = 0\ngrace_s = 'x'\nworkrs = 3\n" + CHANNELS
+    text = "[server]\nmax_batch = 0\ngrace_s = 'x'\nworkrs = 3\n" + CHANNELS
     msg = _error(tmp_path, text)
-    assert msg.startswith("server.workers: must be a positive integer, got 0; ")
+    assert msg.startswith("server.max_batch: must be a positive integer, got 0; ")
     assert "server.grace_s: must be finite and >= 0, got 'x'" in msg
-    assert "server.workrs: unknown key (known: addr, metrics_addr, workers, " in msg
+    assert "server.workrs: unknown key (known: addr, metrics_addr, worker_port_base, " in msg
 
 
 def test_fusion_params_check_is_not_fooled_by_equal_values_of_another_type():

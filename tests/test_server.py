@@ -327,14 +327,13 @@ def _in_flight(channel: str) -> float:
     return REGISTRY.get_sample_value("recall_channel_in_flight", {"channel": channel}) or 0.0
 
 
-@pytest.mark.parametrize(("limit", "peak"), [(1, 1), (0, 3)])
-def test_max_in_flight_queues_requests_beyond_the_limit(tmp_path, limit, peak):
-    """Three requests to a channel that takes 0.25 s: with server.max_in_flight = 1 the
-    channel never has more than one call (the others queue), with no limit it has all
-    three at once."""
+def test_overload_max_in_flight_sheds_requests_beyond_the_bound_with_a_retry_hint(tmp_path):
+    """Three requests at once to a channel that takes 0.25 s, ``[overload]
+    max_in_flight = 1`` and a fixed bound: one is admitted and answered, the others are
+    refused at once with RESOURCE_EXHAUSTED and a retry hint, never queued."""
     config = make_config(
         {
-            "server": {"max_in_flight": limit},
+            "overload": {"max_in_flight": 1, "min_in_flight": 1, "target_loop_lag_ms": 0},
             "channels": {
                 "queued": {
                     "plugin": "hang",
@@ -357,18 +356,21 @@ def test_max_in_flight_queues_requests_beyond_the_limit(tmp_path, limit, peak):
             interval=0.005,
             what="three answers",
         )
-        answers = [f.result() for f in futures]
-    assert all(list(a.item_ids) == ["i1"] for a in answers)
-    assert max(seen) == peak, seen
+    ok = [f for f in futures if f.exception() is None]
+    shed = [f.exception() for f in futures if f.exception() is not None]
+    assert len(ok) >= 1 and all(list(f.result().item_ids) == ["i1"] for f in ok)
+    assert shed and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in shed)
+    assert all(dict(e.trailing_metadata()).get("retry-after-ms") for e in shed)
+    assert max(seen) == 1, seen
 
 
-def test_a_negative_max_in_flight_is_a_config_error_naming_the_key(tmp_path):
-    from recall_engine.config.schema import ConfigError
+def test_a_negative_overload_bound_is_a_config_error_naming_the_key(tmp_path):
+    from recall_engine.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^server\.max_in_flight"):
+    with pytest.raises(ConfigError, match=r"^overload\.max_in_flight"):
         make_config(
             {
-                "server": {"max_in_flight": -1},
+                "overload": {"max_in_flight": -1},
                 "channels": {"a": {"plugin": "fixed", "params": {"items": ["i1"]}}},
             },
             tmp_path,

@@ -96,8 +96,6 @@ class ServerConfig:
 
     addr: Address = "127.0.0.1:50051"
     metrics_addr: OptionalAddress = "127.0.0.1:9464"  # "" in the file: no Prometheus endpoint
-    workers: PositiveInt = 8
-    max_in_flight: NonNegativeInt = 0
     # serve --processes N: process i also listens alone on addr's host at this port + i,
     # so clients can balance per call (0: only the shared addr); docs/performance.md.
     worker_port_base: Port = 0
@@ -181,6 +179,36 @@ class ChannelConfig:
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class OverloadConfig:
+    """``[overload]``: admission control and bulkheads (the engine's side is
+    :class:`recall_engine.serving.admission.OverloadSettings`; its docstring says what
+    each knob does). Zero means "sized from the machine" where noted."""
+
+    # requests inside the engine at once; past it a request is shed at once with
+    # RESOURCE_EXHAUSTED and a retry hint (0: 4 per CPU core)
+    max_in_flight: NonNegativeInt = 0
+    # the floor the bound adapts down to while the event loop lags (0: one per core)
+    min_in_flight: NonNegativeInt = 0
+    # the event-loop lag above which the bound shrinks (0: a fixed bound)
+    target_loop_lag_ms: NonNegativeFloat = 2.0
+    # calls in flight per channel, its bulkhead (0: max_in_flight); per channel below
+    channel_max_in_flight: NonNegativeInt = 0
+    channel_limits: Mapping[str, PositiveInt] = field(default_factory=dict)
+    # the channel that answers every admitted request, with a reserve of its own
+    # ("": none); fallback_max_in_flight 0: max_in_flight plus the channel bound
+    fallback: str = "popular"
+    fallback_max_in_flight: NonNegativeInt = 0
+    # BatchRecall items in flight at once per batch (0: a quarter of max_in_flight)
+    batch_parallelism: NonNegativeInt = 0
+    retry_after_ms_min: PositiveInt = 1
+    retry_after_ms_max: PositiveInt = 5000
+    # the interpreter's GIL switch interval while serving (0: Python's default, 5 ms)
+    switch_interval_ms: NonNegativeFloat = 1.0
+    # check every channel answer (finite scores, matching lengths, unique string ids)
+    check_output: bool = True
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class PluginsConfig:
     """``[plugins]``: ``blocked`` entry-point names are never imported; a channel that
     names one fails to load (start-up stops if it is required)."""
@@ -199,6 +227,7 @@ class Config:
     experiments: tuple[Experiment, ...]
     source: Path | None = None
     plugins: PluginsConfig = PluginsConfig()
+    overload: OverloadConfig = OverloadConfig()
 
     def enabled_channels(self) -> tuple[str, ...]:
         """Names of the enabled channels, in priority order."""
@@ -223,6 +252,7 @@ class _Document:
     tls: TLSConfig = TLSConfig()
     artifacts: _ArtifactsTable = _ArtifactsTable()
     plugins: PluginsConfig = PluginsConfig()
+    overload: OverloadConfig = OverloadConfig()
     channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plan: PlanTable = PlanTable()
     experiments: tuple[ExperimentTable, ...] = ()
@@ -273,6 +303,7 @@ def parse_config(
         experiments=build_experiments(doc.experiments, doc.plan, channels),
         source=source,
         plugins=doc.plugins,
+        overload=doc.overload,
     )
 
 

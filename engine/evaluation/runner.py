@@ -49,6 +49,7 @@ from recall_engine.offline.build import BuiltChannel, build_all
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.types import ItemRecord, Query
+from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine, Status
 from recall_engine.serving.fusion import RankedList, fuse
 from recall_engine.serving.requests import RecallInput
@@ -241,7 +242,10 @@ def serve_channels(
         cfg = _disable(
             cfg, [b.channel for b in built if b.version is None and b.skipped != NO_BUILD_STEP]
         )
-        engine = Engine(cfg, catalog=Catalog.load(artifacts / "catalog"))
+        # offline: every query must be answered, none shed; the gate in _recall_all
+        # bounds what is in flight instead
+        overload = OverloadSettings(max_in_flight=CONCURRENCY, target_loop_lag_ms=None)
+        engine = Engine(cfg, catalog=Catalog.load(artifacts / "catalog"), overload=overload)
         engine.load()
         stack.callback(engine.close)
         loaded = [c.name for c, _ in engine.channel_infos()]

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from recall_engine.config import OverloadConfig
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.errors import Overloaded
@@ -107,6 +108,25 @@ class OverloadSettings:
                 "retry_after_ms_min/max: need 1 <= min <= max, got "
                 f"{self.retry_after_ms_min}, {self.retry_after_ms_max}"
             )
+
+    @classmethod
+    def from_config(cls, cfg: OverloadConfig) -> OverloadSettings:
+        """The settings the ``[overload]`` table asks for (zeros sized from the machine)."""
+        cpus = os.cpu_count() or 1
+        return cls(
+            max_in_flight=cfg.max_in_flight or machine_in_flight(),
+            min_in_flight=cfg.min_in_flight or cpus,
+            channel_max_in_flight=cfg.channel_max_in_flight,
+            channel_limits=MappingProxyType(dict(cfg.channel_limits)),
+            fallback=cfg.fallback or None,
+            fallback_max_in_flight=cfg.fallback_max_in_flight,
+            batch_parallelism=cfg.batch_parallelism,
+            retry_after_ms_min=cfg.retry_after_ms_min,
+            retry_after_ms_max=cfg.retry_after_ms_max,
+            target_loop_lag_ms=cfg.target_loop_lag_ms or None,
+            switch_interval_s=cfg.switch_interval_ms / 1000 if cfg.switch_interval_ms else None,
+            check_output=cfg.check_output,
+        )
 
     def channel_limit(self, channel: str) -> int:
         """The bulkhead size of ``channel``."""

@@ -173,7 +173,9 @@ class Engine:
         self._config = config
         self._blocked = tuple(blocked_plugins)
         self.catalog = catalog if catalog is not None else _open_catalog(config)
-        self.overload = overload if overload is not None else OverloadSettings()
+        self.overload = (
+            overload if overload is not None else OverloadSettings.from_config(config.overload)
+        )
         self.admission = Admission(
             self.overload.max_in_flight,
             self.overload.retry_after_ms_min,

@@ -51,26 +51,11 @@ def to_proto(out: RecallOutput) -> _pb.RecallResponse:
 class RecallServicer(_pb_grpc.RecallServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._gate: asyncio.Semaphore | None = None
-        self._gate_size = 0
-
-    def _admission(self) -> asyncio.Semaphore | None:
-        """``server.max_in_flight`` requests at a time inside the engine (0: no limit);
-        the others wait their turn on the event loop. Recreated when a config reload
-        changes the limit (requests holding the old gate finish under it)."""
-        size = self.engine.config.server.max_in_flight
-        if size != self._gate_size:
-            self._gate, self._gate_size = (asyncio.Semaphore(size) if size else None), size
-        return self._gate
 
     async def _recall_one(
         self, req: _pb.RecallRequest, remaining: Callable[[], float | None], admitted: bool = False
     ) -> _pb.RecallResponse:
-        gate = self._admission()
-        if gate is None:
-            return await self._recall_now(req, remaining(), admitted)
-        async with gate:  # the deadline is read after the wait: queueing spends it
-            return await self._recall_now(req, remaining(), admitted)
+        return await self._recall_now(req, remaining(), admitted)
 
     async def _recall_now(
         self, req: _pb.RecallRequest, timeout: float | None, admitted: bool = False
