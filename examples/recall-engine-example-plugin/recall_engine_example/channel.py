@@ -1,6 +1,6 @@
 """``same_category``: items that share categories with the user's recent history.
 
-Shows the whole channel contract: validate params in ``__init__``, build state in
+Shows the whole channel contract: typed params (``Params``, checked at start-up), build state in
 ``load``, say which requests you can serve in ``accepts``, answer ``recall`` from many
 threads at once, and follow online catalogue updates.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,17 +22,23 @@ from recall_engine.sdk.channel import (
     ItemRecord,
     Query,
 )
+from recall_engine.sdk.params import PositiveInt
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class SameCategoryParams:
+    """``[channels.<name>.params]``, checked when the config loads (a typo or a bad value
+    stops start-up naming the key)."""
+
+    recent: PositiveInt = 5  # how many of the newest history items to follow
 
 
 class SameCategoryChannel(Channel):
+    Params = SameCategoryParams
+
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
-        recent = ctx.params.get("recent", 5)
-        if not isinstance(recent, int) or recent < 1:
-            raise ValueError(
-                f"channels.{ctx.name}.params.recent: must be a positive integer, got {recent!r}"
-            )
-        self._recent = recent
+        self._recent = ctx.params_as(SameCategoryParams).recent
         self._by_category: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
