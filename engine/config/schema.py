@@ -73,6 +73,7 @@ __all__ = [
     "ConfigError",
     "Experiment",
     "Plan",
+    "OverloadConfig",
     "PluginsConfig",
     "ServerConfig",
     "TLSConfig",
