@@ -15,11 +15,13 @@ class ChannelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_STATUS_TIMEOUT: _ClassVar[ChannelStatus]
     CHANNEL_STATUS_ERROR: _ClassVar[ChannelStatus]
     CHANNEL_STATUS_SKIPPED: _ClassVar[ChannelStatus]
+    CHANNEL_STATUS_OVERLOADED: _ClassVar[ChannelStatus]
 CHANNEL_STATUS_UNSPECIFIED: ChannelStatus
 CHANNEL_STATUS_OK: ChannelStatus
 CHANNEL_STATUS_TIMEOUT: ChannelStatus
 CHANNEL_STATUS_ERROR: ChannelStatus
 CHANNEL_STATUS_SKIPPED: ChannelStatus
+CHANNEL_STATUS_OVERLOADED: ChannelStatus
 
 class RecallRequest(_message.Message):
     __slots__ = ("user_id", "history_item_ids", "history_events", "history_timestamps", "text", "k", "exclude_item_ids", "categories", "include_history", "weight_override", "request_id")

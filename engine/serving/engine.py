@@ -58,6 +58,7 @@ class Status(IntEnum):
     TIMEOUT = 2
     ERROR = 3
     SKIPPED = 4
+    OVERLOADED = 5
 
 
 @dataclass(slots=True, frozen=True)
@@ -570,7 +571,7 @@ class Engine:
         RESOURCE_EXHAUSTED when some were refused by a full bulkhead; a request where a
         channel answered (even empty) or failed on its own is answered (fail-open)."""
         statuses = [reports[c.name].status for c in calls if c.name in reports]
-        if not statuses or any(st != Status.TIMEOUT for st in statuses):
+        if not statuses or any(st not in (Status.TIMEOUT, Status.OVERLOADED) for st in statuses):
             return
         names = ", ".join(c.name for c in calls)
         if any(c.rejected for c in calls):
@@ -623,7 +624,7 @@ class Engine:
             metrics.CHANNEL_REJECTED.labels(name).inc()
             return ChannelReport(
                 name,
-                Status.TIMEOUT,
+                Status.OVERLOADED,
                 call.weight,
                 error=f"overloaded: {slot.bulkhead.limit} calls in flight (the channel's limit)",
             ), None
