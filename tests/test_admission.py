@@ -64,15 +64,14 @@ def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
         ]
         wait_until(lambda: sum(c.calls for c in INSTANCES) == limit)  # both hang in "a"
         calls_before = sum(c.calls for c in INSTANCES)
-        t0 = time.perf_counter()
+        # the held calls hang until CONTROL.release: a request that queued for a slot
+        # would end DEADLINE_EXCEEDED, so RESOURCE_EXHAUSTED here means it was not held
         with pytest.raises(grpc.RpcError) as e:
             s.stub.Recall(recall_pb2.RecallRequest(user_id="over", k=2), timeout=10)
-        shed_s = time.perf_counter() - t0
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         trailers = dict(e.value.trailing_metadata())
         assert int(trailers["grpc-retry-pushback-ms"]) >= 1
         assert trailers["retry-after-ms"] == trailers["grpc-retry-pushback-ms"]
-        assert shed_s < 2.0  # not held until a slot frees (the held calls hang 30 s)
         assert sum(c.calls for c in INSTANCES) == calls_before  # nothing was started
         CONTROL.release.set()
         for f in held:
@@ -116,7 +115,11 @@ def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keep
             adm.enter()
             adm.leave()
             shrinking.append(adm.limit)
-        await asyncio.sleep(0.4)  # the loop keeps up again: the lag decays
+        for _ in range(2000):  # the loop keeps up again: wait until the lag has decayed
+            if adm.loop_lag_ms < 1.0:  # under half the target: the bound may grow
+                break
+            await asyncio.sleep(0.005)
+        assert adm.loop_lag_ms < 1.0, adm.loop_lag_ms
         growing = []
         for _ in range(3):
             admitted = adm.enter(adm.limit)  # the bound is what holds requests back
