@@ -401,3 +401,35 @@ def test_vectorised_rrf_merge_matches_the_definition_on_random_lists():
         want_ids, want_scores = _rrf_reference(lists, k)
         assert got_ids == want_ids
         np.testing.assert_array_equal(got_scores, want_scores)
+
+
+def test_a_sealed_bundle_whose_two_tower_index_holds_nan_is_refused_at_load(two_tower_only):
+    """The digests prove the files are the ones the build sealed; the self-check proves
+    they work: a bundle sealed around an index with NaN rows (a broken build) is refused
+    by ``load``, naming the index, before it can serve."""
+    import shutil
+
+    from recall_engine.runtime.artifacts import ArtifactStore
+    from recall_engine.runtime.index import VectorIndex
+    from recall_engine.runtime.index_check import IndexCheckError
+
+    folder = two_tower_only.ctx.artifacts
+    store = ArtifactStore(folder.parent)
+    good = store.open(folder.name, two_tower_only.info().version)
+    reserved = {"schema_version", "channel", "version", "created_at", "files"}
+    with store.new_version(folder.name, make_current=False) as writer:
+        for name in good.manifest["files"]:
+            (writer.path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(good.path / name, writer.path / name)
+        index_dir = writer.path / "index"
+        index = VectorIndex.load(index_dir)
+        keys = np.arange(0, 8, dtype=np.uint64)
+        index._index.remove(keys)  # what a broken build could store (add() refuses NaN)
+        index._index.add(keys, np.full((len(keys), index.dim), np.nan, dtype=np.float32))
+        index.save(index_dir)
+        writer.update(**{k: v for k, v in good.manifest.items() if k not in reserved})
+        bad = writer.commit()
+    ctx = replace(two_tower_only.ctx, version=bad.version)
+    channel = CFChannel(ctx)
+    with pytest.raises(IndexCheckError, match=rf"^cf/{bad.version}/index/index.json: "):
+        channel.load()

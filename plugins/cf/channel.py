@@ -151,6 +151,7 @@ class CFChannel(Channel):
         if self.params.two_tower:
             from recall_engine.runtime.encoders import OnnxModel
             from recall_engine.runtime.index import VectorIndex
+            from recall_engine.runtime.index_check import check_index
 
             self._require(bundle, ENCODER_MANIFEST, files, "two_tower")
             self._require(bundle, INDEX_META, files, "two_tower")
@@ -162,6 +163,8 @@ class CFChannel(Channel):
             ef = self.params.expansion_search
             overrides: dict[str, Any] = {"expansion_search": ef} if ef else {}
             self._index = VectorIndex.load(bundle.file(INDEX_META).parent, **overrides)
+            # the digests say the files are the built ones; this says they work
+            check_index(self._index, f"{self.name}/{bundle.version}/{INDEX_META}")
             # the encoder was trained (and its position table sized) for this length
             self._length = int(self._built.get("sequence_length", self.params.sequence_length))
         self._vocab = vocab
