@@ -37,7 +37,7 @@ What is real and what is synthetic (also written to ``DIR/bench_catalog.json``):
   (``held_out_check`` in the bundle's ``cf`` manifest field: hit@100 and how varied the
   top 100s are). At the default learning rate (2e-3) this budget left the model
   degenerate, every user sent to the same ≈ 190 items (hit@100 0.14, distinct 0.008;
-  0.01 gives 0.27 and 0.068; docs/performance.md "Round 4"). The item index covers every
+  0.01 gives 0.27 and 0.068; docs/reports/, round 4). The item index covers every
   item the log knows. At small N (fewer samples than the cap) ``cf`` is the real build
   throughout.
 * **llm**: the bundle is the one ``LLMChannel.build`` writes (the MiniLM encoder exported
@@ -92,7 +92,7 @@ LLM_REAL = 8192
 #: HNSW build setting for the synthetic-llm index. Until round 4 it was half of this (64),
 #: to build faster; at 1M that found 0.470 of the exact top 100 at ef 128 against 0.538
 #: with 128, for 8 % more distance computations per search (raising ef to 256 instead
-#: buys less for 43 % more; bench/index_tune.py, docs/performance.md "Round 4").
+#: buys less for 43 % more; bench/index_tune.py, docs/reports/, round 4).
 LLM_INDEX_OPTIONS = {"expansion_add": 128}
 #: Two-tower training samples (next-item targets) above which ``cf`` trains on a sample
 #: of users: one step over a million-row embedding table costs about a CPU second.

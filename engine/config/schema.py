@@ -98,7 +98,7 @@ class ServerConfig:
     addr: Address = "127.0.0.1:50051"
     metrics_addr: OptionalAddress = "127.0.0.1:9464"  # "" in the file: no Prometheus endpoint
     # serve --processes N: process i also listens alone on addr's host at this port + i,
-    # so clients can balance per call (0: only the shared addr); docs/performance.md.
+    # so clients can balance per call (0: only the shared addr); docs/performance.md
     worker_port_base: Port = 0
     # how often a process applies what the other processes of serve --processes N did on
     # admin calls: catalogue updates, artifact and config reloads (0: never)

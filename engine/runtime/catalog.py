@@ -10,7 +10,7 @@ Item ids read from files are interned (``sys.intern``), here and where the chann
 their own id lists (``VectorIndex``, cf's vocabulary, popular), so a million ids exist
 once per process instead of once per structure: ≈ 60 MiB less per channel at 1M items,
 and a candidate looked up in the catalogue matches its key by identity, without
-comparing the strings (docs/performance.md).
+comparing the strings (docs/reports/).
 
 On disk (``ARTIFACTS/catalog/``), by generation ``g`` (0 is what ``build`` writes)::
 

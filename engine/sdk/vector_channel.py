@@ -18,14 +18,14 @@ index's own ``exclude``; a category filter is :meth:`Catalog.filter_mask` after 
 over-fetch (the index's ``keep=`` hook), over at most ``max_filter_fetch`` nearest items
 (4,096 by default): the channel returns the in-category items among those, fewer than
 ``k`` when the category lies far from the query, instead of scanning the whole index
-(1M items: 0.8–6 s per query before the bound, docs/performance.md). The popular
+(1M items: 0.8–6 s per query before the bound, docs/reports/). The popular
 channel answers category filters exactly.
 
 Catalogue filter. The index holds only items the catalogue has: :meth:`load`
 reconciles it with the catalogue, and the engine upserts into the catalogue before the
 channels and deletes from the channels before the catalogue. So a single query without
 a category filter never looks its candidates up in the catalogue: on a million-item
-catalogue those ~130 dict lookups per search cost 0.1–0.15 ms (docs/performance.md).
+catalogue those ~130 dict lookups per search cost 0.1–0.15 ms (docs/reports/).
 A caller that changes the catalogue itself must call :meth:`delete_items` /
 :meth:`upsert_items` in that same order.
 

@@ -184,7 +184,7 @@ def _optimisers(model: HistoryEncoder, params: CFParams) -> list[torch.optim.Opt
     """Adam over every weight; with ``sparse_updates`` the item table gets SparseAdam,
     which reads and writes only the rows a batch touched. A dense Adam step walks the
     whole table and its two moment tables: at a million items that is most of a step's
-    time (1.09 against 0.41 s per 4,096-row step, docs/performance.md "Round 4"). Rows a
+    time (1.09 against 0.41 s per 4,096-row step, docs/reports/, round 4). Rows a
     batch did not touch keep their moments as they were (lazy Adam) instead of
     decaying them."""
     if not params.sparse_updates:
