@@ -125,3 +125,31 @@ def test_reload_config_with_a_bad_file_is_invalid_argument_naming_the_key(tmp_pa
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "channels.a.timeout_ms" in e.value.details()
         assert s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i1"]
+
+
+def test_reload_config_whose_required_channel_fails_to_load_is_failed_precondition(tmp_path):
+    """A new config that parses but cannot be applied (a required channel fails to load)
+    is FAILED_PRECONDITION, and the old config keeps serving."""
+
+    def read_unloadable():
+        return make_config(
+            {
+                "admin": {"token": TOKEN},
+                "channels": {
+                    "a": {"plugin": "fixed", "params": {"items": ITEMS}},
+                    "broken": {"plugin": "fail_load", "required": True},
+                },
+            },
+            tmp_path,
+        )
+
+    with serve(config(tmp_path), catalog_of(ITEMS), reload_config=read_unloadable) as s:
+        with pytest.raises(grpc.RpcError) as e:
+            s.admin.ReloadConfig(
+                admin_pb2.ReloadConfigRequest(),
+                metadata=(("authorization", f"Bearer {TOKEN}"),),
+                timeout=30,
+            )
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "broken" in e.value.details()
+        assert s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=1)).item_ids == ["i1"]

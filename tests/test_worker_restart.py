@@ -104,3 +104,26 @@ def test_a_killed_worker_is_reaped_restarted_and_the_parent_exits_non_zero(tmp_p
         parent.proc.send_signal(signal.SIGTERM)
         code = parent.proc.wait(60)
     assert code == 1, parent.events
+
+
+def test_a_slot_that_keeps_dying_right_after_start_stops_the_group_with_exit_1(capsys):
+    """A worker that cannot start (a config or artifact that will not load) is not
+    restarted for ever: after ``max_quick_deaths`` quick deaths in a row the parent stops
+    the other workers and returns 1, naming the slot."""
+    from recall_engine.serving.workers import WorkerPool
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    crasher = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    seen_restarts: list[int] = []
+
+    def command(index: int, restarts: int) -> tuple[list[str], dict[str, str]]:
+        if index == 1:
+            seen_restarts.append(restarts)
+        return (crasher if index == 1 else sleeper), dict(os.environ)
+
+    pool = WorkerPool(2, command, max_quick_deaths=3, backoff_s=(0.01, 0.05), poll_s=0.01)
+    assert pool.run() == 1
+    assert seen_restarts == [0, 1, 2]  # started, then restarted twice, then given up on
+    out = capsys.readouterr()
+    logs = out.out + out.err
+    assert "worker_giving_up" in logs and "exit code 3" in logs

@@ -54,6 +54,7 @@ from recall_engine.config.plans import (
     build_experiments,
     resolve_plan,
 )
+from recall_engine.runtime.catalog import COMPACT_BYTES, COMPACT_RECORDS
 from recall_engine.sdk.params import (
     DERIVED,
     KeyError_,
@@ -105,8 +106,8 @@ class ServerConfig:
     catalog_sync_ms: NonNegativeInt = 1000
     # the catalogue's update log is compacted into a new snapshot once it holds this many
     # rows or bytes, so a restart replays a bounded log whatever the number of updates
-    catalog_compact_records: PositiveInt = 50_000
-    catalog_compact_bytes: PositiveInt = 64 << 20
+    catalog_compact_records: PositiveInt = COMPACT_RECORDS
+    catalog_compact_bytes: PositiveInt = COMPACT_BYTES
     request_timeout_ms: PositiveInt = 500
     max_k: PositiveInt = 1000
     max_history: NonNegativeInt = 1000

@@ -29,6 +29,9 @@ log = get_logger(__name__)
 __all__ = ["Admission", "LoopLag", "OverloadSettings", "machine_in_flight"]
 
 
+_TABLE = OverloadConfig()
+
+
 def machine_in_flight(cpus: int | None = None) -> int:
     """The default bound on requests in the engine: 4 per CPU core (at least 4).
 
@@ -67,14 +70,17 @@ class OverloadSettings:
     min_in_flight: int = field(default_factory=lambda: os.cpu_count() or 1)
     channel_max_in_flight: int = 0
     channel_limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    fallback: str | None = "popular"
-    fallback_max_in_flight: int = 0
-    batch_parallelism: int = 0
-    retry_after_ms_min: int = 1
-    retry_after_ms_max: int = 5000
-    target_loop_lag_ms: float | None = 2.0
-    switch_interval_s: float | None = 0.001
-    check_output: bool = True
+    # the rest default to what an empty [overload] table says (one source of defaults)
+    fallback: str | None = _TABLE.fallback or None
+    fallback_max_in_flight: int = _TABLE.fallback_max_in_flight
+    batch_parallelism: int = _TABLE.batch_parallelism
+    retry_after_ms_min: int = _TABLE.retry_after_ms_min
+    retry_after_ms_max: int = _TABLE.retry_after_ms_max
+    target_loop_lag_ms: float | None = _TABLE.target_loop_lag_ms or None
+    switch_interval_s: float | None = (
+        _TABLE.switch_interval_ms / 1000 if _TABLE.switch_interval_ms else None
+    )
+    check_output: bool = _TABLE.check_output
 
     def __post_init__(self) -> None:
         if isinstance(self.min_in_flight, bool) or not isinstance(self.min_in_flight, int):

@@ -25,6 +25,12 @@ class _Malformed:
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Runs on every call, so each method's wrapped handler is made once and reused (the
+    services registered on a server do not change once it has started)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -33,26 +39,35 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
-        parse = handler.request_deserializer
-        inner = handler.unary_unary
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = _wrap(method, handler)
+        return wrapped
 
-        def safe_parse(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except Exception:  # noqa: BLE001 - any parse failure is the caller's bad input
-                return _Malformed(method)
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Malformed):
-                log.warning("malformed_request", method=method, peer=context.peer())
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{method.rsplit('/', 1)[-1]}: the request does not parse as the "
-                    "method's message (invalid UTF-8 in a string field, or truncated bytes)",
-                )
-            return await inner(request, context)
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` with a parse that cannot raise and a behaviour that answers a request
+    that did not parse with INVALID_ARGUMENT."""
+    parse = handler.request_deserializer
+    inner = handler.unary_unary
 
-        return grpc.unary_unary_rpc_method_handler(
-            call, request_deserializer=safe_parse, response_serializer=handler.response_serializer
-        )
+    def safe_parse(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # noqa: BLE001 - any parse failure is the caller's bad input
+            return _Malformed(method)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            log.warning("malformed_request", method=method, peer=context.peer())
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method.rsplit('/', 1)[-1]}: the request does not parse as the "
+                "method's message (invalid UTF-8 in a string field, or truncated bytes)",
+            )
+        return await inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        call, request_deserializer=safe_parse, response_serializer=handler.response_serializer
+    )

@@ -301,7 +301,7 @@ async def serve(
 
     tasks = Tasks()
     stop = asyncio.Event()
-    drain = {"s": config.server.drain_s}
+    drain_s = config.server.drain_s
     if config.server.catalog_sync_ms:
         tasks.supervise("follow_others", lambda: _follow_others(engine, group, reload_config))
 
@@ -313,7 +313,8 @@ async def serve(
             log.error("sighup_reload_failed", error=str(e))
 
     def on_int() -> None:
-        drain["s"] = 0.0
+        nonlocal drain_s
+        drain_s = 0.0
         stop.set()
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -321,6 +322,6 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn("sighup_reload", reload()))
     await stop.wait()
     await tasks.cancel_all()
-    log.info("shutting_down", drain_s=drain["s"], grace_s=engine.config.server.grace_s)
-    await running.stop(engine.config.server.grace_s, drain=drain["s"])
+    log.info("shutting_down", drain_s=drain_s, grace_s=engine.config.server.grace_s)
+    await running.stop(engine.config.server.grace_s, drain=drain_s)
     log.info("stopped")

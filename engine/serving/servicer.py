@@ -52,19 +52,13 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def _recall_one(
-        self, req: _pb.RecallRequest, remaining: Callable[[], float | None], admitted: bool = False
-    ) -> _pb.RecallResponse:
-        return await self._recall_now(req, remaining(), admitted)
-
-    async def _recall_now(
-        self, req: _pb.RecallRequest, timeout: float | None, admitted: bool = False
-    ) -> _pb.RecallResponse:
+    async def _recall(self, req: _pb.RecallRequest, timeout: float | None) -> _pb.RecallResponse:
+        """One request the caller has already admitted (``Engine.admit``)."""
         engine = self.engine
         cfg = engine.config
         inp = recall_input(req, cfg.server, cfg.channels.keys())
         structlog.contextvars.bind_contextvars(request_id=inp.request_id)
-        out = await engine.recall(inp, timeout, admitted=admitted)
+        out = await engine.recall(inp, timeout, admitted=True)
         structlog.contextvars.bind_contextvars(
             experiment=out.assignment.experiment, variant=out.assignment.variant
         )
@@ -83,7 +77,7 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         code = grpc.StatusCode.OK
         try:
             with self.engine.admit():  # shed before anything is parsed
-                return await self._recall_one(request, context.time_remaining, admitted=True)
+                return await self._recall(request, context.time_remaining())
         except Exception as e:  # noqa: BLE001 - mapped to a status in one place
             code, message = status_of(e)
             _log_failure(e, code)
@@ -130,7 +124,7 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
     ) -> _pb.BatchRecallResult:
         try:
             async with lane:
-                response = await self._recall_one(req, remaining, admitted=True)
+                response = await self._recall(req, remaining())
             return _pb.BatchRecallResult(response=response)
         except Exception as e:  # noqa: BLE001 - one bad request fails alone
             code, message = status_of(e)
