@@ -39,6 +39,9 @@ FAULTS = (
     "not_candidates",  # returns a plain list
     "leak",  # starts a thread per call that outlives it (bounded: HANG_LIMIT_S)
     "block_accepts",  # accepts() signals CONTROL.entered, waits for CONTROL.proceed
+    "encoder_deadline",  # waits on a real MicroBatcher whose batch hangs, up to the
+    # engine's call deadline (CALL_DEADLINE): the wait ends with TimeoutError
+    "timeout_error",  # raises TimeoutError at once (a channel's own bug, not a deadline)
 )
 HANG_LIMIT_S = 30.0  # no fault outlives a test run
 
@@ -86,6 +89,7 @@ class FaultChannel(Channel):
         self.closes = 0
         self.calls_after_close = 0
         self._lock = threading.Lock()
+        self._batcher = None
         INSTANCES.append(self)
 
     @property
@@ -120,6 +124,8 @@ class FaultChannel(Channel):
     def close(self) -> None:
         with self._lock:
             self.closes += 1
+            if self._batcher is not None:
+                self._batcher.close()
 
     def _check_hook(self, hook: str) -> None:
         if self.fault == "raise" and self.ctx.params.get("hook", "recall") == hook:
@@ -146,11 +152,29 @@ class FaultChannel(Channel):
             return Candidates(list(range(len(items))), scores)
         elif fault == "not_candidates":
             return list(zip(items, scores.tolist(), strict=True))  # type: ignore[return-value]
+        elif fault == "encoder_deadline":
+            from recall_engine.runtime.encoders import CALL_DEADLINE, MicroBatcher
+
+            with self._lock:
+                if self._batcher is None:
+                    self._batcher = MicroBatcher(_hung_batch, max_batch=4, name=self.ctx.name)
+            # give up just before the engine's own timer would (the race the engine must
+            # classify either way): the batcher raises TimeoutError at the deadline
+            deadline = CALL_DEADLINE.get()
+            assert deadline is not None, "the engine sets CALL_DEADLINE for channel calls"
+            self._batcher.submit(1, timeout=max(0.0, deadline - time.perf_counter() - 0.0005))
+        elif fault == "timeout_error":
+            raise TimeoutError("the channel's own socket timed out")
         elif fault == "leak":
             t = threading.Thread(target=CONTROL.release.wait, args=(HANG_LIMIT_S,), daemon=True)
             t.start()
             CONTROL.leaked.append(t)
         return Candidates(items, scores)
+
+
+def _hung_batch(items: list[int]) -> list[int]:
+    CONTROL.release.wait(HANG_LIMIT_S)
+    return items
 
 
 class UntrustedFaultChannel(FaultChannel):

@@ -82,6 +82,23 @@ def test_an_exception_in_a_channel_hook_is_that_channels_error_not_internal(tmp_
     assert set(resp.item_ids) == {"i1", "i2", "i3", "i9", "i10"}
 
 
+def test_a_channel_whose_encoder_wait_ends_at_the_deadline_is_timeout_not_error(tmp_path):
+    """The micro-batcher under a channel gives up at the engine's call deadline with
+    TimeoutError: that channel ran out of time (TIMEOUT), it did not fail (ERROR). A
+    TimeoutError raised long before the deadline is the channel's own error."""
+    config = config_with(
+        tmp_path, {"timeout_ms": 100, "params": {"items": ["i4"], "fault": "encoder_deadline"}}
+    )
+    with serve(config, catalog_of(ITEMS)) as s:
+        resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10), timeout=5)
+        assert statuses(resp)["bad"].status == TIMEOUT, statuses(resp)["bad"].error
+        assert set(resp.item_ids) == {"i1", "i2", "i3", "i9", "i10"}
+        CONTROL.faults["bad"] = "timeout_error"
+        resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=10), timeout=5)
+        assert statuses(resp)["bad"].status == ERROR
+        assert "TimeoutError" in statuses(resp)["bad"].error
+
+
 def test_an_untrusted_channels_duplicates_are_repaired_but_nan_is_an_error(tmp_path):
     config = config_with(
         tmp_path,
