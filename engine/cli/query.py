@@ -1,18 +1,30 @@
-"""``recall-engine query``: call a running server's Recall and print the candidates."""
+"""``recall-engine query``: call a running server's Recall through
+:mod:`recall_engine.client` and print the candidates."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from typing import Any
 
-import grpc
-
-from recall_engine._proto import recall_pb2, recall_pb2_grpc
+from recall_engine.client import (
+    TLS,
+    ChannelReport,
+    RecallCallError,
+    RecallClient,
+    RecallQuery,
+    RecallResult,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--addr", default="127.0.0.1:50051", help="server HOST:PORT")
+    p.add_argument(
+        "--addr",
+        default="127.0.0.1:50051",
+        help="server HOST:PORT; several comma-separated (round_robin), or a DNS name",
+    )
     p.add_argument("--user", default="", help="user id")
     p.add_argument("--history", default="", help="comma-separated item ids, newest last")
     p.add_argument("--text", default="", help="free text")
@@ -24,12 +36,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="",
         help="debug weight override, e.g. cf=1,llm=0 (needs allow_weight_override)",
     )
-    p.add_argument("--json", action="store_true", help="print the response as JSON")
-    p.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="deadline in seconds, retries included"
+    )
+    p.add_argument("--tls-ca", default="", help="PEM file of the roots that sign the server")
+    p.add_argument("--tls-cert", default="", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--tls-key", default="", help="client private key (PEM), for mutual TLS")
+    p.add_argument("--tls", action="store_true", help="TLS with the system's roots")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("RECALL_ENGINE_TOKEN", ""),
+        help="sent as 'authorization: Bearer <token>' (for a gateway; "
+        "default: $RECALL_ENGINE_TOKEN)",
+    )
 
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _tls(args: argparse.Namespace) -> TLS | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return TLS(ca=args.tls_ca or None, cert=args.tls_cert or None, key=args.tls_key or None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,41 +67,66 @@ def run(args: argparse.Namespace) -> int:
     for pair in _csv(args.weights):
         name, _, value = pair.partition("=")
         weights[name] = float(value)
-    req = recall_pb2.RecallRequest(
+    query = RecallQuery(
         user_id=args.user,
-        history_item_ids=_csv(args.history),
+        history=_csv(args.history),
         text=args.text,
         k=args.k,
-        exclude_item_ids=_csv(args.exclude),
+        exclude=_csv(args.exclude),
         categories=_csv(args.categories),
         weight_override=weights,
     )
-    with grpc.insecure_channel(args.addr) as channel:
-        stub = recall_pb2_grpc.RecallServiceStub(channel)
-        try:
-            resp = stub.Recall(req, timeout=args.timeout)
-        except grpc.RpcError as e:
-            print(f"{e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
+    try:
+        with RecallClient(args.addr, tls=_tls(args), token=args.token or None) as client:
+            result = client.recall(query, timeout=args.timeout)
+    except RecallCallError as e:
+        tries = f" (after {e.attempts} attempts)" if e.attempts > 1 else ""
+        print(f"{e.code().name}: {e.details()}{tries}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # a bad --addr
+        print(e, file=sys.stderr)
+        return 2
     if args.json:
-        from google.protobuf.json_format import MessageToDict
-
-        print(json.dumps(MessageToDict(resp), indent=2))
+        print(json.dumps(_as_dict(result), indent=2))
         return 0
-    hits: dict[int, list[str]] = {}
-    for ch in resp.channels:
-        for i, r in zip(ch.candidate_index, ch.rank, strict=True):
-            hits.setdefault(i, []).append(f"{ch.channel}#{r}")
     print(
-        f"variant={resp.experiment or '-'}/{resp.variant} fusion={resp.fusion} "
-        f"request_id={resp.request_id}"
+        f"variant={result.experiment or '-'}/{result.variant} fusion={result.fusion} "
+        f"request_id={result.request_id}"
     )
-    for ch in resp.channels:
-        status = recall_pb2.ChannelStatus.Name(ch.status).removeprefix("CHANNEL_STATUS_")
+    for ch in result.channels:
         print(
-            f"  channel {ch.channel:<10} {status:<8} {ch.latency_ms:7.2f} ms  "
+            f"  channel {ch.channel:<10} {ch.status.name:<8} {ch.latency_ms:7.2f} ms  "
             f"returned={ch.returned} weight={ch.weight:g} {ch.error}"
         )
-    for i, (item, score) in enumerate(zip(resp.item_ids, resp.scores, strict=True)):
-        print(f"{i + 1:4d}. {item:<16} {score:.5f}  {' '.join(hits.get(i, []))}")
+    for i, c in enumerate(result.candidates):
+        hits = " ".join(f"{h.channel}#{h.rank}" for h in c.hits)
+        print(f"{i + 1:4d}. {c.item_id:<16} {c.score:.5f}  {hits}")
     return 0
+
+
+def _as_dict(result: RecallResult) -> dict[str, Any]:
+    def channel(ch: ChannelReport) -> dict[str, Any]:
+        return {
+            "channel": ch.channel,
+            "status": ch.status.name,
+            "latency_ms": ch.latency_ms,
+            "returned": ch.returned,
+            "weight": ch.weight,
+            "error": ch.error,
+        }
+
+    return {
+        "experiment": result.experiment,
+        "variant": result.variant,
+        "fusion": result.fusion,
+        "request_id": result.request_id,
+        "channels": [channel(ch) for ch in result.channels],
+        "candidates": [
+            {
+                "item_id": c.item_id,
+                "score": c.score,
+                "channels": {h.channel: {"rank": h.rank, "score": h.score} for h in c.hits},
+            }
+            for c in result.candidates
+        ],
+    }
