@@ -502,3 +502,37 @@ def test_the_token_is_sent_as_bearer_metadata_on_every_call():
     finally:
         gateway.stop(0)
     assert [(m["authorization"], m["x-tenant"]) for m in seen] == [("Bearer s3cret", "t1")] * 2
+
+
+def test_the_async_client_waits_the_servers_hint_too(artifacts, history):
+    events: list[RetryEvent] = []
+    with serve(shedding_config(artifacts)) as s:
+        s.engine.admission.enter()
+
+        def on_retry(event: RetryEvent) -> None:
+            events.append(event)
+            s.engine.admission.leave()
+
+        async def main():
+            async with AsyncRecallClient(
+                f"127.0.0.1:{s.port}", retry=FAST, on_retry=on_retry
+            ) as client:
+                return await client.recall(RecallQuery(history=history, k=4), timeout=10)
+
+        got = asyncio.run(main())
+    assert len(got.candidates) == 4 and len(events) == 1
+    assert events[0].code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert events[0].pushback_ms is not None and events[0].delay_s == events[0].pushback_ms / 1000
+
+
+def test_the_readme_example_runs(server, capsys):
+    from tests.helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python client") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+    assert '"10.0.0.5:50061,10.0.0.5:50062"' in code
+    code = code.replace('"10.0.0.5:50061,10.0.0.5:50062"', f'"127.0.0.1:{server.port}"')
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("default {") and len(printed) >= 2
