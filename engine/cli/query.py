@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         tries = f" (after {e.attempts} attempts)" if e.attempts > 1 else ""
         print(f"{e.code().name}: {e.details()}{tries}", file=sys.stderr)
         return 1
-    except ValueError as e:  # a bad --addr
+    except (ValueError, OSError) as e:  # a bad --addr, an unreadable --tls-* file
         print(e, file=sys.stderr)
         return 2
     if args.json:
