@@ -5,6 +5,9 @@ Served over HTTP by :func:`start_http` (``server.metrics_addr`` in the config).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -65,7 +68,11 @@ REQUESTS_IN_FLIGHT = Gauge(
 )
 ADMISSION_LIMIT = Gauge(
     "recall_engine_admission_limit",
-    "The bound on requests in flight in force (adapts to the event loop's lag)",
+    "The bound on requests in flight in force (adapts to the event loop's lag; 0: no bound)",
+)
+LOOP_LAG = Gauge(
+    "recall_engine_loop_lag_seconds",
+    "How late the serving event loop runs a timer (EWMA; admission adapts to it; 0: unwatched)",
 )
 REQUESTS_SHED = Counter(
     "recall_requests_shed_total",
@@ -99,6 +106,23 @@ ENCODER_EXPIRED = Counter(
     ["encoder"],
 )
 CONFIG_GENERATION = Gauge("recall_config_generation", "Config generation being served")
+RELOADS = Counter(
+    "recall_reloads_total",
+    "Config reloads (kind=config) and artifact reloads (kind=artifacts) by outcome (ok, failed)",
+    ["kind", "outcome"],
+)
+CATALOG_SYNCED_AT = Gauge(
+    "recall_catalog_last_sync_timestamp_seconds",
+    "Unix time the last catalogue sync round (other processes' updates applied) ended; 0: none",
+)
+CATALOG_SYNC_FAILURES = Counter(
+    "recall_catalog_sync_failures_total", "Catalogue sync rounds that raised (retried next round)"
+)
+CATALOG_SYNC_OPERATIONS = Counter(
+    "recall_catalog_sync_operations_total",
+    "Item upserts and deletes applied from the update log that other processes wrote",
+)
+SERVING = Gauge("recall_serving", "1 while health says SERVING; 0 while loading or draining")
 
 ADMIN_AUTH_FAILURES = Counter(
     "recall_admin_auth_failures_total",
@@ -109,6 +133,29 @@ WORKER_RESTARTS = Gauge(
     "recall_worker_restarts",
     "serve --processes N: how many times the parent restarted this worker slot",
 )
+
+
+@contextlib.contextmanager
+def reload_outcome(kind: str) -> Iterator[None]:
+    """Count the reload in the ``with`` block: ``ok``, or ``failed`` when it raises."""
+    try:
+        yield
+    except BaseException:
+        RELOADS.labels(kind, "failed").inc()
+        raise
+    RELOADS.labels(kind, "ok").inc()
+
+
+@contextlib.contextmanager
+def catalog_sync_round() -> Iterator[None]:
+    """Time-stamp a catalogue sync round that ends without raising; count one that raises
+    (the sync lag an operator alerts on is now minus the stamp)."""
+    try:
+        yield
+    except BaseException:
+        CATALOG_SYNC_FAILURES.inc()
+        raise
+    CATALOG_SYNCED_AT.set_to_current_time()
 
 
 def start_http(addr: str) -> int:

@@ -227,6 +227,7 @@ class Admission:
         self._logged_at = 0.0
         self._logged_shed = 0
         self._shed_counter = metrics.REQUESTS_SHED.labels("max_in_flight")
+        metrics.ADMISSION_LIMIT.set(limit)
 
     @property
     def loop_lag_ms(self) -> float:
@@ -246,6 +247,8 @@ class Admission:
                 old.stop()
             self._lag = LoopLag(loop)
             self._lag.start()
+            lag = self._lag  # read at each scrape
+            metrics.LOOP_LAG.set_function(lambda: lag.lag_s)
 
     def close(self) -> None:
         if self._lag is not None:
