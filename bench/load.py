@@ -4,10 +4,20 @@ Drives a running server (``--addr``) with grpc.aio clients, or an in-process eng
 (``--artifacts DIR --in-process``: no network, no proto work, the engine alone), at a
 fixed concurrency (closed loop) or a target rate (open loop), for a duration, with a
 request mix of known users (their real histories), users unseen in training (fresh
-histories sampled from the catalogue) and free-text queries. Reports requests/s,
-p50/p90/p99/p99.9 latency, errors by status code and per-channel latency, and CPU time
-per request: the generator's, and the server's with ``--server-pid`` (in process, the
-generator's figure includes the engine).
+histories sampled from the catalogue), free-text queries, and unseen users' histories
+with a free text (``unseen_text``). Reports requests/s, p50/p90/p99/p99.9 latency,
+errors by status code and per-channel latency, and CPU time per request: the
+generator's, and the server's with ``--server-pid`` (in process, the generator's figure
+includes the engine).
+
+``--serve`` starts ``recall-engine serve`` itself on ``--artifacts`` (the default config:
+what a new user gets) in a child process instead of ``--addr``. ``--echo`` then measures
+the limit in the same run (issue 14): an echo gRPC server that answers the same
+requests with the engine's own response bytes (:mod:`recall_engine.benchmarks.servers`),
+driven by the same generator, and reports the engine's throughput as a share of it::
+
+    recall-engine bench load --serve --echo --artifacts demo/artifacts \
+        --mix unseen=0.75,unseen_text=0.25 --history-len 10-50 -k 200 --concurrency 16
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-MIXES = ("known", "unseen", "text")
+MIXES = ("known", "unseen", "text", "unseen_text")
 
 
 @dataclass
@@ -43,7 +53,7 @@ class RequestPool:
         mix: dict[str, float],
         k: int,
         n: int = 2000,
-        history_len: int = 20,
+        history_len: int | tuple[int, int] = 20,
         seed: int = 0,
         interactions: Path | None = None,
     ) -> RequestPool:
@@ -54,7 +64,8 @@ class RequestPool:
         catalog = Catalog.load(artifacts / "catalog")
         items = list(catalog)
         ids = [it.item_id for it in items]
-        known = _known_histories(interactions, history_len) if interactions else {}
+        lo, hi = (history_len, history_len) if isinstance(history_len, int) else history_len
+        known = _known_histories(interactions, hi) if interactions else {}
         known_users = list(known)
         kinds = rng.choices(list(mix), weights=list(mix.values()), k=n)
         pool = cls()
@@ -67,9 +78,13 @@ class RequestPool:
                 text = item.title or item.text[:80]
                 req = recall_pb2.RecallRequest(user_id=f"bench-text-{i}", text=text, k=k)
             else:
-                hist = rng.sample(ids, min(history_len, len(ids)))
+                hist = rng.sample(ids, min(rng.randint(lo, hi), len(ids)))
                 req = recall_pb2.RecallRequest(user_id=f"bench-new-{i}", history_item_ids=hist, k=k)
-                kind = "unseen"
+                if kind == "unseen_text":  # a user with a history who also typed a query
+                    item = rng.choice(items)
+                    req.text = item.title or item.text[:80]
+                else:
+                    kind = "unseen"
             pool.requests.append((kind, req))
         return pool
 
@@ -490,6 +505,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--in-process", action="store_true", help="drive an in-process engine instead of a server"
     )
     p.add_argument(
+        "--serve",
+        action="store_true",
+        help="start recall-engine serve on --artifacts (default config) in a child process "
+        "and drive it (instead of --addr); its CPU per request is reported",
+    )
+    p.add_argument(
+        "--echo",
+        action="store_true",
+        help="also drive an echo gRPC server answering the same requests with the engine's "
+        "own response bytes, in the same run, and report the engine's throughput as a "
+        "share of it (needs --serve or --addr)",
+    )
+    p.add_argument(
         "--interactions", type=Path, help="interactions file: known users and their real histories"
     )
     p.add_argument("--concurrency", type=int, default=8, help="closed-loop workers")
@@ -499,10 +527,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mix",
         default="known=0.5,unseen=0.3,text=0.2",
-        help="request mix shares (known, unseen, text)",
+        help="request mix shares (known, unseen, text, unseen_text)",
     )
     p.add_argument("-k", type=int, default=200)
-    p.add_argument("--history-len", type=int, default=20)
+    p.add_argument(
+        "--history-len",
+        type=_history_len,
+        default=20,
+        help="items in an unseen user's history: N, or LO-HI drawn uniformly per request",
+    )
     p.add_argument(
         "--grpc-channels",
         type=int,
@@ -530,9 +563,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     mix = _parse_mix(args.mix)
-    if not args.in_process and not args.addr:
-        raise SystemExit("give --addr HOST:PORT or --in-process")
-    if not args.in_process:
+    if args.serve and (args.addr or args.in_process):
+        raise SystemExit("--serve starts its own server: not with --addr or --in-process")
+    if args.echo and args.in_process:
+        raise SystemExit("--echo compares gRPC servers: give --serve or --addr, not --in-process")
+    if args.serve and args.artifacts is None:
+        raise SystemExit("--serve: give --artifacts DIR (e.g. demo/artifacts)")
+    if not args.in_process and not args.addr and not args.serve:
+        raise SystemExit("give --addr HOST:PORT, --serve or --in-process")
+    if args.addr:
         from recall_engine.serving.client_target import balanced_target
 
         try:
@@ -559,19 +598,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.in_process:
         res = asyncio.run(run_in_process(args.artifacts, pool, config_file=args.config, **common))
+        summary = summarise(res, args, "in-process")
+        print(render(summary))
     else:
-        res = asyncio.run(
-            run_grpc(
-                args.addr,
-                pool,
-                channels=args.grpc_channels,
-                timeout=args.timeout,
-                server_pids=args.server_pid,
-                **common,
-            )
-        )
-    summary = summarise(res, args)
-    print(render(summary))
+        summary = _run_servers(args, pool, common)
     if args.stages:
         summary["stages_ms"] = stage_benchmark(args.artifacts, pool, config_file=args.config)
         print("| stage | mean ms | p50 | p99 | CPU ms (mean) |\n|---|---|---|---|---|")
@@ -582,9 +612,88 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarise(res: Results, args: argparse.Namespace) -> dict:
+def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> dict:
+    """The gRPC runs: the engine (``--addr``, or the one ``--serve`` starts), then with
+    ``--echo`` the echo server over the engine's recorded responses."""
+    import contextlib
+    import tempfile
+
+    from recall_engine.benchmarks.servers import (
+        EchoServerProcess,
+        ServerProcess,
+        record_responses,
+    )
+
+    def drive(addr: str, pids: Sequence[int]) -> Results:
+        return asyncio.run(
+            run_grpc(
+                addr,
+                pool,
+                channels=args.grpc_channels,
+                timeout=args.timeout,
+                server_pids=pids,
+                **common,
+            )
+        )
+
+    with contextlib.ExitStack() as stack:
+        if args.serve:
+            spawned = stack.enter_context(ServerProcess(args.artifacts))
+            addr, pids, target = spawned.addr, [spawned.pid], f"serve {args.artifacts}"
+        else:
+            addr, pids, target = args.addr, args.server_pid, args.addr
+        summary = summarise(drive(addr, pids), args, target)
+        print(render(summary))
+        if args.echo:
+            first = addr.split(",")[0].removeprefix("ipv4:")
+            responses = record_responses(first, [req for _, req in pool.requests])
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            echo = stack.enter_context(EchoServerProcess(responses, scratch))
+            summary["echo"] = summarise(drive(echo.addr, [echo.pid]), args, "echo")
+            print(render(summary["echo"]))
+            summary["engine_to_echo"] = _ratios(summary, summary["echo"])
+            print(render_ratios(summary["engine_to_echo"]))
+    return summary
+
+
+def _ratios(engine: dict, echo: dict) -> dict:
+    """The engine against the echo server: OK answers/s as a share of the echo's, and
+    server CPU per request as a multiple of the echo's."""
+    out: dict[str, Any] = {
+        "throughput": round(engine["rps"] / echo["rps"], 3) if echo["rps"] else None,
+        "engine_errors": engine["errors"],
+        "echo_errors": echo["errors"],
+    }
+    cpu_e = engine.get("cpu_ms_per_request", {}).get("server")
+    cpu_x = echo.get("cpu_ms_per_request", {}).get("server")
+    if cpu_e and cpu_x:
+        out["server_cpu_per_request"] = round(cpu_e / cpu_x, 2)
+    return out
+
+
+def render_ratios(r: dict) -> str:
+    line = f"engine / echo: throughput {r['throughput']}"
+    if "server_cpu_per_request" in r:
+        line += f", server CPU per request {r['server_cpu_per_request']}x"
+    if r["engine_errors"] or r["echo_errors"]:
+        line += f" (errors: engine {r['engine_errors'] or 0}, echo {r['echo_errors'] or 0})"
+    return line
+
+
+def _history_len(text: str) -> int | tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        span = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI, got {text!r}") from None
+    if not 0 <= span[0] <= span[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, got {text!r}")
+    return span if sep else span[0]
+
+
+def summarise(res: Results, args: argparse.Namespace, target: str) -> dict:
     s = res.summary()
-    s["target"] = "in-process" if args.in_process else args.addr
+    s["target"] = target
     s["mode"] = f"rate {args.rate}/s" if args.rate else f"concurrency {args.concurrency}"
     s["k"] = args.k
     return s

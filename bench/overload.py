@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import random
 import time
@@ -85,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         )
     pools = {t: build_pool(args.artifacts, t, args.k, args.history_len, args.seed) for t in traffic}
     report: dict[str, Any] = {"settings": {}, "points": []}
+    from recall_engine.benchmarks.servers import ServerProcess
+
     with ServerProcess(args.artifacts) as server:
         report["settings"] = server.settings
         for kind in traffic:
@@ -140,66 +141,6 @@ def build_pool(artifacts: Path, kind: str, k: int, history_len: int, seed: int, 
             req.text = item.title or item.text[:80]
         pool.append(req)
     return pool
-
-
-# -- the server under test -------------------------------------------------------------
-
-
-class ServerProcess:
-    """``recall-engine serve`` itself (:func:`recall_engine.serving.server.serve`: the
-    default config over ``artifacts``, so the default overload settings) in a child
-    process on 127.0.0.1, port 0; stopped with SIGTERM."""
-
-    def __init__(self, artifacts: Path) -> None:
-        self.artifacts = artifacts.resolve()
-        ctx = multiprocessing.get_context("spawn")
-        self._parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_child, args=(str(self.artifacts), child))
-        self.addr = ""
-        self.pid = 0
-        self.settings: dict[str, Any] = {}
-
-    def __enter__(self) -> ServerProcess:
-        self._proc.start()
-        if not self._parent.poll(300):
-            self._proc.kill()
-            raise SystemExit("the server did not start within 300 s")
-        port, self.settings = self._parent.recv()
-        self.addr, self.pid = f"127.0.0.1:{port}", self._proc.pid or 0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._proc.terminate()
-        self._proc.join(30)
-        if self._proc.is_alive():
-            self._proc.kill()
-
-
-def _serve_child(artifacts: str, conn) -> None:
-    import dataclasses
-    import sys
-
-    from recall_engine.config import default_config
-    from recall_engine.observability.logs import configure
-    from recall_engine.serving.server import serve
-
-    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the server's logs: JSON, as served
-    configure("INFO", json=True)
-    config = default_config(Path(artifacts))
-    server = dataclasses.replace(config.server, addr="127.0.0.1:0", metrics_addr="", drain_s=0.0)
-    config = dataclasses.replace(config, server=server)
-
-    def ready(running) -> None:
-        overload = running.engine.overload
-        settings = {
-            "max_in_flight": overload.max_in_flight,
-            "channel_limits": {n: overload.channel_limit(n) for n in config.channels},
-            "fallback": overload.fallback,
-            "cpus": os.cpu_count(),
-        }
-        conn.send((running.port, settings))
-
-    asyncio.run(serve(config, reload_config=lambda: config, ready=ready))
 
 
 # -- the load ----------------------------------------------------------------------------

@@ -430,3 +430,74 @@ def test_rebuilding_some_channels_keeps_the_report_of_the_others(
     # another seed is another catalogue: nothing of the old report is kept
     assert main([*args[:6], "--seed", "4", "--channels", "popular", "--no-progress"]) == 0
     assert json.loads((out / "bench_catalog.json").read_text())["channels"] == ["popular"]
+
+
+def test_bench_load_serve_echo_measures_the_engine_against_an_echo_of_its_own_answers(
+    catalog_dir, tmp_path
+):
+    """Issue 14: ``--serve`` starts the default server on the artifacts, ``--echo`` an
+    echo server answering the same requests with the engine's own response bytes, both
+    driven by the same generator in one run; the ratio is reported."""
+    out = tmp_path / "summary.json"
+    code = main(
+        [
+            "bench",
+            "load",
+            "--serve",
+            "--echo",
+            "--artifacts",
+            str(catalog_dir),
+            "--mix",
+            "unseen=0.5,unseen_text=0.5",
+            "--history-len",
+            "5-15",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "-k",
+            "50",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert summary["errors"] == {} and summary["ok"] > 0
+    assert set(summary["by_kind"]) == {"unseen", "unseen_text"}
+    echo = summary["echo"]
+    assert echo["target"] == "echo" and echo["errors"] == {} and echo["ok"] > 0
+    assert echo["cpu_ms_per_request"]["server"] > 0  # the echo process's own CPU
+    ratio = summary["engine_to_echo"]
+    assert ratio["throughput"] == round(summary["rps"] / echo["rps"], 3)
+
+
+def test_the_echo_server_answers_with_the_engines_own_response_bytes(catalog_dir, tmp_path):
+    import grpc
+
+    from recall_engine._proto import recall_pb2, recall_pb2_grpc
+    from recall_engine.benchmarks.load import RequestPool
+    from recall_engine.benchmarks.servers import (
+        EchoServerProcess,
+        ServerProcess,
+        record_responses,
+    )
+
+    pool = RequestPool.build(
+        catalog_dir, mix={"unseen": 0.5, "unseen_text": 0.5}, k=20, n=6, history_len=(3, 8)
+    )
+    requests = [req for _, req in pool.requests]
+    assert all(3 <= len(r.history_item_ids) <= 8 for r in requests)
+    assert any(r.text for r in requests) and any(not r.text for r in requests)
+    with ServerProcess(catalog_dir) as engine:
+        recorded = record_responses(engine.addr, requests)
+    assert len(recorded) == len({r.SerializeToString() for r in requests})
+    with EchoServerProcess(recorded, tmp_path) as echo, grpc.insecure_channel(echo.addr) as ch:
+        stub = recall_pb2_grpc.RecallServiceStub(ch)
+        for req in requests:
+            got = stub.Recall(req, timeout=10)
+            assert got.SerializeToString() == recorded[req.SerializeToString()]
+            engine_answer = recall_pb2.RecallResponse.FromString(recorded[req.SerializeToString()])
+            assert len(engine_answer.item_ids) > 0  # a real answer, not an empty echo

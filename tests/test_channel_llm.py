@@ -88,8 +88,20 @@ def test_cold_items_are_recallable(channel, demo_small):
 def test_info_names_encoder_device_and_precision(channel):
     details = channel.info().details
     assert details["dims"] == "384" and details["metric"] == "cos"
-    assert details["device"] in ("cpu", "cuda") and details["precision"] == "fp32"
+    assert details["device"] in ("cpu", "cuda") and details["precision"] in ("int8", "fp16", "fp32")
     assert "ExecutionProvider" in details["providers"]
+
+
+def test_auto_precision_on_cpu_serves_int8_because_it_agrees_with_fp32(channel, minilm_onnx):
+    """Issue 14: the CPU default is the fastest variant whose quality loss is measured
+    and stated: int8, whose mean cosine to fp32 on real sentences is >= 0.99."""
+    from recall_engine.runtime.model_manifest import ModelManifest
+
+    if channel.info().details["device"] != "cpu":
+        pytest.skip("a GPU serves fp16 under precision=auto")
+    int8 = ModelManifest.read(minilm_onnx).variants["int8"]
+    assert int8.cosine_vs_fp32_mean is not None and int8.cosine_vs_fp32_mean >= 0.99
+    assert channel.info().details["precision"] == "int8"
 
 
 def test_int8_precision_serves_the_int8_graph(channel, demo_small):

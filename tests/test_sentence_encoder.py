@@ -355,3 +355,36 @@ def test_closed_microbatcher_refuses_new_items():
 
     with pytest.raises(RuntimeError, match="closed"):
         mb.submit(1)
+
+
+@pytest.mark.parametrize(
+    ("device", "variants", "expected"),
+    [
+        ("cpu", {"int8": 0.995}, "int8"),  # agrees well enough: the fast CPU graph
+        ("cpu", {"int8": 0.98}, "fp32"),  # measured, too lossy: fp32
+        ("cpu", {"int8": None}, "fp32"),  # not measured: not trusted
+        ("cpu", {"fp16": 1.0}, "fp32"),  # fp16 is for GPUs
+        ("cpu", {}, "fp32"),
+        ("cuda", {"int8": 0.995, "fp16": 1.0}, "fp16"),
+        ("cuda", {"int8": 0.995}, "fp32"),
+    ],
+)
+def test_auto_precision_picks_the_fastest_variant_whose_agreement_is_measured_and_good(
+    tmp_path, device, variants, expected
+):
+    from dataclasses import replace
+
+    from recall_engine.runtime.encoders import choose_file
+    from recall_engine.runtime.model_manifest import Variant
+
+    manifest = ModelManifest.read(_tiny_model(tmp_path / "m"))
+    manifest = replace(
+        manifest,
+        variants={
+            name: Variant(f"model.{name}.onnx", "0" * 64, cosine, cosine)
+            for name, cosine in variants.items()
+        },
+    )
+    file, precision = choose_file(manifest, "auto", device)
+    assert precision == expected
+    assert file == (manifest.file if expected == "fp32" else f"model.{expected}.onnx")

