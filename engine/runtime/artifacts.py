@@ -77,6 +77,7 @@ STAGING_PREFIX = ".staging-"
 VERIFY_MODES = ("size", "sha256")
 
 _RESERVED = frozenset({"schema_version", "channel", "version", "created_at", "files"})
+RESERVED_FIELDS = _RESERVED  # manifest fields set on commit, not by the builder
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TIMESTAMPED = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
 
@@ -325,6 +326,29 @@ class BundleWriter:
             self.abort()
         elif self.bundle is None:
             self.commit()
+
+
+def check_sealed_manifest(
+    data: bytes, seal: bytes, channel: str, version: str, where: str
+) -> dict[str, Any]:
+    """A manifest read from somewhere else than a bundle folder (object storage:
+    :mod:`recall_engine.runtime.object_store`), checked as :meth:`ArtifactStore.open`
+    checks one: ``data`` must match ``seal`` (the ``manifest.sha256`` line), parse, and
+    name ``channel`` and ``version``; every file entry must be well formed. Unsealed
+    (schema 1) manifests are refused here. Errors start with ``where``."""
+    if seal != _digest_line(data).encode():
+        raise ArtifactError(
+            f"{where}/{MANIFEST}: sha256 mismatch with {MANIFEST_DIGEST} (the manifest or "
+            "its digest changed after the build)"
+        )
+    manifest = parse_json_object(data, f"{where}/{MANIFEST}", error=ArtifactError)
+    _check_manifest(manifest, channel, version, f"{where}/{MANIFEST}")
+    return manifest
+
+
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` can name a version (what a ``current`` pointer may hold)."""
+    return bool(_NAME.match(name)) and name != CURRENT
 
 
 # -- helpers ---------------------------------------------------------------------------
