@@ -2,9 +2,12 @@
 
 The engine writes every admin upsert or delete to the catalogue's update log before it
 changes anything in memory (DESIGN decision 13). A write that fails (a full disk, an I/O
-error, a log this version cannot use) therefore changes nothing, and the client is told
-why with a status it can act on: ``RESOURCE_EXHAUSTED`` when the disk or quota is full,
-``UNAVAILABLE`` otherwise; never ``INTERNAL``.
+error, a log this version cannot use, an update stream that cannot be reached or did not
+acknowledge in time) therefore changes nothing, and the client is told why with a status
+it can act on: ``RESOURCE_EXHAUSTED`` when the disk or quota is full, ``INVALID_ARGUMENT``
+for a call larger than one record of the log may be, ``UNAVAILABLE`` otherwise; never
+``INTERNAL``. :func:`write_ahead` does the same for the process group's announcements
+(``what`` names the log).
 
 Restart time stays bounded on both of its costs. Replaying the log: compaction
 (:meth:`Catalog.compact`) runs after an update once the log is past its thresholds.
@@ -24,7 +27,13 @@ from typing import Protocol, runtime_checkable
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.shared_log import LogError
-from recall_engine.serving.errors import RecallError, ResourceExhausted, Unavailable
+from recall_engine.runtime.update_log import RecordTooLarge
+from recall_engine.serving.errors import (
+    InvalidArgument,
+    RecallError,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = get_logger(__name__)
 
@@ -49,21 +58,23 @@ class SavesOnlineVectors(Protocol):
     def save_online_vectors(self) -> int: ...
 
 
-def write_ahead(write: Callable[[], None]) -> None:
-    """Run ``write`` (a catalogue log write); turn its failure into the status the client
+def write_ahead(write: Callable[[], None], what: str = "catalogue update log") -> None:
+    """Run ``write`` (a write to ``what``); turn its failure into the status the client
     gets, naming the reason. Nothing has been applied when this raises."""
     try:
         write()
     except OSError as exc:
-        raise write_failure(exc) from exc
+        raise write_failure(exc, what) from exc
+    except RecordTooLarge as exc:
+        raise InvalidArgument("items", f"nothing was changed: {exc}") from exc
     except LogError as exc:
-        raise Unavailable(f"catalogue update log unusable, nothing was changed: {exc}") from exc
+        raise Unavailable(f"{what} unusable, nothing was changed: {exc}") from exc
 
 
-def write_failure(exc: OSError) -> RecallError:
+def write_failure(exc: OSError, what: str = "catalogue update log") -> RecallError:
     """The status for a failed log write."""
-    reason = f"catalogue update log write failed, nothing was changed: {exc}"
-    log.error("catalog_update_not_logged", errno=exc.errno, error=str(exc))
+    reason = f"{what} write failed, nothing was changed: {exc}"
+    log.error("catalog_update_not_logged", log=what, errno=exc.errno, error=str(exc))
     if exc.errno in NO_SPACE:
         return ResourceExhausted(reason)
     return Unavailable(reason)
