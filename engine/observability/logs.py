@@ -1,7 +1,9 @@
 """One logging set-up: JSON lines in production, the console renderer on a terminal.
 
 Per-request fields (request id, experiment, variant) are bound with contextvars by the
-servicer, so every event logged while serving a request carries them.
+servicer, so every event logged while serving a request carries them; with tracing on,
+so do ``trace_id`` and ``span_id`` of the span current when the event is logged
+(:func:`add_trace_ids`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import logging
 import sys
 
 import structlog
+
+from recall_engine.observability import tracing
 
 
 def configure(level: str = "INFO", json: bool | None = None) -> None:
@@ -23,6 +27,7 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
@@ -36,6 +41,20 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
+
+
+def add_trace_ids(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """``trace_id`` and ``span_id`` of the current span (hex, as in ``traceparent``), so
+    that a log line can be found from its trace and the other way round. Nothing while
+    tracing is off or outside a span."""
+    if tracing.ENABLED:
+        ids = tracing.current_ids()
+        if ids is not None:
+            event.setdefault("trace_id", ids[0])
+            event.setdefault("span_id", ids[1])
+    return event
 
 
 #: Longest string a log field keeps; the rest is replaced by a count. Requests are
