@@ -1,0 +1,75 @@
+# The CPU serving image: recall-engine, its built-in channels and ONNX Runtime (CPU);
+# no PyTorch, no train/eval extras. Build artifacts elsewhere (`recall-engine build`)
+# and mount them at /artifacts. Build from the repository root:
+#
+#   docker build -f deploy/images/cpu.Dockerfile -t recall-engine:cpu .
+#   deploy/images/build-cpu.sh        # podman/buildah, Debian base made by debootstrap
+#
+# Runs as UID 10001 on a read-only root filesystem (write only to /tmp and /artifacts),
+# under tini as PID 1. docs/scale-out.md ("Images and manifests") has the details.
+
+# Debian bookworm: python3 is 3.11, the version the project is tested with. Any base
+# that already has python3 (with venv) and tini skips the apt step, e.g. the one
+# build-cpu.sh makes with debootstrap (built without network).
+ARG BASE_IMAGE=debian:bookworm-slim
+
+# checkov:skip=CKV_DOCKER_7:the base is a build argument whose default names a fixed tag, which checkov cannot see through the variable
+FROM ${BASE_IMAGE} AS base
+RUN if ! command -v tini >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 python3-venv tini ca-certificates \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+# ---------------------------------------------------------------- build: the venv
+FROM base AS build
+# PIP_NO_INDEX=1: install only from the wheels staged in deploy/images/wheelhouse/
+# (build-cpu.sh downloads them); empty: the wheelhouse first, then the package index.
+ARG PIP_NO_INDEX=
+ENV PIP_NO_INDEX=${PIP_NO_INDEX} PIP_FIND_LINKS=/wheelhouse PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY deploy/images/wheelhouse/ /wheelhouse/
+COPY deploy/images/requirements-cpu.txt /src/requirements.txt
+# The pinned list is the whole environment (--no-deps): onnxruntime instead of the
+# onnxruntime-gpu that pyproject.toml names, never both.
+RUN python3 -m venv /opt/recall-engine \
+    && /opt/recall-engine/bin/pip install --no-deps -r /src/requirements.txt
+COPY pyproject.toml README.md /src/
+COPY protos /src/protos
+COPY engine /src/engine
+COPY plugins /src/plugins
+COPY exporters /src/exporters
+COPY bench /src/bench
+RUN /opt/recall-engine/bin/pip install --no-deps /src
+# The one unmet requirement pip may report is the onnxruntime-gpu that onnxruntime
+# replaces; anything else missing fails the build. Then the serving imports, on CPU.
+RUN /opt/recall-engine/bin/pip check > /tmp/pip-check.txt || true; \
+    cat /tmp/pip-check.txt; \
+    ! grep -v -e "requires onnxruntime-gpu, which is not installed" -e "^No broken requirements" /tmp/pip-check.txt \
+    && /opt/recall-engine/bin/python -c "import onnxruntime, recall_engine.serving.server, recall_engine.plugins.llm; p = onnxruntime.get_available_providers(); assert 'CPUExecutionProvider' in p and 'CUDAExecutionProvider' not in p, p" \
+    && /opt/recall-engine/bin/pip uninstall -q -y pip setuptools
+# entrypoint is mode 0755 in git and COPY keeps the mode
+COPY deploy/images/entrypoint /opt/recall-engine/bin/entrypoint
+COPY deploy/images/health_probe.py /opt/recall-engine/libexec/health_probe.py
+
+# ---------------------------------------------------------------- serve
+FROM base AS serve
+COPY --from=build /opt/recall-engine /opt/recall-engine
+# No bytecode writes (the root filesystem is read-only; pip compiled it at install),
+# logs unbuffered, HOME and temp files on the /tmp volume.
+ENV PATH=/opt/recall-engine/bin:${PATH} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    HOME=/tmp TMPDIR=/tmp
+WORKDIR /tmp
+USER 10001:10001
+# gRPC (Recall, health, reflection; AdminService too unless server.admin_addr),
+# AdminService alone when server.admin_addr = "0.0.0.0:50052", Prometheus /metrics.
+EXPOSE 50051 50052 9464
+# Readiness: SERVING once every channel has loaded and warmed up. Kubernetes ignores
+# this and uses the Deployment's probes; podman needs `--format docker` to keep it.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["/opt/recall-engine/bin/python", "/opt/recall-engine/libexec/health_probe.py"]
+# tini is PID 1: it forwards SIGTERM/SIGINT/SIGHUP to the server (which drains on
+# SIGTERM and reloads its config on SIGHUP) and reaps any orphaned child.
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/recall-engine/bin/entrypoint"]
+CMD ["recall-engine", "serve", "--artifacts", "/artifacts", "--addr", "0.0.0.0:50051", \
+     "--metrics-addr", "0.0.0.0:9464"]
