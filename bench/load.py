@@ -110,6 +110,7 @@ class Results:
     channel_status: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     elapsed_s: float = 0.0
     cpu: CpuMeter | None = None
+    retries: int = 0  # calls shed with a retry hint and retried after it (measured window)
 
     def record(self, kind: str, ms: float, resp) -> None:
         self.latencies_ms.append(ms)
@@ -141,6 +142,7 @@ class Results:
             "rps": round(len(self.latencies_ms) / self.elapsed_s, 1) if self.elapsed_s else 0.0,
             "latency_ms": pct(lat),
             "errors": dict(self.errors),
+            "retries_after_shed": self.retries,
             "by_kind": {k: {"n": len(v), **pct(v)} for k, v in self.by_kind.items()},
             "channels_ms": {c: pct(v) for c, v in self.channel_ms.items()},
             "channel_status": {c: dict(v) for c, v in self.channel_status.items()},
@@ -282,7 +284,12 @@ async def run_grpc(
     channels: int,
     timeout: float,
     server_pids: Sequence[int] = (),
+    pushback: bool = True,
 ) -> Results:
+    """Drive the server at ``addr``. With ``pushback`` a call shed with
+    ``RESOURCE_EXHAUSTED`` and a ``grpc-retry-pushback-ms`` hint is retried after the
+    hint (+-50 % jitter) within its deadline, as a gRPC retry policy (or
+    :mod:`recall_engine.client`) does; its latency counts from the first attempt."""
     import grpc
 
     from recall_engine._proto import recall_pb2_grpc
@@ -295,14 +302,30 @@ async def run_grpc(
     ]
     stubs = [recall_pb2_grpc.RecallServiceStub(c) for c in chans]
     n = 0
+    retries: list[float] = []  # when each retry after a shed happened
+    rng = random.Random(0)
 
     async def call(req):
         nonlocal n
         n += 1
-        return await stubs[n % len(stubs)].Recall(req, timeout=timeout)
+        stub = stubs[n % len(stubs)]
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                return await stub.Recall(req, timeout=max(0.001, deadline - time.perf_counter()))
+            except grpc.aio.AioRpcError as e:
+                if not pushback or e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                hint = dict(e.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+                wait = float(hint) / 1000 * rng.uniform(0.5, 1.5) if hint else -1.0
+                if wait < 0 or time.perf_counter() + wait >= deadline:
+                    raise
+                retries.append(time.perf_counter())
+                await asyncio.sleep(wait)
 
     try:
-        return await _drive(
+        t_measure = time.perf_counter() + warmup
+        results = await _drive(
             call,
             pool,
             concurrency=concurrency,
@@ -311,6 +334,8 @@ async def run_grpc(
             warmup=warmup,
             meter=CpuMeter(server_pids),
         )
+        results.retries = sum(1 for t in retries if t_measure <= t <= t_measure + duration)
+        return results
     finally:
         for c in chans:
             await c.close()
@@ -544,6 +569,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "connection per --addr address",
     )
     p.add_argument("--timeout", type=float, default=2.0, help="per-call deadline, seconds")
+    p.add_argument(
+        "--no-pushback",
+        action="store_true",
+        help="count a shed call (RESOURCE_EXHAUSTED) as an error at once instead of retrying "
+        "it after the server's retry hint, as gRPC retry policies and recall_engine.client do",
+    )
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -632,6 +663,7 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
                 channels=args.grpc_channels,
                 timeout=args.timeout,
                 server_pids=pids,
+                pushback=not args.no_pushback,
                 **common,
             )
         )
@@ -703,7 +735,8 @@ def render(s: dict) -> str:
     lat = s["latency_ms"]
     lines = [
         f"target={s['target']} {s['mode']} k={s['k']} seconds={s['seconds']}",
-        f"requests/s {s['rps']}   ok {s['ok']}   errors {s['errors'] or 0}",
+        f"requests/s {s['rps']}   ok {s['ok']}   errors {s['errors'] or 0}   "
+        f"retries after a shed {s.get('retries_after_shed', 0)}",
         *(
             [
                 "CPU ms per request: "
