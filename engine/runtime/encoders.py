@@ -205,7 +205,7 @@ INT8_MIN_COSINE = 0.99
 ``precision="auto"`` serves an int8 variant on CPU."""
 
 
-def _auto_precision(manifest: ModelManifest, device: str) -> str:
+def _auto_precision(manifest: ModelManifest, device: str) -> Precision:
     if device == "cuda":
         return "fp16" if "fp16" in manifest.variants else "fp32"
     int8 = manifest.variants.get("int8")
