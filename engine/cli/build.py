@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recall_engine.cli._data_flags import add_data_arguments, load_inputs
 from recall_engine.config import Config, ConfigError, default_config, load_config
@@ -17,6 +19,9 @@ from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import CatalogInUse
 from recall_engine.runtime.object_store import S3BundleStore, is_s3_url, parse_s3_url
 from recall_engine.serving.registry import PluginError
+
+if TYPE_CHECKING:
+    from recall_engine.offline.ray_build import RayExecutor
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", default="", help="comma-separated subset of channels to build")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="encode items as Ray Data pipelines on a Ray cluster: auto, HOST:PORT or "
+        "ray://HOST:10001 (needs the [ray] extra; docs/scale-out.md 'Builds on Ray')",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        help="--ray: encoder actors (default: the cluster's CPUs but one, / --ray-actor-cpus)",
+    )
+    p.add_argument("--ray-actor-cpus", type=float, default=1.0, help="--ray: CPUs per actor")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     remote = is_s3_url(args.out)
     out = Path(tempfile.mkdtemp(prefix="recall-engine-build-")) if remote else Path(args.out)
+    ray = contextlib.ExitStack()
     try:
         if remote:
             _check_url(args.out)  # a bad URL stops us before any work
         config = load_config(args.config) if args.config else default_config(out.resolve())
+        executor = ray.enter_context(_ray_executor(args)) if args.ray else None
         interactions, items = load_inputs(args, progress)
         built = build_all(
             interactions,
@@ -60,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             channels=[c for c in args.channels.split(",") if c] or None,
             seed=args.seed,
             progress=progress,
+            executor=executor,
         )
         if remote:
             _publish(args, config, out, [b.channel for b in built if b.version])
@@ -74,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"recall-engine build: {e}", file=sys.stderr)
         return 2
     finally:
+        ray.close()
         if remote:
             shutil.rmtree(out, ignore_errors=True)
     verb = "built and published" if remote else "built"
@@ -82,6 +103,15 @@ def run(args: argparse.Namespace) -> int:
         state = f"version {b.version}" if b.version else f"skipped ({b.skipped})"
         print(f"  {b.channel:<10} {state:<28} {b.seconds:7.1f} s  items={b.item_count}")
     return 0
+
+
+def _ray_executor(args: argparse.Namespace) -> RayExecutor:
+    """Connects on entry (a missing [ray] extra or no cluster: ConfigError, exit 2)."""
+    from recall_engine.offline.ray_build import RayExecutor, RaySettings
+
+    return RayExecutor(
+        RaySettings(args.ray, actors=args.ray_actors, actor_cpus=args.ray_actor_cpus)
+    )
 
 
 def _check_url(url: str) -> None:

@@ -14,7 +14,8 @@ from recall_engine.offline.data.interactions import Interactions
 from recall_engine.runtime.artifacts import ArtifactStore
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.capabilities import Buildable
-from recall_engine.sdk.channel import BuildContext, ItemRecord
+from recall_engine.sdk.channel import BuildContext, BuildExecutor, ItemRecord, LocalExecutor
+from recall_engine.sdk.vector_channel import using_executor
 from recall_engine.serving.registry import (
     PluginError,
     check_plugin_params,
@@ -44,10 +45,13 @@ def build_all(
     channels: Sequence[str] | None = None,
     seed: int = 0,
     progress: bool = False,
+    executor: BuildExecutor | None = None,
 ) -> list[BuiltChannel]:
     """Write ``out/catalog`` and a new current bundle under ``out/<channel>`` for every
     enabled channel (or just ``channels``; an empty list builds the catalogue alone)
-    whose plugin defines ``build``."""
+    whose plugin defines ``build``. ``executor`` runs the channels' batch work
+    (``BuildContext.executor``; default: this process; ``recall-engine build --ray``:
+    :class:`recall_engine.offline.ray_build.RayExecutor`)."""
     check_plugin_params(config)  # a typo in [channels.*.params] stops us before any work
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(items, folder=out / "catalog")
@@ -72,14 +76,18 @@ def build_all(
         t0 = time.perf_counter()
         log.info("build_started", channel=name, plugin=cc.plugin)
         with store.new_version(name, make_current=True) as writer:
-            fields = (
-                factory.build(
-                    BuildContext(
-                        name, interactions, catalog, writer.path, cc.params, seed, progress
-                    )
-                )
-                or {}
+            ctx = BuildContext(
+                name,
+                interactions,
+                catalog,
+                writer.path,
+                cc.params,
+                seed,
+                progress,
+                executor=executor or LocalExecutor(),
             )
+            with using_executor(ctx.executor):
+                fields = factory.build(ctx) or {}
             writer.update(**fields)
             bundle = writer.commit()
         seconds = time.perf_counter() - t0

@@ -41,10 +41,10 @@ plugin from ever being imported with ``[plugins] blocked = ["name"]`` in the con
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from recall_engine.sdk.params import parse
 from recall_engine.sdk.types import Candidates, ChannelInfo, ItemRecord, Query
@@ -55,10 +55,13 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "recall_engine.channels"
 P = TypeVar("P")
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BuildContext",
+    "BuildExecutor",
     "Candidates",
     "Channel",
     "ChannelContext",
@@ -113,6 +116,25 @@ class ChannelContext:
         return store.open(self.artifacts.name, self.version, verify=verify)
 
 
+class BuildExecutor(Protocol):
+    """Where a build's batch work runs: this process (:class:`LocalExecutor`, the
+    default) or a Ray cluster (``recall-engine build --ray``,
+    :mod:`recall_engine.offline.ray_build`)."""
+
+    def map(self, fn: Callable[[list[T]], R], chunks: Iterable[list[T]]) -> Iterator[R]:
+        """``fn`` of every chunk, yielded in chunk order. A remote executor ships ``fn``
+        (and what it references: an ``OnnxModel`` travels as its files) to its workers,
+        so ``fn`` must be picklable and must not write to anything but its result."""
+        ...
+
+
+class LocalExecutor:
+    """In this process, one chunk after another."""
+
+    def map(self, fn: Callable[[list[T]], R], chunks: Iterable[list[T]]) -> Iterator[R]:
+        return map(fn, chunks)
+
+
 @dataclass(slots=True, frozen=True)
 class BuildContext:
     """What ``Channel.build`` gets from ``recall-engine build``.
@@ -120,8 +142,10 @@ class BuildContext:
     ``interactions`` is a :class:`recall_engine.offline.data.interactions.Interactions` table
     (the training interactions), ``catalog`` the item catalogue, ``out`` an empty
     staging folder to write artifact files into, ``params`` the channel's
-    ``[channels.<name>.params]`` table, ``seed`` for anything random, and ``progress``
-    whether to show progress bars.
+    ``[channels.<name>.params]`` table, ``seed`` for anything random, ``progress``
+    whether to show progress bars, and ``executor`` where batch work may run
+    (:class:`BuildExecutor`; ``encode_all`` of :mod:`recall_engine.sdk.vector_channel`
+    uses it without being asked).
     """
 
     name: str
@@ -131,6 +155,7 @@ class BuildContext:
     params: Mapping[str, Any]
     seed: int = 0
     progress: bool = False
+    executor: BuildExecutor = field(default_factory=LocalExecutor)
 
     def params_as(self, cls: type[P]) -> P:
         """``params`` checked against ``cls`` (the plugin's ``Params``); raises

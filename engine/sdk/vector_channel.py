@@ -57,7 +57,9 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -72,11 +74,13 @@ from recall_engine.runtime.index import VectorIndex
 from recall_engine.runtime.index_check import check_index
 from recall_engine.runtime.online_vectors import read_online_vectors, save_online_vectors
 from recall_engine.sdk.channel import (
+    BuildExecutor,
     Candidates,
     Channel,
     ChannelContext,
     ChannelInfo,
     ItemRecord,
+    LocalExecutor,
     Query,
 )
 from recall_engine.sdk.params import NonNegativeFloat, NonNegativeInt, PositiveInt, UnitFloat
@@ -153,6 +157,22 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     )
 
 
+_BUILD_EXECUTOR: ContextVar[BuildExecutor | None] = ContextVar(
+    "recall_engine_build_executor", default=None
+)
+
+
+@contextmanager
+def using_executor(executor: BuildExecutor) -> Iterator[None]:
+    """Run :func:`encode_all`'s chunks on ``executor`` inside this block (``build_all``
+    wraps every ``Channel.build`` in it with the ``BuildContext.executor``)."""
+    token = _BUILD_EXECUTOR.set(executor)
+    try:
+        yield
+    finally:
+        _BUILD_EXECUTOR.reset(token)
+
+
 def encode_all(
     encode: Callable[[list[ItemRecord]], np.ndarray],
     items: Sequence[ItemRecord],
@@ -164,16 +184,20 @@ def encode_all(
     desc: str = "encoding",
 ) -> np.ndarray:
     """``encode`` over ``items`` in chunks, rows in ``items`` order, under a progress bar.
-    ``size`` (e.g. text length) groups similar items into a chunk so padding stays small."""
+    ``size`` (e.g. text length) groups similar items into a chunk so padding stays small.
+    The chunks run on the build's executor (:func:`using_executor`): here by default, on
+    Ray actors with ``recall-engine build --ray``; the chunks are the same either way."""
     order = (
         sorted(range(len(items)), key=lambda i: size(items[i])) if size else list(range(len(items)))
     )
+    rows = [order[start : start + chunk] for start in range(0, len(order), chunk)]
+    executor = _BUILD_EXECUTOR.get() or LocalExecutor()
     out = np.zeros((len(items), dim), dtype=np.float32)
     with progress_bar(len(items), desc, progress) as bar:
-        for start in range(0, len(order), chunk):
-            rows = order[start : start + chunk]
-            out[rows] = encode([items[i] for i in rows])
-            bar.update(len(rows))
+        vectors = executor.map(encode, ([items[i] for i in r] for r in rows))
+        for r, block in zip(rows, vectors, strict=True):
+            out[r] = block
+            bar.update(len(r))
     return out
 
 
