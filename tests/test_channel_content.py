@@ -158,3 +158,67 @@ def test_fused_training_path_computes_the_exported_function():
     ids = torch.randint(0, 50, (6, 9))
     weights = torch.rand(6, 9) * (ids > 0)
     torch.testing.assert_close(model.forward_fused(ids, weights), model(ids, weights))
+
+
+# -- training budget: steps, not seconds -----------------------------------------------
+
+
+def _training_inputs(demo):
+    from recall_engine.plugins.content.model import co_consumed_pairs
+
+    items = list(demo.items)
+    docs = [item_terms(it) for it in items]
+    vocab = Vocabulary.fit(docs)
+    ids, weights = vocab.featurize(docs)
+    pairs = co_consumed_pairs(
+        demo.interactions,
+        {it.item_id: i for i, it in enumerate(items)},
+        window=3,
+        max_pairs=5_000,
+        seed=0,
+    )
+    return ids, weights, pairs, len(vocab)
+
+
+def test_training_runs_its_step_budget_however_slow_the_clock_says_it_is(demo_small, monkeypatch):
+    """A clock that jumps an hour per reading would have cut the old 60-s-capped
+    training after one step; the step budget does not read the clock to stop."""
+    pytest.importorskip("torch")
+    from recall_engine.plugins.content import model as content_model
+
+    ids, weights, pairs, vocab_size = _training_inputs(demo_small)
+    ticks = iter(range(0, 10**9, 3600))
+    monkeypatch.setattr(content_model.time, "perf_counter", lambda: float(next(ticks)))
+    settings = content_model.TrainSettings(dim=8, epochs=2, batch_size=256, max_steps=7)
+    _, stats = content_model.train_encoder(ids, weights, pairs, vocab_size, settings, seed=1)
+    assert stats["steps"] == 7
+    per_epoch = len(pairs) // 256 + (len(pairs) % 256 >= 2)  # a one-pair tail is skipped
+    uncapped = content_model.TrainSettings(dim=8, epochs=1, batch_size=256)
+    _, stats = content_model.train_encoder(ids, weights, pairs, vocab_size, uncapped, seed=1)
+    assert stats["steps"] == per_epoch
+
+
+def test_two_builds_with_one_seed_give_identical_item_vectors(tmp_path, demo_small):
+    pytest.importorskip("torch")
+    import numpy as np
+
+    params = {"epochs": 1, "max_steps": 15, "dim": 16}
+    items = list(demo_small.items)[:50]
+    vectors, hashes = [], []
+    for run in ("a", "b"):
+        ch = build_and_load(tmp_path / run, demo_small, "content", params=params)
+        try:
+            vectors.append(ch.encode_items(items))
+            manifest = ch.ctx.open_bundle().manifest
+            hashes.append(manifest["model_hashes"]["state_dict"])
+            assert manifest["training"]["steps"] == 15
+        finally:
+            ch.close()
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    assert hashes[0] == hashes[1]
+    # and the comparison can fail: another step budget trains other weights
+    ch = build_and_load(tmp_path / "c", demo_small, "content", params={**params, "max_steps": 14})
+    try:
+        assert not np.array_equal(ch.encode_items(items), vectors[0])
+    finally:
+        ch.close()

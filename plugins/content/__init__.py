@@ -16,7 +16,9 @@ Params (:class:`ContentParams`: those of
 ``dim`` (64), ``epochs`` (4), ``batch_size`` (512), ``lr`` (0.005), ``temperature``
 (0.1), ``term_dropout`` (0.1), ``window`` (3: pairs of items at most this many steps
 apart in a user's history), ``max_pairs`` (200,000, sampled once), ``max_terms`` (64 per
-item), ``min_df`` (1), ``max_train_seconds`` (60).
+item), ``min_df`` (1), ``max_steps`` (0: no cap; else training stops after this many
+optimiser steps). The budget is counted in steps, never in seconds, so one seed and one
+data set train the same weights on any machine, however busy.
 
 Bundle: ``encoder/`` (``model.onnx`` + ``manifest.json``), ``vocabulary.json``,
 ``index/``, ``signatures.npz``.
@@ -58,7 +60,7 @@ class ContentParams(VectorParams):
     max_pairs: PositiveInt = 200_000
     max_terms: PositiveInt = 64
     min_df: PositiveInt = 1
-    max_train_seconds: PositiveFloat = 60.0
+    max_steps: NonNegativeInt = 0
 
 
 class ContentChannel(VectorChannel):
@@ -101,7 +103,7 @@ class ContentChannel(VectorChannel):
             lr=p.lr,
             temperature=p.temperature,
             term_dropout=p.term_dropout,
-            max_seconds=p.max_train_seconds,
+            max_steps=p.max_steps,
         )
         model, stats = train_encoder(
             term_ids,
@@ -137,6 +139,7 @@ class ContentChannel(VectorChannel):
                 "max_pairs",
                 "max_terms",
                 "min_df",
+                "max_steps",
                 "index_dtype",
             )
         }

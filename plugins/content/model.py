@@ -3,7 +3,6 @@ co-consumed items, and its ONNX export. Serving never imports this module."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ class TrainSettings:
     lr: float = 0.005
     temperature: float = 0.1
     term_dropout: float = 0.1
-    max_seconds: float = 60.0
+    max_steps: int = 0  # 0: epochs decide
 
 
 def co_consumed_pairs(
@@ -110,7 +109,9 @@ def train_encoder(
     """InfoNCE over co-consumed pairs with in-batch negatives (both directions), items
     given by their term features only, so the encoder stays a function of metadata.
     Negatives that are the same item as the positive (popular items recur in a batch)
-    are masked out. Stops early after ``max_seconds``."""
+    are masked out. Stops after ``epochs`` or ``max_steps`` optimiser steps, whichever
+    comes first: a step budget, not a clock, so the weights depend on the seed and the
+    data only."""
     threads = torch.get_num_threads()
     # The model is small: one thread is fastest, and several spin-waiting OpenMP
     # threads on a busy machine made each step ~7x slower (measured on 2 shared cores).
@@ -136,9 +137,11 @@ def _train(
     ids, weights = torch.from_numpy(term_ids), torch.from_numpy(term_weights)
     all_pairs = torch.from_numpy(pairs)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    steps = math.ceil(len(pairs) / settings.batch_size) * settings.epochs
-    started = time.perf_counter()
-    deadline = started + settings.max_seconds
+    full, rest = divmod(len(pairs), settings.batch_size)
+    steps = (full + (rest >= 2)) * settings.epochs  # a one-pair tail batch is skipped
+    if settings.max_steps:
+        steps = min(steps, settings.max_steps)
+    started = time.perf_counter()  # reported, never a stopping rule
     losses: list[float] = []
     model.train()
     with progress_bar(steps, "content: training", progress) as bar:
@@ -146,7 +149,7 @@ def _train(
             order = torch.randperm(len(all_pairs), generator=generator)
             for start in range(0, len(order), settings.batch_size):
                 batch = all_pairs[order[start : start + settings.batch_size]]
-                if len(batch) < 2 or time.perf_counter() > deadline:
+                if len(batch) < 2 or len(losses) == steps:
                     continue
                 loss = _step_loss(model, ids, weights, batch, settings, generator)
                 optimizer.zero_grad(set_to_none=True)
@@ -155,13 +158,6 @@ def _train(
                 losses.append(loss.item())
                 bar.update(1)
     done = len(losses)
-    if done < steps and time.perf_counter() > deadline:
-        log.warning(
-            "content_training_cut_short",
-            steps=done,
-            planned=steps,
-            max_seconds=settings.max_seconds,
-        )
     model.eval()
     tail = losses[-20:] or [float("nan")]
     stats = {
