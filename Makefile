@@ -9,12 +9,12 @@ BIN    := $(VENV)/bin
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 ADDR   ?= 127.0.0.1:50051
 
-.PHONY: serve test install protos lint typecheck imports typecheck-tree bench clean
+.PHONY: serve test install protos lint typecheck imports typecheck-tree bench clean deploy-check
 
 $(BIN)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[train,eval,test,dev,ray]'
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[train,eval,test,dev,tracing,deploy,cluster,s3,ray]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -22,7 +22,7 @@ install: $(BIN)/.installed
 serve: $(BIN)/.installed
 	$(BIN)/recall-engine serve --addr $(ADDR)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(VENV)/checkov/bin/checkov
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -46,6 +46,15 @@ typecheck: $(BIN)/.installed typecheck-tree
 
 imports: $(BIN)/.installed typecheck-tree
 	PYTHONPATH=build/typecheck $(BIN)/lint-imports
+
+# checkov over the rendered manifests and the Dockerfiles (tests/test_deploy_manifests.py
+# skips it without this). It pins packaging<24 and networkx<2.7, so it gets its own venv.
+$(VENV)/checkov/bin/checkov:
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q 'checkov==3.3.30'
+
+deploy-check: $(BIN)/.installed $(VENV)/checkov/bin/checkov
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_deploy_manifests.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

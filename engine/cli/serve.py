@@ -8,7 +8,9 @@ import dataclasses
 from pathlib import Path
 
 from recall_engine.config import Config, ConfigError, default_config, load_config
+from recall_engine.observability import metrics
 from recall_engine.observability.logs import configure, get_logger
+from recall_engine.runtime.object_store import is_s3_url
 from recall_engine.serving.registry import check_plugin_params
 
 DEMO_DIR = Path("demo")
@@ -18,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (see deploy/config.example.toml)")
     p.add_argument(
         "--artifacts",
-        type=Path,
-        help="serve what `recall-engine build` wrote here with the default config",
+        help="serve what `recall-engine build` wrote here (a folder, or s3://BUCKET/PREFIX: "
+        "pulled into a local cache and followed) with the default config",
     )
     p.add_argument("--addr", help="HOST:PORT to bind (overrides server.addr)")
     p.add_argument("--metrics-addr", help="HOST:PORT for /metrics ('' disables)")
@@ -52,7 +54,8 @@ def _read(args: argparse.Namespace) -> Config:
         config = load_config(args.config)
         check_plugin_params(config)  # a typo in [channels.*.params] is a config error too
     elif args.artifacts:
-        config = default_config(args.artifacts.resolve())
+        root = args.artifacts
+        config = default_config(root if is_s3_url(root) else Path(root).resolve())
     else:
         config = default_config((args.demo_dir / "artifacts").resolve())
     server = config.server
@@ -61,6 +64,16 @@ def _read(args: argparse.Namespace) -> Config:
     if args.metrics_addr is not None:
         server = dataclasses.replace(server, metrics_addr=args.metrics_addr)
     return dataclasses.replace(config, server=server)
+
+
+def _reread(args: argparse.Namespace) -> Config:
+    """:func:`_read` for a reload (SIGHUP, ReloadConfig): a file that does not load is a
+    failed config reload on the metrics; the engine counts the rest of the outcomes."""
+    try:
+        return _read(args)
+    except ConfigError:
+        metrics.RELOADS.labels("config", "failed").inc()
+        raise
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         port = args.worker_port if args.worker_port is not None else config.server.worker_port_base
         worker_addr = f"{config.server.addr.rpartition(':')[0]}:{port}"
     try:
-        asyncio.run(serve(config, reload_config=lambda: _read(args), worker_addr=worker_addr))
+        asyncio.run(serve(config, reload_config=lambda: _reread(args), worker_addr=worker_addr))
     except Exception as e:  # noqa: BLE001 - start-up failure: say why, exit non-zero
         log.error("startup_failed", error=str(e))
         return 1

@@ -16,6 +16,8 @@ import annotated_types as at
 from recall_engine.sdk.params import Describe, parse
 
 __all__ = [
+    "DEFAULT_COLD_MAX_AGE_DAYS",
+    "DEFAULT_COLD_QUOTA",
     "DEFAULT_FUSION",
     "FUSION_PARAMS",
     "NORMALIZATIONS",
@@ -27,6 +29,14 @@ __all__ = [
 ]
 
 DEFAULT_FUSION = "rrf"
+#: Share of a request's ``k`` fused slots kept for cold items (``[plan] cold_quota``):
+#: items with no interactions in the log the catalogue was built from, or first seen
+#: less than ``cold_max_age_days`` before its newest interaction. A cap, filled only by
+#: cold items that a taking-part channel returned (serving/fusion.py). 0 turns it off.
+#: Chosen on ml-latest-small (docs/evaluation.md, "Cold items in the fused list").
+DEFAULT_COLD_QUOTA = 0.0
+#: ``[plan] cold_max_age_days``: 0 means "cold" = no interactions at build time.
+DEFAULT_COLD_MAX_AGE_DAYS = 0.0
 Normalization = Literal["dbsf", "l2", "minmax", "zscore"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 FusionName = Literal["quota", "rrf", "weighted_sum"]

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from recall_engine.config.errors import ConfigError
 from recall_engine.config.fields import Share, freeze
-from recall_engine.config.fusion import DEFAULT_FUSION, FusionName, fusion_params
+from recall_engine.config.fusion import (
+    DEFAULT_COLD_MAX_AGE_DAYS,
+    DEFAULT_COLD_QUOTA,
+    DEFAULT_FUSION,
+    FusionName,
+    fusion_params,
+)
 from recall_engine.sdk.params import NonEmptyStr, NonNegativeFloat, PositiveInt
 
 if TYPE_CHECKING:
@@ -47,13 +53,17 @@ class Plan:
 
     ``weights`` and ``channel_k`` hold every enabled channel, in channel priority order
     (weight 0.0 for channels the plan does not name, the channel's own ``k`` where the
-    plan does not override it).
+    plan does not override it). ``cold_quota``: the share of the ``k`` fused slots kept
+    for cold items (items younger than ``cold_max_age_days`` at build time, or with no
+    interactions then), see :func:`recall_engine.serving.fusion.fuse`.
     """
 
     fusion: str
     weights: Mapping[str, float]
     channel_k: Mapping[str, int]
     fusion_params: Mapping[str, Any]
+    cold_quota: float = DEFAULT_COLD_QUOTA
+    cold_max_age_days: float = DEFAULT_COLD_MAX_AGE_DAYS
 
     def active_channels(self) -> tuple[str, ...]:
         """Channels with weight > 0, in channel priority order: the ones to call."""
@@ -86,6 +96,8 @@ class PlanTable:
     weights: Mapping[str, NonNegativeFloat] | None = None
     channel_k: Mapping[str, PositiveInt] | None = None
     fusion_params: Mapping[str, Any] | None = None
+    cold_quota: Share | None = None
+    cold_max_age_days: NonNegativeFloat | None = None
 
     def inherit(self, base: PlanTable) -> PlanTable:
         """The keys this table omits taken from ``base``. Changing the strategy without
@@ -100,6 +112,12 @@ class PlanTable:
                 self.fusion_params
                 if self.fusion_params is not None
                 else (None if fusion_changed else base.fusion_params)
+            ),
+            cold_quota=self.cold_quota if self.cold_quota is not None else base.cold_quota,
+            cold_max_age_days=(
+                self.cold_max_age_days
+                if self.cold_max_age_days is not None
+                else base.cold_max_age_days
             ),
         )
 
@@ -144,7 +162,13 @@ def resolve_plan(table: PlanTable, path: str, channels: Mapping[str, ChannelConf
         weights=MappingProxyType(weights),
         channel_k=MappingProxyType(channel_k),
         fusion_params=freeze(params),
+        cold_quota=_or(table.cold_quota, DEFAULT_COLD_QUOTA),
+        cold_max_age_days=_or(table.cold_max_age_days, DEFAULT_COLD_MAX_AGE_DAYS),
     )
+
+
+def _or(value: float | None, default: float) -> float:
+    return float(default if value is None else value)
 
 
 def _check_refs(table: Mapping[str, Any], path: str, channels: Mapping[str, ChannelConfig]) -> None:

@@ -26,9 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from annotated_types import Ge
+from annotated_types import Ge, Interval
+from pydantic import AfterValidator
 
 from recall_engine.config.errors import ConfigError
 from recall_engine.config.fields import (
@@ -40,6 +41,7 @@ from recall_engine.config.fields import (
     OptionalExistingFile,
     OptionalStr,
     Port,
+    Share,
     Version,
     empty_table,
     resolve_path,
@@ -57,10 +59,12 @@ from recall_engine.config.plans import (
 from recall_engine.runtime.catalog import COMPACT_BYTES, COMPACT_RECORDS
 from recall_engine.sdk.params import (
     DERIVED,
+    Describe,
     KeyError_,
     NonEmptyStr,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     parse,
 )
@@ -70,14 +74,17 @@ __all__ = [
     "DEFAULT_TOKEN_ENV",
     "AdminConfig",
     "ChannelConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "Experiment",
     "Plan",
     "OverloadConfig",
     "PluginsConfig",
+    "RemoteArtifactsConfig",
     "ServerConfig",
     "TLSConfig",
+    "TracingConfig",
     "Variant",
     "default_config",
     "load_config",
@@ -210,12 +217,92 @@ class OverloadConfig:
     check_output: bool = True
 
 
+def _otlp_endpoint(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError(f"must be an http:// or https:// URL (HOST:PORT after it), got {value!r}")
+    return value
+
+
+#: An OTLP endpoint URL (plaintext for http://, TLS for https://), or "" for the default.
+OtlpEndpoint = Annotated[
+    OptionalStr, AfterValidator(_otlp_endpoint), Describe("an http:// or https:// URL")
+]
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry traces, off unless ``exporter`` names one (needs the
+    ``[tracing]`` extra; :mod:`recall_engine.observability.tracing`). Read at start-up:
+    a change needs a restart."""
+
+    # none: no tracing (nothing imported, nothing on the request path); otlp: OTLP over
+    # gRPC to endpoint; console: JSON spans on stdout (debugging)
+    exporter: Literal["none", "otlp", "console"] = "none"
+    # otlp: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS); "": the exporter's
+    # default (OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317)
+    endpoint: OtlpEndpoint = None
+    # share of the traces that start here that are kept; a caller's traceparent decides
+    # for its own traces (ParentBased(TraceIdRatioBased(sampling_ratio)))
+    sampling_ratio: Share = 1.0
+    service_name: NonEmptyStr = "recall-engine"
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter != "none"
+
+
+#: JetStream stream names: letters, digits, '_' and '-' (the buckets' names derive from it).
+_STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _stream_name(value: str) -> str:
+    if not _STREAM_RE.match(value):
+        raise ValueError(f"must be 1-32 letters, digits, '_' or '-', got {value!r}")
+    return value
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: how replicas (and the processes of ``serve --processes N``) share
+    online item updates, artifact reloads and config reloads. ``log = "file"``: files on
+    this host (one host). ``log = "nats"``: a NATS JetStream stream that every replica
+    follows (the ``cluster`` extra; docs/scale-out.md, "Replicas: the update stream")."""
+
+    log: Literal["file", "nats"] = "file"
+    servers: tuple[NonEmptyStr, ...] = ()  # nats://HOST:PORT URLs, any of the cluster's
+    stream: Annotated[str, AfterValidator(_stream_name)] = "recall-engine"
+    # the stream's (and snapshot buckets') copies, made when missing: 3 survives a
+    # server's loss, and a write is then acknowledged once a quorum stored it
+    replicas: Annotated[int, Interval(ge=1, le=5)] = 1
+    # an admin write waits this long for JetStream's acknowledgement (retrying through
+    # a leader election or a reconnect) before it fails UNAVAILABLE, applied nowhere
+    publish_timeout_s: PositiveFloat = 5.0
+    connect_timeout_s: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        if self.log == "nats" and not self.servers:
+            raise KeyError_("servers", 'must list at least one nats:// URL when log = "nats"')
+
+
 @dataclass(slots=True, frozen=True, kw_only=True)
 class PluginsConfig:
     """``[plugins]``: ``blocked`` entry-point names are never imported; a channel that
     names one fails to load (start-up stops if it is required)."""
 
     blocked: tuple[NonEmptyStr, ...] = ()
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class RemoteArtifactsConfig:
+    """``[artifacts]`` when ``root = "s3://bucket/prefix"``: bundles are pulled from the
+    store into ``cache`` (which the channels then load, as a local root) and followed:
+    ``poll_s`` (0: never; announcements only) is how often the ``current`` pointers are
+    read (:mod:`recall_engine.runtime.object_store`). Read at start-up."""
+
+    url: str
+    cache: Path
+    endpoint_url: str | None = None
+    poll_s: float = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -228,8 +315,12 @@ class Config:
     plan: Plan
     experiments: tuple[Experiment, ...]
     source: Path | None = None
+    # [artifacts] root = "s3://...": the store; artifacts_root is then its local cache
+    remote_artifacts: RemoteArtifactsConfig | None = None
     plugins: PluginsConfig = PluginsConfig()
     overload: OverloadConfig = OverloadConfig()
+    tracing: TracingConfig = TracingConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def enabled_channels(self) -> tuple[str, ...]:
         """Names of the enabled channels, in priority order."""
@@ -241,7 +332,13 @@ class Config:
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class _ArtifactsTable:
-    root: str = "artifacts"  # holds <channel>/<version>/ bundles
+    root: str = "artifacts"  # holds <channel>/<version>/ bundles; or s3://BUCKET/PREFIX
+    # s3:// root only: the local folder verified bundles are kept in ("": under
+    # $XDG_CACHE_HOME/recall-engine/artifacts/), the S3-compatible endpoint ("":
+    # boto3's default, which reads AWS_ENDPOINT_URL) and how often the pointers are read
+    cache: str = ""
+    endpoint_url: OptionalStr = None
+    poll_s: NonNegativeFloat = 30.0
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -255,6 +352,8 @@ class _Document:
     artifacts: _ArtifactsTable = _ArtifactsTable()
     plugins: PluginsConfig = PluginsConfig()
     overload: OverloadConfig = OverloadConfig()
+    tracing: TracingConfig = TracingConfig()
+    cluster: ClusterConfig = ClusterConfig()
     channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plan: PlanTable = PlanTable()
     experiments: tuple[ExperimentTable, ...] = ()
@@ -293,7 +392,8 @@ def parse_config(
     admin = doc.admin
     if admin.token is None and admin.token_env:
         admin = replace(admin, token=environ.get(admin.token_env) or None)
-    artifacts_root = resolve_path(doc.artifacts.root, base_dir)
+    remote = _remote_artifacts(doc.artifacts, base_dir)
+    artifacts_root = remote.cache if remote else resolve_path(doc.artifacts.root, base_dir)
     channels = _channels(doc.channels, artifacts_root, base_dir)
     return Config(
         server=doc.server,
@@ -304,22 +404,50 @@ def parse_config(
         plan=resolve_plan(doc.plan, "plan", channels),
         experiments=build_experiments(doc.experiments, doc.plan, channels),
         source=source,
+        remote_artifacts=remote,
         plugins=doc.plugins,
         overload=doc.overload,
+        tracing=doc.tracing,
+        cluster=doc.cluster,
+    )
+
+
+def _remote_artifacts(table: _ArtifactsTable, base_dir: Path) -> RemoteArtifactsConfig | None:
+    """``[artifacts]`` with an ``s3://`` root, checked; None for a local folder."""
+    from recall_engine.runtime.object_store import default_cache, is_s3_url, parse_s3_url
+
+    if not is_s3_url(table.root):
+        for key in ("cache", "endpoint_url"):
+            if getattr(table, key):
+                raise ConfigError(f"artifacts.{key}: only for an s3:// artifacts.root")
+        return None
+    try:
+        location = parse_s3_url(table.root, "artifacts.root")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    endpoint = table.endpoint_url
+    if endpoint is not None and not re.match(r"^https?://[^/\s]+/?$", endpoint):
+        raise ConfigError(
+            f"artifacts.endpoint_url: must be http://HOST[:PORT] or https://HOST[:PORT], "
+            f"got {endpoint!r}"
+        )
+    cache = resolve_path(table.cache, base_dir) if table.cache else default_cache(location)
+    return RemoteArtifactsConfig(
+        url=location.url(), cache=cache, endpoint_url=endpoint, poll_s=table.poll_s
     )
 
 
 DEFAULT_WEIGHTS = {"popular": 0.1, "cf": 1.0, "content": 0.25, "llm": 0.25}
 
 
-def default_config(artifacts_root: Path) -> Config:
+def default_config(artifacts_root: Path | str) -> Config:
     """The built-in channels (popular required, cf/content/llm optional), RRF fusion, no
     experiments: what ``serve`` runs without a config file.
 
     Weights follow ``recall-engine tune-weights`` on MovieLens 1M (docs/evaluation.md):
     cf carries the ranking, content and llm add what cf cannot see (new items, free
     text), and popular keeps a small weight so that it still answers (alone) for users
-    with neither history nor text."""
+    with neither history nor text. ``artifacts_root`` may be an ``s3://`` URL."""
     data = {
         "artifacts": {"root": str(artifacts_root)},
         "channels": {
@@ -360,6 +488,11 @@ def _channel(
         raise ConfigError(f"{path}.name: unknown key (the table's name is the channel's name)")
     # Defaults that depend on the table: the name, and the artifacts folder ("" = default).
     data = {"plugin": name, **table, "name": name}
+    if str(data.get("artifacts", "")).startswith("s3://"):
+        raise ConfigError(
+            f"{path}.artifacts: an s3:// store is set once, as artifacts.root; a channel's "
+            "own artifacts is a local folder"
+        )
     if data.get("artifacts", "") == "":
         data["artifacts"] = str(artifacts_root / name)
     return parse(ChannelConfig, data, path, context={"base_dir": base_dir}, error=ConfigError)

@@ -20,6 +20,8 @@ On disk (``ARTIFACTS/catalog/``), by generation ``g`` (0 is what ``build`` write
                                    records (length + crc32, runtime/shared_log.py) of
                                    {"op": "upsert", ...item} / {"op": "delete", "item_id"}
     vectors/<channel>.<version>.npz   vectors the channels encoded online (see below)
+    first_seen.npz                 what ``build`` saw of each item: its first interaction
+                                   time in the training log (see "Cold items" below)
 
 Start-up reads the newest snapshot and replays its log: a torn tail is cut back with a
 warning (never fatal), a damaged record in the middle is skipped and reported.
@@ -44,17 +46,35 @@ returns what the other processes appended since, in log order, for the engine to
 write lands after someone else's re-reads its own record after theirs (upserts and
 deletes are idempotent), so every process ends in the log's order.
 
+Cold items. ``build`` writes ``first_seen.npz`` (:func:`write_first_seen`): the ids of
+the items that have interactions in the log it built from, each one's first interaction
+time, and the log's newest time. :meth:`Catalog.cold_mask` calls an item *cold* when
+it had no interaction then (a new item, or one upserted online since) or when its first
+one came less than ``max_age_days`` before the log's end; the fusion's cold quota keeps
+slots for such items. The file is read when the catalogue is opened; without it (a
+catalogue from an older build) nothing is known to be cold.
+
 Logs from earlier versions (one unframed ``updates.jsonl``) are migrated once, at load:
 replayed onto ``items.jsonl`` into snapshot 1, then renamed ``updates.jsonl.migrated``.
+
+Replicas (``[cluster] log = "nats"``): the catalogue's history is a
+:class:`~recall_engine.runtime.update_log.SnapshotLog` instead (``stream``): writes go
+to it, :meth:`Catalog.read_new_updates` follows it, and compaction stores the snapshot
+in it (:mod:`recall_engine.runtime.update_log_nats`). The folder then holds only the
+build's ``items.jsonl`` (where a catalogue starts when the stream has no snapshot yet)
+and the channels' online vectors; nothing is written to its logs.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.catalog_files import (
@@ -72,6 +92,7 @@ from recall_engine.runtime.catalog_files import (
     online_updates,
     parse_op,
     read_snapshot,
+    record_from_json,
     record_to_json,
     remove_generations_before,
     snapshot_file,
@@ -79,11 +100,13 @@ from recall_engine.runtime.catalog_files import (
 )
 from recall_engine.runtime.files import atomic_write
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
+from recall_engine.runtime.update_log import SnapshotLog
 from recall_engine.sdk.types import ItemRecord, Query
 
 __all__ = [
     "COMPACT_BYTES",
     "COMPACT_RECORDS",
+    "FIRST_SEEN_FILE",
     "ITEMS_FILE",
     "LEGACY_UPDATES_FILE",
     "Catalog",
@@ -91,9 +114,12 @@ __all__ = [
     "log_file",
     "online_updates",
     "snapshot_file",
+    "write_first_seen",
 ]
 
-log = get_logger(__name__)
+#: Per item, its first interaction in the log ``build`` built from (cold-item signal).
+FIRST_SEEN_FILE = "first_seen.npz"
+_DAY = 86400.0
 
 log = get_logger(__name__)
 
@@ -107,7 +133,9 @@ class Catalog:
     """Item metadata keyed by item id. Thread-safe.
 
     ``compact_records`` / ``compact_bytes``: when :meth:`needs_compaction` says yes
-    (defaults :data:`COMPACT_RECORDS`, :data:`COMPACT_BYTES`)."""
+    (defaults :data:`COMPACT_RECORDS`, :data:`COMPACT_BYTES`). ``stream``: the log that
+    holds the history instead of the folder's files (replicas; see the module
+    docstring)."""
 
     def __init__(
         self,
@@ -116,9 +144,11 @@ class Catalog:
         *,
         compact_records: int = COMPACT_RECORDS,
         compact_bytes: int = COMPACT_BYTES,
+        stream: SnapshotLog | None = None,
     ) -> None:
         self._items: dict[str, ItemRecord] = {it.item_id: it for it in items}
         self._folder = folder
+        self._stream = stream
         self._lock = threading.Lock()
         self.compact_records = compact_records
         self.compact_bytes = compact_bytes
@@ -126,6 +156,9 @@ class Catalog:
         # later one when a compaction closed the first before this process read it all)
         self._gen = self._write_gen = newest_snapshot(folder) if folder is not None else 0
         self._logs: dict[int, SharedLog] = {}
+        # item -> days between its first interaction and the build log's end (inf when
+        # the log had no times); None: no first_seen.npz, nothing is known to be cold
+        self._age_days: dict[str, float] | None = None
 
     @property
     def folder(self) -> Path | None:
@@ -188,6 +221,18 @@ class Catalog:
             for i in item_ids
         ]
 
+    def cold_mask(self, item_ids: Sequence[str], max_age_days: float = 0.0) -> np.ndarray | None:
+        """Per id, whether it is cold (see "Cold items" in the module doc): unknown to
+        the build's log, or first seen less than ``max_age_days`` before its end. None
+        when this catalogue has no first-seen record."""
+        ages = self._age_days
+        if ages is None:
+            return None
+        if max_age_days <= 0:
+            return np.fromiter((i not in ages for i in item_ids), bool, len(item_ids))
+        get = ages.get
+        return np.fromiter((get(i, -1.0) < max_age_days for i in item_ids), bool, len(item_ids))
+
     # -- writing ---------------------------------------------------------------
     def upsert(self, items: Sequence[ItemRecord], *, log: bool = True) -> int:
         """Add or replace ``items``: logged first, then applied (a failed write raises
@@ -227,6 +272,9 @@ class Catalog:
             self._append([{"op": "delete", "item_id": i} for i in present])
 
     def _append(self, rows: list[dict]) -> None:
+        if self._stream is not None:
+            self._stream.append(rows)
+            return
         if self._folder is None or not rows:
             return
         for _ in range(1000):  # each turn moves a generation on: bounded by the files
@@ -263,11 +311,36 @@ class Catalog:
         read or wrote it, in log order: ``("upsert", ItemRecord)`` or ``("delete",
         item_id)``; follows compactions into the next generation. The read position
         moves past them; nothing is applied here. Raises ``ValueError`` naming the file
-        and byte offset of a bad record."""
+        and byte offset of a bad record (a stream's bad record is logged and skipped)."""
+        if self._stream is not None:
+            with self._lock:
+                return self._follow_stream(self._stream)
         if self._folder is None:
             return []
         with self._lock:
             return self._follow(resync=True)
+
+    def _follow_stream(self, stream: SnapshotLog) -> list[Op]:
+        rows = stream.read_new()
+        base = stream.take_resync()
+        ops: list[Op] = []
+        if base is not None:  # fell behind a compaction: jump to its snapshot
+            fresh = _items_of(base, "snapshot")
+            ops = self._difference(fresh)
+            log.warning("catalog_resynced", source="stream snapshot", changes=len(ops))
+        for where, row in rows:
+            try:
+                ops.append(parse_op(row, where))
+            except ValueError as e:  # one bad record must not stop every replica
+                log.error("catalog_update_skipped", error=str(e))
+        return ops
+
+    def _difference(self, fresh: dict[str, ItemRecord]) -> list[Op]:
+        """The ops that turn what this catalogue holds into ``fresh``."""
+        current = self._items
+        ops: list[Op] = [("delete", i) for i in current if i not in fresh]
+        ops.extend(("upsert", it) for i, it in fresh.items() if current.get(i) != it)
+        return ops
 
     def _follow(self, *, resync: bool) -> list[Op]:
         assert self._folder is not None
@@ -295,9 +368,7 @@ class Catalog:
         the newest state from disk and return the difference to memory as ops."""
         assert self._folder is not None
         fresh = Catalog.load(self._folder)
-        current = self._items
-        ops: list[Op] = [("delete", i) for i in current if i not in fresh._items]
-        ops.extend(("upsert", it) for i, it in fresh._items.items() if current.get(i) != it)
+        ops = self._difference(fresh._items)
         self._gen, self._write_gen, self._logs = fresh._gen, fresh._write_gen, fresh._logs
         log.warning(
             "catalog_resynced", folder=str(self._folder), generation=self._gen, changes=len(ops)
@@ -307,6 +378,9 @@ class Catalog:
     # -- compaction --------------------------------------------------------------
     def needs_compaction(self) -> bool:
         """Whether the current log has grown past the thresholds."""
+        if self._stream is not None:
+            stream = self._stream
+            return stream.records >= self.compact_records or stream.size >= self.compact_bytes
         if self._folder is None:
             return False
         current = self._logs.get(self._gen)
@@ -321,6 +395,8 @@ class Catalog:
         otherwise, or when another process compacted first: the caller syncs and tries
         again later). The caller must have applied every change it logged to whatever
         else it snapshots (the engine: the channels' online vectors)."""
+        if self._stream is not None:
+            return self._compact_stream(self._stream)
         if self._folder is None:
             return False
         with self._lock:
@@ -354,6 +430,21 @@ class Catalog:
             seconds=round(time.perf_counter() - started, 3),
         )
         return True
+
+    def _compact_stream(self, stream: SnapshotLog) -> bool:
+        """The state in memory as the stream's newest snapshot (the stream drops what
+        it covers). Raises ``OSError`` when the stream cannot be reached."""
+        with self._lock:
+            started = time.perf_counter()
+            stored = stream.write_snapshot(record_to_json(it) for it in self._items.values())
+        if stored:
+            log.info(
+                "catalog_compacted",
+                source="stream",
+                items=len(self._items),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+        return stored
 
     def online_vectors_file(self, channel: str, version: str) -> Path | None:
         """Where channel ``channel`` (bundle ``version``) keeps the vectors it encoded
@@ -398,9 +489,14 @@ class Catalog:
         *,
         compact_records: int = COMPACT_RECORDS,
         compact_bytes: int = COMPACT_BYTES,
+        stream: SnapshotLog | None = None,
     ) -> Catalog:
         """Read the newest snapshot and replay its update log (cutting back a torn
-        tail, with a warning). Errors name the file and line or byte offset."""
+        tail, with a warning). Errors name the file and line or byte offset. With a
+        ``stream``: its newest snapshot (the folder's ``items.jsonl`` when it has none)
+        and the stream after it."""
+        if stream is not None:
+            return cls._load_stream(folder, stream, compact_records, compact_bytes)
         if not cls.exists(folder):
             raise FileNotFoundError(f"{folder / ITEMS_FILE}: catalogue file missing")
         migrate_legacy(folder)
@@ -418,5 +514,80 @@ class Catalog:
                 continue
             apply_ops(items, ops)
             catalog._items = items
+            catalog._age_days = _read_first_seen(folder)
             return catalog
         raise RuntimeError(f"{folder}: the catalogue kept changing while being read")
+
+    @classmethod
+    def _load_stream(
+        cls, folder: Path, stream: SnapshotLog, compact_records: int, compact_bytes: int
+    ) -> Catalog:
+        catalog = cls(
+            folder=folder,
+            compact_records=compact_records,
+            compact_bytes=compact_bytes,
+            stream=stream,
+        )
+        rows = stream.snapshot()
+        if rows is not None:
+            catalog._items = _items_of(rows, "snapshot")
+        else:
+            catalog._items = read_snapshot(folder, 0)
+            busy = online_updates(folder)
+            if busy is not None:
+                log.warning(
+                    "catalog_local_updates_ignored",
+                    file=str(busy),
+                    note="the update stream holds the online updates of replicas; this "
+                    "folder's own log is not read",
+                )
+        for _ in range(10_000):  # each round reads the stream to its end as of then
+            ops = catalog.read_new_updates()
+            if not ops:
+                break
+            items = dict(catalog._items)
+            apply_ops(items, ops)
+            catalog._items = items
+        catalog._age_days = _read_first_seen(folder)
+        return catalog
+
+
+def _items_of(rows: Iterable[dict], where: str) -> dict[str, ItemRecord]:
+    items: dict[str, ItemRecord] = {}
+    for n, row in enumerate(rows):
+        it = record_from_json(row, f"{where} row {n}")
+        items[it.item_id] = it
+    return items
+
+
+def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray | None) -> Path:
+    """Write ``first_seen.npz`` into the catalogue ``folder``: every item of the log
+    (``item_ids`` with parallel ``timestamps`` in seconds, None when the log has none)
+    with its first interaction time, and the log's newest time."""
+    ids, inverse = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
+    first = np.zeros(len(ids), dtype=np.int64)
+    if timestamps is not None and len(ids):
+        first[:] = np.iinfo(np.int64).max
+        np.minimum.at(first, inverse, np.asarray(timestamps, dtype=np.int64))
+    path = folder / FIRST_SEEN_FILE
+    with open(path, "wb") as fh:
+        np.savez(
+            fh,
+            ids=ids,
+            first_seen=first,
+            as_of=np.int64(np.max(timestamps) if timestamps is not None and len(ids) else 0),
+            has_timestamps=np.bool_(timestamps is not None),
+        )
+    return path
+
+
+def _read_first_seen(folder: Path) -> dict[str, float] | None:
+    path = folder / FIRST_SEEN_FILE
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        ids = [sys.intern(i) for i in f["ids"].tolist()]
+        if not bool(f["has_timestamps"]):
+            return dict.fromkeys(ids, float("inf"))
+        ages = (int(f["as_of"]) - f["first_seen"]) / _DAY
+    return dict(zip(ids, ages.tolist(), strict=True))

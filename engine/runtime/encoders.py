@@ -34,6 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from recall_engine.observability import tracing
 from recall_engine.observability.logs import get_logger
 from recall_engine.observability.metrics import (
     ENCODER_BATCH_SIZE,
@@ -369,9 +370,21 @@ class TextEncoder:
         self.max_batch = 1 if self.model.precision == "int8" else max(1, int(max_batch))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts`` in their order, float32 ``[len(texts), dim]``."""
+        """Embeddings of ``texts`` in their order, float32 ``[len(texts), dim]``. With
+        tracing on, in a ``recall.encoder.encode`` span when called inside one (a channel
+        call); the micro-batcher's own thread has none and makes none."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts; wrap one text in a list")
+        if tracing.ENABLED:
+            attributes = {
+                "recall.encoder.model": str(self.model.path),
+                "recall.encoder.texts": len(texts),
+            }
+            with tracing.child_span("recall.encoder.encode", attributes):
+                return self._encode(texts)
+        return self._encode(texts)
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.max_batch):
@@ -425,6 +438,8 @@ class _Pending(Generic[T]):
     future: Future[Any]
     deadline: float | None = None  # perf_counter instant; None: no deadline
     queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0  # when its batch started running
+    batch: int = 0  # the size of that batch
 
 
 class MicroBatcher(Generic[T]):
@@ -480,9 +495,32 @@ class MicroBatcher(Generic[T]):
         ``timeout`` (seconds; default: what :data:`CALL_DEADLINE` leaves, else none)
         bounds the wait: past it the item is withdrawn if it has not started and
         ``TimeoutError`` is raised. Raises :class:`BatcherDied` when the thread died
-        holding this item's batch."""
-        deadline = _deadline_of(timeout)
-        future = self.submit_future(item, deadline=deadline)
+        holding this item's batch.
+
+        With tracing on, the wait (queue and batch run) is a ``recall.encoder.wait``
+        span under the current one, with the batch's size and this item's queue time."""
+        if tracing.ENABLED:
+            return self._traced_submit(item, timeout)
+        return self._wait(self._enqueue(item, _deadline_of(timeout)))
+
+    def _traced_submit(self, item: T, timeout: float | None) -> Any:
+        with tracing.child_span("recall.encoder.wait", {"recall.encoder": self.name}) as span:
+            pending = self._enqueue(item, _deadline_of(timeout))
+            try:
+                return self._wait(pending)
+            finally:
+                if pending.batch:  # it ran (else the span records why not)
+                    span.set_attributes(
+                        {
+                            "recall.encoder.batch_size": pending.batch,
+                            "recall.encoder.queue_ms": (pending.started_at - pending.queued_at)
+                            * 1000,
+                        }
+                    )
+
+    def _wait(self, pending: _Pending[T]) -> Any:
+        """Block until ``pending`` is done or its deadline passes (see :meth:`submit`)."""
+        deadline, future = pending.deadline, pending.future
         while True:
             wait = _LIVENESS_POLL_S
             if deadline is not None:
@@ -502,6 +540,9 @@ class MicroBatcher(Generic[T]):
         """Queue ``item``; the future resolves with its result (for asyncio callers:
         ``asyncio.wrap_future``). Cancel the future to withdraw an item not yet started;
         ``deadline`` (a ``time.perf_counter()`` instant) drops it unstarted once passed."""
+        return self._enqueue(item, deadline).future
+
+    def _enqueue(self, item: T, deadline: float | None) -> _Pending[T]:
         pending: _Pending[T] = _Pending(item, Future(), deadline)
         with self._cond:
             if self._closed:
@@ -510,7 +551,7 @@ class MicroBatcher(Generic[T]):
             if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
                 self._cond.notify()
         self._ensure_alive()
-        return pending.future
+        return pending
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop the thread after the batch in flight; fail what is still queued."""
@@ -596,6 +637,7 @@ class MicroBatcher(Generic[T]):
         started = time.perf_counter()
         for pending in batch:
             self._queue_seconds.observe(started - pending.queued_at)
+            pending.started_at, pending.batch = started, len(batch)
         self._batch_size.observe(len(batch))
         try:
             results = self._fn([p.item for p in batch])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from recall_engine._proto import admin_pb2 as _pb
 from recall_engine._proto import admin_pb2_grpc as _pb_grpc
 from recall_engine.config import Config, ConfigError
 from recall_engine.observability.logs import get_logger
 from recall_engine.sdk.types import ItemRecord
+from recall_engine.serving.catalog_updates import write_ahead
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.errors import (
     FailedPrecondition,
@@ -20,6 +22,8 @@ from recall_engine.serving.process_group import ProcessGroup
 from recall_engine.serving.registry import PluginError
 
 log = get_logger(__name__)
+
+CONTROL_LOG = "control log (reload announcements)"
 
 
 class AdminServicer(_pb_grpc.AdminServiceServicer):
@@ -47,30 +51,50 @@ class AdminServicer(_pb_grpc.AdminServiceServicer):
 
     async def ReloadConfig(self, request, context):  # noqa: N802
         gen = await self._guard(context, self._reload_config)
-        if self._group is not None:
-            self._group.announce_config_reload()
         return _pb.ReloadConfigResponse(config_generation=gen)
 
     def _reload_config(self) -> int:
-        """Re-read the config file and swap it in. A file that does not parse is the
-        caller's to fix (INVALID_ARGUMENT, naming the key); a channel the new config
-        requires that fails to load leaves the old config serving (FAILED_PRECONDITION)."""
+        """Re-read the config file and swap it in, telling the group before the swap. A
+        file that does not parse is the caller's to fix (INVALID_ARGUMENT, naming the
+        key); a channel the new config requires that fails to load leaves the old config
+        serving (FAILED_PRECONDITION); an announcement that cannot be stored too
+        (UNAVAILABLE)."""
+        group = self._group
+        row: dict[str, Any] = {}
         try:
-            new = self._read_config()
+            if group is None:
+                new = self._read_config()
+            else:  # a replica applies the replicated tables exactly as the others will
+                new, row = group.prepare_config_reload(self._read_config)
         except ConfigError as e:
             raise InvalidArgument("config", str(e)) from e
+        announce = None
+        if group is not None:
+
+            def announce() -> None:
+                write_ahead(lambda: group.announce_config_reload(row), CONTROL_LOG)
+
         try:
-            return self.engine.reload_config(new)
+            return self.engine.reload_config(new, announce)
         except (PluginError, ConfigError) as e:
             raise FailedPrecondition(f"the new config was not applied: {e}") from e
 
     async def Reload(self, request, context):  # noqa: N802
         versions = await self._guard(
-            context, self.engine.reload_channels, list(request.channels), request.version or None
+            context,
+            self.engine.reload_channels,
+            list(request.channels),
+            request.version or None,
+            self._announce_reload,
         )
-        if self._group is not None:  # the versions this process resolved, not "current"
-            self._group.announce_reload(versions)
         return _pb.ReloadResponse(versions=versions)
+
+    def _announce_reload(self, versions: dict[str, str]) -> None:
+        """Tell the group the versions this process loaded (not "current", which may
+        move on), before they are swapped in."""
+        group = self._group
+        if group is not None:
+            write_ahead(lambda: group.announce_reload(versions), CONTROL_LOG)
 
     async def UpsertItems(self, request, context):  # noqa: N802
         items = []

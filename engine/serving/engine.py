@@ -12,14 +12,15 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
 from recall_engine.config import ChannelConfig, Config
-from recall_engine.observability import metrics
+from recall_engine.observability import metrics, tracing
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.encoders import CALL_DEADLINE
@@ -265,10 +266,12 @@ class Engine:
         return _Slot(cc, channel, cc.plugin, self.overload.channel_limit(cc.name))
 
     # -- admin -----------------------------------------------------------------
-    def reload_config(self, new: Config) -> int:
+    def reload_config(self, new: Config, announce: Callable[[], None] | None = None) -> int:
         """Swap in a new config. Channels whose config changed or that are new are
-        loaded beside the old ones first; on any failure the old state keeps serving."""
-        with self._admin_lock:
+        loaded beside the old ones first; on any failure the old state keeps serving.
+        ``announce`` runs after they loaded, before the swap (the process group's log,
+        write-ahead): when it raises, nothing is swapped."""
+        with self._admin_lock, metrics.reload_outcome("config"):
             old = self._require_state()
             changed = [
                 n
@@ -276,6 +279,7 @@ class Engine:
                 if cc.enabled and (n not in old.slots or old.slots[n].config != cc)
             ]
             fresh, failed = self._load_channels(new, changed, {})
+            _announce_or_retire(announce, fresh.values())
             slots = {
                 n: fresh.get(n) or old.slots[n]
                 for n, cc in new.channels.items()
@@ -289,10 +293,16 @@ class Engine:
             log.info("config_reloaded", generation=self._state.generation, reloaded=changed)
             return self._state.generation
 
-    def reload_channels(self, names: Sequence[str], version: str | None) -> dict[str, str]:
+    def reload_channels(
+        self,
+        names: Sequence[str],
+        version: str | None,
+        announce: Callable[[dict[str, str]], None] | None = None,
+    ) -> dict[str, str]:
         """Load a new artifact version of ``names`` (all when empty) beside the old,
-        warm it, swap atomically. If any fails, nothing is swapped."""
-        with self._admin_lock:
+        warm it, swap atomically. If any fails, nothing is swapped. ``announce`` gets the
+        loaded versions before the swap (like :meth:`reload_config`'s)."""
+        with self._admin_lock, metrics.reload_outcome("artifacts"):
             state = self._require_state()
             names = list(names) or list(state.slots)
             for n in names:
@@ -313,10 +323,12 @@ class Engine:
                     s.retire()
                 log.error("channel_reload_failed", error=str(e))
                 raise FailedPrecondition(f"reload failed, old version keeps serving: {e}") from e
+            versions = {n: _safe_info(s.channel).version for n, s in fresh.items()}
+            _announce_or_retire(announce and (lambda: announce(versions)), fresh.values())
             self._state = replace(state, slots={**state.slots, **fresh})
             for n in names:
                 state.slots[n].retire()
-            return {n: _safe_info(s.channel).version for n, s in fresh.items()}
+            return versions
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> dict[str, int]:
         """Log, then apply (see ``_upsert``). A failed log write raises
@@ -365,11 +377,12 @@ class Engine:
         """Apply what other server processes appended to the catalogue's update log
         (``serve --processes N``: an admin call reaches one process), to the catalogue
         and every channel, in log order. Returns how many operations were applied."""
-        with self._admin_lock:
+        with self._admin_lock, metrics.catalog_sync_round():
             state = self._state
             if state is None:
                 return 0
             ops = self.catalog.read_new_updates()
+            metrics.CATALOG_SYNC_OPERATIONS.inc(len(ops))
             start = 0
             while start < len(ops):  # runs of the same op, in order
                 op = ops[start][0]
@@ -447,10 +460,26 @@ class Engine:
         )
         if budget <= 0:
             raise DeadlineExceeded("the deadline passed before the request started")
+        run = self._traced_recall if tracing.ENABLED else self._recall
         if admitted:
-            return await self._recall(state, inp, budget)
+            return await run(state, inp, budget)
         with self.admit():
-            return await self._recall(state, inp, budget)
+            return await run(state, inp, budget)
+
+    async def _traced_recall(self, state: _State, inp: RecallInput, budget: float) -> RecallOutput:
+        """:meth:`_recall` in a ``recall.request`` span (each BatchRecall item gets its
+        own under the RPC's span; docs/observability.md lists the spans)."""
+        attributes = {"recall.request_id": inp.request_id, "recall.k": inp.k}
+        with tracing.child_span("recall.request", attributes) as span:
+            out = await self._recall(state, inp, budget)
+            span.set_attributes(
+                {
+                    "recall.experiment": out.assignment.experiment,
+                    "recall.variant": out.assignment.variant,
+                    "recall.returned": len(out.fused.item_ids),
+                }
+            )
+            return out
 
     async def _recall(self, state: _State, inp: RecallInput, budget: float) -> RecallOutput:
         t_end = time.perf_counter() + budget
@@ -471,6 +500,8 @@ class Engine:
             inp.k,
             priority=tuple(state.config.channels),
             params=plan.fusion_params,
+            cold_quota=plan.cold_quota,
+            cold=lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
         )
         ordered = tuple(reports[n] for n in state.config.channels if n in reports)
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
@@ -560,6 +591,8 @@ class Engine:
                 )
             else:
                 reports[call.name] = report
+        if tracing.ENABLED:
+            _end_call_spans(calls, reports)
         if not lists:
             self._raise_if_nothing_answered(calls, reports)
         return lists
@@ -613,6 +646,10 @@ class Engine:
                     fan.waiter = None
         except BaseException:
             fan.time_out(calls, float("inf"), cancelled=True)  # the request is gone
+            if fan.trace is not None:
+                for call in calls:
+                    if call.span is not None:
+                        tracing.end_span(call.span, error="the request went away")
             raise
 
     @staticmethod
@@ -681,6 +718,40 @@ def _error_report(
     return ChannelReport(name, Status.ERROR, weight, ms, error=error)
 
 
+def _end_call_spans(calls: Sequence[_Call], reports: Mapping[str, ChannelReport]) -> None:
+    """End each call's ``recall.channel`` span with its final report (a call that never
+    started, refused or late, gets one now, from when it was handed over). Called on the
+    event loop: a TIMEOUT call's span ends at the deadline even while its thread still
+    runs the channel."""
+    parent = None
+    for call in calls:
+        report = reports[call.name]
+        span = call.span
+        if span is None:
+            parent = parent or tracing.parent_context()
+            if parent is None:
+                return  # this request is not sampled
+            span = tracing.start_span(
+                "recall.channel", parent, {"recall.channel": call.name}, call.queued
+            )
+        ok = report.status in (Status.OK, Status.SKIPPED)
+        tracing.end_span(
+            span,
+            {
+                "recall.channel.status": report.status.name,
+                "recall.channel.latency_ms": report.latency_ms,
+                "recall.channel.candidates": report.returned,
+                "recall.channel.weight": report.weight,
+                "recall.channel.k": call.k,
+                "recall.channel.queue_ms": (call.started - call.queued) * 1000
+                if call.started
+                else 0.0,
+            },
+            error=None if ok else report.error or report.status.name,
+            exception=None if ok else call.error,
+        )
+
+
 @dataclass(slots=True, eq=False)
 class _Call:
     """One channel call of one request. The worker thread sets ``started`` and fills
@@ -703,6 +774,9 @@ class _Call:
     timed_out: bool = False
     rejected: bool = False
     hung: bool = False  # abandoned while running: still holds a bulkhead thread
+    # tracing on: the call's span, started by its thread, ended by the event loop
+    span: Any = None
+    scope: object = None  # the token that made ``span`` current on the worker thread
 
     def deadline(self) -> float:
         """The channel's timeout from its start (from its hand-over while it has not
@@ -715,13 +789,16 @@ class _FanOut:
     worker threads: ``pending`` counts calls neither finished nor timed out (under
     ``lock``); the call that brings it to zero wakes the loop once."""
 
-    __slots__ = ("loop", "lock", "pending", "waiter")
+    __slots__ = ("loop", "lock", "pending", "waiter", "trace")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, calls: int) -> None:
         self.loop = loop
         self.lock = threading.Lock()
         self.pending = calls
         self.waiter: asyncio.Future | None = None
+        # the request's trace context, handed to the worker threads (which do not
+        # inherit the loop's context); None: tracing off or this request not sampled
+        self.trace = tracing.parent_context() if tracing.ENABLED else None
 
     def start(self, call: _Call) -> bool:
         """Worker thread: mark ``call`` started, or False when its deadline passed (or
@@ -731,7 +808,13 @@ class _FanOut:
             if call.timed_out:
                 return False
             call.started = now
-            return True
+            if self.trace is not None:  # set under the lock: the loop may end it early
+                call.span = tracing.start_span(
+                    "recall.channel", self.trace, {"recall.channel": call.name}, now
+                )
+        if call.span is not None:  # current on this thread while the channel runs
+            call.scope = tracing.activate(call.span)
+        return True
 
     def reject(self, call: _Call) -> None:
         """Event loop: the bulkhead was full; the call never runs."""
@@ -742,6 +825,9 @@ class _FanOut:
     def finish(self, call: _Call, result: Candidates | None, error: BaseException | None) -> None:
         """Worker thread: record the outcome unless the call already timed out."""
         ended = time.perf_counter()
+        if call.scope is not None:
+            tracing.deactivate(call.scope)
+            call.scope = None
         with self.lock:
             if call.timed_out:
                 late = call.hung
@@ -810,6 +896,7 @@ def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: 
     token = CALL_DEADLINE.set(call.deadline())
     try:
         cands = _guarded(call.slot, catalog, query, call.k, check)
+
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         fan.finish(call, None, e)
     else:
@@ -847,6 +934,18 @@ def _guarded(slot: _Slot, catalog: Catalog, query: Query, k: int, check: bool) -
                 break
     scores = np.asarray(cands.scores, dtype=np.float32)
     return Candidates([ids[i] for i in keep], scores[keep])
+
+
+def _announce_or_retire(announce: Callable[[], None] | None, fresh: Iterable[_Slot]) -> None:
+    """Run ``announce``; when it raises, close the freshly loaded slots (never swapped in)."""
+    if announce is None:
+        return
+    try:
+        announce()
+    except BaseException:
+        for slot in fresh:
+            slot.retire()
+        raise
 
 
 def _safe_info(channel: Channel) -> ChannelInfo:

@@ -27,6 +27,16 @@ Rules every strategy follows:
   exactly by what the caller sees (float64 noise below float32 precision is a tie).
 * The result does not depend on the order of ``lists`` (they are processed in channel
   priority order), never shares memory with the inputs, and inputs are never mutated.
+
+Cold quota (``[plan] cold_quota``, :func:`_reserve_cold`), after any strategy: up to
+``floor(cold_quota * k)`` of the ``k`` slots are kept for *cold* items (no interactions
+when the catalogue was built, or younger than ``cold_max_age_days``: ``cold`` says which).
+Recall-tuned weights rank what cf knows above anything only content or llm can find, so
+without it a new item never reaches the list (docs/evaluation.md). It is a cap, not a
+boost: cold items already in the top ``k`` count towards it, the others are taken in
+the strategy's own order from what the taking-part channels returned, and each one
+replaces the lowest-placed non-cold item at the end of the list. With no cold item
+returned, or ``cold_quota`` 0, the list is exactly the strategy's.
 """
 
 from __future__ import annotations
@@ -42,8 +52,17 @@ from typing import Any
 import numpy as np
 
 from recall_engine.config.fusion import FUSION_PARAMS, NORMALIZATIONS, fusion_params
+from recall_engine.observability import tracing
 
-__all__ = ["STRATEGIES", "Fused", "FusionFn", "RankedList", "fuse", "validate_params"]
+__all__ = [
+    "STRATEGIES",
+    "ColdMask",
+    "Fused",
+    "FusionFn",
+    "RankedList",
+    "fuse",
+    "validate_params",
+]
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,6 +117,8 @@ class _Pool:
 
 #: A strategy: ``(pool, k, checked params) -> (union indices best first, float32 scores)``.
 FusionFn = Callable[[_Pool, int, Mapping[str, Any]], tuple[np.ndarray, np.ndarray]]
+#: ``cold(item_ids)``: per id whether it is a cold item, or None when nothing is known.
+ColdMask = Callable[[Sequence[str]], "np.ndarray | None"]
 
 
 # --------------------------------------------------------------------------- rrf
@@ -299,18 +320,58 @@ def fuse(
     *,
     priority: Sequence[str] = (),
     params: Mapping[str, Any] | None = None,
+    cold_quota: float = 0.0,
+    cold: ColdMask | None = None,
 ) -> Fused:
     """Merge ``lists`` into at most ``k`` deduplicated candidates with ``strategy``.
 
     ``weights`` maps channel -> finite weight >= 0 (missing means 0); ``priority`` lists
     channel names, most preferred first, for tie-breaks and list processing order;
-    ``params`` are the strategy's params (see :func:`validate_params`).
+    ``params`` are the strategy's params (see :func:`validate_params`). ``cold_quota``
+    (0..1) with ``cold`` (ids -> bool mask, or None when nothing is known; e.g.
+    ``Catalog.cold_mask``) keeps slots for cold items (module doc).
 
     Raises ``ValueError`` for an unknown strategy or bad params, ``k <= 0``, a negative,
     NaN or infinite weight (``weights.<channel>``), a channel given twice, or a
     taking-part list whose scores are not finite or not parallel to its ids, or whose ids
     repeat.
+
+    With tracing on, a ``recall.fusion`` span under the current one says the strategy
+    and how many lists went in and candidates came out.
     """
+    cold_slots = _cold_slots(cold_quota, k)
+    if tracing.ENABLED:
+        return _traced_fuse(strategy, lists, weights, k, priority, params, cold_slots, cold)
+    return _fuse(strategy, lists, weights, k, priority, params, cold_slots, cold)
+
+
+def _traced_fuse(
+    strategy: str,
+    lists: Sequence[RankedList],
+    weights: Mapping[str, float],
+    k: int,
+    priority: Sequence[str],
+    params: Mapping[str, Any] | None,
+    cold_slots: int = 0,
+    cold: ColdMask | None = None,
+) -> Fused:
+    attributes = {"recall.fusion.strategy": strategy, "recall.fusion.lists": len(lists)}
+    with tracing.child_span("recall.fusion", attributes) as span:
+        fused = _fuse(strategy, lists, weights, k, priority, params, cold_slots, cold)
+        span.set_attribute("recall.fusion.candidates", len(fused.item_ids))
+        return fused
+
+
+def _fuse(
+    strategy: str,
+    lists: Sequence[RankedList],
+    weights: Mapping[str, float],
+    k: int,
+    priority: Sequence[str],
+    params: Mapping[str, Any] | None,
+    cold_slots: int = 0,
+    cold: ColdMask | None = None,
+) -> Fused:
     checked = validate_params(strategy, params or {})
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
         raise ValueError(f"k: must be a positive integer, got {k!r}")
@@ -318,7 +379,68 @@ def fuse(
     if not pool.ids:
         return Fused([], np.zeros(0, dtype=np.float32), {})
     order, scores = STRATEGIES[strategy](pool, int(k), checked)
+    if cold_slots and cold is not None:
+        order, scores = _reserve_cold(
+            pool, order, scores, int(k), cold_slots, cold, strategy, checked
+        )
     return _assemble(pool, order, scores)
+
+
+# --------------------------------------------------------------------------- cold quota
+
+
+def _cold_slots(cold_quota: float, k: int) -> int:
+    """``floor(cold_quota * k)``; raises naming ``cold_quota`` outside 0..1."""
+    ok = not isinstance(cold_quota, bool) and isinstance(cold_quota, numbers.Real)
+    if not (ok and 0.0 <= cold_quota <= 1.0):
+        raise ValueError(f"cold_quota: must be a number between 0 and 1, got {cold_quota!r}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
+        return 0  # _fuse names k
+    return int(math.floor(cold_quota * int(k) + 1e-9))
+
+
+def _reserve_cold(
+    pool: _Pool,
+    order: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    slots: int,
+    cold: ColdMask,
+    strategy: str,
+    params: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The strategy's top ``k`` (``order``) with ``slots`` cold items where the channels
+    returned that many (module doc).
+
+    The missing cold items come in the strategy's order over the whole pool; each takes
+    the place of the last non-cold item, and keeps its own fused score, capped at the
+    score before it so the list stays sorted (for rrf and weighted_sum, whose full
+    order extends the top k, the cap never bites)."""
+    mask = cold(pool.ids)
+    if mask is None:
+        return order, scores
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (len(pool.ids),):
+        raise ValueError(
+            f"cold: expected {len(pool.ids)} flags (one per candidate), got {mask.shape}"
+        )
+    missing = slots - int(mask[order].sum())
+    outside = mask.copy()
+    outside[order] = False
+    if missing <= 0 or not outside.any():
+        return order, scores
+    full, full_scores = STRATEGIES[strategy](pool, len(pool.ids), params)
+    pick = outside[full]
+    extra, extra_scores = full[pick][:missing], full_scores[pick][:missing]
+    # make room: empty slots first, then the last non-cold items of the top k (there
+    # are enough of them: len(extra) <= slots - cold ones there <= k - cold ones there)
+    n_drop = max(0, len(extra) - (k - len(order)))
+    warm_pos = np.flatnonzero(~mask[order])
+    keep = np.ones(len(order), dtype=bool)
+    keep[warm_pos[len(warm_pos) - n_drop :]] = False
+    new_order = np.concatenate((order[keep], extra))
+    new_scores = np.minimum.accumulate(np.concatenate((scores[keep], extra_scores)))
+    return new_order, new_scores.astype(np.float32)
 
 
 def _check_weights(weights: Mapping[str, float]) -> None:

@@ -14,22 +14,34 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recall_engine import __version__
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recall_engine.config import Config, ServerConfig, TLSConfig
-from recall_engine.observability import metrics
+from recall_engine.config import Config, ServerConfig, TLSConfig, TracingConfig
+from recall_engine.observability import metrics, tracing
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.admin import AdminServicer
 from recall_engine.serving.auth import AdminAuthInterceptor
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.malformed import MalformedRequestInterceptor
-from recall_engine.serving.process_group import GroupFollowError, ProcessGroup, follow
+from recall_engine.serving.process_group import (
+    GroupFollowError,
+    ProcessGroup,
+    follow,
+    open_replication,
+)
+from recall_engine.serving.remote_artifacts import follow_remote, open_remote
 from recall_engine.serving.servicer import RecallServicer
+from recall_engine.serving.trace_interceptor import TracingInterceptor
 from recall_engine.serving.workers import RESTARTS_ENV
 
 log = get_logger(__name__)
 
 RECALL_SERVICE = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+# For liveness probes: SERVING from before the port opens until the process exits. The
+# other names ("" included) are readiness: NOT_SERVING while channels load and while
+# draining, when a liveness probe must not restart the process.
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -65,6 +77,7 @@ async def _set_health(servicer: health.aio.HealthServicer, serving: bool) -> Non
     )
     for name in ("", RECALL_SERVICE, ADMIN_SERVICE):
         await servicer.set(name, status)
+    metrics.SERVING.set(1 if serving else 0)
 
 
 def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
@@ -115,13 +128,16 @@ async def create_server(
     cfg = engine.config.server
     options = server_options(cfg)
     # auth first: an unauthenticated admin call is refused before anything parses it
-    interceptors = [
+    interceptors: list[grpc.aio.ServerInterceptor] = [
         AdminAuthInterceptor(lambda: engine.config.admin.token),
         MalformedRequestInterceptor(),
     ]
+    if tracing.ENABLED:  # outermost: the call's span covers the other interceptors
+        interceptors.insert(0, TracingInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=options)
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, False)  # before any port opens
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     admin = AdminServicer(engine, reload_config or (lambda: engine.config), group)
     recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
     admin_server = None
@@ -167,6 +183,29 @@ def _bind(server: grpc.aio.Server, addr: str, creds: grpc.ServerCredentials | No
     if port == 0:
         raise OSError(f"could not bind {addr}")
     return port
+
+
+def start_tracing(cfg: TracingConfig) -> None:
+    """Set up tracing from ``[tracing]`` (nothing when ``exporter = "none"``). Raises
+    :class:`~recall_engine.observability.tracing.TracingUnavailable`, naming the
+    ``[tracing]`` extra, when it is on and OpenTelemetry is not installed."""
+    if not cfg.enabled:
+        return
+    tracing.configure(
+        exporter=cfg.exporter,
+        endpoint=cfg.endpoint,
+        sampling_ratio=cfg.sampling_ratio,
+        service_name=cfg.service_name,
+        service_version=__version__,
+        install_global=True,
+    )
+    log.info(
+        "tracing_on",
+        exporter=cfg.exporter,
+        endpoint=cfg.endpoint,
+        sampling_ratio=cfg.sampling_ratio,
+        service_name=cfg.service_name,
+    )
 
 
 def freeze_heap() -> int:
@@ -268,8 +307,26 @@ async def serve(
     drains: NOT_SERVING for ``server.drain_s`` while calls are still answered, then the
     listeners close after at most ``server.grace_s`` more; SIGINT skips the drain."""
     metrics.WORKER_RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0") or 0))
-    engine = Engine(config)
-    group = ProcessGroup.from_env()
+    start_tracing(config.tracing)  # before the port opens: a missing extra stops start-up
+    try:
+        await _serve(config, reload_config=reload_config, ready=ready, worker_addr=worker_addr)
+    finally:
+        tracing.shutdown()  # the spans still queued are exported
+
+
+async def _serve(
+    config: Config,
+    *,
+    reload_config: Callable[[], Config],
+    ready: Callable[[Running], None] | None,
+    worker_addr: str | None,
+) -> None:
+    # [artifacts] root = "s3://...": the published bundles, pulled into the local cache
+    remote = await asyncio.to_thread(open_remote, config)
+    # [cluster] log = "nats": the catalogue and the reload announcements on the update stream
+    replication = await asyncio.to_thread(open_replication, config)
+    engine = Engine(config, catalog=replication.catalog if replication else None)
+    group = replication.group if replication else ProcessGroup.from_env()
     running = await create_server(
         engine,
         config.server.addr,
@@ -298,6 +355,8 @@ async def serve(
     )
     if ready:
         ready(running)
+    if remote is not None:  # a new pointer (or an announcement) swaps the new version in
+        follow_remote(remote, engine, config)
 
     tasks = Tasks()
     stop = asyncio.Event()
@@ -322,6 +381,10 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn("sighup_reload", reload()))
     await stop.wait()
     await tasks.cancel_all()
+    if remote is not None:
+        await asyncio.to_thread(remote.stop)
     log.info("shutting_down", drain_s=drain_s, grace_s=engine.config.server.grace_s)
     await running.stop(engine.config.server.grace_s, drain=drain_s)
+    if replication is not None:
+        await asyncio.to_thread(replication.close)
     log.info("stopped")
