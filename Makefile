@@ -22,7 +22,22 @@ install: $(BIN)/.installed
 serve: $(BIN)/.installed
 	$(BIN)/recall-engine serve --addr $(ADDR)
 
-test: $(BIN)/.installed $(VENV)/checkov/bin/checkov
+# Real servers the tests start: nats-server (tests/test_cluster.py) and prometheus's
+# promtool (tests/test_dashboard.py), Debian packages, installed when apt-get is there
+# and we are root; elsewhere those tests skip and say why.
+$(VENV)/.servers:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+	  missing=""; \
+	  command -v nats-server >/dev/null 2>&1 || missing="nats-server"; \
+	  command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing; \
+	  fi; \
+	fi
+	mkdir -p $(VENV) && touch $@
+
+test: $(BIN)/.installed $(VENV)/checkov/bin/checkov $(VENV)/.servers
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
