@@ -163,12 +163,17 @@ def replicated_config(tables: Mapping[str, Any], local: Config) -> Config:
 
 
 def follow(
-    engine: Engine, announcements: list[dict], read_config: Callable[[], Config]
+    engine: Engine,
+    announcements: list[dict],
+    read_config: Callable[[], Config],
+    fetch: Callable[[str, str], object] | None = None,
 ) -> list[str]:
     """Do what the other processes announced, in order; returns a line per action
-    taken. An action that fails does not stop the later ones (the log has moved past
-    them all): the failures are raised together at the end, as :class:`GroupFollowError`
-    with what was done."""
+    taken. ``fetch(channel, version)`` first brings an announced version this process
+    does not hold into its artifacts (an ``s3://`` root's cache:
+    :func:`recall_engine.serving.remote_artifacts.fetcher`). An action that fails does
+    not stop the later ones (the log has moved past them all): the failures are raised
+    together at the end, as :class:`GroupFollowError` with what was done."""
     done: list[str] = []
     errors: list[str] = []
     for row in announcements:
@@ -186,6 +191,9 @@ def follow(
                 if name in serving and serving[name] != version:
                     by_version.setdefault(version, []).append(name)
             for version, names in by_version.items():
+                if fetch is not None:
+                    for name in names:
+                        fetch(name, version)
                 engine.reload_channels(names, version)
                 done.extend(f"{n} {version}" for n in names)
         except Exception as e:  # noqa: BLE001 - one failed action must not drop the rest

@@ -29,7 +29,7 @@ from recall_engine.serving.process_group import (
     follow,
     open_replication,
 )
-from recall_engine.serving.remote_artifacts import follow_remote, open_remote
+from recall_engine.serving.remote_artifacts import fetcher, follow_remote, open_remote
 from recall_engine.serving.servicer import RecallServicer
 from recall_engine.serving.trace_interceptor import TracingInterceptor
 from recall_engine.serving.workers import RESTARTS_ENV
@@ -225,7 +225,10 @@ def freeze_heap() -> int:
 
 
 async def _follow_others(
-    engine: Engine, group: ProcessGroup | None, read_config: Callable[[], Config]
+    engine: Engine,
+    group: ProcessGroup | None,
+    read_config: Callable[[], Config],
+    fetch: Callable[[str, str], object] | None = None,
 ) -> None:
     """Every ``server.catalog_sync_ms``, apply what the other processes of the group
     did on admin calls: catalogue updates (``Engine.sync_catalog``), then artifact and
@@ -244,7 +247,9 @@ async def _follow_others(
         if group is None:
             continue
         try:
-            done = await asyncio.to_thread(lambda: follow(engine, group.read_others(), read_config))
+            done = await asyncio.to_thread(
+                lambda: follow(engine, group.read_others(), read_config, fetch)
+            )
         except GroupFollowError as e:
             log.error("group_reload_failed", error=str(e), done=e.done)
         except Exception as e:  # noqa: BLE001 - a malformed or unreadable control log
@@ -356,13 +361,15 @@ async def _serve(
     if ready:
         ready(running)
     if remote is not None:  # a new pointer (or an announcement) swaps the new version in
-        follow_remote(remote, engine, config)
+        follow_remote(remote, engine, config, group)
 
     tasks = Tasks()
     stop = asyncio.Event()
     drain_s = config.server.drain_s
     if config.server.catalog_sync_ms:
-        tasks.supervise("follow_others", lambda: _follow_others(engine, group, reload_config))
+        tasks.supervise(
+            "follow_others", lambda: _follow_others(engine, group, reload_config, fetcher(remote))
+        )
 
     async def reload() -> None:
         try:
