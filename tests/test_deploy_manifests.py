@@ -482,6 +482,10 @@ def _run_checkov(files: list[Path], framework: str) -> dict[str, Any]:
         cmd += ["-f", str(f)]
     # no network: no guideline download, no version check
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
+    # checkov runs in a venv of its own: none of this interpreter's import set-up
+    # (tests/without_extras hides modules through PYTHONPATH) applies to it
+    for key in ("PYTHONPATH", "RECALL_ENGINE_HIDE_MODULES"):
+        env.pop(key, None)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode in (0, 1), out.stderr[-2000:]
     report = json.loads(out.stdout)
