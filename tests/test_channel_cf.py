@@ -147,11 +147,12 @@ def test_each_mode_alone_answers_and_reports_its_mode(item2item_only, two_tower_
     assert two_tower_only.info().details["dims"] == str(FAST["dim"])
 
 
-def test_combined_info_names_both_modes_and_the_merge(channel):
-    details = channel.info().details
+def test_combined_info_names_both_modes_and_the_merge(built):
+    details = built(**FAST, auto_mix=False).info().details
     assert details["modes"] == "item2item,two_tower"
     assert details["merge"] == "rrf"
     assert details["metric"] == "ip"
+    assert details["mix_source"] == "config" and details["scorer"] == "neighbours"
 
 
 def test_unknown_history_is_not_accepted_and_gets_nothing(channel):
@@ -249,9 +250,13 @@ def test_unknown_params_and_no_mode_are_rejected():
 
 
 def test_enabling_a_mode_the_bundle_lacks_fails_load_naming_the_file(item2item_only):
-    ch = make({}, artifacts=item2item_only.ctx.artifacts)
+    ch = make({"auto_mix": False}, artifacts=item2item_only.ctx.artifacts)
     with pytest.raises(ValueError, match=r"encoder/manifest\.json: missing.*two_tower"):
         ch.load()
+    # with auto_mix (the default) the bundle's own mix says which parts serve
+    ch = make({}, artifacts=item2item_only.ctx.artifacts)
+    ch.load()
+    assert ch.info().details["modes"] == "item2item"
 
 
 def test_two_tower_training_is_deterministic_for_a_seed(demo_small):
@@ -433,3 +438,129 @@ def test_a_sealed_bundle_whose_two_tower_index_holds_nan_is_refused_at_load(two_
     channel = CFChannel(ctx)
     with pytest.raises(IndexCheckError, match=rf"^cf/{bad.version}/index/index.json: "):
         channel.load()
+
+
+# -- the build's choice of mix (plugins/cf/mix.py) ---------------------------------------
+
+
+def series_world(ordered: bool, *, n_series: int = 40, length: int = 25, n_users: int = 300):
+    """Items are episodes of series; each user watches three series from episode 1 on.
+    ``ordered``: one series after the other, episode after episode, so the next items
+    follow the last ones; otherwise the same rows in a shuffled time order, so order
+    carries no signal. Same catalogue and co-occurrences either way."""
+    from types import SimpleNamespace
+
+    from recall_engine.offline.data.interactions import Interactions
+    from recall_engine.sdk.channel import ItemRecord
+
+    rng = np.random.default_rng(7)
+    users, items = [], []
+    for u in range(n_users):
+        seq = [
+            f"s{s:02d}e{e:02d}"
+            for s in rng.choice(n_series, 3, replace=False).tolist()
+            for e in range(int(rng.integers(8, length + 1)))
+        ]
+        if not ordered:
+            rng.shuffle(seq)
+        users += [f"u{u:03d}"] * len(seq)
+        items += seq
+    stamps = np.concatenate([np.arange(users.count(u)) for u in dict.fromkeys(users)])
+    log = Interactions(users, items, 1_000_000 + 3600 * stamps)
+    catalog = [ItemRecord(i, i) for i in sorted(set(items))]
+    return SimpleNamespace(interactions=log, items=catalog)
+
+
+# item-to-item only (fast), scored at 10: every candidate list would hold a user's whole
+# neighbourhood at 100 on this small catalogue
+SERIES_PARAMS = {"two_tower": False, "validation_k": 10}
+
+
+@pytest.fixture(scope="module")
+def series_choices():
+    require("scipy", extra="train")
+    from recall_engine.plugins.cf import mix
+    from recall_engine.plugins.cf.histories import training_log
+    from recall_engine.plugins.cf.params import parse_params
+
+    params = parse_params("cf", SERIES_PARAMS)
+    out = {}
+    for ordered in (False, True):
+        vocab, data = training_log(series_world(ordered).interactions)
+        out[ordered] = mix.select(params, data, len(vocab), seed=0, two_tower_lists=None)
+    return out
+
+
+def test_mix_picks_no_recency_when_order_carries_no_signal(series_choices):
+    choice = series_choices[False]
+    assert choice.mix.full_weight == 1.0
+    assert choice.mix.recent_weight <= 0.25, choice.report["top"]
+    # and it is no worse than EASE (the full list alone) on either target
+    for target in ("temporal", "random"):
+        assert choice.report["chosen_recall"][target] >= choice.report["full_only_recall"][target]
+
+
+def test_mix_picks_recency_when_the_next_items_follow_the_last_ones(series_choices):
+    choice = series_choices[True]
+    assert choice.mix.recent_weight > 0, choice.report["top"]
+    chosen, full = choice.report["chosen_recall"], choice.report["full_only_recall"]
+    assert chosen["temporal"] > full["temporal"] + 0.2, choice.report["top"]
+    # the random target pays a little for it, not half
+    assert chosen["random"] > 0.8 * full["random"]
+
+
+def test_the_choice_prefers_a_mix_at_least_as_good_as_ease_when_it_costs_little():
+    from recall_engine.plugins.cf.mix import FLOOR_TOLERANCE, Mix, choose
+
+    ease = (Mix(1, 0, 0, 0), {"temporal": 0.50, "random": 0.70})
+    compromise = (Mix(1, 1, 10, 0), {"temporal": 0.60, "random": 0.69})  # maximin best
+    safe = (Mix(1, 0.25, 10, 0), {"temporal": 0.56, "random": 0.701})
+    index, scores = choose([ease, compromise, safe], reference=0)
+    assert index == 2 and scores[1] - scores[2] <= FLOOR_TOLERANCE
+    timid = (Mix(1, 0.25, 10, 0), {"temporal": 0.51, "random": 0.701})  # 0.15 below
+    index, _ = choose([ease, compromise, timid], reference=0)
+    assert index == 1
+    assert choose([ease, compromise, timid])[0] == 1  # no reference: maximin alone
+
+
+def test_the_chosen_mix_is_in_the_manifest_and_serves(tmp_path):
+    require_build(two_tower=False)
+    world = series_world(True)
+    ch = build_and_load(tmp_path, world, "cf", params=SERIES_PARAMS)
+    try:
+        manifest = ch.ctx.open_bundle().manifest
+        chosen = manifest["build_params"]["mix"]
+        assert chosen == manifest["cf"]["mix"]
+        report = manifest["build_params"]["mix_validation"]
+        assert report["carve"]["users"] > 0 and report["candidates"] > 10
+        assert set(report["chosen_recall"]) == {"temporal", "random"}
+        assert float(manifest["build_params"]["ease_lambda"]) in (50, 100, 250, 500, 1000, 2000)
+        assert "ease.npy" in manifest["files"]  # the dense EASE scorer
+        details = ch.info().details
+        assert details["mix_source"] == "build" and details["scorer"] == "ease_dense"
+        assert details["mix"] == report["chosen"]
+        assert chosen["recent_weight"] > 0
+        # served: a user midway through a series gets its next episodes first
+        history = tuple(f"s07e{e:02d}" for e in range(6))
+        got = ch.recall(Query(history=history, exclude=frozenset(history)), 3)
+        assert list(got.item_ids) == ["s07e06", "s07e07", "s07e08"], got.item_ids
+    finally:
+        ch.close()
+
+
+def test_dense_ease_scores_are_the_closed_form():
+    require("scipy", extra="train")
+    import scipy.sparse as sp
+
+    from recall_engine.plugins.cf.item2item import DenseEase, ease_matrix
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((60, 25)) < 0.3).astype(np.float32)
+    lam = 5.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(25))
+    want = np.eye(25) - p / np.diag(p)[None, :]
+    b = ease_matrix(sp.csr_matrix(x), lam)
+    np.testing.assert_allclose(b, want, atol=1e-5)
+    history = np.flatnonzero(x[0])
+    cand, scores = DenseEase(b).aggregate(history, np.ones(len(history), np.float32))
+    np.testing.assert_allclose(scores[cand], x[0] @ want, atol=1e-4)

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from recall_engine.observability.logs import get_logger
-from recall_engine.plugins.cf import item2item
+from recall_engine.plugins.cf import item2item, mix
+from recall_engine.plugins.cf.explain import evidence
 from recall_engine.plugins.cf.histories import (
     VOCAB_FILE,
     Vocab,
@@ -20,6 +21,7 @@ from recall_engine.plugins.cf.histories import (
     training_log,
 )
 from recall_engine.plugins.cf.merge import rrf
+from recall_engine.plugins.cf.mix import Choice, Mix
 from recall_engine.plugins.cf.params import CFParams
 from recall_engine.sdk.channel import (
     BuildContext,
@@ -29,6 +31,7 @@ from recall_engine.sdk.channel import (
     ChannelInfo,
     Query,
 )
+from recall_engine.sdk.types import Evidence
 from recall_engine.sdk.vector_channel import fetch_size
 
 log = get_logger(__name__)
@@ -61,6 +64,8 @@ class CFChannel(Channel):
         self.params: CFParams = ctx.params_as(CFParams)
         self._vocab: Vocab | None = None
         self._table: item2item.NeighbourTable | None = None
+        self._dense: item2item.DenseEase | None = None
+        self._mix: Mix = _configured_mix(self.params)
         self._encoder: Any = None  # recall_engine.runtime.encoders.OnnxModel
         self._index: Any = None  # recall_engine.runtime.index.VectorIndex
         self._version = ""
@@ -70,74 +75,132 @@ class CFChannel(Channel):
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, ctx: BuildContext) -> dict[str, Any]:
-        """Learn the enabled modes from ``ctx.interactions`` and write ``vocab.npz``,
-        ``item2item.npz``, ``encoder/`` and ``index/`` into ``ctx.out``."""
+        """Pick the mix on a validation carve of ``ctx.interactions`` (``auto_mix``,
+        :mod:`.mix`), then learn the parts it uses from all of them and write
+        ``vocab.npz``, ``item2item.npz`` (and ``ease.npy``), ``encoder/`` and
+        ``index/`` into ``ctx.out``."""
         params = ctx.params_as(CFParams)
         vocab, data = training_log(ctx.interactions)
         vocab.save(ctx.out / VOCAB_FILE)
         info: dict[str, Any] = {"modes": [], "users": data.n_users, "interactions": len(data.items)}
+        build_params = params.as_dict()
         fields: dict[str, Any] = {
             "item_count": len(vocab),
-            "build_params": params.as_dict(),
+            "build_params": build_params,
             "model_hashes": {},
         }
-        if params.item2item:
-            method = params.resolved_method(len(vocab))
+        chosen = _configured_mix(params)
+        lam = params.ease_lambda
+        if params.auto_mix and params.item2item:  # two-tower alone: nothing to choose
             t0 = time.perf_counter()
-            x = item2item.user_item_matrix(
-                data.users, data.items, data.weights, data.n_users, len(vocab), params.use_weights
-            )
+            choice = _choose(params, vocab, data, ctx)
+            if choice is not None:
+                chosen, lam = choice.mix, choice.ease_lambda
+                info["mix"] = chosen.as_dict()
+                info["mix_seconds"] = round(time.perf_counter() - t0, 2)
+                build_params.update(
+                    mix=chosen.as_dict(), ease_lambda=lam, mix_validation=choice.report
+                )
+                log.info(
+                    "cf_mix_chosen",
+                    mix=chosen.name(),
+                    ease_lambda=lam,
+                    recall=choice.report["chosen_recall"],
+                    best=choice.report["best_recall"],
+                    score=choice.report["chosen_score"],
+                    seconds=info["mix_seconds"],
+                )
+            else:
+                log.warning("cf_mix_skipped", reason="no user has enough rows to carve from")
+        # without a chosen mix every enabled mode is built, as configured
+        mixed = "mix" in info
+        if params.item2item and (not mixed or chosen.full_weight or chosen.recent_weight):
+            cls._build_item2item(ctx, params, vocab, data, lam, info)
+        if params.two_tower and (not mixed or chosen.two_tower_weight):
+            cls._build_two_tower(ctx, params, vocab, data, info, fields)
+        fields[MANIFEST_FIELD] = info
+        return fields
+
+    @staticmethod
+    def _build_item2item(
+        ctx: BuildContext,
+        params: CFParams,
+        vocab: Vocab,
+        data: Any,
+        lam: float,
+        info: dict[str, Any],
+    ) -> None:
+        method = params.resolved_method(len(vocab))
+        t0 = time.perf_counter()
+        x = item2item.user_item_matrix(
+            data.users, data.items, data.weights, data.n_users, len(vocab), params.use_weights
+        )
+        dense = params.auto_mix and params.dense_ease(len(vocab))
+        if dense:
+            b = item2item.ease_matrix(x, lam)
+            item2item.DenseEase(b).save(ctx.out / item2item.DENSE_ARTIFACT)
+            table = item2item.dense_neighbours(b, params.neighbours, ctx.progress)
+            del b
+        else:
             table = item2item.learn(
                 x,
                 method,
                 neighbours=params.neighbours,
-                ease_lambda=params.ease_lambda,
+                ease_lambda=lam,
                 cosine_shrink=params.cosine_shrink,
                 swing_alpha=params.swing_alpha,
                 swing_max_users=params.swing_max_users,
                 seed=ctx.seed,
                 progress=ctx.progress,
             )
-            table.save(ctx.out / item2item.ARTIFACT)
-            info["modes"].append("item2item")
-            info.update(
-                method=method,
-                neighbour_entries=table.nnz,
-                item2item_seconds=round(time.perf_counter() - t0, 2),
-            )
-            log.info(
-                "cf_item2item_built",
-                method=method,
-                items=len(vocab),
-                entries=table.nnz,
-                seconds=info["item2item_seconds"],
-            )
-        if params.two_tower:
-            from recall_engine.plugins.cf import two_tower  # PyTorch: build time only
+        table.save(ctx.out / item2item.ARTIFACT)
+        info["modes"].append("item2item")
+        info.update(
+            method=method,
+            dense=dense,
+            ease_lambda=lam if method == "ease" else None,
+            neighbour_entries=table.nnz,
+            item2item_seconds=round(time.perf_counter() - t0, 2),
+        )
+        log.info(
+            "cf_item2item_built",
+            method=method,
+            dense=dense,
+            items=len(vocab),
+            entries=table.nnz,
+            seconds=info["item2item_seconds"],
+        )
 
-            model, report = two_tower.train(
-                vocab, data, params, seed=ctx.seed, progress=ctx.progress
-            )
-            fields["model_hashes"] = two_tower.export(model, vocab, params, ctx.out, seed=ctx.seed)
-            fields.update(dims=params.dim, metric="ip")
-            info["modes"].append("two_tower")
-            info.update(
-                encoder=params.encoder,
-                sequence_length=params.sequence_length,
-                train_samples=report.samples,
-                train_steps=report.steps,
-                train_seconds=round(report.seconds, 2),
-                final_loss=round(report.final_loss, 4),
-            )
-            log.info(
-                "cf_two_tower_built",
-                samples=report.samples,
-                steps=report.steps,
-                seconds=round(report.seconds, 2),
-                loss=round(report.final_loss, 4),
-            )
-        fields[MANIFEST_FIELD] = info
-        return fields
+    @staticmethod
+    def _build_two_tower(
+        ctx: BuildContext,
+        params: CFParams,
+        vocab: Vocab,
+        data: Any,
+        info: dict[str, Any],
+        fields: dict[str, Any],
+    ) -> None:
+        from recall_engine.plugins.cf import two_tower  # PyTorch: build time only
+
+        model, report = two_tower.train(vocab, data, params, seed=ctx.seed, progress=ctx.progress)
+        fields["model_hashes"] = two_tower.export(model, vocab, params, ctx.out, seed=ctx.seed)
+        fields.update(dims=params.dim, metric="ip")
+        info["modes"].append("two_tower")
+        info.update(
+            encoder=params.encoder,
+            sequence_length=params.sequence_length,
+            train_samples=report.samples,
+            train_steps=report.steps,
+            train_seconds=round(report.seconds, 2),
+            final_loss=round(report.final_loss, 4),
+        )
+        log.info(
+            "cf_two_tower_built",
+            samples=report.samples,
+            steps=report.steps,
+            seconds=round(report.seconds, 2),
+            loss=round(report.final_loss, 4),
+        )
 
     # ------------------------------------------------------------------ load
     def load(self) -> None:
@@ -145,10 +208,16 @@ class CFChannel(Channel):
         files = bundle.manifest["files"]
         self._built = dict(bundle.manifest.get(MANIFEST_FIELD) or {})
         vocab = Vocab.load(bundle.file(VOCAB_FILE))
-        if self.params.item2item:
+        self._mix = self._served_mix()
+        m = self._mix
+        if m.full_weight or m.recent_weight:
             self._require(bundle, item2item.ARTIFACT, files, "item2item")
             self._table = item2item.NeighbourTable.load(bundle.file(item2item.ARTIFACT), len(vocab))
-        if self.params.two_tower:
+            if self.params.auto_mix and item2item.DENSE_ARTIFACT in files:
+                self._dense = item2item.DenseEase.load(
+                    bundle.file(item2item.DENSE_ARTIFACT), len(vocab)
+                )
+        if m.two_tower_weight:
             from recall_engine.runtime.encoders import OnnxModel
             from recall_engine.runtime.index import VectorIndex
             from recall_engine.runtime.index_check import check_index
@@ -169,6 +238,23 @@ class CFChannel(Channel):
             self._length = int(self._built.get("sequence_length", self.params.sequence_length))
         self._vocab = vocab
         self._version = bundle.version
+
+    def _served_mix(self) -> Mix:
+        """The bundle's chosen mix (``auto_mix``), less any mode the config turns off;
+        otherwise the configured one."""
+        p = self.params
+        chosen = self._built.get("mix")
+        if p.auto_mix and chosen:
+            m = Mix(**chosen)
+            m = Mix(
+                m.full_weight if p.item2item else 0.0,
+                m.recent_weight if p.item2item else 0.0,
+                m.half_life,
+                m.two_tower_weight if p.two_tower else 0.0,
+            )
+            if m.lists():
+                return m
+        return _configured_mix(p)
 
     def _require(self, bundle: Any, name: str, files: Any, mode: str) -> None:
         if name not in files:
@@ -194,51 +280,68 @@ class CFChannel(Channel):
         return self.recall_batch([query], k)[0]
 
     def recall_batch(self, queries: Sequence[Query], k: int) -> list[Candidates]:
-        """Item-to-item per query (NumPy, sub-millisecond); the two-tower mode runs one
-        ONNX call and one index search for the whole batch."""
+        """The item-to-item lists per query (NumPy, sub-millisecond); the two-tower list
+        runs one ONNX call and one index search for the whole batch; several lists are
+        merged by weighted RRF."""
         vocab = self._checked_vocab()
-        p = self.params
-        limit = max(p.max_history if p.item2item else 0, self._length if p.two_tower else 0)
+        p, m = self.params, self._mix
+        empty = np.zeros(0, np.int64)
         prepared = [
-            _Prepared(q, *known_history(vocab, q.history, limit))
+            _Prepared(q, *known_history(vocab, q.history, self._history_limit(q)))
             if k > 0
-            else _Prepared(q, np.zeros(0, np.int64), np.zeros(0, np.int64))
+            else _Prepared(q, empty, empty)
             for q in queries
         ]
-        use_i2i = p.item2item and (not p.two_tower or p.item2item_weight > 0)
-        use_tt = p.two_tower and (not p.item2item or p.two_tower_weight > 0)
-        i2i = [self._item2item(x, k) for x in prepared] if use_i2i else None
-        tt = self._two_tower(prepared, k) if use_tt else None
+        lists: list[tuple[list[Ranked], float]] = []
+        if m.full_weight:
+            lists.append(([self._item2item(x, k, full=True) for x in prepared], m.full_weight))
+        if m.recent_weight:
+            lists.append(([self._item2item(x, k, full=False) for x in prepared], m.recent_weight))
+        if m.two_tower_weight:
+            lists.append((self._two_tower(prepared, k), m.two_tower_weight))
         out = []
         for row in range(len(queries)):
-            if i2i is not None and tt is not None:
-                ids, scores = rrf(
-                    [(i2i[row][0], p.item2item_weight), (tt[row][0], p.two_tower_weight)],
-                    k,
-                    p.rrf_k,
-                )
+            if len(lists) == 1:
+                ids, scores = lists[0][0][row]
             else:
-                ids, scores = (i2i if i2i is not None else tt)[row]  # type: ignore[index]
+                ids, scores = rrf([(ranked[row][0], w) for ranked, w in lists], k, p.rrf_k)
             out.append(Candidates(ids, scores))
         return out
 
-    def _item2item(self, x: _Prepared, k: int) -> Ranked:
+    def _history_limit(self, q: Query) -> int:
+        m = self._mix
+        full = len(q.history) if m.full_weight else 0
+        recent = self.params.max_history if m.recent_weight else 0
+        return max(full, recent, self._length if m.two_tower_weight else 0, 1)
+
+    def _item2item(self, x: _Prepared, k: int, *, full: bool) -> Ranked:
+        """``full``: every known history item, weight 1 (with the dense matrix: EASE);
+        else the newest ``max_history`` with the recency weights of the mix's
+        half-life (and ``half_life_days`` / ``event_weights`` as configured)."""
         assert self._table is not None
         p = self.params
-        idx, pos = x.idx[-p.max_history :], x.positions[-p.max_history :]
+        idx, pos = (
+            (x.idx, x.positions)
+            if full
+            else (x.idx[-p.max_history :], x.positions[-p.max_history :])
+        )
         if not len(idx):
             return _EMPTY
         q = x.query
-        weights = recency_weights(
-            pos,
-            len(q.history),
-            p.half_life,
-            q.timestamps,
-            p.half_life_days,
-            q.events,
-            p.event_weights,
-        )
-        cand, scores = self._table.aggregate(idx, weights)
+        if full:
+            weights = np.ones(len(idx), dtype=np.float32)
+        else:
+            weights = recency_weights(
+                pos,
+                len(q.history),
+                self._mix.half_life,
+                q.timestamps,
+                p.half_life_days,
+                q.events,
+                p.event_weights,
+            )
+        scorer = self._dense if self._dense is not None else self._table
+        cand, scores = scorer.aggregate(idx, weights)
         return self._select(cand, scores, q, k)
 
     def _select(self, cand: np.ndarray, scores: np.ndarray, q: Query, k: int) -> Ranked:
@@ -286,16 +389,23 @@ class CFChannel(Channel):
     # ------------------------------------------------------------------ admin
     def info(self) -> ChannelInfo:
         vocab = self._vocab
-        p = self.params
-        modes = [m for m, on in (("item2item", p.item2item), ("two_tower", p.two_tower)) if on]
-        details = {"modes": ",".join(modes), "merge": "rrf" if len(modes) == 2 else "none"}
-        if p.item2item and self._table is not None:
+        p, m = self.params, self._mix
+        uses = (("item2item", m.full_weight or m.recent_weight), ("two_tower", m.two_tower_weight))
+        modes = [mode for mode, on in uses if on]
+        details = {
+            "modes": ",".join(modes),
+            "merge": "rrf" if m.lists() > 1 else "none",
+            "mix": m.name(),
+            "mix_source": "build" if p.auto_mix and self._built.get("mix") else "config",
+        }
+        if self._table is not None:
             details.update(
                 method=str(self._built.get("method", p.method)),
+                scorer="ease_dense" if self._dense is not None else "neighbours",
                 neighbours=str(p.neighbours),
                 neighbour_entries=str(self._table.nnz),
             )
-        if p.two_tower and self._index is not None:
+        if self._index is not None:
             details.update(
                 dims=str(self._index.dim),
                 metric=self._index.metric,
@@ -318,8 +428,45 @@ class CFChannel(Channel):
         self._encoder = None
         self._index = None
         self._table = None
+        self._dense = None
 
     def _checked_vocab(self) -> Vocab:
         if self._vocab is None:
             raise RuntimeError(f"channel {self.name!r}: load() was not called")
         return self._vocab
+
+    def explain(self, query: Query, item_ids: Sequence[str]) -> dict[str, Evidence]:
+        """``Explainable``: the candidates' nearest history items by item-to-item score,
+        and the two-tower score (:func:`.explain.evidence`)."""
+        return evidence(
+            self._checked_vocab(),
+            query,
+            item_ids,
+            table=self._table,
+            dense=self._dense,
+            encoder=self._encoder,
+            index=self._index,
+            length=self._length,
+        )
+
+
+def _configured_mix(p: CFParams) -> Mix:
+    """The lists as the config sets them (``auto_mix`` off, or a bundle without a
+    chosen mix): the recent item-to-item list and the two-tower list, a mode alone
+    whatever its weight."""
+    i2i = (p.item2item_weight if p.two_tower else 1.0) if p.item2item else 0.0
+    tt = (p.two_tower_weight if p.item2item else 1.0) if p.two_tower else 0.0
+    return Mix(0.0, i2i, p.half_life, tt)
+
+
+def _choose(params: CFParams, vocab: Vocab, data: Any, ctx: BuildContext) -> Choice | None:
+    lists = None
+    if params.two_tower:
+        from recall_engine.plugins.cf import two_tower  # PyTorch: build time only
+
+        lists = two_tower.validation_lists(
+            vocab, params, mix.LIST_DEPTH * params.validation_k, seed=ctx.seed
+        )
+    return mix.select(
+        params, data, len(vocab), seed=ctx.seed, two_tower_lists=lists, progress=ctx.progress
+    )

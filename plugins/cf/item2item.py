@@ -24,7 +24,9 @@ the history items from compact CSR arrays, weights each list by its history item
 recency weight and sums per candidate (``np.bincount`` over the concatenated lists).
 
 Artifact ``item2item.npz``: ``indptr`` int64 ``[n + 1]``, ``indices`` int32 and
-``sims`` float32 (each row sorted by similarity, best first).
+``sims`` float32 (each row sorted by similarity, best first). With EASE up to
+``ease_dense_max_items`` items the build also writes ``ease.npy`` (the whole ``B``,
+float32, :class:`DenseEase`), which serving memory-maps and scores with exactly.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 ARTIFACT = "item2item.npz"
+DENSE_ARTIFACT = "ease.npy"
 # Above this many items a dense score vector per request costs more than sorting
 # the (at most history x neighbours) candidate entries.
 DENSE_MAX_ITEMS = 262_144
@@ -203,6 +206,66 @@ def _cosine_blocks(
 
         return list(tqdm(blocks, desc="cf cosine", unit="block"))
     return blocks
+
+
+def ease_matrix(x: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE's full ``n x n`` weight matrix ``B`` (float32, zero diagonal): the dense
+    scorer ``cf`` keeps up to ``ease_dense_max_items`` items (see :class:`DenseEase`)."""
+    import scipy.linalg
+
+    n = x.shape[1]
+    gram = (x.T @ x).toarray().astype(np.float64)
+    gram[np.diag_indices(n)] += lam
+    p = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+    del gram
+    p /= -np.diag(p).copy()[None, :]
+    p[np.diag_indices(n)] = 0.0
+    return p.astype(np.float32)
+
+
+def dense_neighbours(b: np.ndarray, neighbours: int, progress: bool = False) -> NeighbourTable:
+    """Each row's ``neighbours`` largest positive entries of a dense similarity matrix."""
+    n = b.shape[0]
+    step = 2048
+    parts = [
+        _top_n_dense(np.array(b[lo : lo + step]), lo, neighbours)
+        for lo in _blocks(n, step, progress, "cf neighbours")
+    ]
+    return _concat(parts, n)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class DenseEase:
+    """EASE's whole ``B`` (``ease.npy``, memory-mapped at load so worker processes
+    share one copy): ``score_j = Σ_h w_h B_hj``, negative weights included, which the
+    neighbour lists drop. Exact EASE when every history item weighs 1."""
+
+    b: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return int(self.b.shape[0])
+
+    def aggregate(self, history: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(every item index, its score)``: the history's rows of ``B`` summed with
+        ``weights``, 256 rows at a time (a long history reads its rows in pieces)."""
+        scores = np.zeros(self.n_items, dtype=np.float32)
+        for lo in range(0, len(history), 256):
+            scores += weights[lo : lo + 256].astype(np.float32) @ self.b[history[lo : lo + 256]]
+        return np.arange(self.n_items, dtype=np.int64), scores
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(self.b, dtype=np.float32))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], n_items: int) -> DenseEase:
+        b = np.load(path, mmap_mode="r", allow_pickle=False)
+        if b.dtype != np.float32 or b.shape != (n_items, n_items):
+            raise ValueError(
+                f"{path}: expected a float32 {n_items} x {n_items} matrix, got {b.dtype} {b.shape}"
+            )
+        return cls(b)
 
 
 def ease(

@@ -32,8 +32,11 @@ ENCODERS: tuple[str, ...] = get_args(Encoder)
 DEVICES: tuple[str, ...] = get_args(Device)
 INDEX_DTYPES: tuple[str, ...] = get_args(IndexDtype)
 EASE_MAX_ITEMS = 20_000
+# ease.npy is n x n float32: 400 MB at 10,000 items (memory-mapped, shared by workers)
+EASE_DENSE_MAX_ITEMS = 10_000
 
 AtLeast2 = Annotated[int, at.Ge(2)]
+Fraction = Annotated[float, at.Gt(0.0), at.Lt(0.5)]
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +80,12 @@ class CFParams:
     item2item_weight: NonNegativeFloat = 1.0
     two_tower_weight: NonNegativeFloat = 1.0
     rrf_k: PositiveFloat = 60.0
+    # the build picks the mix on a validation carve of the training data (.mix)
+    auto_mix: bool = True
+    ease_dense_max_items: PositiveInt = EASE_DENSE_MAX_ITEMS
+    validation_fraction: Fraction = 0.2
+    validation_users: PositiveInt = 2000
+    validation_k: PositiveInt = 100  # the mix is chosen for recall at this cut-off
 
     def __post_init__(self) -> None:
         if not self.item2item and not self.two_tower:
@@ -96,6 +105,14 @@ class CFParams:
         if self.method != "auto":
             return self.method
         return "ease" if n_items <= self.ease_max_items else "cosine"
+
+    def dense_ease(self, n_items: int) -> bool:
+        """Whether the item-to-item part keeps EASE's whole matrix (``ease.npy``)."""
+        return (
+            self.item2item
+            and self.resolved_method(n_items) == "ease"
+            and n_items <= self.ease_dense_max_items
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -25,8 +25,10 @@ and a seeded initialisation: the same data and seed train the same weights on CP
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from torch import nn
 
 from recall_engine.exporters.torch_export import export_torch
 from recall_engine.observability.logs import get_logger
-from recall_engine.plugins.cf.histories import TrainingLog, Vocab
+from recall_engine.plugins.cf.histories import TrainingLog, Vocab, pad_left
 from recall_engine.plugins.cf.params import CFParams
 
 log = get_logger(__name__)
@@ -247,3 +249,31 @@ def export(
     index.add(vocab.ids, vectors)
     index.save(out / INDEX_DIR)
     return {"encoder": manifest.model_sha256, "encoder_weights": manifest.source_hash}
+
+
+def validation_lists(
+    vocab: Vocab,
+    params: CFParams,
+    k: int,
+    *,
+    seed: int = 0,
+) -> Callable[[TrainingLog, np.ndarray, Any], np.ndarray]:
+    """For :func:`recall_engine.plugins.cf.mix.select`: train on a carve's training
+    rows exactly as the build trains on all of them (same params and seed; item counts
+    for the logQ correction from the carve), then each validation user's top ``k``
+    items from their newest ``sequence_length`` distinct items, history excluded."""
+    from recall_engine.plugins.cf.mix import newest_distinct, top_lists
+
+    def lists(rows: TrainingLog, users: np.ndarray, seen: Any) -> np.ndarray:
+        counts = np.bincount(rows.items, minlength=len(vocab))
+        model, report = train(Vocab.from_ids(vocab.ids, counts), rows, params, seed=seed)
+        log.info("cf_mix_two_tower_trained", steps=report.steps, seconds=round(report.seconds, 2))
+        length = params.sequence_length
+        histories = [newest_distinct(rows, u, length)[0] for u in users.tolist()]
+        ids, mask = pad_left(histories, length)
+        with torch.no_grad():
+            u = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            v = model.item_vectors().numpy()
+        return top_lists(lambda lo, hi: u[lo:hi] @ v.T, seen, k)
+
+    return lists
