@@ -514,3 +514,48 @@ def test_fast_and_line_by_line_readers_agree(tmp_path):
     for name in ("user_ids", "item_ids", "timestamps", "weights", "events"):
         assert getattr(fast, name).tolist() == getattr(slow, name).tolist(), name
     assert fast.events is not None and fast.events.tolist()[1] == 'a "quoted" event'
+
+
+def test_ml_latest_tags_written_after_a_users_training_part_stay_out_of_item_text(tmp_path):
+    """A tag is training data like a rating: with ``train_part`` (what eval and
+    tune-weights pass) only tags no newer than their user's newest training rating and
+    by users with training ratings reach an item's text and categories."""
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    write(
+        folder / "ratings.csv",
+        "userId,movieId,rating,timestamp\r\n"
+        "1,1,4.0,100\r\n1,2,3.0,200\r\n1,3,5.0,300\r\n"  # user 1: train up to 200
+        "2,1,2.0,100\r\n2,2,4.0,150\r\n",  # user 2: train up to 100
+    )
+    write(folder / "movies.csv", "movieId,title,genres\r\n1,A,Drama\r\n2,B,Drama\r\n3,C,Drama\r\n")
+    write(
+        folder / "tags.csv",
+        "userId,movieId,tag,timestamp\r\n"
+        "1,1,early,150\r\n"  # before user 1's cut: kept
+        "1,3,spoiler,300\r\n"  # user 1 tags the held-out movie: dropped
+        "2,2,late,150\r\n"  # after user 2's cut: dropped
+        "2,1,ontime,100\r\n"  # at user 2's newest training rating: kept
+        "9,2,stranger,1\r\n",  # a user with no ratings at all: dropped
+    )
+    rows = {"1": 200, "2": 100}  # newest training timestamp per user
+
+    def train_part(log):
+        users, stamps = log.user_ids.tolist(), log.timestamps.tolist()
+        return log.subset(np.asarray([ts <= rows[u] for u, ts in zip(users, stamps, strict=True)]))
+
+    _, everything = load_ml_latest(folder)
+    assert [it.categories for it in everything] == [
+        ("Drama", "tag:early", "tag:ontime"),
+        ("Drama", "tag:late", "tag:stranger"),
+        ("Drama", "tag:spoiler"),
+    ]
+    _, items = load_ml_latest(folder, train_part=train_part)
+    assert [it.categories for it in items] == [
+        ("Drama", "tag:early", "tag:ontime"),
+        ("Drama",),
+        ("Drama",),
+    ]
+    assert "spoiler" not in items[2].text and "late" not in items[1].text
+    _, via_spec = load_dataset(f"ml-latest:{folder}", train_part=train_part)
+    assert via_spec == items

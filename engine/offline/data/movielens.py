@@ -12,6 +12,12 @@ Every loader returns ``(Interactions, list[ItemRecord])``:
   ``Plot`` first as plain text, ``Director``, ``Starring``, ``Rated``, ``Tags``) that
   text encoders read.
 
+ml-latest's tags are written by users at a time, like ratings: in an offline evaluation
+a tag written after the split would tell the content channels about the held-out part.
+``train_part`` (a function from the ratings to their training part, which the
+``eval`` and ``tune-weights`` commands pass with the split they make) keeps a tag only
+when its user has training ratings and it is no newer than that user's newest one.
+
 ``load_dataset(spec)`` understands ``ml-100k:FOLDER``, ``ml-1m:RATINGS[,MOVIES[,PLOTS]]``
 (RATINGS may be a folder holding ``ratings.dat[.gz]``), ``ml-latest:FOLDER``,
 ``files:INTERACTIONS[,ITEMS]`` (the generic formats), ``demo`` and, failing those, any
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +54,12 @@ __all__ = [
     "load_ml100k",
     "load_ml1m",
     "load_ml_latest",
+    "tags_known_by",
 ]
 
 Dataset = tuple[Interactions, list[ItemRecord]]
+#: ratings -> the part of them a model may learn from (the training part of a split)
+TrainPart = Callable[[Interactions], Interactions]
 
 _YEAR = re.compile(r"\((\d{4})\)")
 LATIN1 = "latin-1"  # ml-100k u.item and ml-1m *.dat are ISO-8859-1
@@ -235,12 +244,21 @@ def load_melu_plots(
 
 
 def load_ml_latest(
-    folder: str | Path, *, on_error: OnError = "fail", progress: bool | None = None
+    folder: str | Path,
+    *,
+    on_error: OnError = "fail",
+    progress: bool | None = None,
+    train_part: TrainPart | None = None,
 ) -> Dataset:
     """``ratings.csv`` (``userId,movieId,rating,timestamp``), ``movies.csv``
     (``movieId,title,genres``, titles quoted when they hold commas, ``(no genres
     listed)`` for none) and, when present, ``tags.csv`` (``userId,movieId,tag,timestamp``):
-    each movie's distinct tags go into ``text`` and ``tag:`` categories."""
+    each movie's distinct tags go into ``text`` and ``tag:`` categories.
+
+    With ``train_part`` only the tags its training ratings allow (see the module
+    docstring): a tag by a user with no training rating, or newer than that user's
+    newest training rating, is dropped. Without it every tag is used (a production
+    build, where every rating is training data)."""
     check_on_error(on_error)
     folder = Path(folder)
     names = ("userid", "movieid", "rating", "timestamp")
@@ -257,7 +275,10 @@ def load_ml_latest(
     )
     interactions = build_interactions(renamed, lines, problems)
     problems.finish(on_error, rows=len(interactions))
-    tags = _ml_latest_tags(folder / "tags.csv", progress) if (folder / "tags.csv").exists() else {}
+    tags: dict[str, list[str]] = {}
+    if (folder / "tags.csv").exists():
+        train = train_part(interactions) if train_part is not None else None
+        tags = _ml_latest_tags(folder / "tags.csv", progress, train)
     cols, lines, problems = read_csv_columns(
         folder / "movies.csv", ("movieid", "title", "genres"), (), progress=progress
     )
@@ -275,18 +296,47 @@ def load_ml_latest(
     return interactions, items
 
 
-def _ml_latest_tags(path: Path, progress: bool | None) -> dict[str, list[str]]:
-    """Movie id → distinct tags (case-insensitively), most used first, then first seen."""
-    cols, _, _ = read_csv_columns(path, ("movieid", "tag"), (), progress=progress)
+def _ml_latest_tags(
+    path: Path, progress: bool | None, train: Interactions | None = None
+) -> dict[str, list[str]]:
+    """Movie id → distinct tags (case-insensitively), most used first, then first seen;
+    with ``train``, only the tags :func:`tags_known_by` keeps."""
+    cols, _, _ = read_csv_columns(
+        path, ("movieid", "tag"), ("userid", "timestamp"), progress=progress
+    )
+    movies, texts = cols["movieid"], cols["tag"]
+    if train is not None:
+        if "userid" not in cols or "timestamp" not in cols:
+            raise ValueError(
+                f"{path}: needs userId and timestamp columns to keep the tags of the "
+                "training part out of the test part"
+            )
+        keep = tags_known_by(cols["userid"], np.asarray(cols["timestamp"], np.int64), train)
+        movies, texts = movies[keep], texts[keep]
     counts: dict[str, Counter[str]] = {}
     spelling: dict[str, str] = {}
-    for movie, tag in zip(cols["movieid"].tolist(), cols["tag"].tolist(), strict=True):
+    for movie, tag in zip(movies.tolist(), texts.tolist(), strict=True):
         tag = " ".join(tag.split())
         if tag:
             key = tag.lower()
             spelling.setdefault(key, tag)
             counts.setdefault(movie.strip(), Counter())[key] += 1
     return {movie: [spelling[k] for k, _ in c.most_common()] for movie, c in counts.items()}
+
+
+def tags_known_by(users: np.ndarray, timestamps: np.ndarray, train: Interactions) -> np.ndarray:
+    """Mask of the tag rows ``(user, timestamp)`` a model trained on ``train`` may see:
+    the user has training rows and the tag is no newer than the newest of them. Under a
+    per-user split that is the user's own cut; under a global time cut, before it."""
+    if len(train) == 0 or len(users) == 0:
+        return np.zeros(len(users), dtype=bool)
+    known, codes = np.unique(train.user_ids, return_inverse=True)
+    newest = np.full(len(known), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(newest, codes, train.timestamps)
+    users = np.asarray(users)
+    at = np.clip(np.searchsorted(known, users), 0, len(known) - 1)
+    has = known[at] == users
+    return has & (np.asarray(timestamps, dtype=np.int64) <= newest[at])
 
 
 # -- dispatch -----------------------------------------------------------------------------
@@ -312,8 +362,16 @@ def detect(path: str | Path) -> str | None:
     return None
 
 
-def load_dataset(spec: str, *, on_error: OnError = "fail", progress: bool | None = None) -> Dataset:
-    """Load what ``spec`` names (see the module docstring for the forms)."""
+def load_dataset(
+    spec: str,
+    *,
+    on_error: OnError = "fail",
+    progress: bool | None = None,
+    train_part: TrainPart | None = None,
+) -> Dataset:
+    """Load what ``spec`` names (see the module docstring for the forms). ``train_part``
+    limits what users wrote into item metadata (ml-latest's tags) to the training part;
+    the other datasets' metadata does not depend on when anyone rated."""
     kind, sep, rest = spec.partition(":")
     parts = [p for p in rest.split(",") if p] if sep else []
     if kind == "ml-100k" and len(parts) == 1:
@@ -322,7 +380,7 @@ def load_dataset(spec: str, *, on_error: OnError = "fail", progress: bool | None
         ratings, movies, plots = _ml1m_paths(parts)
         return load_ml1m(ratings, movies, plots, on_error=on_error, progress=progress)
     if kind == "ml-latest" and len(parts) == 1:
-        return load_ml_latest(parts[0], on_error=on_error, progress=progress)
+        return load_ml_latest(parts[0], on_error=on_error, progress=progress, train_part=train_part)
     if kind == "files" and 1 <= len(parts) <= 2:
         interactions, _ = load_interactions(parts[0], on_error=on_error, progress=progress)
         if len(parts) == 1:
@@ -336,7 +394,7 @@ def load_dataset(spec: str, *, on_error: OnError = "fail", progress: bool | None
         return demo.interactions, demo.items
     guess = detect(spec)
     if guess is not None:
-        return load_dataset(guess, on_error=on_error, progress=progress)
+        return load_dataset(guess, on_error=on_error, progress=progress, train_part=train_part)
     raise ValueError(
         f"can't tell what dataset {spec!r} is: use ml-100k:FOLDER, "
         "ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER, files:INTERACTIONS[,ITEMS], "
