@@ -14,7 +14,7 @@ ADDR   ?= 127.0.0.1:50051
 $(BIN)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[train,eval,test,dev,tracing,deploy,cluster,s3,ray]'
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[train,eval,test,dev,tracing,deploy,cluster,s3,ray,milvus]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from recall_engine.runtime.index import ReadOnlyIndexError, VectorIndex
+from recall_engine.runtime.index import VectorIndex
 
 DIM = 64
 
@@ -304,7 +304,7 @@ def test_save_then_load_gives_identical_results(hnsw, small, tmp_path, view):
     after = loaded.search(small[:30], 15, exclude={"3"})
 
     assert loaded.ids() == hnsw.ids()
-    assert loaded.read_only is view
+    assert loaded.viewed is view
     assert [ids for ids, _ in after] == [ids for ids, _ in before]
     for (_, a), (_, b) in zip(after, before, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -325,14 +325,78 @@ def test_keys_stay_stable_across_save_and_load(small, tmp_path):
     assert loaded.search(small[3], 1)[0][0] == ["d"]
 
 
-def test_a_viewed_index_refuses_updates(hnsw, small, tmp_path):
+def _apply_changes(index: VectorIndex, small: np.ndarray) -> None:
+    """Deletes, replacements of file entries, new items and a replaced new item."""
+    index.delete(["1", "2", "no-such-id"])
+    index.add(["3", "4"], small[[10, 11]] * -1)  # replace two items stored in the file
+    index.add(["new-a", "new-b"], small[[20, 21]] * -1)
+    index.add(["new-a"], small[22] * -1)  # replace an overlay item
+    index.delete(["new-b"])
+
+
+def test_a_viewed_index_takes_changes_in_an_overlay_and_answers_like_a_loaded_one(small, tmp_path):
+    """Exact search (a catalogue under exact_below) over the memory-mapped file plus the
+    overlay gives exactly what the same changes give on an index read into memory."""
+    built = VectorIndex(DIM)
+    built.add(ids_of(len(small)), small)
+    built.save(tmp_path)
+    viewed = VectorIndex.load(tmp_path, view=True)
+    loaded = VectorIndex.load(tmp_path)
+    for index in (viewed, loaded):
+        _apply_changes(index, small)
+
+    assert viewed.viewed and viewed.overlay_size == 3
+    assert len(viewed) == len(loaded) and viewed.ids() == loaded.ids()
+    assert "1" not in viewed and "new-b" not in viewed and "new-a" in viewed
+    np.testing.assert_allclose(viewed.vector("3"), small[10] * -1, atol=1e-6)
+    np.testing.assert_allclose(viewed.vector("new-a"), small[22] * -1, atol=1e-6)
+    queries = np.concatenate([small[[10, 11, 1, 5]] * -1, small[[20, 22, 1, 5]], small[100:130]])
+    for kwargs in ({}, {"exclude": {"3", "7"}}, {"keep": lambda ids: [i != "new-a" for i in ids]}):
+        got = viewed.search(queries, 25, **kwargs)
+        want = loaded.search(queries, 25, **kwargs)
+        assert [ids for ids, _ in got] == [ids for ids, _ in want], kwargs
+        for (_, a), (_, b) in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    assert viewed.search(small[10] * -1, 1)[0][0] == ["3"]
+    assert "1" not in viewed.search(small[1], 50)[0][0]
+
+
+def test_a_viewed_graph_index_keeps_its_recall_with_an_overlay(hnsw, small, tmp_path):
+    """HNSW over the file and the overlay: replaced items are found at their new place,
+    deleted ones never, and recall against exact search stays where it was."""
     hnsw.save(tmp_path)
     viewed = VectorIndex.load(tmp_path, view=True)
+    moved = ids_of(200)
+    viewed.add(moved, small[200:400])  # items 0..199 now hold the vectors of 200..399
+    viewed.delete(ids_of(400)[300:400])
+    truth_vectors = small.copy()
+    truth_vectors[:200] = small[200:400]
+    queries = small[1000:1100]
+    hits = viewed.search(queries, 10)
+    alive = np.r_[np.arange(300), np.arange(400, len(small))]
+    truth = alive[exact_top(truth_vectors[alive], queries, 10)]
 
-    with pytest.raises(ReadOnlyIndexError, match="view=False"):
-        viewed.add(["x"], small[0])
-    with pytest.raises(ReadOnlyIndexError):
-        viewed.delete(["1"])
+    assert recall(hits, truth) >= 0.9
+    assert not {str(i) for i in range(300, 400)} & {i for ids, _ in hits for i in ids}
+    assert set(viewed.search(small[250], 2)[0][0]) == {"50", "250"}  # same vector now
+
+
+def test_a_viewed_index_with_an_overlay_saves_its_merged_state(small, tmp_path):
+    built = VectorIndex(DIM)
+    built.add(ids_of(300), small[:300])
+    built.save(tmp_path / "a")
+    viewed = VectorIndex.load(tmp_path / "a", view=True)
+    _apply_changes(viewed, small)
+    viewed.save(tmp_path / "b")
+
+    again = VectorIndex.load(tmp_path / "b")
+    assert again.ids() == viewed.ids()
+    queries = small[:40]
+    for (a_ids, a), (b_ids, b) in zip(
+        again.search(queries, 10), viewed.search(queries, 10), strict=True
+    ):
+        assert set(a_ids) == set(b_ids)
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_load_refuses_ids_that_do_not_match_the_index(small, tmp_path):

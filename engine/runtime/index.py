@@ -36,8 +36,17 @@ A batch ``search`` still uses ``threads`` cores inside its one call; single quer
 many threads queue for the index (p50 about 1 ms per query on 1M × 384 f32 items, see
 ``recall-engine bench index``), so batch them where latency allows.
 
-Memory-mapped indexes (``load(..., view=True)``) are read-only: ``add`` and ``delete``
-raise :class:`ReadOnlyIndexError`. Load with ``view=False`` to take online updates.
+Memory-mapped indexes (``load(..., view=True)``) share one copy of the graph and vectors
+between every process of a host that opens the same file: the pages are the kernel's
+page cache, mapped read-only, so ``serve --processes N`` holds the index once, not N
+times (docs/scale-out.md, "Vectors beyond one host"). usearch cannot change a viewed
+index, so changes go to a small in-memory **overlay**: ``add`` puts the vector into a
+second usearch index held by this process (an id already in the file keeps its key; its
+file entry is marked dead), ``delete`` marks the file entry dead or removes it from the
+overlay. A search asks both, drops dead entries, merges by distance and cuts the merged
+list where either side may have had nearer items it did not return, so exact searches
+stay exact. ``save`` writes the merged state. Load with ``view=False`` to read the whole
+index into this process's memory instead.
 
 Quantisation: ``f16`` halves memory with no measurable recall loss on embeddings; ``i8``
 quarters it but usearch scales components by 127 and clips them to [-1, 1], which is only
@@ -94,10 +103,6 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-class ReadOnlyIndexError(RuntimeError):
-    """Raised by ``add``/``delete`` on an index opened with ``view=True``."""
-
-
 class VectorIndex:
     """An approximate (HNSW) nearest-neighbour index over string item ids. Thread-safe.
 
@@ -109,6 +114,9 @@ class VectorIndex:
     at usearch's 64, for about 1 ms more (docs/vectors.md).
     ``threads``: cores usearch may use inside one batch add/search (0: all).
     """
+
+    #: Which :class:`~recall_engine.runtime.vector_store.VectorStore` this is.
+    kind = "usearch"
 
     def __init__(
         self,
@@ -161,7 +169,14 @@ class VectorIndex:
         self._ids = np.empty(0, dtype=object)  # key -> item id, None where deleted
         self._keys: dict[str, int] = {}  # item id -> key
         self._next_key = 0
-        self._read_only = False
+        # Memory-mapped base (view=True): keys below _base_keys live in the file; online
+        # changes go to _overlay, and file entries deleted or replaced are marked in _dead.
+        self._viewed = False
+        self._base_keys = 0
+        self._overlay: Index | None = None
+        self._overlay_keys: set[int] = set()
+        self._dead: np.ndarray | None = None
+        self._dead_count = 0
         self._lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------
@@ -174,12 +189,19 @@ class VectorIndex:
     def __repr__(self) -> str:
         return (
             f"VectorIndex(dim={self.dim}, metric={self.metric!r}, dtype={self.dtype!r}, "
-            f"items={len(self)}{', view' if self._read_only else ''})"
+            f"items={len(self)}{', view' if self._viewed else ''})"
         )
 
     @property
-    def read_only(self) -> bool:
-        return self._read_only
+    def viewed(self) -> bool:
+        """Whether the index file is memory-mapped (``load(..., view=True)``): shared
+        with the other processes that map it; changes live in this process's overlay."""
+        return self._viewed
+
+    @property
+    def overlay_size(self) -> int:
+        """Vectors held in the in-memory overlay of a viewed index (0 otherwise)."""
+        return len(self._overlay_keys)
 
     @property
     def expansion_search(self) -> int:
@@ -188,7 +210,9 @@ class VectorIndex:
     @expansion_search.setter
     def expansion_search(self, value: int) -> None:
         with self._lock:
-            self._index.expansion_search = value  # type: ignore[misc]  # usearch's stub says read-only; the setter exists
+            for index in (self._index, self._overlay):
+                if index is not None:
+                    index.expansion_search = value  # type: ignore[misc]  # usearch's stub says read-only; the setter exists
 
     @property
     def hardware_acceleration(self) -> str:
@@ -199,8 +223,9 @@ class VectorIndex:
     @property
     def memory_usage(self) -> int:
         """Bytes usearch reports for the graph and vectors (a viewed index counts only
-        what it allocated, not the mapped file)."""
-        return int(self._index.memory_usage)
+        what it allocated, not the mapped file, plus its overlay)."""
+        overlay = self._overlay.memory_usage if self._overlay is not None else 0
+        return int(self._index.memory_usage) + int(overlay)
 
     def ids(self) -> list[str]:
         """Item ids in insertion order (a copy)."""
@@ -222,7 +247,7 @@ class VectorIndex:
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32), []
         with self._lock:
-            rows: Any = self._index.get(np.asarray(keys, dtype=np.uint64), dtype="f32")
+            rows = self._get(keys)
         # a key deleted between the lookup above and the lock comes back as None
         found = [(p, r) for p, r in zip(positions, rows, strict=True) if r is not None]
         if not found:
@@ -239,7 +264,24 @@ class VectorIndex:
             key = self._keys.get(item_id)
             if key is None:
                 raise KeyError(item_id)
-            return np.asarray(self._index.get(key, dtype="f32"), dtype=np.float32)
+            return np.asarray(self._get([key])[0], dtype=np.float32)
+
+    def _get(self, keys: Sequence[int]) -> list[Any]:
+        """Stored vectors of ``keys`` (None where absent), from the overlay or the base.
+        Call under the lock."""
+        if not self._overlay_keys:
+            got: Any = self._index.get(np.asarray(keys, dtype=np.uint64), dtype="f32")
+            return list(got)
+        rows: list[Any] = [None] * len(keys)
+        for source, wanted in (
+            (self._overlay, [i for i, k in enumerate(keys) if k in self._overlay_keys]),
+            (self._index, [i for i, k in enumerate(keys) if k not in self._overlay_keys]),
+        ):
+            if wanted and source is not None:
+                found: Any = source.get(np.asarray([keys[i] for i in wanted], np.uint64), "f32")
+                for i, row in zip(wanted, found, strict=True):
+                    rows[i] = row
+        return rows
 
     # -- writing ---------------------------------------------------------------
     def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> int:
@@ -258,7 +300,6 @@ class VectorIndex:
             matrix = matrix[list(last.values())]
         ids = list(last)
         with self._lock:
-            self._check_writable()
             old = [self._keys[i] for i in ids if i in self._keys]
             new = [i for i in ids if i not in self._keys]
             first = self._next_key
@@ -268,10 +309,15 @@ class VectorIndex:
             self._next_key = first + len(new)
             self._ids[first : self._next_key] = new
             if old:
-                self._index.remove(np.asarray(old, dtype=np.uint64))
+                self._remove(old)
             keys = np.fromiter((self._keys[i] for i in ids), dtype=np.uint64, count=len(ids))
             # a pool of worker threads costs more than a few single-vector inserts
-            self._index.add(keys, matrix, threads=1 if len(keys) < 64 else self.threads)
+            threads = 1 if len(keys) < 64 else self.threads
+            if self._viewed:
+                self._overlay_index().add(keys, matrix, threads=threads)
+                self._overlay_keys.update(keys.tolist())
+            else:
+                self._index.add(keys, matrix, threads=threads)
         return len(new)
 
     def delete(self, item_ids: Collection[str]) -> int:
@@ -279,13 +325,43 @@ class VectorIndex:
         if isinstance(item_ids, str):
             item_ids = [item_ids]
         with self._lock:
-            self._check_writable()
             keys = [self._keys.pop(i) for i in set(item_ids) if i in self._keys]
             if keys:
-                array = np.asarray(keys, dtype=np.uint64)
-                self._index.remove(array)
-                self._ids[array] = None
+                self._remove(keys)
+                self._ids[np.asarray(keys, dtype=np.intp)] = None
         return len(keys)
+
+    def _remove(self, keys: Sequence[int]) -> None:
+        """Take ``keys`` out of the searched indexes (under the lock): from usearch, or,
+        over a memory-mapped file, from the overlay and by marking file entries dead."""
+        if not self._viewed:
+            self._index.remove(np.asarray(keys, dtype=np.uint64))
+            return
+        in_overlay = [k for k in keys if k in self._overlay_keys]
+        if in_overlay and self._overlay is not None:
+            self._overlay.remove(np.asarray(in_overlay, dtype=np.uint64))
+            self._overlay_keys.difference_update(in_overlay)
+        in_base = np.asarray([k for k in keys if k < self._base_keys], dtype=np.intp)
+        if len(in_base):
+            if self._dead is None:
+                self._dead = np.zeros(self._base_keys, dtype=bool)
+            self._dead_count += int(len(in_base) - self._dead[in_base].sum())
+            self._dead[in_base] = True
+
+    def _overlay_index(self) -> Index:
+        if self._overlay is None:
+            self._overlay = self._new_usearch()
+        return self._overlay
+
+    def _new_usearch(self) -> Index:
+        return Index(
+            ndim=self.dim,
+            metric=self.metric,
+            dtype=self.dtype,
+            connectivity=self.connectivity,
+            expansion_add=self.expansion_add,
+            expansion_search=self._index.expansion_search,
+        )
 
     # -- searching -------------------------------------------------------------
     def search(
@@ -354,25 +430,23 @@ class VectorIndex:
                     for row in pending:
                         results[row] = ([], np.zeros(0, dtype=np.float32))
                     break
-                fetch = min(fetch, size)
-                # A graph search with ef = fetch computes about fetch x 2*connectivity
-                # distances (the level-0 degree); past the catalogue size, scan instead.
-                exact = (
-                    size < self.exact_below
-                    or fetch >= size
-                    or fetch * 2 * self.connectivity >= size
-                )
                 rows = queries[pending]
-                found = self._index.search(
-                    rows, fetch, exact=exact, threads=1 if len(rows) == 1 else self.threads
-                )
+                threads = 1 if len(rows) == 1 else self.threads
+                found: Any
+                if self._overlay_keys or self._dead_count:
+                    fetch = min(fetch, len(self._index) + len(self._overlay_keys))
+                    found, complete = self._search_with_overlay(rows, fetch, threads)
+                else:
+                    fetch = min(fetch, size)
+                    found = _columns(self._usearch(self._index, rows, fetch, threads))
+                    complete = fetch >= size
                 # Map keys to ids before letting go of the lock: delete() clears
                 # entries of self._ids in place.
                 answers = [
                     (keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])
-                    for keys, distances, n in zip(*_columns(found), strict=True)
+                    for keys, distances, n in zip(*found, strict=True)
                 ]
-            complete = fetch >= size or (limit is not None and fetch >= limit)
+            complete = complete or (limit is not None and fetch >= limit)
             still, fewest = [], k
             for row, (keys, ids, distances) in zip(pending, answers, strict=True):
                 hit = self._filter(keys, ids, distances, banned, keep, k)
@@ -387,6 +461,55 @@ class VectorIndex:
             if limit is not None:
                 fetch = min(fetch, limit)
         return results  # type: ignore[return-value]
+
+    def _usearch(self, index: Index, rows: np.ndarray, fetch: int, threads: int) -> Any:
+        """One usearch search of ``fetch`` per row (under the lock). A graph search with
+        ef = fetch computes about fetch x 2*connectivity distances (the level-0 degree);
+        past the index size, or below ``exact_below``, scan instead."""
+        size = len(index)
+        fetch = min(fetch, size)
+        exact = size < self.exact_below or fetch >= size or fetch * 2 * self.connectivity >= size
+        return index.search(rows, fetch, exact=exact, threads=threads)
+
+    def _search_with_overlay(
+        self, rows: np.ndarray, fetch: int, threads: int
+    ) -> tuple[tuple[list[np.ndarray], list[np.ndarray], list[int]], bool]:
+        """``fetch`` candidates per row from the memory-mapped base (dead entries
+        dropped) and the overlay, merged by distance (under the lock). A side that
+        returned all it was asked for may hold nearer items past its last one, so the
+        merged list ends at the nearest such last distance: what is returned is exactly
+        the merged top of everything searched. Returns key, distance and count columns
+        and whether every entry of both sides was seen."""
+        sides = []
+        complete = True
+        for index in (self._index, self._overlay):
+            if index is None or len(index) == 0:
+                continue
+            wanted = min(fetch, len(index))
+            complete = complete and wanted >= len(index)
+            keys, distances, counts = _columns(self._usearch(index, rows, wanted, threads))
+            sides.append((keys, distances, counts, wanted < len(index), index is self._index))
+        out_keys, out_distances, out_counts = [], [], []
+        for row in range(len(rows)):
+            keys_parts, distance_parts, cut = [], [], math.inf
+            for keys, distances, counts, truncated, is_base in sides:
+                n = int(counts[row])
+                k, d = keys[row][:n], distances[row][:n]
+                if truncated and n:
+                    cut = min(cut, float(d[-1]))
+                if is_base and self._dead is not None:
+                    alive = ~self._dead[k.astype(np.intp)]
+                    k, d = k[alive], d[alive]
+                keys_parts.append(k)
+                distance_parts.append(d)
+            merged_keys = np.concatenate(keys_parts) if keys_parts else np.zeros(0, np.uint64)
+            merged = np.concatenate(distance_parts) if distance_parts else np.zeros(0, np.float32)
+            order = np.argsort(merged, kind="stable")
+            order = order[merged[order] <= cut]
+            out_keys.append(merged_keys[order])
+            out_distances.append(merged[order])
+            out_counts.append(len(order))
+        return (out_keys, out_distances, out_counts), complete
 
     def _banned_keys(self, exclude: Collection[str]) -> np.ndarray | None:
         if not exclude:
@@ -423,10 +546,21 @@ class VectorIndex:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             with atomic_path(folder / INDEX_FILE) as tmp:
-                self._index.save(os.fspath(tmp))
+                (self._merged() if self._viewed else self._index).save(os.fspath(tmp))
             ids = self._ids[: self._next_key].tolist()
             atomic_write(folder / IDS_FILE, json.dumps({"ids": ids}, separators=(",", ":")))
             atomic_write(folder / META_FILE, json.dumps(self._meta(), indent=2) + "\n")
+
+    def _merged(self) -> Index:
+        """A memory-mapped base with its overlay and dead entries applied, as one
+        in-memory usearch index with the same keys (under the lock; for :meth:`save`)."""
+        merged = self._new_usearch()
+        keys = np.fromiter(self._keys.values(), dtype=np.uint64, count=len(self._keys))
+        for start in range(0, len(keys), 65_536):
+            chunk = keys[start : start + 65_536]
+            rows = self._get(chunk.tolist())
+            merged.add(chunk, np.stack(rows).astype(np.float32), threads=self.threads)
+        return merged
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -447,8 +581,10 @@ class VectorIndex:
         cls, folder: str | os.PathLike[str], *, view: bool = False, **overrides: Any
     ) -> VectorIndex:
         """Open an index written by :meth:`save`. ``view=True`` memory-maps
-        ``index.usearch`` instead of reading it: near-instant, shared page cache, but
-        read-only (the file must stay in place while the index is used). ``overrides``
+        ``index.usearch`` instead of reading it: near-instant, one copy in the page cache
+        for every process that maps the file, changes kept in a per-process overlay (see
+        the module docstring; the file must stay in place, or stay open after an unlink,
+        while the index is used). ``overrides``
         replace search-time settings from ``index.json`` (``expansion_search``,
         ``exact_below``, ``threads``). Raises ``FileNotFoundError`` or ``ValueError``
         naming the file and the problem."""
@@ -480,7 +616,8 @@ class VectorIndex:
         if not isinstance(ids, list):
             raise ValueError(f"{folder / IDS_FILE}: expected an object with an 'ids' list")
         index._set_ids(ids, folder / IDS_FILE)
-        index._read_only = view
+        index._viewed = view
+        index._base_keys = index._next_key if view else 0
         return index
 
     def _open_usearch(self, path: Path, view: bool) -> None:
@@ -519,14 +656,10 @@ class VectorIndex:
                 f"{where}: {len(self._keys)} ids for {len(self._index)} vectors in {INDEX_FILE}"
             )
 
-    # -- helpers ---------------------------------------------------------------
-    def _check_writable(self) -> None:
-        if self._read_only:
-            raise ReadOnlyIndexError(
-                "index was opened with view=True (memory-mapped, "
-                "read-only); load it with view=False to add or delete"
-            )
+    def close(self) -> None:
+        """Nothing to release (a viewed file is unmapped when the index is collected)."""
 
+    # -- helpers ---------------------------------------------------------------
     def _reserve_keys(self, needed: int) -> None:
         if needed > len(self._ids):
             grown = np.empty(max(needed, 2 * len(self._ids), 1024), dtype=object)

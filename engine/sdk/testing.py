@@ -187,6 +187,13 @@ class ChannelContract:
         function rather than the channel class."""
         return open_channel(type(channel), ctx)
 
+    def scratch_context(self, channel: Channel) -> ChannelContext:
+        """The context of :meth:`scratch`'s instance: ``channel``'s, over a copy of the
+        catalogue. Override when instances of your channel share state that online
+        updates change besides the catalogue (vectors in a shared store such as Milvus:
+        point the scratch instance at a second build)."""
+        return replace(channel.ctx, catalog=Catalog(channel.ctx.catalog))
+
     def scratch(self, channel: Channel) -> Channel:
         """The second instance over a *copy* of the catalogue that the checks which add
         and delete items share (each with ids of its own), so that ``channel`` stays as
@@ -195,8 +202,7 @@ class ChannelContract:
         cls = type(self)
         made: dict[int, Channel] = cls.__dict__.get("_scratch_channels") or {}
         if id(channel) not in made:
-            catalog = Catalog(channel.ctx.catalog)
-            made[id(channel)] = self.new_channel(channel, replace(channel.ctx, catalog=catalog))
+            made[id(channel)] = self.new_channel(channel, self.scratch_context(channel))
             cls._scratch_channels = made
         return made[id(channel)]
 
@@ -509,7 +515,7 @@ class VectorChannelContract(ChannelContract):
         live.delete_items([target])
         catalog.delete([target])
         _expect_updates_applied(live, queries, twin, copy.item_id, target, self.k)
-        restarted = self.new_channel(channel, replace(channel.ctx, catalog=catalog))
+        restarted = self.new_channel(channel, replace(live.ctx, catalog=catalog))
         try:
             _expect_updates_applied(restarted, queries, twin, copy.item_id, target, self.k)
             details = restarted.info().details

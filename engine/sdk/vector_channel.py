@@ -1,6 +1,14 @@
-"""What the vector channels (``llm``, ``content``) share: item vectors in a
-:class:`~recall_engine.runtime.index.VectorIndex`, query vectors from history and text, and
-online upserts and deletes.
+"""What the vector channels (``llm``, ``content``) share: item vectors in a vector store,
+query vectors from history and text, and online upserts and deletes.
+
+Vector store (param ``store``, :mod:`recall_engine.runtime.vector_store`): ``"usearch"``
+(the default) keeps the vectors in the bundle's usearch index, memory-mapped when served
+(``memory_map``, on by default: the processes of one host share one copy, and online
+changes go to a small per-process overlay); ``"milvus"`` keeps them in a Milvus
+collection (``milvus_uri``, ``collection``, ``milvus_index``, ``milvus_token_env``) that
+the build writes, one per build, and the bundle's manifest names
+(:mod:`recall_engine.runtime.vector_store_milvus`). Searches, excludes, category filters,
+upserts and deletes mean the same on both.
 
 A query vector is made from what the request has:
 
@@ -53,8 +61,10 @@ whose index answers nonsense.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -73,6 +83,15 @@ from recall_engine.runtime.encoders import MicroBatcher
 from recall_engine.runtime.index import VectorIndex
 from recall_engine.runtime.index_check import check_index
 from recall_engine.runtime.online_vectors import read_online_vectors, save_online_vectors
+from recall_engine.runtime.vector_store import (
+    MANIFEST_FIELD,
+    MilvusSettings,
+    VectorStore,
+    check_collection_prefix,
+    check_store,
+    collection_prefix,
+    describe,
+)
 from recall_engine.sdk.channel import (
     BuildExecutor,
     Candidates,
@@ -83,7 +102,13 @@ from recall_engine.sdk.channel import (
     LocalExecutor,
     Query,
 )
-from recall_engine.sdk.params import NonNegativeFloat, NonNegativeInt, PositiveInt, UnitFloat
+from recall_engine.sdk.params import (
+    KeyError_,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    UnitFloat,
+)
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
@@ -116,6 +141,8 @@ def fetch_size(k: int, query: Query) -> int:
 
 IndexDtype = Literal["f32", "f16", "bf16", "i8"]
 Device = Literal["auto", "cpu", "cuda"]
+Store = Literal["usearch", "milvus"]
+MilvusIndex = Literal["HNSW", "FLAT", "AUTOINDEX"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -137,9 +164,71 @@ class VectorParams:
     # With a category filter: rank at most this many nearest items, then return those of
     # them the filter keeps, even if fewer than k (see VectorIndex.search's max_fetch).
     max_filter_fetch: PositiveInt = 4096
+    # Where the item vectors live (module docstring). usearch: memory-map the bundle's
+    # index file (shared by the host's processes) instead of reading it into each one.
+    store: Store = "usearch"
+    memory_map: bool = True
+    # milvus: http(s)://HOST:19530, or a local .db file (Milvus Lite: tests, one process)
+    milvus_uri: str = ""
+    # collection name prefix (build time); default recall_<channel>
+    collection: str = ""
+    milvus_index: MilvusIndex = "HNSW"
+    # the environment variable holding the Milvus token ("user:password" or an API key)
+    milvus_token_env: str = ""
+
+    def __post_init__(self) -> None:
+        if self.store == "milvus":
+            if not self.milvus_uri:
+                raise KeyError_(
+                    "milvus_uri",
+                    "required with store = 'milvus': http://HOST:19530, or a local "
+                    "file ending in .db for Milvus Lite",
+                )
+            if self.index_dtype != "f32":
+                raise KeyError_(
+                    "index_dtype",
+                    f"the milvus store keeps float32 vectors; got {self.index_dtype!r} "
+                    "(remove index_dtype or set it to 'f32')",
+                )
+        else:
+            for key in ("milvus_uri", "collection", "milvus_token_env"):
+                if getattr(self, key):
+                    raise KeyError_(key, f"is for store = 'milvus', but store is {self.store!r}")
+        if self.collection:
+            problem = check_collection_prefix(self.collection)
+            if problem:
+                raise KeyError_("collection", problem)
+
+    def milvus_settings(self) -> MilvusSettings:
+        """How to reach and index the Milvus collection (``store = "milvus"``)."""
+        token = os.environ.get(self.milvus_token_env, "") if self.milvus_token_env else ""
+        return MilvusSettings(
+            uri=self.milvus_uri,
+            token=token,
+            index=self.milvus_index,
+            expansion_search=self.expansion_search or 256,
+        )
 
 
 # --------------------------------------------------------------------------- build side
+
+#: The channel and params of the ``build`` running in this context: set by
+#: :class:`VectorChannel` around every subclass's ``build`` classmethod, so that
+#: :func:`write_vectors` writes to the store the channel's params choose without each
+#: plugin passing them on.
+_BUILDING: ContextVar[tuple[str, VectorParams] | None] = ContextVar("_BUILDING", default=None)
+
+
+@contextmanager
+def building(channel: str, params: VectorParams) -> Iterator[None]:
+    """Within the block, :func:`write_vectors` writes for ``channel`` to the store that
+    ``params`` choose (what :class:`VectorChannel` does around its subclasses' ``build``;
+    use it when calling ``write_vectors`` from elsewhere)."""
+    token = _BUILDING.set((channel, params))
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
 
 
 def item_signature(item: ItemRecord) -> int:
@@ -209,28 +298,49 @@ def write_vectors(
     dtype: str = "f32",
     index_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Index ``vectors`` (one row per item) under ``out/index`` and write the items'
-    metadata digests; rows that are zero or not finite (the encoder had nothing to go
-    on) are left out. ``index_options`` go to :class:`VectorIndex` (e.g. a lower
-    ``expansion_add`` builds a million-item index about twice as fast). Returns the
-    manifest fields ``dims``, ``metric``, ``item_count``."""
+    """Index ``vectors`` (one row per item) and write the items' metadata digests; rows
+    that are zero or not finite (the encoder had nothing to go on) are left out. The
+    store is the one the params of the channel being built choose (:func:`building`):
+    usearch under ``out/index`` (``index_options`` go to :class:`VectorIndex`, e.g. a
+    lower ``expansion_add`` builds a million-item index about twice as fast), or a new
+    Milvus collection. Returns the manifest fields ``dims``, ``metric``, ``item_count``,
+    and for Milvus ``vector_store`` (the collection and a digest of the vectors)."""
     ids, matrix = usable_rows([it.item_id for it in items], vectors)
-    index = VectorIndex(int(vectors.shape[1]), metric=METRIC, dtype=dtype, **(index_options or {}))
-    if ids:
-        index.add(ids, matrix)
-    index.save(out / INDEX_DIR)
+    target = _BUILDING.get()
+    extra: dict[str, Any] = {}
+    if target is not None and target[1].store == "milvus":
+        from recall_engine.runtime.vector_store_milvus import write_collection
+
+        name, params = target
+        extra[MANIFEST_FIELD] = write_collection(
+            params.milvus_settings(),
+            collection_prefix(name, params.collection),
+            ids,
+            matrix,
+            metric=METRIC,
+        )
+        count = len(ids)
+    else:
+        index = VectorIndex(
+            int(vectors.shape[1]), metric=METRIC, dtype=dtype, **(index_options or {})
+        )
+        if ids:
+            index.add(ids, matrix)
+        index.save(out / INDEX_DIR)
+        count = len(index)
     by_id = {it.item_id: it for it in items}
     digests = np.fromiter((item_signature(by_id[i]) for i in ids), dtype=np.uint64, count=len(ids))
     with open(out / SIGNATURES_FILE, "wb") as fh:
         np.savez(fh, ids=np.asarray(ids, dtype=str), digests=digests)
     skipped = len(items) - len(ids)
     if skipped:
+        kept = set(ids)
         log.warning(
             "items_without_vector",
             count=skipped,
-            example=next((it.item_id for it in items if it.item_id not in index), None),
+            example=next((it.item_id for it in items if it.item_id not in kept), None),
         )
-    return {"dims": int(vectors.shape[1]), "metric": METRIC, "item_count": len(index)}
+    return {"dims": int(vectors.shape[1]), "metric": METRIC, "item_count": count, **extra}
 
 
 def usable_rows(ids: Sequence[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -253,12 +363,13 @@ def _unit(vector: np.ndarray) -> np.ndarray | None:
 
 
 class VectorChannel(Channel):
-    """Base class: item vectors in a VectorIndex, queries by history and/or text.
+    """Base class: item vectors in a vector store, queries by history and/or text.
 
     Subclasses set :attr:`Params` (a :class:`VectorParams` subclass), implement the
-    encoder hooks and a ``build`` classmethod. Thread-safe: searches run concurrently;
-    upserts, deletes and the start-up reconciliation are serialised by one lock (the
-    index has its own lock around every usearch call).
+    encoder hooks and a ``build`` classmethod (run inside :func:`building`, so its
+    :func:`write_vectors` writes to the store the params choose). Thread-safe: searches
+    run concurrently; upserts, deletes and the start-up reconciliation are serialised by
+    one lock (the usearch index has its own lock around every usearch call).
     """
 
     trusted_output = True  # filters by the catalogue itself (recall_engine.sdk.testing)
@@ -267,10 +378,16 @@ class VectorChannel(Channel):
     #: Whether :meth:`encode_texts` is implemented (free-text queries).
     supports_text: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        build = cls.__dict__.get("build")
+        if isinstance(build, classmethod):
+            setattr(cls, "build", classmethod(_in_building(build.__func__)))  # noqa: B010
+
     def __init__(self, ctx: ChannelContext) -> None:
         super().__init__(ctx)
         self.params = ctx.params_as(self.Params)
-        self._index: VectorIndex | None = None
+        self._index: VectorStore | None = None
         self._batcher: MicroBatcher[str] | None = None
         self._write_lock = threading.Lock()
         self._version = ""
@@ -312,14 +429,11 @@ class VectorChannel(Channel):
     # -- lifecycle ------------------------------------------------------------------------
     def load(self) -> None:
         bundle = self.ctx.open_bundle()
-        ef = self.params.expansion_search
-        self._index = VectorIndex.load(
-            bundle.path / INDEX_DIR, view=False, **({"expansion_search": ef} if ef else {})
-        )
         self._version = bundle.version
-        check_index(self._index, f"{self.ctx.name}/{bundle.version}/{INDEX_DIR}")
+        built = _read_signatures(bundle.path / SIGNATURES_FILE)
+        self._index = self._open_store(bundle, built)
         self.open_encoders(bundle)
-        self._reconcile(_read_signatures(bundle.path / SIGNATURES_FILE))
+        self._reconcile(built)
         if self.supports_text:
             self._batcher = MicroBatcher(
                 self.encode_texts,
@@ -327,6 +441,42 @@ class VectorChannel(Channel):
                 max_delay_ms=self.params.max_delay_ms,
                 name=self.ctx.name,
             )
+
+    def _open_store(self, bundle: Bundle, built: Mapping[str, int]) -> VectorStore:
+        """The bundle's vectors, in the store it was built for (checked against the
+        ``store`` param), after a sample search said they answer sanely."""
+        entry = bundle.manifest.get(MANIFEST_FIELD) or {"kind": "usearch"}
+        kind = entry.get("kind", "usearch")
+        where = f"{self.ctx.name}/{bundle.version}"
+        if kind != self.params.store:
+            raise ValueError(
+                f"channels.{self.ctx.name}.params.store is {self.params.store!r}, but "
+                f"{where} was built for {kind!r}: rebuild the channel, or set store = {kind!r}"
+            )
+        if kind == "milvus":
+            from recall_engine.runtime.vector_store_milvus import MilvusStore
+
+            store = MilvusStore.open(
+                self.params.milvus_settings(),
+                str(entry["collection"]),
+                dim=int(bundle.manifest["dims"]),
+                metric=str(bundle.manifest.get("metric") or METRIC),
+                ids=built,
+            )
+            try:
+                check_store(store, f"{where} ({entry['collection']})")
+            except BaseException:
+                store.close()
+                raise
+            return store
+        ef = self.params.expansion_search
+        index = VectorIndex.load(
+            bundle.path / INDEX_DIR,
+            view=self.params.memory_map,
+            **({"expansion_search": ef} if ef else {}),
+        )
+        check_index(index, f"{where}/{INDEX_DIR}")
+        return index
 
     def warmup(self) -> None:
         self.warmup_encoders()
@@ -341,9 +491,11 @@ class VectorChannel(Channel):
             self._batcher.close()
             self._batcher = None
         self.close_encoders()
+        if self._index is not None:
+            self._index.close()
 
     @property
-    def index(self) -> VectorIndex:
+    def index(self) -> VectorStore:
         if self._index is None:
             raise RuntimeError(f"channel {self.ctx.name!r}: load() has not run")
         return self._index
@@ -546,6 +698,7 @@ class VectorChannel(Channel):
             "metric": index.metric,
             "index_dtype": index.dtype,
             "index_simd": index.hardware_acceleration,
+            **{k: str(v) for k, v in describe(index).items()},
             "text_queries": "yes" if self.supports_text else "no",
             "history_decay": str(self.params.history_decay),
             "reconciled_added": str(self._reconciled["added"]),
@@ -553,6 +706,17 @@ class VectorChannel(Channel):
             **self.encoder_details(),
         }
         return ChannelInfo(version=self._version, item_count=len(index), details=details)
+
+
+def _in_building(build: Callable[..., Any]) -> Callable[..., Any]:
+    """``build`` run inside :func:`building` for the channel it builds."""
+
+    @functools.wraps(build)
+    def wrapped(cls: type[VectorChannel], ctx: Any) -> Any:
+        with building(ctx.name, ctx.params_as(cls.Params)):
+            return build(cls, ctx)
+
+    return wrapped
 
 
 def _blend(
