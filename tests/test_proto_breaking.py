@@ -86,10 +86,10 @@ def mutated(tmp_path: Path, change: Callable[[Path], None]):
 
 BREAKING = {
     "field number changed": (
-        edit("uint32 k = 6;", "uint32 k = 12;"),
+        edit("uint32 k = 6;", "uint32 k = 99;"),
         "FIELD_NO_DELETE_UNLESS_NUMBER_RESERVED",
         'field "k" (6) of message "recall_engine.v1.RecallRequest" was deleted without '
-        "reserving its number, now number 12",
+        "reserving its number, now number 99",
     ),
     "scalar type changed": (
         edit("uint32 k = 6;", "int32 k = 6;"),
@@ -247,7 +247,7 @@ COMPATIBLE = {
         "  CHANNEL_STATUS_SKIPPED = 4;\n", '  reserved 4;\n  reserved "CHANNEL_STATUS_SKIPPED";\n'
     ),
     "additions": both(
-        edit("  string request_id = 11;\n", "  string request_id = 11;\n  string locale = 12;\n"),
+        edit("  string request_id = 11;\n", "  string request_id = 11;\n  string locale = 98;\n"),
         edit(
             "  CHANNEL_STATUS_OVERLOADED = 5;\n",
             "  CHANNEL_STATUS_OVERLOADED = 5;\n  CHANNEL_STATUS_STALE = 6;\n",

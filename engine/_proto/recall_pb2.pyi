@@ -24,7 +24,7 @@ CHANNEL_STATUS_SKIPPED: ChannelStatus
 CHANNEL_STATUS_OVERLOADED: ChannelStatus
 
 class RecallRequest(_message.Message):
-    __slots__ = ("user_id", "history_item_ids", "history_events", "history_timestamps", "text", "k", "exclude_item_ids", "categories", "include_history", "weight_override", "request_id")
+    __slots__ = ("user_id", "history_item_ids", "history_events", "history_timestamps", "text", "k", "exclude_item_ids", "categories", "include_history", "weight_override", "request_id", "explain")
     class WeightOverrideEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class RecallRequest(_message.Message):
     INCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     history_events: _containers.RepeatedScalarFieldContainer[str]
@@ -54,7 +55,8 @@ class RecallRequest(_message.Message):
     include_history: bool
     weight_override: _containers.ScalarMap[str, float]
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., history_events: _Optional[_Iterable[str]] = ..., history_timestamps: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[str]] = ..., include_history: _Optional[bool] = ..., weight_override: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    explain: bool
+    def __init__(self, user_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., history_events: _Optional[_Iterable[str]] = ..., history_timestamps: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[str]] = ..., include_history: _Optional[bool] = ..., weight_override: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class ChannelResult(_message.Message):
     __slots__ = ("channel", "status", "latency_ms", "returned", "error", "candidate_index", "rank", "score", "weight")
@@ -79,7 +81,7 @@ class ChannelResult(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., status: _Optional[_Union[ChannelStatus, str]] = ..., latency_ms: _Optional[float] = ..., returned: _Optional[int] = ..., error: _Optional[str] = ..., candidate_index: _Optional[_Iterable[int]] = ..., rank: _Optional[_Iterable[int]] = ..., score: _Optional[_Iterable[float]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
-    __slots__ = ("item_ids", "scores", "channels", "experiment", "variant", "fusion", "request_id")
+    __slots__ = ("item_ids", "scores", "channels", "experiment", "variant", "fusion", "request_id", "explanation")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,7 @@ class RecallResponse(_message.Message):
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
     channels: _containers.RepeatedCompositeFieldContainer[ChannelResult]
@@ -94,7 +97,95 @@ class RecallResponse(_message.Message):
     variant: str
     fusion: str
     request_id: str
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[ChannelResult, _Mapping]]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., fusion: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    explanation: Explanation
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[_Union[ChannelResult, _Mapping]]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., fusion: _Optional[str] = ..., request_id: _Optional[str] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("fusion", "rrf_k", "normalization", "cold_quota", "cold_slots", "candidates", "channel_errors")
+    class ChannelErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    COLD_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    COLD_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    fusion: str
+    rrf_k: float
+    normalization: str
+    cold_quota: float
+    cold_slots: int
+    candidates: _containers.RepeatedCompositeFieldContainer[CandidateExplanation]
+    channel_errors: _containers.ScalarMap[str, str]
+    def __init__(self, fusion: _Optional[str] = ..., rrf_k: _Optional[float] = ..., normalization: _Optional[str] = ..., cold_quota: _Optional[float] = ..., cold_slots: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[CandidateExplanation, _Mapping]]] = ..., channel_errors: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CandidateExplanation(_message.Message):
+    __slots__ = ("terms", "terms_sum", "placed_by_cold_quota", "formula", "evidence")
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    TERMS_SUM_FIELD_NUMBER: _ClassVar[int]
+    PLACED_BY_COLD_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    FORMULA_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    terms: _containers.RepeatedCompositeFieldContainer[FusionTerm]
+    terms_sum: float
+    placed_by_cold_quota: bool
+    formula: str
+    evidence: _containers.RepeatedCompositeFieldContainer[ChannelEvidence]
+    def __init__(self, terms: _Optional[_Iterable[_Union[FusionTerm, _Mapping]]] = ..., terms_sum: _Optional[float] = ..., placed_by_cold_quota: _Optional[bool] = ..., formula: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[ChannelEvidence, _Mapping]]] = ...) -> None: ...
+
+class FusionTerm(_message.Message):
+    __slots__ = ("channel", "weight", "rank", "raw_score", "normalized", "value")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    weight: float
+    rank: int
+    raw_score: float
+    normalized: float
+    value: float
+    def __init__(self, channel: _Optional[str] = ..., weight: _Optional[float] = ..., rank: _Optional[int] = ..., raw_score: _Optional[float] = ..., normalized: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
+
+class NearItem(_message.Message):
+    __slots__ = ("item_id", "similarity")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    similarity: float
+    def __init__(self, item_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class ChannelEvidence(_message.Message):
+    __slots__ = ("channel", "nearest", "similarity", "text_used", "text_similarity", "text_weight", "popularity_rank", "popularity_score", "two_tower_used", "two_tower_score")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_USED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_RANK_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    TWO_TOWER_USED_FIELD_NUMBER: _ClassVar[int]
+    TWO_TOWER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    nearest: _containers.RepeatedCompositeFieldContainer[NearItem]
+    similarity: str
+    text_used: bool
+    text_similarity: float
+    text_weight: float
+    popularity_rank: int
+    popularity_score: float
+    two_tower_used: bool
+    two_tower_score: float
+    def __init__(self, channel: _Optional[str] = ..., nearest: _Optional[_Iterable[_Union[NearItem, _Mapping]]] = ..., similarity: _Optional[str] = ..., text_used: _Optional[bool] = ..., text_similarity: _Optional[float] = ..., text_weight: _Optional[float] = ..., popularity_rank: _Optional[int] = ..., popularity_score: _Optional[float] = ..., two_tower_used: _Optional[bool] = ..., two_tower_score: _Optional[float] = ...) -> None: ...
 
 class BatchRecallRequest(_message.Message):
     __slots__ = ("requests",)

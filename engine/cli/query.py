@@ -7,10 +7,13 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from recall_engine.client import (
     TLS,
+    CandidateExplanation,
+    ChannelEvidence,
     ChannelReport,
     RecallCallError,
     RecallClient,
@@ -37,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="debug weight override, e.g. cf=1,llm=0 (needs allow_weight_override)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print why each candidate is there: the fusion arithmetic and the "
+        "channels' evidence (nearest history items, text, popularity rank)",
+    )
     p.add_argument(
         "--timeout", type=float, default=5.0, help="deadline in seconds, retries included"
     )
@@ -75,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=_csv(args.exclude),
         categories=_csv(args.categories),
         weight_override=weights,
+        explain=args.explain,
     )
     try:
         with RecallClient(args.addr, tls=_tls(args), token=args.token or None) as client:
@@ -101,7 +111,34 @@ def run(args: argparse.Namespace) -> int:
     for i, c in enumerate(result.candidates):
         hits = " ".join(f"{h.channel}#{h.rank}" for h in c.hits)
         print(f"{i + 1:4d}. {c.item_id:<16} {c.score:.5f}  {hits}")
+        if c.explanation is not None:
+            for line in _explanation_lines(c.explanation):
+                print(f"        {line}")
+    if result.explanation is not None:
+        for name, error in result.explanation.channel_errors.items():
+            print(f"  no evidence from {name}: {error}")
     return 0
+
+
+def _explanation_lines(why: CandidateExplanation) -> list[str]:
+    quota = "  (placed by the cold-item quota)" if why.placed_by_cold_quota else ""
+    lines = [f"fusion: {why.formula}{quota}"]
+    lines += [f"{e.channel}: {_evidence_text(e)}" for e in why.evidence]
+    return lines
+
+
+def _evidence_text(e: ChannelEvidence) -> str:
+    parts = []
+    if e.nearest:
+        near = ", ".join(f"{n.item_id} {n.similarity:.3f}" for n in e.nearest)
+        parts.append(f"near {near} ({e.similarity})")
+    if e.text_similarity is not None:
+        parts.append(f"text cosine {e.text_similarity:.3f} (weight {e.text_weight:g})")
+    if e.two_tower_score is not None:
+        parts.append(f"two-tower {e.two_tower_score:.3f}")
+    if e.popularity_rank:
+        parts.append(f"popularity rank {e.popularity_rank} (score {e.popularity_score:g})")
+    return "; ".join(parts) or "no evidence"
 
 
 def _as_dict(result: RecallResult) -> dict[str, Any]:
@@ -115,7 +152,7 @@ def _as_dict(result: RecallResult) -> dict[str, Any]:
             "error": ch.error,
         }
 
-    return {
+    out: dict[str, Any] = {
         "experiment": result.experiment,
         "variant": result.variant,
         "fusion": result.fusion,
@@ -126,7 +163,19 @@ def _as_dict(result: RecallResult) -> dict[str, Any]:
                 "item_id": c.item_id,
                 "score": c.score,
                 "channels": {h.channel: {"rank": h.rank, "score": h.score} for h in c.hits},
+                **({"explanation": asdict(c.explanation)} if c.explanation else {}),
             }
             for c in result.candidates
         ],
     }
+    if result.explanation is not None:
+        why = result.explanation
+        out["explanation"] = {
+            "fusion": why.fusion,
+            "rrf_k": why.rrf_k,
+            "normalization": why.normalization,
+            "cold_quota": why.cold_quota,
+            "cold_slots": why.cold_slots,
+            "channel_errors": dict(why.channel_errors),
+        }
+    return out

@@ -58,6 +58,8 @@ class RecallQuery:
     weight_override: Mapping[str, float] = field(default_factory=dict)
     #: the caller's id for log correlation; the server makes one when empty
     request_id: str = ""
+    #: also return why each candidate is there (``Candidate.explanation``)
+    explain: bool = False
 
     def __post_init__(self) -> None:
         for name in ("history", "exclude", "categories", "history_events"):
@@ -77,12 +79,82 @@ class ChannelHit:
 
 
 @dataclass(slots=True, frozen=True)
+class FusionTerm:
+    """What one channel added to a candidate's fused score: ``value = weight *
+    normalized`` (rrf: ``normalized = 1 / (rrf_k + rank)``; weighted_sum: the raw score
+    normalised over the channel's list; quota: 0)."""
+
+    channel: str
+    weight: float
+    rank: int
+    raw_score: float
+    normalized: float
+    value: float
+
+
+@dataclass(slots=True, frozen=True)
+class NearItem:
+    """A history item near a candidate (``ChannelEvidence.similarity`` says the measure)."""
+
+    item_id: str
+    similarity: float
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelEvidence:
+    """One channel's evidence for one candidate. ``text_similarity`` and
+    ``two_tower_score`` are None when no text or no two-tower model took part;
+    ``popularity_rank`` is 0 when the channel has none."""
+
+    channel: str
+    nearest: tuple[NearItem, ...]
+    similarity: str
+    text_similarity: float | None
+    text_weight: float
+    popularity_rank: int
+    popularity_score: float
+    two_tower_score: float | None
+
+
+@dataclass(slots=True, frozen=True)
+class CandidateExplanation:
+    """Why a candidate is in the list (``RecallQuery.explain``): the fusion terms
+    (their sum is the fused score unless ``placed_by_cold_quota`` capped it), a
+    readable ``formula``, and the evidence of the channels that can explain."""
+
+    terms: tuple[FusionTerm, ...]
+    terms_sum: float
+    placed_by_cold_quota: bool
+    formula: str
+    evidence: tuple[ChannelEvidence, ...]
+
+    def channel(self, name: str) -> ChannelEvidence | None:
+        """``name``'s evidence, or None when it gave none."""
+        return next((e for e in self.evidence if e.channel == name), None)
+
+
+@dataclass(slots=True, frozen=True)
+class ResponseExplanation:
+    """The fusion a response ran with (``RecallQuery.explain``): strategy, its params,
+    the cold quota, and the channels whose evidence failed (channel -> why)."""
+
+    fusion: str
+    rrf_k: float
+    normalization: str
+    cold_quota: float
+    cold_slots: int
+    channel_errors: Mapping[str, str]
+
+
+@dataclass(slots=True, frozen=True)
 class Candidate:
-    """A fused candidate: the fused score and every channel that returned it."""
+    """A fused candidate: the fused score and every channel that returned it (and,
+    when the query asked to ``explain``, why)."""
 
     item_id: str
     score: float
     hits: tuple[ChannelHit, ...]
+    explanation: CandidateExplanation | None = None
 
     def hit(self, channel: str) -> ChannelHit | None:
         """``channel``'s rank and score for this item, or None when it did not return it."""
@@ -117,6 +189,7 @@ class RecallResult:
     variant: str
     fusion: str
     request_id: str
+    explanation: ResponseExplanation | None = None
 
     @property
     def item_ids(self) -> tuple[str, ...]:
@@ -223,6 +296,7 @@ def request_of(q: RecallQuery) -> _pb.RecallRequest:
         include_history=q.include_history,
         weight_override=dict(q.weight_override),
         request_id=q.request_id,
+        explain=q.explain,
     )
 
 
@@ -262,17 +336,63 @@ def result_of(resp: _pb.RecallResponse) -> RecallResult:
                 score=score,
             )
         )
+    why: list[CandidateExplanation | None] = [None] * n
+    summary = None
+    if resp.HasField("explanation"):
+        summary, why = _explanation_of(resp.explanation, n)
     return RecallResult(
         candidates=tuple(
-            Candidate(item, score, tuple(h))
-            for item, score, h in zip(ids, scores, hits, strict=True)
+            Candidate(item, score, tuple(h), w)
+            for item, score, h, w in zip(ids, scores, hits, why, strict=True)
         ),
         channels=tuple(reports),
         experiment=resp.experiment,
         variant=resp.variant,
         fusion=resp.fusion,
         request_id=resp.request_id,
+        explanation=summary,
     )
+
+
+def _explanation_of(
+    msg: _pb.Explanation, n: int
+) -> tuple[ResponseExplanation, list[CandidateExplanation | None]]:
+    if len(msg.candidates) != n:
+        raise _malformed(f"{len(msg.candidates)} explanations for {n} candidates")
+    summary = ResponseExplanation(
+        fusion=msg.fusion,
+        rrf_k=msg.rrf_k,
+        normalization=msg.normalization,
+        cold_quota=msg.cold_quota,
+        cold_slots=msg.cold_slots,
+        channel_errors=MappingProxyType(dict(msg.channel_errors)),
+    )
+    why: list[CandidateExplanation | None] = [
+        CandidateExplanation(
+            terms=tuple(
+                FusionTerm(t.channel, t.weight, t.rank, t.raw_score, t.normalized, t.value)
+                for t in c.terms
+            ),
+            terms_sum=c.terms_sum,
+            placed_by_cold_quota=c.placed_by_cold_quota,
+            formula=c.formula,
+            evidence=tuple(
+                ChannelEvidence(
+                    channel=e.channel,
+                    nearest=tuple(NearItem(x.item_id, x.similarity) for x in e.nearest),
+                    similarity=e.similarity,
+                    text_similarity=e.text_similarity if e.text_used else None,
+                    text_weight=e.text_weight,
+                    popularity_rank=e.popularity_rank,
+                    popularity_score=e.popularity_score,
+                    two_tower_score=e.two_tower_score if e.two_tower_used else None,
+                )
+                for e in c.evidence
+            ),
+        )
+        for c in msg.candidates
+    ]
+    return summary, why
 
 
 def batch_of(resp: _pb.BatchRecallResponse, expected: int) -> list[BatchItem]:

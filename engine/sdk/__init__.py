@@ -4,7 +4,8 @@
   ``ItemRecord``, ``ChannelInfo``); imports nothing from the engine.
 * :mod:`recall_engine.sdk.channel` - the ``Channel`` contract (the plugin author's manual).
 * :mod:`recall_engine.sdk.capabilities` - optional capabilities as typed protocols:
-  ``Buildable`` (artifacts made by ``recall-engine build``), ``SupportsOnlineUpdates``.
+  ``Buildable`` (artifacts made by ``recall-engine build``), ``SupportsOnlineUpdates``,
+  ``Explainable`` (evidence for ``RecallRequest.explain``).
 * :mod:`recall_engine.sdk.params` - typed plugin parameters, checked at start-up.
 * :mod:`recall_engine.sdk.vector_channel` - the shared base for channels that serve
   item vectors from a usearch index.
@@ -16,9 +17,16 @@
 The package ships ``py.typed``: type checkers read these annotations.
 """
 
-from recall_engine.sdk.capabilities import Buildable, SupportsOnlineUpdates
+from recall_engine.sdk.capabilities import Buildable, Explainable, SupportsOnlineUpdates
 from recall_engine.sdk.channel import ENTRY_POINT_GROUP, BuildContext, Channel, ChannelContext
-from recall_engine.sdk.types import Candidates, ChannelInfo, ItemRecord, Query
+from recall_engine.sdk.types import (
+    Candidates,
+    ChannelInfo,
+    Evidence,
+    ItemRecord,
+    NearItem,
+    Query,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -28,7 +36,10 @@ __all__ = [
     "Channel",
     "ChannelContext",
     "ChannelInfo",
+    "Evidence",
+    "Explainable",
     "ItemRecord",
+    "NearItem",
     "Query",
     "SupportsOnlineUpdates",
 ]

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from recall_engine.sdk.types import ItemRecord
+from recall_engine.sdk.types import Evidence, ItemRecord, Query
 
 if TYPE_CHECKING:
     from recall_engine.sdk.channel import BuildContext
 
-__all__ = ["Buildable", "SupportsOnlineUpdates"]
+__all__ = ["Buildable", "Explainable", "SupportsOnlineUpdates"]
 
 
 @runtime_checkable
@@ -54,4 +54,19 @@ class SupportsOnlineUpdates(Protocol):
     def delete_items(self, item_ids: Sequence[str]) -> int:
         """Remove ``item_ids``; return how many this channel removed. Visible to the
         next ``recall``."""
+        ...
+
+
+@runtime_checkable
+class Explainable(Protocol):
+    """A channel that can say why it returned a candidate (``RecallRequest.explain``).
+    Channels without it still get the fusion arithmetic, and no evidence.
+
+    Called only for requests that ask, after fusion, for the fused candidates this
+    channel returned; from a worker thread, concurrently with ``recall``."""
+
+    def explain(self, query: Query, item_ids: Sequence[str]) -> Mapping[str, Evidence]:
+        """Evidence per item of ``item_ids`` (items this channel returned for ``query``,
+        the same query ``recall`` got); an item it has nothing to say about may be left
+        out. Cheap enough per request: a few lookups per item, no index search."""
         ...

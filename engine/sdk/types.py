@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Candidates", "ChannelInfo", "ItemRecord", "Query"]
+__all__ = ["Candidates", "ChannelInfo", "Evidence", "ItemRecord", "NearItem", "Query"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,3 +73,36 @@ class ItemRecord:
     title: str = ""
     text: str = ""
     categories: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class NearItem:
+    """A history item near a candidate; ``similarity`` on the measure the
+    :class:`Evidence` names."""
+
+    item_id: str
+    similarity: float
+
+
+@dataclass(slots=True, frozen=True)
+class Evidence:
+    """Why a channel returned one candidate (``Explainable.explain``); every field is
+    optional, a channel fills what it knows.
+
+    ``nearest``: the history items that pulled the candidate in, most similar first (at
+    most three), measured by ``similarity`` (``"cosine"`` of stored vectors,
+    ``"item2item"`` neighbour scores, ``"ease"`` weights). ``text_similarity``: the
+    cosine of the query text's vector and the candidate's (None: no text was used), and
+    ``text_weight`` the text's share of the query vector. ``popularity_rank``: 1-based
+    rank in the popularity list (0: unknown) with its ``popularity_score``.
+    ``two_tower_score``: the user vector's inner product with the candidate's (None: no
+    two-tower model took part).
+    """
+
+    nearest: tuple[NearItem, ...] = ()
+    similarity: str = ""
+    text_similarity: float | None = None
+    text_weight: float = 0.0
+    popularity_rank: int = 0
+    popularity_score: float = 0.0
+    two_tower_score: float | None = None

@@ -109,6 +109,7 @@ from recall_engine.sdk.params import (
     PositiveInt,
     UnitFloat,
 )
+from recall_engine.sdk.types import Evidence, NearItem
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
@@ -706,6 +707,38 @@ class VectorChannel(Channel):
             **self.encoder_details(),
         }
         return ChannelInfo(version=self._version, item_count=len(index), details=details)
+
+    def explain(self, query: Query, item_ids: Sequence[str]) -> dict[str, Evidence]:
+        """``Explainable``: per candidate, the three history items (of the newest
+        ``max_history``) whose stored vectors have the highest cosine with the
+        candidate's, and with text, the text vector's cosine and its weight in the
+        query vector (``text_weight``; 1 without a usable history)."""
+        index = self.index
+        cand, found = index.vectors(item_ids)
+        recent = list(dict.fromkeys(query.history[-self.params.max_history :]))
+        hist, known = index.vectors(recent)
+        cand = cand.reshape(len(found), -1)
+        cand = cand / np.maximum(np.linalg.norm(cand, axis=1, keepdims=True), _TINY)
+        cos = np.zeros((len(found), 0))
+        if known:
+            hist = hist / np.maximum(np.linalg.norm(hist, axis=1, keepdims=True), _TINY)
+            cos = cand @ hist.T
+        text_cos, text_weight = None, 0.0
+        if self.supports_text and query.text.strip():
+            text = _unit(np.asarray(self.encode_texts([query.text])[0], dtype=np.float32))
+            if text is not None:
+                text_cos = cand @ text
+                text_weight = self.params.text_weight if len(known) else 1.0
+        out = {}
+        for row, pos in enumerate(found):
+            top = np.argsort(-cos[row], kind="stable")[:3].tolist()
+            out[item_ids[pos]] = Evidence(
+                nearest=tuple(NearItem(recent[known[j]], float(cos[row, j])) for j in top),
+                similarity="cosine" if top else "",
+                text_similarity=None if text_cos is None else float(text_cos[row]),
+                text_weight=text_weight,
+            )
+        return out
 
 
 def _in_building(build: Callable[..., Any]) -> Callable[..., Any]:

@@ -44,6 +44,7 @@ from recall_engine.serving.errors import (
     Unavailable,
 )
 from recall_engine.serving.experiments import Assigner, Assignment
+from recall_engine.serving.explain import Explanation, channel_evidence, explain
 from recall_engine.serving.fusion import Fused, RankedList, fuse
 from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
@@ -78,6 +79,7 @@ class RecallOutput:
     reports: tuple[ChannelReport, ...]
     assignment: Assignment
     request_id: str
+    explanation: Explanation | None = None  # RecallRequest.explain only
 
 
 class _Slot:
@@ -505,7 +507,10 @@ class Engine:
         )
         ordered = tuple(reports[n] for n in state.config.channels if n in reports)
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
-        return RecallOutput(fused, ordered, assignment, inp.request_id)
+        why = None
+        if inp.explain:
+            why = await self._explain(state, inp, assignment, lists, weights, fused, t_end)
+        return RecallOutput(fused, ordered, assignment, inp.request_id, why)
 
     def _plan_calls(
         self,
@@ -692,6 +697,47 @@ class Engine:
         slot.latency_ok.observe(ms / 1000)
         slot.candidates.observe(len(cands))
         return ChannelReport(name, Status.OK, call.weight, ms, len(cands)), cands
+
+    async def _explain(
+        self,
+        state: _State,
+        inp: RecallInput,
+        assignment: Assignment,
+        lists: Sequence[RankedList],
+        weights: Mapping[str, float],
+        fused: Fused,
+        t_end: float,
+    ) -> Explanation:
+        """``RecallRequest.explain``: the fusion arithmetic of ``fused`` and the
+        evidence of the channels that returned its candidates (serving/explain.py), in
+        what is left of the deadline, on slots held until the evidence is in."""
+        plan = assignment.plan
+        slots = [s for n in fused.provenance if (s := self._acquire(state, n)) is not None]
+        evidence, errors = await channel_evidence(
+            {s.config.name: s.channel for s in slots},
+            inp.query,
+            fused,
+            t_end - time.perf_counter(),
+            release=lambda: _release_all(slots),
+        )
+        return explain(
+            plan.fusion,
+            lists,
+            weights,
+            inp.k,
+            fused,
+            priority=tuple(state.config.channels),
+            params=plan.fusion_params,
+            cold_quota=plan.cold_quota,
+            cold=lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
+            evidence=evidence,
+            channel_errors=errors,
+        )
+
+
+def _release_all(slots: Iterable[_Slot]) -> None:
+    for slot in slots:
+        slot.release()
 
 
 def _gave_up_at_deadline(call: _Call) -> bool:
@@ -896,6 +942,7 @@ def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: 
     token = CALL_DEADLINE.set(call.deadline())
     try:
         cands = _guarded(call.slot, catalog, query, call.k, check)
+
 
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         fan.finish(call, None, e)

@@ -25,6 +25,7 @@ class RecallInput:
     k: int
     request_id: str
     weight_override: Mapping[str, float] | None = None
+    explain: bool = False  # RecallRequest.explain: evidence after fusion (serving/explain.py)
 
 
 def recall_input(
@@ -85,7 +86,7 @@ def recall_input(
         categories=frozenset(req.categories),
     )
     override = _override(req, limits, channels) if req.weight_override else None
-    return RecallInput(query, k, req.request_id or uuid.uuid4().hex, override)
+    return RecallInput(query, k, req.request_id or uuid.uuid4().hex, override, req.explain)
 
 
 def _check_ids(req: _pb.RecallRequest, cap: int) -> None:

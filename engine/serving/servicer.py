@@ -15,6 +15,7 @@ from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.engine import Engine, RecallOutput
 from recall_engine.serving.errors import InvalidArgument, Overloaded, RecallError, status_of
+from recall_engine.serving.explain import Explanation
 from recall_engine.serving.requests import recall_input
 
 log = get_logger(__name__)
@@ -45,6 +46,8 @@ def to_proto(out: RecallOutput) -> _pb.RecallResponse:
             ch.candidate_index.extend(prov[0])
             ch.rank.extend(prov[1])
             ch.score.extend(prov[2])
+    if out.explanation is not None:
+        _fill_explanation(resp.explanation, out.explanation)
     return resp
 
 
@@ -172,3 +175,42 @@ def _log_failure(e: BaseException, code: grpc.StatusCode) -> None:
         log.info("request_rejected", code=code.name, error=str(e))
     else:
         log.exception("request_failed", code=code.name)
+
+
+def _fill_explanation(msg: _pb.Explanation, why: Explanation) -> None:
+    """``RecallResponse.explanation`` (RecallRequest.explain), one entry per candidate."""
+    msg.fusion = why.fusion
+    msg.rrf_k = float(why.params.get("rrf_k", 0.0))
+    msg.normalization = str(why.params.get("normalization", ""))
+    msg.cold_quota = why.cold_quota
+    msg.cold_slots = why.cold_slots
+    msg.channel_errors.update(why.channel_errors)
+    for cand in why.candidates:
+        c = msg.candidates.add(
+            terms_sum=cand.terms_sum,
+            placed_by_cold_quota=cand.placed_by_cold_quota,
+            formula=cand.formula,
+        )
+        for t in cand.terms:
+            c.terms.add(
+                channel=t.channel,
+                weight=t.weight,
+                rank=t.rank,
+                raw_score=t.raw_score,
+                normalized=t.normalized,
+                value=t.value,
+            )
+        for channel, ev in cand.evidence.items():
+            e = c.evidence.add(
+                channel=channel,
+                similarity=ev.similarity,
+                text_used=ev.text_similarity is not None,
+                text_similarity=ev.text_similarity or 0.0,
+                text_weight=ev.text_weight,
+                popularity_rank=ev.popularity_rank,
+                popularity_score=ev.popularity_score,
+                two_tower_used=ev.two_tower_score is not None,
+                two_tower_score=ev.two_tower_score or 0.0,
+            )
+            for near in ev.nearest:
+                e.nearest.add(item_id=near.item_id, similarity=near.similarity)

@@ -13,6 +13,7 @@ artifact always holds the per-category lists.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from recall_engine.sdk.channel import (
     Query,
 )
 from recall_engine.sdk.params import NonNegativeFloat
+from recall_engine.sdk.types import Evidence
 
 ARTIFACT = "popular.npz"
 
@@ -153,3 +155,20 @@ class PopularChannel(Channel):
             item_count=len(self._ids),
             details={"categories": str(len(self._by_cat))},
         )
+
+    def explain(self, query: Query, item_ids: Sequence[str]) -> dict[str, Evidence]:
+        """``Explainable``: each item's 1-based rank in the whole popularity list and its
+        score (the weighted, optionally decayed, interaction count)."""
+        rank_of = self._rank_of
+        return {
+            i: Evidence(
+                popularity_rank=rank_of[i] + 1, popularity_score=float(self._scores[rank_of[i]])
+            )
+            for i in item_ids
+            if i in rank_of
+        }
+
+    @functools.cached_property
+    def _rank_of(self) -> dict[str, int]:
+        # built on the first explain, never on the recall path
+        return {item: pos for pos, item in enumerate(self._ids)}

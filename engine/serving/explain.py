@@ -1,0 +1,244 @@
+"""``RecallRequest.explain``: why each returned candidate is in the list.
+
+Two parts, both computed after fusion, for the returned candidates only, and only when
+the request asks (the engine checks one flag otherwise):
+
+* the fusion arithmetic, per candidate and taking-part channel: the weight, the rank and
+  raw score, the normalised score or reciprocal-rank term, and their product, computed
+  exactly as :mod:`recall_engine.serving.fusion` does (same float64 operations, same
+  channel order), so for ``rrf`` and ``weighted_sum`` the terms add up to the fused
+  score; and whether the cold-item quota placed the item (the strategy alone, fused
+  again without the quota, left it out);
+* the evidence of every channel that returned a candidate and implements
+  :class:`~recall_engine.sdk.capabilities.Explainable`, run in a worker thread within
+  what is left of the request's deadline. A channel that raises or runs late gives no
+  evidence and is named in :attr:`Explanation.channel_errors`; the rest still explain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recall_engine.observability.logs import get_logger
+from recall_engine.sdk.capabilities import Explainable
+from recall_engine.sdk.channel import Channel
+from recall_engine.sdk.types import Evidence, Query
+from recall_engine.serving import fusion
+from recall_engine.serving.fusion import ColdMask, Fused, RankedList
+
+log = get_logger(__name__)
+
+__all__ = [
+    "CandidateExplanation",
+    "Explanation",
+    "FusionTerm",
+    "channel_evidence",
+    "explain",
+]
+
+
+@dataclass(slots=True, frozen=True)
+class FusionTerm:
+    """What one channel added to a candidate's fused score: ``value = weight *
+    normalized``, where ``normalized`` is ``1 / (rrf_k + rank)`` for rrf, the score
+    normalised over the channel's whole list for weighted_sum, 0 for quota."""
+
+    channel: str
+    weight: float
+    rank: int
+    raw_score: float
+    normalized: float
+    value: float
+
+
+@dataclass(slots=True, frozen=True)
+class CandidateExplanation:
+    """One candidate: its terms in channel order, their sum (float32, as the fused
+    scores are), whether the cold quota placed it, a readable formula, and the evidence
+    of the channels that returned it and can explain (channel -> evidence)."""
+
+    terms: tuple[FusionTerm, ...]
+    terms_sum: float
+    placed_by_cold_quota: bool
+    formula: str
+    evidence: Mapping[str, Evidence]
+
+
+@dataclass(slots=True, frozen=True)
+class Explanation:
+    """Every returned candidate explained (parallel to ``Fused.item_ids``), with the
+    strategy, its checked params and the cold quota it ran with."""
+
+    fusion: str
+    params: Mapping[str, Any]
+    cold_quota: float
+    cold_slots: int
+    candidates: tuple[CandidateExplanation, ...]
+    channel_errors: Mapping[str, str]
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+async def channel_evidence(
+    channels: Mapping[str, Channel],
+    query: Query,
+    fused: Fused,
+    budget_s: float,
+    release: Callable[[], None] = lambda: None,
+) -> tuple[dict[str, Mapping[str, Evidence]], dict[str, str]]:
+    """Ask every channel of ``channels`` that is :class:`Explainable` about the fused
+    candidates it returned, in one worker thread, within ``budget_s`` seconds. Returns
+    channel -> item -> evidence, and channel -> error for those that gave none.
+    ``release`` runs in the thread once it is done (the engine's slot release: a channel
+    is never closed under a late explain)."""
+    asked = {
+        name: [fused.item_ids[i] for i in fused.provenance[name][0]]
+        for name, channel in channels.items()
+        if name in fused.provenance and isinstance(channel, Explainable)
+    }
+    evidence: dict[str, Mapping[str, Evidence]] = {}
+    errors: dict[str, str] = {}
+
+    def run() -> None:
+        try:
+            for name, items in asked.items():
+                try:
+                    got = channels[name].explain(query, items)  # type: ignore[attr-defined]
+                    evidence[name] = {i: got[i] for i in items if i in got}
+                except Exception as e:  # noqa: BLE001 - one channel's fault, its error
+                    errors[name] = f"explain raised {type(e).__name__}: {e}"
+                    log.warning("channel_explain_failed", channel=name, error=errors[name])
+        finally:
+            release()
+
+    if not asked:
+        release()
+        return evidence, errors
+    try:
+        await asyncio.wait_for(asyncio.to_thread(run), timeout=max(budget_s, 0.0))
+    except TimeoutError:
+        late = {n: "no evidence within the request's deadline" for n in asked}
+        return {}, {**errors, **late}
+    return dict(evidence), dict(errors)
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def explain(
+    strategy: str,
+    lists: Sequence[RankedList],
+    weights: Mapping[str, float],
+    k: int,
+    fused: Fused,
+    *,
+    priority: Sequence[str] = (),
+    params: Mapping[str, Any] | None = None,
+    cold_quota: float = 0.0,
+    cold: ColdMask | None = None,
+    evidence: Mapping[str, Mapping[str, Evidence]] | None = None,
+    channel_errors: Mapping[str, str] | None = None,
+) -> Explanation:
+    """The :class:`Explanation` of ``fused``, the result of
+    ``fusion.fuse(strategy, lists, weights, k, priority=..., params=..., cold_quota=...,
+    cold=...)`` with these same arguments."""
+    checked = fusion.validate_params(strategy, params or {})
+    active = sorted(
+        (lst for lst in lists if weights.get(lst.channel, 0.0) > 0),
+        key=lambda lst: (_order(priority, lst.channel), lst.channel),
+    )
+    per_channel = [
+        _channel_terms(strategy, checked, lst, float(weights[lst.channel])) for lst in active
+    ]
+    cold_slots = fusion._cold_slots(cold_quota, k)
+    placed: set[str] = set()
+    if cold_slots and cold is not None and fused.item_ids:
+        alone = fusion.fuse(strategy, lists, weights, k, priority=priority, params=params)
+        placed = set(fused.item_ids) - set(alone.item_ids)
+    evidence = evidence or {}
+    out = []
+    for position, item in enumerate(fused.item_ids):
+        terms = tuple(t[item] for t in per_channel if item in t)
+        total = 0.0
+        for t in terms:  # float64, in channel order: as fusion adds them
+            total += t.value
+        out.append(
+            CandidateExplanation(
+                terms=terms,
+                terms_sum=float(np.float32(total)),
+                placed_by_cold_quota=item in placed,
+                formula=_formula(strategy, checked, terms, total, position, k),
+                evidence={
+                    t.channel: evidence[t.channel][item]
+                    for t in terms
+                    if item in evidence.get(t.channel, {})
+                },
+            )
+        )
+    return Explanation(
+        fusion=strategy,
+        params=checked,
+        cold_quota=float(cold_quota),
+        cold_slots=cold_slots,
+        candidates=tuple(out),
+        channel_errors=dict(channel_errors or {}),
+    )
+
+
+def _order(priority: Sequence[str], channel: str) -> int:
+    return priority.index(channel) if channel in priority else len(priority)
+
+
+def _channel_terms(
+    strategy: str, params: Mapping[str, Any], lst: RankedList, weight: float
+) -> dict[str, FusionTerm]:
+    """Item -> term for every item of one channel's list (the normalisers are fitted on
+    the whole list, so the whole list is read)."""
+    raw = np.array(lst.scores, dtype=np.float64)
+    ranks = np.arange(1, len(raw) + 1, dtype=np.int64)
+    if strategy == "rrf":
+        rrf_k = float(params["rrf_k"])
+        normalized = 1.0 / (rrf_k + ranks)
+        values = weight / (rrf_k + ranks)  # fusion's own expression, to the last bit
+    elif strategy == "weighted_sum" and len(raw):
+        normalize = fusion._NORMALIZERS[params["normalization"]]
+        scale = float(np.abs(raw).max())
+        normalized = normalize(raw / scale if scale > 0 else raw)
+        values = weight * normalized
+    else:  # quota: the position sets the score, not the channels' scores
+        normalized = values = np.zeros(len(raw))
+    return {
+        item: FusionTerm(lst.channel, weight, int(r), float(s), float(n), float(v))
+        for item, r, s, n, v in zip(
+            lst.item_ids,
+            ranks.tolist(),
+            raw.tolist(),
+            normalized.tolist(),
+            values.tolist(),
+            strict=True,
+        )
+    }
+
+
+def _formula(
+    strategy: str,
+    params: Mapping[str, Any],
+    terms: Sequence[FusionTerm],
+    total: float,
+    position: int,
+    k: int,
+) -> str:
+    if strategy == "rrf":
+        rrf_k = float(params["rrf_k"])
+        parts = [f"{t.weight:g}/({rrf_k:g}+{t.rank}) [{t.channel}]" for t in terms]
+    elif strategy == "weighted_sum":
+        parts = [f"{t.weight:g}*{t.normalized:.4f} [{t.channel}]" for t in terms]
+    else:
+        return f"quota: ({k}-{position})/{k} by position"
+    return " + ".join(parts) + f" = {total:.6g}"
