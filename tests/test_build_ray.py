@@ -7,9 +7,10 @@ Ray listens on every interface, so the cluster runs in a child process inside ne
 network and PID namespaces with only loopback up (``unshare``, as root): nothing is
 reachable from outside, and killing the child kills every Ray process with it (the
 child is the namespace's PID 1). The child (:func:`cluster_main`) makes three builds of
-the same synthetic data (tests/conftest.py's demo generator, 3,000 items: 12 encoder
-chunks): local, on Ray, and on Ray with the worker node removed as soon as the first
-chunk is back. The tests compare the bundles it leaves.
+the same synthetic data (the demo generator tests/conftest.py uses, written as CSV
+files; 3,000 items: 12 encoder chunks): ``recall-engine build`` without and with
+``--ray``, and one on Ray with the worker node removed as soon as the first chunk is
+back. The tests compare the bundles it leaves.
 
 On two cores each actor takes 0.5 CPU (a pool that takes every CPU starves Ray Data's
 other stages), each node a 150 MB object store, and the nodes' health checks are fast
@@ -39,7 +40,6 @@ from tests.helpers import ROOT, TESTS, wait_until
 MAX_ABS_DIFF = 1e-5
 MIN_COSINE = 0.99999
 N_ITEMS = 3000
-PARAMS = {"epochs": 1, "max_steps": 10, "dim": 16}
 CHILD_TIMEOUT_S = 420
 BUILDS = ("local", "ray", "node_removed")
 
@@ -175,43 +175,67 @@ class _RemoveNodeAfterFirstChunk:
             yield result
 
 
+CONFIG = """
+[artifacts]
+root = "artifacts"
+[channels.content]
+plugin = "content"
+[channels.content.params]
+epochs = 1
+max_steps = 10
+dim = 16
+"""
+
+
 def cluster_main(out: str) -> None:
-    """The child's body (in the namespaces): three builds into ``out``."""
+    """The child's body (in the namespaces): three builds of the same CSV files into
+    ``out``: ``recall-engine build`` without and with ``--ray``, then ``build_all`` on
+    Ray with a node removed mid-build."""
     import ray
     from ray.cluster_utils import Cluster
 
-    from recall_engine.config.schema import parse_config
+    from recall_engine.cli.main import main
+    from recall_engine.config import load_config
     from recall_engine.offline.build import build_all
-    from recall_engine.offline.data.demo import make_demo
+    from recall_engine.offline.data.demo import write_demo
+    from recall_engine.offline.data.interactions import load_interactions
+    from recall_engine.offline.data.items import load_items
     from recall_engine.offline.ray_build import RayExecutor, RaySettings
 
     root = Path(out)
-    demo = make_demo(n_items=N_ITEMS, n_users=300, seed=1)
+    interactions_csv, items_csv = write_demo(root / "data", n_items=N_ITEMS, n_users=300, seed=1)
+    config = root / "content.toml"
+    config.write_text(CONFIG)
 
-    def build(name: str, executor: Any = None) -> float:
-        config = parse_config(
-            {
-                "artifacts": {"root": str(root / name)},
-                "channels": {"content": {"plugin": "content", "params": PARAMS}},
-            },
-            root / name,
-        )
+    def cli(name: str, *flags: str) -> float:
         started = time.perf_counter()
-        build_all(demo.interactions, demo.items, root / name, config, executor=executor)
+        code = main(
+            ["build", "--interactions", str(interactions_csv), "--items", str(items_csv)]
+            + ["--config", str(config), "--out", str(root / name), "--no-progress", *flags]
+        )
+        assert code == 0, f"recall-engine build {' '.join(flags)}: exit {code}"
         return time.perf_counter() - started
 
-    report: dict[str, Any] = {"seconds": {"local": build("local")}}
+    report: dict[str, Any] = {"seconds": {"local": cli("local")}}
     node = {"num_cpus": 2, "object_store_memory": 150 * 2**20}
     fast_health = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "_system_config": fast_health})
     try:
         worker = cluster.add_node(**node)
         cluster.wait_for_nodes(timeout=120)
+        report["seconds"]["ray"] = cli(
+            "ray", "--ray", cluster.address, "--ray-actors", "2", "--ray-actor-cpus", "0.5"
+        )
+        interactions, _ = load_interactions(interactions_csv)
+        items, _ = load_items(items_csv)
         settings = RaySettings(cluster.address, actors=2, actor_cpus=0.5)
         with RayExecutor(settings) as executor:
-            report["seconds"]["ray"] = build("ray", executor)
             removing = _RemoveNodeAfterFirstChunk(executor, cluster, worker)
-            report["seconds"]["node_removed"] = build("node_removed", removing)
+            started = time.perf_counter()
+            build_all(
+                interactions, items, root / "node_removed", load_config(config), executor=removing
+            )
+            report["seconds"]["node_removed"] = time.perf_counter() - started
             alive = wait_until(
                 lambda: (n := sum(1 for x in ray.nodes() if x["Alive"])) == 1 and n,
                 timeout=60,
