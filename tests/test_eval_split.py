@@ -1,4 +1,6 @@
-"""Hold-out splits: sizes, no leakage from a user's future, time cut, validation split."""
+"""Hold-out splits: sizes, no leakage from a user's future (per user for the temporal
+and leave-last-one-out splits, globally for the time cut), the seeded random split,
+validation splits carved from train only."""
 
 from __future__ import annotations
 
@@ -6,8 +8,11 @@ import numpy as np
 import pytest
 
 from recall_engine.evaluation.split import (
+    PROTOCOLS,
     held_out_items,
+    leave_last_out_split,
     make_split,
+    random_split,
     temporal_split,
     time_split,
     validation_split,
@@ -111,3 +116,75 @@ def test_validation_split_is_carved_from_train_only():
 def test_held_out_items_drop_items_the_user_already_has_in_train():
     data = Interactions(["a", "a", "a", "b", "b"], ["x", "y", "x", "x", "y"], [1, 2, 3, 1, 2])
     assert held_out_items(temporal_split(data, 0.34)) == {"b": {"y"}}
+
+
+def _rows(data: Interactions) -> list[tuple[str, str, int]]:
+    return sorted(
+        zip(data.user_ids.tolist(), data.item_ids.tolist(), data.timestamps.tolist(), strict=True)
+    )
+
+
+@pytest.mark.parametrize("kind", PROTOCOLS)
+def test_every_protocol_partitions_the_log(kind):
+    data = _log(3)
+    split = make_split(data, kind, seed=7)
+    assert split.kind == kind and len(split.test) > 0
+    assert sorted(_rows(split.train) + _rows(split.test)) == _rows(data)
+
+
+def test_random_split_holds_out_the_same_counts_as_temporal_at_random():
+    data = _log(1)
+    rand, temp = random_split(data, 0.3, seed=0), temporal_split(data, 0.3)
+    counts = {u: len(r) for u, r in rand.test.by_user().items()}
+    assert counts == {u: len(r) for u, r in temp.test.by_user().items()}
+    # at random: some user has a test row older than one of their training rows
+    train = _per_user(rand.train)
+    assert any(s.min() < train[u].max() for u, s in _per_user(rand.test).items())
+
+
+def test_random_split_is_seeded():
+    data = _log(2)
+    a, b, c = (random_split(data, 0.2, seed=s) for s in (5, 5, 6))
+    assert _rows(a.test) == _rows(b.test)
+    assert _rows(a.test) != _rows(c.test)
+    assert a.params == {"test_fraction": 0.2, "seed": 5}
+
+
+def test_leave_last_out_holds_out_exactly_the_newest_row_of_each_user():
+    data = _log(4)
+    split = leave_last_out_split(data)
+    test = split.test.by_user()
+    for user, rows in data.by_user().items():
+        if len(rows) < 2:
+            assert user not in test
+            continue
+        assert len(test[user]) == 1, user
+        newest = data.timestamps[rows].max()
+        assert split.test.timestamps[test[user][0]] == newest
+        assert split.train.timestamps[split.train.by_user()[user]].max() <= newest
+
+
+def test_leave_last_out_breaks_ties_by_file_order():
+    data = Interactions(["a", "a", "a"], ["x", "y", "z"], [5, 7, 7])
+    assert leave_last_out_split(data).test.item_ids.tolist() == ["z"]
+
+
+def test_time_split_tests_only_on_rows_after_every_training_row():
+    for seed in range(3):
+        split = make_split(_log(seed), "time", quantile=0.7)
+        assert split.test.timestamps.min() > split.train.timestamps.max()
+
+
+@pytest.mark.parametrize("kind", ["random", "loo"])
+def test_validation_split_of_the_new_protocols_is_carved_from_train(kind):
+    split = make_split(_log(), kind, seed=3)
+    val = validation_split(split)
+    assert val.kind == kind
+    assert sorted(_rows(val.train) + _rows(val.test)) == _rows(split.train)
+    if kind == "random":
+        assert val.params["seed"] == 4  # not the outer split's draw again
+
+
+def test_unknown_protocol_names_the_known_ones():
+    with pytest.raises(ValueError, match="temporal, random, loo, time"):
+        make_split(_log(), "shuffle")  # type: ignore[arg-type]

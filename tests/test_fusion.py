@@ -478,3 +478,118 @@ def test_rrf_equals_a_plain_python_reference(data, rrf_k):
     out = fuse("rrf", lists, weights, k, priority=priority, params={"rrf_k": rrf_k})
     assert out.item_ids == expected
     assert out.scores.tolist() == [np.float32(score[i]) for i in expected]
+
+
+# --------------------------------------------------------------------------- cold quota
+
+
+def cold_of(cold_ids: set[str]):
+    return lambda ids: np.asarray([i in cold_ids for i in ids], dtype=bool)
+
+
+def test_cold_quota_puts_the_best_cold_items_in_place_of_the_last_warm_ones():
+    cf = rl("cf", "w1 w2 w3 w4 w5 w6")
+    content = rl("content", "w2 c1 w7 c2 c3")
+    weights = {"cf": 1.0, "content": 0.1}
+    base = fuse("rrf", [cf, content], weights, 5)
+    assert base.item_ids == ["w2", "w1", "w3", "w4", "w5"]
+    out = fuse("rrf", [cf, content], weights, 5, cold_quota=0.4, cold=cold_of({"c1", "c2", "c3"}))
+    # floor(0.4 * 5) = 2 slots: the two best cold items in fused order, at the end
+    assert out.item_ids == ["w2", "w1", "w3", "c1", "c2"]
+    assert out.scores.tolist()[:3] == base.scores.tolist()[:3]
+    assert out.scores[3] == np.float32(0.1 / 62) and out.scores[4] == np.float32(0.1 / 64)
+    assert out.provenance["content"] == ([0, 3, 4], [1, 2, 4], [5.0, 4.0, 2.0])
+
+
+def test_cold_items_already_in_the_list_count_towards_the_quota():
+    cf = rl("cf", "w1 c1 w2 w3")
+    content = rl("content", "c2 c3")
+    cold = cold_of({"c1", "c2", "c3"})
+    out = fuse("rrf", [cf, content], {"cf": 1.0, "content": 0.01}, 4, cold_quota=0.5, cold=cold)
+    assert out.item_ids == ["w1", "c1", "w2", "c2"]  # c1 earned its place; one more slot
+
+
+def test_cold_quota_never_takes_items_no_taking_part_channel_returned():
+    cf = rl("cf", "w1 w2 w3 w4")
+    content = rl("content", "c1 c2")
+    cold = cold_of({"c1", "c2", "c9"})
+    muted = fuse("rrf", [cf, content], {"cf": 1.0, "content": 0.0}, 4, cold_quota=1.0, cold=cold)
+    assert muted.item_ids == ["w1", "w2", "w3", "w4"]  # content has weight 0
+    out = fuse("rrf", [cf, content], {"cf": 1.0, "content": 1.0}, 4, cold_quota=1.0, cold=cold)
+    assert sorted(out.item_ids) == ["c1", "c2", "w1", "w2"]  # c9: nobody returned it
+
+
+def test_cold_quota_without_a_cold_signal_changes_nothing():
+    lists = [rl("cf", "w1 w2 w3"), rl("content", "c1")]
+    base = fuse("rrf", lists, {"cf": 1.0, "content": 0.1}, 2)
+    assert_same(base, fuse("rrf", lists, {"cf": 1.0, "content": 0.1}, 2, cold_quota=1.0, cold=None))
+    assert_same(
+        base,
+        fuse("rrf", lists, {"cf": 1.0, "content": 0.1}, 2, cold_quota=1.0, cold=lambda ids: None),
+    )
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.1"])
+def test_bad_cold_quota_names_the_key(bad):
+    with pytest.raises(ValueError, match=r"^cold_quota: "):
+        fuse("rrf", [rl("a", "x")], {"a": 1.0}, 3, cold_quota=bad, cold=cold_of(set()))
+
+
+def test_a_cold_mask_of_the_wrong_length_is_rejected():
+    with pytest.raises(ValueError, match=r"^cold: expected 2 flags"):
+        fuse("rrf", [rl("a", "x y")], {"a": 1.0}, 1, cold_quota=1.0, cold=lambda ids: [True])
+
+
+@st.composite
+def cold_inputs(draw):
+    lists, weights, k, priority = draw(fusion_inputs())
+    cold = set(draw(st.lists(st.sampled_from(ITEM_POOL), unique=True)))
+    quota = draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]))
+    return lists, weights, k, priority, cold, quota
+
+
+@by_config
+@prop
+@given(data=fusion_inputs(), cold=st.sets(st.sampled_from(ITEM_POOL)))
+def test_cold_quota_zero_is_exactly_the_plain_fusion(strategy, params, data, cold):
+    lists, weights, k, priority = data
+    plain = fuse(strategy, lists, weights, k, priority=priority, params=params)
+    out = fuse(strategy, lists, weights, k, priority=priority, params=params, cold=cold_of(cold))
+    assert_same(plain, out)
+
+
+@by_config
+@prop
+@given(data=cold_inputs())
+def test_cold_quota_reserves_at_most_the_cap_and_only_returned_cold_items(strategy, params, data):
+    lists, weights, k, priority, cold, quota = data
+    base = fuse(strategy, lists, weights, k, priority=priority, params=params)
+    out = fuse(
+        strategy,
+        lists,
+        weights,
+        k,
+        priority=priority,
+        params=params,
+        cold_quota=quota,
+        cold=cold_of(cold),
+    )
+    cap = math.floor(quota * k + 1e-9)
+    returned = {i for lst in positive(lists, weights) for i in lst.item_ids}
+    added = [i for i in out.item_ids if i not in base.item_ids]
+    dropped = [i for i in base.item_ids if i not in out.item_ids]
+    # same length, deduped, sorted scores
+    assert len(out.item_ids) == len(set(out.item_ids)) == len(base.item_ids)
+    assert (np.diff(out.scores) <= 0).all() and out.scores.dtype == np.float32
+    # what came in: cold items a taking-part channel returned, no more than the cap
+    assert set(added) <= cold & returned and len(added) <= cap
+    # the quota is filled as far as the channels allow, and never beyond by promotion
+    in_out = sum(i in cold for i in out.item_ids)
+    in_base = sum(i in cold for i in base.item_ids)
+    assert in_out == max(in_base, min(cap, len(cold & returned)))
+    # what went: the last non-cold items of the plain list; the rest keep their order
+    warm = [i for i in base.item_ids if i not in cold]
+    assert dropped == warm[len(warm) - len(dropped) :]
+    assert [i for i in out.item_ids if i in base.item_ids] == [
+        i for i in base.item_ids if i not in dropped
+    ]

@@ -28,6 +28,7 @@ from recall_engine.evaluation.runner import (
     EvalOptions,
     run_evaluation,
 )
+from recall_engine.evaluation.significance import DEFAULT_RESAMPLES
 from recall_engine.observability.logs import configure
 from recall_engine.offline.data.interactions import DataError
 from recall_engine.serving.registry import PluginError
@@ -56,6 +57,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=100,
         help="users sent through Engine.recall per variant to check the offline fusion (0: skip)",
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help="paired bootstrap resamples for the fused-vs-reference intervals (0: skip; "
+        "default %(default)s, seeded with --seed)",
+    )
+    p.add_argument(
+        "--cold-quotas",
+        default="",
+        help="comma-separated cold_quota values: the default plan is also evaluated with "
+        "each (systems fused:default+cold<q>), for the cold-item trade-off table",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--baselines: unknown {', '.join(unknown)} (known: {', '.join(BASELINES)})"
             )
+        quotas = parse_list(args.cold_quotas, float)
+        bad = [q for q in quotas if not 0 <= q <= 1]
+        if bad:
+            raise ValueError(f"--cold-quotas: give shares between 0 and 1, got {bad}")
+        if args.bootstrap < 0:
+            raise ValueError(f"--bootstrap: give a count >= 0, got {args.bootstrap}")
         config = load_config(args.config) if args.config else None
         interactions, items = load_data(args)
         options = EvalOptions(
@@ -85,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             parity_users=args.parity_users,
             workdir=args.workdir,
+            bootstrap=args.bootstrap,
+            cold_quotas=tuple(quotas),
             progress=lambda msg: print(
                 f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True
             ),

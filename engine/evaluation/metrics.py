@@ -35,6 +35,7 @@ __all__ = [
     "hits_matrix",
     "ids_to_matrix",
     "novelty_table",
+    "per_user",
 ]
 
 METRICS = ("recall", "ndcg", "hit", "coverage", "novelty")
@@ -152,3 +153,23 @@ def evaluate(
             )
         out[k] = row
     return out
+
+
+def per_user(recs: np.ndarray, truth: Truth, k: int) -> dict[str, np.ndarray]:
+    """Per evaluated user: ``recall``, ``ndcg`` (as in :func:`evaluate`, whose averages
+    these are) and ``hits`` (test items in the top ``k``), at one ``k``. For
+    segments and the bootstrap, which need the users' own figures."""
+    if recs.shape[1] < k:
+        raise ValueError(f"recs has {recs.shape[1]} columns, need k = {k}")
+    h = hits_matrix(recs, truth)[:, :k]
+    if len(truth) == 0:
+        empty = np.zeros(0)
+        return {"recall": empty, "ndcg": empty, "hits": empty}
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.cumsum(discounts)[np.minimum(k, truth.sizes) - 1]
+    n_hits = h.sum(axis=1).astype(np.float64)
+    return {
+        "recall": n_hits / truth.sizes,
+        "ndcg": (h * discounts).sum(axis=1) / idcg,
+        "hits": n_hits,
+    }

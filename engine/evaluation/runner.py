@@ -20,6 +20,17 @@ How the engine is queried (the choice the issue leaves open):
   through ``Engine.recall`` under each variant's plan and counts identical lists; the
   report carries the count.
 
+* **Cold quota**: a plan with ``cold_quota`` > 0 is fused once per K (a ranking
+  service asking for K candidates gets ``floor(cold_quota * K)`` cold slots at the end
+  of its list), each K's figures from its own list; ``cold_quotas`` adds copies of the
+  default plan with those quotas, for the trade-off table. Cold items are what the
+  build's catalogue says (``Catalog.cold_mask``): items without training rows.
+
+Besides the overall figures: slices (cold users, cold items), segments (history length,
+item-popularity decile, cold / warm items: :mod:`~recall_engine.evaluation.segments`)
+and paired bootstrap intervals of every fused variant against every channel and
+baseline (:mod:`~recall_engine.evaluation.significance`), all on the same users.
+
 A request carries the user's training interactions as history (oldest first, newest
 last, with timestamps; at most ``server.max_history`` of the newest), excludes every
 training item of the user, and asks for ``k = max(ks)``.
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import platform
 import tempfile
 import time
@@ -42,7 +54,23 @@ import numpy as np
 
 from recall_engine.config import Config, Plan, default_config
 from recall_engine.evaluation import baselines as bl
-from recall_engine.evaluation.metrics import METRICS, Truth, evaluate, ids_to_matrix, novelty_table
+from recall_engine.evaluation.metrics import (
+    METRICS,
+    Truth,
+    evaluate,
+    ids_to_matrix,
+    novelty_table,
+    per_user,
+)
+from recall_engine.evaluation.segments import (
+    Segment,
+    history_segments,
+    item_segments,
+    popularity_segments,
+    score_segments,
+    train_popularity,
+)
+from recall_engine.evaluation.significance import DEFAULT_RESAMPLES, paired_bootstrap
 from recall_engine.evaluation.split import Split, held_out_items, make_split, validation_split
 from recall_engine.observability.logs import get_logger
 from recall_engine.offline.build import BuiltChannel, build_all
@@ -51,7 +79,7 @@ from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.types import ItemRecord, Query
 from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine, Status
-from recall_engine.serving.fusion import RankedList, fuse
+from recall_engine.serving.fusion import ColdMask, RankedList, fuse
 from recall_engine.serving.requests import RecallInput
 
 log = get_logger(__name__)
@@ -64,6 +92,7 @@ __all__ = [
     "Served",
     "UserSet",
     "channel_lists",
+    "cold_variants",
     "eval_config",
     "fuse_plan",
     "run_evaluation",
@@ -96,6 +125,8 @@ class EvalOptions:
     seed: int = 0
     parity_users: int = PARITY_USERS
     workdir: Path | None = None  # None: a temporary folder, removed afterwards
+    bootstrap: int = DEFAULT_RESAMPLES  # paired bootstrap resamples (0: none)
+    cold_quotas: tuple[float, ...] = ()  # default plan copies with these cold quotas
     progress: Callable[[str], None] = field(default=lambda msg: None)
 
 
@@ -190,6 +221,16 @@ def variant_plans(config: Config) -> dict[str, Plan]:
         for v in exp.variants:
             plans[f"{exp.name}/{v.name}"] = v.plan
     return plans
+
+
+def cold_variants(plan: Plan, quotas: Sequence[float]) -> dict[str, Plan]:
+    """``default+cold<q>``: ``plan`` with ``cold_quota`` q, for every q other than the
+    plan's own."""
+    return {
+        f"default+cold{q:g}": replace(plan, cold_quota=float(q))
+        for q in quotas
+        if float(q) != plan.cold_quota
+    }
 
 
 def _single_plan(config: Config, name: str, k: int) -> Plan:
@@ -338,8 +379,10 @@ def fuse_plan(
     n: int,
     k: int,
     priority: Sequence[str],
+    cold: ColdMask | None = None,
 ) -> list[str]:
-    """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it."""
+    """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it
+    (``cold``: the catalogue's cold items, for the plan's cold quota)."""
     lists = []
     for name, w in plan.weights.items():
         if w <= 0 or name not in per_channel:
@@ -349,7 +392,14 @@ def fuse_plan(
         if len(lst.item_ids):
             lists.append(RankedList(name, lst.item_ids[:depth], lst.scores[:depth]))
     fused = fuse(
-        plan.fusion, lists, dict(plan.weights), k, priority=priority, params=plan.fusion_params
+        plan.fusion,
+        lists,
+        dict(plan.weights),
+        k,
+        priority=priority,
+        params=plan.fusion_params,
+        cold_quota=plan.cold_quota,
+        cold=cold,
     )
     return fused.item_ids
 
@@ -469,7 +519,29 @@ def _slices(split: Split, us: UserSet) -> dict[str, tuple[np.ndarray, Truth]]:
     }
 
 
-Recs = dict[str, tuple[str, np.ndarray]]  # system -> (kind, (users, kmax) item indices)
+#: One system's top lists: a ``(users, kmax)`` matrix of item indices, or for a plan
+#: with a cold quota one such matrix per K (the list a request for K items gets).
+RecsEntry = np.ndarray | dict[int, np.ndarray]
+Recs = dict[str, tuple[str, RecsEntry]]  # system -> (kind, lists)
+
+
+def _at(m: RecsEntry, k: int) -> np.ndarray:
+    return m[k] if isinstance(m, dict) else m
+
+
+def _take(m: RecsEntry, rows: np.ndarray) -> RecsEntry:
+    return {k: v[rows] for k, v in m.items()} if isinstance(m, dict) else m[rows]
+
+
+def _evaluate(
+    m: RecsEntry, truth: Truth, ks: Sequence[int], n_catalog: int, selfinfo: np.ndarray
+) -> dict[int, dict[str, float]]:
+    if not isinstance(m, dict):
+        return evaluate(m, truth, ks, n_catalog, selfinfo)
+    out: dict[int, dict[str, float]] = {}
+    for k in ks:
+        out.update(evaluate(m[k], truth, [k], n_catalog, selfinfo))
+    return out
 
 
 def run_evaluation(
@@ -486,6 +558,7 @@ def run_evaluation(
         test_fraction=options.test_fraction,
         cut_time=options.cut_time,
         quantile=options.cut_quantile,
+        seed=options.seed,
     )
     us = user_set(split, item_universe(items, interactions), options.max_users, options.seed)
     options.progress(
@@ -511,7 +584,12 @@ def run_evaluation(
         systems[name] = {"kind": "baseline", **base_info[name]}
     t0 = time.perf_counter()
     overall, slices = _score(recs, systems, split, us, ks)
+    popularity = _popularity(split, us)
+    segments = score_segments(recs, _segments(us, popularity), ks)
     timings["metrics_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    comparisons = compare(recs, us.truth, main_k, options.bootstrap, options.seed)
+    timings["bootstrap_seconds"] = round(time.perf_counter() - t0, 2)
     timings["total_seconds"] = round(time.perf_counter() - started, 2)
     return {
         "protocol": {
@@ -530,6 +608,9 @@ def run_evaluation(
         "channels": channels,
         "systems": overall,
         "slices": slices,
+        "segments": segments,
+        "comparisons": comparisons,
+        "cold_quota": cold_tradeoff(overall, segments, main_k),
         "timings": timings,
         "machine": machine(),
         "metrics": list(METRICS),
@@ -548,6 +629,7 @@ def _evaluate_engine(
     """Build and serve the channels; every channel's and variant's top ``max(ks)``."""
     kmax = ks[-1]
     plans = variant_plans(config)
+    plans.update(cold_variants(config.plan, options.cold_quotas))
     depth = max(kmax, *(k for p in plans.values() for k in p.channel_k.values()))
     recs: Recs = {}
     systems: dict[str, dict[str, Any]] = {}
@@ -575,12 +657,19 @@ def _evaluate_engine(
             systems[name] = {"kind": "channel", "statuses": statuses[name]}
         t0 = time.perf_counter()
         priority = tuple(served.config.channels)
-        fused = {
-            name: [fuse_plan(plan, per_channel, n, kmax, priority) for n in range(len(queries))]
-            for name, plan in plans.items()
-        }
+        catalog = served.engine.catalog
+        fused: dict[str, list[list[str]]] = {}
         for name, plan in plans.items():
-            recs[f"fused:{name}"] = ("variant", ids_to_matrix(fused[name], us.index, kmax))
+            cold = functools.partial(catalog.cold_mask, max_age_days=plan.cold_max_age_days)
+            # with a cold quota the list for K is not the top K of the list for kmax
+            per_k = ks if plan.cold_quota > 0 else (kmax,)
+            by_k = {
+                k: [fuse_plan(plan, per_channel, n, k, priority, cold) for n in range(len(queries))]
+                for k in per_k
+            }
+            fused[name] = by_k[kmax]
+            mats = {k: ids_to_matrix(v, us.index, kmax) for k, v in by_k.items()}
+            recs[f"fused:{name}"] = ("variant", mats if plan.cold_quota > 0 else mats[kmax])
             systems[f"fused:{name}"] = {"kind": "variant", "plan": _plan_json(plan)}
         timings["fusion_seconds"] = round(time.perf_counter() - t0, 2)
         parity = parity_check(
@@ -604,11 +693,7 @@ def _score(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every metric of every system, overall and per slice."""
     train_u = np.unique(split.train.user_ids, return_inverse=True)[1]
-    train_i = np.fromiter(
-        (us.index.get(i, -1) for i in split.train.item_ids.tolist()),
-        dtype=np.int64,
-        count=len(split.train),
-    )
+    train_i = _train_item_codes(split, us)
     known = train_i >= 0
     selfinfo = novelty_table(train_u[known], train_i[known], len(us.item_ids))
     n_catalog = len(us.item_ids)
@@ -621,15 +706,116 @@ def _score(
     for name, (kind, m) in recs.items():
         overall[name] = {
             **systems[name],
-            "metrics": _metrics_json(evaluate(m, us.truth, ks, n_catalog, selfinfo)),
+            "metrics": _metrics_json(_evaluate(m, us.truth, ks, n_catalog, selfinfo)),
         }
         for s, (rows, truth) in slices.items():
             if len(rows):
                 by_slice[s]["systems"][name] = {
                     "kind": kind,
-                    "metrics": _metrics_json(evaluate(m[rows], truth, ks, n_catalog, selfinfo)),
+                    "metrics": _metrics_json(
+                        _evaluate(_take(m, rows), truth, ks, n_catalog, selfinfo)
+                    ),
                 }
     return overall, by_slice
+
+
+def _train_item_codes(split: Split, us: UserSet) -> np.ndarray:
+    return np.fromiter(
+        (us.index.get(i, -1) for i in split.train.item_ids.tolist()),
+        dtype=np.int64,
+        count=len(split.train),
+    )
+
+
+def _popularity(split: Split, us: UserSet) -> np.ndarray:
+    """Distinct training users per item index."""
+    train_u = np.unique(split.train.user_ids, return_inverse=True)[1]
+    return train_popularity(train_u, _train_item_codes(split, us), len(us.item_ids))
+
+
+def _segments(us: UserSet, popularity: np.ndarray) -> list[Segment]:
+    lengths = np.asarray([len(h) for h in us.histories], dtype=np.int64)
+    return [
+        *history_segments(lengths, us.truth),
+        *popularity_segments(popularity, us.truth),
+        *item_segments(popularity, us.truth),
+    ]
+
+
+def compare(recs: Recs, truth: Truth, k: int, resamples: int, seed: int) -> dict[str, Any]:
+    """Paired bootstrap of every fused variant against every channel and baseline (and
+    against ``fused:default``), on recall and NDCG at ``k`` (per-user resampling,
+    seeded). ``best_baseline`` is the baseline with the highest recall@k here: a label
+    for the report, not a choice anything is tuned by."""
+    if resamples <= 0 or len(truth) == 0:
+        return {}
+    scores = {name: per_user(_at(m, k), truth, k) for name, (_, m) in recs.items()}
+    kinds = {name: kind for name, (kind, _) in recs.items()}
+    baselines = [n for n, kd in kinds.items() if kd == "baseline"]
+    best = max(baselines, key=lambda n: float(scores[n]["recall"].mean()), default=None)
+    rows = []
+    default = "fused:default" if "fused:default" in kinds else None
+    for system in (n for n, kd in kinds.items() if kd == "variant"):
+        others = [n for n, kd in kinds.items() if kd in ("channel", "baseline")]
+        if default and system != default:
+            others.append(default)  # what a variant (a cold quota) changes
+        for ref in others:
+            for metric in ("recall", "ndcg"):
+                rows.append(
+                    {
+                        "system": system,
+                        "reference": ref,
+                        "reference_kind": kinds[ref],
+                        "metric": f"{metric}@{k}",
+                        **paired_bootstrap(
+                            scores[system][metric],
+                            scores[ref][metric],
+                            resamples=resamples,
+                            seed=seed,
+                        ),
+                    }
+                )
+    return {"k": k, "best_baseline": best, "resamples": resamples, "seed": seed, "rows": rows}
+
+
+def cold_tradeoff(
+    overall: Mapping[str, Any], segments: Mapping[str, Any], k: int
+) -> dict[str, Any]:
+    """Per fused variant and content-based channel: recall@k overall, on cold test items
+    and on warm ones, and the change against ``fused:default``."""
+    items = segments.get("items", {})
+    ref = "fused:default"
+
+    def recall(seg: str, name: str) -> float | None:
+        s = items.get(seg, {}).get("systems", {}).get(name)
+        return None if s is None else s["metrics"][str(k)]["recall"]
+
+    rows = []
+    for name, s in overall.items():
+        if s["kind"] == "baseline":
+            continue
+        rows.append(
+            {
+                "system": name,
+                "kind": s["kind"],
+                "cold_quota": s.get("plan", {}).get("cold_quota"),
+                "recall": s["metrics"][str(k)]["recall"],
+                "cold_recall": recall("cold", name),
+                "warm_recall": recall("warm", name),
+            }
+        )
+    base = next((r for r in rows if r["system"] == ref), None)
+    for r in rows:
+        for key in ("recall", "warm_recall"):
+            b, v = (base or {}).get(key), r[key]
+            r[f"{key}_change"] = None if not b or v is None else round(v / b - 1.0, 6)
+    return {
+        "k": k,
+        "reference": ref if base else None,
+        "cold_users": items.get("cold", {}).get("users", 0),
+        "cold_test_items": items.get("cold", {}).get("test_items", 0),
+        "rows": rows,
+    }
 
 
 def _metrics_json(m: Mapping[int, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -645,6 +831,8 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "weights": dict(plan.weights),
         "channel_k": dict(plan.channel_k),
         "fusion_params": dict(plan.fusion_params),
+        "cold_quota": plan.cold_quota,
+        "cold_max_age_days": plan.cold_max_age_days,
     }
 
 

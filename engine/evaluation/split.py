@@ -1,6 +1,6 @@
 """Train / test splits of an interaction log for offline evaluation.
 
-Two protocols:
+Four protocols (``--protocol``):
 
 ``temporal`` (default)
     Per-user temporal hold-out: each user's interactions are ordered by timestamp (file
@@ -8,6 +8,15 @@ Two protocols:
     ``round(fraction * n)`` rows, at least 1 and at most ``n - 1``. Users with fewer
     than 2 interactions stay entirely in train. Every user's test rows are therefore no
     older than that user's newest training row (no leakage from the future of a user).
+``random``
+    Per-user random hold-out: the same number of rows per user as ``temporal``, drawn
+    uniformly from the user's rows by a generator seeded with ``seed`` (same seed, same
+    split). Ignores time, so a test row may be older than training rows: the classic
+    protocol, optimistic for anything that models recency.
+``loo``
+    Leave-last-one-out: each user with at least 2 interactions has exactly their newest
+    row held out (file order breaks timestamp ties), the usual protocol for sequential
+    recommenders.
 ``time``
     Global time cut: rows with ``timestamp < cut`` are train, the others test. ``cut`` is
     given (``cut_time``) or the ``quantile`` of all timestamps (0.8 by default). Users
@@ -32,10 +41,13 @@ import numpy as np
 from recall_engine.offline.data.interactions import Interactions
 
 __all__ = [
+    "PROTOCOLS",
     "DEFAULT_QUANTILE",
     "DEFAULT_TEST_FRACTION",
     "Split",
+    "leave_last_out_split",
     "make_split",
+    "random_split",
     "temporal_split",
     "held_out_items",
     "time_split",
@@ -44,7 +56,8 @@ __all__ = [
 
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_QUANTILE = 0.8
-SplitKind = Literal["temporal", "time"]
+SplitKind = Literal["temporal", "random", "loo", "time"]
+PROTOCOLS: tuple[str, ...] = ("temporal", "random", "loo", "time")
 
 
 @dataclass(slots=True, frozen=True, eq=False)
@@ -70,24 +83,64 @@ class Split:
         }
 
 
-def temporal_split(data: Interactions, fraction: float = DEFAULT_TEST_FRACTION) -> Split:
-    """Hold out the newest ``fraction`` of every user's interactions (see module doc)."""
+def _per_user_positions(data: Interactions, key: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One stable sort over (user, ``key``): ``order`` (rows per user by key, file order
+    on ties), each sorted row's user row count ``n`` and 1-based position from the
+    user's end (1 = the last)."""
+    _, codes, counts = np.unique(data.user_ids, return_inverse=True, return_counts=True)
+    order = np.lexsort((key, codes))
+    n = counts[codes[order]]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    from_end = n - (np.arange(len(order)) - starts[codes[order]])
+    return order, n, from_end
+
+
+def _check_fraction(fraction: float) -> None:
     if not 0 < fraction < 1:
         raise ValueError(f"test fraction must be between 0 and 1 (exclusive), got {fraction}")
+
+
+def temporal_split(data: Interactions, fraction: float = DEFAULT_TEST_FRACTION) -> Split:
+    """Hold out the newest ``fraction`` of every user's interactions (see module doc)."""
+    _check_fraction(fraction)
     is_test = np.zeros(len(data), dtype=bool)
     if len(data):
-        # One stable sort over (user, time): rows per user oldest first, file order on ties
-        # (the order of Interactions.by_user), then each row's position from the user's end.
-        _, codes, counts = np.unique(data.user_ids, return_inverse=True, return_counts=True)
-        order = np.lexsort((data.timestamps, codes))
-        n = counts[codes[order]]
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        from_end = n - (np.arange(len(order)) - starts[codes[order]])  # 1 = newest
+        # rows per user oldest first, file order on ties (the order of Interactions.by_user)
+        order, n, from_end = _per_user_positions(data, data.timestamps)
         n_test = np.clip(np.rint(fraction * n).astype(np.int64), 1, n - 1)
         is_test[order] = (n >= 2) & (from_end <= n_test)
     return Split(
         data.subset(~is_test), data.subset(is_test), "temporal", {"test_fraction": fraction}
     )
+
+
+def random_split(
+    data: Interactions, fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0
+) -> Split:
+    """Hold out a seeded random ``fraction`` of every user's interactions (module doc)."""
+    _check_fraction(fraction)
+    is_test = np.zeros(len(data), dtype=bool)
+    if len(data):
+        # the same counts as temporal_split, on a random order within each user
+        key = np.random.default_rng(seed).permutation(len(data))
+        order, n, from_end = _per_user_positions(data, key)
+        n_test = np.clip(np.rint(fraction * n).astype(np.int64), 1, n - 1)
+        is_test[order] = (n >= 2) & (from_end <= n_test)
+    return Split(
+        data.subset(~is_test),
+        data.subset(is_test),
+        "random",
+        {"test_fraction": fraction, "seed": seed},
+    )
+
+
+def leave_last_out_split(data: Interactions) -> Split:
+    """Hold out each user's newest interaction (users with at least 2; module doc)."""
+    is_test = np.zeros(len(data), dtype=bool)
+    if len(data):
+        order, n, from_end = _per_user_positions(data, data.timestamps)
+        is_test[order] = (n >= 2) & (from_end == 1)
+    return Split(data.subset(~is_test), data.subset(is_test), "loo", {"test_per_user": 1})
 
 
 def time_split(
@@ -120,21 +173,31 @@ def make_split(
     test_fraction: float = DEFAULT_TEST_FRACTION,
     cut_time: int | None = None,
     quantile: float = DEFAULT_QUANTILE,
+    seed: int = 0,
 ) -> Split:
-    """The split the CLI names: ``temporal`` or ``time``."""
+    """The split the CLI names (``--protocol``): one of :data:`PROTOCOLS`."""
     if kind == "temporal":
         return temporal_split(data, test_fraction)
+    if kind == "random":
+        return random_split(data, test_fraction, seed)
+    if kind == "loo":
+        return leave_last_out_split(data)
     if kind == "time":
         return time_split(data, cut_time, quantile)
-    raise ValueError(f"unknown split {kind!r}: use 'temporal' or 'time'")
+    raise ValueError(f"unknown protocol {kind!r}: use one of {', '.join(PROTOCOLS)}")
 
 
 def validation_split(split: Split) -> Split:
-    """A split of ``split.train`` made the same way: the per-user newest fraction, or
-    for a time cut the same quantile of the training timestamps (for an explicit cut
-    time, the quantile that holds out the same share of rows as the outer split)."""
+    """A split of ``split.train`` made the same way: the per-user newest fraction, a
+    random fraction (with the next seed), the newest row, or for a time cut the same
+    quantile of the training timestamps (for an explicit cut time, the quantile that
+    holds out the same share of rows as the outer split)."""
     if split.kind == "temporal":
         return temporal_split(split.train, split.params["test_fraction"])
+    if split.kind == "random":
+        return random_split(split.train, split.params["test_fraction"], split.params["seed"] + 1)
+    if split.kind == "loo":
+        return leave_last_out_split(split.train)
     quantile = split.params.get("quantile")
     if quantile is None:  # an explicit cut: hold out the same share of the training rows
         quantile = min(max(1.0 - split.params["test_share"], 0.05), 0.95)

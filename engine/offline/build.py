@@ -12,7 +12,7 @@ from recall_engine.config import Config
 from recall_engine.observability.logs import get_logger
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.runtime.artifacts import ArtifactStore
-from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.catalog import Catalog, write_first_seen
 from recall_engine.sdk.capabilities import Buildable
 from recall_engine.sdk.channel import BuildContext, BuildExecutor, ItemRecord, LocalExecutor
 from recall_engine.sdk.vector_channel import using_executor
@@ -47,15 +47,22 @@ def build_all(
     progress: bool = False,
     executor: BuildExecutor | None = None,
 ) -> list[BuiltChannel]:
-    """Write ``out/catalog`` and a new current bundle under ``out/<channel>`` for every
-    enabled channel (or just ``channels``; an empty list builds the catalogue alone)
-    whose plugin defines ``build``. ``executor`` runs the channels' batch work
-    (``BuildContext.executor``; default: this process; ``recall-engine build --ray``:
+    """Write ``out/catalog`` (with ``first_seen.npz``: which items the log has, since
+    when) and a new current bundle under ``out/<channel>`` for every enabled channel (or
+    just ``channels``; an empty list builds the catalogue alone) whose plugin defines
+    ``build``. ``executor`` runs the channels' batch work (``BuildContext.executor``;
+    default: this process; ``recall-engine build --ray``:
     :class:`recall_engine.offline.ray_build.RayExecutor`)."""
     check_plugin_params(config)  # a typo in [channels.*.params] stops us before any work
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(items, folder=out / "catalog")
     catalog.save(out / "catalog")
+    # which items had interactions, and since when: the fusion's cold quota reads it
+    write_first_seen(
+        out / "catalog",
+        interactions.item_ids,
+        interactions.timestamps if interactions.has_timestamps else None,
+    )
     store = ArtifactStore(out)
     plugins = discover(blocked=config.plugins.blocked)
     results: list[BuiltChannel] = []
