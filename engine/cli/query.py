@@ -130,7 +130,7 @@ def _explanation_lines(why: CandidateExplanation) -> list[str]:
 def _evidence_text(e: ChannelEvidence) -> str:
     parts = []
     if e.nearest:
-        near = ", ".join(f"{n.item_id} {n.similarity:.3f}" for n in e.nearest)
+        near = ", ".join(f"{n.item_id} {n.similarity:.4g}" for n in e.nearest)
         parts.append(f"near {near} ({e.similarity})")
     if e.text_similarity is not None:
         parts.append(f"text cosine {e.text_similarity:.3f} (weight {e.text_weight:g})")
