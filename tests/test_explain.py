@@ -22,7 +22,7 @@ from recall_engine.runtime.index import VectorIndex
 from tests.harness import make_config, serve
 from tests.helpers import warm_items
 
-WEIGHTS = {"popular": 0.3, "cf": 1.0, "content": 0.7, "fixed": 0.5}
+WEIGHTS = {"popular": 0.3, "cf": 1.0, "content": 0.7, "tower": 0.6, "fixed": 0.5}
 RRF_K = 30  # not the default 60: the explanation must read the plan's
 TEXT_WEIGHT = 0.4  # not the default 0.5, for the same reason
 COLD_QUOTA = 0.3
@@ -33,6 +33,8 @@ def _channels(demo) -> dict:
         "popular": {"required": True},
         "cf": {"params": {"epochs": 2, "dim": 32, "batch_size": 256}},
         "content": {"params": {"epochs": 2, "text_weight": TEXT_WEIGHT}},
+        # cf's two-tower part alone
+        "tower": {"plugin": "cf", "params": {"item2item": False, "epochs": 2, "dim": 32}},
         # the test plugin (tests/fake_plugins.py): no explain method
         "fixed": {"plugin": "fixed", "params": {"items": sorted(demo.topics)[:40]}},
     }
@@ -239,6 +241,19 @@ def test_cf_names_history_items_by_their_neighbour_scores(built, rrf, demo_small
             assert n.similarity == pytest.approx(want[n.item_id], rel=1e-5)
         checked += 1
     assert checked >= 5
+
+
+def test_two_tower_score_is_the_score_the_tower_ranked_by(rrf, demo_small):
+    result = _recall(rrf, history_item_ids=_history(demo_small), k=60, explain=True)
+    checked = 0
+    for c in result.candidates:
+        hit, ev = c.hit("tower"), c.explanation.channel("tower")
+        if hit is None:
+            continue
+        assert ev is not None and not ev.nearest  # no item-to-item part here
+        assert ev.two_tower_score == pytest.approx(hit.score, abs=1e-4)
+        checked += 1
+    assert checked >= 3
 
 
 def test_explain_off_returns_no_explanation_and_the_same_candidates(rrf, demo_small):
