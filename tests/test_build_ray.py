@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,27 @@ def test_ray_flag_without_ray_installed_fails_naming_the_extra(tmp_path: Path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "recall-engine[ray]" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_flag_with_no_cluster_at_the_address_fails_at_once(tmp_path: Path):
+    """Nobody listens at the address: exit 2 naming it, not minutes of ray.init
+    waiting for a head node."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("needs the [ray] extra (ray[data]): pip install 'recall-engine[ray]'")
+    with socket.socket() as s:  # a port that was free a moment ago, now closed
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    done = subprocess.run(
+        [sys.executable, "-m", "recall_engine.cli.main", "build", "--ray", address]
+        + ["--interactions", str(tmp_path / "missing.csv"), "--items", str(tmp_path / "x.csv")]
+        + ["--out", str(tmp_path / "out"), "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--ray {address}: no Ray head node there" in done.stderr, done.stderr
 
 
 # --------------------------------------------------------------------------- helpers

@@ -30,6 +30,7 @@ import logging
 import math
 import pickle
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -115,6 +116,7 @@ class RayExecutor:
         ray = import_ray()
         if not ray.is_initialized():
             address = self.settings.address
+            _check_reachable(address)
             try:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -240,6 +242,18 @@ def unpack_model(packed: dict[str, Any]) -> OnnxModel:
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a ``HOST:PORT`` (or ``ray://HOST:PORT``) nobody listens on:
+    ``ray.init`` would wait for that head node for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or a form Ray itself resolves
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise RayBuildError(f"--ray {address}: no Ray head node there ({e})") from None
 
 
 def _cpu_gpu(ray: ModuleType) -> dict[str, float]:
