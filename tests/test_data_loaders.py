@@ -559,3 +559,45 @@ def test_ml_latest_tags_written_after_a_users_training_part_stay_out_of_item_tex
     assert "spoiler" not in items[2].text and "late" not in items[1].text
     _, via_spec = load_dataset(f"ml-latest:{folder}", train_part=train_part)
     assert via_spec == items
+
+
+def test_eval_flags_filter_ml_latest_tags_with_the_split_they_name(tmp_path):
+    """``eval``/``tune-weights`` load through ``load_data``, which hands the loader the
+    training part of the split the flags name (here the per-user temporal 50 %)."""
+    import argparse
+
+    from recall_engine.cli._data_flags import add_input_arguments, add_split_arguments, load_data
+
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    write(
+        folder / "ratings.csv",
+        "userId,movieId,rating,timestamp\r\n1,1,4.0,100\r\n1,2,3.0,200\r\n",
+    )
+    write(folder / "movies.csv", "movieId,title,genres\r\n1,A,Drama\r\n2,B,Drama\r\n")
+    write(folder / "tags.csv", "userId,movieId,tag,timestamp\r\n1,1,seen,100\r\n1,2,later,200\r\n")
+    parser = argparse.ArgumentParser()
+    add_input_arguments(parser)
+    add_split_arguments(parser)
+    args = parser.parse_args(["--dataset", f"ml-latest:{folder}", "--test-fraction", "0.5"])
+    _, items = load_data(args)
+    assert [it.categories for it in items] == [("Drama", "tag:seen"), ("Drama",)]
+
+
+def test_eval_help_states_the_default_plan_the_default_config_has():
+    """``eval --help`` (and ``tune-weights --help``) say what runs without --config,
+    read from default_config: its fusion and every channel's weight."""
+    import argparse
+    from pathlib import Path
+
+    from recall_engine.cli._data_flags import add_input_arguments
+    from recall_engine.config import default_config
+
+    parser = argparse.ArgumentParser()
+    add_input_arguments(parser)
+    text = " ".join(parser.format_help().split())  # argparse wraps lines
+    plan = default_config(Path("artifacts")).plan
+    assert plan.fusion.upper() in text
+    for name, weight in plan.weights.items():
+        assert f"{name} {weight:g}" in text
+    assert "weight 1, RRF" not in text

@@ -172,3 +172,103 @@ def test_tune_weights_writes_a_loadable_variant(demo_files, tmp_path: Path):
     assert tuned.plan.weights["popular"] > 0.0  # the fallback is kept (--keep)
     loaded = load_config(full)
     assert [v.name for v in loaded.experiments[-1].variants] == ["control", "tuned"]
+
+
+# A log where ten new items were first seen last: each the newest interaction of six
+# users, so leave-last-one-out holds them out and no training row has them (cold).
+# "fresh" (a fixed list, as a content channel would find them) returns them.
+NEW_ITEMS = [f"new-{n:02d}" for n in range(10)]
+COLD_CONFIG = f"""\
+[channels.popular]
+required = true
+
+[channels.fresh]
+plugin = "fixed"
+params = {{ items = {NEW_ITEMS + ["item-0001", "item-0002"]!r} }}
+
+[plan]
+fusion = "rrf"
+weights = {{ popular = 1.0, fresh = 0.05 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    root = tmp_path_factory.mktemp("eval_cold")
+    interactions, items = write_demo(root / "data", n_items=300, n_users=200)
+    lines = interactions.read_text().splitlines()
+    last: dict[str, int] = {}
+    for line in lines[1:]:
+        user, _, stamp = line.split(",")[:3]
+        last[user] = max(last.get(user, 0), int(stamp))
+    users = sorted(last)[:60]
+    extra = [f"{u},{NEW_ITEMS[n % 10]},{last[u] + 3600},1,view" for n, u in enumerate(users)]
+    interactions.write_text("\n".join(lines + extra) + "\n")
+    with items.open("a") as fh:
+        fh.writelines(f"{i},A new item {i},Something new,news\n" for i in NEW_ITEMS)
+    config = root / "config.toml"
+    config.write_text(COLD_CONFIG)
+    out = root / "out"
+    rc = main(
+        ["eval", "--interactions", str(interactions), "--items", str(items)]
+        + ["--config", str(config), "--k", "5,10,20", "--out", str(out)]
+        + ["--protocol", "loo", "--cold-quotas", "0.2", "--baselines", "popularity,itemknn"]
+        + ["--bootstrap", "200", "--parity-users", "60"]
+    )
+    return out, rc
+
+
+def test_eval_protocol_flag_and_new_outputs(cold_run):
+    out, rc = cold_run
+    assert rc == 0
+    for name in (
+        "segments_history_length.png",
+        "segments_item_popularity.png",
+        "segments_items.png",
+        "cold_quota.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "eval.json").read_text())
+    assert result["protocol"]["split"]["kind"] == "loo"
+    assert result["protocol"]["test_items"] == result["protocol"]["evaluated_users"]
+    report = (out / "report.md").read_text()
+    assert "leave-last-one-out" in report
+    for heading in ("## Segments", "## Paired bootstrap", "## Cold items in the fused list"):
+        assert heading in report
+
+
+def test_cold_quota_variant_brings_cold_items_and_the_engine_agrees(cold_run):
+    result = json.loads((cold_run[0] / "eval.json").read_text())
+    assert "fused:default+cold0.2" in result["systems"]
+    # Engine.recall under the cold plan returns what the offline fusion computed
+    parity = result["channels"]["engine_parity"]
+    assert parity["default+cold0.2"] == {"users": 60, "identical": 60}, parity
+    cold = result["segments"]["items"]["cold"]
+    assert cold["users"] == 60 and cold["test_items"] == 60
+    for k in ("5", "10", "20"):
+        with_quota = cold["systems"]["fused:default+cold0.2"]["metrics"][k]["recall"]
+        without = cold["systems"]["fused:default"]["metrics"][k]["recall"]
+        assert with_quota >= without
+    assert cold["systems"]["fused:default+cold0.2"]["metrics"]["20"]["recall"] > 0
+    assert cold["systems"]["fused:default"]["metrics"]["20"]["recall"] == 0
+    rows = {r["system"]: r for r in result["cold_quota"]["rows"]}
+    assert rows["fused:default+cold0.2"]["cold_quota"] == 0.2
+    assert rows["fused:default"]["warm_recall_change"] == 0
+
+
+def test_segments_add_up_and_bootstrap_covers_every_pair(cold_run):
+    result = json.loads((cold_run[0] / "eval.json").read_text())
+    p = result["protocol"]
+    segs = result["segments"]
+    assert sum(s["users"] for s in segs["history_length"].values()) == p["evaluated_users"]
+    assert sum(s["test_items"] for s in segs["item_popularity"].values()) == p["test_items"]
+    assert "cold" in segs["item_popularity"]
+    cmp = result["comparisons"]
+    assert cmp["best_baseline"] in ("popularity", "itemknn")
+    pairs = {(r["system"], r["reference"], r["metric"]) for r in cmp["rows"]}
+    variants = [n for n, s in result["systems"].items() if s["kind"] == "variant"]
+    refs = [n for n, s in result["systems"].items() if s["kind"] != "variant"]
+    # every variant against every channel and baseline, and all but fused:default against it
+    assert len(pairs) == (len(variants) * len(refs) + len(variants) - 1) * 2
+    for r in cmp["rows"]:
+        assert r["ci"][0] <= r["diff"] <= r["ci"][1] and r["users"] == p["evaluated_users"]

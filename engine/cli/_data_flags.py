@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recall_engine.observability.logs import get_logger
 from recall_engine.offline.data.interactions import DataError, Interactions, load_interactions
 from recall_engine.offline.data.items import load_items
 from recall_engine.sdk.types import ItemRecord
+
+if TYPE_CHECKING:
+    from recall_engine.offline.data.movielens import TrainPart
 
 log = get_logger(__name__)
 
@@ -35,11 +39,15 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_inputs(args: argparse.Namespace, progress: bool) -> tuple[Interactions, list[ItemRecord]]:
+def load_inputs(
+    args: argparse.Namespace, progress: bool, train_part: TrainPart | None = None
+) -> tuple[Interactions, list[ItemRecord]]:
+    """``train_part``: what a split will train on, for datasets whose item metadata
+    users wrote over time (ml-latest's tags; see ``load_dataset``)."""
     if args.dataset:
         from recall_engine.offline.data.movielens import load_dataset
 
-        return load_dataset(args.dataset)
+        return load_dataset(args.dataset, train_part=train_part)
     if not args.interactions or not args.items:
         raise DataError("arguments", "give --interactions and --items, or --dataset")
     interactions, report = load_interactions(
@@ -60,24 +68,40 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         help="TOML config: channels, plan and experiments to evaluate "
-        "(default: every built-in channel, weight 1, RRF)",
+        f"(default: {default_plan_text()})",
     )
     p.add_argument("--seed", type=int, default=0)
 
 
+def default_plan_text() -> str:
+    """What runs without ``--config``, read from :func:`default_config` so the help
+    cannot drift from it: the built-in channels and the default plan's fusion,
+    parameters and weights."""
+    from recall_engine.config import default_config
+
+    plan = default_config(Path("artifacts")).plan
+    params = ", ".join(f"{k} {v:g}" for k, v in plan.fusion_params.items())
+    weights = ", ".join(f"{name} {w:g}" for name, w in plan.weights.items())
+    fusion = plan.fusion.upper() + (f" ({params})" if params else "")
+    return f"every built-in channel, {fusion}, weights {weights}"
+
+
 def add_split_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--protocol",
         "--split",
-        choices=("temporal", "time"),
+        dest="split",
+        choices=("temporal", "random", "loo", "time"),
         default="temporal",
         help="temporal: newest fraction of each user's interactions (default); "
-        "time: one global time cut",
+        "random: a seeded random fraction of each user's (--seed); "
+        "loo: each user's newest one (leave-last-one-out); time: one global time cut",
     )
     p.add_argument(
         "--test-fraction",
         type=float,
         default=0.2,
-        help="temporal split: share of each user's interactions held out",
+        help="temporal and random splits: share of each user's interactions held out",
     )
     p.add_argument("--cut-time", type=int, help="time split: first test timestamp (seconds)")
     p.add_argument(
@@ -94,5 +118,20 @@ def parse_list(text: str, convert=str) -> list:
 
 
 def load_data(args: argparse.Namespace):
-    """``--dataset`` or ``--interactions`` + ``--items``, as ``recall-engine build``."""
-    return load_inputs(args, progress=False)
+    """``--dataset`` or ``--interactions`` + ``--items``, as ``recall-engine build``, for
+    a command that then splits the log (``eval``, ``tune-weights``): item metadata that
+    users wrote over time comes from the training part of the split the flags name
+    (the same deterministic split the command makes next)."""
+    from recall_engine.evaluation.split import make_split
+
+    def train_part(log: Interactions) -> Interactions:
+        return make_split(
+            log,
+            args.split,
+            test_fraction=args.test_fraction,
+            cut_time=args.cut_time,
+            quantile=args.cut_quantile,
+            seed=args.seed,
+        ).train
+
+    return load_inputs(args, progress=False, train_part=train_part)
