@@ -331,3 +331,27 @@ def test_the_output_check_passes_good_answers_and_cuts_them_to_k():
     assert len(check_answer(Candidates.empty(), 5)) == 0
     dup = Candidates(["a", "a"], np.array([2.0, 1.0], np.float32))
     assert len(check_answer(dup, 5, unique=False)) == 2  # an untrusted channel: repaired later
+
+
+def test_a_request_that_comes_straight_back_finds_its_channel_free(tmp_path):
+    """A call gives back its bulkhead room before its request can see the outcome: a
+    client whose next request follows the answer at once (the evaluation runner, a
+    closed loop at the admission bound) never finds its channel full with nothing in
+    flight. Counted after the call returned, it sometimes did, and the channel was
+    reported OVERLOADED (eval: 'no channel had room for the request')."""
+    overload = OverloadSettings(max_in_flight=1, channel_max_in_flight=1, fallback=None)
+    engine = Engine(one_channel(tmp_path), catalog=catalog_of(ITEMS), overload=overload)
+    engine.load()
+
+    async def closed_loop(n: int) -> list[Status]:
+        statuses = []
+        for i in range(n):
+            out = await engine.recall(RecallInput(Query(user_id=f"u{i}"), 2, f"r{i}"), 5.0)
+            statuses.extend(report.status for report in out.reports)
+        return statuses
+
+    try:
+        statuses = asyncio.run(closed_loop(500))
+    finally:
+        engine.close()
+    assert statuses.count(Status.OK) == 500, {s: statuses.count(s) for s in set(statuses)}

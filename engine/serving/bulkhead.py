@@ -41,6 +41,7 @@ class Bulkhead:
         "_threads",
         "_closed",
         "_gauge",
+        "_current",
     )
 
     def __init__(self, name: str, limit: int) -> None:
@@ -56,6 +57,7 @@ class Bulkhead:
         self._threads = 0
         self._closed = False
         self._gauge = metrics.CHANNEL_IN_FLIGHT.labels(name)
+        self._current = threading.local()  # per worker: has its call given back its room?
 
     @property
     def in_flight(self) -> int:
@@ -99,15 +101,29 @@ class Bulkhead:
         for _ in range(threads):
             self._work.put(_STOP)
 
+    def release_current(self) -> None:
+        """Called by the running call, on its worker thread, just before it publishes
+        its result: give back its room now. Whoever waits for that result (the request)
+        may submit the next call at once, and must then find the room free; counted
+        after ``fn`` returned, a request that came straight back could find its
+        channel full for the few microseconds in between (reported OVERLOADED) although
+        no call was in flight. Idempotent; the worker gives the room back itself when
+        the call did not."""
+        if getattr(self._current, "released", True):
+            return
+        self._current.released = True
+        with self._lock:
+            self._in_flight -= 1
+            self._idle += 1
+        self._gauge.dec()
+
     def _worker(self) -> None:
         while (item := self._work.get()) is not _STOP:
             fn, args = item
+            self._current.released = False
             try:
                 fn(*args)
             except BaseException:  # noqa: BLE001 - a worker must outlive any call
                 log.exception("bulkhead_call_failed", channel=self.name)
             finally:
-                with self._lock:
-                    self._in_flight -= 1
-                    self._idle += 1
-                self._gauge.dec()
+                self.release_current()

@@ -942,11 +942,11 @@ def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: 
     token = CALL_DEADLINE.set(call.deadline())
     try:
         cands = _guarded(call.slot, catalog, query, call.k, check)
-
-
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
+        call.slot.bulkhead.release_current()  # before the request can see the outcome
         fan.finish(call, None, e)
     else:
+        call.slot.bulkhead.release_current()
         fan.finish(call, cands, None)
     finally:
         CALL_DEADLINE.reset(token)
