@@ -388,3 +388,12 @@ def test_auto_precision_picks_the_fastest_variant_whose_agreement_is_measured_an
     file, precision = choose_file(manifest, "auto", device)
     assert precision == expected
     assert file == (manifest.file if expected == "fp32" else f"model.{expected}.onnx")
+
+
+def test_serving_sessions_do_not_spin_between_runs(tmp_path):
+    """ONNX Runtime's pool threads busy-wait after each run by default, taking the cores
+    the rest of a request needs; serving sessions turn that off."""
+    model = OnnxModel(_tiny_model(tmp_path / "m"), device="cpu")
+    options = model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
