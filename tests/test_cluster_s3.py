@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from tests.test_cluster import CONVERGE_S, NatsCluster, Replica, converged, needs_nats
+from tests import test_cluster as cluster
+from tests.test_cluster import CONVERGE_S, Replica, converged
 
 s3 = pytest.importorskip("tests.test_s3_artifacts", reason="needs boto3 and moto[server]")
 
@@ -45,39 +45,14 @@ required = true
 """
 
 
-@pytest.fixture()
-def moto() -> Iterator[s3.Moto]:
-    server = s3.Moto()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def nats(tmp_path) -> Iterator[NatsCluster]:
-    needs_nats()
-    cluster = NatsCluster(tmp_path / "nats", 1)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture()
-def data(tmp_path):
-    from recall_engine.offline.data.demo import write_demo
-
-    folder = tmp_path / "data"
-    folder.mkdir()
-    interactions, items = write_demo(folder, n_items=400, n_users=300, seed=1)
-    lines = interactions.read_text().splitlines(keepends=True)
-    half = folder / "half.csv"
-    half.write_text("".join(lines[: 1 + (len(lines) - 1) // 2]))
-    return {"full": interactions, "half": half, "items": items}
+# fixtures: the S3 stand-in (a real moto server process), the demo data, credentials,
+# one nats-server
+moto, data, aws, nats1 = s3.moto, s3.data, s3.aws, cluster.nats1
 
 
 def test_a_version_one_replica_swaps_in_reaches_the_others_through_the_stream(
-    moto, nats, data, tmp_path, fake_plugins, monkeypatch
+    moto, nats1, data, tmp_path, fake_plugins
 ):
-    for key, value in s3.CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     moto.client.create_bucket(Bucket=bucket)
     url = f"s3://{bucket}/recs"
@@ -93,7 +68,7 @@ def test_a_version_one_replica_swaps_in_reaches_the_others_through_the_stream(
                 url=url,
                 endpoint=moto.endpoint,
                 poll_s=poll_s,
-                servers=json.dumps(nats.urls),
+                servers=json.dumps(nats1.urls),
                 stream=stream,
             )
         )

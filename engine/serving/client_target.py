@@ -14,8 +14,7 @@ address n mod N instead. Any gRPC client can do the same; in Python::
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+from recall_engine.client._channel import target_of
 
 ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
 
@@ -23,38 +22,12 @@ ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
 def balanced_target(addrs: str) -> tuple[str, list[tuple[str, str]]]:
     """``addrs`` ("HOST:PORT" or several, comma-separated) as a gRPC target and the
     channel options that go with it. One address is returned as is; several become an
-    ``ipv4:`` / ``ipv6:`` address list (host names resolved here) under round_robin.
-    Raises ``ValueError`` naming the bad entry."""
-    parts = [a.strip() for a in addrs.split(",") if a.strip()]
-    if not parts:
-        raise ValueError("addr: give HOST:PORT")
-    if len(parts) == 1:
-        return parts[0], []
-    v4, v6 = [], []
-    for part in parts:
-        host, sep, port = part.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            raise ValueError(f"addr: {part!r} is not HOST:PORT")
-        ip = _resolve(host, part)
-        if ip.version == 4:
-            v4.append(f"{ip}:{port}")
-        else:
-            v6.append(f"[{ip}]:{port}")
-    if v4 and v6:
-        raise ValueError(f"addr: mixes IPv4 and IPv6 addresses ({addrs!r})")
-    scheme, listed = ("ipv4", v4) if v4 else ("ipv6", v6)
-    return f"{scheme}:{','.join(listed)}", [ROUND_ROBIN]
-
-
-def _resolve(host: str, part: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ``ipv4:`` / ``ipv6:`` address list (host names resolved here) under round_robin
+    (:func:`recall_engine.client._channel.target_of`, which the Python client uses too).
+    Raises ``ValueError`` naming the bad entry (``addr: ...``)."""
     try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    try:
-        info = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ValueError(f"addr: cannot resolve {part!r} ({e})") from None
-    found = [ipaddress.ip_address(entry[4][0]) for entry in info]
-    return next((ip for ip in found if ip.version == 4), found[0])  # IPv4 when there is one
+        target = target_of(addrs)
+    except ValueError as e:
+        raise ValueError(str(e).replace("addresses:", "addr:", 1)) from None
+    several = target.startswith(("ipv4:", "ipv6:")) and "," in target
+    return target, [ROUND_ROBIN] if several else []
