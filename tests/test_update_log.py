@@ -365,3 +365,30 @@ def test_two_engines_writing_through_compactions_end_in_the_same_state(tmp_path,
     finally:
         for engine in engines:
             engine.close()
+
+
+def test_saving_online_vectors_prunes_the_channels_files_of_old_versions(tmp_path):
+    """One file per channel and bundle version; saving keeps the newest few of that
+    channel (older versions' files would otherwise pile up with every reload) and
+    leaves other channels' files alone."""
+    import numpy as np
+
+    from recall_engine.runtime.online_vectors import KEEP, read_online_vectors, save_online_vectors
+
+    folder = tmp_path / "vectors"
+    vectors = np.ones((1, 4), dtype=np.float32)
+    for n in range(5):  # five older versions of llm, oldest first
+        save_online_vectors(folder / f"llm.v{n}.npz", ["i1"], [7], vectors)
+        os.utime(folder / f"llm.v{n}.npz", (1_000 + n, 1_000 + n))
+    save_online_vectors(folder / "llm.x.v1.npz", ["i1"], [7], vectors)  # channel "llm.x"
+    os.utime(folder / "llm.x.v1.npz", (1, 1))
+    save_online_vectors(folder / "content.v0.npz", ["i1"], [7], vectors)
+    os.utime(folder / "content.v0.npz", (1, 1))
+
+    save_online_vectors(folder / "llm.v9.npz", ["i2"], [8], vectors)
+
+    names = sorted(p.name for p in folder.glob("*.npz"))
+    kept_llm = [n for n in names if n.startswith("llm.v")]
+    assert kept_llm == ["llm.v3.npz", "llm.v4.npz", "llm.v9.npz"] and len(kept_llm) == KEEP
+    assert {"llm.x.v1.npz", "content.v0.npz"} <= set(names)
+    assert list(read_online_vectors(folder / "llm.v9.npz", 4)) == ["i2"]

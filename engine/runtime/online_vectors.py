@@ -10,7 +10,9 @@ encodes only what changed since.
 One ``.npz`` per channel and bundle version: ``ids`` (str), ``digests`` (uint64, the
 metadata digest each vector was encoded from), ``vectors`` (float32 ``[n, dim]``). It
 is a cache: a missing, unreadable or mismatched file is logged and ignored, never a
-reason to refuse a load.
+reason to refuse a load. Saving one prunes the channel's files of older versions, keeping
+the :data:`KEEP` newest (a process still serving a recent version after a reload, or a
+rollback, finds its file; versions long gone do not pile up on disk).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.files import atomic_open
 
 log = get_logger(__name__)
+
+#: Files kept per channel: the one just saved and the newest others.
+KEEP = 3
 
 
 def save_online_vectors(
@@ -37,6 +42,33 @@ def save_online_vectors(
             digests=np.asarray(digests, dtype=np.uint64),
             vectors=np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1),
         )
+    prune_online_vectors(path)
+
+
+def prune_online_vectors(path: Path, keep: int = KEEP) -> list[Path]:
+    """Remove the files of ``path``'s channel (``<channel>.<version>.npz`` beside it)
+    beyond the ``keep`` most recently written, never ``path`` itself; returns the
+    removed ones. Best effort: a file another process removed first is skipped."""
+    channel = path.name[: -len(".npz")].rsplit(".", 1)[0]
+    siblings = []
+    for other in path.parent.glob(f"{channel}.*.npz"):
+        if other == path or other.name[len(channel) + 1 : -len(".npz")].count("."):
+            continue  # this file, or another channel whose name starts with this one's
+        try:
+            siblings.append((other.stat().st_mtime, other))
+        except FileNotFoundError:
+            continue
+    siblings.sort(reverse=True)
+    removed = []
+    for _, old in siblings[max(0, keep - 1) :]:
+        try:
+            old.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(old)
+    if removed:
+        log.info("online_vectors_pruned", channel=channel, files=[p.name for p in removed])
+    return removed
 
 
 def read_online_vectors(path: Path | None, dim: int) -> dict[str, tuple[int, np.ndarray]]:
