@@ -80,3 +80,33 @@ def test_log_fields_are_truncated():
     event = truncate_long_values(None, "info", {"event": "recall", "user_id": "u" * 10_000})
     assert len(event["user_id"]) < MAX_FIELD_CHARS + 40
     assert event["user_id"].endswith(f"[{10_000 - MAX_FIELD_CHARS} more chars]")
+
+
+def test_each_log_line_is_one_write_newline_included(monkeypatch):
+    """The processes of serve --processes N share one stderr: a line written in two
+    parts (text, then newline) could be glued to another process's line."""
+    import json
+    import sys
+
+    from recall_engine.observability.logs import configure, get_logger
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    configure("INFO", json=True)
+    get_logger("t").info("one_line", field="x" * 100)
+    assert len(recorder.writes) == 1 and recorder.writes[0].endswith("\n")
+    assert json.loads(recorder.writes[0])["event"] == "one_line"

@@ -74,10 +74,18 @@ def truncate_long_values(
 
 class _StderrLogger:
     """Writes each line to whatever ``sys.stderr`` is *now* (pytest and embedding
-    applications swap it), unlike a PrintLogger bound to the stream at set-up."""
+    applications swap it), unlike a PrintLogger bound to the stream at set-up.
+
+    One ``write`` per line, newline included: the processes of ``serve --processes N``
+    share one stderr, and ``print`` writes the line and its newline separately, so two
+    processes logging at the same instant could glue their lines together (seen as
+    ``{...}{...}`` in a log collector). A write of under ``PIPE_BUF`` bytes to a pipe is
+    atomic, and logged fields are truncated (:data:`MAX_FIELD_CHARS`)."""
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
