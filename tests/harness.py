@@ -1,10 +1,17 @@
-"""A real gRPC server on a free port, in a background thread, for tests."""
+"""A real gRPC server on a free port, in a background thread, for tests; and
+``recall-engine serve`` itself in a child process (:class:`ServeProcess`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +111,79 @@ def serve(
             asyncio.run_coroutine_threadsafe(running.stop(0), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+class ServeProcess:
+    """``recall-engine serve --config PATH --log-json`` in a child process. Its JSON log
+    lines are kept in ``events`` and read for the ports it listens on (``port``,
+    ``metrics_port``); the constructor returns once it logged ``serving``.
+    ``fake_site``: a folder put first on the child's ``PYTHONPATH`` (test plugins)."""
+
+    def __init__(
+        self,
+        config: Path,
+        *,
+        fake_site: Path | None = None,
+        cwd: Path | None = None,
+        start_s: float = 60.0,
+        need_metrics: bool = False,
+    ) -> None:
+        env = dict(os.environ)
+        if fake_site is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(fake_site), os.getcwd()])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config), "--log-json"],
+            cwd=cwd,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: list[str] = []
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        started = self._ready.wait(start_s) and self.port is not None
+        if not started or (need_metrics and self.metrics_port is None):
+            self.stop()
+            raise AssertionError("server did not start:\n" + "\n".join(self.events[-40:]))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.events.append(line.rstrip())
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "server_listening":
+                self.port = int(event["addr"].rsplit(":", 1)[1])
+            elif event.get("event") == "metrics_listening":
+                self.metrics_port = int(event["port"])
+            elif event.get("event") == "serving":
+                self._ready.set()
+        self._ready.set()
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    def scrape(self) -> str:
+        """The text of its ``/metrics``."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self) -> None:
+        """SIGINT (a graceful stop), then SIGKILL if it is still there after 30 s; the
+        log reader is joined and the pipe closed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()

@@ -22,10 +22,7 @@ import copy
 import json
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +36,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
+from tests.harness import ServeProcess
 from tests.helpers import ROOT, wait_until
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "recall-engine-dashboard.json"
@@ -409,60 +407,6 @@ def test_the_rules_file_is_well_formed_and_every_runbook_section_exists():
 # -- against a running server ----------------------------------------------------------------
 
 
-class ServerProcess:
-    """``recall-engine serve --config PATH`` with its logs read for the ports."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config), "--log-json"],
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.events: list[str] = []
-        self.port = 0
-        self.metrics_port = 0
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(180) or not (self.port and self.metrics_port):
-            self.stop()
-            raise AssertionError("server did not start:\n" + "\n".join(self.events[-40:]))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.events.append(line.rstrip())
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "server_listening":
-                self.port = int(event["addr"].rsplit(":", 1)[1])
-            elif event.get("event") == "metrics_listening":
-                self.metrics_port = int(event["port"])
-            elif event.get("event") == "serving":
-                self._ready.set()
-        self._ready.set()
-
-    def scrape(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.read().decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-
 def _config_text(root: Path, content: bool, sync_ms: int = 50) -> str:
     channels = (
         "[channels.popular]\nrequired = true\n\n[channels.cf]\nparams = { two_tower = false }\n"
@@ -505,7 +449,7 @@ salt = "dash"
 
 
 class Served(NamedTuple):
-    server: ServerProcess
+    server: ServeProcess
     content: bool  # whether the content channel (an encoder) was served
 
 
@@ -533,7 +477,7 @@ def served(tmp_path_factory, demo_small) -> Iterator[Served]:
     built = build_all(demo_small.interactions, demo_small.items, root, load_config(path))
     assert all(b.version for b in built), built
 
-    server = ServerProcess(path)
+    server = ServeProcess(path, cwd=ROOT, start_s=180, need_metrics=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             _send_traffic(channel, demo_small, path, root, content)

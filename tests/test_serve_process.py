@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
-from tests.harness import catalog_of, two_popular_versions
+from tests.harness import ServeProcess, catalog_of, two_popular_versions
 from tests.helpers import reserve_consecutive_ports, wait_until
 
 CONFIG = """
@@ -44,44 +44,6 @@ def write_config(path: Path, wa: float, sleep: float = 0.0) -> None:
     path.write_text(CONFIG.format(wa=wa, sleep=sleep))
 
 
-class ServerProcess:
-    def __init__(self, config: Path, fake_site: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_site), os.getcwd()])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config), "--log-json"],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.events: list[str] = []
-        self.port: int | None = None
-        self.metrics_port: int | None = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(60) or self.port is None:
-            self.proc.kill()
-            raise AssertionError("server did not start:\n" + "\n".join(self.events))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.events.append(line.rstrip())
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "server_listening":
-                self.port = int(event["addr"].rsplit(":", 1)[1])
-            if event.get("event") == "metrics_listening":
-                self.metrics_port = int(event["port"])
-            if event.get("event") == "serving":
-                self._ready.set()
-        self._ready.set()
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
-
-
 @pytest.fixture()
 def config_path(tmp_path):
     catalog_of([f"i{n}" for n in range(1, 10)]).save(tmp_path / "artifacts" / "catalog")
@@ -91,7 +53,7 @@ def config_path(tmp_path):
 
 
 def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, fake_plugins):
-    server = ServerProcess(config_path, fake_plugins)
+    server = ServeProcess(config_path, fake_site=fake_plugins)
     try:
         ch = server.channel()
         stub = recall_pb2_grpc.RecallServiceStub(ch)
