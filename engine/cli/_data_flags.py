@@ -29,7 +29,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         help="a known dataset instead of the two files: "
-        "ml-100k:FOLDER, ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER",
+        "ml-100k:FOLDER, ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER, "
+        "amazon:FOLDER (Amazon Review Data 2018: *_5.json.gz [+ meta_*.json.gz]), "
+        "files:INTERACTIONS[,ITEMS], demo",
     )
     p.add_argument(
         "--on-error",

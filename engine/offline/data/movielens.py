@@ -20,8 +20,9 @@ when its user has training ratings and it is no newer than that user's newest on
 
 ``load_dataset(spec)`` understands ``ml-100k:FOLDER``, ``ml-1m:RATINGS[,MOVIES[,PLOTS]]``
 (RATINGS may be a folder holding ``ratings.dat[.gz]``), ``ml-latest:FOLDER``,
-``files:INTERACTIONS[,ITEMS]`` (the generic formats), ``demo`` and, failing those, any
-path :func:`detect` recognises.
+``amazon:FOLDER`` or ``amazon:REVIEWS[,META]`` (Amazon Review Data 2018,
+:mod:`recall_engine.offline.data.amazon`), ``files:INTERACTIONS[,ITEMS]`` (the generic
+formats), ``demo`` and, failing those, any path :func:`detect` recognises.
 """
 
 from __future__ import annotations
@@ -345,7 +346,8 @@ def tags_known_by(users: np.ndarray, timestamps: np.ndarray, train: Interactions
 def detect(path: str | Path) -> str | None:
     """A ``load_dataset`` spec for ``path`` or ``None``: a folder with ``u.data`` is
     ml-100k, one with ``ratings.csv`` and ``movies.csv`` ml-latest, one with
-    ``ratings.dat[.gz]`` (or such a file itself) ml-1m."""
+    ``ratings.dat[.gz]`` (or such a file itself) ml-1m, one with an Amazon 5-core
+    reviews file (``*_5.json[.gz]``) amazon."""
     p = Path(path)
     if p.is_dir():
         if (p / "u.data").is_file():
@@ -354,6 +356,8 @@ def detect(path: str | Path) -> str | None:
             return f"ml-latest:{p}"
         if any((p / n).is_file() for n in ("ratings.dat", "ratings.dat.gz")):
             return f"ml-1m:{p}"
+        if any(p.glob("*_5.json*")):
+            return f"amazon:{p}"
     elif p.is_file():
         if p.name in ("ratings.dat", "ratings.dat.gz"):
             return f"ml-1m:{p}"
@@ -387,6 +391,11 @@ def load_dataset(
             return interactions, [ItemRecord(i) for i in interactions.items().tolist()]
         items, _ = load_items(parts[1], on_error=on_error, progress=progress)
         return interactions, items
+    if kind == "amazon" and 1 <= len(parts) <= 2:
+        from recall_engine.offline.data.amazon import amazon_paths, load_amazon
+
+        reviews, meta = amazon_paths(parts)
+        return load_amazon(reviews, meta, on_error=on_error, progress=progress)
     if spec == "demo":
         from recall_engine.offline.data.demo import make_demo
 
@@ -397,8 +406,8 @@ def load_dataset(
         return load_dataset(guess, on_error=on_error, progress=progress, train_part=train_part)
     raise ValueError(
         f"can't tell what dataset {spec!r} is: use ml-100k:FOLDER, "
-        "ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER, files:INTERACTIONS[,ITEMS], "
-        "demo, or a MovieLens folder"
+        "ml-1m:RATINGS[,MOVIES[,PLOTS]], ml-latest:FOLDER, amazon:FOLDER|REVIEWS[,META], "
+        "files:INTERACTIONS[,ITEMS], demo, or a MovieLens or Amazon reviews folder"
     )
 
 
