@@ -45,7 +45,8 @@ def artifacts(tmp_path_factory, demo_small) -> Path:
     from recall_engine.offline.build import build_all
 
     root = tmp_path_factory.mktemp("client_artifacts")
-    build_all(demo_small.interactions, demo_small.items, root, config_for(root))
+    # no learned fusion weights: the tests check the weights their plan sets
+    build_all(demo_small.interactions, demo_small.items, root, config_for(root), fit_fusion=False)
     return root
 
 

@@ -110,6 +110,7 @@ def test_eval_covers_channels_variants_and_baselines(eval_run):
         "popular",
         "recent",
         "fused:default",
+        "fused:default/configured",  # without the weights the build learned
         "fused:exp/a",
         "fused:exp/b",
         "popularity",
@@ -118,6 +119,10 @@ def test_eval_covers_channels_variants_and_baselines(eval_run):
         "als",
     } == set(systems)
     assert result["channels"]["loaded"] == ["popular", "recent"]  # broken skipped
+    # the temporary build learned its fusion weights, as `recall-engine build` does, and
+    # the engine's lists match the offline fusion under them (parity below)
+    fit = [b for b in result["channels"]["built"] if b["channel"] == "fusion.learned"]
+    assert len(fit) == 1 and fit[0]["version"], result["channels"]["built"]
     parity = result["channels"]["engine_parity"]
     assert all(p["identical"] == p["users"] == 30 for p in parity.values()), parity
 
@@ -176,7 +181,10 @@ def test_tune_weights_writes_a_loadable_variant(demo_files, tmp_path: Path):
 
 # A log where ten new items were first seen last: each the newest interaction of six
 # users, so leave-last-one-out holds them out and no training row has them (cold).
-# "fresh" (a fixed list, as a content channel would find them) returns them.
+# "fresh" (a fixed list, as a content channel would find them) returns them. The plan's
+# weights as written (learned_weights = false): a fit on this log turns "fresh" off (the
+# carve has no held-out row its items could match), and a channel the fit turns off is not
+# called, so it brings the quota nothing (docs/evaluation.md, learned fusion weights).
 NEW_ITEMS = [f"new-{n:02d}" for n in range(10)]
 COLD_CONFIG = f"""\
 [channels.popular]
@@ -189,6 +197,7 @@ params = {{ items = {NEW_ITEMS + ["item-0001", "item-0002"]!r} }}
 [plan]
 fusion = "rrf"
 weights = {{ popular = 1.0, fresh = 0.05 }}
+learned_weights = false
 """
 
 

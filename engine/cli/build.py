@@ -46,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
+        "--no-fusion-fit",
+        action="store_true",
+        help="do not learn the fusion weights per request segment (by default a full build "
+        "builds the channels once more on a validation carve of the interactions and "
+        "fits them: docs/evaluation.md 'Learned fusion weights')",
+    )
+    p.add_argument(
         "--ray",
         metavar="ADDRESS",
         help="encode items as Ray Data pipelines on a Ray cluster: auto, HOST:PORT or "
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=progress,
             executor=executor,
+            fit_fusion=not args.no_fusion_fit,
         )
         if remote:
             _publish(args, config, out, [b.channel for b in built if b.version])

@@ -56,6 +56,10 @@ class Plan:
     plan does not override it). ``cold_quota``: the share of the ``k`` fused slots kept
     for cold items (items younger than ``cold_max_age_days`` at build time, or with no
     interactions then), see :func:`recall_engine.serving.fusion.fuse`.
+    ``learned_weights``: where the artifacts hold weights the build learned for the
+    request's history length (and the strategy is the one they were learned for), they
+    replace ``weights``; requests with text or no history, and bundles without them,
+    get ``weights`` (:func:`recall_engine.serving.segment_weights.weights_for`).
     """
 
     fusion: str
@@ -64,6 +68,9 @@ class Plan:
     fusion_params: Mapping[str, Any]
     cold_quota: float = DEFAULT_COLD_QUOTA
     cold_max_age_days: float = DEFAULT_COLD_MAX_AGE_DAYS
+    # serve the weights the build learned per history segment (fusion.learned bundle,
+    # recall_engine.offline.fusion_fit) where they apply; ``weights`` otherwise
+    learned_weights: bool = True
 
     def active_channels(self) -> tuple[str, ...]:
         """Channels with weight > 0, in channel priority order: the ones to call."""
@@ -98,13 +105,21 @@ class PlanTable:
     fusion_params: Mapping[str, Any] | None = None
     cold_quota: Share | None = None
     cold_max_age_days: NonNegativeFloat | None = None
+    learned_weights: bool | None = None
 
     def inherit(self, base: PlanTable) -> PlanTable:
         """The keys this table omits taken from ``base``. Changing the strategy without
         new params drops the base's params: they belong to the base's strategy (rrf_k
-        means nothing to weighted_sum)."""
+        means nothing to weighted_sum). A variant that writes its own ``weights`` (or
+        strategy) serves them as written unless it sets ``learned_weights = true``:
+        weights set by hand for an A/B test are what the test compares."""
         fusion_changed = self.fusion is not None and self.fusion != (base.fusion or DEFAULT_FUSION)
+        by_hand = self.weights is not None or fusion_changed
+        learned = self.learned_weights
+        if learned is None:
+            learned = False if by_hand else base.learned_weights
         return PlanTable(
+            learned_weights=learned,
             fusion=self.fusion if self.fusion is not None else base.fusion,
             weights=self.weights if self.weights is not None else base.weights,
             channel_k=self.channel_k if self.channel_k is not None else base.channel_k,
@@ -164,6 +179,7 @@ def resolve_plan(table: PlanTable, path: str, channels: Mapping[str, ChannelConf
         fusion_params=freeze(params),
         cold_quota=_or(table.cold_quota, DEFAULT_COLD_QUOTA),
         cold_max_age_days=_or(table.cold_max_age_days, DEFAULT_COLD_MAX_AGE_DAYS),
+        learned_weights=True if table.learned_weights is None else table.learned_weights,
     )
 
 

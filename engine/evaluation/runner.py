@@ -38,7 +38,6 @@ training item of the user, and asks for ``k = max(ks)``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import platform
@@ -75,12 +74,20 @@ from recall_engine.evaluation.split import Split, held_out_items, make_split, va
 from recall_engine.observability.logs import get_logger
 from recall_engine.offline.build import BuiltChannel, build_all
 from recall_engine.offline.data.interactions import Interactions
+from recall_engine.offline.fusion_fit import (
+    BUNDLE,
+    config_for_artifacts,
+    fit_fusion,
+    recall_all,
+)
+from recall_engine.offline.fusion_fit import channel_lists as offline_channel_lists
+from recall_engine.runtime.artifacts import ArtifactStore
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.types import ItemRecord, Query
 from recall_engine.serving.admission import OverloadSettings
-from recall_engine.serving.engine import Engine, Status
+from recall_engine.serving.engine import Engine
 from recall_engine.serving.fusion import ColdMask, RankedList, fuse
-from recall_engine.serving.requests import RecallInput
+from recall_engine.serving.segment_weights import weights_for
 
 log = get_logger(__name__)
 
@@ -199,19 +206,7 @@ def make_queries(train: Interactions, us: UserSet, max_history: int) -> list[Que
 def eval_config(config: Config, artifacts_root: Path, ks: Sequence[int]) -> Config:
     """``config`` re-pointed at ``artifacts_root`` (every channel's current version),
     with timeouts lifted and ``max_k`` large enough for ``ks``."""
-    channels = {
-        name: replace(cc, artifacts=artifacts_root / name, version=None, timeout_ms=NO_TIMEOUT_MS)
-        for name, cc in config.channels.items()
-    }
-    server = replace(
-        config.server,
-        request_timeout_ms=NO_TIMEOUT_MS,
-        metrics_addr=None,
-        max_k=max(config.server.max_k, *ks),
-    )
-    return replace(
-        config, artifacts_root=artifacts_root, server=server, channels=MappingProxyType(channels)
-    )
+    return config_for_artifacts(config, artifacts_root, max(ks))
 
 
 def variant_plans(config: Config) -> dict[str, Plan]:
@@ -231,15 +226,6 @@ def cold_variants(plan: Plan, quotas: Sequence[float]) -> dict[str, Plan]:
         for q in quotas
         if float(q) != plan.cold_quota
     }
-
-
-def _single_plan(config: Config, name: str, k: int) -> Plan:
-    return Plan(
-        fusion="rrf",
-        weights=MappingProxyType({n: float(n == name) for n in config.plan.weights}),
-        channel_k=MappingProxyType(dict.fromkeys(config.plan.weights, k)),
-        fusion_params=MappingProxyType({}),
-    )
 
 
 @dataclass(slots=True, eq=False)
@@ -278,11 +264,15 @@ def serve_channels(
         built = [
             _build_one(train, items, artifacts, cfg, name, seed) for name in cfg.enabled_channels()
         ]
-        t1 = time.perf_counter()
         # A channel whose build failed has nothing to load: leave it out up front.
         cfg = _disable(
             cfg, [b.channel for b in built if b.version is None and b.skipped != NO_BUILD_STEP]
         )
+        if cfg.plan.learned_weights:  # what `recall-engine build` does after the channels
+            t_fit = time.perf_counter()
+            version = fit_fusion(train, items, artifacts, cfg, seed=seed)
+            built.append(BuiltChannel(BUNDLE, version, time.perf_counter() - t_fit, None))
+        t1 = time.perf_counter()
         # offline: every query must be answered, none shed; the gate in _recall_all
         # bounds what is in flight instead
         overload = OverloadSettings(max_in_flight=CONCURRENCY, target_loop_lag_ms=None)
@@ -330,47 +320,12 @@ def _plan_config(config: Config, plan: Plan) -> Config:
     return replace(config, plan=plan, experiments=())
 
 
-async def _recall_all(
-    engine: Engine, queries: Sequence[Query], k: int, concurrency: int = CONCURRENCY
-) -> list[Any]:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(n: int, q: Query) -> Any:
-        async with gate:
-            return await engine.recall(RecallInput(q, k, f"eval-{n}"))
-
-    return await asyncio.gather(*(one(n, q) for n, q in enumerate(queries)))
-
-
 def channel_lists(
     served: Served, queries: Sequence[Query], k: int
 ) -> tuple[dict[str, list[RankedList]], dict[str, dict[str, int]]]:
     """Every loaded channel's list (ids and raw scores) per query, through the engine,
     and per channel the count of each request status (OK, SKIPPED, ERROR...)."""
-    out: dict[str, list[RankedList]] = {}
-    statuses: dict[str, dict[str, int]] = {}
-    try:
-        for name in served.loaded:
-            served.engine.reload_config(
-                _plan_config(served.config, _single_plan(served.config, name, k))
-            )
-            results = asyncio.run(_recall_all(served.engine, queries, k))
-            lists, counts = [], {s.name: 0 for s in Status}
-            for res in results:
-                counts[next(r.status for r in res.reports if r.channel == name).name] += 1
-                ids_idx, _, raw = res.fused.provenance.get(name, ([], [], []))
-                lists.append(
-                    RankedList(
-                        name,
-                        [res.fused.item_ids[i] for i in ids_idx],
-                        np.asarray(raw, dtype=np.float32),
-                    )
-                )
-            out[name] = lists
-            statuses[name] = {s: n for s, n in counts.items() if n}
-    finally:
-        served.engine.reload_config(served.config)
-    return out, statuses
+    return offline_channel_lists(served.engine, served.config, served.loaded, queries, k)
 
 
 def fuse_plan(
@@ -380,11 +335,15 @@ def fuse_plan(
     k: int,
     priority: Sequence[str],
     cold: ColdMask | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it
-    (``cold``: the catalogue's cold items, for the plan's cold quota)."""
+    (``cold``: the catalogue's cold items, for the plan's cold quota; ``weights``: the
+    query's own, :func:`~recall_engine.serving.segment_weights.weights_for`, default
+    the plan's)."""
+    weights = plan.weights if weights is None else weights
     lists = []
-    for name, w in plan.weights.items():
+    for name, w in weights.items():
         if w <= 0 or name not in per_channel:
             continue
         lst = per_channel[name][n]
@@ -394,7 +353,7 @@ def fuse_plan(
     fused = fuse(
         plan.fusion,
         lists,
-        dict(plan.weights),
+        dict(weights),
         k,
         priority=priority,
         params=plan.fusion_params,
@@ -423,7 +382,7 @@ def parity_check(
     try:
         for name, plan in plans.items():
             served.engine.reload_config(_plan_config(served.config, plan))
-            results = asyncio.run(_recall_all(served.engine, [queries[i] for i in picked], k))
+            results = recall_all(served.engine, [queries[i] for i in picked], k)
             same = sum(
                 res.fused.item_ids == fused[name][i] for res, i in zip(results, picked, strict=True)
             )
@@ -636,6 +595,9 @@ def _evaluate_engine(
     with serve_channels(
         split.train, items, config, ks, workdir=options.workdir, seed=options.seed
     ) as served:
+        if served.engine.learned_weights is not None and config.plan.learned_weights:
+            # what the learned weights add: the default plan without them
+            plans["default/configured"] = replace(config.plan, learned_weights=False)
         timings["build_seconds"] = round(served.build_seconds, 2)
         timings["load_seconds"] = round(served.load_seconds, 2)
         options.progress(
@@ -663,8 +625,13 @@ def _evaluate_engine(
             cold = functools.partial(catalog.cold_mask, max_age_days=plan.cold_max_age_days)
             # with a cold quota the list for K is not the top K of the list for kmax
             per_k = ks if plan.cold_quota > 0 else (kmax,)
+            learned = served.engine.learned_weights
+            weights = [weights_for(plan, learned, q) for q in queries]
             by_k = {
-                k: [fuse_plan(plan, per_channel, n, k, priority, cold) for n in range(len(queries))]
+                k: [
+                    fuse_plan(plan, per_channel, n, k, priority, cold, weights[n])
+                    for n in range(len(queries))
+                ]
                 for k in per_k
             }
             fused[name] = by_k[kmax]
@@ -675,6 +642,7 @@ def _evaluate_engine(
         parity = parity_check(
             served, plans, queries, fused, kmax, options.parity_users, options.seed
         )
+        fit = _fusion_fit(served)
     built = [
         {
             "channel": b.channel,
@@ -685,7 +653,30 @@ def _evaluate_engine(
         }
         for b in served.built
     ]
-    return recs, systems, {"built": built, "loaded": list(served.loaded), "engine_parity": parity}
+    return (
+        recs,
+        systems,
+        {
+            "built": built,
+            "loaded": list(served.loaded),
+            "engine_parity": parity,
+            "fusion_fit": fit,
+        },
+    )
+
+
+def _fusion_fit(served: Served) -> dict[str, Any] | None:
+    """The learned weights the engine serves and how the build fitted them (the
+    bundle's manifest), or None when it has none."""
+    learned = served.engine.learned_weights
+    if learned is None:
+        return None
+    bundle = ArtifactStore(served.config.artifacts_root).open(BUNDLE, learned.version)
+    return {
+        "version": learned.version,
+        "segments": {s.name: dict(s.weights) for s in learned.segments},
+        "validation": bundle.manifest.get("validation"),
+    }
 
 
 def _score(

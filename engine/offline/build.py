@@ -46,13 +46,19 @@ def build_all(
     seed: int = 0,
     progress: bool = False,
     executor: BuildExecutor | None = None,
+    fit_fusion: bool = True,
 ) -> list[BuiltChannel]:
     """Write ``out/catalog`` (with ``first_seen.npz``: which items the log has, since
     when) and a new current bundle under ``out/<channel>`` for every enabled channel (or
     just ``channels``; an empty list builds the catalogue alone) whose plugin defines
     ``build``. ``executor`` runs the channels' batch work (``BuildContext.executor``;
     default: this process; ``recall-engine build --ray``:
-    :class:`recall_engine.offline.ray_build.RayExecutor`)."""
+    :class:`recall_engine.offline.ray_build.RayExecutor`).
+
+    A full build (``channels`` None) then fits the fusion weights per request segment on
+    a validation carve of ``interactions`` (:mod:`recall_engine.offline.fusion_fit`:
+    the channels are built once more, on the carve) and writes them as
+    ``out/fusion.learned``; ``fit_fusion=False`` (``build --no-fusion-fit``) skips it."""
     check_plugin_params(config)  # a typo in [channels.*.params] stops us before any work
     out.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(items, folder=out / "catalog")
@@ -101,5 +107,20 @@ def build_all(
         log.info("build_finished", channel=name, version=bundle.version, seconds=round(seconds, 2))
         results.append(
             BuiltChannel(name, bundle.version, seconds, bundle.manifest.get("item_count"))
+        )
+    if fit_fusion and channels is None:
+        from recall_engine.offline.fusion_fit import BUNDLE
+        from recall_engine.offline.fusion_fit import fit_fusion as fit
+
+        t0 = time.perf_counter()
+        version = fit(interactions, items, out, config, seed=seed)
+        results.append(
+            BuiltChannel(
+                BUNDLE,
+                version,
+                time.perf_counter() - t0,
+                None,
+                "" if version else "nothing to fit (see the fusion_fit_skipped log line)",
+            )
         )
     return results

@@ -22,8 +22,10 @@ import numpy as np
 from recall_engine.config import ChannelConfig, Config
 from recall_engine.observability import metrics, tracing
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.encoders import CALL_DEADLINE
+from recall_engine.runtime.learned_weights import LearnedWeights, load_learned_weights
 from recall_engine.sdk.capabilities import SupportsOnlineUpdates
 from recall_engine.sdk.channel import (
     Candidates,
@@ -49,6 +51,7 @@ from recall_engine.serving.fusion import Fused, RankedList, fuse
 from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
 from recall_engine.serving.requests import RecallInput
+from recall_engine.serving.segment_weights import describe, weights_for
 
 log = get_logger(__name__)
 
@@ -157,6 +160,7 @@ class _State:
     slots: Mapping[str, _Slot]
     generation: int
     failed: Mapping[str, str] = field(default_factory=dict)  # optional channels not loaded
+    learned: LearnedWeights | None = None  # the build's per-segment fusion weights
 
 
 class Engine:
@@ -196,6 +200,11 @@ class Engine:
         return self._state is not None
 
     @property
+    def learned_weights(self) -> LearnedWeights | None:
+        """The build's per-segment fusion weights in use (None: none in the artifacts)."""
+        return self._state.learned if self._state else None
+
+    @property
     def config(self) -> Config:
         return self._state.config if self._state else self._config
 
@@ -207,7 +216,8 @@ class Engine:
             sys.setswitchinterval(self.overload.switch_interval_s)
         with self._admin_lock:
             slots, failed = self._load_channels(self._config, self._config.channels.keys(), {})
-            self._state = _State(self._config, Assigner(self._config), slots, 1, failed)
+            learned = _read_learned(self._config, None)
+            self._state = _State(self._config, Assigner(self._config), slots, 1, failed, learned)
             metrics.CONFIG_GENERATION.set(1)
 
     def close(self) -> None:
@@ -287,7 +297,8 @@ class Engine:
                 for n, cc in new.channels.items()
                 if cc.enabled and (n in fresh or n in old.slots)
             }
-            self._state = _State(new, Assigner(new), slots, old.generation + 1, failed)
+            learned = _read_learned(new, old.learned)
+            self._state = _State(new, Assigner(new), slots, old.generation + 1, failed, learned)
             for n, slot in old.slots.items():
                 if slots.get(n) is not slot:
                     slot.retire()
@@ -327,7 +338,8 @@ class Engine:
                 raise FailedPrecondition(f"reload failed, old version keeps serving: {e}") from e
             versions = {n: _safe_info(s.channel).version for n, s in fresh.items()}
             _announce_or_retire(announce and (lambda: announce(versions)), fresh.values())
-            self._state = replace(state, slots={**state.slots, **fresh})
+            learned = _read_learned(state.config, state.learned)
+            self._state = replace(state, slots={**state.slots, **fresh}, learned=learned)
             for n in names:
                 state.slots[n].retire()
             return versions
@@ -487,7 +499,7 @@ class Engine:
         t_end = time.perf_counter() + budget
         assignment = state.assigner.assign(inp.query.user_id)
         plan = assignment.plan
-        weights = dict(plan.weights)
+        weights = weights_for(plan, state.learned, inp.query)
         if inp.weight_override:
             weights.update(inp.weight_override)
         calls, reports = self._plan_calls(state, inp.query, plan.channel_k, weights, t_end)
@@ -733,6 +745,26 @@ class Engine:
             evidence=evidence,
             channel_errors=errors,
         )
+
+
+def _read_learned(config: Config, current: LearnedWeights | None) -> LearnedWeights | None:
+    """The fusion weights the build learned under ``config``'s artifacts (None: it
+    wrote none). A bundle that fails its checks is refused with an error log, and
+    ``current`` (what was served before: the plan's weights at start-up) goes on."""
+    try:
+        learned = load_learned_weights(config.artifacts_root)
+    except (ArtifactError, ValueError) as e:
+        log.error("learned_weights_refused", error=str(e), kept=current and current.version)
+        return current
+    if learned is None and config.plan.learned_weights:
+        log.info(
+            "learned_weights_absent",
+            reason=f"no fusion weights learned by the build under {config.artifacts_root} "
+            "(a build before they existed, or build --no-fusion-fit): the plan's weights serve",
+        )
+    elif learned is not None and (current is None or learned.version != current.version):
+        log.info("learned_weights_loaded", **describe(learned))
+    return learned
 
 
 def _release_all(slots: Iterable[_Slot]) -> None:
