@@ -11,7 +11,6 @@ from recall_engine.config import Config, ConfigError, default_config, load_confi
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import configure, get_logger
 from recall_engine.runtime.object_store import is_s3_url
-from recall_engine.serving.registry import check_plugin_params
 
 DEMO_DIR = Path("demo")
 
@@ -49,10 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by --processes
 
 
-def _read(args: argparse.Namespace) -> Config:
+def _read(args: argparse.Namespace, *, check_params: bool = True) -> Config:
     if args.config:
         config = load_config(args.config)
-        check_plugin_params(config)  # a typo in [channels.*.params] is a config error too
+        if check_params:  # a typo in [channels.*.params] is a config error too
+            from recall_engine.serving.registry import check_plugin_params
+
+            check_plugin_params(config)
     elif args.artifacts:
         root = args.artifacts
         config = default_config(root if is_s3_url(root) else Path(root).resolve())
@@ -80,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     configure(json=args.log_json)
     log = get_logger("recall_engine.serve")
     try:
-        config = _read(args)
+        if args.processes > 1 and args.config:
+            config = _read(args, check_params=False)
+            _check_params_apart(config)
+        else:
+            config = _read(args)
     except ConfigError as e:
         log.error("config_invalid", error=str(e))
         return 2
@@ -109,6 +115,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_params_apart(config: Config) -> None:
+    """``check_plugin_params`` in a forked child: checking imports every enabled plugin
+    (ONNX Runtime, usearch, tokenizers: ≈ 35 MiB) and the parent of ``--processes N``
+    serves nothing, so it keeps none of that (its memory counts once per host,
+    docs/scale-out.md). Raises :class:`ConfigError` with the child's message."""
+    import os
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: check, report, exit without running the parent's cleanup
+        os.close(read_end)
+        code, message = 0, b""
+        try:
+            from recall_engine.serving.registry import check_plugin_params
+
+            check_plugin_params(config)
+        except ConfigError as e:
+            code, message = 2, str(e).encode()
+        except BaseException as e:  # noqa: BLE001 - reported by the parent
+            code, message = 1, f"{type(e).__name__}: {e}".encode()
+        os.write(write_end, message)
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message_text = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 2:
+        raise ConfigError(message_text)
+    if code != 0:
+        raise RuntimeError(f"checking the channels' params failed ({code}): {message_text}")
+
+
 def _run_processes(args: argparse.Namespace, config: Config) -> int:
     """Start ``args.processes`` copies of this server on the same port (the kernel
     spreads connections over them) and keep them up (:mod:`recall_engine.serving.workers`)."""
@@ -117,8 +156,7 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
     import sys
     import tempfile
 
-    from recall_engine.serving.process_group import GROUP_DIR_ENV
-    from recall_engine.serving.workers import WorkerPool, reserve_port
+    from recall_engine.serving.workers import GROUP_DIR_ENV, WorkerPool, reserve_port
 
     log = get_logger("recall_engine.serve")
     problem = _worker_ports_problem(config, args.processes)

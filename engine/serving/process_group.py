@@ -42,12 +42,11 @@ from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.shared_log import SharedLog
 from recall_engine.runtime.update_log import UpdateLog
 from recall_engine.serving.engine import Engine
+from recall_engine.serving.workers import GROUP_DIR_ENV
 
 log = get_logger(__name__)
 
 CONTROL_FILE = "control.log"  # framed records (runtime/shared_log.py)
-GROUP_DIR_ENV = "RECALL_ENGINE_GROUP_DIR"
-"""Set by the parent of ``serve --processes N`` for its children."""
 
 #: The config tables a config announcement carries to the other replicas; every other
 #: table describes the host and stays as each replica's own file says.

@@ -32,6 +32,8 @@ log = get_logger("recall_engine.serve")
 
 RESTARTS_ENV = "RECALL_ENGINE_RESTARTS"
 """How many times the parent restarted this worker's slot (set for the worker)."""
+GROUP_DIR_ENV = "RECALL_ENGINE_GROUP_DIR"
+"""Set by the parent of ``serve --processes N`` for its children (serving/process_group.py)."""
 
 #: A worker that dies within this many seconds of its start counts as a quick death.
 QUICK_DEATH_S = 10.0
