@@ -497,6 +497,18 @@ def _build_pool(
         key=lambda lst: (rank_of.get(lst.channel, len(priority)), lst.channel),
     )
     scores = tuple(_checked_scores(lst) for lst in active)
+    if len(active) == 1:
+        single = _single_pool(active[0], scores[0], float(weights[active[0].channel]))
+        if single is not None:
+            return single
+    return _union_pool(active, scores, weights)
+
+
+def _union_pool(
+    active: Sequence[RankedList], scores: tuple[np.ndarray, ...], weights: Mapping[str, float]
+) -> _Pool:
+    """The taking-part lists (``active``, in channel order, with their checked
+    ``scores``) mapped onto one deduplicated set of candidates."""
     # Union index of every list position, items numbered in first-seen (channel) order.
     # dict.fromkeys dedupes in first-seen order and map() looks every position up, both
     # in C: half the cost of a Python loop of setdefault calls.
@@ -530,6 +542,34 @@ def _build_pool(
         flat_rank=flat_rank,
         flat_channel=flat_channel,
         flat_scores=np.concatenate(scores) if scores else np.zeros(0),
+    )
+
+
+def _single_pool(lst: RankedList, scores: np.ndarray, weight: float) -> _Pool | None:
+    """The pool of one taking-part list whose ids are unique, written down directly:
+    what the general path computes for it (every position its own union item, in list
+    order, first seen in channel 0) without numbering the ids through a dict. With
+    learned per-segment weights one channel often takes part alone, so this is a
+    common request's path. None when ids repeat: the general path names the list."""
+    ids = list(lst.item_ids)
+    if len(set(ids)) != len(ids):
+        return None
+    n = len(ids)
+    flat_cand = np.arange(n, dtype=np.intp)
+    flat_rank = np.arange(1, n + 1, dtype=np.int64)
+    flat_channel = np.zeros(n, dtype=np.int64)
+    return _Pool(
+        ids=ids,
+        channels=(lst.channel,),
+        weights=np.array([weight]),
+        cand=(flat_cand,),
+        scores=(scores,),
+        best_rank=flat_rank.copy(),
+        best_channel=flat_channel.copy(),
+        flat_cand=flat_cand,
+        flat_rank=flat_rank,
+        flat_channel=flat_channel,
+        flat_scores=scores.copy(),
     )
 
 
