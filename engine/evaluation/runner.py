@@ -20,6 +20,15 @@ How the engine is queried (the choice the issue leaves open):
   through ``Engine.recall`` under each variant's plan and counts identical lists; the
   report carries the count.
 
+* **Learned fusion weights**: the temporary build ends, as ``recall-engine build``
+  does, with the fusion fit on a carve of the training rows
+  (:mod:`recall_engine.offline.fusion_fit`), so ``fused:default`` is the default plan as
+  shipped: each user's weights are what
+  :func:`~recall_engine.serving.segment_weights.weights_for` gives their request.
+  ``fused:default/configured`` is the same plan without them (the configured weights),
+  and the result's ``channels.fusion_fit`` holds the learned weights and what the fit
+  saw.
+
 * **Cold quota**: a plan with ``cold_quota`` > 0 is fused once per K (a ranking
   service asking for K candidates gets ``floor(cold_quota * K)`` cold slots at the end
   of its list), each K's figures from its own list; ``cold_quotas`` adds copies of the
@@ -271,7 +280,8 @@ def serve_channels(
         if cfg.plan.learned_weights:  # what `recall-engine build` does after the channels
             t_fit = time.perf_counter()
             version = fit_fusion(train, items, artifacts, cfg, seed=seed)
-            built.append(BuiltChannel(BUNDLE, version, time.perf_counter() - t_fit, None))
+            skipped = "" if version else "nothing fitted (see the fusion_fit_skipped log line)"
+            built.append(BuiltChannel(BUNDLE, version, time.perf_counter() - t_fit, None, skipped))
         t1 = time.perf_counter()
         # offline: every query must be answered, none shed; the gate in _recall_all
         # bounds what is in flight instead
