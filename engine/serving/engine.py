@@ -595,7 +595,9 @@ class Engine:
                 lists.append(RankedList(call.name, cands.item_ids, cands.scores))
         if reserve is not None:
             call, report, cands = reserve
-            if not lists and report.status == Status.OK:
+            if call.held:
+                reports[call.name] = report
+            elif not lists and report.status == Status.OK:
                 weights[call.name] = 1.0
                 reports[call.name] = replace(report, weight=1.0)
                 if cands is not None and len(cands):
@@ -604,7 +606,7 @@ class Engine:
                 reports[call.name] = replace(
                     report,
                     status=Status.SKIPPED,
-                    error="fallback held in reserve: other channels answered",
+                    error=_HELD,
                 )
             else:
                 reports[call.name] = report
@@ -637,23 +639,51 @@ class Engine:
         deadline (late ones are marked ``timed_out``: a call not started by then never
         starts, one running is abandoned and its result dropped). One event-loop
         wake-up per request (the last call to finish) and one timer per distinct
-        deadline: the fan-out is on every request's path."""
+        deadline: the fan-out is on every request's path.
+
+        The fallback held in reserve (weight 0) starts only when it may be needed: once
+        the other calls are over with no candidate, or when the request has no more
+        than the fallback's own timeout left (at once for a short deadline). When the
+        others brought candidates first it never runs (``held``): its list would be
+        dropped anyway, and most requests then cost one channel call less."""
         loop = asyncio.get_running_loop()
-        fan = _FanOut(loop, len(calls))
         check = self.overload.check_output
-        try:
-            for call in calls:
+        held = [c for c in calls if c.reserve]
+        running = [c for c in calls if not c.reserve]
+        hedge = min((c.t_end - c.limit for c in held), default=0.0)
+        if not running or hedge <= time.perf_counter():
+            running, held = list(calls), []
+        fan = _FanOut(loop, len(calls), len(held))
+
+        def submit(batch: Sequence[_Call]) -> None:
+            for call in batch:
                 call.queued = time.perf_counter()
                 if not call.slot.bulkhead.try_submit(
                     _run_call, call, self.catalog, query, fan, check
                 ):
                     fan.reject(call)
                     call.slot.release()
+
+        try:
+            submit(running)
             while fan.pending:
                 now = time.perf_counter()
-                due = fan.time_out(calls, now)
+                due = fan.time_out(running, now)
+                if held and (due is None or now >= hedge):
+                    if due is None and _answered(running):
+                        fan.hold(held)  # never runs: the others answered
+                        for call in held:
+                            call.slot.release()
+                        break
+                    fan.release_hold()
+                    running += held
+                    submit(held)
+                    held = []
+                    continue
                 if due is None:
                     break
+                if held:
+                    due = min(due, hedge)
                 fan.waiter = loop.create_future()
                 timer = loop.call_later(due - now, _resolve, fan.waiter)
                 try:
@@ -662,9 +692,13 @@ class Engine:
                     timer.cancel()
                     fan.waiter = None
         except BaseException:
-            fan.time_out(calls, float("inf"), cancelled=True)  # the request is gone
+            if held:  # never submitted: nothing runs them, give their slots back
+                fan.hold(held)
+                for call in held:
+                    call.slot.release()
+            fan.time_out(running, float("inf"), cancelled=True)  # the request is gone
             if fan.trace is not None:
-                for call in calls:
+                for call in running:
                     if call.span is not None:
                         tracing.end_span(call.span, error="the request went away")
             raise
@@ -674,6 +708,8 @@ class Engine:
         """The finished (or timed-out, or refused) ``call`` as a report, with metrics
         and logs."""
         name, slot = call.name, call.slot
+        if call.held:
+            return ChannelReport(name, Status.SKIPPED, call.weight, error=_HELD), None
         if call.rejected:
             metrics.CHANNEL_REJECTED.labels(name).inc()
             return ChannelReport(
@@ -767,6 +803,22 @@ def _read_learned(config: Config, current: LearnedWeights | None) -> LearnedWeig
     return learned
 
 
+_HELD = "fallback held in reserve: other channels answered"
+
+
+def _answered(calls: Sequence[_Call]) -> bool:
+    """Whether one of the finished ``calls`` brought a candidate (before its output
+    check failed it, a call's ``error`` is set instead of its result)."""
+    return any(
+        c.finished
+        and not c.timed_out
+        and c.error is None
+        and c.result is not None
+        and len(c.result)
+        for c in calls
+    )
+
+
 def _release_all(slots: Iterable[_Slot]) -> None:
     for slot in slots:
         slot.release()
@@ -851,6 +903,7 @@ class _Call:
     finished: bool = False
     timed_out: bool = False
     rejected: bool = False
+    held: bool = False  # the fallback in reserve, never run: the others answered first
     hung: bool = False  # abandoned while running: still holds a bulkhead thread
     # tracing on: the call's span, started by its thread, ended by the event loop
     span: Any = None
@@ -867,12 +920,13 @@ class _FanOut:
     worker threads: ``pending`` counts calls neither finished nor timed out (under
     ``lock``); the call that brings it to zero wakes the loop once."""
 
-    __slots__ = ("loop", "lock", "pending", "waiter", "trace")
+    __slots__ = ("loop", "lock", "pending", "holding", "waiter", "trace")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, calls: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, calls: int, holding: int = 0) -> None:
         self.loop = loop
         self.lock = threading.Lock()
         self.pending = calls
+        self.holding = holding  # calls (the reserve) pending but not handed over yet
         self.waiter: asyncio.Future | None = None
         # the request's trace context, handed to the worker threads (which do not
         # inherit the loop's context); None: tracing off or this request not sampled
@@ -894,6 +948,19 @@ class _FanOut:
             call.scope = tracing.activate(call.span)
         return True
 
+    def hold(self, calls: Sequence[_Call]) -> None:
+        """Event loop: ``calls`` (the fallback in reserve) will not run."""
+        with self.lock:
+            for call in calls:
+                call.held, call.finished = True, True
+                self.pending -= 1
+            self.holding = 0
+
+    def release_hold(self) -> None:
+        """Event loop: the held calls are about to be handed over."""
+        with self.lock:
+            self.holding = 0
+
     def reject(self, call: _Call) -> None:
         """Event loop: the bulkhead was full; the call never runs."""
         with self.lock:
@@ -914,7 +981,9 @@ class _FanOut:
                 late = False
                 call.result, call.error, call.ended, call.finished = result, error, ended, True
                 self.pending -= 1
-                last = self.pending == 0
+                # the last call to finish wakes the loop; so does the last of the others
+                # while the fallback is still held back (it then decides about it)
+                last = self.pending == self.holding
         if call.timed_out:
             if late:
                 metrics.CHANNEL_HUNG.labels(call.name).dec()
