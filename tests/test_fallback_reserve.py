@@ -21,9 +21,15 @@ OK, SKIPPED, TIMEOUT = (
 )
 
 
-def reserve_config(tmp_path, good: dict, other: dict):
+def reserve_config(tmp_path, good: dict, other: dict, fallback_timeout_ms: int = 2000):
+    # the fallback's timeout leaves its thread room to start on a loaded host
     channels = {
-        "popular": {"plugin": "fault", "required": True, "params": {"items": ["i9", "i10"]}},
+        "popular": {
+            "plugin": "fault",
+            "required": True,
+            "timeout_ms": fallback_timeout_ms,
+            "params": {"items": ["i9", "i10"]},
+        },
         "good": {"plugin": "fault", **good},
         "other": {"plugin": "fault", **other},
     }
@@ -72,11 +78,12 @@ def test_the_fallback_in_reserve_answers_when_the_others_answer_nothing(tmp_path
 def test_the_fallback_in_reserve_starts_in_time_when_the_others_outlive_the_request(tmp_path):
     # both others hang with timeouts longer than the request's deadline (the server's
     # request_timeout_ms, 500 ms: the client gives none): the fallback starts when only
-    # its own timeout (100 ms) is left, and answers
+    # its own timeout (250 ms) is left, and answers
     config = reserve_config(
         tmp_path,
         {"timeout_ms": 5000, "params": {"fault": "hang"}},
         {"timeout_ms": 5000, "params": {"fault": "hang"}},
+        fallback_timeout_ms=250,
     )
     with serve(config, catalog_of(ITEMS)) as s:
         resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=5))
