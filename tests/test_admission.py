@@ -80,6 +80,29 @@ def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
         assert list(s.stub.Recall(recall_pb2.RecallRequest(user_id="later", k=2)).item_ids)
 
 
+def test_a_full_engine_refuses_a_recall_before_parsing_it_and_counts_the_shed(tmp_path):
+    limit = 1
+    overload = OverloadSettings(max_in_flight=limit)
+    with serve(one_channel(tmp_path, "hang"), catalog_of(ITEMS), overload=overload) as s:
+        held = s.stub.Recall.future(recall_pb2.RecallRequest(user_id="u", k=2), timeout=10)
+        wait_until(lambda: sum(c.calls for c in INSTANCES) == limit)
+        shed_before = s.engine.admission.shed
+        # bytes that do not parse: refused by the bound first (they would get
+        # INVALID_ARGUMENT once parsed), so nothing was parsed or run for them
+        garbage = s.channel.unary_unary("/recall_engine.v1.RecallService/Recall")
+        with pytest.raises(grpc.RpcError) as e:
+            garbage(b"\xff\xff\xff", timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(e.value.trailing_metadata())["grpc-retry-pushback-ms"]) >= 1
+        assert s.engine.admission.shed == shed_before + 1
+        CONTROL.release.set()
+        assert list(held.result().item_ids) == ["i1", "i2"]
+        wait_until(lambda: s.engine.admission.in_flight == 0)
+        with pytest.raises(grpc.RpcError) as e:  # with room, the same bytes are parsed
+            garbage(b"\xff\xff\xff", timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_shed_clients_are_given_retry_instants_spread_at_the_engines_pace():
     adm = Admission(limit=2, retry_min_ms=1, retry_max_ms=5000, target_lag_ms=None)
     adm._mean_s = 1.0  # noqa: SLF001 - requests of 1 s: with 2 in flight one ends every 0.5 s

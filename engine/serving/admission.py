@@ -269,12 +269,27 @@ class Admission:
                 self._window_peak = max(self._window_peak, self.in_flight)
                 metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
                 return room
+        raise self._refusal(now)
+
+    @property
+    def full(self) -> bool:
+        """Whether a request arriving now would be shed (read without the lock: a hint
+        for refusing before any work, :meth:`enter` decides)."""
+        return bool(self.limit) and self.in_flight >= self.limit
+
+    def refuse(self) -> Overloaded:
+        """Count a request shed without :meth:`enter` (it found the bound :attr:`full`
+        before anything was parsed) and return its error, retry hint included."""
+        return self._refusal(time.perf_counter())
+
+    def _refusal(self, now: float) -> Overloaded:
+        with self._lock:
             self.shed += 1
             retry = self._next_retry_ms(now)
             in_flight, limit = self.in_flight, self.limit
         self._shed_counter.inc()
         self._log_shed()
-        raise Overloaded(
+        return Overloaded(
             f"overloaded: {in_flight} requests in flight, the limit is {limit} now; "
             f"retry after {retry} ms",
             retry,

@@ -30,7 +30,7 @@ from recall_engine.serving.process_group import (
     open_replication,
 )
 from recall_engine.serving.remote_artifacts import fetcher, follow_remote, open_remote
-from recall_engine.serving.servicer import RecallServicer
+from recall_engine.serving.servicer import RecallServicer, ShedInterceptor
 from recall_engine.serving.trace_interceptor import TracingInterceptor
 from recall_engine.serving.workers import RESTARTS_ENV
 
@@ -129,6 +129,7 @@ async def create_server(
     options = server_options(cfg)
     # auth first: an unauthenticated admin call is refused before anything parses it
     interceptors: list[grpc.aio.ServerInterceptor] = [
+        ShedInterceptor(engine),  # first: a shed Recall costs nothing else
         AdminAuthInterceptor(lambda: engine.config.admin.token),
         MalformedRequestInterceptor(),
     ]
