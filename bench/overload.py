@@ -18,6 +18,11 @@ behave like gRPC clients with a retry policy: a shed request waits the server's
 Target (issue 13): goodput at 64 and 256 >= 90 % of the peak, no DEADLINE_EXCEEDED for
 admitted requests, shed requests answered in <= 5 ms (p99).
 
+``--echo`` then drives an echo gRPC server (``bench load --echo``'s: the engine's own
+response bytes, recorded first) at the same points: what a do-nothing server answers in
+on this machine under the same client load, the reference the shed latency is put
+against where 5 ms is out of any server's reach (a 2-core host shared with the clients).
+
 ``--check-cost`` also times the engine's channel-output check (``check_answer``) on the
 demo channels' real answers to the same traffic, in process: microseconds per request.
 """
@@ -67,6 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="clients retry a shed request at once instead of waiting the hint",
     )
     p.add_argument("--check-cost", action="store_true", help="also time the output check")
+    p.add_argument(
+        "--echo",
+        action="store_true",
+        help="also drive an echo gRPC server (the engine's own response bytes, recorded "
+        "first) at the same points, in the same run: the latency a do-nothing server "
+        "reaches on this machine under this load, the reference for the shed latency",
+    )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--seed", type=int, default=0)
 
@@ -88,28 +100,23 @@ def run(args: argparse.Namespace) -> int:
 
     with ServerProcess(args.artifacts) as server:
         report["settings"] = server.settings
-        for kind in traffic:
-            for c in levels:
-                point = asyncio.run(
-                    drive(
-                        server.addr,
-                        pools[kind],
-                        concurrency=c,
-                        duration=args.duration,
-                        warmup=args.warmup,
-                        timeout=args.timeout,
-                        channels=args.grpc_channels,
-                        pushback=not args.no_pushback,
-                        server_pid=server.pid,
-                    )
-                )
-                point.update(traffic=kind, concurrency=c)
-                report["points"].append(point)
-                print(
-                    f"{kind} c={c}: {point['ok_per_s']} OK/s, shed {point['shed']}, "
-                    f"deadline {point['deadline_exceeded']}",
-                    flush=True,
-                )
+        report["points"] = _sweep(server, pools, levels, args)
+        if args.echo:
+            from recall_engine.benchmarks.servers import record_responses
+
+            responses: dict[bytes, bytes] = {}
+            for pool in pools.values():
+                responses.update(record_responses(server.addr, pool))
+    if args.echo:
+        import tempfile
+
+        from recall_engine.benchmarks.servers import EchoServerProcess
+
+        with (
+            tempfile.TemporaryDirectory() as scratch,
+            EchoServerProcess(responses, Path(scratch)) as echo,
+        ):
+            report["echo"] = _sweep(echo, pools, levels, args, "echo ")
     add_shares(report["points"])
     if args.check_cost:
         report["check_cost"] = check_cost(args.artifacts, pools)
@@ -117,6 +124,34 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _sweep(server, pools: dict[str, list], levels: list[int], args, label: str = "") -> list:
+    """One closed-loop point per traffic kind and concurrency against ``server``."""
+    points = []
+    for kind, pool in pools.items():
+        for c in levels:
+            point = asyncio.run(
+                drive(
+                    server.addr,
+                    pool,
+                    concurrency=c,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    timeout=args.timeout,
+                    channels=args.grpc_channels,
+                    pushback=not args.no_pushback,
+                    server_pid=server.pid,
+                )
+            )
+            point.update(traffic=kind, concurrency=c)
+            points.append(point)
+            print(
+                f"{label}{kind} c={c}: {point['ok_per_s']} OK/s, shed {point['shed']}, "
+                f"deadline {point['deadline_exceeded']}",
+                flush=True,
+            )
+    return points
 
 
 # -- traffic ---------------------------------------------------------------------------
@@ -340,9 +375,38 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{p['traffic']} c={p['concurrency']}: shed p99 {p['shed_ms']['p99']} ms"
             )
     lines += ["", "target met" if not verdict else "target missed: " + "; ".join(verdict)]
+    if "echo" in report:
+        lines += ["", _render_echo(report)]
     if "check_cost" in report:
         lines.append(
             "output check, µs per request: "
             + ", ".join(f"{k} {v}" for k, v in report["check_cost"].items())
+        )
+    return "\n".join(lines)
+
+
+def _render_echo(report: dict[str, Any]) -> str:
+    """The echo server at the same points: its own latency is what a do-nothing server
+    reaches on this machine under that load; the shed latency is put against it."""
+    echo = {(p["traffic"], p["concurrency"]): p for p in report["echo"]}
+    lines = [
+        "echo server, same requests and points (the reference for the shed latency):",
+        "",
+        "| traffic | clients | echo OK/s | echo p50 / p99 ms | engine shed p50 / p99 ms "
+        "| shed / echo p50, p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in report["points"]:
+        e = echo.get((p["traffic"], p["concurrency"]))
+        if e is None:
+            continue
+        ems, shed = e["ok_ms"], p["shed_ms"]
+        ratio = "-"
+        if shed and ems.get("p50") and ems.get("p99"):
+            ratio = f"{shed['p50'] / ems['p50']:.2f}, {shed['p99'] / ems['p99']:.2f}"
+        lines.append(
+            f"| {p['traffic']} | {p['concurrency']} | {e['ok_per_s']} | "
+            f"{ems.get('p50', '-')} / {ems.get('p99', '-')} | "
+            f"{shed.get('p50', '-')} / {shed.get('p99', '-')} | {ratio} |"
         )
     return "\n".join(lines)

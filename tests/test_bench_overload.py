@@ -35,6 +35,7 @@ def test_bench_overload_reports_goodput_sheds_and_deadlines_per_point(tmp_path, 
             "1",
             "--warmup",
             "0.2",
+            "--echo",
             "--json",
             str(out),
         ]
@@ -49,3 +50,8 @@ def test_bench_overload_reports_goodput_sheds_and_deadlines_per_point(tmp_path, 
     assert max(p["share_of_peak"] for p in points.values() if p["traffic"] == "text") == 1.0
     assert report["settings"]["max_in_flight"] >= 4
     assert report["settings"]["fallback"] == "popular"
+    # the echo server at the same points: the reference for the shed latency
+    echo = {(p["traffic"], p["concurrency"]): p for p in report["echo"]}
+    assert set(echo) == set(points)
+    for p in echo.values():
+        assert p["ok"] > 0 and not p["other"] and not p["shed"], p
