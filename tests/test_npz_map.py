@@ -1,0 +1,152 @@
+"""``map_npz``: the arrays of an ``.npz`` mapped read-only from the file, so processes
+that open the same bundle share its pages (docs/scale-out.md, "Memory per host")."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from recall_engine.runtime.npz_map import map_npz
+
+
+def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "ids": np.array([f"item-{n:06d}-é" for n in rng.permutation(5000)]),
+        "scores": rng.random(5000, dtype=np.float32),
+        "cat:x y": np.sort(rng.choice(5000, 700, replace=False)).astype(np.int32),
+        "matrix": rng.random((40, 3)),
+        "empty": np.zeros(0, dtype=np.int32),
+        "scalar": np.float64(2.5),
+    }
+
+
+def _mapped(array: np.ndarray) -> bool:
+    base = array
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            return True
+        base = getattr(base, "base", None)
+    return False
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mapped_arrays_equal_what_np_load_reads(tmp_path, seed):
+    arrays = _arrays(np.random.default_rng(seed))
+    path = tmp_path / "a.npz"
+    np.savez(path, **arrays)
+    got = map_npz(path)
+    assert sorted(got) == sorted(arrays)
+    for name, want in arrays.items():
+        np.testing.assert_array_equal(got[name], want)
+        assert got[name].dtype == want.dtype and got[name].shape == np.shape(want)
+        assert not got[name].flags.writeable
+    for name in ("ids", "scores", "cat:x y", "matrix"):
+        assert _mapped(got[name]), f"{name} was read into memory, not mapped"
+
+
+def test_compressed_members_are_loaded_instead(tmp_path):
+    arrays = _arrays(np.random.default_rng(3))
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, **arrays)
+    got = map_npz(path)
+    for name, want in arrays.items():
+        np.testing.assert_array_equal(got[name], want)
+        assert not got[name].flags.writeable
+    assert not _mapped(got["ids"])
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+def test_a_truncated_npz_is_refused_naming_the_file(tmp_path, keep):
+    path = tmp_path / "t.npz"
+    np.savez(path, **_arrays(np.random.default_rng(4)))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ValueError, match=r"t\.npz: not a readable \.npz"):
+        map_npz(path)
+
+
+def test_a_member_whose_size_disagrees_with_its_header_is_refused(tmp_path):
+    path = tmp_path / "h.npz"
+    buf = tmp_path / "ids.npy"
+    np.save(buf, np.arange(100, dtype=np.int64))
+    raw = buf.read_bytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("ids.npy", raw[:-8])  # the header still says 100 values
+    with pytest.raises(ValueError, match=r"h\.npz.*does not match its header"):
+        map_npz(path)
+
+
+_CHILD = """
+import json, sys
+from pathlib import Path
+from recall_engine.runtime.npz_map import map_npz
+ids = map_npz(Path(sys.argv[1]))["ids"]
+touched = sum(len(s) for s in ids.tolist())  # every page of the column
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+out, current = {}, None
+for line in Path("/proc/self/smaps").read_text().splitlines():
+    if not line[:1].isupper() or ":" not in line.split()[0]:
+        current = line.split()[-1] if len(line.split()) >= 6 else None
+    elif current == sys.argv[1]:
+        key, value = line.split()[0].rstrip(":"), line.split()[1]
+        if value.isdigit():
+            out[key] = out.get(key, 0) + int(value)
+print(json.dumps(out), flush=True)
+sys.stdin.readline()  # stay alive until the other process has read its figures too
+"""
+
+
+def test_two_processes_share_the_pages_of_a_mapped_column(tmp_path):
+    path = tmp_path / "big.npz"
+    np.savez(path, ids=np.array([f"item-{n:07d}" for n in range(200_000)]))  # 8.4 MB
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        results = []
+        for child in children:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            results.append(json.loads(child.stdout.readline()))
+        for child in children:
+            child.communicate("bye\n", timeout=60)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    column_kib = 200_000 * 12 * 4 / 1024
+    for smaps in results:
+        # the file is mapped, its pages are in both processes and counted half in each
+        assert smaps.get("Rss", 0) >= 0.9 * column_kib, json.dumps(smaps)
+        shared = smaps.get("Shared_Clean", 0) + smaps.get("Shared_Dirty", 0)  # dirty on tmpfs
+        assert shared >= 0.9 * column_kib, json.dumps(smaps)
+        assert smaps.get("Private_Clean", 0) + smaps.get("Private_Dirty", 0) == 0, smaps
+        assert smaps.get("Pss", 0) <= 0.6 * smaps["Rss"], smaps
+
+
+def test_the_popular_channel_maps_its_ids_read_only(tmp_path, demo_small):
+    from recall_engine.sdk.types import Query
+    from tests.helpers import build_and_load
+
+    channel = build_and_load(tmp_path, demo_small, "popular")
+    ids = channel._ids  # noqa: SLF001 - the storage is what is under test
+    assert _mapped(ids) and not ids.flags.writeable
+    best = ids[:3].tolist()
+    assert list(channel.recall(Query(user_id="u"), 3).item_ids) == best
+    assert channel.delete_items([best[0], "no-such-item", best[0]]) == 2
