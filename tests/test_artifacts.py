@@ -299,5 +299,10 @@ def test_a_vector_index_survives_a_bundle_round_trip(store):
     opened = store.open("content", verify="sha256")
     loaded = VectorIndex.load(opened.path, view=True)
 
-    assert set(opened.manifest["files"]) == {"index.usearch", "ids.json", "index.json"}
+    assert set(opened.manifest["files"]) == {
+        "index.usearch",
+        "ids.json",
+        "ids.cols",
+        "index.json",
+    }
     assert loaded.search(vectors[7], 3)[0][0] == index.search(vectors[7], 3)[0][0]

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from recall_engine.runtime.id_map import IdMap
 from recall_engine.runtime.index import VectorIndex
 
 DIM = 64
@@ -308,7 +309,12 @@ def test_save_then_load_gives_identical_results(hnsw, small, tmp_path, view):
     assert [ids for ids, _ in after] == [ids for ids, _ in before]
     for (_, a), (_, b) in zip(after, before, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json", "index.json", "index.usearch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ids.cols",
+        "ids.json",
+        "index.json",
+        "index.usearch",
+    ]
 
 
 def test_keys_stay_stable_across_save_and_load(small, tmp_path):
@@ -403,8 +409,12 @@ def test_load_refuses_ids_that_do_not_match_the_index(small, tmp_path):
     index = VectorIndex(DIM)
     index.add(["a", "b"], small[:2])
     index.save(tmp_path)
-    (tmp_path / "ids.json").write_text('{"ids": ["a"]}')
+    IdMap.write(tmp_path / "ids.cols", ["a"])
+    with pytest.raises(ValueError, match=r"ids\.cols: 1 ids for 2 vectors"):
+        VectorIndex.load(tmp_path)
 
+    (tmp_path / "ids.cols").unlink()  # a bundle from before ids.cols: ids.json is read
+    (tmp_path / "ids.json").write_text('{"ids": ["a"]}')
     with pytest.raises(ValueError, match=r"ids\.json: 1 ids for 2 vectors"):
         VectorIndex.load(tmp_path)
 
@@ -458,9 +468,10 @@ def test_eight_threads_search_while_another_upserts_and_deletes(hnsw, small):
     assert len(hnsw) == len(small) + 40 * 50 - 39 * 25
 
 
-def test_loaded_ids_are_the_catalogues_own_string_objects(tmp_path):
-    """Ids read from disk are interned, so the catalogue and every index share one
-    string per item (memory) and catalogue lookups of found ids match by identity."""
+def test_loaded_ids_are_found_in_the_loaded_catalogue(tmp_path):
+    """Neither the catalogue nor an index holds a string per item any more (both map
+    id columns from files, tests/test_mapped_columns.py): ids an index loaded and
+    found are equal to the catalogue's and found in it."""
     from recall_engine.runtime.catalog import Catalog
     from recall_engine.sdk.channel import ItemRecord
 
@@ -471,7 +482,6 @@ def test_loaded_ids_are_the_catalogues_own_string_objects(tmp_path):
     index.save(tmp_path / "index")
     catalog = Catalog.load(tmp_path / "catalog")
     loaded = VectorIndex.load(tmp_path / "index")
-    by_value = {i: i for i in catalog.ids()}
-    assert all(by_value[i] is i for i in loaded.ids())
+    assert sorted(loaded.ids()) == sorted(catalog.ids())
     found, _ = loaded.search(np.ones(4, dtype=np.float32), 5)[0]
-    assert all(by_value[i] is i for i in found)
+    assert len(found) == 5 and catalog.present(found).all()

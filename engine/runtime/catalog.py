@@ -2,20 +2,24 @@
 
 Every channel gets the same :class:`Catalog`; it backs category filters, the text that
 online upserts bring, and deletes that must disappear from every channel. Reads are
-lock-free (copy-on-write dict swap); writes are serialised and written to an update log
-beside the catalogue file *before* memory changes, so that an acknowledged change
-survives a restart and a failed write changes nothing.
+lock-free (copy-on-write swap of the items); writes are serialised and written to an
+update log beside the catalogue file *before* memory changes, so that an acknowledged
+change survives a restart and a failed write changes nothing.
 
-Item ids read from files are interned (``sys.intern``), here and where the channels load
-their own id lists (``VectorIndex``, cf's vocabulary, popular), so a million ids exist
-once per process instead of once per structure: ≈ 60 MiB less per channel at 1M items,
-and a candidate looked up in the catalogue matches its key by identity, without
-comparing the strings (docs/reports/).
+The items of a snapshot are not Python objects: they are read from its columns file
+(``items.cols``), mapped read-only and shared by every process of the host
+(:mod:`recall_engine.runtime.catalog_columns`), with the online changes since the
+snapshot in a small overlay (``OverlayItems``); a catalogue written before columns
+existed gets them on its first load. Filters search the id column for a whole candidate
+list at once (:meth:`Catalog.filter_mask`, :meth:`Catalog.present`).
 
 On disk (``ARTIFACTS/catalog/``), by generation ``g`` (0 is what ``build`` writes)::
 
     items.jsonl, items.<g>.jsonl   snapshot of generation g: one JSON object per item
                                    (item_id, title, text, categories)
+    items.cols, items.<g>.cols     the same snapshot as memory-mapped columns, shared
+                                   read-only by every process of the host
+                                   (runtime/catalog_columns.py); older builds have none
     updates.<g>.log                the changes since that snapshot, in order: framed
                                    records (length + crc32, runtime/shared_log.py) of
                                    {"op": "upsert", ...item} / {"op": "delete", "item_id"}
@@ -68,15 +72,15 @@ and the channels' online vectors; nothing is written to its logs.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.catalog_columns import OverlayItems
 from recall_engine.runtime.catalog_files import (
     ITEMS_FILE,
     LEGACY_UPDATES_FILE,
@@ -91,12 +95,13 @@ from recall_engine.runtime.catalog_files import (
     newest_snapshot,
     online_updates,
     parse_op,
-    read_snapshot,
+    read_snapshot_items,
     record_from_json,
     record_to_json,
     remove_generations_before,
     snapshot_file,
     write_snapshot,
+    write_snapshot_columns,
 )
 from recall_engine.runtime.files import atomic_write
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
@@ -146,7 +151,9 @@ class Catalog:
         compact_bytes: int = COMPACT_BYTES,
         stream: SnapshotLog | None = None,
     ) -> None:
-        self._items: dict[str, ItemRecord] = {it.item_id: it for it in items}
+        # a dict, or mapped columns with the online changes on top (OverlayItems); never
+        # changed once published: writers change a copy and swap it in
+        self._items: MutableMapping[str, ItemRecord] = {it.item_id: it for it in items}
         self._folder = folder
         self._stream = stream
         self._lock = threading.Lock()
@@ -158,7 +165,7 @@ class Catalog:
         self._logs: dict[int, SharedLog] = {}
         # item -> days between its first interaction and the build log's end (inf when
         # the log had no times); None: no first_seen.npz, nothing is known to be cold
-        self._age_days: dict[str, float] | None = None
+        self._age_days: _Ages | None = None
 
     @property
     def folder(self) -> Path | None:
@@ -177,7 +184,15 @@ class Catalog:
         return item_id in self._items
 
     def __iter__(self) -> Iterator[ItemRecord]:
-        return iter(list(self._items.values()))
+        return iter(self._items.values())  # never mutated once published: no copy
+
+    def present(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Per id, whether the catalogue holds it (a bool array; vectorised over mapped
+        columns, where one ``in`` test at a time would cost a search each)."""
+        items = self._items
+        if isinstance(items, OverlayItems):
+            return items.present(item_ids)
+        return np.fromiter(map(items.__contains__, item_ids), bool, len(item_ids))
 
     def get(self, item_id: str) -> ItemRecord | None:
         return self._items.get(item_id)
@@ -207,6 +222,8 @@ class Catalog:
         An empty catalogue knows nothing, so it only applies ``query.exclude``."""
         items = self._items
         exclude, cats = query.exclude, query.categories
+        if isinstance(items, OverlayItems):
+            return _filter_mapped(items, item_ids, query)
         # Comprehensions over `in` tests: this runs on every candidate list of every
         # channel (and again in the engine's safety net), so it is kept loop-light.
         if not items:
@@ -228,10 +245,7 @@ class Catalog:
         ages = self._age_days
         if ages is None:
             return None
-        if max_age_days <= 0:
-            return np.fromiter((i not in ages for i in item_ids), bool, len(item_ids))
-        get = ages.get
-        return np.fromiter((get(i, -1.0) < max_age_days for i in item_ids), bool, len(item_ids))
+        return ages.of(item_ids) < max_age_days if max_age_days > 0 else ~ages.known(item_ids)
 
     # -- writing ---------------------------------------------------------------
     def upsert(self, items: Sequence[ItemRecord], *, log: bool = True) -> int:
@@ -241,7 +255,7 @@ class Catalog:
         with self._lock:
             if log:
                 self._append([{"op": "upsert", **record_to_json(it)} for it in items])
-            new = dict(self._items)
+            new = _copy(self._items)
             new.update((it.item_id, it) for it in items)
             self._items = new
         return len(items)
@@ -253,7 +267,7 @@ class Catalog:
             present = list(dict.fromkeys(i for i in item_ids if i in self._items))
             if log:
                 self._append([{"op": "delete", "item_id": i} for i in present])
-            new = dict(self._items)
+            new = _copy(self._items)
             for i in present:
                 del new[i]
             self._items = new
@@ -335,7 +349,7 @@ class Catalog:
                 log.error("catalog_update_skipped", error=str(e))
         return ops
 
-    def _difference(self, fresh: dict[str, ItemRecord]) -> list[Op]:
+    def _difference(self, fresh: MutableMapping[str, ItemRecord]) -> list[Op]:
         """The ops that turn what this catalogue holds into ``fresh``."""
         current = self._items
         ops: list[Op] = [("delete", i) for i in current if i not in fresh]
@@ -410,6 +424,7 @@ class Catalog:
                     if os.fstat(fd).st_size != max(current.offset, len(HEADER)):
                         return False  # someone wrote since this process last read
                     create_log(log_file(self._folder, nxt))
+                    write_snapshot_columns(self._folder, nxt, self._items.values())
                     write_snapshot(
                         snapshot_file(self._folder, nxt), self._items.values()
                     )  # the commit
@@ -469,6 +484,7 @@ class Catalog:
         for path in generation_files(folder):
             path.unlink(missing_ok=True)
         (folder / LEGACY_UPDATES_FILE).unlink(missing_ok=True)
+        write_snapshot_columns(folder, 0, self._items.values())
         write_snapshot(folder / ITEMS_FILE, self._items.values())
         atomic_write(log_file(folder, 0), HEADER)
         if folder == self._folder:
@@ -505,7 +521,7 @@ class Catalog:
                 folder=folder, compact_records=compact_records, compact_bytes=compact_bytes
             )
             try:
-                items = read_snapshot(folder, catalog._gen)
+                items = read_snapshot_items(folder, catalog._gen)
                 current = catalog._log(catalog._gen)
                 if current.path.exists():
                     current.recover()
@@ -532,7 +548,7 @@ class Catalog:
         if rows is not None:
             catalog._items = _items_of(rows, "snapshot")
         else:
-            catalog._items = read_snapshot(folder, 0)
+            catalog._items = read_snapshot_items(folder, 0)
             busy = online_updates(folder)
             if busy is not None:
                 log.warning(
@@ -545,11 +561,29 @@ class Catalog:
             ops = catalog.read_new_updates()
             if not ops:
                 break
-            items = dict(catalog._items)
+            items = _copy(catalog._items)
             apply_ops(items, ops)
             catalog._items = items
         catalog._age_days = _read_first_seen(folder)
         return catalog
+
+
+def _copy(items: MutableMapping[str, ItemRecord]) -> MutableMapping[str, ItemRecord]:
+    return items.copy() if isinstance(items, OverlayItems) else dict(items)
+
+
+def _filter_mapped(items: OverlayItems, item_ids: Sequence[str], query: Query) -> list[bool]:
+    """``Catalog.filter_mask`` over mapped columns: one vectorised id search."""
+    exclude, cats = query.exclude, query.categories
+    if not cats:
+        found = items.present(item_ids)
+        if exclude and not exclude.isdisjoint(item_ids):
+            found &= np.fromiter((i not in exclude for i in item_ids), bool, len(item_ids))
+        return found.tolist()
+    found = items.in_categories(item_ids, cats)
+    if exclude and not exclude.isdisjoint(item_ids):
+        found &= np.fromiter((i not in exclude for i in item_ids), bool, len(item_ids))
+    return found.tolist()
 
 
 def _items_of(rows: Iterable[dict], where: str) -> dict[str, ItemRecord]:
@@ -581,13 +615,42 @@ def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray 
     return path
 
 
-def _read_first_seen(folder: Path) -> dict[str, float] | None:
+class _Ages:
+    """Per item of the build's log, days from its first interaction to the log's end:
+    sorted UTF-8 ids and their ages as two arrays (a dict of a million ids would cost
+    ≈ 100 MiB per process), looked up with ``np.searchsorted``."""
+
+    def __init__(self, ids: np.ndarray, ages: np.ndarray) -> None:
+        self._ids, self._ages = ids, ages
+
+    def _positions(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if not len(self._ids) or not len(item_ids):
+            return np.zeros(len(item_ids), np.intp), np.zeros(len(item_ids), bool)
+        keys = np.array([i.encode("utf-8", "surrogatepass") for i in item_ids])
+        long = np.char.str_len(keys) > self._ids.dtype.itemsize
+        keys = keys.astype(self._ids.dtype)
+        pos = np.minimum(np.searchsorted(self._ids, keys), len(self._ids) - 1)
+        return pos, (self._ids[pos] == keys) & ~long
+
+    def known(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self._positions(item_ids)[1]
+
+    def of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Ages of ``item_ids``, -1 where unknown."""
+        pos, found = self._positions(item_ids)
+        return np.where(found, self._ages[pos], -1.0)
+
+
+def _read_first_seen(folder: Path) -> _Ages | None:
     path = folder / FIRST_SEEN_FILE
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as f:
-        ids = [sys.intern(i) for i in f["ids"].tolist()]
+        raw = [i.encode("utf-8", "surrogatepass") for i in f["ids"].tolist()]
+        ids = np.array(raw) if raw else np.empty(0, dtype="S1")
         if not bool(f["has_timestamps"]):
-            return dict.fromkeys(ids, float("inf"))
-        ages = (int(f["as_of"]) - f["first_seen"]) / _DAY
-    return dict(zip(ids, ages.tolist(), strict=True))
+            ages = np.full(len(ids), np.inf)
+        else:
+            ages = (int(f["as_of"]) - f["first_seen"]) / _DAY
+    order = np.argsort(ids, kind="stable")  # np.unique sorted them as str; bytes may differ
+    return _Ages(ids[order], np.asarray(ages, dtype=np.float64)[order])

@@ -13,11 +13,18 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.catalog_columns import (
+    ColumnItems,
+    ColumnsError,
+    OverlayItems,
+    columns_file,
+    write_columns,
+)
 from recall_engine.runtime.files import atomic_open, fsync_dir, parse_json_object
 from recall_engine.runtime.shared_log import HEADER
 from recall_engine.sdk.types import ItemRecord
@@ -29,6 +36,8 @@ LEGACY_UPDATES_FILE = "updates.jsonl"
 VECTORS_DIR = "vectors"
 SNAPSHOT_NAME = re.compile(r"^items(?:\.(\d+))?\.jsonl$")
 LOG_NAME = re.compile(r"^updates\.(\d+)\.log$")
+#: a snapshot's columns file (runtime/catalog_columns.py): items.cols, items.<g>.cols
+COLUMNS_NAME = re.compile(r"^items(?:\.(\d+))?\.cols$")
 
 
 class CatalogInUse(RuntimeError):
@@ -69,7 +78,7 @@ def record_to_json(item: ItemRecord) -> dict:
 Op = tuple[str, "ItemRecord | str"]
 
 
-def apply_ops(items: dict[str, ItemRecord], ops: Iterable[Op]) -> int:
+def apply_ops(items: MutableMapping[str, ItemRecord], ops: Iterable[Op]) -> int:
     """Apply ``ops`` to ``items`` in order (an upsert carries its record, a delete its
     id); returns how many there were."""
     count = 0
@@ -93,11 +102,16 @@ def parse_op(row: dict, where: str) -> Op:
 def generation_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return [p for p in folder.iterdir() if SNAPSHOT_NAME.match(p.name) or LOG_NAME.match(p.name)]
+    return [
+        p
+        for p in folder.iterdir()
+        if SNAPSHOT_NAME.match(p.name) or LOG_NAME.match(p.name) or COLUMNS_NAME.match(p.name)
+    ]
 
 
 def generation_of(path: Path) -> int:
     match = SNAPSHOT_NAME.match(path.name) or LOG_NAME.match(path.name)
+    match = match or COLUMNS_NAME.match(path.name)
     assert match is not None
     return int(match.group(1) or 0)
 
@@ -105,6 +119,42 @@ def generation_of(path: Path) -> int:
 def newest_snapshot(folder: Path) -> int:
     gens = [generation_of(p) for p in generation_files(folder) if SNAPSHOT_NAME.match(p.name)]
     return max(gens, default=0)
+
+
+def read_snapshot_items(folder: Path, generation: int) -> MutableMapping[str, ItemRecord]:
+    """Snapshot ``generation``: its columns file mapped read-only when there is a sound
+    one (shared by every process of the host), else the JSON lines read into a dict
+    (catalogues from older builds; a damaged columns file is reported and skipped)."""
+    cols = columns_file(snapshot_file(folder, generation))
+    if cols.exists():
+        try:
+            return OverlayItems(ColumnItems(cols))
+        except ColumnsError as exc:
+            log.error("catalog_columns_refused", file=str(cols), error=str(exc))
+            return read_snapshot(folder, generation)
+    items = read_snapshot(folder, generation)
+    if not items:
+        return items
+    # a catalogue from before columns: write them once, so this process and the next
+    # map them (a read-only folder keeps the dict)
+    try:
+        write_columns(cols, items.values())
+        mapped = OverlayItems(ColumnItems(cols))
+    except (OSError, ColumnsError) as exc:
+        log.warning("catalog_columns_not_written", file=str(cols), error=str(exc))
+        return items
+    log.info("catalog_columns_written", file=str(cols), items=len(items))
+    return mapped
+
+
+def write_snapshot_columns(folder: Path, generation: int, items: Iterable[ItemRecord]) -> None:
+    """The columns file of snapshot ``generation`` (before the snapshot itself: its
+    rename is the commit). Items that have no column form are logged and left to the
+    JSON lines."""
+    try:
+        write_columns(columns_file(snapshot_file(folder, generation)), items)
+    except ColumnsError as exc:
+        log.warning("catalog_columns_skipped", error=str(exc))
 
 
 def read_snapshot(folder: Path, generation: int) -> dict[str, ItemRecord]:

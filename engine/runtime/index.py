@@ -4,10 +4,12 @@
 needs around it:
 
 * **String ids.** usearch keys are ``uint64``; the wrapper hands out keys 0, 1, 2, … in
-  insertion order and keeps ``key -> item id`` in a NumPy object array (so a whole result
-  row maps to ids with one fancy-index, no per-result Python) and ``item id -> key`` in a
-  dict. Keys are never reused: a deleted id leaves a hole; re-adding it takes a new key.
-  The mapping is saved with the index, so keys are stable across save/load.
+  insertion order and keeps both directions in an :class:`~recall_engine.runtime.id_map.IdMap`:
+  fixed-width id columns saved as ``ids.cols`` beside ``ids.json`` and mapped read-only
+  by every process that loads the bundle (ids found with ``np.searchsorted``), with the
+  online changes on top. Keys are never reused: a deleted id leaves a hole; re-adding it
+  takes a new key. The mapping is saved with the index, so keys are stable across
+  save/load.
 * **Upserts and deletes.** ``add`` replaces the vector of an id that is already present
   (usearch itself refuses duplicate keys), ``delete`` removes ids. Both are visible to the
   next search.
@@ -58,7 +60,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -70,6 +71,7 @@ import usearch  # noqa: I001 - (onnxruntime-gpu 1.31 + usearch 2.26, libstdc++ s
 from usearch.index import BatchMatches, Index
 
 from recall_engine.runtime.files import atomic_path, atomic_write, read_json_object
+from recall_engine.runtime.id_map import IDS_COLUMNS_FILE, IdMap
 
 METRICS = ("cos", "ip", "l2sq")
 DTYPES = ("f32", "f16", "bf16", "i8")
@@ -166,8 +168,8 @@ class VectorIndex:
             expansion_search=expansion_search,
         )
         self._score = SCORES[metric]
-        self._ids = np.empty(0, dtype=object)  # key -> item id, None where deleted
-        self._keys: dict[str, int] = {}  # item id -> key
+        # item id <-> key: mapped columns from the bundle, online changes on top
+        self._map = IdMap.from_list([])
         self._next_key = 0
         # Memory-mapped base (view=True): keys below _base_keys live in the file; online
         # changes go to _overlay, and file entries deleted or replaced are marked in _dead.
@@ -181,10 +183,14 @@ class VectorIndex:
 
     # -- reading ---------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._map)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._keys
+        return item_id in self._map
+
+    def contains_many(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``in`` for many ids at once (a bool array), one vectorised search."""
+        return self._map.present(item_ids)
 
     def __repr__(self) -> str:
         return (
@@ -230,17 +236,15 @@ class VectorIndex:
     def ids(self) -> list[str]:
         """Item ids in insertion order (a copy)."""
         with self._lock:
-            return list(self._keys)
+            return list(self._map)
 
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """The stored vectors of the known ids among ``item_ids``, as a float32
         ``[found, dim]`` matrix (dequantised like :meth:`vector`), and the positions in
         ``item_ids`` they belong to. One usearch call however many ids: a history of 20
         items costs one lookup, not 20."""
-        get = self._keys.get
         positions, keys = [], []
-        for position, item_id in enumerate(item_ids):
-            key = get(item_id)
+        for position, key in enumerate(self._map.keys_of(item_ids)):
             if key is not None:
                 positions.append(position)
                 keys.append(key)
@@ -261,7 +265,7 @@ class VectorIndex:
         """The stored vector of ``item_id`` as float32: f16/i8 come back dequantised,
         and i8 (cos) vectors come back unit-normalised. ``KeyError`` if unknown."""
         with self._lock:
-            key = self._keys.get(item_id)
+            key = self._map.get(item_id)
             if key is None:
                 raise KeyError(item_id)
             return np.asarray(self._get([key])[0], dtype=np.float32)
@@ -300,17 +304,21 @@ class VectorIndex:
             matrix = matrix[list(last.values())]
         ids = list(last)
         with self._lock:
-            old = [self._keys[i] for i in ids if i in self._keys]
-            new = [i for i in ids if i not in self._keys]
+            found = self._map.keys_of(ids)
+            old = [k for k in found if k is not None]
+            new = [i for i, k in zip(ids, found, strict=True) if k is None]
             first = self._next_key
-            self._reserve_keys(first + len(new))
             for offset, item_id in enumerate(new):
-                self._keys[item_id] = first + offset
+                self._map.add(item_id, first + offset)
             self._next_key = first + len(new)
-            self._ids[first : self._next_key] = new
             if old:
                 self._remove(old)
-            keys = np.fromiter((self._keys[i] for i in ids), dtype=np.uint64, count=len(ids))
+            fresh = iter(range(first, self._next_key))
+            keys = np.fromiter(
+                (k if k is not None else next(fresh) for k in found),
+                dtype=np.uint64,
+                count=len(ids),
+            )
             # a pool of worker threads costs more than a few single-vector inserts
             threads = 1 if len(keys) < 64 else self.threads
             if self._viewed:
@@ -325,10 +333,9 @@ class VectorIndex:
         if isinstance(item_ids, str):
             item_ids = [item_ids]
         with self._lock:
-            keys = [self._keys.pop(i) for i in set(item_ids) if i in self._keys]
+            keys = [self._map.pop(i) for i in set(item_ids) if i in self._map]
             if keys:
                 self._remove(keys)
-                self._ids[np.asarray(keys, dtype=np.intp)] = None
         return len(keys)
 
     def _remove(self, keys: Sequence[int]) -> None:
@@ -403,7 +410,7 @@ class VectorIndex:
             raise ValueError(f"headroom must be >= 0, got {headroom}")
         if max_fetch is not None and max_fetch <= 0:
             raise ValueError(f"max_fetch must be > 0, got {max_fetch}")
-        if k == 0 or len(self._keys) == 0:
+        if k == 0 or len(self._map) == 0:
             return [([], np.zeros(0, dtype=np.float32)) for _ in range(len(queries))]
         return self._search(queries, k, keep, exclude, headroom, max_fetch)
 
@@ -425,7 +432,7 @@ class VectorIndex:
         limit = max(fetch, max_fetch) if max_fetch is not None else None
         while len(pending):
             with self._lock:
-                size = len(self._keys)
+                size = len(self._map)
                 if size == 0:  # everything was deleted since the last round
                     for row in pending:
                         results[row] = ([], np.zeros(0, dtype=np.float32))
@@ -440,10 +447,10 @@ class VectorIndex:
                     fetch = min(fetch, size)
                     found = _columns(self._usearch(self._index, rows, fetch, threads))
                     complete = fetch >= size
-                # Map keys to ids before letting go of the lock: delete() clears
-                # entries of self._ids in place.
+                # Map keys to ids before letting go of the lock: delete() marks keys
+                # dead in place.
                 answers = [
-                    (keys[:n], self._ids[keys[:n].astype(np.intp)], distances[:n])
+                    (keys[:n], self._map.ids_of(keys[:n]), distances[:n])
                     for keys, distances, n in zip(*found, strict=True)
                 ]
             complete = complete or (limit is not None and fetch >= limit)
@@ -514,8 +521,8 @@ class VectorIndex:
     def _banned_keys(self, exclude: Collection[str]) -> np.ndarray | None:
         if not exclude:
             return None
-        get = self._keys.get
-        return np.fromiter((key for key in map(get, exclude) if key is not None), dtype=np.uint64)
+        found = self._map.keys_of(list(exclude))
+        return np.fromiter((key for key in found if key is not None), dtype=np.uint64)
 
     def _filter(
         self,
@@ -547,15 +554,16 @@ class VectorIndex:
         with self._lock:
             with atomic_path(folder / INDEX_FILE) as tmp:
                 (self._merged() if self._viewed else self._index).save(os.fspath(tmp))
-            ids = self._ids[: self._next_key].tolist()
+            ids = self._map.key_order_ids(self._next_key)
             atomic_write(folder / IDS_FILE, json.dumps({"ids": ids}, separators=(",", ":")))
+            IdMap.write(folder / IDS_COLUMNS_FILE, ids)
             atomic_write(folder / META_FILE, json.dumps(self._meta(), indent=2) + "\n")
 
     def _merged(self) -> Index:
         """A memory-mapped base with its overlay and dead entries applied, as one
         in-memory usearch index with the same keys (under the lock; for :meth:`save`)."""
         merged = self._new_usearch()
-        keys = np.fromiter(self._keys.values(), dtype=np.uint64, count=len(self._keys))
+        keys = self._map.live_keys()
         for start in range(0, len(keys), 65_536):
             chunk = keys[start : start + 65_536]
             rows = self._get(chunk.tolist())
@@ -572,7 +580,7 @@ class VectorIndex:
             "expansion_add": self.expansion_add,
             "expansion_search": self._index.expansion_search,
             "exact_below": self.exact_below,
-            "count": len(self._keys),
+            "count": len(self._map),
             "usearch_version": usearch.__version__,
         }
 
@@ -612,10 +620,7 @@ class VectorIndex:
         index = cls(int(meta["dim"]), **{**params, **overrides})
         index_path = folder / INDEX_FILE
         index._open_usearch(index_path, view)
-        ids = read_json_object(folder / IDS_FILE).get("ids")
-        if not isinstance(ids, list):
-            raise ValueError(f"{folder / IDS_FILE}: expected an object with an 'ids' list")
-        index._set_ids(ids, folder / IDS_FILE)
+        index._open_ids(folder)
         index._viewed = view
         index._base_keys = index._next_key if view else 0
         return index
@@ -644,28 +649,32 @@ class VectorIndex:
         except Exception as exc:
             raise ValueError(f"{path}: cannot {'view' if view else 'load'} ({exc})") from exc
 
-    def _set_ids(self, ids: list[Any], where: Path) -> None:
-        # interned: shared with the catalogue's and the other channels' copies (catalog.py)
-        ids = [sys.intern(i) if isinstance(i, str) else i for i in ids]
-        self._ids = np.empty(len(ids), dtype=object)
-        self._ids[:] = ids
-        self._keys = {item_id: key for key, item_id in enumerate(ids) if item_id is not None}
-        self._next_key = len(ids)
-        if len(self._keys) != len(self._index):
+    def _open_ids(self, folder: Path) -> None:
+        """The id map: ``ids.cols`` mapped read-only (shared by every process), or, for a
+        bundle from before it, built in memory from ``ids.json``."""
+        where = folder / IDS_COLUMNS_FILE
+        if where.exists():
+            self._map = IdMap.open(where)  # a damaged file: ColumnsError (ValueError)
+            self._next_key = self._map.key_count
+        else:
+            where = folder / IDS_FILE
+            ids = read_json_object(where).get("ids")
+            if not isinstance(ids, list) or not all(i is None or isinstance(i, str) for i in ids):
+                raise ValueError(f"{where}: expected an object with an 'ids' list")
+            try:
+                self._map = IdMap.from_list(ids)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            self._next_key = len(ids)
+        if len(self._map) != len(self._index):
             raise ValueError(
-                f"{where}: {len(self._keys)} ids for {len(self._index)} vectors in {INDEX_FILE}"
+                f"{where}: {len(self._map)} ids for {len(self._index)} vectors in {INDEX_FILE}"
             )
 
     def close(self) -> None:
         """Nothing to release (a viewed file is unmapped when the index is collected)."""
 
     # -- helpers ---------------------------------------------------------------
-    def _reserve_keys(self, needed: int) -> None:
-        if needed > len(self._ids):
-            grown = np.empty(max(needed, 2 * len(self._ids), 1024), dtype=object)
-            grown[: len(self._ids)] = self._ids
-            self._ids = grown
-
     def _matrix(self, vectors: np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(vectors)
         if array.ndim == 1:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -113,6 +114,7 @@ from recall_engine.sdk.types import Evidence, NearItem
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
+    from recall_engine.runtime.catalog import Catalog
 
 log = get_logger(__name__)
 
@@ -669,14 +671,11 @@ class VectorChannel(Channel):
         started = time.perf_counter()
         index = self.index
         with self._write_lock:
-            stale = [i for i in index.ids() if i not in catalog]
+            known = index.ids()
+            stale = [known[n] for n in np.flatnonzero(~catalog.present(known)).tolist()]
             if stale:
                 index.delete(stale)
-            todo = [
-                it
-                for it in catalog
-                if built.get(it.item_id) != item_signature(it) or it.item_id not in index
-            ]
+            todo = _changed_items(catalog, built, index)
             reused, todo = self._reuse_saved(todo) if todo else (0, todo)
             added = reused + (self._index_items(todo) if todo else 0)
         self._reconciled = {"added": added, "removed": len(stale)}
@@ -769,6 +768,28 @@ def _candidates(ids: Sequence[str], scores: np.ndarray) -> Candidates:
         order = np.lexsort((np.asarray(ids, dtype=str), -scores))
         return Candidates([ids[i] for i in order.tolist()], scores[order])
     return Candidates(list(ids), scores)
+
+
+def _changed_items(
+    catalog: Catalog, built: Mapping[str, int], index: VectorStore
+) -> list[ItemRecord]:
+    """The catalogue's items that the index lacks or that changed since the build, a
+    chunk at a time (the index answers ``in`` for a whole chunk when it can: over mapped
+    id columns one search at a time would cost seconds at a million items)."""
+    many = getattr(index, "contains_many", None)
+    todo: list[ItemRecord] = []
+    items = iter(catalog)
+    while chunk := list(itertools.islice(items, 8192)):
+        if many is not None:
+            there = many([it.item_id for it in chunk]).tolist()
+        else:
+            there = [it.item_id in index for it in chunk]
+        todo.extend(
+            it
+            for it, known in zip(chunk, there, strict=True)
+            if not known or built.get(it.item_id) != item_signature(it)
+        )
+    return todo
 
 
 def _read_signatures(path: Path) -> dict[str, int]:
