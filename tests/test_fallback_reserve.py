@@ -1,7 +1,8 @@
 """The fallback held in reserve (weight 0 in the plan) runs only when it may be needed:
-after the other channels are over with no candidate, or once the request has no more
-than the fallback's own timeout left; when another channel answered first it is never
-called. Real gRPC server on a free port, the fault plugin as a real entry point."""
+after the other channels are over with no candidate, after half the others' shortest
+timeout, or once the request has no more than the fallback's own timeout left; when
+another channel answered first it is never called. Real gRPC server on a free port,
+the fault plugin as a real entry point."""
 
 from __future__ import annotations
 
@@ -46,8 +47,13 @@ def calls_of(name: str) -> int:
 
 
 def test_the_fallback_in_reserve_is_never_called_when_another_channel_answered(tmp_path):
+    # long timeouts: the fallback would start after half of them (hedging a slow
+    # channel), which a loaded host must not reach here
     config = reserve_config(
-        tmp_path, {"params": {"items": ["i1", "i2"]}}, {"params": {"items": ["i3"]}}
+        tmp_path,
+        {"timeout_ms": 20000, "params": {"items": ["i1", "i2"]}},
+        {"timeout_ms": 20000, "params": {"items": ["i3"]}},
+        fallback_timeout_ms=100,
     )
     with serve(config, catalog_of(ITEMS)) as s:
         for n in range(20):
@@ -72,6 +78,25 @@ def test_the_fallback_in_reserve_answers_when_the_others_answer_nothing(tmp_path
         st = statuses(resp)
         assert st["popular"].status == OK and st["popular"].weight == 1
         assert st["good"].status == OK and st["other"].status == TIMEOUT
+        CONTROL.release.set()
+
+
+def test_the_fallback_in_reserve_answers_beside_slow_channels_that_time_out(tmp_path):
+    # the others hang past their 1 s timeouts: the fallback, started after half of
+    # that (or at their timeout at the latest), answers, once
+    config = reserve_config(
+        tmp_path,
+        {"timeout_ms": 1000, "params": {"fault": "hang"}},
+        {"timeout_ms": 1000, "params": {"fault": "hang"}},
+        fallback_timeout_ms=2000,
+    )
+    with serve(config, catalog_of(ITEMS)) as s:
+        resp = s.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=5), timeout=10)
+        assert list(resp.item_ids) == ["i9", "i10"]
+        st = statuses(resp)
+        assert st["popular"].status == OK
+        assert st["good"].status == TIMEOUT and st["other"].status == TIMEOUT
+        assert calls_of("popular") == 1
         CONTROL.release.set()
 
 

@@ -642,16 +642,23 @@ class Engine:
         deadline: the fan-out is on every request's path.
 
         The fallback held in reserve (weight 0) starts only when it may be needed: once
-        the other calls are over with no candidate, or when the request has no more
-        than the fallback's own timeout left (at once for a short deadline). When the
-        others brought candidates first it never runs (``held``): its list would be
-        dropped anyway, and most requests then cost one channel call less."""
+        the other calls are over with no candidate, or when half the others' shortest
+        timeout has passed, or when the request has no more than the fallback's own
+        timeout left (at once for a short deadline). When the others brought candidates
+        first it never runs (``held``): its list would be dropped anyway, and most
+        requests then cost one channel call less."""
         loop = asyncio.get_running_loop()
         check = self.overload.check_output
         held = [c for c in calls if c.reserve]
         running = [c for c in calls if not c.reserve]
+        now = time.perf_counter()
+        # the latest start that leaves the fallback its own timeout, and no later than
+        # half the others' shortest timeout: a slow channel that then times out finds
+        # the fallback's answer ready instead of waiting for it after its timeout
         hedge = min((c.t_end - c.limit for c in held), default=0.0)
-        if not running or hedge <= time.perf_counter():
+        if running:
+            hedge = min(hedge, now + 0.5 * min(c.limit for c in running))
+        if not running or hedge <= now:
             running, held = list(calls), []
         fan = _FanOut(loop, len(calls), len(held))
 
