@@ -104,6 +104,7 @@ from recall_engine.runtime.catalog_files import (
     write_snapshot_columns,
 )
 from recall_engine.runtime.files import atomic_write
+from recall_engine.runtime.npz_map import map_npz
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
 from recall_engine.runtime.update_log import SnapshotLog
 from recall_engine.sdk.types import ItemRecord, Query
@@ -616,19 +617,21 @@ def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray 
 
 
 class _Ages:
-    """Per item of the build's log, days from its first interaction to the log's end:
-    sorted UTF-8 ids and their ages as two arrays (a dict of a million ids would cost
-    ≈ 100 MiB per process), looked up with ``np.searchsorted``."""
+    """Per item of the build's log, days from its first interaction to the log's end,
+    looked up with ``np.searchsorted`` in ``first_seen.npz``'s ids (sorted by
+    ``np.unique``), mapped read-only from the file like its first-seen times, so every
+    process of the host shares them (a dict of a million ids cost ≈ 100 MiB per
+    process, arrays of its own ≈ 30 MiB)."""
 
-    def __init__(self, ids: np.ndarray, ages: np.ndarray) -> None:
-        self._ids, self._ages = ids, ages
+    def __init__(self, ids: np.ndarray, first_seen: np.ndarray, as_of: int | None) -> None:
+        self._ids, self._first, self._as_of = ids, first_seen, as_of  # as_of None: no times
 
     def _positions(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if not len(self._ids) or not len(item_ids):
             return np.zeros(len(item_ids), np.intp), np.zeros(len(item_ids), bool)
-        keys = np.array([i.encode("utf-8", "surrogatepass") for i in item_ids])
-        long = np.char.str_len(keys) > self._ids.dtype.itemsize
-        keys = keys.astype(self._ids.dtype)
+        keys = np.asarray(list(item_ids), dtype=str)
+        long = np.char.str_len(keys) > self._ids.dtype.itemsize // 4  # UCS-4
+        keys = keys.astype(self._ids.dtype)  # truncates the long ones: masked out
         pos = np.minimum(np.searchsorted(self._ids, keys), len(self._ids) - 1)
         return pos, (self._ids[pos] == keys) & ~long
 
@@ -638,19 +641,18 @@ class _Ages:
     def of(self, item_ids: Sequence[str]) -> np.ndarray:
         """Ages of ``item_ids``, -1 where unknown."""
         pos, found = self._positions(item_ids)
-        return np.where(found, self._ages[pos], -1.0)
+        if self._as_of is None:
+            return np.where(found, np.inf, -1.0)
+        return np.where(found, (self._as_of - self._first[pos]) / _DAY, -1.0)
 
 
 def _read_first_seen(folder: Path) -> _Ages | None:
     path = folder / FIRST_SEEN_FILE
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as f:
-        raw = [i.encode("utf-8", "surrogatepass") for i in f["ids"].tolist()]
-        ids = np.array(raw) if raw else np.empty(0, dtype="S1")
-        if not bool(f["has_timestamps"]):
-            ages = np.full(len(ids), np.inf)
-        else:
-            ages = (int(f["as_of"]) - f["first_seen"]) / _DAY
-    order = np.argsort(ids, kind="stable")  # np.unique sorted them as str; bytes may differ
-    return _Ages(ids[order], np.asarray(ages, dtype=np.float64)[order])
+    f = map_npz(path)
+    ids = f["ids"]
+    if ids.dtype.kind != "U":  # written by write_first_seen: np.unique over str
+        raise ValueError(f"{path}: 'ids' must be a str array, got {ids.dtype}")
+    as_of = int(f["as_of"]) if bool(f["has_timestamps"]) else None
+    return _Ages(ids, f["first_seen"], as_of)
