@@ -36,7 +36,9 @@ def served(tmp_path_factory, demo_small, minilm_onnx):
         },
         root,
     )
-    built = build_all(demo_small.interactions, demo_small.items, root, config)
+    # no learned fusion weights: these tests check every channel through the plan's
+    # weights (the fit may serve a channel alone: docs/evaluation.md)
+    built = build_all(demo_small.interactions, demo_small.items, root, config, fit_fusion=False)
     assert all(b.version for b in built), built
     with serve(config, Catalog.load(root / "catalog")) as s:
         yield s
