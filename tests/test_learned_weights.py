@@ -19,6 +19,7 @@ from recall_engine.config import Plan
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.offline.fusion_fit import MIN_SEGMENT_USERS, carve, fit_segments
 from recall_engine.runtime.artifacts import ArtifactError, ArtifactStore
+from recall_engine.runtime.catalog import Catalog, write_first_seen
 from recall_engine.runtime.learned_weights import (
     BUNDLE,
     FILE,
@@ -27,7 +28,9 @@ from recall_engine.runtime.learned_weights import (
     load_learned_weights,
     save_learned_weights,
 )
+from recall_engine.sdk.types import ItemRecord
 from recall_engine.serving.fusion import RankedList
+from recall_engine.serving.segment_weights import SCOUT_SHARE
 from tests.fault_plugins import (
     fault_site,  # noqa: F401 - fixture
     faults,  # noqa: F401 - fixture
@@ -237,7 +240,8 @@ def test_a_requests_history_length_picks_its_learned_weights_through_the_server(
         ),
     )
     catalog = catalog_of(ITEMS + [f"h{n}" for n in range(40)])
-    with serve(config_in(tmp_path), catalog) as s:
+    # no cold slots: a channel the fit set to 0 stays off (with them it scouts, below)
+    with serve(config_in(tmp_path, cold_quota=0), catalog) as s:
         assert s.engine.learned_weights is not None
         seen: dict[str, dict[tuple[int, str], dict[str, float]]] = {}
         for n in range(40):  # both variants get traffic
@@ -253,6 +257,43 @@ def test_a_requests_history_length_picks_its_learned_weights_through_the_server(
         assert got[(0, "")] == plan  # no history
     for key, w in seen["hand"].items():  # set by hand for an A/B test: as written
         assert w == {"popular": 0.1, "good": 0.2, "other": 0.3}, key
+
+
+@pytest.mark.usefixtures("faults")
+def test_with_cold_slots_a_channel_the_fit_turned_off_still_scouts_for_new_items(tmp_path):
+    """The fit chose ``good`` alone; ``other`` (weight 0.5 in the plan) returns a warm
+    item and, second, a new one. With the plan's cold quota (1 slot of k = 5) ``other``
+    is still called, at a weight under every chosen item's: ``new`` gets the cold slot,
+    the warm item only ``other`` returned (ranked above it there) gets none. Without the
+    quota ``other`` is not called at all."""
+    folder = tmp_path / "catalog"
+    ids = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "warm_only_other", "new"]
+    Catalog([ItemRecord(i) for i in ids], folder=folder).save(folder)
+    write_first_seen(folder, np.asarray(ids[:-1]), None)  # `new`: no interaction
+    channels = {
+        "popular": {"plugin": "fault", "required": True, "params": {"items": ["w7"]}},
+        "good": {"plugin": "fault", "params": {"items": ["w1", "w2", "w3", "w4", "w5", "w6"]}},
+        "other": {"plugin": "fault", "params": {"items": ["warm_only_other", "new"]}},
+    }
+    only_good = {"popular": 0.0, "good": 1.0, "other": 0.0}
+    save_learned_weights(tmp_path, learned(only_good, only_good))
+    request = recall_pb2.RecallRequest(history_item_ids=["w7"], k=5)
+    results = {}
+    for quota in (0.2, 0.0):
+        plan = {"weights": {"popular": 0.1, "good": 1.0, "other": 0.5}, "cold_quota": quota}
+        cfg = make_config(
+            {"artifacts": {"root": str(tmp_path)}, "channels": channels, "plan": plan}, tmp_path
+        )
+        with serve(cfg, Catalog.load(folder)) as s:
+            resp = s.stub.Recall(request, timeout=5)
+        results[quota] = (list(resp.item_ids), {c.channel: c for c in resp.channels})
+    ids_q, st_q = results[0.2]
+    assert ids_q == ["w1", "w2", "w3", "w4", "new"], ids_q
+    assert st_q["other"].status == recall_pb2.CHANNEL_STATUS_OK
+    assert 0 < st_q["other"].weight == pytest.approx(SCOUT_SHARE * 1.0)
+    ids_0, st_0 = results[0.0]
+    assert ids_0 == ["w1", "w2", "w3", "w4", "w5"], ids_0
+    assert st_0["other"].status == recall_pb2.CHANNEL_STATUS_SKIPPED
 
 
 @pytest.mark.usefixtures("faults")

@@ -7,6 +7,17 @@ were learned for the plan's strategy, and the request is one the fit could learn
 a history and no free text (text requests are what the text channels are for, and the
 interaction log has none to learn their weights from). A channel the fit did not see
 (added since the build) keeps the plan's weight; a channel the plan turns off stays off.
+
+New items. The fit scores warm items only (a held-out item the carve's channels never
+saw cannot be found by the collaborative ones), so it may set the text channels to 0,
+and a channel at 0 is not called: the plan's cold quota (``cold_quota``, slots kept for
+items without interactions) would have no new item to take, and new items would be
+buried again. So when the plan keeps cold slots, a channel the plan weighs but the fit
+set to 0 still takes part, at :data:`SCOUT_SHARE` of the smallest learned weight: an item
+only it returns scores below every item of the channels the fit chose (RRF: a rank-1
+term of ``SCOUT_SHARE·w/(rrf_k+1)`` against at least ``w/(rrf_k+depth)``, depth ≤ 5,000
+at ``rrf_k`` 60), so it fills no warm slot by itself, but the cold quota can take what it
+returned.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ from recall_engine.config import Plan
 from recall_engine.runtime.learned_weights import LearnedWeights
 from recall_engine.sdk.types import Query
 
-__all__ = ["describe", "weights_for"]
+__all__ = ["SCOUT_SHARE", "describe", "weights_for"]
+
+SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest learned one
 
 
 def weights_for(plan: Plan, learned: LearnedWeights | None, query: Query) -> dict[str, float]:
@@ -35,9 +48,17 @@ def weights_for(plan: Plan, learned: LearnedWeights | None, query: Query) -> dic
     if seg is None:
         return weights
     out = {n: (seg.get(n, w) if w > 0 else 0.0) for n, w in weights.items()}
-    # learned all-zero over this plan's channels (it cannot be: the fit keeps one > 0,
-    # but a plan may enable only channels the fit set to 0): the plan's weights
-    return out if any(w > 0 for w in out.values()) else weights
+    chosen = [w for w in out.values() if w > 0]
+    if not chosen:
+        # learned all-zero over this plan's channels (it cannot be: the fit keeps one
+        # > 0, but a plan may enable only channels the fit set to 0): the plan's weights
+        return weights
+    if plan.cold_quota > 0:  # scouts for the cold slots (module doc)
+        scout = SCOUT_SHARE * min(chosen)
+        for n, w in weights.items():
+            if w > 0 and out[n] == 0:
+                out[n] = scout
+    return out
 
 
 def describe(learned: LearnedWeights | None) -> Mapping[str, object]:
