@@ -4,6 +4,8 @@ does, and waiting for a state with a deadline instead of sleeping."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -188,3 +190,17 @@ def require(*modules: str, extra: str) -> None:
 
     for name in modules:
         pytest.importorskip(name, reason=f"needs {name}, from the [{extra}] extra")
+
+
+def python_children(code: str, *args: str, n: int = 2) -> list[subprocess.Popen]:
+    """``n`` Python processes running ``code`` with ``args``, stdin and stdout piped as
+    text (the memory-sharing tests: each child maps a file, says so, and waits)."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]

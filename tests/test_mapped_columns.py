@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from recall_engine.runtime.catalog_columns import (
 from recall_engine.runtime.id_map import IDS_COLUMNS_FILE, IdMap
 from recall_engine.runtime.index import IDS_FILE, VectorIndex
 from recall_engine.sdk.types import ItemRecord, Query
+from tests.helpers import python_children
 
 CATS = ("a", "b", "ç", "long-category")
 
@@ -148,15 +147,7 @@ def _smaps_entry(pid: int, path: Path) -> dict[str, int]:
 def test_two_processes_share_the_pages_of_the_columns_file(tmp_path: Path) -> None:
     folder, _ = _catalogue(tmp_path, 20_000, 5)
     path = columns_file(folder / "items.jsonl").resolve()
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(folder)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    children = python_children(_CHILD, str(folder))
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"

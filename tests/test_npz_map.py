@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import mmap
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 
 from recall_engine.runtime.npz_map import map_npz
+from tests.helpers import python_children
 
 
 def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -106,15 +105,7 @@ sys.stdin.readline()  # stay alive until the other process has read its figures 
 def test_two_processes_share_the_pages_of_a_mapped_column(tmp_path):
     path = tmp_path / "big.npz"
     np.savez(path, ids=np.array([f"item-{n:07d}" for n in range(200_000)]))  # 8.4 MB
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    children = python_children(_CHILD, str(path))
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline() == "ready\n"
