@@ -85,7 +85,13 @@ def default_plan_text() -> str:
     params = ", ".join(f"{k} {v:g}" for k, v in plan.fusion_params.items())
     weights = ", ".join(f"{name} {w:g}" for name, w in plan.weights.items())
     fusion = plan.fusion.upper() + (f" ({params})" if params else "")
-    return f"every built-in channel, {fusion}, weights {weights}"
+    learned = (
+        " (replaced by the weights the build learns per history segment, for requests "
+        "with a history and no text: [plan] learned_weights)"
+        if plan.learned_weights
+        else ""
+    )
+    return f"every built-in channel, {fusion}, weights {weights}{learned}"
 
 
 def add_split_arguments(p: argparse.ArgumentParser) -> None:
