@@ -265,7 +265,7 @@ def test_with_cold_slots_a_channel_the_fit_turned_off_still_scouts_for_new_items
     item and, second, a new one. With the plan's cold quota (1 slot of k = 5) ``other``
     is still called, at a weight under every chosen item's: ``new`` gets the cold slot,
     the warm item only ``other`` returned (ranked above it there) gets none. Without the
-    quota ``other`` is not called at all."""
+    quota ``other`` is not called at all. The fallback (``popular``) never scouts."""
     folder = tmp_path / "catalog"
     ids = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "warm_only_other", "new"]
     Catalog([ItemRecord(i) for i in ids], folder=folder).save(folder)
@@ -291,6 +291,9 @@ def test_with_cold_slots_a_channel_the_fit_turned_off_still_scouts_for_new_items
     assert ids_q == ["w1", "w2", "w3", "w4", "new"], ids_q
     assert st_q["other"].status == recall_pb2.CHANNEL_STATUS_OK
     assert 0 < st_q["other"].weight == pytest.approx(SCOUT_SHARE * 1.0)
+    # the fallback returns no new item: it does not scout, it stays held in reserve
+    assert st_q["popular"].weight == 0
+    assert st_q["popular"].status == recall_pb2.CHANNEL_STATUS_SKIPPED
     ids_0, st_0 = results[0.0]
     assert ids_0 == ["w1", "w2", "w3", "w4", "w5"], ids_0
     assert st_0["other"].status == recall_pb2.CHANNEL_STATUS_SKIPPED

@@ -636,7 +636,8 @@ def _evaluate_engine(
             # with a cold quota the list for K is not the top K of the list for kmax
             per_k = ks if plan.cold_quota > 0 else (kmax,)
             learned = served.engine.learned_weights
-            weights = [weights_for(plan, learned, q) for q in queries]
+            fallback = served.engine.overload.fallback
+            weights = [weights_for(plan, learned, q, fallback) for q in queries]
             by_k = {
                 k: [
                     fuse_plan(plan, per_channel, n, k, priority, cold, weights[n])

@@ -499,7 +499,7 @@ class Engine:
         t_end = time.perf_counter() + budget
         assignment = state.assigner.assign(inp.query.user_id)
         plan = assignment.plan
-        weights = weights_for(plan, state.learned, inp.query)
+        weights = weights_for(plan, state.learned, inp.query, self.overload.fallback)
         if inp.weight_override:
             weights.update(inp.weight_override)
         calls, reports = self._plan_calls(state, inp.query, plan.channel_k, weights, t_end)

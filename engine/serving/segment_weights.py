@@ -17,7 +17,9 @@ set to 0 still takes part, at :data:`SCOUT_SHARE` of the smallest learned weight
 only it returns scores below every item of the channels the fit chose (RRF: a rank-1
 term of ``SCOUT_SHARE·w/(rrf_k+1)`` against at least ``w/(rrf_k+depth)``, depth ≤ 5,000
 at ``rrf_k`` 60), so it fills no warm slot by itself, but the cold quota can take what it
-returned.
+returned. The engine's fallback (``[overload] fallback``, ``popular``) never scouts: it
+ranks items by their interactions, so it returns no new item, and at weight 0 it stays
+held in reserve, called only when nothing else answers.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ __all__ = ["SCOUT_SHARE", "describe", "weights_for"]
 SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest learned one
 
 
-def weights_for(plan: Plan, learned: LearnedWeights | None, query: Query) -> dict[str, float]:
-    """The weights to fuse ``query``'s lists with under ``plan`` (a fresh dict)."""
+def weights_for(
+    plan: Plan, learned: LearnedWeights | None, query: Query, fallback: str = ""
+) -> dict[str, float]:
+    """The weights to fuse ``query``'s lists with under ``plan`` (a fresh dict);
+    ``fallback``: the engine's fallback channel, which does not scout (module doc)."""
     weights = dict(plan.weights)
     if (
         learned is None
@@ -56,7 +61,7 @@ def weights_for(plan: Plan, learned: LearnedWeights | None, query: Query) -> dic
     if plan.cold_quota > 0:  # scouts for the cold slots (module doc)
         scout = SCOUT_SHARE * min(chosen)
         for n, w in weights.items():
-            if w > 0 and out[n] == 0:
+            if w > 0 and out[n] == 0 and n != fallback:
                 out[n] = scout
     return out
 
