@@ -36,7 +36,7 @@ SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest le
 
 
 def weights_for(
-    plan: Plan, learned: LearnedWeights | None, query: Query, fallback: str = ""
+    plan: Plan, learned: LearnedWeights | None, query: Query, fallback: str | None = None
 ) -> dict[str, float]:
     """The weights to fuse ``query``'s lists with under ``plan`` (a fresh dict);
     ``fallback``: the engine's fallback channel, which does not scout (module doc)."""
