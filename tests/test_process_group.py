@@ -4,9 +4,14 @@ versions of the popular channel."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from recall_engine.runtime.artifacts import ArtifactStore
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.learned_weights import BUNDLE as LEARNED
+from recall_engine.runtime.learned_weights import LearnedWeights, Segment, save_learned_weights
 from recall_engine.runtime.shared_log import HEADER, encode_rows
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.process_group import CONTROL_FILE, GroupFollowError, ProcessGroup, follow
@@ -108,3 +113,28 @@ def test_a_failed_announcement_does_not_drop_the_ones_after_it(two_versions):
         follow(engine, rows, lambda: config)
     assert e.value.done == [f"popular {second}"]
     assert serving(engine) == {"popular": second}
+
+
+def test_follow_serves_the_announced_learned_weights_not_the_current_pointer(two_versions):
+    """Another process announced ``fusion.learned``: this one serves that version (the
+    announced one, even when the local pointer names a later one), once."""
+    engine, config, _, _ = two_versions
+    assert engine.learned_weights is None
+    root = config.artifacts_root
+    first = save_learned_weights(root, learned(1.0))
+    time.sleep(1.1)  # version names have one-second resolution
+    later = save_learned_weights(root, learned(2.0))
+    assert ArtifactStore(root).current(LEARNED) == later
+    row = {"op": "reload", "pid": 1, "versions": {LEARNED: first}}
+    assert follow(engine, [row], lambda: config) == [f"{LEARNED} {first}"]
+    assert engine.learned_weights.version == first
+    assert engine.learned_weights.for_history(5) == {"popular": 1.0}
+    assert follow(engine, [row], lambda: config) == []  # already served
+    missing = {"op": "reload", "pid": 1, "versions": {LEARNED: "20990101T000000Z"}}
+    with pytest.raises(GroupFollowError, match=f"{LEARNED}/20990101T000000Z: not served"):
+        follow(engine, [missing], lambda: config)
+    assert engine.learned_weights.version == first  # a refused one changes nothing
+
+
+def learned(popular: float) -> LearnedWeights:
+    return LearnedWeights("rrf", (Segment("h1+", 1, None, {"popular": popular}),))

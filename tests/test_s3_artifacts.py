@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,14 @@ from recall_engine._proto import recall_pb2, recall_pb2_grpc  # noqa: E402
 from recall_engine.cli.main import main  # noqa: E402
 from recall_engine.config import ConfigError, parse_config  # noqa: E402
 from recall_engine.runtime.artifacts import ArtifactError, ArtifactStore  # noqa: E402
+from recall_engine.runtime.learned_weights import BUNDLE as LEARNED  # noqa: E402
+from recall_engine.runtime.learned_weights import FILE as LEARNED_FILE  # noqa: E402
+from recall_engine.runtime.learned_weights import (  # noqa: E402
+    LearnedWeights,
+    Segment,
+    load_learned_weights,
+    save_learned_weights,
+)
 from recall_engine.runtime.object_store import (  # noqa: E402
     ArtifactSync,
     S3BundleStore,
@@ -323,6 +332,65 @@ def test_a_tampered_object_is_refused_and_the_old_version_keeps_serving(
         # nothing of it reached the cache: no version folder, no staging left over
         assert sorted(p.name for p in (cache / "popular").iterdir()) == [first, "current"]
         assert ArtifactStore(cache).current("popular") == first
+
+
+def save_learned(root: Path, popular: float) -> str:
+    """A ``fusion.learned`` bundle under the local ``root``, as the build's fit writes
+    one (one segment, every history length); its version."""
+    segment = Segment("h1+", 1, None, {"popular": popular})
+    return save_learned_weights(root, LearnedWeights("rrf", (segment,)))
+
+
+def test_the_learned_fusion_weights_are_pulled_followed_and_a_tampered_one_refused(
+    moto, bucket, data, tmp_path
+):
+    """``build --out s3://`` publishes ``fusion.learned`` beside the channels; a replica
+    serves the version its pointer names, swaps to a new one, and refuses one with a
+    flipped byte while the one before goes on serving."""
+    url = f"s3://{bucket}/recs"
+    publish(url, data["full"], data["items"], moto.endpoint)
+    cache = tmp_path / "cache"
+    config = config_file(tmp_path, url, moto.endpoint, cache)
+    # nothing learned published yet: information, not an error, and the plan's weights
+    with Server(["--config", str(config)], server_env()) as s:
+        assert s.named("optional_bundle_not_published")[0]["bundle"] == LEARNED
+        assert not s.named("optional_channel_not_pulled")
+        assert s.named("learned_weights_absent")
+
+    local = tmp_path / "local"
+    store = S3BundleStore(url, endpoint_url=moto.endpoint)
+    first = save_learned(local, 1.0)
+    assert store.publish(local, [LEARNED]) == {LEARNED: first}
+    with Server(["--config", str(config)], server_env()) as s:
+        loaded = s.named("learned_weights_loaded")
+        assert [e["version"] for e in loaded] == [first]
+        assert len(s.recall()) == 10
+
+        time.sleep(1.1)  # a version name has one-second resolution
+        second = save_learned(local, 2.0)
+        store.publish(local, [LEARNED])
+        wait_until(lambda: len(s.named("learned_weights_loaded")) == 2, 60, what="the new weights")
+        assert s.named("learned_weights_loaded")[1]["version"] == second
+        swapped = [e for e in s.named("artifact_swapped") if e["channel"] == LEARNED]
+        assert [e["version"] for e in swapped] == [second]
+
+        time.sleep(1.1)
+        third = save_learned(local, 3.0)
+        bundle = store._claim(ArtifactStore(local).open(LEARNED, third), local / ".publish")
+        store.upload(bundle)
+        key = f"recs/{LEARNED}/{third}/{LEARNED_FILE}"
+        body = bytearray(moto.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        moto.client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+        store.set_current(LEARNED, third)
+
+        refused = wait_until(lambda: s.named("artifact_refused"), 60, what="the refusal")
+        assert refused[0]["channel"] == LEARNED and refused[0]["version"] == third
+        assert "sha256 mismatch" in refused[0]["error"]
+        assert len(s.named("learned_weights_loaded")) == 2  # the second one goes on
+        assert len(s.recall()) == 10
+    assert ArtifactStore(cache).current(LEARNED) == second
+    assert load_learned_weights(cache).segments[0].weights == {"popular": 2.0}
 
 
 def test_a_restart_reuses_the_cache_without_downloading_again(moto, bucket, data, tmp_path):

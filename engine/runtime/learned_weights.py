@@ -110,14 +110,15 @@ def save_learned_weights(root: Path, learned: LearnedWeights, **manifest: Any) -
     return bundle.version
 
 
-def load_learned_weights(root: Path) -> LearnedWeights | None:
-    """The current learned weights under ``root``, or None when the build wrote none.
-    Raises :class:`ArtifactError` naming the file for a bundle that fails its digests
-    or a ``weights.json`` that does not parse as the format above."""
+def load_learned_weights(root: Path, version: str | None = None) -> LearnedWeights | None:
+    """The current learned weights under ``root`` (or that ``version``), or None when
+    the build wrote none. Raises :class:`ArtifactError` naming the file for a bundle
+    that fails its digests or a ``weights.json`` that does not parse as the format
+    above."""
     store = ArtifactStore(root)
-    if store.current(BUNDLE) is None:
+    if version is None and store.current(BUNDLE) is None:
         return None
-    bundle = store.open(BUNDLE)
+    bundle = store.open(BUNDLE, version)
     where = f"{BUNDLE}/{bundle.version}/{FILE}"
     try:
         raw = json.loads(bundle.file(FILE).read_text(encoding="utf-8"))

@@ -565,8 +565,10 @@ class ArtifactSync:
 
     ``channels``: the channels served from this store, each with its pinned version
     (None: follow ``current``); ``required``: those whose missing pointer stops
-    :meth:`pull_all`. Lifecycle: :meth:`pull_all` (start-up, before the engine loads)
-    → :meth:`start` (the watcher thread) → :meth:`stop`."""
+    :meth:`pull_all`; ``quiet``: optional bundles (the learned fusion weights) whose
+    missing pointer is logged as information, not as an error. Lifecycle:
+    :meth:`pull_all` (start-up, before the engine loads) → :meth:`start` (the watcher
+    thread) → :meth:`stop`."""
 
     def __init__(
         self,
@@ -574,11 +576,13 @@ class ArtifactSync:
         channels: Mapping[str, str | None],
         *,
         required: Iterable[str] = (),
+        quiet: Iterable[str] = (),
         keep: int = 3,
     ) -> None:
         self.store = store
         self.channels = dict(channels)
         self.required = frozenset(required)
+        self.quiet = frozenset(quiet)  # optional bundles whose absence is no error
         self.keep = keep
         self.serving: dict[str, str] = {}  # what apply last made current, by channel
         self.refused: dict[str, str] = {}  # a version that failed, not retried by polls
@@ -608,7 +612,10 @@ class ArtifactSync:
             except ArtifactError as e:
                 if channel in self.required:
                     raise
-                log.error("optional_channel_not_pulled", channel=channel, error=str(e))
+                if channel in self.quiet and self.store.current(channel) is None:
+                    log.info("optional_bundle_not_published", bundle=channel)
+                else:
+                    log.error("optional_channel_not_pulled", channel=channel, error=str(e))
                 continue
             cache.set_current(channel, bundle.version)
             pulled[channel] = bundle.version

@@ -344,6 +344,18 @@ class Engine:
                 state.slots[n].retire()
             return versions
 
+    def reload_learned_weights(self, version: str | None = None) -> str | None:
+        """Read the ``fusion.learned`` bundle under the artifacts root again, the current
+        one or ``version`` (an ``s3://`` root's watcher pulled it, or another process
+        announced it), and serve it; returns the version now served (None: none). A
+        bundle that fails its checks is refused with an error log and the weights
+        served before go on, so the caller compares the version it expected."""
+        with self._admin_lock, metrics.reload_outcome("artifacts"):
+            state = self._require_state()
+            learned = _read_learned(state.config, state.learned, version)
+            self._state = replace(state, learned=learned)
+            return learned.version if learned is not None else None
+
     def upsert_items(self, items: Sequence[ItemRecord]) -> dict[str, int]:
         """Log, then apply (see ``_upsert``). A failed log write raises
         ``ResourceExhausted`` or ``Unavailable`` with the reason and changes nothing."""
@@ -790,12 +802,15 @@ class Engine:
         )
 
 
-def _read_learned(config: Config, current: LearnedWeights | None) -> LearnedWeights | None:
-    """The fusion weights the build learned under ``config``'s artifacts (None: it
-    wrote none). A bundle that fails its checks is refused with an error log, and
-    ``current`` (what was served before: the plan's weights at start-up) goes on."""
+def _read_learned(
+    config: Config, current: LearnedWeights | None, version: str | None = None
+) -> LearnedWeights | None:
+    """The fusion weights the build learned under ``config``'s artifacts (the current
+    bundle, or ``version``; None: it wrote none). A bundle that fails its checks is
+    refused with an error log, and ``current`` (what was served before: the plan's
+    weights at start-up) goes on."""
     try:
-        learned = load_learned_weights(config.artifacts_root)
+        learned = load_learned_weights(config.artifacts_root, version)
     except (ArtifactError, ValueError) as e:
         log.error("learned_weights_refused", error=str(e), kept=current and current.version)
         return current

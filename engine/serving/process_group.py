@@ -38,7 +38,9 @@ from typing import Any
 from recall_engine.config import Config, ConfigError
 from recall_engine.config.schema import parse_config
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.learned_weights import BUNDLE as LEARNED
 from recall_engine.runtime.shared_log import SharedLog
 from recall_engine.runtime.update_log import UpdateLog
 from recall_engine.serving.engine import Engine
@@ -187,7 +189,9 @@ def follow(
             serving = {cc.name: info.version for cc, info in engine.channel_infos()}
             by_version: dict[str, list[str]] = {}
             for name, version in row["versions"].items():
-                if name in serving and serving[name] != version:
+                if name == LEARNED:  # the build's fusion weights, not a channel
+                    done.extend(_follow_learned(engine, version, fetch))
+                elif name in serving and serving[name] != version:
                     by_version.setdefault(version, []).append(name)
             for version, names in by_version.items():
                 if fetch is not None:
@@ -200,6 +204,20 @@ def follow(
     if errors:
         raise GroupFollowError(done, errors)
     return done
+
+
+def _follow_learned(
+    engine: Engine, version: str, fetch: Callable[[str, str], object] | None
+) -> list[str]:
+    """Serve the learned fusion weights ``version`` another process announced."""
+    learned = engine.learned_weights
+    if learned is not None and learned.version == version:
+        return []
+    if fetch is not None:
+        fetch(LEARNED, version)
+    if engine.reload_learned_weights(version) != version:
+        raise ArtifactError(f"{LEARNED}/{version}: not served (see learned_weights_refused)")
+    return [f"{LEARNED} {version}"]
 
 
 class GroupFollowError(Exception):

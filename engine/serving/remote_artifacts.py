@@ -15,6 +15,7 @@ from collections.abc import Callable
 from recall_engine.config import Config
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.artifacts import ArtifactError
+from recall_engine.runtime.learned_weights import BUNDLE as LEARNED
 from recall_engine.runtime.object_store import Apply, ArtifactSync, S3BundleStore
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.process_group import ProcessGroup
@@ -39,7 +40,10 @@ def open_remote(config: Config) -> ArtifactSync | None:
         if cc.enabled and cc.artifacts == remote.cache / name
     }
     required = [name for name in followed if config.channels[name].required]
-    sync = ArtifactSync(store, followed, required=required)
+    # the fusion weights the build learned travel like a channel's bundle (optional:
+    # a build with --no-fusion-fit publishes none, and the plan's weights serve)
+    followed[LEARNED] = None
+    sync = ArtifactSync(store, followed, required=required, quiet=[LEARNED])
     sync.pull_all()
     return sync
 
@@ -57,7 +61,13 @@ def swap_into(engine: Engine, group: ProcessGroup | None = None) -> Apply:
         loaded = _loaded(engine)
         if loaded.get(channel) == version:
             return
-        if channel in loaded:
+        if channel == LEARNED:
+            served = engine.reload_learned_weights(version)
+            if served != version:  # refused: the engine logged why and kept the old
+                raise ArtifactError(
+                    f"{LEARNED}/{version}: not served (see learned_weights_refused)"
+                )
+        elif channel in loaded:
             engine.reload_channels([channel], version)
         else:
             engine.reload_config(engine.config)
@@ -75,7 +85,11 @@ def swap_into(engine: Engine, group: ProcessGroup | None = None) -> Apply:
 
 
 def _loaded(engine: Engine) -> dict[str, str]:
-    return {cc.name: info.version for cc, info in engine.channel_infos()}
+    """The version of every loaded channel, and of the learned fusion weights."""
+    loaded = {cc.name: info.version for cc, info in engine.channel_infos()}
+    if engine.learned_weights is not None:
+        loaded[LEARNED] = engine.learned_weights.version
+    return loaded
 
 
 def fetcher(sync: ArtifactSync | None) -> Callable[[str, str], None] | None:
