@@ -67,6 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the engine's admission bound (default: sized from the machine)",
     )
     p.add_argument(
+        "--overload",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an [overload] setting for the engine, as TOML (repeatable; for example "
+        "target_loop_lag_ms=0 or switch_interval_ms=5): an experiment against the default",
+    )
+    p.add_argument(
         "--no-pushback",
         action="store_true",
         help="clients retry a shed request at once instead of waiting the hint",
@@ -94,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
             f"--artifacts {args.artifacts}: no catalogue there; build the demo first "
             "(make serve, or recall-engine serve once)"
         )
+    overrides = overload_overrides(args.overload, args.max_in_flight)
     pools = {t: build_pool(args.artifacts, t, args.k, args.history_len, args.seed) for t in traffic}
-    report: dict[str, Any] = {"settings": {}, "points": []}
+    report: dict[str, Any] = {"settings": {}, "points": [], "overrides": overrides}
     from recall_engine.benchmarks.servers import ServerProcess
 
-    with ServerProcess(args.artifacts) as server:
+    with ServerProcess(args.artifacts, overrides) as server:
         report["settings"] = server.settings
         report["points"] = _sweep(server, pools, levels, args)
         if args.echo:
@@ -124,6 +133,37 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def overload_overrides(pairs: list[str], max_in_flight: int | None) -> dict[str, Any]:
+    """``--overload KEY=VALUE`` (and ``--max-in-flight``) as ``[overload]`` keys, the
+    values read as TOML and checked as the config file's would be; a bad one stops the
+    run naming the flag."""
+    import dataclasses
+    import tomllib
+
+    from recall_engine.config import OverloadConfig, parse_config
+
+    known = {f.name for f in dataclasses.fields(OverloadConfig)}
+    table: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise SystemExit(
+                f"--overload {pair!r}: expected KEY=VALUE, KEY one of {', '.join(sorted(known))}"
+            )
+        try:
+            table[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise SystemExit(f"--overload {pair!r}: the value is not TOML ({e})") from None
+    if max_in_flight is not None:
+        table["max_in_flight"] = max_in_flight
+    try:  # checked as [overload] in a config file would be
+        parse_config({"overload": table, "channels": {"popular": {}}}, Path("."))
+    except Exception as e:  # noqa: BLE001 - ConfigError names the key
+        raise SystemExit(f"--overload: {e}") from None
+    return table
 
 
 def _sweep(server, pools: dict[str, list], levels: list[int], args, label: str = "") -> list:
@@ -343,7 +383,9 @@ def check_cost(artifacts: Path, pools: dict[str, list], n: int = 300) -> dict[st
 def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     s = report["settings"]
     lines = [
-        f"server: default config over {args.artifacts}, max_in_flight {s.get('max_in_flight')}, "
+        f"server: default config over {args.artifacts}"
+        + "".join(f", {k} = {v!r}" for k, v in report.get("overrides", {}).items())
+        + f", max_in_flight {s.get('max_in_flight')}, "
         f"channel limits {s.get('channel_limits')}, {s.get('cpus')} CPUs; clients "
         f"{'obey' if not args.no_pushback else 'ignore'} the retry hint; deadline "
         f"{args.timeout} s; {args.duration} s per point",

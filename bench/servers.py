@@ -60,11 +60,12 @@ class _Child:
 class ServerProcess(_Child):
     """``recall-engine serve`` (:func:`recall_engine.serving.server.serve`) with the
     default config over ``artifacts``: the default overload settings, no metrics port,
-    no drain window. ``settings`` reports the admission bounds it sized."""
+    no drain window. ``overload``: ``[overload]`` keys set over the defaults (an
+    experiment's). ``settings`` reports the admission bounds it sized."""
 
-    def __init__(self, artifacts: Path) -> None:
+    def __init__(self, artifacts: Path, overload: dict[str, Any] | None = None) -> None:
         self.artifacts = artifacts.resolve()
-        super().__init__(_serve_child, str(self.artifacts))
+        super().__init__(_serve_child, str(self.artifacts), dict(overload or {}))
 
 
 class EchoServerProcess(_Child):
@@ -102,7 +103,7 @@ def record_responses(addr: str, requests: list, timeout: float = 30.0) -> dict[b
     return out
 
 
-def _serve_child(artifacts: str, conn) -> None:
+def _serve_child(artifacts: str, overload: dict[str, Any], conn) -> None:
     import dataclasses
     import sys
 
@@ -114,7 +115,9 @@ def _serve_child(artifacts: str, conn) -> None:
     configure("INFO", json=True)
     config = default_config(Path(artifacts))
     server = dataclasses.replace(config.server, addr="127.0.0.1:0", metrics_addr="", drain_s=0.0)
-    config = dataclasses.replace(config, server=server)
+    config = dataclasses.replace(
+        config, server=server, overload=dataclasses.replace(config.overload, **overload)
+    )
 
     def ready(running) -> None:
         overload = running.engine.overload
@@ -122,6 +125,8 @@ def _serve_child(artifacts: str, conn) -> None:
             "max_in_flight": overload.max_in_flight,
             "channel_limits": {n: overload.channel_limit(n) for n in config.channels},
             "fallback": overload.fallback,
+            "target_loop_lag_ms": config.overload.target_loop_lag_ms,
+            "switch_interval_ms": config.overload.switch_interval_ms,
             "cpus": os.cpu_count(),
         }
         conn.send((running.port, settings))
