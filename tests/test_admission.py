@@ -5,7 +5,6 @@ never lets a request run on a closed channel, and closing is idempotent."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 
@@ -160,10 +159,57 @@ def test_the_bound_shrinks_while_the_event_loop_lags_and_grows_back_when_it_keep
     assert growing == [shrinking[-1] + 1, shrinking[-1] + 2, shrinking[-1] + 3]
 
 
+def test_the_bound_follows_how_much_slower_requests_get_than_alone():
+    """The latency signal: requests that take more than twice their time alone shrink
+    the bound down to the floor; near their time alone it grows back; latency that does
+    not grow with the load (a remote call's) leaves the bound where it is."""
+    adm = Admission(8, target_lag_ms=None, min_limit=1, latency_tolerance=2.0)
+
+    def window(in_flight: int, seconds: float) -> int:
+        """``in_flight`` requests together, each taking ``seconds``; then a new window
+        opens (the bound adapts): the bound after it."""
+        admitted = adm.enter(in_flight)
+        adm.leave(admitted, None)
+        for _ in range(max(admitted, 3)):  # as many timed (3 at least: a window decides)
+            adm.in_flight += 1
+            adm.leave(1, seconds)
+        adm._window_peak = max(adm._window_peak, admitted)  # noqa: SLF001
+        adm._window_start -= 1  # noqa: SLF001 - close the window without sleeping
+        adm.enter()
+        adm.leave()
+        return adm.limit
+
+    # no request seen alone yet: the signal is silent, slow requests or not
+    assert window(8, 0.05) == 8 and adm.solo_ms is None
+    for _ in range(5):  # requests alone take 4 ms
+        adm.enter()
+        adm.leave(1, 0.004)
+    assert adm.solo_ms == pytest.approx(4.0)
+    # eight at once take 5 x as long: down by a quarter per window, to the floor
+    assert [window(adm.limit, 0.02) for _ in range(5)] == [6, 4, 3, 2, 1]
+    # 1.2 x their time alone, with the bound holding requests back: up by one per window
+    assert [window(adm.limit, 0.0048) for _ in range(3)] == [2, 3, 4]
+    # between 1.5 x and 2 x: neither
+    assert window(adm.limit, 0.007) == 4
+    # a request that overlapped another is not a solo sample
+    solo = adm.solo_ms
+    a, b = adm.enter(), adm.enter()
+    adm.leave(a, 0.5)
+    adm.leave(b, 0.5)
+    assert adm.solo_ms == solo
+
+    remote = Admission(8, target_lag_ms=None, min_limit=1, latency_tolerance=2.0)
+    remote.limit = 4
+    remote.enter()
+    remote.leave(1, 0.050)  # 50 ms alone, 55 ms eight at once: no queueing here
+    adm = remote
+    assert [window(adm.limit, 0.055) for _ in range(4)] == [5, 6, 7, 8]
+
+
 def test_default_limits_are_sized_from_the_machine():
     settings = OverloadSettings()
     assert settings.max_in_flight == machine_in_flight() >= 4
-    assert settings.min_in_flight == (os.cpu_count() or 1)
+    assert settings.min_in_flight == 1 and settings.latency_tolerance == 2.0
     assert settings.channel_limit("cf") == settings.max_in_flight
     assert settings.channel_limit("popular") > settings.channel_limit("cf")  # a reserve
     assert OverloadSettings(channel_limits={"cf": 3}).channel_limit("cf") == 3

@@ -196,10 +196,14 @@ class OverloadConfig:
     # requests inside the engine at once; past it a request is shed at once with
     # RESOURCE_EXHAUSTED and a retry hint (0: 4 per CPU core)
     max_in_flight: NonNegativeInt = 0
-    # the floor the bound adapts down to while the event loop lags (0: one per core)
+    # the floor the bound adapts down to (0: 1)
     min_in_flight: NonNegativeInt = 0
-    # the event-loop lag above which the bound shrinks (0: a fixed bound)
+    # the event-loop lag above which the bound shrinks (0: no lag signal)
     target_loop_lag_ms: NonNegativeFloat = 2.0
+    # the bound shrinks while admitted requests take more than this many times a request
+    # alone, grows while under half as much more (0: no latency signal; else > 1);
+    # with target_loop_lag_ms = 0 too, the bound is fixed
+    latency_tolerance: NonNegativeFloat = 2.0
     # calls in flight per channel, its bulkhead (0: max_in_flight); per channel below
     channel_max_in_flight: NonNegativeInt = 0
     channel_limits: Mapping[str, PositiveInt] = field(default_factory=dict)
@@ -215,6 +219,12 @@ class OverloadConfig:
     switch_interval_ms: NonNegativeFloat = 1.0
     # check every channel answer (finite scores, matching lengths, unique string ids)
     check_output: bool = True
+
+    def __post_init__(self) -> None:
+        if 0 < self.latency_tolerance <= 1:
+            raise KeyError_(
+                "latency_tolerance", f"must be 0 (off) or > 1, got {self.latency_tolerance}"
+            )
 
 
 def _otlp_endpoint(value: str | None) -> str | None:

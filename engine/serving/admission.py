@@ -36,8 +36,9 @@ def machine_in_flight(cpus: int | None = None) -> int:
     """The default bound on requests in the engine: 4 per CPU core (at least 4).
 
     A request spends part of its life off the CPU (waiting for the event loop, the GIL,
-    an encoder batch), so a few per core keep every core busy; many more only queue
-    inside the process where no deadline can see them."""
+    an encoder batch), so a few per core can keep every core busy; many more only queue
+    inside the process where no deadline can see them. This is the ceiling: the bound in
+    force adapts below it (:class:`Admission`)."""
     return max(4, 4 * (cpus if cpus is not None else (os.cpu_count() or 1)))
 
 
@@ -47,8 +48,12 @@ class OverloadSettings:
 
     ``max_in_flight``: requests admitted into the engine at once (0: no bound); past it
     a request is shed with ``RESOURCE_EXHAUSTED``. ``min_in_flight``: the floor the
-    bound never adapts below (default: one per CPU core; fewer cannot overcommit the
-    machine, so a lagging loop then has another cause that shedding would not cure).
+    bound never adapts below (default 1: with the GIL, one Python request at a time can
+    already keep a core busy, and on the demo a bound of 1 or 2 answered as many
+    requests as 8, in a quarter of the time; docs/reliability.md).
+    ``latency_tolerance``: the bound shrinks while admitted requests take more than
+    this many times their time alone, and grows while they take under half as much
+    more (None: no latency signal, the loop's lag only).
     ``channel_max_in_flight``: calls in flight per channel, its bulkhead (0: the same as
     ``max_in_flight``, so a healthy channel never refuses an admitted request and a hung
     one holds at most this many threads); ``channel_limits`` overrides it per channel
@@ -67,7 +72,8 @@ class OverloadSettings:
     """
 
     max_in_flight: int = field(default_factory=machine_in_flight)
-    min_in_flight: int = field(default_factory=lambda: os.cpu_count() or 1)
+    min_in_flight: int = 1
+    latency_tolerance: float | None = _TABLE.latency_tolerance or None
     channel_max_in_flight: int = 0
     channel_limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     # the rest default to what an empty [overload] table says (one source of defaults)
@@ -105,6 +111,10 @@ class OverloadSettings:
             raise ValueError(
                 f"target_loop_lag_ms: must be > 0 or None, got {self.target_loop_lag_ms!r}"
             )
+        if self.latency_tolerance is not None and not self.latency_tolerance > 1:
+            raise ValueError(
+                f"latency_tolerance: must be > 1 or None, got {self.latency_tolerance!r}"
+            )
         if self.switch_interval_s is not None and not self.switch_interval_s > 0:
             raise ValueError(
                 f"switch_interval_s: must be > 0 or None, got {self.switch_interval_s!r}"
@@ -118,10 +128,10 @@ class OverloadSettings:
     @classmethod
     def from_config(cls, cfg: OverloadConfig) -> OverloadSettings:
         """The settings the ``[overload]`` table asks for (zeros sized from the machine)."""
-        cpus = os.cpu_count() or 1
         return cls(
             max_in_flight=cfg.max_in_flight or machine_in_flight(),
-            min_in_flight=cfg.min_in_flight or cpus,
+            min_in_flight=cfg.min_in_flight or 1,
+            latency_tolerance=cfg.latency_tolerance or None,
             channel_max_in_flight=cfg.channel_max_in_flight,
             channel_limits=MappingProxyType(dict(cfg.channel_limits)),
             fallback=cfg.fallback or None,
@@ -185,11 +195,19 @@ class Admission:
     """A counter of requests in flight with a bound, thread-safe.
 
     :meth:`enter` admits or raises :class:`Overloaded`; :meth:`leave` records how long the
-    request took. The bound adapts (AIMD, every 50 ms) between ``min_limit`` and ``limit``:
-    down by a
-    quarter while the serving event loop lags more than ``target_lag_ms`` (requests queue
-    in front of it, where no deadline is checked and nothing can be shed), up by one
-    while it keeps up and the bound is what holds requests back.
+    request took. The bound adapts (AIMD, every 50 ms) between ``min_limit`` and ``limit``,
+    down by a quarter while either signal says requests queue, up by one while neither
+    does and the bound is what holds requests back:
+
+    * the serving event loop lags more than ``target_lag_ms``: requests queue in front
+      of it, where no deadline is checked and nothing can be shed;
+    * admitted requests take more than ``latency_tolerance`` times a request's time
+      alone (the mean over the window against :attr:`solo_ms`, a moving average of the
+      requests that entered an empty engine and left it before any other entered): they
+      queue inside the process, for the GIL and the threads, so admitting more only makes
+      each one slower. It grows back while they take under ``(1 + tolerance) / 2`` times.
+      Latency that does not grow with the load (a remote store's) leaves the ratio near
+      1 and the bound alone. Until a solo time is known this signal is silent.
 
     The retry hint paces the shed clients: each one is given the next free instant of a
     schedule that advances by 1 / throughput per shed (the rate requests finished over
@@ -208,6 +226,7 @@ class Admission:
         *,
         target_lag_ms: float | None = 2.0,
         min_limit: int = 1,
+        latency_tolerance: float | None = None,
     ) -> None:
         self.max_limit = limit
         self.min_limit = max(1, min(min_limit, limit)) if limit else 1
@@ -224,10 +243,21 @@ class Admission:
         self._window_peak = 0
         self._window_done = 0
         self._rate = 0.0  # requests finished per second (EWMA over windows); 0: unknown
+        self._tolerance = latency_tolerance
+        self._entries = 0  # requests admitted so far
+        self._solo_entry = -1  # _entries when a request entered an empty engine
+        self._solo_s: float | None = None  # moving average of solo requests' time
+        self._window_sum_s = 0.0
+        self._window_timed = 0
         self._logged_at = 0.0
         self._logged_shed = 0
         self._shed_counter = metrics.REQUESTS_SHED.labels("max_in_flight")
         metrics.ADMISSION_LIMIT.set(limit)
+
+    @property
+    def solo_ms(self) -> float | None:
+        """What a request takes alone in the engine (None: not seen yet)."""
+        return None if self._solo_s is None else 1000 * self._solo_s
 
     @property
     def loop_lag_ms(self) -> float:
@@ -266,6 +296,9 @@ class Admission:
             room = n if not self.limit else min(n, self.limit - self.in_flight)
             if room >= want_min and room > 0:
                 self.in_flight += room
+                self._entries += room
+                if self.in_flight == 1:
+                    self._solo_entry = self._entries
                 self._window_peak = max(self._window_peak, self.in_flight)
                 metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
                 return room
@@ -298,10 +331,16 @@ class Admission:
     def leave(self, n: int = 1, seconds: float | None = None) -> None:
         """``n`` admitted requests finished; ``seconds``: how long one took."""
         with self._lock:
-            self.in_flight -= n
-            self._window_done += n
             if seconds is not None:
                 self._mean_s += 0.05 * (seconds - self._mean_s)
+                self._window_sum_s += seconds
+                self._window_timed += 1
+                # alone from entry to exit: no other request entered meanwhile
+                if n == 1 and self.in_flight == 1 and self._solo_entry == self._entries:
+                    solo = self._solo_s
+                    self._solo_s = seconds if solo is None else solo + 0.1 * (seconds - solo)
+            self.in_flight -= n
+            self._window_done += n
             metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
 
     @property
@@ -313,15 +352,21 @@ class Admission:
 
     def _adapt(self, now: float) -> None:
         """Under ``_lock``, once a window: the bound in force."""
-        lagging = (
-            self._lag is not None
-            and self._target_lag is not None
-            and self._lag.lag_s > self._target_lag
-        )
-        if self.max_limit and self._lag is not None and self._target_lag is not None:
-            if lagging:
+        lag_on = self._lag is not None and self._target_lag is not None
+        lagging = lag_on and self._lag.lag_s > self._target_lag
+        lag_low = not lag_on or self._lag.lag_s < self._target_lag / 2
+        latency_on = self._tolerance is not None and self._solo_s is not None
+        queued = keeping_up = False
+        if latency_on and self._window_timed >= 3:
+            ratio = self._window_sum_s / self._window_timed / self._solo_s
+            queued = ratio > self._tolerance
+            keeping_up = ratio < (1 + self._tolerance) / 2
+        elif not latency_on:
+            keeping_up = True
+        if self.max_limit and (lag_on or latency_on):
+            if lagging or queued:
                 self.limit = max(self.min_limit, (self.limit * 3) // 4)
-            elif self._lag.lag_s < self._target_lag / 2 and self._window_peak >= self.limit:
+            elif lag_low and keeping_up and self._window_peak >= self.limit:
                 self.limit = min(self.max_limit, self.limit + 1)
             metrics.ADMISSION_LIMIT.set(self.limit)
         if self._window_done:
@@ -330,6 +375,8 @@ class Admission:
         self._window_start = now
         self._window_peak = self.in_flight
         self._window_done = 0
+        self._window_sum_s = 0.0
+        self._window_timed = 0
 
     def _pace_s(self) -> float:
         """Under ``_lock``: seconds between two requests finishing at full load."""

@@ -190,6 +190,7 @@ class Engine:
             self.overload.retry_after_ms_max,
             target_lag_ms=self.overload.target_loop_lag_ms,
             min_limit=self.overload.min_in_flight,
+            latency_tolerance=self.overload.latency_tolerance,
         )
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
