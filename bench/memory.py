@@ -109,11 +109,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_memory(config: Path, processes: int, timeout_s: float = 1800.0) -> dict:
+def serve_memory(
+    config: Path,
+    processes: int,
+    timeout_s: float = 1800.0,
+    *,
+    requests: int = 0,
+    artifacts: Path | None = None,
+) -> dict:
     """Start ``recall-engine serve --config CONFIG --processes N`` (the real command),
     wait until each of its ``N`` workers logged ``serving``, read every process's
     memory, then stop it (SIGINT, then SIGKILL after 60 s). For N = 1 the server is the
-    one process."""
+    one process. ``requests`` > 0: then send that many Recall requests to each worker
+    (:func:`touch`: the pages a serving host holds) and read the memory again, as
+    ``after_requests``."""
     argv = [
         sys.executable,
         "-m",
@@ -145,11 +154,14 @@ def serve_memory(config: Path, processes: int, timeout_s: float = 1800.0) -> dic
                 time.sleep(0.5)
             time.sleep(2.0)  # let the last worker finish what followed its log line
             workers = _children(proc.pid) if processes > 1 else [proc.pid]
-            out: dict[str, Any] = {
-                "processes": processes,
-                "workers": [{"pid": w, **smaps_rollup(w)} for w in workers],
-                "parent": {"pid": proc.pid, **smaps_rollup(proc.pid)} if processes > 1 else None,
-            }
+            out = _read(processes, workers, proc.pid)
+            if requests > 0:
+                log.seek(0)
+                listening = [json.loads(x) for x in log if '"event": "server_listening"' in x]
+                addrs = sorted({e.get("worker_addr") or e["addr"] for e in listening})
+                sent = touch(addrs, requests, artifacts or config.parent, processes)
+                time.sleep(1.0)
+                out["after_requests"] = {**_read(processes, workers, proc.pid), **sent}
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -159,9 +171,56 @@ def serve_memory(config: Path, processes: int, timeout_s: float = 1800.0) -> dic
                     os.kill(child, signal.SIGKILL)
                 proc.kill()
                 proc.wait()
+    return out
+
+
+def _read(processes: int, workers: list[int], parent: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "processes": processes,
+        "workers": [{"pid": w, **smaps_rollup(w)} for w in workers],
+        "parent": {"pid": parent, **smaps_rollup(parent)} if processes > 1 else None,
+    }
     parts = out["workers"] + ([out["parent"]] if out["parent"] else [])
     out["host_pss_mib"] = sum(p["pss_mib"] for p in parts)
     return out
+
+
+def touch(addrs: list[str], requests: int, artifacts: Path, processes: int) -> dict[str, Any]:
+    """Send ``requests`` Recall requests per worker (half with a history of 20 catalogue
+    items, half with a title as free text, k = 200), four at a time, over connections to
+    ``addrs`` (each worker's own address, or the one shared port with one connection per
+    thread and worker, which the kernel spreads over them). Returns how many were
+    answered, and how many refused or failed."""
+    import concurrent.futures
+
+    import grpc
+
+    from recall_engine._proto import recall_pb2_grpc
+    from recall_engine.benchmarks.overload import build_pool
+
+    total = requests * processes
+    pool = build_pool(artifacts, "history", 200, 20, 0, (total + 1) // 2)
+    pool += build_pool(artifacts, "text", 200, 20, 1, total // 2)
+    lanes = [addrs[i % len(addrs)] for i in range(max(4, len(addrs)) * max(1, processes))]
+    channels = [grpc.insecure_channel(a) for a in lanes]
+    stubs = [recall_pb2_grpc.RecallServiceStub(c) for c in channels]
+    counts = {"ok": 0, "refused_or_failed": 0}
+
+    def one(i: int) -> bool:
+        try:
+            stubs[i % len(stubs)].Recall(pool[i], timeout=10)
+            return True
+        except grpc.RpcError:
+            return False
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            for ok in ex.map(one, range(len(pool))):
+                counts["ok" if ok else "refused_or_failed"] += 1
+    finally:
+        for c in channels:
+            c.close()
+    return {"requests": counts}
 
 
 def _mapped_index_mib(artifacts: Path) -> float:
@@ -173,32 +232,53 @@ def _mapped_index_mib(artifacts: Path) -> float:
     return total / 2**20
 
 
-def run_processes(config: Path, processes: int, artifacts: Path) -> dict:
-    """One process alone, then ``processes`` of them: the host figures and targets."""
-    one = serve_memory(config, 1)
-    many = serve_memory(config, processes)
-    single = one["host_pss_mib"]
-    extra = (many["host_pss_mib"] - single) / max(processes - 1, 1)
-    result = {
+def run_processes(config: Path, processes: int, artifacts: Path, requests: int = 0) -> dict:
+    """One process alone, then ``processes`` of them: the host figures and targets, once
+    the workers are ready and (``requests`` > 0) again after they served that many
+    requests each."""
+    one = serve_memory(config, 1, requests=requests, artifacts=artifacts)
+    many = serve_memory(config, processes, requests=requests, artifacts=artifacts)
+    result: dict[str, Any] = {
         "one": one,
         "many": many,
-        "host_ratio": many["host_pss_mib"] / single,
-        "extra_process_mib": extra,
         "mapped_index_files_mib": _mapped_index_mib(artifacts),
     }
-    print("| serve | process | RSS MiB | PSS MiB | private MiB |\n|---|---|---:|---:|---:|")
-    for label, run in (("alone", one), (f"--processes {processes}", many)):
-        rows = [("worker", w) for w in run["workers"]]
-        rows += [("parent", run["parent"])] if run["parent"] else []
-        for kind, r in rows:
-            print(
-                f"| {label} | {kind} {r['pid']} | {r['rss_mib']:,.0f} | {r['pss_mib']:,.0f} | "
-                f"{r['private_mib']:,.0f} |"
-            )
-    print(
-        f"host PSS: {single:,.0f} MiB alone, {many['host_pss_mib']:,.0f} MiB with "
-        f"--processes {processes} ({result['host_ratio']:.2f} x); each extra process "
-        f"{extra:,.0f} MiB; mapped index files {result['mapped_index_files_mib']:,.0f} MiB"
+    stages = [("ready", one, many)]
+    if requests > 0:
+        stages.append(
+            (f"after {requests} requests each", one["after_requests"], many["after_requests"])
+        )
+    print("| serve | when | process | RSS MiB | PSS MiB | private MiB |")
+    print("|---|---|---|---:|---:|---:|")
+    for when, a, b in stages:
+        for label, run in (("alone", a), (f"--processes {processes}", b)):
+            rows = [("worker", w) for w in run["workers"]]
+            rows += [("parent", run["parent"])] if run["parent"] else []
+            for kind, r in rows:
+                print(
+                    f"| {label} | {when} | {kind} {r['pid']} | {r['rss_mib']:,.0f} | "
+                    f"{r['pss_mib']:,.0f} | {r['private_mib']:,.0f} |"
+                )
+    for when, a, b in stages:
+        single, host = a["host_pss_mib"], b["host_pss_mib"]
+        extra = (host - single) / max(processes - 1, 1)
+        key = "ready" if when == "ready" else "after_requests"
+        result[key] = {"host_ratio": host / single, "extra_process_mib": extra}
+        print(
+            f"{when}: host PSS {single:,.0f} MiB alone, {host:,.0f} MiB with --processes "
+            f"{processes} ({host / single:.2f} x); each extra process {extra:,.0f} MiB"
+        )
+    if requests > 0:
+        print(
+            f"requests: alone {one['after_requests']['requests']}, "
+            f"--processes {processes} {many['after_requests']['requests']}"
+        )
+    print(f"mapped index files {result['mapped_index_files_mib']:,.0f} MiB")
+    # the figures the targets read: the host as it serves (after requests), else ready
+    final = result.get("after_requests", result["ready"])
+    result["host_ratio"], result["extra_process_mib"] = (
+        final["host_ratio"],
+        final["extra_process_mib"],
     )
     return result
 
@@ -221,6 +301,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="N >= 2: measure `serve --config CONFIG` alone and with --processes N "
         "(per-process and per-host memory, PSS from /proc/PID/smaps_rollup)",
     )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=1000,
+        help="with --processes: Recall requests sent to each worker (half history, half "
+        "text) before the memory is read again, so that the index pages a serving host "
+        "holds are counted (default: 1000; 0: only after warm-up)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -234,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     if args.processes > 1:
         if args.config is None:
             raise SystemExit("--processes needs --config (the file `serve` reads)")
-        result = run_processes(args.config, args.processes, Path(artifacts))
+        result = run_processes(args.config, args.processes, Path(artifacts), args.requests)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return 0

@@ -501,3 +501,32 @@ def test_the_echo_server_answers_with_the_engines_own_response_bytes(catalog_dir
             assert got.SerializeToString() == recorded[req.SerializeToString()]
             engine_answer = recall_pb2.RecallResponse.FromString(recorded[req.SerializeToString()])
             assert len(engine_answer.item_ids) > 0  # a real answer, not an empty echo
+
+
+def test_bench_memory_per_host_reads_every_process_after_warm_up_and_after_requests(
+    catalog_dir, tmp_path
+):
+    """``--processes 2 --requests N``: the real ``serve`` alone and with two workers,
+    PSS per process; the requests reach every worker and are answered."""
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[artifacts]\nroot = "{catalog_dir}"\n[channels.popular]\nrequired = true\n'
+        "[channels.cf]\n"
+    )
+    out = tmp_path / "host.json"
+    args = ["bench", "memory", "--config", str(config), "--processes", "2"]
+    assert main(args + ["--requests", "40", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    one, many = report["one"], report["many"]
+    assert len(one["workers"]) == 1 and one["parent"] is None
+    assert len(many["workers"]) == 2 and many["parent"]["pss_mib"] > 0
+    for run, n in ((one, 1), (many, 2)):
+        after = run["after_requests"]
+        assert after["requests"]["ok"] + after["requests"]["refused_or_failed"] == 40 * n
+        assert after["requests"]["ok"] >= 20 * n, after["requests"]
+        assert all(w["pss_mib"] > 0 for w in after["workers"])
+    # the report's target figures are those of the host as it serves
+    assert report["host_ratio"] == report["after_requests"]["host_ratio"]
+    assert report["host_ratio"] == pytest.approx(
+        many["after_requests"]["host_pss_mib"] / one["after_requests"]["host_pss_mib"]
+    )
