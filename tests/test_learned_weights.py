@@ -152,6 +152,56 @@ def test_fused_weights_must_beat_the_best_channel_alone_by_the_margin(misses, fu
         assert fit.validation["global"]["temporal"] == pytest.approx(1 - misses / 200)
 
 
+def lists_where_b_rescues_per_target(t_misses: int, r_misses: int, users: int = 200):
+    """Each user has one held-out item per target; channel a ranks both first, except
+    the temporal one of the last ``t_misses`` users and the random one of the last
+    ``r_misses``; channel b ranks exactly those first."""
+    per: dict[str, list[RankedList]] = {"a": [], "b": []}
+    targets: dict[str, list[frozenset[str]]] = {"temporal": [], "random": []}
+    for u in range(users):
+        t_hit, r_hit = f"t{u}", f"r{u}"
+        t_missed, r_missed = u >= users - t_misses, u >= users - r_misses
+        found = [h for h, missed in ((t_hit, t_missed), (r_hit, r_missed)) if not missed]
+        rescued = [h for h, missed in ((t_hit, t_missed), (r_hit, r_missed)) if missed]
+        a = found + [f"f{u}-{j}" for j in range(150 - len(found))]
+        b = rescued + [f"g{u}-{j}" for j in range(75 - len(rescued))]
+        for name, ids in (("a", a), ("b", b)):
+            per[name].append(RankedList(name, ids, np.linspace(1, 0, len(ids), dtype=np.float32)))
+        targets["temporal"].append(frozenset({t_hit}))
+        targets["random"].append(frozenset({r_hit}))
+    plan = Plan(
+        fusion="rrf",
+        weights=MappingProxyType({"a": 1.0, "b": 0.25}),
+        channel_k=MappingProxyType({"a": 200, "b": 200}),
+        fusion_params=MappingProxyType({}),
+    )
+    return plan, per, targets
+
+
+@pytest.mark.parametrize(
+    ("t_misses", "r_misses", "fused"),
+    [
+        (10, 3, True),  # +5.3 % and +1.5 %: the mean clears MARGIN, both clear FLOOR
+        (10, 1, False),  # +5.3 % and +0.5 %: the random target gains under FLOOR
+        (3, 3, False),  # +1.5 % on both: the mean is under MARGIN
+    ],
+)
+def test_a_large_gain_on_one_target_is_taken_when_the_other_gains_the_floor(
+    t_misses, r_misses, fused
+):
+    """Maximin up to FLOOR (1 %), then the mean: the old pure maximin served a alone
+    in the first case too, giving up 5 % of the temporal target to avoid a gain under
+    2 % on the random one."""
+    plan, per, targets = lists_where_b_rescues_per_target(t_misses, r_misses)
+    fit = fit_segments(plan, per, targets, [5] * 200, ("a", "b"))
+    weights = dict(fit.learned.segments[0].weights)
+    if fused:
+        assert weights["a"] > 0 and weights["b"] > 0, fit.validation
+        assert fit.validation["global"] == {"temporal": 1.0, "random": 1.0}
+    else:
+        assert weights == {"a": 1.0, "b": 0.0}, fit.validation
+
+
 # --------------------------------------------------------------------------- bundle
 
 

@@ -21,12 +21,12 @@ rows into a temporary folder, exactly as the real build does, and loaded in a re
 (their remaining rows as the history, all of them excluded), answered by each channel
 alone. The plan's strategy (:func:`~recall_engine.serving.fusion.fuse`, same params,
 same per-channel depth, no cold quota) fuses those lists under candidate weights. A
-weight vector is worth the smaller of its two *gains*, recall@``K`` on a target minus
-that of the best channel alone on it, the mean recall breaking ties (maximin,
-:class:`_Objective`). Coordinate ascent over :data:`GRID` from the configured weights
-and from each channel alone, first for all users (the global fit), then per history
-segment (:data:`SEGMENT_EDGES`, neighbours merged until each holds
-:data:`MIN_SEGMENT_USERS`) starting from the global fit too; a segment keeps its own
+weight vector is worth its *gains*, recall@``K`` on each target relative to that of
+the best channel alone on it: every target up to :data:`FLOOR` first (maximin), then the
+mean gain (:class:`_Objective`). Coordinate ascent over :data:`GRID` from the
+configured weights and from each channel alone, first for all users (the global
+fit), then per history segment (:data:`SEGMENT_EDGES`, neighbours merged until each
+holds :data:`MIN_SEGMENT_USERS`) starting from the global fit too; a segment keeps its own
 weights only when they beat the global fit on its users, so a small segment does not
 trade the global fit for noise.
 
@@ -92,6 +92,11 @@ PASSES = 2
 # ones from all of them, and the collaborative ones gain more from the extra rows than
 # the text ones (ML-100K per-user random: +1.3 % on the carve, -0.8 % on the test)
 MARGIN = 0.02
+# how far under MARGIN one target's gain may stay when the mean gain clears it: a fit
+# that wins +5 % on the temporal target and +1.6 % on the random one is served (the
+# maximin of before kept cf alone there, and on leave-last-one-out the configured
+# weights then beat it by 11 %); one that wins under 1 % on either target is not
+TOLERANCE = 0.01
 # history lengths where segments may start; neighbours are merged up to MIN_SEGMENT_USERS
 SEGMENT_EDGES: tuple[int, ...] = (1, 11, 31, 101, 301)
 MIN_SEGMENT_USERS = 200
@@ -353,20 +358,28 @@ class _Scorer:
         ).item_ids
 
 
-Value = tuple[float, float]  # (the smallest gain over the best channel alone, the mean)
+# (how far the smallest gain over the best channel alone is under the floor, 0 when it
+# is not; the mean gain; the mean recall)
+Value = tuple[float, float, float]
+FLOOR = MARGIN - TOLERANCE
 
 
 class _Objective:
     """What a weight vector is worth on a set of users: per target, its recall relative
     to the best channel alone's on that target, minus 1 (the *gain*: +0.02 is 2 % more
-    hits); the smallest gain first, the mean recall over the targets to break ties.
+    hits). First the smallest gain up to :data:`FLOOR` (maximin while under it), then
+    the mean gain, then the mean recall.
 
-    Maximin, not the mean: the build does not know which protocol the service will be
+    Not the mean alone: the build does not know which protocol the service will be
     judged on, and a mean lets the fit buy temporal-target recall with random-target
     recall (on ML-100K's per-user random split a mean-fitted plan scored 0.7033 against
-    cf's 0.7089). Relative, so that the target with the lower recall (temporal) does not
+    cf's 0.7089). Not maximin all the way either: it gave up gains of 5 % on one target
+    to avoid ones under 2 % on the other, and on leave-last-one-out that left cf alone
+    where fusion wins 11 %. So every target must gain :data:`FLOOR`, and above that the
+    mean decides. Relative, so that the target with the lower recall (temporal) does not
     decide alone. Fusion has to earn its place: :func:`_choose` keeps the best channel
-    alone unless the fit beats it by :data:`MARGIN` on both targets."""
+    alone unless the fit's mean gain is :data:`MARGIN` with every target at
+    :data:`FLOOR` or more."""
 
     def __init__(self, score: _Scorer, users: Sequence[int]) -> None:
         self.score, self.users = score, users
@@ -383,7 +396,11 @@ class _Objective:
 
     def value(self, recall: Mapping[str, float]) -> Value:
         gains = [recall.get(t, 0.0) / b - 1.0 for t, b in self.best.items() if b > 0]
-        return (min(gains, default=0.0), float(np.mean(list(recall.values()) or [0.0])))
+        return (
+            min(0.0, min(gains, default=0.0) - FLOOR),
+            float(np.mean(gains)) if gains else 0.0,
+            float(np.mean(list(recall.values()) or [0.0])),
+        )
 
     def __call__(self, weights: Mapping[str, float]) -> Value:
         return self.value(self.recall(weights))
@@ -395,10 +412,14 @@ class _Objective:
 
 
 def _better(a: Value, b: Value) -> bool:
-    """``a`` beats ``b``: a larger smallest gain, or the same and a larger mean."""
-    if a[0] > b[0] + 1e-9:
-        return True
-    return abs(a[0] - b[0]) <= 1e-9 and a[1] > b[1] + 1e-9
+    """``a`` beats ``b``: in the order of :class:`_Objective`, each key deciding unless
+    the two are within 1e-9."""
+    for x, y in zip(a, b, strict=True):
+        if x > y + 1e-9:
+            return True
+        if x < y - 1e-9:
+            return False
+    return False
 
 
 def _ascend(
@@ -409,7 +430,7 @@ def _ascend(
     another channel on top needs a start there); a change must raise the value (ties
     keep what is there, and the earlier start). Largest weight scaled to 1."""
     best: dict[str, float] = {}
-    best_value: Value = (-2.0, -1.0)
+    best_value: Value = (-2.0, -2.0, -1.0)
     channels = objective.score.channels
     for start in starts:
         cur = dict(start)
@@ -435,9 +456,11 @@ def _ascend(
 
 
 def _choose(objective: _Objective, weights: Mapping[str, float]) -> tuple[dict[str, float], bool]:
-    """``weights``, when they beat the best channel alone by :data:`MARGIN` on every
-    target; otherwise that channel alone (and False)."""
-    if objective(weights)[0] >= MARGIN - 1e-9:
+    """``weights``, when their mean gain over the best channel alone is :data:`MARGIN`
+    or more and no target gains under :data:`FLOOR`; otherwise that channel alone (and
+    False)."""
+    short, mean_gain, _ = objective(weights)
+    if short >= -1e-9 and mean_gain >= MARGIN - 1e-9:
         return dict(weights), True
     return objective.best_alone(), False
 
@@ -479,7 +502,7 @@ def fit_segments(
     """The global fit, then one per history segment (module doc). Ascents start from
     the configured weights and from each channel alone; a segment's also from the
     global fit. Each result is kept only when it beats the best channel alone by
-    :data:`MARGIN` (:func:`_choose`)."""
+    :data:`MARGIN` on the mean, :data:`FLOOR` on every target (:func:`_choose`)."""
     score = _Scorer(plan, per_channel, targets, priority)
     everyone = list(range(len(history_lengths)))
     configured = {n: float(plan.weights.get(n, 0.0)) for n in per_channel}
@@ -511,9 +534,10 @@ def fit_segments(
     validation = {
         "users": len(everyone),
         "k": K,
-        "objective": "maximin over the temporal and the random target of recall@k relative "
-        "to the best channel alone's, ties broken by the mean recall; fused weights only "
-        f"when they beat the best channel alone by {MARGIN:.0%} on both targets",
+        "objective": "recall@k on the temporal and the random target relative to the best "
+        f"channel alone's: maximin up to a gain of {FLOOR:.0%} on each, then the mean gain; "
+        f"fused weights only when the mean gain is {MARGIN:.0%} or more with each target "
+        f"{FLOOR:.0%} or more",
         "alone": {n: _rounded(r) for n, r in whole.alone.items()},
         "configured_weights": configured,
         "configured": _rounded(whole.recall(configured)),
