@@ -510,8 +510,7 @@ def test_bench_memory_per_host_reads_every_process_after_warm_up_and_after_reque
     PSS per process; the requests reach every worker and are answered."""
     config = tmp_path / "serve.toml"
     config.write_text(
-        f'[artifacts]\nroot = "{catalog_dir}"\n[channels.popular]\nrequired = true\n'
-        "[channels.cf]\n"
+        f'[artifacts]\nroot = "{catalog_dir}"\n[channels.popular]\nrequired = true\n[channels.cf]\n'
     )
     out = tmp_path / "host.json"
     args = ["bench", "memory", "--config", str(config), "--processes", "2"]

@@ -352,16 +352,18 @@ class Admission:
 
     def _adapt(self, now: float) -> None:
         """Under ``_lock``, once a window: the bound in force."""
-        lag_on = self._lag is not None and self._target_lag is not None
-        lagging = lag_on and self._lag.lag_s > self._target_lag
-        lag_low = not lag_on or self._lag.lag_s < self._target_lag / 2
-        latency_on = self._tolerance is not None and self._solo_s is not None
+        lag, target, tolerance, solo = self._lag, self._target_lag, self._tolerance, self._solo_s
+        lag_on = lag is not None and target is not None
+        lagging = lag is not None and target is not None and lag.lag_s > target
+        lag_low = lag is None or target is None or lag.lag_s < target / 2
+        latency_on = tolerance is not None and solo is not None
         queued = keeping_up = False
-        if latency_on and self._window_timed >= 3:
-            ratio = self._window_sum_s / self._window_timed / self._solo_s
-            queued = ratio > self._tolerance
-            keeping_up = ratio < (1 + self._tolerance) / 2
-        elif not latency_on:
+        if tolerance is not None and solo is not None:
+            if self._window_timed >= 3:
+                ratio = self._window_sum_s / self._window_timed / solo
+                queued = ratio > tolerance
+                keeping_up = ratio < (1 + tolerance) / 2
+        else:
             keeping_up = True
         if self.max_limit and (lag_on or latency_on):
             if lagging or queued:
