@@ -593,3 +593,48 @@ def test_cold_quota_reserves_at_most_the_cap_and_only_returned_cold_items(strate
     assert [i for i in out.item_ids if i in base.item_ids] == [
         i for i in base.item_ids if i not in dropped
     ]
+
+
+@pytest.mark.parametrize("strategy", ["rrf", "weighted_sum"])
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+    k=st.integers(1, 60),
+    quota=st.sampled_from([0.05, 0.1, 0.3]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cold_quota_from_one_full_order_equals_the_top_k_then_the_full_order(
+    strategy, sizes, k, quota, seed
+):
+    """With a cold quota, rrf and weighted_sum are computed once over the whole pool
+    and cut at k: the same list, scores and per-channel columns as the top-k call
+    followed by the full-order call it replaces (ties included: few distinct scores)."""
+    from recall_engine.serving import fusion as f
+
+    rng = np.random.default_rng(seed)
+    lists = []
+    for c, n in enumerate(sizes):
+        ids = [f"i{j}" for j in rng.choice(50, size=n, replace=False)]
+        scores = rng.integers(0, 4, size=n).astype(np.float32)  # ties on purpose
+        lists.append(RankedList(f"c{c}", ids, np.sort(scores)[::-1].copy()))
+    weights = {lst.channel: float(rng.choice([0.5, 1.0])) for lst in lists}
+    cold_ids = {f"i{j}" for j in range(0, 50, 3)}
+
+    def cold(ids):
+        return np.array([i in cold_ids for i in ids], dtype=bool)
+
+    priority = [lst.channel for lst in lists]
+    got = fuse(strategy, lists, weights, k, priority=priority, cold_quota=quota, cold=cold)
+
+    checked = validate_params(strategy, {})
+    pool = f._build_pool(lists, weights, priority)
+    if not pool.ids:
+        assert got.item_ids == []
+        return
+    order, scores = f.STRATEGIES[strategy](pool, k, checked)
+    slots = f._cold_slots(quota, k)
+    order, scores = f._reserve_cold(pool, order, scores, k, slots, cold, strategy, checked)
+    want = f._assemble(pool, order, scores)
+    assert got.item_ids == want.item_ids
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.provenance == want.provenance

@@ -378,12 +378,24 @@ def _fuse(
     pool = _build_pool(lists, weights, priority)
     if not pool.ids:
         return Fused([], np.zeros(0, dtype=np.float32), {})
-    order, scores = STRATEGIES[strategy](pool, int(k), checked)
     if cold_slots and cold is not None:
+        full = None
+        if strategy in _FULL_ORDER_EXTENDS_TOP_K:  # one call serves both: its top k
+            full = STRATEGIES[strategy](pool, len(pool.ids), checked)  # is the prefix
+            order, scores = full[0][: int(k)], full[1][: int(k)]
+        else:
+            order, scores = STRATEGIES[strategy](pool, int(k), checked)
         order, scores = _reserve_cold(
-            pool, order, scores, int(k), cold_slots, cold, strategy, checked
+            pool, order, scores, int(k), cold_slots, cold, strategy, checked, full
         )
+    else:
+        order, scores = STRATEGIES[strategy](pool, int(k), checked)
     return _assemble(pool, order, scores)
+
+
+#: Strategies whose order over the whole pool begins with their top k (they sort every
+#: candidate by its fused score; quota's slots depend on k).
+_FULL_ORDER_EXTENDS_TOP_K = frozenset({"rrf", "weighted_sum"})
 
 
 # --------------------------------------------------------------------------- cold quota
@@ -408,9 +420,11 @@ def _reserve_cold(
     cold: ColdMask,
     strategy: str,
     params: Mapping[str, Any],
+    full: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The strategy's top ``k`` (``order``) with ``slots`` cold items where the channels
-    returned that many (module doc).
+    returned that many (module doc). ``full``: the strategy's order over the whole pool
+    when the caller has it already.
 
     The missing cold items come in the strategy's order over the whole pool; each takes
     the place of the last non-cold item, and keeps its own fused score, capped at the
@@ -429,9 +443,11 @@ def _reserve_cold(
     outside[order] = False
     if missing <= 0 or not outside.any():
         return order, scores
-    full, full_scores = STRATEGIES[strategy](pool, len(pool.ids), params)
-    pick = outside[full]
-    extra, extra_scores = full[pick][:missing], full_scores[pick][:missing]
+    if full is None:
+        full = STRATEGIES[strategy](pool, len(pool.ids), params)
+    full_order, full_scores = full
+    pick = outside[full_order]
+    extra, extra_scores = full_order[pick][:missing], full_scores[pick][:missing]
     # make room: empty slots first, then the last non-cold items of the top k (there
     # are enough of them: len(extra) <= slots - cold ones there <= k - cold ones there)
     n_drop = max(0, len(extra) - (k - len(order)))
