@@ -10,10 +10,14 @@ with ``learned_weights = true`` (the default plan's default).
 
 Carve (:func:`carve`). Per user with at least :data:`MIN_ROWS` rows, ``FRACTION`` of
 them (rounded, at least 2) are held out: half (rounded up) are the user's newest rows
-(the *temporal* target: "what next"), the rest are drawn at random, seeded, from the
-older ones (the *random* target: "what else"). The protocol the service will be judged
-on is unknown to the build, so it is scored on both. Nothing but the training rows the
-build was given is read.
+(the *temporal* target: "what comes later"), the rest are drawn at random, seeded, from
+the older ones (the *random* target: "what else"). The first of the newest rows, the
+one that came right after the history, is the *next* target on its own ("what next",
+a leave-one-out): the text channels win most there (ml-latest-small: content alone
+reached 85 % of cf's recall on the next item, 63 % on the newest 10 %), and a
+10 %-of-history target does not show it. The protocol the service will be judged on
+is unknown to the build, so it is scored on all three. Nothing but the training rows
+the build was given is read.
 
 Fit (:func:`fit_segments`). Every enabled channel is built on the carve's remaining
 rows into a temporary folder, exactly as the real build does, and loaded in a real
@@ -87,16 +91,18 @@ FRACTION = 0.2
 K = 100
 GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 PASSES = 2
-# the relative gain over the best channel alone, on both targets, that fused weights need
-# on the carve to be used: the carve's channels learn from 80 % of the rows, the served
-# ones from all of them, and the collaborative ones gain more from the extra rows than
-# the text ones (ML-100K per-user random: +1.3 % on the carve, -0.8 % on the test)
+# the mean relative gain over the best channel alone, over the targets, that fused
+# weights need on the carve to be used: the carve's channels learn from 80 % of the
+# rows, the served ones from all of them, and the collaborative ones gain more from the
+# extra rows than the text ones (ML-100K per-user random: +1.3 % on the carve, -0.8 %
+# on the test)
 MARGIN = 0.02
-# how far under MARGIN one target's gain may stay when the mean gain clears it: a fit
-# that wins +5 % on the temporal target and +1.6 % on the random one is served (the
-# maximin of before kept cf alone there, and on leave-last-one-out the configured
-# weights then beat it by 11 %); one that wins under 1 % on either target is not
-TOLERANCE = 0.01
+# the least gain over the best channel alone that every target must show for fused
+# weights to be served (their mean gain must reach MARGIN): none may be worse than that
+# channel alone. Pure maximin (every target by MARGIN) kept cf alone on ml-latest-small
+# where its carve showed +3.4 % on the temporal target and +0.0 % on the random one,
+# and on leave-last-one-out the configured weights then beat it by 11 %
+FLOOR = 0.0
 # history lengths where segments may start; neighbours are merged up to MIN_SEGMENT_USERS
 SEGMENT_EDGES: tuple[int, ...] = (1, 11, 31, 101, 301)
 MIN_SEGMENT_USERS = 200
@@ -155,7 +161,7 @@ def carve(interactions: Interactions, *, seed: int = 0, max_history: int = 1000)
     train = interactions.take(np.flatnonzero(~held))
     events = interactions.events
     queries: list[Query] = []
-    targets: dict[str, list[frozenset[str]]] = {"temporal": [], "random": []}
+    targets: dict[str, list[frozenset[str]]] = {"next": [], "temporal": [], "random": []}
     for (keep, temporal, random), (s, _) in zip(held_rows, eligible, strict=True):
         recent = keep[-max_history:]
         seen = frozenset(items[keep].tolist())
@@ -170,6 +176,7 @@ def carve(interactions: Interactions, *, seed: int = 0, max_history: int = 1000)
                 exclude=seen,
             )
         )
+        targets["next"].append(frozenset((str(items[temporal[0]]),)) - seen)
         targets["temporal"].append(frozenset(items[temporal].tolist()) - seen)
         targets["random"].append(frozenset(items[random].tolist()) - seen)
     return Carve(train, queries, targets, int(held.sum()))
@@ -361,7 +368,6 @@ class _Scorer:
 # (how far the smallest gain over the best channel alone is under the floor, 0 when it
 # is not; the mean gain; the mean recall)
 Value = tuple[float, float, float]
-FLOOR = MARGIN - TOLERANCE
 
 
 class _Objective:
@@ -371,14 +377,14 @@ class _Objective:
     the mean gain, then the mean recall.
 
     Not the mean alone: the build does not know which protocol the service will be
-    judged on, and a mean lets the fit buy temporal-target recall with random-target
-    recall (on ML-100K's per-user random split a mean-fitted plan scored 0.7033 against
-    cf's 0.7089). Not maximin all the way either: it gave up gains of 5 % on one target
-    to avoid ones under 2 % on the other, and on leave-last-one-out that left cf alone
-    where fusion wins 11 %. So every target must gain :data:`FLOOR`, and above that the
-    mean decides. Relative, so that the target with the lower recall (temporal) does not
-    decide alone. Fusion has to earn its place: :func:`_choose` keeps the best channel
-    alone unless the fit's mean gain is :data:`MARGIN` with every target at
+    judged on, and a mean lets the fit buy one target's recall with another's (on
+    ML-100K's per-user random split a mean-fitted plan scored 0.7033 against cf's
+    0.7089). Not maximin all the way either: it gave up gains of 3-5 % on one target to
+    avoid ones under 2 % on another, and on leave-last-one-out that left cf alone where
+    fusion wins 11 %. So no target may fall below the best channel alone (:data:`FLOOR`),
+    and above that the mean decides. Relative, so that the target with the lower recall
+    does not decide alone. Fusion has to earn its place: :func:`_choose` keeps the best
+    channel alone unless the fit's mean gain is :data:`MARGIN` with every target at
     :data:`FLOOR` or more."""
 
     def __init__(self, score: _Scorer, users: Sequence[int]) -> None:
@@ -534,7 +540,7 @@ def fit_segments(
     validation = {
         "users": len(everyone),
         "k": K,
-        "objective": "recall@k on the temporal and the random target relative to the best "
+        "objective": f"recall@k on the targets ({', '.join(targets)}) relative to the best "
         f"channel alone's: maximin up to a gain of {FLOOR:.0%} on each, then the mean gain; "
         f"fused weights only when the mean gain is {MARGIN:.0%} or more with each target "
         f"{FLOOR:.0%} or more",
