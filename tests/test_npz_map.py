@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recall_engine.runtime.npz_map import map_npz
-from tests.helpers import python_children
+from tests.helpers import build_and_load, python_children
 
 
 def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -141,3 +141,33 @@ def test_the_popular_channel_maps_its_ids_read_only(tmp_path, demo_small):
     best = ids[:3].tolist()
     assert list(channel.recall(Query(user_id="u"), 3).item_ids) == best
     assert channel.delete_items([best[0], "no-such-item", best[0]]) == 2
+
+
+def test_cf_maps_its_vocabulary_and_neighbour_lists_and_looks_ids_up_as_a_dict_would(
+    tmp_path, demo_small
+):
+    """cf's ``vocab.npz`` and ``item2item.npz`` are mapped read-only (a million items:
+    ≈ 1 GiB a process read them into), and the sorted-id lookup that replaced the dict
+    agrees with one, unknown, cut and odd ids included."""
+    from recall_engine.plugins.cf.histories import known_history
+
+    channel = build_and_load(
+        tmp_path, demo_small, "cf", params={"auto_mix": False, "two_tower": False}
+    )
+    vocab, table = channel._vocab, channel._table  # noqa: SLF001 - the storage is under test
+    for array in (vocab.ids.array, vocab.counts, table.indptr, table.indices, table.sims):
+        assert _mapped(array) and not array.flags.writeable
+    ids = list(vocab.ids)
+    assert ids == sorted(ids) and len(ids) == len(vocab) > 10
+    as_dict = {item: n for n, item in enumerate(ids)}
+    width = vocab.ids.array.dtype.itemsize // 4
+    probes = ids[::7] + ["", "no-such-item", ids[0] + "\x00", ids[0][:-1], "x" * (width + 3)]
+    probes += [ids[-1] + "z", ids[3] + ids[3]]
+    assert vocab.index.positions(probes).tolist() == [as_dict.get(p, -1) for p in probes]
+    for p in probes:
+        assert vocab.index.get(p) == as_dict.get(p) and (p in vocab.index) == (p in as_dict)
+    assert vocab.index.get(7) is None and vocab.ids.take(np.array([2, 0])) == [ids[2], ids[0]]
+    assert vocab.ids[1] == ids[1] and vocab.ids[:3] == ids[:3]
+    history = [ids[4], "unknown", ids[2], ids[4], ids[9]]
+    idx, pos = known_history(vocab, history, 10)
+    assert idx.tolist() == [2, 4, 9] and pos.tolist() == [2, 3, 4]  # newest place wins

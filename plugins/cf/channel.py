@@ -355,7 +355,7 @@ class CFChannel(Channel):
             else:
                 top = np.arange(len(cand))
             top = top[np.lexsort((cand[top], -scores[top]))]
-            names = [ids[i] for i in cand[top].tolist()]
+            names = ids.take(cand[top])
             keep = np.asarray(self.ctx.catalog.filter_mask(names, q), dtype=bool)
             if keep.sum() >= k or fetch >= len(cand):
                 chosen = np.flatnonzero(keep)[:k]

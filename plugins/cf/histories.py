@@ -9,9 +9,10 @@ padding, so its embedding row for index ``i`` is ``i + 1`` (:data:`PAD`).
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 
@@ -20,33 +21,130 @@ PAD = 0
 SECONDS_PER_DAY = 86_400.0
 
 
+class VocabIds(Sequence[str]):
+    """Item ids by index, over one str array sorted by id (mapped read-only from
+    ``vocab.npz`` when served, so a host's processes share it: a list of a million ids
+    and a dict over them cost ≈ 150 MiB per process). An int gives the id, a slice a
+    list; :meth:`take` turns many indices into ids in one step."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return list(self.array[i].tolist())
+        return str(self.array[i])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.array.tolist())
+
+    def take(self, indices: np.ndarray) -> list[str]:
+        """The ids at ``indices``, in their order."""
+        return list(self.array[indices].tolist())
+
+
+class VocabIndex(Mapping[str, int]):
+    """Item id -> index, by binary search over the sorted ids of a :class:`VocabIds`
+    (nothing per id in the process). :meth:`positions` looks up many ids at once."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def positions(self, items: Sequence[str]) -> np.ndarray:
+        """int64 index of each of ``items``, -1 for one not in the vocabulary."""
+        n = len(items)
+        if not n or not len(self.array):
+            return np.full(n, -1, dtype=np.int64)
+        keys = np.asarray(items, dtype=str)
+        # numpy's str arrays drop trailing NULs and the array's width cuts longer ids:
+        # such an id is not in the vocabulary, whatever its cut form matches
+        exact = np.char.str_len(keys) == np.fromiter(map(len, items), np.int64, n)
+        exact &= np.char.str_len(keys) <= self.array.dtype.itemsize // 4
+        keys = keys.astype(self.array.dtype)
+        pos = np.minimum(np.searchsorted(self.array, keys), len(self.array) - 1)
+        return np.where((self.array[pos] == keys) & exact, pos, -1).astype(np.int64)
+
+    def get(self, item: object, default: Any = None) -> Any:
+        if not isinstance(item, str):
+            return default
+        p = int(self.positions([item])[0])
+        return p if p >= 0 else default
+
+    def __getitem__(self, item: str) -> int:
+        p = self.get(item)
+        if p is None:
+            raise KeyError(item)
+        return int(p)
+
+    def __contains__(self, item: object) -> bool:
+        return self.get(item) is not None
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.array.tolist())
+
+
 @dataclass(slots=True, frozen=True, eq=False)
 class Vocab:
-    """``ids``: item ids by index (a list, for cheap lookups of a few positions);
-    ``index``: item id -> index; ``counts``: training interactions per item."""
+    """``ids``: item ids by index; ``index``: item id -> index; ``counts``: training
+    interactions per item. The ids are sorted (``np.unique`` made them), which is what
+    lets ``index`` search them instead of holding a dict."""
 
-    ids: list[str]
-    index: Mapping[str, int]
+    ids: VocabIds
+    index: VocabIndex
     counts: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_ids(cls, ids: Sequence[str], counts: np.ndarray) -> Vocab:
-        ids = list(map(sys.intern, ids))  # shared with the catalogue's (catalog.py)
-        return cls(
-            ids, {item: i for i, item in enumerate(ids)}, np.asarray(counts, dtype=np.float32)
-        )
+    def from_ids(cls, ids: Sequence[str] | np.ndarray, counts: np.ndarray) -> Vocab:
+        array = ids.array if isinstance(ids, VocabIds) else np.asarray(list(ids), dtype=str)
+        return cls._of(array, np.asarray(counts, dtype=np.float32), "ids")
+
+    @classmethod
+    def _of(cls, array: np.ndarray, counts: np.ndarray, where: str) -> Vocab:
+        if array.ndim != 1 or (len(array) and array.dtype.kind != "U"):
+            raise ValueError(f"{where}: not a one-dimensional str array")
+        if len(array) > 1 and not bool(np.all(array[1:] > array[:-1])):
+            raise ValueError(f"{where}: item ids not sorted and unique")
+        if counts.shape != array.shape:
+            raise ValueError(f"{where}: {len(counts)} counts for {len(array)} ids")
+        return cls(VocabIds(array), VocabIndex(array), counts)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         with open(path, "wb") as fh:
-            np.savez(fh, ids=np.asarray(self.ids, dtype=str), counts=self.counts)
+            np.savez(fh, ids=self.ids.array.astype(str), counts=self.counts)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:
-        with np.load(path, allow_pickle=False) as z:
-            return cls.from_ids(z["ids"].tolist(), z["counts"])
+        """``vocab.npz`` mapped read-only (shared by the host's processes); errors name
+        the file."""
+        from recall_engine.runtime.npz_map import map_npz
+
+        arrays = map_npz(Path(path))
+        missing = {"ids", "counts"} - set(arrays)
+        if missing:
+            raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+        counts = arrays["counts"]
+        if counts.dtype != np.float32:
+            counts = counts.astype(np.float32)
+        return cls._of(arrays["ids"], counts, str(path))
 
 
 @dataclass(slots=True, frozen=True, eq=False)
@@ -87,13 +185,13 @@ def known_history(
     """``(indices, positions)`` of the newest ``limit`` distinct known items of
     ``history`` (oldest first), with their positions in ``history``. Unknown ids are
     dropped; a repeated item counts once, at its newest position."""
-    get = vocab.index.get
+    found = vocab.index.positions(history).tolist()
     seen: set[int] = set()
     idx: list[int] = []
     pos: list[int] = []
     for p in range(len(history) - 1, -1, -1):
-        i = get(history[p])
-        if i is None or i in seen:
+        i = found[p]
+        if i < 0 or i in seen:
             continue
         seen.add(i)
         idx.append(i)

@@ -91,16 +91,22 @@ class NeighbourTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], n_items: int) -> NeighbourTable:
-        """Read and check ``item2item.npz``; errors name the file and the problem."""
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"indptr", "indices", "sims"} - set(z.files)
-            if missing:
-                raise ValueError(f"{path}: missing arrays {sorted(missing)}")
-            table = cls(
-                z["indptr"].astype(np.int64),
-                z["indices"].astype(np.int32),
-                z["sims"].astype(np.float32),
-            )
+        """Map and check ``item2item.npz`` (read-only, shared by the host's processes:
+        at a million items the lists are ≈ 300 MiB); errors name the file and the
+        problem."""
+        from pathlib import Path
+
+        from recall_engine.runtime.npz_map import map_npz
+
+        z = map_npz(Path(path))
+        missing = {"indptr", "indices", "sims"} - set(z)
+        if missing:
+            raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+        table = cls(  # no copy when the build's dtypes are there, as it writes them
+            z["indptr"].astype(np.int64, copy=False),
+            z["indices"].astype(np.int32, copy=False),
+            z["sims"].astype(np.float32, copy=False),
+        )
         if table.n_items != n_items:
             raise ValueError(f"{path}: {table.n_items} rows, the vocabulary has {n_items}")
         if (

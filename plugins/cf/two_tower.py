@@ -246,7 +246,7 @@ def export(
     # HistoryEncoder.item_vectors), so "cos" ranks exactly as "ip" for them
     metric = "cos" if params.index_dtype == "i8" else "ip"
     index = VectorIndex(params.dim, metric=metric, dtype=params.index_dtype)
-    index.add(vocab.ids, vectors)
+    index.add(vocab.ids.array.tolist(), vectors)
     index.save(out / INDEX_DIR)
     return {"encoder": manifest.model_sha256, "encoder_weights": manifest.source_hash}
 
