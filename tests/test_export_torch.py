@@ -150,3 +150,42 @@ def test_cli_exits_non_zero_on_parity_failure(tmp_path, monkeypatch, capsys):
 
     assert rc == 2
     assert "parity check FAILED" in capsys.readouterr().err
+
+
+def test_large_weights_are_kept_beside_the_graph_mapped_by_onnx_runtime_and_checked(tmp_path):
+    """An item table of 1.3 MB goes to model.onnx.data (ONNX external data): the graph
+    file is small, ONNX Runtime maps the weights from the file (so the processes of a
+    host share them) and answers as PyTorch does, and a changed byte in the weights is
+    refused by name."""
+    from recall_engine.runtime.encoders import OnnxModel
+
+    torch.manual_seed(0)
+    module = fm.BagOfItems(num_items=20_000, dim=16)
+    example = (torch.randint(0, 20_000, (4, 7)),)
+    manifest = export_torch(module, example, tmp_path)
+    data = tmp_path / "model.onnx.data"
+    assert set(manifest.data_files) == {"model.onnx.data"}
+    assert (
+        data.stat().st_size >= 20_000 * 16 * 4 and (tmp_path / "model.onnx").stat().st_size < 64_000
+    )
+    assert ModelManifest.read(tmp_path).data_files == manifest.data_files
+
+    model = OnnxModel(tmp_path, device="cpu")
+    maps = Path("/proc/self/maps").read_text()
+    assert str(data.resolve()) in maps  # used in place, from the file
+    ids = torch.randint(0, 20_000, (3, 5))
+    with torch.inference_mode():
+        want = module(ids).numpy()
+    np.testing.assert_allclose(model.run({"item_ids": ids.numpy()}), want, atol=1e-5)
+
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ManifestError, match=r"model\.onnx\.data: missing, or its sha256 differs"):
+        OnnxModel(tmp_path, device="cpu")
+
+
+def test_small_models_stay_in_one_file(tmp_path):
+    module, example = fm.mlp_factory()
+    assert export_torch(module, example, tmp_path).data_files == {}
+    assert not (tmp_path / "model.onnx.data").exists()

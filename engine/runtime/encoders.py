@@ -288,6 +288,14 @@ class OnnxModel:
                 f"{self.path}: sha256 differs from the manifest; the file "
                 "was replaced after export (re-export, or copy both)"
             )
+        if file == self.manifest.file:  # its weights kept beside it (external data)
+            for name, digest in self.manifest.data_files.items():
+                path = self.folder / name
+                if not path.is_file() or sha256_file(path) != digest:
+                    raise ManifestError(
+                        f"{path}: missing, or its sha256 differs from the manifest (the "
+                        "weights of the model file; re-export, or copy the folder whole)"
+                    )
 
     def _validate(self) -> None:
         declared = {spec.name: spec for spec in self.manifest.inputs}

@@ -91,6 +91,8 @@ class ModelManifest:
     tokenizer: str | None = None
     variants: Mapping[str, Variant] = field(default_factory=dict)
     producer: Mapping[str, str] = field(default_factory=dict)
+    # the model file's weights kept beside it (ONNX external data): file -> sha256
+    data_files: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -118,6 +120,7 @@ class ModelManifest:
         out = asdict(self)
         out["variants"] = {k: asdict(v) for k, v in self.variants.items()}
         out["producer"] = dict(self.producer)
+        out["data_files"] = dict(self.data_files)
         return out
 
     def write(self, path: str | os.PathLike[str]) -> Path:
@@ -157,6 +160,11 @@ class ModelManifest:
         variants = raw.get("variants") or {}
         if not isinstance(variants, Mapping):
             raise ManifestError("field 'variants' must be an object")
+        data_files = raw.get("data_files") or {}
+        if not isinstance(data_files, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data_files.items()
+        ):
+            raise ManifestError("field 'data_files' must map file names to sha256 strings")
         return cls(
             schema_version=version,
             kind=_field(raw, "kind", str),
@@ -181,6 +189,7 @@ class ModelManifest:
             tokenizer=raw.get("tokenizer"),
             variants={name: _variant(name, v) for name, v in variants.items()},
             producer=dict(raw.get("producer") or {}),
+            data_files=dict(data_files),
         )
 
 
