@@ -189,8 +189,9 @@ def touch(addrs: list[str], requests: int, artifacts: Path, processes: int) -> d
     """Send ``requests`` Recall requests per worker (half with a history of 20 catalogue
     items, half with a title as free text, k = 200), four at a time, over connections to
     ``addrs`` (each worker's own address, or the one shared port with one connection per
-    thread and worker, which the kernel spreads over them). Returns how many were
-    answered, and how many refused or failed."""
+    thread and worker, which the kernel spreads over them); a request shed with
+    ``RESOURCE_EXHAUSTED`` is sent again after the server's retry hint, as a client
+    does (up to 50 times). Returns how many were answered, and the others by status."""
     import concurrent.futures
 
     import grpc
@@ -204,19 +205,24 @@ def touch(addrs: list[str], requests: int, artifacts: Path, processes: int) -> d
     lanes = [addrs[i % len(addrs)] for i in range(max(4, len(addrs)) * max(1, processes))]
     channels = [grpc.insecure_channel(a) for a in lanes]
     stubs = [recall_pb2_grpc.RecallServiceStub(c) for c in channels]
-    counts = {"ok": 0, "refused_or_failed": 0}
+    counts: dict[str, int] = {"ok": 0}
 
-    def one(i: int) -> bool:
-        try:
-            stubs[i % len(stubs)].Recall(pool[i], timeout=10)
-            return True
-        except grpc.RpcError:
-            return False
+    def one(i: int) -> str:
+        for _ in range(50):
+            try:
+                stubs[i % len(stubs)].Recall(pool[i], timeout=10)
+                return "ok"
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return e.code().name
+                hint = dict(e.trailing_metadata() or ()).get("grpc-retry-pushback-ms", "10")
+                time.sleep(int(hint) / 1000)
+        return "RESOURCE_EXHAUSTED"
 
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
-            for ok in ex.map(one, range(len(pool))):
-                counts["ok" if ok else "refused_or_failed"] += 1
+            for outcome in ex.map(one, range(len(pool))):
+                counts[outcome] = counts.get(outcome, 0) + 1
     finally:
         for c in channels:
             c.close()

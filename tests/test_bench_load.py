@@ -521,8 +521,7 @@ def test_bench_memory_per_host_reads_every_process_after_warm_up_and_after_reque
     assert len(many["workers"]) == 2 and many["parent"]["pss_mib"] > 0
     for run, n in ((one, 1), (many, 2)):
         after = run["after_requests"]
-        assert after["requests"]["ok"] + after["requests"]["refused_or_failed"] == 40 * n
-        assert after["requests"]["ok"] >= 20 * n, after["requests"]
+        assert after["requests"] == {"ok": 40 * n}  # shed ones retried after the hint
         assert all(w["pss_mib"] > 0 for w in after["workers"])
     # the report's target figures are those of the host as it serves
     assert report["host_ratio"] == report["after_requests"]["host_ratio"]
