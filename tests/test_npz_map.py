@@ -171,3 +171,17 @@ def test_cf_maps_its_vocabulary_and_neighbour_lists_and_looks_ids_up_as_a_dict_w
     history = [ids[4], "unknown", ids[2], ids[4], ids[9]]
     idx, pos = known_history(vocab, history, 10)
     assert idx.tolist() == [2, 4, 9] and pos.tolist() == [2, 3, 4]  # newest place wins
+
+
+def test_cf_two_tower_index_is_mapped_and_checked_from_a_sample(tmp_path, demo_small):
+    """cf's two-tower index is memory-mapped (``memory_map``, default on), and its
+    self-check reads a sample of ids, not every id."""
+    channel = build_and_load(tmp_path, demo_small, "cf", params={"auto_mix": False})
+    index = channel._index  # noqa: SLF001 - the storage is under test
+    assert index is not None and index.viewed
+    sample = index.sample_ids(5)
+    assert len(sample) == 5 and set(sample) <= set(index.ids())
+    unmapped = build_and_load(
+        tmp_path / "b", demo_small, "cf", params={"auto_mix": False, "memory_map": False}
+    )
+    assert not unmapped._index.viewed  # noqa: SLF001

@@ -238,6 +238,17 @@ class VectorIndex:
         with self._lock:
             return list(self._map)
 
+    def sample_ids(self, n: int) -> list[str]:
+        """At most ``n`` live ids spread evenly over the keys, without listing every id
+        (a list of a million interned ids grows the process's interned-string table for
+        good: ≈ 30 MiB)."""
+        with self._lock:
+            keys = self._map.live_keys()
+            if not len(keys) or n <= 0:
+                return []
+            picked = keys[:: max(1, len(keys) // n)][:n].astype(np.int64)
+            return [i for i in self._map.ids_of(picked).tolist() if i is not None]
+
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """The stored vectors of the known ids among ``item_ids``, as a float32
         ``[found, dim]`` matrix (dequantised like :meth:`vector`), and the positions in

@@ -24,17 +24,16 @@ def check_index(index: VectorIndex, where: str, *, sample: int = SELF_CHECK_SAMP
     """Search ``sample`` stored vectors (spread evenly over the ids) in ``index``;
     raise :class:`IndexCheckError` naming ``where`` on the first bad answer. Returns how
     many were checked."""
-    ids = index.ids()
-    if not ids:
+    picked = index.sample_ids(sample)
+    if not picked:
         return 0
-    picked = ids[:: max(1, len(ids) // sample)][:sample]
     vectors, found = index.vectors(picked)
     if len(found) != len(picked):
         missing = [picked[i] for i in sorted(set(range(len(picked))) - set(found))]
         raise IndexCheckError(f"{where}: no stored vector for ids {missing[:5]}")
     if not np.isfinite(vectors).all():
         raise IndexCheckError(f"{where}: stored vectors hold NaN or infinite values")
-    answers = index.search(vectors, min(10, len(ids)))
+    answers = index.search(vectors, min(10, len(index)))
     for item, (got, scores) in zip(picked, answers, strict=True):
         if not got:
             raise IndexCheckError(f"{where}: the stored vector of {item!r} finds nothing")

@@ -231,7 +231,9 @@ class CFChannel(Channel):
             )
             ef = self.params.expansion_search
             overrides: dict[str, Any] = {"expansion_search": ef} if ef else {}
-            self._index = VectorIndex.load(bundle.file(INDEX_META).parent, **overrides)
+            self._index = VectorIndex.load(
+                bundle.file(INDEX_META).parent, view=self.params.memory_map, **overrides
+            )
             # the digests say the files are the built ones; this says they work
             check_index(self._index, f"{self.name}/{bundle.version}/{INDEX_META}")
             # the encoder was trained (and its position table sized) for this length

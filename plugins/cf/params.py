@@ -76,6 +76,9 @@ class CFParams:
     index_dtype: IndexDtype = "f32"
     expansion_search: NonNegativeInt = 0
     max_filter_fetch: PositiveInt = 4096  # a narrow category filter ranks at most this many
+    # memory-map the two-tower index (the host's processes share one copy; cf never
+    # changes its index while serving) instead of reading it into each process
+    memory_map: bool = True
     # combining
     item2item_weight: NonNegativeFloat = 1.0
     two_tower_weight: NonNegativeFloat = 1.0
