@@ -71,6 +71,10 @@ class VectorStore(Protocol):
         """Every searchable id (a copy)."""
         ...
 
+    def sample_ids(self, n: int) -> list[str]:
+        """At most ``n`` searchable ids spread over the store, without listing them all."""
+        ...
+
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """Stored float32 vectors of the known ids among ``item_ids`` (``[found, dim]``)
         and their positions in ``item_ids``; one lookup for all of them."""

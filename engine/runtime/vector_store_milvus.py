@@ -244,6 +244,10 @@ class MilvusStore:
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    def sample_ids(self, n: int) -> list[str]:
+        ids = self.ids()
+        return ids[:: max(1, len(ids) // n)][:n] if n > 0 else []
+
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         known = [i for i in dict.fromkeys(item_ids) if i in self._ids]
         if not known:

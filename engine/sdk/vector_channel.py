@@ -483,7 +483,7 @@ class VectorChannel(Channel):
 
     def warmup(self) -> None:
         self.warmup_encoders()
-        first = self.index.ids()[:1]
+        first = self.index.sample_ids(1)
         self.recall(Query(user_id="__warmup__", history=tuple(first)), 10)
         if self.supports_text:
             self.recall(Query(user_id="__warmup__", text="warm up"), 10)
