@@ -17,7 +17,6 @@ instead of a dict entry and a string).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -167,13 +166,13 @@ class IdMap:
         return out
 
     def __iter__(self) -> Iterator[str]:
-        """Live ids in key order."""
+        """Live ids in key order (not interned: see ``ColumnItems.iter_ids``)."""
         step = 65536
         for lo in range(0, self._n, step):
             dead = self._dead[lo : lo + step].tolist()
             for raw, gone in zip(self._base[lo : lo + step].tolist(), dead, strict=True):
                 if not gone:
-                    yield sys.intern(raw.decode("utf-8", _ENC))
+                    yield raw.decode("utf-8", _ENC)
         yield from (self._extra_ids[k] for k in sorted(self._extra_ids))
 
     def live_keys(self) -> np.ndarray:
