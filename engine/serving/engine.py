@@ -26,6 +26,7 @@ from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.encoders import CALL_DEADLINE
 from recall_engine.runtime.learned_weights import LearnedWeights, load_learned_weights
+from recall_engine.runtime.process_memory import release_free_memory
 from recall_engine.sdk.capabilities import SupportsOnlineUpdates
 from recall_engine.sdk.channel import (
     Candidates,
@@ -220,6 +221,7 @@ class Engine:
             learned = _read_learned(self._config, None)
             self._state = _State(self._config, Assigner(self._config), slots, 1, failed, learned)
             metrics.CONFIG_GENERATION.set(1)
+        release_free_memory()  # what loading freed is not kept as this process's own
 
     def close(self) -> None:
         """Stop serving; each channel is closed once its in-flight calls returned.
