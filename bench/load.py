@@ -404,7 +404,9 @@ async def run_in_process(
     # generator's, so admission keeps a fixed bound that admits every worker (`bench
     # overload` measures admission against a real server).
     overload = OverloadSettings(
-        max_in_flight=max(concurrency, machine_in_flight()), target_loop_lag_ms=None
+        max_in_flight=max(concurrency, machine_in_flight()),
+        target_loop_lag_ms=None,
+        latency_tolerance=None,
     )
     engine = Engine(config, overload=overload)
     await asyncio.to_thread(engine.load)

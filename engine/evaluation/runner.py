@@ -285,7 +285,9 @@ def serve_channels(
         t1 = time.perf_counter()
         # offline: every query must be answered, none shed; the gate in _recall_all
         # bounds what is in flight instead
-        overload = OverloadSettings(max_in_flight=CONCURRENCY, target_loop_lag_ms=None)
+        overload = OverloadSettings(
+            max_in_flight=CONCURRENCY, target_loop_lag_ms=None, latency_tolerance=None
+        )
         engine = Engine(cfg, catalog=Catalog.load(artifacts / "catalog"), overload=overload)
         engine.load()
         stack.callback(engine.close)

@@ -568,7 +568,9 @@ def _carve_lists(
         root = Path(tmp).resolve()
         build_all(c.train, items, root, config, seed=seed, fit_fusion=False)
         cfg = config_for_artifacts(config, root, depth)
-        overload = OverloadSettings(max_in_flight=CONCURRENCY, target_loop_lag_ms=None)
+        overload = OverloadSettings(
+            max_in_flight=CONCURRENCY, target_loop_lag_ms=None, latency_tolerance=None
+        )
         engine = Engine(cfg, catalog=Catalog.load(root / "catalog"), overload=overload)
         engine.load()
         try:
