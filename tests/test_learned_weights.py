@@ -127,20 +127,18 @@ def test_the_fit_gives_each_history_segment_the_channel_that_finds_its_items():
         assert seg["chosen"] == {"temporal": 1.0, "random": 1.0}, fit.validation
 
 
-def lists_where_b_rescues(misses: int, users: int = 200):
-    """Channel a ranks each user's one held-out item first, except for the last
-    ``misses`` users; channel b ranks it first for those users only."""
+def two_channel_case(users: int, lists_of) -> tuple:
+    """(plan, per-channel lists, targets) of ``users`` users, with ``lists_of(u)``
+    giving user ``u``'s lists of channels a and b and their temporal and random held-out
+    item; the plan fuses a and b by RRF, b at 0.25."""
     per: dict[str, list[RankedList]] = {"a": [], "b": []}
     targets: dict[str, list[frozenset[str]]] = {"temporal": [], "random": []}
     for u in range(users):
-        hit, filler = f"hit{u}", [f"f{u}-{j}" for j in range(150)]
-        missed = u >= users - misses
-        a = filler if missed else [hit, *filler[:-1]]
-        b = [hit, *filler[75:]] if missed else [f"g{u}-{j}" for j in range(75)]
+        a, b, temporal, random = lists_of(u)
         for name, ids in (("a", a), ("b", b)):
             per[name].append(RankedList(name, ids, np.linspace(1, 0, len(ids), dtype=np.float32)))
-        targets["temporal"].append(frozenset({hit}))
-        targets["random"].append(frozenset({hit}))
+        targets["temporal"].append(frozenset({temporal}))
+        targets["random"].append(frozenset({random}))
     plan = Plan(
         fusion="rrf",
         weights=MappingProxyType({"a": 1.0, "b": 0.25}),
@@ -148,6 +146,20 @@ def lists_where_b_rescues(misses: int, users: int = 200):
         fusion_params=MappingProxyType({}),
     )
     return plan, per, targets
+
+
+def lists_where_b_rescues(misses: int, users: int = 200):
+    """Channel a ranks each user's one held-out item first, except for the last
+    ``misses`` users; channel b ranks it first for those users only."""
+
+    def lists_of(u: int):
+        hit, filler = f"hit{u}", [f"f{u}-{j}" for j in range(150)]
+        missed = u >= users - misses
+        a = filler if missed else [hit, *filler[:-1]]
+        b = [hit, *filler[75:]] if missed else [f"g{u}-{j}" for j in range(75)]
+        return a, b, hit, hit
+
+    return two_channel_case(users, lists_of)
 
 
 @pytest.mark.parametrize(("misses", "fused"), [(2, False), (10, True)])
@@ -169,29 +181,20 @@ def test_fused_weights_must_beat_the_best_channel_alone_by_the_margin(misses, fu
 def lists_where_b_rescues_per_target(t_misses: int, r_costs: int, users: int = 200):
     """Each user has one held-out item per target. Channel a ranks the temporal one
     first, except for the last ``t_misses`` users, whose temporal item channel b ranks
-    first. a ranks the random one first too, except for the first ``r_costs`` users,
-    where a has it at rank 95: fusing in b with the weight its rescues need (its top
-    items then pass a's ranks past 80) pushes those out of the top 100."""
-    per: dict[str, list[RankedList]] = {"a": [], "b": []}
-    targets: dict[str, list[frozenset[str]]] = {"temporal": [], "random": []}
-    for u in range(users):
+    first. a ranks the random one second, except for the first ``r_costs`` users, where
+    a has it at rank 95: fusing in b with the weight its rescues need (its top items
+    then pass a's ranks past 80) pushes those out of the top 100."""
+
+    def lists_of(u: int):
         t_hit, r_hit = f"t{u}", f"r{u}"
         t_missed = u >= users - t_misses
         a = [] if t_missed else [t_hit]
-        a += [f"f{u}-{j}" for j in range(150 - len(a) - 1)]
-        a.insert(94 if u < r_costs else len(a) - 149 + 1, r_hit)
+        a += [f"f{u}-{j}" for j in range(149 - len(a))]
+        a.insert(94 if u < r_costs else 1, r_hit)
         b = ([t_hit] if t_missed else []) + [f"g{u}-{j}" for j in range(75)]
-        for name, ids in (("a", a), ("b", b)):
-            per[name].append(RankedList(name, ids, np.linspace(1, 0, len(ids), dtype=np.float32)))
-        targets["temporal"].append(frozenset({t_hit}))
-        targets["random"].append(frozenset({r_hit}))
-    plan = Plan(
-        fusion="rrf",
-        weights=MappingProxyType({"a": 1.0, "b": 0.25}),
-        channel_k=MappingProxyType({"a": 200, "b": 200}),
-        fusion_params=MappingProxyType({}),
-    )
-    return plan, per, targets
+        return a, b, t_hit, r_hit
+
+    return two_channel_case(users, lists_of)
 
 
 @pytest.mark.parametrize(
