@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from recall_engine.exporters.external_data import externalize_weights
 from recall_engine.exporters.sentence_encoder import PARITY_CHUNKS, SENTENCES, cosine_rows
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.files import atomic_path, replace_file, sha256_file
@@ -126,12 +127,14 @@ def convert_fp16(
         return _record(folder, manifest, "fp16", feeds, note="keep_io_types: fp32 in/out")
     except Exception as exc:  # onnxruntime raises untyped errors for missing kernels
         log.warning("fp16_agreement_unmeasured", error=str(exc))
+        data_files = externalize_weights(folder / FILES["fp16"])
         variant = Variant(
             file=FILES["fp16"],
             sha256=sha256_file(folder / FILES["fp16"]),
             cosine_vs_fp32_min=None,
             cosine_vs_fp32_mean=None,
             note=f"not measured on CPU: {exc}"[:300],
+            data_files=data_files,
         )
         ModelManifest.read(folder).with_variant("fp16", variant).write(folder)
         return variant
@@ -199,12 +202,15 @@ def _record(
 ) -> Variant:
     feeds = feeds if feeds is not None else sentence_feeds(folder, manifest)
     low, mean = agreement(folder / manifest.file, folder / FILES[name], feeds)
+    # large weights beside the graph, mapped and shared by a host's processes
+    data_files = externalize_weights(folder / FILES[name])
     variant = Variant(
         file=FILES[name],
         sha256=sha256_file(folder / FILES[name]),
         cosine_vs_fp32_min=low,
         cosine_vs_fp32_mean=mean,
         note=note,
+        data_files=data_files,
     )
     ModelManifest.read(folder).with_variant(name, variant).write(folder)
     log.info(

@@ -34,6 +34,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from recall_engine.exporters.external_data import externalize_weights
 from recall_engine.exporters.manifest import (
     MANIFEST_FILE,
     ModelManifest,
@@ -46,12 +47,6 @@ from recall_engine.observability.logs import get_logger
 log = get_logger(__name__)
 
 MODEL_FILE = "model.onnx"
-DATA_FILE = MODEL_FILE + ".data"
-#: initializers at least this large are kept in ``DATA_FILE`` beside the graph (ONNX
-#: external data): ONNX Runtime maps that file and uses the weights in place, so the
-#: processes of a host share one copy (cf's item table at 1M items: 234 MiB a process
-#: held privately when the weights were inside ``model.onnx``)
-EXTERNAL_DATA_MIN_BYTES = 1 << 20
 DEFAULT_PARITY_CASES: tuple[tuple[int, int], ...] = ((1, 5), (3, 17), (7, 2))
 Exporter = Literal["torchscript", "dynamo"]
 DynamicAxes = Mapping[str, Mapping[int, str]]
@@ -208,26 +203,6 @@ def export_torch(
         cases=[list(c) for c in cases],
     )
     return manifest
-
-
-def externalize_weights(model_path: Path, min_bytes: int = EXTERNAL_DATA_MIN_BYTES) -> dict:
-    """Move the initializers of ``model_path`` of at least ``min_bytes`` into
-    :data:`DATA_FILE` beside it (nothing when there are none); returns ``{file:
-    sha256}`` of what was written. The graph and its numbers are unchanged."""
-    data = model_path.parent / DATA_FILE
-    data.unlink(missing_ok=True)  # onnx appends to an existing one
-    model = onnx.load(str(model_path))
-    if not any(len(t.raw_data) >= min_bytes for t in model.graph.initializer):
-        return {}
-    onnx.save_model(
-        model,
-        str(model_path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=DATA_FILE,
-        size_threshold=min_bytes,
-    )
-    return {DATA_FILE: sha256_file(data)}
 
 
 def default_dynamic_axes(

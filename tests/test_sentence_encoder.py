@@ -397,3 +397,26 @@ def test_serving_sessions_do_not_spin_between_runs(tmp_path):
     options = model.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_the_int8_variant_keeps_its_word_embeddings_beside_the_graph_mapped_and_checked(
+    minilm_onnx, tmp_path
+):
+    """MiniLM int8's fp32 word-embedding table (45 MiB) is ONNX external data: ONNX
+    Runtime maps it from the file (shared by a host's processes) instead of copying it
+    into each session, and a changed byte in it is refused by name."""
+    variant = ModelManifest.read(minilm_onnx).variants["int8"]
+    assert set(variant.data_files) == {"model.int8.onnx.data"}
+    data = minilm_onnx / "model.int8.onnx.data"
+    assert data.stat().st_size > 40 * 2**20
+    model = OnnxModel(minilm_onnx, precision="int8", device="cpu")
+    assert str(data.resolve()) in Path("/proc/self/maps").read_text()  # used in place
+    assert model.path.name == "model.int8.onnx"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(minilm_onnx, copy)
+    raw = bytearray((copy / "model.int8.onnx.data").read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    (copy / "model.int8.onnx.data").write_bytes(bytes(raw))
+    with pytest.raises(ManifestError, match=r"model\.int8\.onnx\.data: missing, or its sha256"):
+        OnnxModel(copy, precision="int8", device="cpu")

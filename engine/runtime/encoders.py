@@ -278,24 +278,23 @@ class OnnxModel:
         self._io_binding = self.device == "cuda"
 
     def _verify(self, file: str) -> None:
-        want = (
-            self.manifest.model_sha256
-            if file == self.manifest.file
-            else next(v.sha256 for v in self.manifest.variants.values() if v.file == file)
-        )
+        if file == self.manifest.file:
+            want, data_files = self.manifest.model_sha256, self.manifest.data_files
+        else:
+            variant = next(v for v in self.manifest.variants.values() if v.file == file)
+            want, data_files = variant.sha256, variant.data_files
         if sha256_file(self.path) != want:
             raise ManifestError(
                 f"{self.path}: sha256 differs from the manifest; the file "
                 "was replaced after export (re-export, or copy both)"
             )
-        if file == self.manifest.file:  # its weights kept beside it (external data)
-            for name, digest in self.manifest.data_files.items():
-                path = self.folder / name
-                if not path.is_file() or sha256_file(path) != digest:
-                    raise ManifestError(
-                        f"{path}: missing, or its sha256 differs from the manifest (the "
-                        "weights of the model file; re-export, or copy the folder whole)"
-                    )
+        for name, digest in data_files.items():  # its weights kept beside it
+            path = self.folder / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise ManifestError(
+                    f"{path}: missing, or its sha256 differs from the manifest (the "
+                    "weights of the model file; re-export, or copy the folder whole)"
+                )
 
     def _validate(self) -> None:
         declared = {spec.name: spec for spec in self.manifest.inputs}

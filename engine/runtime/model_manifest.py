@@ -70,6 +70,8 @@ class Variant:
     cosine_vs_fp32_min: float | None
     cosine_vs_fp32_mean: float | None
     note: str = ""
+    # its weights kept beside it (ONNX external data): file -> sha256
+    data_files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,7 +120,9 @@ class ModelManifest:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["variants"] = {k: asdict(v) for k, v in self.variants.items()}
+        out["variants"] = {
+            k: {**asdict(v), "data_files": dict(v.data_files)} for k, v in self.variants.items()
+        }
         out["producer"] = dict(self.producer)
         out["data_files"] = dict(self.data_files)
         return out
@@ -160,11 +164,7 @@ class ModelManifest:
         variants = raw.get("variants") or {}
         if not isinstance(variants, Mapping):
             raise ManifestError("field 'variants' must be an object")
-        data_files = raw.get("data_files") or {}
-        if not isinstance(data_files, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data_files.items()
-        ):
-            raise ManifestError("field 'data_files' must map file names to sha256 strings")
+        data_files = _data_files(raw, "")
         return cls(
             schema_version=version,
             kind=_field(raw, "kind", str),
@@ -238,4 +238,14 @@ def _variant(name: str, raw: Any) -> Variant:
             raw, "cosine_vs_fp32_mean", (int, float), nullable=True, where=where
         ),
         note=str(raw.get("note", "")),
+        data_files=_data_files(raw, where),
     )
+
+
+def _data_files(raw: Mapping[str, Any], where: str) -> dict[str, str]:
+    files = raw.get("data_files") or {}
+    if not isinstance(files, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise ManifestError(f"field '{where}data_files' must map file names to sha256 strings")
+    return dict(files)

@@ -122,7 +122,10 @@ def prepare_encoder(
             raise ValueError(f"model_dir {src}: a {manifest.kind!r} export, not a sentence encoder")
         folder.mkdir(parents=True, exist_ok=True)
         kept = {n: v for n, v in manifest.variants.items() if n in variants}
-        for name in (manifest.file, manifest.tokenizer, *(v.file for v in kept.values())):
+        names = [manifest.file, *manifest.data_files, manifest.tokenizer]
+        for v in kept.values():
+            names += [v.file, *v.data_files]  # a graph and the weights kept beside it
+        for name in names:
             shutil.copyfile(src / name, folder / name)
         manifest = replace(manifest, variants=kept)
         manifest.write(folder)
