@@ -10,6 +10,7 @@ copied either way.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
@@ -44,4 +45,7 @@ def externalize_weights(model_path: Path, min_bytes: int = EXTERNAL_DATA_MIN_BYT
         location=data.name,
         size_threshold=min_bytes,
     )
+    # onnx creates the data file readable by its owner only; the serving user (the
+    # images run as non-root) reads it as it reads the graph
+    os.chmod(data, model_path.stat().st_mode & 0o777)
     return {data.name: sha256_file(data)}

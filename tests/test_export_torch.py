@@ -169,6 +169,8 @@ def test_large_weights_are_kept_beside_the_graph_mapped_by_onnx_runtime_and_chec
         data.stat().st_size >= 20_000 * 16 * 4 and (tmp_path / "model.onnx").stat().st_size < 64_000
     )
     assert ModelManifest.read(tmp_path).data_files == manifest.data_files
+    # readable by whoever may read the graph (onnx writes it owner-only)
+    assert data.stat().st_mode & 0o777 == (tmp_path / "model.onnx").stat().st_mode & 0o777
 
     model = OnnxModel(tmp_path, device="cpu")
     maps = Path("/proc/self/maps").read_text()
