@@ -220,8 +220,9 @@ def test_bench_memory_reports_every_channel_in_fresh_processes(catalog_dir, tmp_
     assert set(report["channels"]) == {"popular", "llm"}
     llm = report["channels"]["llm"]
     assert llm["items"] == 500 and llm["details"]["dims"] == "384"
-    # the llm channel holds MiniLM (about 90 MB of fp32 weights) whatever the item count
-    assert llm["channel_mib"] > 50
+    # the llm channel holds MiniLM int8 whatever the item count: its session (pre-packed
+    # MatMul weights) and the pages of its mapped word embeddings the warm-up touched
+    assert llm["channel_mib"] > 20
 
 
 def test_channel_cost_script_reports_every_channel_by_request_kind(catalog_dir, tmp_path):
