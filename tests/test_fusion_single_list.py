@@ -13,16 +13,7 @@ from hypothesis import strategies as st
 
 from recall_engine.serving import fusion
 from recall_engine.serving.fusion import STRATEGIES, RankedList, fuse, validate_params
-
-PARAMS = [
-    ("rrf", {}),
-    ("rrf", {"rrf_k": 1}),
-    ("weighted_sum", {"normalization": "minmax"}),
-    ("weighted_sum", {"normalization": "zscore"}),
-    ("weighted_sum", {"normalization": "dbsf"}),
-    ("weighted_sum", {"normalization": "l2"}),
-    ("quota", {}),
-]
+from tests.test_fusion import CONFIG_IDS, CONFIGS  # every strategy and normaliser
 
 
 @st.composite
@@ -50,7 +41,7 @@ def _reference(lst: RankedList, weight: float, k: int, strategy, params, quota, 
     return out.item_ids, out.scores, out.provenance
 
 
-@pytest.mark.parametrize(("strategy", "params"), PARAMS)
+@pytest.mark.parametrize(("strategy", "params"), CONFIGS, ids=CONFIG_IDS)
 @settings(max_examples=60, deadline=None)
 @given(
     data=one_list(),

@@ -106,6 +106,7 @@ from recall_engine.runtime.catalog_files import (
 from recall_engine.runtime.files import atomic_write
 from recall_engine.runtime.npz_map import map_npz
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
+from recall_engine.runtime.sorted_str import find_sorted
 from recall_engine.runtime.update_log import SnapshotLog
 from recall_engine.sdk.types import ItemRecord, Query
 
@@ -627,13 +628,8 @@ class _Ages:
         self._ids, self._first, self._as_of = ids, first_seen, as_of  # as_of None: no times
 
     def _positions(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if not len(self._ids) or not len(item_ids):
-            return np.zeros(len(item_ids), np.intp), np.zeros(len(item_ids), bool)
-        keys = np.asarray(list(item_ids), dtype=str)
-        long = np.char.str_len(keys) > self._ids.dtype.itemsize // 4  # UCS-4
-        keys = keys.astype(self._ids.dtype)  # truncates the long ones: masked out
-        pos = np.minimum(np.searchsorted(self._ids, keys), len(self._ids) - 1)
-        return pos, (self._ids[pos] == keys) & ~long
+        found = find_sorted(self._ids, item_ids)
+        return np.maximum(found, 0), found >= 0
 
     def known(self, item_ids: Sequence[str]) -> np.ndarray:
         return self._positions(item_ids)[1]

@@ -25,6 +25,7 @@ from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.encoders import CALL_DEADLINE
+from recall_engine.runtime.learned_weights import BUNDLE as LEARNED_BUNDLE
 from recall_engine.runtime.learned_weights import LearnedWeights, load_learned_weights
 from recall_engine.runtime.process_memory import release_free_memory
 from recall_engine.sdk.capabilities import SupportsOnlineUpdates
@@ -351,13 +352,19 @@ class Engine:
         """Read the ``fusion.learned`` bundle under the artifacts root again, the current
         one or ``version`` (an ``s3://`` root's watcher pulled it, or another process
         announced it), and serve it; returns the version now served (None: none). A
-        bundle that fails its checks is refused with an error log and the weights
-        served before go on, so the caller compares the version it expected."""
+        bundle that fails its checks is refused with an error log and the weights served
+        before go on; when it was the ``version`` asked for, this raises
+        :class:`ArtifactError` too."""
         with self._admin_lock, metrics.reload_outcome("artifacts"):
             state = self._require_state()
             learned = _read_learned(state.config, state.learned, version)
             self._state = replace(state, learned=learned)
-            return learned.version if learned is not None else None
+            served = learned.version if learned is not None else None
+        if version is not None and served != version:
+            raise ArtifactError(
+                f"{LEARNED_BUNDLE}/{version}: not served (see learned_weights_refused)"
+            )
+        return served
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> dict[str, int]:
         """Log, then apply (see ``_upsert``). A failed log write raises

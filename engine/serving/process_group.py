@@ -38,7 +38,6 @@ from typing import Any
 from recall_engine.config import Config, ConfigError
 from recall_engine.config.schema import parse_config
 from recall_engine.observability.logs import get_logger
-from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.learned_weights import BUNDLE as LEARNED
 from recall_engine.runtime.shared_log import SharedLog
@@ -215,8 +214,7 @@ def _follow_learned(
         return []
     if fetch is not None:
         fetch(LEARNED, version)
-    if engine.reload_learned_weights(version) != version:
-        raise ArtifactError(f"{LEARNED}/{version}: not served (see learned_weights_refused)")
+    engine.reload_learned_weights(version)  # raises when refused
     return [f"{LEARNED} {version}"]
 
 

@@ -62,11 +62,7 @@ def swap_into(engine: Engine, group: ProcessGroup | None = None) -> Apply:
         if loaded.get(channel) == version:
             return
         if channel == LEARNED:
-            served = engine.reload_learned_weights(version)
-            if served != version:  # refused: the engine logged why and kept the old
-                raise ArtifactError(
-                    f"{LEARNED}/{version}: not served (see learned_weights_refused)"
-                )
+            engine.reload_learned_weights(version)  # raises when refused
         elif channel in loaded:
             engine.reload_channels([channel], version)
         else:

@@ -16,6 +16,8 @@ from typing import Any, overload
 
 import numpy as np
 
+from recall_engine.runtime.sorted_str import find_sorted
+
 VOCAB_FILE = "vocab.npz"
 PAD = 0
 SECONDS_PER_DAY = 86_400.0
@@ -65,17 +67,7 @@ class VocabIndex(Mapping[str, int]):
 
     def positions(self, items: Sequence[str]) -> np.ndarray:
         """int64 index of each of ``items``, -1 for one not in the vocabulary."""
-        n = len(items)
-        if not n or not len(self.array):
-            return np.full(n, -1, dtype=np.int64)
-        keys = np.asarray(items, dtype=str)
-        # numpy's str arrays drop trailing NULs and the array's width cuts longer ids:
-        # such an id is not in the vocabulary, whatever its cut form matches
-        exact = np.char.str_len(keys) == np.fromiter(map(len, items), np.int64, n)
-        exact &= np.char.str_len(keys) <= self.array.dtype.itemsize // 4
-        keys = keys.astype(self.array.dtype)
-        pos = np.minimum(np.searchsorted(self.array, keys), len(self.array) - 1)
-        return np.where((self.array[pos] == keys) & exact, pos, -1).astype(np.int64)
+        return find_sorted(self.array, items)
 
     def get(self, item: object, default: Any = None) -> Any:
         if not isinstance(item, str):
