@@ -632,7 +632,7 @@ def test_cold_quota_from_one_full_order_equals_the_top_k_then_the_full_order(
         assert got.item_ids == []
         return
     order, scores = f.STRATEGIES[strategy](pool, k, checked)
-    slots = f._cold_slots(quota, k)
+    slots = f.cold_slots(quota, k)
     order, scores = f._reserve_cold(pool, order, scores, k, slots, cold, strategy, checked)
     want = f._assemble(pool, order, scores)
     assert got.item_ids == want.item_ids

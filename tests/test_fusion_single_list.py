@@ -34,7 +34,7 @@ def _reference(lst: RankedList, weight: float, k: int, strategy, params, quota, 
     if not pool.ids:
         return [], np.zeros(0, np.float32), {}
     order, scores = STRATEGIES[strategy](pool, k, checked)
-    slots = fusion._cold_slots(quota, k)
+    slots = fusion.cold_slots(quota, k)
     if slots:
         order, scores = fusion._reserve_cold(pool, order, scores, k, slots, cold, strategy, checked)
     out = fusion._assemble(pool, order, scores)

@@ -21,6 +21,7 @@ from recall_engine.sdk.testing import (
     channel_context,
     open_channel,
 )
+from recall_engine.sdk.types import ColdItems
 from recall_engine.sdk.vector_channel import VectorChannel, write_vectors
 
 CATS = ("jazz", "space", "cooking", "finance")
@@ -63,6 +64,10 @@ class Ranked(Channel):
 
     def recall(self, query: Query, k: int) -> Candidates:
         top = self.ranked(query, self.anchor(query))[:k]
+        return Candidates([i for _, i in top], np.asarray([s for s, _ in top], np.float32))
+
+    def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates:
+        top = [(s, i) for s, i in self.ranked(query, self.anchor(query)) if i in cold][:k]
         return Candidates([i for _, i in top], np.asarray([s for s, _ in top], np.float32))
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> int:
@@ -182,6 +187,11 @@ class RaisesOnUnknownHistory(Ranked):
         return int(query.history[-1][1:]) if query.history else 0
 
 
+class ColdIsAnyItem(Ranked):
+    def recall_cold(self, query, k, cold):
+        return self.recall(query, k)
+
+
 class OverCountsUpserts(Ranked):
     def upsert_items(self, items):
         return 2 * len(items) + 1
@@ -279,6 +289,12 @@ CHECKS = [
         "test_searches_during_upserts_and_deletes_stay_well_formed",
         AssertionError,
         "upsert_items ->",
+    ),
+    (
+        ColdIsAnyItem,
+        "test_recall_cold_gives_the_best_cold_items_recall_ranks",
+        AssertionError,
+        "not cold",
     ),
 ]
 

@@ -59,7 +59,7 @@ class Plan:
     ``learned_weights``: where the artifacts hold weights the build learned for the
     request's history length (and the strategy is the one they were learned for), they
     replace ``weights``; requests with text or no history, and bundles without them,
-    get ``weights`` (:func:`recall_engine.serving.segment_weights.weights_for`).
+    get ``weights`` (:func:`recall_engine.serving.segment_weights.request_weights`).
     """
 
     fusion: str

@@ -24,7 +24,7 @@ How the engine is queried (the choice the issue leaves open):
   does, with the fusion fit on a carve of the training rows
   (:mod:`recall_engine.offline.fusion_fit`), so ``fused:default`` is the default plan as
   shipped: each user's weights are what
-  :func:`~recall_engine.serving.segment_weights.weights_for` gives their request.
+  :func:`~recall_engine.serving.segment_weights.request_weights` gives their request.
   ``fused:default/configured`` is the same plan without them (the configured weights),
   and the result's ``channels.fusion_fit`` holds the learned weights and what the fit
   saw.
@@ -92,11 +92,11 @@ from recall_engine.offline.fusion_fit import (
 from recall_engine.offline.fusion_fit import channel_lists as offline_channel_lists
 from recall_engine.runtime.artifacts import ArtifactStore
 from recall_engine.runtime.catalog import Catalog
-from recall_engine.sdk.types import ItemRecord, Query
+from recall_engine.sdk.types import ColdItems, ItemRecord, Query
 from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine
-from recall_engine.serving.fusion import ColdMask, RankedList, fuse
-from recall_engine.serving.segment_weights import weights_for
+from recall_engine.serving.fusion import ColdMask, RankedList, cold_slots, fuse
+from recall_engine.serving.segment_weights import request_weights, scout_depth
 
 log = get_logger(__name__)
 
@@ -348,20 +348,25 @@ def fuse_plan(
     priority: Sequence[str],
     cold: ColdMask | None = None,
     weights: Mapping[str, float] | None = None,
+    answers: Mapping[str, RankedList] | None = None,
 ) -> list[str]:
     """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it
     (``cold``: the catalogue's cold items, for the plan's cold quota; ``weights``: the
-    query's own, :func:`~recall_engine.serving.segment_weights.weights_for`, default
-    the plan's)."""
+    query's own, :func:`~recall_engine.serving.segment_weights.request_weights`, default
+    the plan's; ``answers``: channels whose list is this one instead, the scouts')."""
     weights = plan.weights if weights is None else weights
     lists = []
     for name, w in weights.items():
         if w <= 0 or name not in per_channel:
             continue
-        lst = per_channel[name][n]
-        depth = plan.channel_k.get(name, len(lst.item_ids))
+        if answers and name in answers:
+            lst = answers[name]
+        else:
+            lst = per_channel[name][n]
+            depth = plan.channel_k.get(name, len(lst.item_ids))
+            lst = RankedList(name, lst.item_ids[:depth], lst.scores[:depth])
         if len(lst.item_ids):
-            lists.append(RankedList(name, lst.item_ids[:depth], lst.scores[:depth]))
+            lists.append(lst)
     fused = fuse(
         plan.fusion,
         lists,
@@ -373,6 +378,45 @@ def fuse_plan(
         cold=cold,
     )
     return fused.item_ids
+
+
+class _Scouts:
+    """The scouts' answers, as ``Engine.recall`` asks them (serving/segment_weights.py):
+    per channel and query, the best cold items for the largest ``k`` (a smaller ``k``
+    asks for fewer, the same list's head), read through ``Engine.scout`` when first
+    needed."""
+
+    def __init__(self, engine: Engine, queries: Sequence[Query], plan: Plan, kmax: int) -> None:
+        self.engine, self.queries, self.plan = engine, queries, plan
+        self.cold: ColdItems | None = (
+            engine.catalog.cold_items(plan.cold_max_age_days) if plan.cold_quota > 0 else None
+        )
+        self.most = 2 * cold_slots(plan.cold_quota, kmax)
+        self.answers: dict[tuple[str, int], RankedList] = {}
+
+    def lists(
+        self, n: int, k: int, weights: dict[str, float], scouts: frozenset[str]
+    ) -> tuple[dict[str, float], dict[str, RankedList] | None]:
+        """Query ``n``'s weights and scout lists at ``k``, for :func:`fuse_plan`."""
+        if not scouts:
+            return weights, None
+        count = None if self.cold is None else len(self.cold)
+        depth = scout_depth(self.plan, weights, scouts, k, count)
+        if depth is None:
+            return weights, None
+        if depth == 0:
+            return {**weights, **dict.fromkeys(scouts, 0.0)}, None
+        return weights, {s: self._answer(s, n, depth) for s in scouts}
+
+    def _answer(self, name: str, n: int, depth: int) -> RankedList:
+        found = self.answers.get((name, n))
+        if found is None:
+            assert self.cold is not None
+            k_c = self.plan.channel_k[name]
+            got = self.engine.scout(name, self.queries[n], k_c, self.cold, self.most)
+            found = RankedList(name, list(got.item_ids), np.asarray(got.scores))
+            self.answers[(name, n)] = found
+        return RankedList(name, found.item_ids[:depth], found.scores[:depth])
 
 
 def parity_check(
@@ -639,11 +683,12 @@ def _evaluate_engine(
             per_k = ks if plan.cold_quota > 0 else (kmax,)
             learned = served.engine.learned_weights
             fallback = served.engine.overload.fallback
-            weights = [weights_for(plan, learned, q, fallback) for q in queries]
+            weights = [request_weights(plan, learned, q, fallback) for q in queries]
+            scouts = _Scouts(served.engine, queries, plan, kmax)
             by_k = {
                 k: [
-                    fuse_plan(plan, per_channel, n, k, priority, cold, weights[n])
-                    for n in range(len(queries))
+                    fuse_plan(plan, per_channel, n, k, priority, cold, *scouts.lists(n, k, *w))
+                    for n, w in enumerate(weights)
                 ]
                 for k in per_k
             }

@@ -71,6 +71,7 @@ and the channels' online vectors; nothing is written to its logs.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -108,7 +109,7 @@ from recall_engine.runtime.npz_map import map_npz
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
 from recall_engine.runtime.sorted_str import find_sorted
 from recall_engine.runtime.update_log import SnapshotLog
-from recall_engine.sdk.types import ItemRecord, Query
+from recall_engine.sdk.types import ColdItems, ItemRecord, Query
 
 __all__ = [
     "COMPACT_BYTES",
@@ -168,6 +169,8 @@ class Catalog:
         # item -> days between its first interaction and the build log's end (inf when
         # the log had no times); None: no first_seen.npz, nothing is known to be cold
         self._age_days: _Ages | None = None
+        # cold_items() per max_age_days, kept up to date by upsert and delete
+        self._cold: dict[float, ColdItems] = {}
 
     @property
     def folder(self) -> Path | None:
@@ -249,6 +252,40 @@ class Catalog:
             return None
         return ages.of(item_ids) < max_age_days if max_age_days > 0 else ~ages.known(item_ids)
 
+    def cold_items(self, max_age_days: float = 0.0) -> ColdItems | None:
+        """Every cold item the catalogue holds (:meth:`cold_mask` over all of it), for
+        channels that search new items alone (the fusion's scouts); None when this
+        catalogue has no first-seen record. The first call per ``max_age_days`` reads
+        every id (the engine makes it at load); later changes update it in place."""
+        if self._age_days is None:
+            return None
+        key = float(max_age_days)
+        found = self._cold.get(key)
+        if found is None:
+            with self._lock:
+                found = self._cold.get(key)
+                if found is None:
+                    ids = list(self._items)
+                    mask = self.cold_mask(ids, key)
+                    cold = () if mask is None else itertools.compress(ids, mask.tolist())
+                    found = ColdItems(tuple(sorted(cold)), next(_COLD_TOKENS))
+                    self._cold = {**self._cold, key: found}
+        return found
+
+    def _cold_changed(self, upserted: Sequence[str] = (), deleted: Sequence[str] = ()) -> None:
+        """Carry every :meth:`cold_items` set over an upsert or delete (under the lock)."""
+        if not self._cold or not (upserted or deleted):
+            return
+        fresh = {}
+        for key, cold in self._cold.items():
+            ids = set(cold.ids).difference(deleted)
+            if upserted:
+                mask = self.cold_mask(upserted, key)
+                if mask is not None:
+                    ids.update(itertools.compress(upserted, mask.tolist()))
+            fresh[key] = ColdItems(tuple(sorted(ids)), next(_COLD_TOKENS))
+        self._cold = fresh
+
     # -- writing ---------------------------------------------------------------
     def upsert(self, items: Sequence[ItemRecord], *, log: bool = True) -> int:
         """Add or replace ``items``: logged first, then applied (a failed write raises
@@ -260,6 +297,7 @@ class Catalog:
             new = _copy(self._items)
             new.update((it.item_id, it) for it in items)
             self._items = new
+            self._cold_changed(upserted=[it.item_id for it in items])
         return len(items)
 
     def delete(self, item_ids: Sequence[str], *, log: bool = True) -> int:
@@ -273,6 +311,7 @@ class Catalog:
             for i in present:
                 del new[i]
             self._items = new
+            self._cold_changed(deleted=present)
         return len(present)
 
     def log_upserts(self, items: Sequence[ItemRecord]) -> None:
@@ -594,6 +633,10 @@ def _items_of(rows: Iterable[dict], where: str) -> dict[str, ItemRecord]:
         it = record_from_json(row, f"{where} row {n}")
         items[it.item_id] = it
     return items
+
+
+#: Each cold-item set gets a token no other set (of any catalogue) had.
+_COLD_TOKENS = itertools.count(1)
 
 
 def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray | None) -> Path:

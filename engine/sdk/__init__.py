@@ -5,7 +5,8 @@
 * :mod:`recall_engine.sdk.channel` - the ``Channel`` contract (the plugin author's manual).
 * :mod:`recall_engine.sdk.capabilities` - optional capabilities as typed protocols:
   ``Buildable`` (artifacts made by ``recall-engine build``), ``SupportsOnlineUpdates``,
-  ``Explainable`` (evidence for ``RecallRequest.explain``).
+  ``Explainable`` (evidence for ``RecallRequest.explain``), ``RecallsColdItems`` (new
+  items alone, for the fusion's cold slots).
 * :mod:`recall_engine.sdk.params` - typed plugin parameters, checked at start-up.
 * :mod:`recall_engine.sdk.vector_channel` - the shared base for channels that serve
   item vectors from a usearch index.
@@ -17,11 +18,17 @@
 The package ships ``py.typed``: type checkers read these annotations.
 """
 
-from recall_engine.sdk.capabilities import Buildable, Explainable, SupportsOnlineUpdates
+from recall_engine.sdk.capabilities import (
+    Buildable,
+    Explainable,
+    RecallsColdItems,
+    SupportsOnlineUpdates,
+)
 from recall_engine.sdk.channel import ENTRY_POINT_GROUP, BuildContext, Channel, ChannelContext
 from recall_engine.sdk.types import (
     Candidates,
     ChannelInfo,
+    ColdItems,
     Evidence,
     ItemRecord,
     NearItem,
@@ -36,10 +43,12 @@ __all__ = [
     "Channel",
     "ChannelContext",
     "ChannelInfo",
+    "ColdItems",
     "Evidence",
     "Explainable",
     "ItemRecord",
     "NearItem",
     "Query",
+    "RecallsColdItems",
     "SupportsOnlineUpdates",
 ]

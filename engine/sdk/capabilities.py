@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from recall_engine.sdk.types import Evidence, ItemRecord, Query
+from recall_engine.sdk.types import Candidates, ColdItems, Evidence, ItemRecord, Query
 
 if TYPE_CHECKING:
     from recall_engine.sdk.channel import BuildContext
 
-__all__ = ["Buildable", "Explainable", "SupportsOnlineUpdates"]
+__all__ = ["Buildable", "Explainable", "RecallsColdItems", "SupportsOnlineUpdates"]
 
 
 @runtime_checkable
@@ -69,4 +69,26 @@ class Explainable(Protocol):
         """Evidence per item of ``item_ids`` (items this channel returned for ``query``,
         the same query ``recall`` got); an item it has nothing to say about may be left
         out. Cheap enough per request: a few lookups per item, no index search."""
+        ...
+
+
+@runtime_checkable
+class RecallsColdItems(Protocol):
+    """A channel that can search the catalogue's cold items alone (items without
+    interactions, or younger than the plan's ``cold_max_age_days``).
+
+    The fusion's cold quota keeps a few slots for new items. When the learned weights
+    leave a text channel out of a request, the engine still asks it for new items (it
+    *scouts*, serving/segment_weights.py), and only the best few cold items of its
+    answer can reach the list. A channel with this capability is asked for those
+    directly, which costs a fraction of a full search; the engine asks any other
+    channel for its full list and keeps the cold items of it.
+
+    Called from a worker thread, concurrently with ``recall``."""
+
+    def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates | None:
+        """The best ``k`` items of ``cold.ids`` for ``query``, best first, honouring
+        ``query.exclude`` and ``query.categories`` as ``recall`` does, with the scores
+        ``recall`` would give them. None: not cheaply here (a cold set too large to scan,
+        say); the engine then calls ``recall`` and keeps its cold items."""
         ...

@@ -171,7 +171,8 @@ class Channel(abc.ABC):
     :mod:`recall_engine.sdk.capabilities`: a channel whose artifacts are built from data
     defines the classmethod ``build`` (:class:`~recall_engine.sdk.capabilities.Buildable`),
     one that indexes catalogue changes online defines ``upsert_items`` and
-    ``delete_items`` (:class:`~recall_engine.sdk.capabilities.SupportsOnlineUpdates`).
+    ``delete_items`` (:class:`~recall_engine.sdk.capabilities.SupportsOnlineUpdates`);
+    ``explain`` and ``recall_cold`` are the others.
     """
 
     #: The engine re-checks every answer (known, allowed by the request's excludes and

@@ -55,7 +55,8 @@ What :class:`ChannelContract` checks (each test's docstring says more):
 * ``info()`` has a version, an item count and string details;
 * a second instance (a reload) answers alike, and closing it leaves the first serving;
 * a deleted item never comes back; searches during upserts and deletes stay
-  well-formed and the update calls count what they did.
+  well-formed and the update calls count what they did;
+* a channel that ``RecallsColdItems`` returns the cold items ``recall`` ranks first.
 
 :class:`VectorChannelContract` adds: served item vectors equal the built ones; an
 upserted copy of an item is its nearest neighbour, a deleted item is gone, both at once
@@ -77,8 +78,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from recall_engine.runtime.catalog import Catalog
-from recall_engine.sdk.capabilities import SupportsOnlineUpdates
+from recall_engine.sdk.capabilities import RecallsColdItems, SupportsOnlineUpdates
 from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ItemRecord, Query
+from recall_engine.sdk.types import ColdItems
 
 if TYPE_CHECKING:
     from recall_engine.sdk.vector_channel import VectorChannel
@@ -173,6 +175,8 @@ class ChannelContract:
     #: How far ``recall_batch`` scores may differ from ``recall`` scores.
     batch_rtol: ClassVar[float] = 1e-4
     batch_atol: ClassVar[float] = 1e-5
+    #: How far ``recall_cold`` scores may differ from ``recall`` scores.
+    cold_score_atol: ClassVar[float] = 1e-4
     #: Threads and rounds of the concurrency checks.
     threads: ClassVar[int] = 8
     rounds: ClassVar[int] = 10
@@ -306,6 +310,48 @@ class ChannelContract:
             checked += 1
         if not checked:
             _pytest().skip("no answer to `queries` has an item with categories")
+
+    def test_recall_cold_gives_the_best_cold_items_recall_ranks(
+        self, channel: Channel, queries: Sequence[Query]
+    ) -> None:
+        """A channel that ``RecallsColdItems``, given a set of "cold" items (every third
+        catalogue item here), returns the cold items a full ``recall`` ranks first, with
+        its scores (within ``cold_score_atol``: quantised indexes score the stored
+        vectors), honouring ``exclude`` and ``categories``."""
+        if not isinstance(channel, RecallsColdItems):
+            _pytest().skip("the channel does not recall cold items alone")
+            return
+        catalog = _catalog(channel)
+        everything = len(catalog)
+        cold = ColdItems(tuple(sorted(catalog.ids()))[::3], token=-1)
+        checked = 0
+        for n, q in enumerate(queries):
+            for query in (q, replace(q, categories=frozenset(catalog.categories(cold.ids[0])))):
+                got = channel.recall_cold(query, self.k, cold)
+                if got is None:
+                    _pytest().skip("recall_cold declined a small cold set")
+                    return
+                full = channel.recall(query, everything)
+                keep = [i for i, item in enumerate(_ids(full)) if item in cold][: self.k]
+                want = [float(s) for s in np.asarray(full.scores)[keep]]
+                assert len(got) == len(keep), (
+                    f"queries[{n}]: recall_cold gave {len(got)} items, recall ranks {len(keep)}"
+                )
+                outside = [i for i in _ids(got) if i not in cold or i in query.exclude]
+                assert not outside, f"queries[{n}]: not cold, or excluded: {outside[:5]}"
+                if query.categories:
+                    wrong = [
+                        i for i in _ids(got) if query.categories.isdisjoint(catalog.categories(i))
+                    ]
+                    assert not wrong, f"queries[{n}]: outside the categories: {wrong[:5]}"
+                np.testing.assert_allclose(
+                    np.asarray(got.scores, dtype=np.float64),
+                    want,
+                    atol=self.cold_score_atol,
+                    err_msg=f"queries[{n}]: recall_cold scores differ from recall's",
+                )
+                checked += 1
+        assert checked, "no query was checked"
 
     # -- batches and threads -----------------------------------------------------------
     def test_recall_batch_agrees_with_recall(

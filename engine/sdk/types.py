@@ -8,12 +8,21 @@ each other.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Candidates", "ChannelInfo", "Evidence", "ItemRecord", "NearItem", "Query"]
+__all__ = [
+    "Candidates",
+    "ChannelInfo",
+    "ColdItems",
+    "Evidence",
+    "ItemRecord",
+    "NearItem",
+    "Query",
+]
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,6 +63,26 @@ class Candidates:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class ColdItems:
+    """The catalogue's cold items at one moment (no interaction when the catalogue was
+    built, or first seen less than the plan's ``cold_max_age_days`` before its log's
+    end): ``ids`` sorted. ``token`` is new whenever the set changes, so a channel may
+    key what it derives from the set (a matrix of their vectors) on it."""
+
+    ids: tuple[str, ...]
+    token: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        if not isinstance(item_id, str):
+            return False
+        i = bisect.bisect_left(self.ids, item_id)
+        return i < len(self.ids) and self.ids[i] == item_id
 
 
 @dataclass(slots=True, frozen=True)

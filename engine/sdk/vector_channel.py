@@ -110,7 +110,7 @@ from recall_engine.sdk.params import (
     PositiveInt,
     UnitFloat,
 )
-from recall_engine.sdk.types import Evidence, NearItem
+from recall_engine.sdk.types import ColdItems, Evidence, NearItem
 
 if TYPE_CHECKING:
     from recall_engine.runtime.artifacts import Bundle
@@ -128,6 +128,9 @@ _TINY = 1e-6
 #: only drops items deleted since the index was built (the index's ``exclude`` already
 #: makes room for excluded ids). A short answer is searched again with more.
 FILTER_HEADROOM = 0.1
+#: recall_cold scans at most this many cold items (a float32 matrix of them per
+#: channel and process: 30 MiB at 384 dimensions); past it the engine filters a search.
+MAX_COLD_SCAN = 20_000
 
 
 def filter_headroom(query: Query) -> float:
@@ -399,6 +402,10 @@ class VectorChannel(Channel):
         # and how many of those encodings no saved file holds yet
         self._online: dict[str, int] = {}
         self._unsaved = 0
+        # recall_cold's matrix of the cold items' vectors: (cold set token, changes), ids,
+        # rows; ``_changes`` counts online upserts and deletes, which may change its rows
+        self._cold_rows: tuple[tuple[int, int], list[str], np.ndarray] | None = None
+        self._changes = 0
 
     # -- hooks for subclasses -----------------------------------------------------------
     @abc.abstractmethod
@@ -560,6 +567,48 @@ class VectorChannel(Channel):
         )[0]
         return _candidates(ids, scores)
 
+    def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates | None:
+        """The best ``k`` cold items (``RecallsColdItems``): an exact scan of a matrix of
+        their vectors, kept until the cold set or the index changes; None past
+        :data:`MAX_COLD_SCAN` cold items (the engine then filters a full search)."""
+        if len(cold) > MAX_COLD_SCAN:
+            return None
+        vector = self._query_vectors([query], batched=False)[0]
+        if vector is None or k <= 0:
+            return Candidates.empty()
+        ids, rows = self._cold_matrix(cold)
+        if not ids:
+            return Candidates.empty()
+        if self.index.metric == "l2sq":
+            scores = -np.square(rows - vector).sum(axis=1)
+        else:  # cos: rows are unit vectors, as the query is; ip: as stored
+            scores = rows @ vector
+        keep = np.ones(len(ids), dtype=bool)
+        if query.exclude:
+            keep &= np.fromiter((i not in query.exclude for i in ids), bool, len(ids))
+        if query.categories:
+            keep &= np.asarray(self.ctx.catalog.filter_mask(ids, query), dtype=bool)
+        found = np.flatnonzero(keep)
+        if len(found) > k:
+            found = found[np.argpartition(-scores[found], k - 1)[:k]]
+        # best first; equal scores by id (ids are sorted, so by position)
+        found = found[np.lexsort((found, -scores[found]))]
+        return Candidates([ids[i] for i in found.tolist()], scores[found].astype(np.float32))
+
+    def _cold_matrix(self, cold: ColdItems) -> tuple[list[str], np.ndarray]:
+        """The indexed items of ``cold`` and their vectors (unit rows for ``cos``)."""
+        key = (cold.token, self._changes)
+        cached = self._cold_rows
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        vectors, positions = self.index.vectors(cold.ids)
+        ids = [cold.ids[p] for p in positions]
+        if self.index.metric == "cos" and len(ids):
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
+        self._cold_rows = (key, ids, np.ascontiguousarray(vectors, dtype=np.float32))
+        return ids, self._cold_rows[2]
+
     def _query_vectors(self, queries: Sequence[Query], *, batched: bool) -> list[np.ndarray | None]:
         history = [self._history_vector(q.history) for q in queries]
         text: list[np.ndarray | None] = [None] * len(queries)
@@ -592,13 +641,19 @@ class VectorChannel(Channel):
         counted); an older vector of such an item is removed."""
         latest = list({it.item_id: it for it in items}.values())
         with self._write_lock:
-            return self._index_items(latest)
+            try:
+                return self._index_items(latest)
+            finally:  # after the change: a matrix read meanwhile has the older count
+                self._changes += 1
 
     def delete_items(self, item_ids: Sequence[str]) -> int:
         with self._write_lock:
             for item_id in item_ids:
                 self._online.pop(item_id, None)
-            return self.index.delete(list(item_ids))
+            try:
+                return self.index.delete(list(item_ids))
+            finally:
+                self._changes += 1
 
     @property
     def unsaved_online_vectors(self) -> int:

@@ -28,7 +28,7 @@ from recall_engine.runtime.encoders import CALL_DEADLINE
 from recall_engine.runtime.learned_weights import BUNDLE as LEARNED_BUNDLE
 from recall_engine.runtime.learned_weights import LearnedWeights, load_learned_weights
 from recall_engine.runtime.process_memory import release_free_memory
-from recall_engine.sdk.capabilities import SupportsOnlineUpdates
+from recall_engine.sdk.capabilities import RecallsColdItems, SupportsOnlineUpdates
 from recall_engine.sdk.channel import (
     Candidates,
     Channel,
@@ -37,6 +37,7 @@ from recall_engine.sdk.channel import (
     ItemRecord,
     Query,
 )
+from recall_engine.sdk.types import ColdItems
 from recall_engine.serving.admission import Admission, OverloadSettings
 from recall_engine.serving.bulkhead import Bulkhead
 from recall_engine.serving.catalog_updates import compact_if_due, write_ahead
@@ -53,7 +54,7 @@ from recall_engine.serving.fusion import Fused, RankedList, fuse
 from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
 from recall_engine.serving.requests import RecallInput
-from recall_engine.serving.segment_weights import describe, weights_for
+from recall_engine.serving.segment_weights import describe, request_weights, scout_depth
 
 log = get_logger(__name__)
 
@@ -220,9 +221,32 @@ class Engine:
         with self._admin_lock:
             slots, failed = self._load_channels(self._config, self._config.channels.keys(), {})
             learned = _read_learned(self._config, None)
+            self._read_cold_sets(self._config)
             self._state = _State(self._config, Assigner(self._config), slots, 1, failed, learned)
             metrics.CONFIG_GENERATION.set(1)
         release_free_memory()  # what loading freed is not kept as this process's own
+
+    def scout(self, name: str, query: Query, k: int, cold: ColdItems, cold_k: int) -> Candidates:
+        """What channel ``name`` (at depth ``k``) answers ``query`` as a scout asked for
+        ``cold_k`` items of ``cold`` (:func:`scout_answer`, checked as ``recall`` checks
+        it; empty when the channel is not loaded or does not accept the query): offline
+        evaluation fuses with it to match what ``recall`` serves."""
+        state = self._require_state()
+        slot = self._acquire(state, name)
+        if slot is None:
+            return Candidates.empty()
+        if not slot.channel.accepts(query):
+            slot.release()
+            return Candidates.empty()
+        return _guarded(slot, self.catalog, query, k, self.overload.check_output, cold, cold_k)
+
+    def _read_cold_sets(self, config: Config) -> None:
+        """Read the catalogue's cold items for every plan with cold slots now, so that
+        no request pays for it (the scouts search them: serving/segment_weights.py)."""
+        plans = [config.plan, *(v.plan for e in config.experiments for v in e.variants)]
+        for plan in plans:
+            if plan.cold_quota > 0:
+                self.catalog.cold_items(plan.cold_max_age_days)
 
     def close(self) -> None:
         """Stop serving; each channel is closed once its in-flight calls returned.
@@ -302,6 +326,7 @@ class Engine:
                 if cc.enabled and (n in fresh or n in old.slots)
             }
             learned = _read_learned(new, old.learned)
+            self._read_cold_sets(new)
             self._state = _State(new, Assigner(new), slots, old.generation + 1, failed, learned)
             for n, slot in old.slots.items():
                 if slots.get(n) is not slot:
@@ -521,10 +546,22 @@ class Engine:
         t_end = time.perf_counter() + budget
         assignment = state.assigner.assign(inp.query.user_id)
         plan = assignment.plan
-        weights = weights_for(plan, state.learned, inp.query, self.overload.fallback)
+        weights, scouts = request_weights(plan, state.learned, inp.query, self.overload.fallback)
         if inp.weight_override:
             weights.update(inp.weight_override)
-        calls, reports = self._plan_calls(state, inp.query, plan.channel_k, weights, t_end)
+            scouts = scouts.difference(inp.weight_override)
+        cold: ColdItems | None = None
+        scouting: dict[str, int] = {}  # scout -> how many cold items it is asked for
+        if scouts:  # (serving/segment_weights.py)
+            cold = self.catalog.cold_items(plan.cold_max_age_days)
+            depth = scout_depth(plan, weights, scouts, inp.k, None if cold is None else len(cold))
+            if depth == 0:
+                weights.update(dict.fromkeys(scouts, 0.0))
+            elif depth is not None:
+                scouting = dict.fromkeys(scouts, depth)
+        calls, reports = self._plan_calls(
+            state, inp.query, plan.channel_k, weights, t_end, scouting, cold
+        )
         lists: list[RankedList] = []
         if calls:
             await self._fan_out(calls, inp.query)
@@ -553,9 +590,12 @@ class Engine:
         channel_k: Mapping[str, int],
         weights: Mapping[str, float],
         t_end: float,
+        scouts: Mapping[str, int] | None = None,
+        cold: ColdItems | None = None,
     ) -> tuple[list[_Call], dict[str, ChannelReport]]:
         """The channel calls of one request, each on an acquired slot, and the reports
-        of the channels not called (skipped, not loaded, ``accepts`` raised)."""
+        of the channels not called (skipped, not loaded, ``accepts`` raised).
+        ``scouts``: channels asked for that many of ``cold``'s items only."""
         fallback = self.overload.fallback
         calls: list[_Call] = []
         reports: dict[str, ChannelReport] = {}
@@ -586,7 +626,10 @@ class Engine:
                 reports[name] = ChannelReport(name, Status.SKIPPED, w)
                 continue
             k_c = channel_k.get(name, slot.config.k)
-            calls.append(_Call(name, slot, k_c, w, slot.config.timeout_ms / 1000, t_end, reserve))
+            call = _Call(name, slot, k_c, w, slot.config.timeout_ms / 1000, t_end, reserve)
+            if scouts and name in scouts:
+                call.cold, call.cold_k = cold, scouts[name]
+            calls.append(call)
         return calls, reports
 
     def _acquire(self, state: _State, name: str) -> _Slot | None:
@@ -927,6 +970,9 @@ class _Call:
     limit: float  # the channel's timeout, seconds, counted from ``started``
     t_end: float  # the request's deadline (perf_counter)
     reserve: bool = False  # the fallback, run at weight 0 in case nothing else answers
+    # a scout: asked for the best ``cold_k`` items of ``cold`` only (``k``: its full depth)
+    cold: ColdItems | None = None
+    cold_k: int = 0
     queued: float = 0.0
     started: float = 0.0
     ended: float = 0.0
@@ -1066,6 +1112,22 @@ def _resolve(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
+def scout_answer(
+    channel: Channel, query: Query, k: int, cold: ColdItems, cold_k: int
+) -> Candidates:
+    """A scout's answer (serving/segment_weights.py): the best ``cold_k`` items of
+    ``cold``, from ``recall_cold`` when the channel has it (``RecallsColdItems``) and
+    answers, else the cold items of its ``recall`` at depth ``k``, in its order."""
+    if isinstance(channel, RecallsColdItems):
+        answer = channel.recall_cold(query, cold_k, cold)
+        if answer is not None:
+            return answer
+    answer = channel.recall(query, k)
+    keep = [i for i, item in enumerate(answer.item_ids) if item in cold][:cold_k]
+    scores = np.asarray(answer.scores)
+    return Candidates([answer.item_ids[i] for i in keep], scores[keep])
+
+
 def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: bool) -> None:
     """The worker-thread side of a channel call: never started when its deadline passed
     first; the deadline is visible to the code below the channel (``CALL_DEADLINE``)."""
@@ -1074,7 +1136,7 @@ def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: 
         return
     token = CALL_DEADLINE.set(call.deadline())
     try:
-        cands = _guarded(call.slot, catalog, query, call.k, check)
+        cands = _guarded(call.slot, catalog, query, call.k, check, call.cold, call.cold_k)
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         call.slot.bulkhead.release_current()  # before the request can see the outcome
         fan.finish(call, None, e)
@@ -1085,14 +1147,26 @@ def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: 
         CALL_DEADLINE.reset(token)
 
 
-def _guarded(slot: _Slot, catalog: Catalog, query: Query, k: int, check: bool) -> Candidates:
+def _guarded(
+    slot: _Slot,
+    catalog: Catalog,
+    query: Query,
+    k: int,
+    check: bool,
+    cold: ColdItems | None = None,
+    cold_k: int = 0,
+) -> Candidates:
     """Run the channel, release the slot, check the answer (:func:`check_answer`:
     finite scores, one per id, string ids, no duplicates from a channel that vouches
     for its output), then, unless the channel vouches for it (``trusted_output``),
-    enforce the rest of the contract (known, allowed, unique ids, at most k) by repair."""
+    enforce the rest of the contract (known, allowed, unique ids, at most k) by repair.
+    With ``cold``, the channel scouts: :func:`scout_answer`, at most ``cold_k`` items."""
     channel = slot.channel
     try:
-        answer = channel.recall(query, k)
+        if cold is None:
+            answer = channel.recall(query, k)
+        else:
+            answer, k = scout_answer(channel, query, k, cold, cold_k), cold_k
     finally:
         slot.release()
     trusted = channel.trusted_output

@@ -156,7 +156,7 @@ def explain(
     per_channel = [
         _channel_terms(strategy, checked, lst, float(weights[lst.channel])) for lst in active
     ]
-    cold_slots = fusion._cold_slots(cold_quota, k)
+    cold_slots = fusion.cold_slots(cold_quota, k)
     placed: set[str] = set()
     if cold_slots and cold is not None and fused.item_ids:
         alone = fusion.fuse(strategy, lists, weights, k, priority=priority, params=params)

@@ -60,6 +60,7 @@ __all__ = [
     "Fused",
     "FusionFn",
     "RankedList",
+    "cold_slots",
     "fuse",
     "validate_params",
 ]
@@ -339,10 +340,10 @@ def fuse(
     With tracing on, a ``recall.fusion`` span under the current one says the strategy
     and how many lists went in and candidates came out.
     """
-    cold_slots = _cold_slots(cold_quota, k)
+    slots = cold_slots(cold_quota, k)
     if tracing.ENABLED:
-        return _traced_fuse(strategy, lists, weights, k, priority, params, cold_slots, cold)
-    return _fuse(strategy, lists, weights, k, priority, params, cold_slots, cold)
+        return _traced_fuse(strategy, lists, weights, k, priority, params, slots, cold)
+    return _fuse(strategy, lists, weights, k, priority, params, slots, cold)
 
 
 def _traced_fuse(
@@ -401,7 +402,7 @@ _FULL_ORDER_EXTENDS_TOP_K = frozenset({"rrf", "weighted_sum"})
 # --------------------------------------------------------------------------- cold quota
 
 
-def _cold_slots(cold_quota: float, k: int) -> int:
+def cold_slots(cold_quota: float, k: int) -> int:
     """``floor(cold_quota * k)``; raises naming ``cold_quota`` outside 0..1."""
     ok = not isinstance(cold_quota, bool) and isinstance(cold_quota, numbers.Real)
     if not (ok and 0.0 <= cold_quota <= 1.0):

@@ -20,27 +20,39 @@ at ``rrf_k`` 60), so it fills no warm slot by itself, but the cold quota can tak
 returned. The engine's fallback (``[overload] fallback``, ``popular``) never scouts: it
 ranks items by their interactions, so it returns no new item, and at weight 0 it stays
 held in reserve, called only when nothing else answers.
+
+What a scout is asked (:func:`scout_depth`). Only its cold items can reach the list, so
+a scout is asked for cold items alone, twice as many as the request has cold slots
+(``RecallsColdItems``: an exact scan over the new items' vectors instead of a search of
+``channel_k`` over the whole index; other channels answer in full and the engine keeps
+their cold items). Two exceptions: when the chosen channels' depths add up to less than
+``k``, a scout's warm items may fill what they leave, so it is asked in full, as a
+weighted channel is; and when the request's ``k`` leaves no cold slot, or the catalogue
+holds no cold item, it is not called at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 from recall_engine.config import Plan
 from recall_engine.runtime.learned_weights import LearnedWeights
 from recall_engine.sdk.types import Query
+from recall_engine.serving.fusion import cold_slots
 
-__all__ = ["SCOUT_SHARE", "describe", "weights_for"]
+__all__ = ["SCOUT_SHARE", "describe", "request_weights", "scout_depth"]
 
 SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest learned one
 
 
-def weights_for(
+def request_weights(
     plan: Plan, learned: LearnedWeights | None, query: Query, fallback: str | None = None
-) -> dict[str, float]:
-    """The weights to fuse ``query``'s lists with under ``plan`` (a fresh dict);
-    ``fallback``: the engine's fallback channel, which does not scout (module doc)."""
+) -> tuple[dict[str, float], frozenset[str]]:
+    """The weights to fuse ``query``'s lists with under ``plan`` (a fresh dict), and
+    which of the weighted channels are scouts; ``fallback``: the engine's fallback
+    channel, which does not scout (module doc)."""
     weights = dict(plan.weights)
+    none: frozenset[str] = frozenset()
     if (
         learned is None
         or not plan.learned_weights
@@ -48,22 +60,40 @@ def weights_for(
         or query.text
         or not query.history
     ):
-        return weights
+        return weights, none
     seg = learned.for_history(len(query.history))
     if seg is None:
-        return weights
+        return weights, none
     out = {n: (seg.get(n, w) if w > 0 else 0.0) for n, w in weights.items()}
     chosen = [w for w in out.values() if w > 0]
     if not chosen:
         # learned all-zero over this plan's channels (it cannot be: the fit keeps one
         # > 0, but a plan may enable only channels the fit set to 0): the plan's weights
-        return weights
+        return weights, none
+    scouts = []
     if plan.cold_quota > 0:  # scouts for the cold slots (module doc)
         scout = SCOUT_SHARE * min(chosen)
         for n, w in weights.items():
             if w > 0 and out[n] == 0 and n != fallback:
                 out[n] = scout
-    return out
+                scouts.append(n)
+    return out, frozenset(scouts)
+
+
+def scout_depth(
+    plan: Plan, weights: Mapping[str, float], scouts: Set[str], k: int, cold_items: int | None
+) -> int | None:
+    """How many cold items each scout is asked for (module doc): None to ask it in full
+    (the chosen channels' depths add up to less than ``k``), 0 to leave it out (no cold
+    slot at this ``k``, or ``cold_items`` — how many the catalogue holds, None when it
+    knows nothing — is 0)."""
+    chosen = sum(plan.channel_k.get(n, 0) for n, w in weights.items() if w > 0 and n not in scouts)
+    if chosen < k:
+        return None
+    slots = cold_slots(plan.cold_quota, k)
+    if not slots or not cold_items:
+        return 0
+    return 2 * slots
 
 
 def describe(learned: LearnedWeights | None) -> Mapping[str, object]:
