@@ -2,7 +2,9 @@
 
 Shows the whole channel contract: typed params (``Params``, checked at start-up), build state in
 ``load``, say which requests you can serve in ``accepts``, answer ``recall`` from many
-threads at once, and follow online catalogue updates.
+threads at once, follow online catalogue updates, and (optional, ``RecallsColdItems``)
+rank the catalogue's new items alone when the engine asks for them for the fusion's cold
+slots.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from recall_engine.sdk.channel import (
     Query,
 )
 from recall_engine.sdk.params import PositiveInt
+from recall_engine.sdk.types import ColdItems
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -52,20 +55,31 @@ class SameCategoryChannel(Channel):
     def accepts(self, query: Query) -> bool:
         return bool(query.history)
 
-    def recall(self, query: Query, k: int) -> Candidates:
-        catalog, by_category = self.ctx.catalog, self._by_category
+    def _category_weights(self, query: Query) -> dict[str, float]:
         # newest history item weighs 1, the one before 1/2, then 1/3 ...
         cat_weight: dict[str, float] = defaultdict(float)
         for age, item_id in enumerate(reversed(query.history[-self._recent :])):
-            for c in catalog.categories(item_id):
+            for c in self.ctx.catalog.categories(item_id):
                 cat_weight[c] += 1.0 / (age + 1)
+        return cat_weight
+
+    def recall(self, query: Query, k: int) -> Candidates:
         scores: dict[str, float] = defaultdict(float)
-        for c, w in cat_weight.items():
-            for item_id in by_category.get(c, ()):
+        for c, w in self._category_weights(query).items():
+            for item_id in self._by_category.get(c, ()):
                 scores[item_id] += w
+        return self._best(scores, query, k)
+
+    def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates:
+        """Only the new items (``cold.ids``), scored as ``recall`` scores them: what the
+        engine asks a channel for when it only scouts for the fusion's cold slots."""
+        weights, catalog = self._category_weights(query), self.ctx.catalog
+        scores = {i: sum(weights.get(c, 0.0) for c in catalog.categories(i)) for i in cold.ids}
+        return self._best({i: s for i, s in scores.items() if s > 0}, query, k)
+
+    def _best(self, scores: dict[str, float], query: Query, k: int) -> Candidates:
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        ids = [i for i, _ in ranked]
-        keep = catalog.filter_mask(ids, query)
+        keep = self.ctx.catalog.filter_mask([i for i, _ in ranked], query)
         out = [(i, s) for (i, s), ok in zip(ranked, keep, strict=True) if ok][:k]
         return Candidates([i for i, _ in out], np.asarray([s for _, s in out], np.float32))
 
