@@ -265,9 +265,12 @@ class Catalog:
             with self._lock:
                 found = self._cold.get(key)
                 if found is None:
-                    ids = list(self._items)
-                    mask = self.cold_mask(ids, key)
-                    cold = () if mask is None else itertools.compress(ids, mask.tolist())
+                    cold: list[str] = []
+                    ids = iter(self._items)  # in chunks: a million ids at once peak at
+                    while chunk := list(itertools.islice(ids, _COLD_CHUNK)):  # ~250 MiB
+                        mask = self.cold_mask(chunk, key)
+                        if mask is not None:
+                            cold.extend(itertools.compress(chunk, mask.tolist()))
                     found = ColdItems(tuple(sorted(cold)), next(_COLD_TOKENS))
                     self._cold = {**self._cold, key: found}
         return found
@@ -637,6 +640,8 @@ def _items_of(rows: Iterable[dict], where: str) -> dict[str, ItemRecord]:
 
 #: Each cold-item set gets a token no other set (of any catalogue) had.
 _COLD_TOKENS = itertools.count(1)
+#: Ids read at a time when the cold-item set is first made.
+_COLD_CHUNK = 65_536
 
 
 def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray | None) -> Path:
