@@ -41,6 +41,9 @@ def test_the_cold_set_is_every_item_without_interactions_and_follows_changes(tmp
     assert "new1" in cold and "a" not in cold and 7 not in cold
     assert catalog.cold_items(2.0).ids == ("b", "c", "new1", "new2")  # younger than 2 days
     assert catalog.cold_items() is cold  # kept, not read again
+    # the set look-up fusion uses agrees with the catalogue's record on its items
+    for age in (0.0, 2.0):
+        assert catalog.cold_items(age).mask(ids).tolist() == catalog.cold_mask(ids, age).tolist()
 
     catalog.upsert([ItemRecord("new3"), ItemRecord("a", "a again")])  # a keeps its past
     after = catalog.cold_items()

@@ -8,7 +8,6 @@ each other.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -74,15 +73,20 @@ class ColdItems:
 
     ids: tuple[str, ...]
     token: int
+    _members: frozenset[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_members", frozenset(self.ids))
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __contains__(self, item_id: object) -> bool:
-        if not isinstance(item_id, str):
-            return False
-        i = bisect.bisect_left(self.ids, item_id)
-        return i < len(self.ids) and self.ids[i] == item_id
+        return item_id in self._members
+
+    def mask(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Per id, whether it is one of these (a bool array)."""
+        return np.fromiter(map(self._members.__contains__, item_ids), bool, len(item_ids))
 
 
 @dataclass(slots=True, frozen=True)

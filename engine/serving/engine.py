@@ -578,7 +578,12 @@ class Engine:
             priority=tuple(state.config.channels),
             params=plan.fusion_params,
             cold_quota=plan.cold_quota,
-            cold=lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
+            # the scouts' set when there is one: a set look-up per candidate, where the
+            # catalogue searches its record (the two agree on catalogue items, and only
+            # those reach fusion)
+            cold=cold.mask
+            if cold is not None
+            else lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
         )
         ordered = tuple(reports[n] for n in state.config.channels if n in reports)
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
