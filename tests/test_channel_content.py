@@ -5,12 +5,15 @@ metadata featuriser."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
 from recall_engine.sdk.channel import ItemRecord, Query
 from recall_engine.sdk.testing import VectorChannelContract
+from recall_engine.sdk.types import ColdItems
 from tests.helpers import build_and_load, reopen, serve_without_torch, topic_share, warm_items
 
 NEW_JAZZ = ItemRecord(
@@ -85,6 +88,41 @@ def test_an_upserted_new_item_ranks_among_its_topic(channel, demo_small):
         assert got.item_ids[0] == NEW_JAZZ.item_id
         assert share(demo_small, got.item_ids, "jazz") >= 0.7
         assert NEW_JAZZ.item_id in live.recall(Query(history=jazz), 60).item_ids
+    finally:
+        live.close()
+
+
+def test_the_cold_scan_follows_the_cold_set_and_online_changes(channel, demo_small):
+    """``recall_cold`` keeps a matrix of the cold items' vectors: an item upserted
+    online is scanned once the cold set holds it, and when an upsert changes a cold
+    item's vector (same cold set) the scan scores the new one, as ``recall`` does."""
+    jazz = warm_items(demo_small, "jazz")
+    query = Query(history=jazz, exclude=frozenset(jazz))
+    live = reopen(channel)
+    try:
+        catalog = live.ctx.catalog
+
+        def score_of(item_id: str, cold: ColdItems) -> tuple[float, float]:
+            scan = live.recall_cold(query, len(cold), cold)
+            full = live.recall(query, len(catalog))
+            assert scan is not None
+            got = dict(zip(scan.item_ids, scan.scores.tolist(), strict=True))
+            want = dict(zip(full.item_ids, full.scores.tolist(), strict=True))
+            return got[item_id], want[item_id]
+
+        cold = ColdItems(tuple(sorted(demo_small.cold_items)), token=-101)
+        assert NEW_JAZZ.item_id not in live.recall_cold(query, len(cold), cold).item_ids
+        catalog.upsert([NEW_JAZZ])
+        assert live.upsert_items([NEW_JAZZ]) == 1
+        grown = ColdItems(tuple(sorted({*cold.ids, NEW_JAZZ.item_id})), token=-102)
+        scanned, searched = score_of(NEW_JAZZ.item_id, grown)
+        assert scanned == pytest.approx(searched, abs=1e-4)
+        moved = replace(NEW_JAZZ, title="Rockets, orbits and astronauts", categories=("space",))
+        catalog.upsert([moved])
+        assert live.upsert_items([moved]) == 1
+        rescanned, searched_again = score_of(NEW_JAZZ.item_id, grown)
+        assert rescanned == pytest.approx(searched_again, abs=1e-4)
+        assert rescanned < scanned - 0.05, "the scan kept the old vector"
     finally:
         live.close()
 
