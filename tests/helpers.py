@@ -73,13 +73,15 @@ def build_and_load(
     return instantiate(plugin, load_factory(resolve(discover(), plugin)), ctx)
 
 
-def reopen(channel):
+def reopen(channel, *, in_memory: bool = False):
     """A fresh instance on the same bundle with the catalogue re-read from disk (its
-    update log replayed): what a restarted server loads."""
+    update log replayed): what a restarted server loads. ``in_memory``: over a copy of
+    the catalogue that writes nothing back, so the test's upserts stay its own."""
     from recall_engine.runtime.catalog import Catalog
     from recall_engine.serving.registry import discover, instantiate, load_factory, resolve
 
-    ctx = replace(channel.ctx, catalog=Catalog.load(channel.ctx.artifacts.parent / "catalog"))
+    catalog = Catalog.load(channel.ctx.artifacts.parent / "catalog")
+    ctx = replace(channel.ctx, catalog=Catalog(catalog) if in_memory else catalog)
     return instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)
 
 

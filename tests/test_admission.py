@@ -386,6 +386,10 @@ def test_a_bulkhead_refuses_past_its_limit_without_queueing_and_reuses_its_threa
         (Candidates(np.array([1, 2]), np.array([2.0, 1.0], np.float32)), "strings"),
         (Candidates(["a", "b"], np.array(["x", "y"])), "numbers"),
         ([("a", 1.0)], "not Candidates"),
+        (Candidates(["a", "b"], np.array([2.0, 1.0]), np.array([3, 3])), "increase strictly"),
+        (Candidates(["a", "b"], np.array([2.0, 1.0]), np.array([1, 1])), "increase strictly"),
+        (Candidates(["a", "b"], np.array([2.0, 1.0]), np.array([4])), "ranks of shape"),
+        (Candidates(["a", "b"], np.array([2.0, 1.0]), np.array([1.0, 2.0])), "ranks of shape"),
     ],
 )
 def test_the_output_check_names_what_is_wrong(answer, problem):
@@ -400,6 +404,8 @@ def test_the_output_check_passes_good_answers_and_cuts_them_to_k():
     assert len(check_answer(Candidates.empty(), 5)) == 0
     dup = Candidates(["a", "a"], np.array([2.0, 1.0], np.float32))
     assert len(check_answer(dup, 5, unique=False)) == 2  # an untrusted channel: repaired later
+    ranked = check_answer(Candidates(ids, np.array([3, 2, 1]), np.array([4, 9, 10])), 2)
+    assert ranked.ranks is not None and ranked.ranks.tolist() == [4, 9]  # cut with the ids
 
 
 def test_a_request_that_comes_straight_back_finds_its_channel_free(tmp_path):

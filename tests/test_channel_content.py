@@ -14,6 +14,7 @@ from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_te
 from recall_engine.sdk.channel import ItemRecord, Query
 from recall_engine.sdk.testing import VectorChannelContract
 from recall_engine.sdk.types import ColdItems
+from recall_engine.sdk.vector_channel import RANK_SAMPLE
 from tests.helpers import build_and_load, reopen, serve_without_torch, topic_share, warm_items
 
 NEW_JAZZ = ItemRecord(
@@ -98,7 +99,7 @@ def test_the_cold_scan_follows_the_cold_set_and_online_changes(channel, demo_sma
     item's vector (same cold set) the scan scores the new one, as ``recall`` does."""
     jazz = warm_items(demo_small, "jazz")
     query = Query(history=jazz, exclude=frozenset(jazz))
-    live = reopen(channel)
+    live = reopen(channel, in_memory=True)  # changes stay out of the shared catalogue
     try:
         catalog = live.ctx.catalog
 
@@ -112,6 +113,12 @@ def test_the_cold_scan_follows_the_cold_set_and_online_changes(channel, demo_sma
 
         cold = ColdItems(tuple(sorted(demo_small.cold_items)), token=-101)
         assert NEW_JAZZ.item_id not in live.recall_cold(query, len(cold), cold).item_ids
+        # below RANK_SAMPLE items every item is scored: the ranks are recall's positions
+        assert len(live.index) <= RANK_SAMPLE
+        scan = live.recall_cold(query, 10, cold)
+        assert scan is not None and scan.ranks is not None
+        full = list(live.recall(query, len(catalog)).item_ids)
+        assert scan.ranks.tolist() == [full.index(i) + 1 for i in scan.item_ids]
         catalog.upsert([NEW_JAZZ])
         assert live.upsert_items([NEW_JAZZ]) == 1
         grown = ColdItems(tuple(sorted({*cold.ids, NEW_JAZZ.item_id})), token=-102)

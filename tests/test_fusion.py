@@ -638,3 +638,33 @@ def test_cold_quota_from_one_full_order_equals_the_top_k_then_the_full_order(
     assert got.item_ids == want.item_ids
     np.testing.assert_array_equal(got.scores, want.scores)
     assert got.provenance == want.provenance
+
+
+# --------------------------------------------------------------------------- given ranks
+
+
+def test_a_list_with_ranks_fuses_as_the_longer_ranking_it_was_filtered_from():
+    """A scout's new items carry the ranks they hold in its full ranking: RRF gives
+    them the terms of those ranks, so ``b`` (rank 2 of its list) beats ``z`` (rank 150),
+    where by position they would tie and channel priority would pick ``z``."""
+    lists = [
+        RankedList("one", ["z"], [0.9], ranks=[150]),
+        RankedList("two", ["b"], [0.1], ranks=[2]),
+    ]
+    got = fuse("rrf", lists, {"one": 1.0, "two": 1.0}, 2, priority=["one", "two"])
+    assert got.item_ids == ["b", "z"]
+    np.testing.assert_allclose(got.scores, np.float32([1 / 62, 1 / 210]))
+    assert got.provenance["one"] == ([1], [150], [pytest.approx(0.9)])
+    by_position = [RankedList(lst.channel, lst.item_ids, lst.scores) for lst in lists]
+    assert fuse(
+        "rrf", by_position, {"one": 1.0, "two": 1.0}, 2, priority=["one", "two"]
+    ).item_ids == ["z", "b"]
+    single = fuse("rrf", lists[:1], {"one": 1.0}, 1)  # the one-list path reads them too
+    np.testing.assert_allclose(single.scores, np.float32([1 / 210]))
+
+
+@pytest.mark.parametrize("ranks", [[2, 2], [3, 1], [0, 5], [1], [1.5, 3]])
+def test_ranks_that_do_not_increase_or_undercut_their_position_are_refused(ranks):
+    lst = RankedList("one", ["a", "b"], [0.5, 0.4], ranks=ranks)
+    with pytest.raises(ValueError, match=r"^lists\['one'\]\.ranks: "):
+        fuse("rrf", [lst], {"one": 1.0}, 2)

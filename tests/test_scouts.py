@@ -117,3 +117,36 @@ def test_no_scout_is_called_without_a_cold_slot_or_a_cold_item(tmp_path):
     assert ids == GOOD[:4] and status["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED
     ids, status = _serve_once(tmp_path, k=8, good_k=10, first_seen=False)
     assert ids == GOOD and status["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED
+
+
+@pytest.mark.usefixtures("faults")
+def test_a_new_item_ranks_by_where_its_scout_placed_it_not_by_channel_order(tmp_path):
+    """Two scouts, one cold slot: ``first`` (earlier in channel order) found ``new1``
+    only after six warm items, ``second`` put ``new2`` first. The slot goes to ``new2``:
+    a scout's new items keep the ranks they had in its full answer, so they do not tie
+    at rank 1 with channel order deciding."""
+    root = tmp_path / "two-scouts"
+    folder = root / "catalog"
+    warm = [*GOOD, "w7", "x1", "x2", "x3", "x4", "x5", "x6"]
+    Catalog([ItemRecord(i) for i in [*warm, "new1", "new2"]], folder=folder).save(folder)
+    write_first_seen(folder, np.asarray(warm), None)
+    only_good = {"popular": 0.0, "good": 1.0, "first": 0.0, "second": 0.0}
+    segment = Segment("all", 1, None, MappingProxyType(only_good))
+    save_learned_weights(root, LearnedWeights("rrf", (segment,)))
+    channels = {
+        "popular": {"plugin": "fault", "required": True, "params": {"items": ["w7"]}},
+        "good": {"plugin": "fault", "params": {"items": GOOD}},
+        "first": {
+            "plugin": "fault",
+            "params": {"items": ["x1", "x2", "x3", "x4", "x5", "x6", "new1"]},
+        },
+        "second": {"plugin": "fault", "params": {"items": ["new2", "x1"]}},
+    }
+    plan = {
+        "weights": {"popular": 0.1, "good": 1.0, "first": 0.5, "second": 0.5},
+        "cold_quota": 0.2,
+    }
+    cfg = make_config({"artifacts": {"root": str(root)}, "channels": channels, "plan": plan}, root)
+    with serve(cfg, Catalog.load(folder)) as s:
+        resp = s.stub.Recall(recall_pb2.RecallRequest(history_item_ids=["w7"], k=5), timeout=5)
+    assert list(resp.item_ids) == ["w1", "w2", "w3", "w4", "new2"], list(resp.item_ids)

@@ -414,9 +414,10 @@ class _Scouts:
             assert self.cold is not None
             k_c = self.plan.channel_k[name]
             got = self.engine.scout(name, self.queries[n], k_c, self.cold, self.most)
-            found = RankedList(name, list(got.item_ids), np.asarray(got.scores))
+            found = RankedList(name, list(got.item_ids), np.asarray(got.scores), got.ranks)
             self.answers[(name, n)] = found
-        return RankedList(name, found.item_ids[:depth], found.scores[:depth])
+        ranks = None if found.ranks is None else found.ranks[:depth]
+        return RankedList(name, found.item_ids[:depth], found.scores[:depth], ranks)
 
 
 def parity_check(

@@ -317,7 +317,8 @@ class ChannelContract:
         """A channel that ``RecallsColdItems``, given a set of "cold" items (every third
         catalogue item here), returns the cold items a full ``recall`` ranks first, with
         its scores (within ``cold_score_atol``: quantised indexes score the stored
-        vectors), honouring ``exclude`` and ``categories``."""
+        vectors), honouring ``exclude`` and ``categories``; ``ranks``, when it gives
+        them, increase strictly, each at least its position."""
         if not isinstance(channel, RecallsColdItems):
             _pytest().skip("the channel does not recall cold items alone")
             return
@@ -350,6 +351,15 @@ class ChannelContract:
                     atol=self.cold_score_atol,
                     err_msg=f"queries[{n}]: recall_cold scores differ from recall's",
                 )
+                if got.ranks is not None:  # where they would stand in recall's ranking
+                    ranks = np.asarray(got.ranks)
+                    assert ranks.shape == (len(got),) and ranks.dtype.kind in "iu", ranks
+                    assert bool((ranks >= np.arange(1, len(got) + 1)).all()), (
+                        f"queries[{n}]: a rank above its position: {ranks.tolist()}"
+                    )
+                    assert bool((np.diff(ranks) > 0).all()), (
+                        f"queries[{n}]: ranks must increase strictly: {ranks.tolist()}"
+                    )
                 checked += 1
         assert checked, "no query was checked"
 

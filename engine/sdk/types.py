@@ -50,11 +50,16 @@ class Candidates:
     """A channel's answer: item ids best first and their raw scores (larger is better).
 
     ``scores`` is a float32 array as long as ``item_ids``, non-increasing. Scores keep
-    the channel's own scale; fusion normalises them when it needs to.
+    the channel's own scale; fusion normalises them when it needs to. ``ranks``
+    (optional, ``recall_cold`` answers): the 1-based positions the items would hold in
+    the channel's full ranking for the query, exact or estimated, strictly increasing
+    and each at least its position here; rank fusion uses them, so a new item the channel
+    likes a lot outranks one it barely returned.
     """
 
     item_ids: Sequence[str]
     scores: np.ndarray
+    ranks: np.ndarray | None = None
 
     @staticmethod
     def empty() -> Candidates:

@@ -131,6 +131,8 @@ FILTER_HEADROOM = 0.1
 #: recall_cold scans at most this many cold items (a float32 matrix of them per
 #: channel and process: 30 MiB at 384 dimensions); past it the engine filters a search.
 MAX_COLD_SCAN = 20_000
+#: Items whose scores place recall_cold's answers in the full ranking (see _full_ranks).
+RANK_SAMPLE = 512
 
 
 def filter_headroom(query: Query) -> float:
@@ -405,6 +407,8 @@ class VectorChannel(Channel):
         # recall_cold's matrix of the cold items' vectors: (cold set token, changes), ids,
         # rows; ``_changes`` counts online upserts and deletes, which may change its rows
         self._cold_rows: tuple[tuple[int, int], list[str], np.ndarray] | None = None
+        # recall_cold's sample of item vectors for estimating full-ranking positions
+        self._rank_rows: tuple[int, list[str], np.ndarray] | None = None
         self._changes = 0
 
     # -- hooks for subclasses -----------------------------------------------------------
@@ -579,10 +583,7 @@ class VectorChannel(Channel):
         ids, rows = self._cold_matrix(cold)
         if not ids:
             return Candidates.empty()
-        if self.index.metric == "l2sq":
-            scores = -np.square(rows - vector).sum(axis=1)
-        else:  # cos: rows are unit vectors, as the query is; ip: as stored
-            scores = rows @ vector
+        scores = self._scores(rows, vector)
         keep = np.ones(len(ids), dtype=bool)
         if query.exclude:
             keep &= np.fromiter((i not in query.exclude for i in ids), bool, len(ids))
@@ -593,7 +594,47 @@ class VectorChannel(Channel):
             found = found[np.argpartition(-scores[found], k - 1)[:k]]
         # best first; equal scores by id (ids are sorted, so by position)
         found = found[np.lexsort((found, -scores[found]))]
-        return Candidates([ids[i] for i in found.tolist()], scores[found].astype(np.float32))
+        best = scores[found].astype(np.float32)
+        return Candidates(
+            [ids[i] for i in found.tolist()], best, self._full_ranks(query, vector, best)
+        )
+
+    def _scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """The index's scores of ``rows`` (see ``_cold_matrix``) for a query vector."""
+        if self.index.metric == "l2sq":
+            scores: np.ndarray = -np.square(rows - vector).sum(axis=1)
+        else:  # cos: rows are unit vectors, as the query is; ip: as stored
+            scores = rows @ vector
+        return scores
+
+    def _full_ranks(self, query: Query, vector: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Where items scoring ``scores`` (non-increasing) would stand in ``recall``'s
+        full ranking for ``query``: 1 + how many items it may return score higher,
+        counted over :data:`RANK_SAMPLE` sampled items (every item of a smaller index,
+        so exact there) and scaled to the index; strictly increasing. Fusion ranks a
+        new item by it, so one the channel barely found does not tie with one it likes."""
+        key = self._changes
+        cached = self._rank_rows
+        if cached is None or cached[0] != key:
+            sample = self.index.sample_ids(RANK_SAMPLE)
+            vectors, found = self.index.vectors(sample)
+            if self.index.metric == "cos" and len(found):
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.where(norms > 0, norms, 1.0)
+            cached = (key, [sample[i] for i in found], np.ascontiguousarray(vectors, np.float32))
+            self._rank_rows = cached
+        _, sample_ids, rows = cached
+        if not sample_ids:
+            return np.arange(1, len(scores) + 1, dtype=np.int64)
+        allowed = np.fromiter((i not in query.exclude for i in sample_ids), bool, len(sample_ids))
+        if query.categories:
+            allowed &= np.asarray(self.ctx.catalog.filter_mask(sample_ids, query), dtype=bool)
+        seen = np.sort(self._scores(rows, vector)[allowed].astype(np.float32))
+        above = len(seen) - np.searchsorted(seen, scores, side="right")
+        scale = max(len(self.index), len(sample_ids)) / len(sample_ids)  # 1 / sampling rate
+        estimate = 1 + np.rint(above * scale).astype(np.int64)
+        ranks = np.maximum(estimate, np.arange(1, len(scores) + 1))
+        return np.maximum.accumulate(ranks - np.arange(len(ranks))) + np.arange(len(ranks))
 
     def _cold_matrix(self, cold: ColdItems) -> tuple[list[str], np.ndarray]:
         """The indexed items of ``cold`` and their vectors (unit rows for ``cos``)."""

@@ -666,7 +666,7 @@ class Engine:
                 continue
             reports[call.name] = report
             if cands is not None and len(cands):
-                lists.append(RankedList(call.name, cands.item_ids, cands.scores))
+                lists.append(RankedList(call.name, cands.item_ids, cands.scores, cands.ranks))
         if reserve is not None:
             call, report, cands = reserve
             if call.held:
@@ -675,7 +675,7 @@ class Engine:
                 weights[call.name] = 1.0
                 reports[call.name] = replace(report, weight=1.0)
                 if cands is not None and len(cands):
-                    lists.append(RankedList(call.name, cands.item_ids, cands.scores))
+                    lists.append(RankedList(call.name, cands.item_ids, cands.scores, cands.ranks))
             elif report.status == Status.OK:
                 reports[call.name] = replace(
                     report,
@@ -1134,7 +1134,8 @@ def scout_answer(
     answer = channel.recall(query, k)
     keep = [i for i, item in enumerate(answer.item_ids) if item in cold][:cold_k]
     scores = np.asarray(answer.scores)
-    return Candidates([answer.item_ids[i] for i in keep], scores[keep])
+    ranks = np.asarray(keep, dtype=np.int64) + 1  # where they stood in the full answer
+    return Candidates([answer.item_ids[i] for i in keep], scores[keep], ranks)
 
 
 def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: bool) -> None:
@@ -1196,7 +1197,8 @@ def _guarded(
             if len(keep) == k:
                 break
     scores = np.asarray(cands.scores, dtype=np.float32)
-    return Candidates([ids[i] for i in keep], scores[keep])
+    ranks = None if cands.ranks is None else cands.ranks[keep]
+    return Candidates([ids[i] for i in keep], scores[keep], ranks)
 
 
 def _announce_or_retire(announce: Callable[[], None] | None, fresh: Iterable[_Slot]) -> None:

@@ -72,12 +72,16 @@ class RankedList:
 
     ``item_ids`` best first, no duplicates; ``scores`` the channel's raw scores, parallel
     to ``item_ids``, non-increasing, larger is better. A candidate's rank is its 1-based
-    position in ``item_ids``; scores are used as given (never re-sorted).
+    position in ``item_ids``, or ``ranks`` when given: the positions the items hold in a
+    longer ranking this list was filtered from (a scout's new items,
+    serving/segment_weights.py), strictly increasing, each at least its position here.
+    Scores are used as given (never re-sorted).
     """
 
     channel: str
     item_ids: Sequence[str]
     scores: Sequence[float] | np.ndarray
+    ranks: Sequence[int] | np.ndarray | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -467,6 +471,24 @@ def _check_weights(weights: Mapping[str, float]) -> None:
             raise ValueError(f"weights.{name}: must be a finite number >= 0, got {w!r}")
 
 
+def _checked_ranks(lst: RankedList) -> np.ndarray | None:
+    """``lst.ranks`` as int64, or None; raises naming the list when they are not
+    positive, strictly increasing integers parallel to its ids, each at least its
+    position."""
+    if lst.ranks is None:
+        return None
+    where = f"lists[{lst.channel!r}].ranks"
+    ranks = np.asarray(lst.ranks)
+    if ranks.shape != (len(lst.item_ids),) or (len(ranks) and ranks.dtype.kind not in "iu"):
+        raise ValueError(f"{where}: expected {len(lst.item_ids)} integers, got {ranks!r}")
+    ranks = ranks.astype(np.int64)
+    if len(ranks) and (
+        bool((ranks < np.arange(1, len(ranks) + 1)).any()) or bool((np.diff(ranks) <= 0).any())
+    ):
+        raise ValueError(f"{where}: must increase strictly, each at least its position")
+    return ranks
+
+
 def _checked_scores(lst: RankedList) -> np.ndarray:
     where = f"lists[{lst.channel!r}]"
     # np.array copies, so nothing downstream can write into the caller's array.
@@ -514,15 +536,19 @@ def _build_pool(
         key=lambda lst: (rank_of.get(lst.channel, len(priority)), lst.channel),
     )
     scores = tuple(_checked_scores(lst) for lst in active)
+    ranks = tuple(_checked_ranks(lst) for lst in active)
     if len(active) == 1:
-        single = _single_pool(active[0], scores[0], float(weights[active[0].channel]))
+        single = _single_pool(active[0], scores[0], float(weights[active[0].channel]), ranks[0])
         if single is not None:
             return single
-    return _union_pool(active, scores, weights)
+    return _union_pool(active, scores, weights, ranks)
 
 
 def _union_pool(
-    active: Sequence[RankedList], scores: tuple[np.ndarray, ...], weights: Mapping[str, float]
+    active: Sequence[RankedList],
+    scores: tuple[np.ndarray, ...],
+    weights: Mapping[str, float],
+    ranks: tuple[np.ndarray | None, ...] = (),
 ) -> _Pool:
     """The taking-part lists (``active``, in channel order, with their checked
     ``scores``) mapped onto one deduplicated set of candidates."""
@@ -539,6 +565,9 @@ def _union_pool(
     flat_rank = np.arange(1, len(flat_cand) + 1, dtype=np.int64) - np.repeat(
         bounds - lengths, lengths
     )
+    for n, given in enumerate(ranks):
+        if given is not None:  # a filtered list: the ranks it held before
+            flat_rank[bounds[n] - lengths[n] : bounds[n]] = given
     flat_channel = np.repeat(np.arange(len(active), dtype=np.int64), lengths)
     best_rank = np.full(len(index), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(best_rank, flat_cand, flat_rank)
@@ -562,7 +591,9 @@ def _union_pool(
     )
 
 
-def _single_pool(lst: RankedList, scores: np.ndarray, weight: float) -> _Pool | None:
+def _single_pool(
+    lst: RankedList, scores: np.ndarray, weight: float, ranks: np.ndarray | None = None
+) -> _Pool | None:
     """The pool of one taking-part list whose ids are unique, written down directly:
     what the general path computes for it (every position its own union item, in list
     order, first seen in channel 0) without numbering the ids through a dict. With
@@ -573,7 +604,7 @@ def _single_pool(lst: RankedList, scores: np.ndarray, weight: float) -> _Pool | 
         return None
     n = len(ids)
     flat_cand = np.arange(n, dtype=np.intp)
-    flat_rank = np.arange(1, n + 1, dtype=np.int64)
+    flat_rank = np.arange(1, n + 1, dtype=np.int64) if ranks is None else ranks
     flat_channel = np.zeros(n, dtype=np.int64)
     return _Pool(
         ids=ids,

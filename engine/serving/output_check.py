@@ -44,6 +44,7 @@ def check_answer(answer: object, k: int | None, *, unique: bool = True) -> Candi
         raise BadOutput(f"{n} item ids but scores of shape {scores.shape}")
     if scores.dtype.kind not in _NUMERIC:
         raise BadOutput(f"scores must be numbers, got dtype {scores.dtype}")
+    ranks = _checked_ranks(answer.ranks, n)
     if n == 0:
         return Candidates((), scores.astype(np.float32, copy=False))
     scores = scores.astype(np.float32, copy=False)
@@ -53,8 +54,24 @@ def check_answer(answer: object, k: int | None, *, unique: bool = True) -> Candi
         raise BadOutput(f"{bad} of {n} scores are not finite (NaN or infinite)")
     _check_ids(ids, n, unique)
     if k is not None and n > k:
-        return Candidates(ids[:k], scores[:k])
-    return Candidates(ids, scores)
+        return Candidates(ids[:k], scores[:k], None if ranks is None else ranks[:k])
+    return Candidates(ids, scores, ranks)
+
+
+def _checked_ranks(ranks: object, n: int) -> np.ndarray | None:
+    """``Candidates.ranks`` as int64 (None stays None), or :class:`BadOutput`."""
+    if ranks is None:
+        return None
+    try:
+        found = np.asarray(ranks)
+    except Exception as e:  # noqa: BLE001 - whatever the plugin put there
+        raise BadOutput(f"unreadable ranks: {type(e).__name__}: {e}") from None
+    if found.shape != (n,) or (n and found.dtype.kind not in "iu"):
+        raise BadOutput(f"{n} item ids but ranks of shape {found.shape} ({found.dtype})")
+    found = found.astype(np.int64)
+    if n and (bool((found < np.arange(1, n + 1)).any()) or bool((np.diff(found) <= 0).any())):
+        raise BadOutput("ranks must increase strictly, each at least its position")
+    return found
 
 
 def _check_ids(ids, n: int, unique: bool) -> None:
