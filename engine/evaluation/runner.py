@@ -95,8 +95,8 @@ from recall_engine.runtime.catalog import Catalog
 from recall_engine.sdk.types import ColdItems, ItemRecord, Query
 from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine
-from recall_engine.serving.fusion import ColdMask, RankedList, cold_slots, fuse
-from recall_engine.serving.segment_weights import request_weights, scout_depth
+from recall_engine.serving.fusion import ColdMask, RankedList, fuse
+from recall_engine.serving.segment_weights import request_weights, scout_mode
 
 log = get_logger(__name__)
 
@@ -382,16 +382,14 @@ def fuse_plan(
 
 class _Scouts:
     """The scouts' answers, as ``Engine.recall`` asks them (serving/segment_weights.py):
-    per channel and query, the best cold items for the largest ``k`` (a smaller ``k``
-    asks for fewer, the same list's head), read through ``Engine.scout`` when first
-    needed."""
+    per channel and query, its new items among its top ``channel_k``, read through
+    ``Engine.scout`` when first needed."""
 
-    def __init__(self, engine: Engine, queries: Sequence[Query], plan: Plan, kmax: int) -> None:
+    def __init__(self, engine: Engine, queries: Sequence[Query], plan: Plan) -> None:
         self.engine, self.queries, self.plan = engine, queries, plan
         self.cold: ColdItems | None = (
             engine.catalog.cold_items(plan.cold_max_age_days) if plan.cold_quota > 0 else None
         )
-        self.most = 2 * cold_slots(plan.cold_quota, kmax)
         self.answers: dict[tuple[str, int], RankedList] = {}
 
     def lists(
@@ -401,23 +399,22 @@ class _Scouts:
         if not scouts:
             return weights, None
         count = None if self.cold is None else len(self.cold)
-        depth = scout_depth(self.plan, weights, scouts, k, count)
-        if depth is None:
+        mode = scout_mode(self.plan, weights, scouts, k, count)
+        if mode == "full":
             return weights, None
-        if depth == 0:
+        if mode == "none":
             return {**weights, **dict.fromkeys(scouts, 0.0)}, None
-        return weights, {s: self._answer(s, n, depth) for s in scouts}
+        return weights, {s: self._answer(s, n) for s in scouts}
 
-    def _answer(self, name: str, n: int, depth: int) -> RankedList:
+    def _answer(self, name: str, n: int) -> RankedList:
         found = self.answers.get((name, n))
         if found is None:
             assert self.cold is not None
             k_c = self.plan.channel_k[name]
-            got = self.engine.scout(name, self.queries[n], k_c, self.cold, self.most)
+            got = self.engine.scout(name, self.queries[n], k_c, self.cold)
             found = RankedList(name, list(got.item_ids), np.asarray(got.scores), got.ranks)
             self.answers[(name, n)] = found
-        ranks = None if found.ranks is None else found.ranks[:depth]
-        return RankedList(name, found.item_ids[:depth], found.scores[:depth], ranks)
+        return found
 
 
 def parity_check(
@@ -685,7 +682,7 @@ def _evaluate_engine(
             learned = served.engine.learned_weights
             fallback = served.engine.overload.fallback
             weights = [request_weights(plan, learned, q, fallback) for q in queries]
-            scouts = _Scouts(served.engine, queries, plan, kmax)
+            scouts = _Scouts(served.engine, queries, plan)
             by_k = {
                 k: [
                     fuse_plan(plan, per_channel, n, k, priority, cold, *scouts.lists(n, k, *w))

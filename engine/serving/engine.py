@@ -54,7 +54,7 @@ from recall_engine.serving.fusion import Fused, RankedList, fuse
 from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
 from recall_engine.serving.requests import RecallInput
-from recall_engine.serving.segment_weights import describe, request_weights, scout_depth
+from recall_engine.serving.segment_weights import describe, request_weights, scout_mode
 
 log = get_logger(__name__)
 
@@ -226,11 +226,11 @@ class Engine:
             metrics.CONFIG_GENERATION.set(1)
         release_free_memory()  # what loading freed is not kept as this process's own
 
-    def scout(self, name: str, query: Query, k: int, cold: ColdItems, cold_k: int) -> Candidates:
-        """What channel ``name`` (at depth ``k``) answers ``query`` as a scout asked for
-        ``cold_k`` items of ``cold`` (:func:`scout_answer`, checked as ``recall`` checks
-        it; empty when the channel is not loaded or does not accept the query): offline
-        evaluation fuses with it to match what ``recall`` serves."""
+    def scout(self, name: str, query: Query, k: int, cold: ColdItems) -> Candidates:
+        """What channel ``name`` (at depth ``k``) answers ``query`` as a scout
+        (:func:`scout_answer`, checked as ``recall`` checks it; empty when the channel is
+        not loaded or does not accept the query): offline evaluation fuses with it to
+        match what ``recall`` serves."""
         state = self._require_state()
         slot = self._acquire(state, name)
         if slot is None:
@@ -238,7 +238,7 @@ class Engine:
         if not slot.channel.accepts(query):
             slot.release()
             return Candidates.empty()
-        return _guarded(slot, self.catalog, query, k, self.overload.check_output, cold, cold_k)
+        return _guarded(slot, self.catalog, query, k, self.overload.check_output, cold)
 
     def _read_cold_sets(self, config: Config, learned: LearnedWeights | None) -> None:
         """Read the catalogue's cold items for every plan with cold slots now, so that
@@ -555,14 +555,14 @@ class Engine:
             weights.update(inp.weight_override)
             scouts = scouts.difference(inp.weight_override)
         cold: ColdItems | None = None
-        scouting: dict[str, int] = {}  # scout -> how many cold items it is asked for
+        scouting: frozenset[str] = frozenset()  # asked for their new items only
         if scouts:  # (serving/segment_weights.py)
             cold = self.catalog.cold_items(plan.cold_max_age_days)
-            depth = scout_depth(plan, weights, scouts, inp.k, None if cold is None else len(cold))
-            if depth == 0:
+            mode = scout_mode(plan, weights, scouts, inp.k, None if cold is None else len(cold))
+            if mode == "none":
                 weights.update(dict.fromkeys(scouts, 0.0))
-            elif depth is not None:
-                scouting = dict.fromkeys(scouts, depth)
+            elif mode == "cold":
+                scouting = scouts
         calls, reports = self._plan_calls(
             state, inp.query, plan.channel_k, weights, t_end, scouting, cold
         )
@@ -599,12 +599,12 @@ class Engine:
         channel_k: Mapping[str, int],
         weights: Mapping[str, float],
         t_end: float,
-        scouts: Mapping[str, int] | None = None,
+        scouts: frozenset[str] = frozenset(),
         cold: ColdItems | None = None,
     ) -> tuple[list[_Call], dict[str, ChannelReport]]:
         """The channel calls of one request, each on an acquired slot, and the reports
         of the channels not called (skipped, not loaded, ``accepts`` raised).
-        ``scouts``: channels asked for that many of ``cold``'s items only."""
+        ``scouts``: channels asked for their items of ``cold`` only."""
         fallback = self.overload.fallback
         calls: list[_Call] = []
         reports: dict[str, ChannelReport] = {}
@@ -636,8 +636,8 @@ class Engine:
                 continue
             k_c = channel_k.get(name, slot.config.k)
             call = _Call(name, slot, k_c, w, slot.config.timeout_ms / 1000, t_end, reserve)
-            if scouts and name in scouts:
-                call.cold, call.cold_k = cold, scouts[name]
+            if name in scouts:
+                call.cold = cold
             calls.append(call)
         return calls, reports
 
@@ -979,9 +979,8 @@ class _Call:
     limit: float  # the channel's timeout, seconds, counted from ``started``
     t_end: float  # the request's deadline (perf_counter)
     reserve: bool = False  # the fallback, run at weight 0 in case nothing else answers
-    # a scout: asked for the best ``cold_k`` items of ``cold`` only (``k``: its full depth)
+    # a scout: asked for its items of ``cold`` only, those its top ``k`` would hold
     cold: ColdItems | None = None
-    cold_k: int = 0
     queued: float = 0.0
     started: float = 0.0
     ended: float = 0.0
@@ -1121,18 +1120,21 @@ def _resolve(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-def scout_answer(
-    channel: Channel, query: Query, k: int, cold: ColdItems, cold_k: int
-) -> Candidates:
-    """A scout's answer (serving/segment_weights.py): the best ``cold_k`` items of
-    ``cold``, from ``recall_cold`` when the channel has it (``RecallsColdItems``) and
-    answers, else the cold items of its ``recall`` at depth ``k``, in its order."""
+def scout_answer(channel: Channel, query: Query, k: int, cold: ColdItems) -> Candidates:
+    """A scout's answer (serving/segment_weights.py): the items of ``cold`` that its
+    top ``k`` would hold, each with its rank there (``Candidates.ranks``). From
+    ``recall_cold`` when the channel has it (``RecallsColdItems``) and answers (items
+    ranked past ``k`` dropped), else the cold items of its ``recall`` at depth ``k``."""
     if isinstance(channel, RecallsColdItems):
-        answer = channel.recall_cold(query, cold_k, cold)
+        answer = channel.recall_cold(query, k, cold)
         if answer is not None:
-            return answer
+            if answer.ranks is None:
+                return answer
+            ranks = np.asarray(answer.ranks)
+            n = int(np.searchsorted(ranks, k, side="right"))  # ranks increase
+            return Candidates(answer.item_ids[:n], np.asarray(answer.scores)[:n], ranks[:n])
     answer = channel.recall(query, k)
-    keep = [i for i, item in enumerate(answer.item_ids) if item in cold][:cold_k]
+    keep = [i for i, item in enumerate(answer.item_ids) if item in cold]
     scores = np.asarray(answer.scores)
     ranks = np.asarray(keep, dtype=np.int64) + 1  # where they stood in the full answer
     return Candidates([answer.item_ids[i] for i in keep], scores[keep], ranks)
@@ -1146,7 +1148,7 @@ def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: 
         return
     token = CALL_DEADLINE.set(call.deadline())
     try:
-        cands = _guarded(call.slot, catalog, query, call.k, check, call.cold, call.cold_k)
+        cands = _guarded(call.slot, catalog, query, call.k, check, call.cold)
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         call.slot.bulkhead.release_current()  # before the request can see the outcome
         fan.finish(call, None, e)
@@ -1164,19 +1166,18 @@ def _guarded(
     k: int,
     check: bool,
     cold: ColdItems | None = None,
-    cold_k: int = 0,
 ) -> Candidates:
     """Run the channel, release the slot, check the answer (:func:`check_answer`:
     finite scores, one per id, string ids, no duplicates from a channel that vouches
     for its output), then, unless the channel vouches for it (``trusted_output``),
     enforce the rest of the contract (known, allowed, unique ids, at most k) by repair.
-    With ``cold``, the channel scouts: :func:`scout_answer`, at most ``cold_k`` items."""
+    With ``cold``, the channel scouts: :func:`scout_answer`."""
     channel = slot.channel
     try:
         if cold is None:
             answer = channel.recall(query, k)
         else:
-            answer, k = scout_answer(channel, query, k, cold, cold_k), cold_k
+            answer = scout_answer(channel, query, k, cold)
     finally:
         slot.release()
     trusted = channel.trusted_output

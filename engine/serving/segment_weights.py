@@ -21,14 +21,16 @@ returned. The engine's fallback (``[overload] fallback``, ``popular``) never sco
 ranks items by their interactions, so it returns no new item, and at weight 0 it stays
 held in reserve, called only when nothing else answers.
 
-What a scout is asked (:func:`scout_depth`). Only its cold items can reach the list, so
-a scout is asked for cold items alone, twice as many as the request has cold slots
-(``RecallsColdItems``: an exact scan over the new items' vectors instead of a search of
-``channel_k`` over the whole index; other channels answer in full and the engine keeps
-their cold items). Two exceptions: when the chosen channels' depths add up to less than
-``k``, a scout's warm items may fill what they leave, so it is asked in full, as a
-weighted channel is; and when the request's ``k`` leaves no cold slot, or the catalogue
-holds no cold item, it is not called at all.
+What a scout is asked (:func:`scout_mode`). Only its cold items can reach the list, so
+a scout is asked for cold items alone: those its full list of ``channel_k`` would hold,
+each with the rank it would hold there (``RecallsColdItems``: an exact scan over the new
+items' vectors instead of a search of ``channel_k`` over the whole index, ranks
+estimated from sampled scores; other channels answer in full and the engine keeps their
+cold items). Fused as before, then: the same items at the same ranks, so an item both
+text channels rank high still gets both terms. Two exceptions: when the chosen channels'
+depths add up to less than ``k``, a scout's warm items may fill what they leave, so it
+is asked in full, as a weighted channel is; and when the request's ``k`` leaves no cold
+slot, or the catalogue holds no cold item, it is not called at all.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from recall_engine.runtime.learned_weights import LearnedWeights
 from recall_engine.sdk.types import Query
 from recall_engine.serving.fusion import cold_slots
 
-__all__ = ["SCOUT_SHARE", "describe", "request_weights", "scout_depth"]
+__all__ = ["SCOUT_SHARE", "describe", "request_weights", "scout_mode"]
 
 SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest learned one
 
@@ -80,20 +82,19 @@ def request_weights(
     return out, frozenset(scouts)
 
 
-def scout_depth(
+def scout_mode(
     plan: Plan, weights: Mapping[str, float], scouts: Set[str], k: int, cold_items: int | None
-) -> int | None:
-    """How many cold items each scout is asked for (module doc): None to ask it in full
-    (the chosen channels' depths add up to less than ``k``), 0 to leave it out (no cold
-    slot at this ``k``, or ``cold_items`` — how many the catalogue holds, None when it
-    knows nothing — is 0)."""
+) -> str:
+    """What the scouts are asked (module doc): ``"full"`` (the chosen channels' depths
+    add up to less than ``k``), ``"none"`` (no cold slot at this ``k``, or
+    ``cold_items`` — how many the catalogue holds, None when it knows nothing — is 0),
+    else ``"cold"``."""
     chosen = sum(plan.channel_k.get(n, 0) for n, w in weights.items() if w > 0 and n not in scouts)
     if chosen < k:
-        return None
-    slots = cold_slots(plan.cold_quota, k)
-    if not slots or not cold_items:
-        return 0
-    return 2 * slots
+        return "full"
+    if not cold_slots(plan.cold_quota, k) or not cold_items:
+        return "none"
+    return "cold"
 
 
 def describe(learned: LearnedWeights | None) -> Mapping[str, object]:
