@@ -408,7 +408,7 @@ class VectorChannel(Channel):
         # rows; ``_changes`` counts online upserts and deletes, which may change its rows
         self._cold_rows: tuple[tuple[int, int], list[str], np.ndarray] | None = None
         # recall_cold's sample of item vectors for estimating full-ranking positions
-        self._rank_rows: tuple[int, list[str], np.ndarray] | None = None
+        self._rank_rows: tuple[int, list[str], np.ndarray, dict[str, int]] | None = None
         self._changes = 0
 
     # -- hooks for subclasses -----------------------------------------------------------
@@ -621,12 +621,15 @@ class VectorChannel(Channel):
             if self.index.metric == "cos" and len(found):
                 norms = np.linalg.norm(vectors, axis=1, keepdims=True)
                 vectors = vectors / np.where(norms > 0, norms, 1.0)
-            cached = (key, [sample[i] for i in found], np.ascontiguousarray(vectors, np.float32))
+            ids = [sample[i] for i in found]
+            rows = np.ascontiguousarray(vectors, np.float32)
+            cached = (key, ids, rows, {item: n for n, item in enumerate(ids)})
             self._rank_rows = cached
-        _, sample_ids, rows = cached
+        _, sample_ids, rows, row_of = cached
         if not sample_ids:
             return np.arange(1, len(scores) + 1, dtype=np.int64)
-        allowed = np.fromiter((i not in query.exclude for i in sample_ids), bool, len(sample_ids))
+        allowed = np.ones(len(sample_ids), dtype=bool)
+        allowed[[row_of[i] for i in query.exclude if i in row_of]] = False
         if query.categories:
             allowed &= np.asarray(self.ctx.catalog.filter_mask(sample_ids, query), dtype=bool)
         seen = np.sort(self._scores(rows, vector)[allowed].astype(np.float32))
