@@ -96,7 +96,7 @@ from recall_engine.sdk.types import ColdItems, ItemRecord, Query
 from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.fusion import ColdMask, RankedList, fuse
-from recall_engine.serving.segment_weights import request_weights, scout_mode
+from recall_engine.serving.segment_weights import plan_scouts, request_weights
 
 log = get_logger(__name__)
 
@@ -396,15 +396,9 @@ class _Scouts:
         self, n: int, k: int, weights: dict[str, float], scouts: frozenset[str]
     ) -> tuple[dict[str, float], dict[str, RankedList] | None]:
         """Query ``n``'s weights and scout lists at ``k``, for :func:`fuse_plan`."""
-        if not scouts:
-            return weights, None
         count = None if self.cold is None else len(self.cold)
-        mode = scout_mode(self.plan, weights, scouts, k, count)
-        if mode == "full":
-            return weights, None
-        if mode == "none":
-            return {**weights, **dict.fromkeys(scouts, 0.0)}, None
-        return weights, {s: self._answer(s, n) for s in scouts}
+        weights, asked = plan_scouts(self.plan, weights, scouts, k, count)
+        return weights, {s: self._answer(s, n) for s in asked} or None
 
     def _answer(self, name: str, n: int) -> RankedList:
         found = self.answers.get((name, n))

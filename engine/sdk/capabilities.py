@@ -79,16 +79,19 @@ class RecallsColdItems(Protocol):
 
     The fusion's cold quota keeps a few slots for new items. When the learned weights
     leave a text channel out of a request, the engine still asks it for new items (it
-    *scouts*, serving/segment_weights.py), and only the best few cold items of its
-    answer can reach the list. A channel with this capability is asked for those
-    directly, which costs a fraction of a full search; the engine asks any other
-    channel for its full list and keeps the cold items of it.
+    *scouts*, serving/segment_weights.py), and only the cold items of its answer can
+    reach the list. A channel with this capability is asked for those directly, which
+    costs a fraction of a full search; the engine asks any other channel for its full
+    list and keeps the cold items of it.
 
     Called from a worker thread, concurrently with ``recall``."""
 
     def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates | None:
         """The best ``k`` items of ``cold.ids`` for ``query``, best first, honouring
         ``query.exclude`` and ``query.categories`` as ``recall`` does, with the scores
-        ``recall`` would give them. None: not cheaply here (a cold set too large to scan,
-        say); the engine then calls ``recall`` and keeps its cold items."""
+        ``recall`` would give them and, best, the ranks ``recall``'s full ranking would
+        give them (``Candidates.ranks``, exact or estimated; the engine keeps those
+        ranked within ``k`` and fuses them at those ranks; without ranks, positions in
+        this answer count). None: not cheaply here (a cold set too large to scan, say);
+        the engine then calls ``recall`` and keeps its cold items."""
         ...

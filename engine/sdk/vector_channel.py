@@ -404,11 +404,11 @@ class VectorChannel(Channel):
         # and how many of those encodings no saved file holds yet
         self._online: dict[str, int] = {}
         self._unsaved = 0
-        # recall_cold's matrix of the cold items' vectors: (cold set token, changes), ids,
-        # rows; ``_changes`` counts online upserts and deletes, which may change its rows
-        self._cold_rows: tuple[tuple[int, int], list[str], np.ndarray] | None = None
-        # recall_cold's sample of item vectors for estimating full-ranking positions
-        self._rank_rows: tuple[int, list[str], np.ndarray, dict[str, int]] | None = None
+        # recall_cold's vectors of the cold items, keyed by (cold set token, changes), and
+        # its sample of items for estimating full-ranking positions, keyed by changes;
+        # ``_changes`` counts online upserts and deletes, which may change their rows
+        self._cold_rows: tuple[tuple[int, int], _Rows] | None = None
+        self._rank_rows: tuple[int, _Rows] | None = None
         self._changes = 0
 
     # -- hooks for subclasses -----------------------------------------------------------
@@ -573,34 +573,53 @@ class VectorChannel(Channel):
 
     def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates | None:
         """The best ``k`` cold items (``RecallsColdItems``): an exact scan of a matrix of
-        their vectors, kept until the cold set or the index changes; None past
-        :data:`MAX_COLD_SCAN` cold items (the engine then filters a full search)."""
+        their vectors, kept until the cold set or the index changes, with the ranks they
+        would hold in ``recall``'s full ranking; None past :data:`MAX_COLD_SCAN` cold
+        items (the engine then filters a full search)."""
         if len(cold) > MAX_COLD_SCAN:
             return None
         vector = self._query_vectors([query], batched=False)[0]
         if vector is None or k <= 0:
             return Candidates.empty()
-        ids, rows = self._cold_matrix(cold)
-        if not ids:
+        key = (cold.token, self._changes)
+        if self._cold_rows is None or self._cold_rows[0] != key:
+            self._cold_rows = (key, self._rows(cold.ids))
+        rows = self._cold_rows[1]
+        if not rows.ids:
             return Candidates.empty()
-        scores = self._scores(rows, vector)
-        keep = np.ones(len(ids), dtype=bool)
-        if query.exclude:
-            keep &= np.fromiter((i not in query.exclude for i in ids), bool, len(ids))
-        if query.categories:
-            keep &= np.asarray(self.ctx.catalog.filter_mask(ids, query), dtype=bool)
-        found = np.flatnonzero(keep)
+        scores = self._scores(rows.vectors, vector)
+        found = np.flatnonzero(self._allowed(rows, query))
         if len(found) > k:
             found = found[np.argpartition(-scores[found], k - 1)[:k]]
         # best first; equal scores by id (ids are sorted, so by position)
         found = found[np.lexsort((found, -scores[found]))]
         best = scores[found].astype(np.float32)
         return Candidates(
-            [ids[i] for i in found.tolist()], best, self._full_ranks(query, vector, best)
+            [rows.ids[i] for i in found.tolist()], best, self._full_ranks(query, vector, best)
         )
 
+    def _rows(self, item_ids: Sequence[str]) -> _Rows:
+        """The indexed items of ``item_ids`` and their vectors (unit rows for ``cos``)."""
+        vectors, found = self.index.vectors(item_ids)
+        ids = [item_ids[i] for i in found]
+        if self.index.metric == "cos" and len(ids):
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
+        return _Rows(
+            ids, np.ascontiguousarray(vectors, np.float32), {i: n for n, i in enumerate(ids)}
+        )
+
+    def _allowed(self, rows: _Rows, query: Query) -> np.ndarray:
+        """Which of ``rows`` ``query`` may get: its excluded items out (a look-up per
+        excluded id, not a test per row), and only its categories when it names some."""
+        allowed = np.ones(len(rows.ids), dtype=bool)
+        allowed[[rows.row_of[i] for i in query.exclude if i in rows.row_of]] = False
+        if query.categories:
+            allowed &= np.asarray(self.ctx.catalog.filter_mask(rows.ids, query), dtype=bool)
+        return allowed
+
     def _scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        """The index's scores of ``rows`` (see ``_cold_matrix``) for a query vector."""
+        """The index's scores of ``rows`` (see :meth:`_rows`) for a query vector."""
         if self.index.metric == "l2sq":
             scores: np.ndarray = -np.square(rows - vector).sum(axis=1)
         else:  # cos: rows are unit vectors, as the query is; ip: as stored
@@ -613,45 +632,18 @@ class VectorChannel(Channel):
         counted over :data:`RANK_SAMPLE` sampled items (every item of a smaller index,
         so exact there) and scaled to the index; strictly increasing. Fusion ranks a
         new item by it, so one the channel barely found does not tie with one it likes."""
-        key = self._changes
-        cached = self._rank_rows
-        if cached is None or cached[0] != key:
-            sample = self.index.sample_ids(RANK_SAMPLE)
-            vectors, found = self.index.vectors(sample)
-            if self.index.metric == "cos" and len(found):
-                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-                vectors = vectors / np.where(norms > 0, norms, 1.0)
-            ids = [sample[i] for i in found]
-            rows = np.ascontiguousarray(vectors, np.float32)
-            cached = (key, ids, rows, {item: n for n, item in enumerate(ids)})
-            self._rank_rows = cached
-        _, sample_ids, rows, row_of = cached
-        if not sample_ids:
+        if self._rank_rows is None or self._rank_rows[0] != self._changes:
+            self._rank_rows = (self._changes, self._rows(self.index.sample_ids(RANK_SAMPLE)))
+        sample = self._rank_rows[1]
+        if not sample.ids:
             return np.arange(1, len(scores) + 1, dtype=np.int64)
-        allowed = np.ones(len(sample_ids), dtype=bool)
-        allowed[[row_of[i] for i in query.exclude if i in row_of]] = False
-        if query.categories:
-            allowed &= np.asarray(self.ctx.catalog.filter_mask(sample_ids, query), dtype=bool)
-        seen = np.sort(self._scores(rows, vector)[allowed].astype(np.float32))
+        allowed = self._allowed(sample, query)
+        seen = np.sort(self._scores(sample.vectors, vector)[allowed].astype(np.float32))
         above = len(seen) - np.searchsorted(seen, scores, side="right")
-        scale = max(len(self.index), len(sample_ids)) / len(sample_ids)  # 1 / sampling rate
+        scale = max(len(self.index), len(sample.ids)) / len(sample.ids)  # 1 / sampling rate
         estimate = 1 + np.rint(above * scale).astype(np.int64)
         ranks = np.maximum(estimate, np.arange(1, len(scores) + 1))
         return np.maximum.accumulate(ranks - np.arange(len(ranks))) + np.arange(len(ranks))
-
-    def _cold_matrix(self, cold: ColdItems) -> tuple[list[str], np.ndarray]:
-        """The indexed items of ``cold`` and their vectors (unit rows for ``cos``)."""
-        key = (cold.token, self._changes)
-        cached = self._cold_rows
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        vectors, positions = self.index.vectors(cold.ids)
-        ids = [cold.ids[p] for p in positions]
-        if self.index.metric == "cos" and len(ids):
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms > 0, norms, 1.0)
-        self._cold_rows = (key, ids, np.ascontiguousarray(vectors, dtype=np.float32))
-        return ids, self._cold_rows[2]
 
     def _query_vectors(self, queries: Sequence[Query], *, batched: bool) -> list[np.ndarray | None]:
         history = [self._history_vector(q.history) for q in queries]
@@ -848,6 +840,15 @@ def _in_building(build: Callable[..., Any]) -> Callable[..., Any]:
             return build(cls, ctx)
 
     return wrapped
+
+
+@dataclass(slots=True, frozen=True)
+class _Rows:
+    """Some indexed items' vectors as a matrix (``VectorChannel._rows``)."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    row_of: dict[str, int]
 
 
 def _blend(

@@ -54,7 +54,7 @@ from recall_engine.serving.fusion import Fused, RankedList, fuse
 from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
 from recall_engine.serving.requests import RecallInput
-from recall_engine.serving.segment_weights import describe, request_weights, scout_mode
+from recall_engine.serving.segment_weights import describe, plan_scouts, request_weights
 
 log = get_logger(__name__)
 
@@ -554,17 +554,13 @@ class Engine:
         if inp.weight_override:
             weights.update(inp.weight_override)
             scouts = scouts.difference(inp.weight_override)
-        cold: ColdItems | None = None
-        scouting: frozenset[str] = frozenset()  # asked for their new items only
-        if scouts:  # (serving/segment_weights.py)
-            cold = self.catalog.cold_items(plan.cold_max_age_days)
-            mode = scout_mode(plan, weights, scouts, inp.k, None if cold is None else len(cold))
-            if mode == "none":
-                weights.update(dict.fromkeys(scouts, 0.0))
-            elif mode == "cold":
-                scouting = scouts
+        cold = self.catalog.cold_items(plan.cold_max_age_days) if scouts else None
+        # scouts asked for their new items only (serving/segment_weights.py)
+        weights, scouts = plan_scouts(
+            plan, weights, scouts, inp.k, None if cold is None else len(cold)
+        )
         calls, reports = self._plan_calls(
-            state, inp.query, plan.channel_k, weights, t_end, scouting, cold
+            state, inp.query, plan.channel_k, weights, t_end, scouts, cold
         )
         lists: list[RankedList] = []
         if calls:
@@ -1121,18 +1117,15 @@ def _resolve(waiter: asyncio.Future) -> None:
 
 
 def scout_answer(channel: Channel, query: Query, k: int, cold: ColdItems) -> Candidates:
-    """A scout's answer (serving/segment_weights.py): the items of ``cold`` that its
-    top ``k`` would hold, each with its rank there (``Candidates.ranks``). From
-    ``recall_cold`` when the channel has it (``RecallsColdItems``) and answers (items
-    ranked past ``k`` dropped), else the cold items of its ``recall`` at depth ``k``."""
+    """A scout's answer (serving/segment_weights.py): items of ``cold`` with the rank
+    each holds in the channel's full ranking (``Candidates.ranks``). From
+    ``recall_cold`` when the channel has it (``RecallsColdItems``) and answers (the
+    caller drops those ranked past ``k``: :func:`_within`), else the cold items of its
+    ``recall`` at depth ``k``."""
     if isinstance(channel, RecallsColdItems):
         answer = channel.recall_cold(query, k, cold)
         if answer is not None:
-            if answer.ranks is None:
-                return answer
-            ranks = np.asarray(answer.ranks)
-            n = int(np.searchsorted(ranks, k, side="right"))  # ranks increase
-            return Candidates(answer.item_ids[:n], np.asarray(answer.scores)[:n], ranks[:n])
+            return answer
     answer = channel.recall(query, k)
     keep = [i for i, item in enumerate(answer.item_ids) if item in cold]
     scores = np.asarray(answer.scores)
@@ -1183,6 +1176,8 @@ def _guarded(
     trusted = channel.trusted_output
     # an untrusted answer is cut to k after the repair below drops what is not allowed
     cands = check_answer(answer, k if trusted else None, unique=trusted) if check else answer
+    if cold is not None:
+        cands = _within(cands, k)
     if trusted:
         return cands
     ids = list(cands.item_ids)
@@ -1198,8 +1193,18 @@ def _guarded(
             if len(keep) == k:
                 break
     scores = np.asarray(cands.scores, dtype=np.float32)
-    ranks = None if cands.ranks is None else cands.ranks[keep]
+    ranks = None if cands.ranks is None else np.asarray(cands.ranks)[keep]
     return Candidates([ids[i] for i in keep], scores[keep], ranks)
+
+
+def _within(cands: Candidates, k: int) -> Candidates:
+    """``cands`` without the items ranked past ``k`` (``Candidates.ranks`` increase)."""
+    if cands.ranks is None:
+        return cands
+    n = int(np.searchsorted(cands.ranks, k, side="right"))
+    if n == len(cands):
+        return cands
+    return Candidates(cands.item_ids[:n], np.asarray(cands.scores)[:n], cands.ranks[:n])
 
 
 def _announce_or_retire(announce: Callable[[], None] | None, fresh: Iterable[_Slot]) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "Fused",
     "FusionFn",
     "RankedList",
+    "checked_ranks",
     "cold_slots",
     "fuse",
     "validate_params",
@@ -471,22 +472,26 @@ def _check_weights(weights: Mapping[str, float]) -> None:
             raise ValueError(f"weights.{name}: must be a finite number >= 0, got {w!r}")
 
 
-def _checked_ranks(lst: RankedList) -> np.ndarray | None:
-    """``lst.ranks`` as int64, or None; raises naming the list when they are not
-    positive, strictly increasing integers parallel to its ids, each at least its
-    position."""
-    if lst.ranks is None:
+def checked_ranks(ranks: object, n: int) -> np.ndarray | None:
+    """Ranks given with a list of ``n`` items (``RankedList.ranks``,
+    ``Candidates.ranks``) as int64, None staying None; ``ValueError`` when they are not
+    ``n`` integers increasing strictly, each at least its 1-based position."""
+    if ranks is None:
         return None
-    where = f"lists[{lst.channel!r}].ranks"
-    ranks = np.asarray(lst.ranks)
-    if ranks.shape != (len(lst.item_ids),) or (len(ranks) and ranks.dtype.kind not in "iu"):
-        raise ValueError(f"{where}: expected {len(lst.item_ids)} integers, got {ranks!r}")
-    ranks = ranks.astype(np.int64)
-    if len(ranks) and (
-        bool((ranks < np.arange(1, len(ranks) + 1)).any()) or bool((np.diff(ranks) <= 0).any())
-    ):
-        raise ValueError(f"{where}: must increase strictly, each at least its position")
-    return ranks
+    found = np.asarray(ranks)
+    if found.shape != (n,) or (n and found.dtype.kind not in "iu"):
+        raise ValueError(f"expected {n} integers, got ranks of shape {found.shape} ({found.dtype})")
+    found = found.astype(np.int64)
+    if n and (bool((found < np.arange(1, n + 1)).any()) or bool((np.diff(found) <= 0).any())):
+        raise ValueError("must increase strictly, each at least its position")
+    return found
+
+
+def _checked_ranks(lst: RankedList) -> np.ndarray | None:
+    try:
+        return checked_ranks(lst.ranks, len(lst.item_ids))
+    except ValueError as e:
+        raise ValueError(f"lists[{lst.channel!r}].ranks: {e}") from None
 
 
 def _checked_scores(lst: RankedList) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from recall_engine.sdk.types import Candidates
+from recall_engine.serving.fusion import checked_ranks
 
 __all__ = ["BadOutput", "check_answer"]
 
@@ -60,18 +61,10 @@ def check_answer(answer: object, k: int | None, *, unique: bool = True) -> Candi
 
 def _checked_ranks(ranks: object, n: int) -> np.ndarray | None:
     """``Candidates.ranks`` as int64 (None stays None), or :class:`BadOutput`."""
-    if ranks is None:
-        return None
     try:
-        found = np.asarray(ranks)
+        return checked_ranks(ranks, n)
     except Exception as e:  # noqa: BLE001 - whatever the plugin put there
-        raise BadOutput(f"unreadable ranks: {type(e).__name__}: {e}") from None
-    if found.shape != (n,) or (n and found.dtype.kind not in "iu"):
-        raise BadOutput(f"{n} item ids but ranks of shape {found.shape} ({found.dtype})")
-    found = found.astype(np.int64)
-    if n and (bool((found < np.arange(1, n + 1)).any()) or bool((np.diff(found) <= 0).any())):
-        raise BadOutput("ranks must increase strictly, each at least its position")
-    return found
+        raise BadOutput(f"{n} item ids, ranks: {e}") from None
 
 
 def _check_ids(ids, n: int, unique: bool) -> None:

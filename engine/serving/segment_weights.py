@@ -21,7 +21,7 @@ returned. The engine's fallback (``[overload] fallback``, ``popular``) never sco
 ranks items by their interactions, so it returns no new item, and at weight 0 it stays
 held in reserve, called only when nothing else answers.
 
-What a scout is asked (:func:`scout_mode`). Only its cold items can reach the list, so
+What a scout is asked (:func:`plan_scouts`). Only its cold items can reach the list, so
 a scout is asked for cold items alone: those its full list of ``channel_k`` would hold,
 each with the rank it would hold there (``RecallsColdItems``: an exact scan over the new
 items' vectors instead of a search of ``channel_k`` over the whole index, ranks
@@ -35,14 +35,14 @@ slot, or the catalogue holds no cold item, it is not called at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 
 from recall_engine.config import Plan
 from recall_engine.runtime.learned_weights import LearnedWeights
 from recall_engine.sdk.types import Query
 from recall_engine.serving.fusion import cold_slots
 
-__all__ = ["SCOUT_SHARE", "describe", "request_weights", "scout_mode"]
+__all__ = ["SCOUT_SHARE", "describe", "plan_scouts", "request_weights"]
 
 SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest learned one
 
@@ -82,19 +82,26 @@ def request_weights(
     return out, frozenset(scouts)
 
 
-def scout_mode(
-    plan: Plan, weights: Mapping[str, float], scouts: Set[str], k: int, cold_items: int | None
-) -> str:
-    """What the scouts are asked (module doc): ``"full"`` (the chosen channels' depths
-    add up to less than ``k``), ``"none"`` (no cold slot at this ``k``, or
-    ``cold_items`` — how many the catalogue holds, None when it knows nothing — is 0),
-    else ``"cold"``."""
+def plan_scouts(
+    plan: Plan,
+    weights: dict[str, float],
+    scouts: frozenset[str],
+    k: int,
+    cold_items: int | None,
+) -> tuple[dict[str, float], frozenset[str]]:
+    """What ``request_weights``' scouts are asked for a request of ``k`` (module doc):
+    the weights (the scouts at 0 when they are not to be called: no cold slot at this
+    ``k``, or ``cold_items`` — how many the catalogue holds, None when it knows nothing —
+    is 0) and the scouts asked for their new items only (none when the chosen channels'
+    depths add up to less than ``k``: then they are asked in full)."""
+    if not scouts:
+        return weights, scouts
     chosen = sum(plan.channel_k.get(n, 0) for n, w in weights.items() if w > 0 and n not in scouts)
     if chosen < k:
-        return "full"
+        return weights, frozenset()
     if not cold_slots(plan.cold_quota, k) or not cold_items:
-        return "none"
-    return "cold"
+        return {**weights, **dict.fromkeys(scouts, 0.0)}, frozenset()
+    return weights, scouts
 
 
 def describe(learned: LearnedWeights | None) -> Mapping[str, object]:
