@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
+from recall_engine.sdk.types import ColdItems
 
 FAULTS = (
     "none",
@@ -42,6 +43,7 @@ FAULTS = (
     "encoder_deadline",  # waits on a real MicroBatcher whose batch hangs, up to the
     # engine's call deadline (CALL_DEADLINE): the wait ends with TimeoutError
     "timeout_error",  # raises TimeoutError at once (a channel's own bug, not a deadline)
+    "bad_ranks",  # fault_cold only: recall_cold's ranks decrease
 )
 HANG_LIMIT_S = 30.0  # no fault outlives a test run
 
@@ -177,6 +179,20 @@ def _hung_batch(items: list[int]) -> list[int]:
     return items
 
 
+class ColdFaultChannel(FaultChannel):
+    """The same, with ``recall_cold`` (``RecallsColdItems``): the cold items of
+    ``items`` at their 1-based positions there; fault ``bad_ranks`` gives them in
+    decreasing order."""
+
+    def recall_cold(self, query: Query, k: int, cold: ColdItems) -> Candidates:
+        found = [(n + 1, item) for n, item in enumerate(self.items) if item in cold][:k]
+        ranks = np.asarray([r for r, _ in found], dtype=np.int64)
+        if self.fault == "bad_ranks":
+            ranks = ranks[::-1].copy()
+        scores = np.asarray([1.0 / r for r, _ in found], np.float32)
+        return Candidates([item for _, item in found], scores, ranks)
+
+
 class UntrustedFaultChannel(FaultChannel):
     """The same, without ``trusted_output``: the engine repairs what it can."""
 
@@ -187,6 +203,7 @@ ENTRY_POINTS = """\
 [recall_engine.channels]
 fault = tests.fault_plugins:FaultChannel
 fault_untrusted = tests.fault_plugins:UntrustedFaultChannel
+fault_cold = tests.fault_plugins:ColdFaultChannel
 """
 
 

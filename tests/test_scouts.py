@@ -150,3 +150,46 @@ def test_a_new_item_ranks_by_where_its_scout_placed_it_not_by_channel_order(tmp_
     with serve(cfg, Catalog.load(folder)) as s:
         resp = s.stub.Recall(recall_pb2.RecallRequest(history_item_ids=["w7"], k=5), timeout=5)
     assert list(resp.item_ids) == ["w1", "w2", "w3", "w4", "new2"], list(resp.item_ids)
+
+
+def _serve_cold_scout(tmp_path: Path, fault: str, other_k: int) -> dict:
+    """``other`` scouts through ``recall_cold`` (plugin ``fault_cold``): its new items
+    ``new`` at rank 2 and ``late`` at rank 4 of its list, which is ``other_k`` deep."""
+    root = tmp_path / f"{fault}-{other_k}"
+    folder = root / "catalog"
+    warm = [*GOOD, "w7", "x1", "x2"]
+    Catalog([ItemRecord(i) for i in [*warm, "new", "late"]], folder=folder).save(folder)
+    write_first_seen(folder, np.asarray(warm), None)
+    save_learned_weights(
+        root, LearnedWeights("rrf", (Segment("all", 1, None, MappingProxyType(ONLY_GOOD)),))
+    )
+    channels = {
+        "popular": {"plugin": "fault", "required": True, "params": {"items": ["w7"]}},
+        "good": {"plugin": "fault", "params": {"items": GOOD}},
+        "other": {
+            "plugin": "fault_cold",
+            "k": other_k,
+            "params": {"items": ["x1", "new", "x2", "late"], "fault": fault},
+        },
+    }
+    plan = {"weights": {"popular": 0.1, "good": 1.0, "other": 0.5}, "cold_quota": 0.4}
+    cfg = make_config({"artifacts": {"root": str(root)}, "channels": channels, "plan": plan}, root)
+    with serve(cfg, Catalog.load(folder)) as s:
+        resp = s.stub.Recall(recall_pb2.RecallRequest(history_item_ids=["w7"], k=5), timeout=5)
+    return {"ids": list(resp.item_ids), "other": {c.channel: c for c in resp.channels}["other"]}
+
+
+@pytest.mark.usefixtures("faults")
+def test_recall_cold_answers_are_kept_within_the_scouts_depth_and_checked(tmp_path):
+    """Through ``recall_cold``: both new items take the 2 cold slots of k = 5 when the
+    scout's list is 4 deep; at depth 3 ``late`` (rank 4) was never in its list and stays
+    out. Ranks that decrease are refused as bad output (the scout reports an error and
+    the request is answered from the others), not cut into something plausible."""
+    deep = _serve_cold_scout(tmp_path, "none", 4)
+    assert deep["ids"] == ["w1", "w2", "w3", "new", "late"], deep["ids"]
+    shallow = _serve_cold_scout(tmp_path, "none", 3)
+    assert shallow["ids"] == ["w1", "w2", "w3", "w4", "new"], shallow["ids"]
+    bad = _serve_cold_scout(tmp_path, "bad_ranks", 4)
+    assert bad["ids"] == ["w1", "w2", "w3", "w4", "w5"], bad["ids"]
+    assert bad["other"].status == recall_pb2.CHANNEL_STATUS_ERROR
+    assert "ranks" in bad["other"].error
