@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,32 @@ def _write_dist(site: Path, name: str, entry_points: str) -> None:
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.0\n")
     (info / "entry_points.txt").write_text(entry_points)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uncached_loggers() -> Iterator[None]:
+    """Loggers read structlog's configuration on every call during the tests: the
+    library caches each logger on first use, so a WARNING set-up made by ``eval`` or
+    ``tune-weights`` run in-process would stay in every module logger it touched, and a
+    later test reading an INFO event from its captured output would find nothing."""
+    import structlog
+
+    real = structlog.configure
+
+    def configure(**kwargs: object) -> None:
+        real(**{**kwargs, "cache_logger_on_first_use": False})
+
+    structlog.configure = configure  # type: ignore[assignment]
+    yield
+    structlog.configure = real  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def info_logs(uncached_loggers: None) -> None:
+    """Every test starts with the library's own log set-up at INFO (see above)."""
+    from recall_engine.observability.logs import configure
+
+    configure(level="INFO", json=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -111,6 +111,7 @@ def test_eval_covers_channels_variants_and_baselines(eval_run):
         "recent",
         "fused:default",
         "fused:default/configured",  # without the weights the build learned
+        "fused:default/flat-cold",  # without the cold gate it learned: one quota for all
         "fused:exp/a",
         "fused:exp/b",
         "popularity",
@@ -125,6 +126,13 @@ def test_eval_covers_channels_variants_and_baselines(eval_run):
     assert len(fit) == 1 and fit[0]["version"], result["channels"]["built"]
     parity = result["channels"]["engine_parity"]
     assert all(p["identical"] == p["users"] == 30 for p in parity.values()), parity
+    # the engine serves the gate: the flat-quota plan is offline only, the rest are served
+    assert set(parity) == {n.removeprefix("fused:") for n in systems if n.startswith("fused:")} - {
+        "default/flat-cold"
+    }
+    gate = result["channels"]["fusion_fit"]["validation"]["cold_gate"]
+    assert gate["chosen"] == result["channels"]["fusion_fit"]["cold"], gate["chosen"]
+    assert len(gate["tried"]) == 24  # 6 youth shares x 4 quotas
 
 
 def test_eval_figures_are_in_range(eval_run):

@@ -33,7 +33,11 @@ How the engine is queried (the choice the issue leaves open):
   service asking for K candidates gets ``floor(cold_quota * K)`` cold slots at the end
   of its list), each K's figures from its own list; ``cold_quotas`` adds copies of the
   default plan with those quotas, for the trade-off table. Cold items are what the
-  build's catalogue says (``Catalog.cold_mask``): items without training rows.
+  build's catalogue says (``Catalog.cold_mask``): items without training rows. Where
+  the fit learned which requests get cold slots (a cold gate), those copies give every
+  request their quota (the gate left out), and ``fused:default/flat-cold`` is the
+  default plan so, for the gate's trade-off; the engine serves the gate, so these
+  plans have no parity count.
 
 Besides the overall figures: slices (cold users, cold items), segments (history length,
 item-popularity decile, cold / warm items: :mod:`~recall_engine.evaluation.segments`)
@@ -96,7 +100,7 @@ from recall_engine.sdk.types import ColdItems, ItemRecord, Query
 from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine
 from recall_engine.serving.fusion import ColdMask, RankedList, fuse
-from recall_engine.serving.segment_weights import plan_scouts, request_weights
+from recall_engine.serving.segment_weights import RequestFusion, plan_scouts, request_weights
 
 log = get_logger(__name__)
 
@@ -349,11 +353,13 @@ def fuse_plan(
     cold: ColdMask | None = None,
     weights: Mapping[str, float] | None = None,
     answers: Mapping[str, RankedList] | None = None,
+    cold_quota: float | None = None,
 ) -> list[str]:
     """Query ``n``'s fused list under ``plan``, as ``Engine.recall`` computes it
-    (``cold``: the catalogue's cold items, for the plan's cold quota; ``weights``: the
-    query's own, :func:`~recall_engine.serving.segment_weights.request_weights`, default
-    the plan's; ``answers``: channels whose list is this one instead, the scouts')."""
+    (``cold``: the catalogue's cold items, for the cold quota; ``weights`` and
+    ``cold_quota``: the query's own,
+    :func:`~recall_engine.serving.segment_weights.request_weights`, default the plan's;
+    ``answers``: channels whose list is this one instead, the scouts')."""
     weights = plan.weights if weights is None else weights
     lists = []
     for name, w in weights.items():
@@ -374,7 +380,7 @@ def fuse_plan(
         k,
         priority=priority,
         params=plan.fusion_params,
-        cold_quota=plan.cold_quota,
+        cold_quota=plan.cold_quota if cold_quota is None else cold_quota,
         cold=cold,
     )
     return fused.item_ids
@@ -393,12 +399,15 @@ class _Scouts:
         self.answers: dict[tuple[str, int], RankedList] = {}
 
     def lists(
-        self, n: int, k: int, weights: dict[str, float], scouts: frozenset[str]
-    ) -> tuple[dict[str, float], dict[str, RankedList] | None]:
-        """Query ``n``'s weights and scout lists at ``k``, for :func:`fuse_plan`."""
+        self, n: int, k: int, request: RequestFusion
+    ) -> tuple[dict[str, float], dict[str, RankedList] | None, float]:
+        """Query ``n``'s weights, scout lists and cold quota at ``k``, for
+        :func:`fuse_plan`."""
         count = None if self.cold is None else len(self.cold)
-        weights, asked = plan_scouts(self.plan, weights, scouts, k, count)
-        return weights, {s: self._answer(s, n) for s in asked} or None
+        weights, asked = plan_scouts(
+            self.plan, request.weights, request.scouts, k, count, request.cold_quota
+        )
+        return weights, {s: self._answer(s, n) for s in asked} or None, request.cold_quota
 
     def _answer(self, name: str, n: int) -> RankedList:
         found = self.answers.get((name, n))
@@ -643,9 +652,18 @@ def _evaluate_engine(
     with serve_channels(
         split.train, items, config, ks, workdir=options.workdir, seed=options.seed
     ) as served:
-        if served.engine.learned_weights is not None and config.plan.learned_weights:
+        # plans whose cold quota is the same for every request where the engine serves
+        # a learned cold gate: the quota sweep, and the default plan without the gate
+        flat_cold: set[str] = set()
+        learned = served.engine.learned_weights
+        if learned is not None and config.plan.learned_weights:
             # what the learned weights add: the default plan without them
             plans["default/configured"] = replace(config.plan, learned_weights=False)
+            if learned.cold is not None:
+                flat_cold.update(cold_variants(config.plan, options.cold_quotas))
+                if config.plan.cold_quota > 0:
+                    plans["default/flat-cold"] = config.plan
+                    flat_cold.add("default/flat-cold")
         timings["build_seconds"] = round(served.build_seconds, 2)
         timings["load_seconds"] = round(served.load_seconds, 2)
         options.progress(
@@ -674,13 +692,16 @@ def _evaluate_engine(
             # with a cold quota the list for K is not the top K of the list for kmax
             per_k = ks if plan.cold_quota > 0 else (kmax,)
             learned = served.engine.learned_weights
+            if learned is not None and name in flat_cold:  # every request the plan's quota
+                learned = replace(learned, cold=None)
             fallback = served.engine.overload.fallback
-            weights = [request_weights(plan, learned, q, fallback) for q in queries]
+            ages = catalog.item_ages_days
+            requests = [request_weights(plan, learned, q, fallback, ages) for q in queries]
             scouts = _Scouts(served.engine, queries, plan)
             by_k = {
                 k: [
-                    fuse_plan(plan, per_channel, n, k, priority, cold, *scouts.lists(n, k, *w))
-                    for n, w in enumerate(weights)
+                    fuse_plan(plan, per_channel, n, k, priority, cold, *scouts.lists(n, k, r))
+                    for n, r in enumerate(requests)
                 ]
                 for k in per_k
             }
@@ -689,8 +710,10 @@ def _evaluate_engine(
             recs[f"fused:{name}"] = ("variant", mats if plan.cold_quota > 0 else mats[kmax])
             systems[f"fused:{name}"] = {"kind": "variant", "plan": _plan_json(plan)}
         timings["fusion_seconds"] = round(time.perf_counter() - t0, 2)
+        # the engine serves its learned cold gate: flat-quota plans are offline only
+        served_plans = {n: p for n, p in plans.items() if n not in flat_cold}
         parity = parity_check(
-            served, plans, queries, fused, kmax, options.parity_users, options.seed
+            served, served_plans, queries, fused, kmax, options.parity_users, options.seed
         )
         fit = _fusion_fit(served)
     built = [
@@ -725,6 +748,7 @@ def _fusion_fit(served: Served) -> dict[str, Any] | None:
     return {
         "version": learned.version,
         "segments": {s.name: dict(s.weights) for s in learned.segments},
+        "cold": learned.cold.as_json() if learned.cold is not None else None,
         "validation": bundle.manifest.get("validation"),
     }
 

@@ -252,6 +252,15 @@ class Catalog:
             return None
         return ages.of(item_ids) < max_age_days if max_age_days > 0 else ~ages.known(item_ids)
 
+    def item_ages_days(self, item_ids: Sequence[str]) -> np.ndarray | None:
+        """Per id, days from its first interaction to the build log's end; -1 for an
+        item the log did not hold (new). None when this catalogue has no first-seen
+        record, or one without times: nothing is known about age then."""
+        ages = self._age_days
+        if ages is None or not ages.timed:
+            return None
+        return ages.of(item_ids)
+
     def cold_items(self, max_age_days: float = 0.0) -> ColdItems | None:
         """Every cold item the catalogue holds (:meth:`cold_mask` over all of it), for
         channels that search new items alone (the fusion's scouts); None when this
@@ -678,6 +687,10 @@ class _Ages:
     def _positions(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         found = find_sorted(self._ids, item_ids)
         return np.maximum(found, 0), found >= 0
+
+    @property
+    def timed(self) -> bool:
+        return self._as_of is not None
 
     def known(self, item_ids: Sequence[str]) -> np.ndarray:
         return self._positions(item_ids)[1]

@@ -550,14 +550,16 @@ class Engine:
         t_end = time.perf_counter() + budget
         assignment = state.assigner.assign(inp.query.user_id)
         plan = assignment.plan
-        weights, scouts = request_weights(plan, state.learned, inp.query, self.overload.fallback)
+        weights, scouts, cold_quota = request_weights(
+            plan, state.learned, inp.query, self.overload.fallback, self.catalog.item_ages_days
+        )
         if inp.weight_override:
             weights.update(inp.weight_override)
             scouts = scouts.difference(inp.weight_override)
         cold = self.catalog.cold_items(plan.cold_max_age_days) if scouts else None
         # scouts asked for their new items only (serving/segment_weights.py)
         weights, scouts = plan_scouts(
-            plan, weights, scouts, inp.k, None if cold is None else len(cold)
+            plan, weights, scouts, inp.k, None if cold is None else len(cold), cold_quota
         )
         calls, reports = self._plan_calls(
             state, inp.query, plan.channel_k, weights, t_end, scouts, cold
@@ -573,7 +575,7 @@ class Engine:
             inp.k,
             priority=tuple(state.config.channels),
             params=plan.fusion_params,
-            cold_quota=plan.cold_quota,
+            cold_quota=cold_quota,
             # the scouts' set when there is one: a set look-up per candidate, where the
             # catalogue searches its record (the two agree on catalogue items, and only
             # those reach fusion)
@@ -585,7 +587,9 @@ class Engine:
         metrics.VARIANT_REQUESTS.labels(assignment.experiment, assignment.variant).inc()
         why = None
         if inp.explain:
-            why = await self._explain(state, inp, assignment, lists, weights, fused, t_end)
+            why = await self._explain(
+                state, inp, assignment, lists, weights, cold_quota, fused, t_end
+            )
         return RecallOutput(fused, ordered, assignment, inp.request_id, why)
 
     def _plan_calls(
@@ -830,6 +834,7 @@ class Engine:
         assignment: Assignment,
         lists: Sequence[RankedList],
         weights: Mapping[str, float],
+        cold_quota: float,
         fused: Fused,
         t_end: float,
     ) -> Explanation:
@@ -853,7 +858,7 @@ class Engine:
             fused,
             priority=tuple(state.config.channels),
             params=plan.fusion_params,
-            cold_quota=plan.cold_quota,
+            cold_quota=cold_quota,
             cold=lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
             evidence=evidence,
             channel_errors=errors,

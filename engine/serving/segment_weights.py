@@ -21,6 +21,15 @@ returned. The engine's fallback (``[overload] fallback``, ``popular``) never sco
 ranks items by their interactions, so it returns no new item, and at weight 0 it stays
 held in reserve, called only when nothing else answers.
 
+Which requests get cold slots. A bundle whose fit learned a cold gate (``"cold"`` in
+``weights.json``, :class:`~recall_engine.runtime.learned_weights.ColdGate`) replaces the
+plan's ``cold_quota`` for the requests learned weights cover: those whose newest history
+items are young (their median age at most the gate's) get the gate's quota, the others
+none, and only the former scout. New items are found by users who take what just came
+out; a slot given to everyone else costs a warm hit and rarely finds one. The plan's
+``cold_quota`` still turns cold slots on and off (0: none for anyone), and requests
+outside the learned ones (text, no history, hand-set variants) keep it.
+
 What a scout is asked (:func:`plan_scouts`). Only its cold items can reach the list, so
 a scout is asked for cold items alone: those its full list of ``channel_k`` would hold,
 each with the rank it would hold there (``RecallsColdItems``: an exact scan over the new
@@ -35,26 +44,47 @@ slot, or the catalogue holds no cold item, it is not called at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
 
 from recall_engine.config import Plan
-from recall_engine.runtime.learned_weights import LearnedWeights
+from recall_engine.runtime.learned_weights import LearnedWeights, history_age_days
 from recall_engine.sdk.types import Query
 from recall_engine.serving.fusion import cold_slots
 
-__all__ = ["SCOUT_SHARE", "describe", "plan_scouts", "request_weights"]
+__all__ = ["SCOUT_SHARE", "RequestFusion", "describe", "plan_scouts", "request_weights"]
 
 SCOUT_SHARE = 0.01  # a scouting channel's weight, as a share of the smallest learned one
 
+#: per item id, days since its first interaction (-1: new); None: nothing known
+ItemAges = Callable[[Sequence[str]], "np.ndarray | None"]
+
+
+class RequestFusion(NamedTuple):
+    """How one request's lists are fused: ``weights`` (a fresh dict), which of the
+    weighted channels are ``scouts``, and its ``cold_quota``."""
+
+    weights: dict[str, float]
+    scouts: frozenset[str]
+    cold_quota: float
+
 
 def request_weights(
-    plan: Plan, learned: LearnedWeights | None, query: Query, fallback: str | None = None
-) -> tuple[dict[str, float], frozenset[str]]:
-    """The weights to fuse ``query``'s lists with under ``plan`` (a fresh dict), and
-    which of the weighted channels are scouts; ``fallback``: the engine's fallback
-    channel, which does not scout (module doc)."""
+    plan: Plan,
+    learned: LearnedWeights | None,
+    query: Query,
+    fallback: str | None = None,
+    ages: ItemAges | None = None,
+) -> RequestFusion:
+    """The weights, scouts and cold quota to fuse ``query``'s lists with under ``plan``
+    (module doc); ``fallback``: the engine's fallback channel, which does not scout;
+    ``ages``: the catalogue's :meth:`~recall_engine.runtime.catalog.Catalog.item_ages_days`,
+    for a learned cold gate (without it, such a request gets no cold slot)."""
     weights = dict(plan.weights)
     none: frozenset[str] = frozenset()
+    as_planned = RequestFusion(weights, none, plan.cold_quota)
     if (
         learned is None
         or not plan.learned_weights
@@ -62,24 +92,29 @@ def request_weights(
         or query.text
         or not query.history
     ):
-        return weights, none
+        return as_planned
     seg = learned.for_history(len(query.history))
     if seg is None:
-        return weights, none
+        return as_planned
     out = {n: (seg.get(n, w) if w > 0 else 0.0) for n, w in weights.items()}
     chosen = [w for w in out.values() if w > 0]
     if not chosen:
         # learned all-zero over this plan's channels (it cannot be: the fit keeps one
         # > 0, but a plan may enable only channels the fit set to 0): the plan's weights
-        return weights, none
+        return as_planned
+    quota = plan.cold_quota
+    if quota > 0 and learned.cold is not None:  # the learned gate (module doc)
+        gate = learned.cold
+        found = ages(query.history[-gate.recent :]) if ages is not None else None
+        quota = gate.quota_for(None if found is None else history_age_days(found))
     scouts = []
-    if plan.cold_quota > 0:  # scouts for the cold slots (module doc)
+    if quota > 0:  # scouts for the cold slots (module doc)
         scout = SCOUT_SHARE * min(chosen)
         for n, w in weights.items():
             if w > 0 and out[n] == 0 and n != fallback:
                 out[n] = scout
                 scouts.append(n)
-    return out, frozenset(scouts)
+    return RequestFusion(out, frozenset(scouts), quota)
 
 
 def plan_scouts(
@@ -88,18 +123,21 @@ def plan_scouts(
     scouts: frozenset[str],
     k: int,
     cold_items: int | None,
+    cold_quota: float | None = None,
 ) -> tuple[dict[str, float], frozenset[str]]:
     """What ``request_weights``' scouts are asked for a request of ``k`` (module doc):
     the weights (the scouts at 0 when they are not to be called: no cold slot at this
-    ``k``, or ``cold_items`` — how many the catalogue holds, None when it knows nothing —
-    is 0) and the scouts asked for their new items only (none when the chosen channels'
-    depths add up to less than ``k``: then they are asked in full)."""
+    ``k`` under ``cold_quota`` — the request's, default the plan's — or ``cold_items`` —
+    how many the catalogue holds, None when it knows nothing — is 0) and the scouts
+    asked for their new items only (none when the chosen channels' depths add up to
+    less than ``k``: then they are asked in full)."""
     if not scouts:
         return weights, scouts
+    quota = plan.cold_quota if cold_quota is None else cold_quota
     chosen = sum(plan.channel_k.get(n, 0) for n, w in weights.items() if w > 0 and n not in scouts)
     if chosen < k:
         return weights, frozenset()
-    if not cold_slots(plan.cold_quota, k) or not cold_items:
+    if not cold_slots(quota, k) or not cold_items:
         return {**weights, **dict.fromkeys(scouts, 0.0)}, frozenset()
     return weights, scouts
 
@@ -111,4 +149,5 @@ def describe(learned: LearnedWeights | None) -> Mapping[str, object]:
     return {
         "version": learned.version,
         "segments": {s.name: dict(s.weights) for s in learned.segments},
+        "cold": learned.cold.as_json() if learned.cold is not None else None,
     }
