@@ -88,8 +88,9 @@ def test_a_young_history_gets_the_cold_slot_an_old_one_keeps_its_warm_items_and_
     get 1 slot of 5. ``other`` (a scout) returns a warm item and a new one. A request
     whose history was first seen 2 days before the log's end gets ``new``; one whose
     history is 1,000 days old keeps ``good``'s five and ``other`` is not called. The
-    plan's ``cold_quota`` 0 turns the slots off for everyone, and a text request (not
-    covered by what was learned) gets the plan's quota whatever its history."""
+    plan's ``cold_quota`` 0 turns the slots off for everyone, a text request (not
+    covered by what was learned) gets the plan's quota whatever its history, and so does
+    every request of a plan with ``learned_cold = false``."""
     folder = tmp_path / "catalog"
     warm = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "warm_only_other"]
     old = [f"o{n}" for n in range(12)]
@@ -112,35 +113,43 @@ def test_a_young_history_gets_the_cold_slot_an_old_one_keeps_its_warm_items_and_
         return list(resp.item_ids), {c.channel: c.status for c in resp.channels}
 
     results = {}
-    for quota in (0.2, 0.0):
-        plan = {"weights": {"popular": 0.1, "good": 1.0, "other": 0.5}, "cold_quota": quota}
+    for quota, gated in ((0.2, True), (0.0, True), (0.2, False)):
+        plan = {
+            "weights": {"popular": 0.1, "good": 1.0, "other": 0.5},
+            "cold_quota": quota,
+            "learned_cold": gated,
+        }
         cfg = make_config(
             {"artifacts": {"root": str(tmp_path)}, "channels": channels, "plan": plan}, tmp_path
         )
         with serve(cfg, Catalog.load(folder)) as s:
             assert s.engine.learned_weights.cold == ColdGate(0.2, RECENT, 30.0)
-            results[quota] = {
+            results[quota, gated] = {
                 # the newest 10 decide: 9 young after 3 old is young, the reverse old
                 "young": ask(s.stub, old[:3] + young[:9]),
                 "old": ask(s.stub, young[:3] + old[:9]),
                 "text": ask(s.stub, old[:9], text="anything"),
             }
-    got = results[0.2]
+    got = results[0.2, True]
     assert got["young"][0] == ["w1", "w2", "w3", "w4", "new"], got["young"]
     assert got["young"][1]["other"] == recall_pb2.CHANNEL_STATUS_OK
     assert got["old"][0] == ["w1", "w2", "w3", "w4", "w5"], got["old"]
     assert got["old"][1]["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED
     assert "new" in got["text"][0]  # the plan's weights and quota: other weighs 0.5
-    off = results[0.0]
+    off = results[0.0, True]
     assert off["young"][0] == ["w1", "w2", "w3", "w4", "w5"]
     assert off["young"][1]["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED
     assert "new" not in off["text"][0]
+    flat = results[0.2, False]  # learned_cold = false: the plan's quota for every request
+    assert flat["old"][0] == flat["young"][0] == ["w1", "w2", "w3", "w4", "new"]
 
 
 # --------------------------------------------------------------------------- fit
 
 
-def _fit(young_targets_hold_the_list_end: bool) -> tuple[ColdGate, dict]:
+def _fit(
+    young_targets_hold_the_list_end: bool, new_items_held_out: bool = True
+) -> tuple[ColdGate | None, dict]:
     """200 validation users, the first 40 with young histories (1 day), the rest old
     (1,000 days). cf returns 100 warm items, the text channel a new one first. The old
     users' held-out items include cf's last item, which a cold slot would push out; the
@@ -166,8 +175,9 @@ def _fit(young_targets_hold_the_list_end: bool) -> tuple[ColdGate, dict]:
         queries.append(Query(user_id=f"u{u}", history=history, exclude=frozenset(history)))
         if u < 40:
             end = {warm[-1]} if young_targets_hold_the_list_end else set()
-            targets["next"].append(frozenset({f"c{u}", *end}))
-            targets["temporal"].append(frozenset({f"c{u}", warm[0], *end}))
+            new = {f"c{u}"} if new_items_held_out else {warm[1]}
+            targets["next"].append(frozenset({*new, *end}))
+            targets["temporal"].append(frozenset({*new, warm[0], *end}))
         else:
             targets["next"].append(frozenset({warm[-1]}))
             targets["temporal"].append(frozenset({warm[-1], warm[-2]}))
@@ -188,7 +198,7 @@ def _fit(young_targets_hold_the_list_end: bool) -> tuple[ColdGate, dict]:
 
 def test_the_fit_gives_cold_slots_to_the_young_histories_that_find_new_items():
     gate, report = _fit(young_targets_hold_the_list_end=False)
-    assert gate.quota > 0
+    assert gate is not None and gate.quota > 0
     assert 1.0 <= gate.max_age_days < 1_000.0  # the young users, and only them
     chosen = next(
         t
@@ -205,7 +215,15 @@ def test_the_fit_gives_cold_slots_to_the_young_histories_that_find_new_items():
 
 def test_the_fit_keeps_no_cold_slot_when_every_slot_costs_more_warm_recall_than_allowed():
     gate, report = _fit(young_targets_hold_the_list_end=True)
-    assert gate.quota == 0.0
+    assert gate is not None and gate.quota == 0.0
     young_only = [t for t in report["tried"] if t["max_age_days"] < 1_000.0]
     assert young_only and not any(t["within_warm_loss"] for t in young_only)
     assert WARM_LOSS < 0.1  # the young users' loss (1 of 2 or 3 items) is far past it
+
+
+def test_a_carve_that_holds_out_no_new_item_learns_no_gate_and_the_plan_quota_stays():
+    """No evidence either way (a log where every item was seen early, while new ones
+    come online later): no gate, so every request keeps the plan's cold quota."""
+    gate, report = _fit(young_targets_hold_the_list_end=False, new_items_held_out=False)
+    assert gate is None
+    assert report["users_with_cold_items"] == 0 and "plan's cold quota" in report["reason"]

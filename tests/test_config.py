@@ -154,6 +154,26 @@ def test_variant_changing_fusion_drops_inherited_fusion_params(tmp_path):
     assert dict(other.plan.fusion_params) == {"normalization": "minmax"}  # its defaults
 
 
+def test_a_variant_that_writes_its_own_cold_quota_serves_it_without_the_learned_gate(tmp_path):
+    text = CHANNELS + (
+        "[plan]\ncold_quota = 0.05\n"
+        '[[experiments]]\nname = "e"\n'
+        '[[experiments.variants]]\nname = "inherits"\ntraffic = 0.3\n'
+        '[[experiments.variants]]\nname = "own"\ntraffic = 0.3\n'
+        "[experiments.variants.plan]\ncold_quota = 0.1\n"
+        '[[experiments.variants]]\nname = "own_gated"\ntraffic = 0.3\n'
+        "[experiments.variants.plan]\ncold_quota = 0.1\nlearned_cold = true\n"
+    )
+    cfg = _load(tmp_path, text)
+    assert cfg.plan.learned_cold and cfg.plan.cold_quota == 0.05
+    inherits, own, own_gated = cfg.experiments[0].variants
+    assert inherits.plan.learned_cold and inherits.plan.cold_quota == 0.05
+    assert not own.plan.learned_cold and own.plan.cold_quota == 0.1  # as an A/B test set it
+    assert own_gated.plan.learned_cold and own_gated.plan.cold_quota == 0.1
+    off = _load(tmp_path, CHANNELS + "[plan]\nlearned_cold = false\n")
+    assert not off.plan.learned_cold
+
+
 def test_relative_paths_resolve_against_config_folder(tmp_path, monkeypatch):
     conf_dir = tmp_path / "conf"
     (conf_dir / "tls").mkdir(parents=True)

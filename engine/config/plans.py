@@ -60,6 +60,9 @@ class Plan:
     request's history length (and the strategy is the one they were learned for), they
     replace ``weights``; requests with text or no history, and bundles without them,
     get ``weights`` (:func:`recall_engine.serving.segment_weights.request_weights`).
+    ``learned_cold``: where the bundle also holds a cold gate, those requests get its
+    cold quota instead of ``cold_quota`` (slots for young histories only); ``cold_quota``
+    0 still turns cold slots off for every request.
     """
 
     fusion: str
@@ -71,6 +74,9 @@ class Plan:
     # serve the weights the build learned per history segment (fusion.learned bundle,
     # recall_engine.offline.fusion_fit) where they apply; ``weights`` otherwise
     learned_weights: bool = True
+    # serve the cold gate the build learned (which of those requests get cold slots, and
+    # how many) where it applies; ``cold_quota`` for every request otherwise
+    learned_cold: bool = True
 
     def active_channels(self) -> tuple[str, ...]:
         """Channels with weight > 0, in channel priority order: the ones to call."""
@@ -106,20 +112,27 @@ class PlanTable:
     cold_quota: Share | None = None
     cold_max_age_days: NonNegativeFloat | None = None
     learned_weights: bool | None = None
+    learned_cold: bool | None = None
 
     def inherit(self, base: PlanTable) -> PlanTable:
         """The keys this table omits taken from ``base``. Changing the strategy without
         new params drops the base's params: they belong to the base's strategy (rrf_k
         means nothing to weighted_sum). A variant that writes its own ``weights`` (or
         strategy) serves them as written unless it sets ``learned_weights = true``:
-        weights set by hand for an A/B test are what the test compares."""
+        weights set by hand for an A/B test are what the test compares. Likewise a
+        variant that writes its own ``cold_quota`` serves it to every request unless it
+        sets ``learned_cold = true``."""
         fusion_changed = self.fusion is not None and self.fusion != (base.fusion or DEFAULT_FUSION)
         by_hand = self.weights is not None or fusion_changed
         learned = self.learned_weights
         if learned is None:
             learned = False if by_hand else base.learned_weights
+        learned_cold = self.learned_cold
+        if learned_cold is None:
+            learned_cold = False if self.cold_quota is not None else base.learned_cold
         return PlanTable(
             learned_weights=learned,
+            learned_cold=learned_cold,
             fusion=self.fusion if self.fusion is not None else base.fusion,
             weights=self.weights if self.weights is not None else base.weights,
             channel_k=self.channel_k if self.channel_k is not None else base.channel_k,
@@ -180,6 +193,7 @@ def resolve_plan(table: PlanTable, path: str, channels: Mapping[str, ChannelConf
         cold_quota=_or(table.cold_quota, DEFAULT_COLD_QUOTA),
         cold_max_age_days=_or(table.cold_max_age_days, DEFAULT_COLD_MAX_AGE_DAYS),
         learned_weights=True if table.learned_weights is None else table.learned_weights,
+        learned_cold=True if table.learned_cold is None else table.learned_cold,
     )
 
 

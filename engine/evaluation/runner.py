@@ -33,11 +33,10 @@ How the engine is queried (the choice the issue leaves open):
   service asking for K candidates gets ``floor(cold_quota * K)`` cold slots at the end
   of its list), each K's figures from its own list; ``cold_quotas`` adds copies of the
   default plan with those quotas, for the trade-off table. Cold items are what the
-  build's catalogue says (``Catalog.cold_mask``): items without training rows. Where
-  the fit learned which requests get cold slots (a cold gate), those copies give every
-  request their quota (the gate left out), and ``fused:default/flat-cold`` is the
-  default plan so, for the gate's trade-off; the engine serves the gate, so these
-  plans have no parity count.
+  build's catalogue says (``Catalog.cold_mask``): items without training rows. Those
+  copies give every request their quota (``learned_cold = false``, as a variant that
+  writes its own quota); where the fit learned which requests get cold slots (a cold
+  gate), ``fused:default/flat-cold`` is the default plan so, for the gate's trade-off.
 
 Besides the overall figures: slices (cold users, cold items), segments (history length,
 item-popularity decile, cold / warm items: :mod:`~recall_engine.evaluation.segments`)
@@ -232,10 +231,11 @@ def variant_plans(config: Config) -> dict[str, Plan]:
 
 
 def cold_variants(plan: Plan, quotas: Sequence[float]) -> dict[str, Plan]:
-    """``default+cold<q>``: ``plan`` with ``cold_quota`` q, for every q other than the
+    """``default+cold<q>``: ``plan`` with ``cold_quota`` q for every request (no learned
+    cold gate: as a variant that writes its own quota), for every q other than the
     plan's own."""
     return {
-        f"default+cold{q:g}": replace(plan, cold_quota=float(q))
+        f"default+cold{q:g}": replace(plan, cold_quota=float(q), learned_cold=False)
         for q in quotas
         if float(q) != plan.cold_quota
     }
@@ -652,18 +652,13 @@ def _evaluate_engine(
     with serve_channels(
         split.train, items, config, ks, workdir=options.workdir, seed=options.seed
     ) as served:
-        # plans whose cold quota is the same for every request where the engine serves
-        # a learned cold gate: the quota sweep, and the default plan without the gate
-        flat_cold: set[str] = set()
         learned = served.engine.learned_weights
         if learned is not None and config.plan.learned_weights:
             # what the learned weights add: the default plan without them
             plans["default/configured"] = replace(config.plan, learned_weights=False)
-            if learned.cold is not None:
-                flat_cold.update(cold_variants(config.plan, options.cold_quotas))
-                if config.plan.cold_quota > 0:
-                    plans["default/flat-cold"] = config.plan
-                    flat_cold.add("default/flat-cold")
+            if learned.cold is not None and config.plan.cold_quota > 0:
+                # what the learned cold gate adds: the plan's quota for every request
+                plans["default/flat-cold"] = replace(config.plan, learned_cold=False)
         timings["build_seconds"] = round(served.build_seconds, 2)
         timings["load_seconds"] = round(served.load_seconds, 2)
         options.progress(
@@ -692,8 +687,6 @@ def _evaluate_engine(
             # with a cold quota the list for K is not the top K of the list for kmax
             per_k = ks if plan.cold_quota > 0 else (kmax,)
             learned = served.engine.learned_weights
-            if learned is not None and name in flat_cold:  # every request the plan's quota
-                learned = replace(learned, cold=None)
             fallback = served.engine.overload.fallback
             ages = catalog.item_ages_days
             requests = [request_weights(plan, learned, q, fallback, ages) for q in queries]
@@ -710,10 +703,8 @@ def _evaluate_engine(
             recs[f"fused:{name}"] = ("variant", mats if plan.cold_quota > 0 else mats[kmax])
             systems[f"fused:{name}"] = {"kind": "variant", "plan": _plan_json(plan)}
         timings["fusion_seconds"] = round(time.perf_counter() - t0, 2)
-        # the engine serves its learned cold gate: flat-quota plans are offline only
-        served_plans = {n: p for n, p in plans.items() if n not in flat_cold}
         parity = parity_check(
-            served, served_plans, queries, fused, kmax, options.parity_users, options.seed
+            served, plans, queries, fused, kmax, options.parity_users, options.seed
         )
         fit = _fusion_fit(served)
     built = [

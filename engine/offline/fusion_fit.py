@@ -47,7 +47,9 @@ gate is scored per target as served (the segment's learned weights, the scouts, 
 fusion's cold quota) by its warm-item recall and its cold-item recall; the gate kept is
 the one with the most cold-item recall whose warm-item recall is down by at most
 :data:`WARM_LOSS` on every target, the issue's bound halved for the carve's noise. None
-such: learned requests get no cold slot.
+such: learned requests get no cold slot. A carve where fewer than
+:data:`MIN_COLD_USERS` users hold out a cold item says nothing about new items, and no
+gate is learned: every request keeps the plan's ``cold_quota``.
 
 Cost: every channel is trained once more on the carve (the text encoders' item
 vectors are computed again: their bundles do not depend on the interactions, but a
@@ -132,6 +134,9 @@ YOUTH_SHARES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 RECENT = 10  # the newest history items whose median age is a history's age
 # the most warm-item recall (relative, on each target) a cold gate may cost on the carve
 WARM_LOSS = 0.005
+# validation users whose held-out items include a cold one, fewer than this: no gate is
+# learned (no evidence either way) and every request keeps the plan's cold quota
+MIN_COLD_USERS = 10
 MAX_USERS = 5000  # a seeded sample of the users beyond this: bounds the fit's cost
 CONCURRENCY = 64
 NO_TIMEOUT_MS = 600_000
@@ -684,9 +689,22 @@ def fit_cold_gate(
     known: frozenset[str],
     priority: Sequence[str],
     fallback: str | None,
-) -> tuple[ColdGate, dict[str, Any]]:
+) -> tuple[ColdGate | None, dict[str, Any]]:
     """The cold gate for ``learned`` (module doc) and what each candidate scored.
-    ``ages``: days per item the carve's training rows hold (``known``, the warm ones)."""
+    ``ages``: days per item the carve's training rows hold (``known``, the warm ones).
+    None when fewer than :data:`MIN_COLD_USERS` validation users hold out a cold item:
+    the carve then says nothing about new items (a log where every item was seen early,
+    while new ones will come online), and the plan's quota stays."""
+    with_cold_users = sum(
+        any(i not in known for t in targets.values() for i in t[u]) for u in range(len(queries))
+    )
+    if with_cold_users < MIN_COLD_USERS:
+        return None, {
+            "users_with_cold_items": with_cold_users,
+            "chosen": None,
+            "reason": f"fewer than {MIN_COLD_USERS} validation users hold out a cold item: "
+            "the plan's cold quota serves every request",
+        }
     counts = _ColdCounts(plan, learned, per_channel, targets, queries, known, priority, fallback)
     youth = np.array(
         [history_age_days([ages.get(i, -1.0) for i in q.history[-RECENT:]]) for q in queries]
@@ -821,7 +839,8 @@ def fit_fusion(
             tuple(config.channels),
             config.overload.fallback or None,
         )
-        learned = replace(learned, cold=gate)
+        if gate is not None:
+            learned = replace(learned, cold=gate)
     seconds = time.perf_counter() - t0
     validation = {
         **fit.validation,

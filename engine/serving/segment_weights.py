@@ -28,7 +28,9 @@ items are young (their median age at most the gate's) get the gate's quota, the 
 none, and only the former scout. New items are found by users who take what just came
 out; a slot given to everyone else costs a warm hit and rarely finds one. The plan's
 ``cold_quota`` still turns cold slots on and off (0: none for anyone), and requests
-outside the learned ones (text, no history, hand-set variants) keep it.
+outside the learned ones (text, no history, hand-set variants) keep it, as do plans with
+``learned_cold = false`` (a variant that writes its own ``cold_quota``, unless it says
+otherwise).
 
 What a scout is asked (:func:`plan_scouts`). Only its cold items can reach the list, so
 a scout is asked for cold items alone: those its full list of ``channel_k`` would hold,
@@ -103,7 +105,7 @@ def request_weights(
         # > 0, but a plan may enable only channels the fit set to 0): the plan's weights
         return as_planned
     quota = plan.cold_quota
-    if quota > 0 and learned.cold is not None:  # the learned gate (module doc)
+    if quota > 0 and learned.cold is not None and plan.learned_cold:  # the gate (module doc)
         gate = learned.cold
         found = ages(query.history[-gate.recent :]) if ages is not None else None
         quota = gate.quota_for(None if found is None else history_age_days(found))
