@@ -205,9 +205,9 @@ learned_weights = false
 """
 
 
-@pytest.fixture(scope="module")
-def cold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    root = tmp_path_factory.mktemp("eval_cold")
+def demo_with_new_items(root: Path, waves: dict[int, list[str]]) -> tuple[Path, Path]:
+    """The demo log and items with new items appended: per ``waves`` entry (seconds after
+    a user's last row -> ten items), one row of the first 60 users each, and the items."""
     interactions, items = write_demo(root / "data", n_items=300, n_users=200)
     lines = interactions.read_text().splitlines()
     last: dict[str, int] = {}
@@ -215,10 +215,22 @@ def cold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
         user, _, stamp = line.split(",")[:3]
         last[user] = max(last.get(user, 0), int(stamp))
     users = sorted(last)[:60]
-    extra = [f"{u},{NEW_ITEMS[n % 10]},{last[u] + 3600},1,view" for n, u in enumerate(users)]
+    extra = [
+        f"{u},{new[n % 10]},{last[u] + after},1,view"
+        for after, new in waves.items()
+        for n, u in enumerate(users)
+    ]
     interactions.write_text("\n".join(lines + extra) + "\n")
     with items.open("a") as fh:
-        fh.writelines(f"{i},A new item {i},Something new,news\n" for i in NEW_ITEMS)
+        for new in waves.values():
+            fh.writelines(f"{i},A new item {i},Something new,news\n" for i in new)
+    return interactions, items
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    root = tmp_path_factory.mktemp("eval_cold")
+    interactions, items = demo_with_new_items(root, {3600: NEW_ITEMS})
     config = root / "config.toml"
     config.write_text(COLD_CONFIG)
     out = root / "out"
@@ -301,18 +313,7 @@ GATE_CONFIG = COLD_CONFIG.replace(
 @pytest.fixture(scope="module")
 def gate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     root = tmp_path_factory.mktemp("eval_gate")
-    interactions, items = write_demo(root / "data", n_items=300, n_users=200)
-    lines = interactions.read_text().splitlines()
-    last: dict[str, int] = {}
-    for line in lines[1:]:
-        user, _, stamp = line.split(",")[:3]
-        last[user] = max(last.get(user, 0), int(stamp))
-    users = sorted(last)[:60]
-    extra = [f"{u},{GATE_ITEMS[n % 10]},{last[u] + 1800},1,view" for n, u in enumerate(users)]
-    extra += [f"{u},{NEW_ITEMS[n % 10]},{last[u] + 3600},1,view" for n, u in enumerate(users)]
-    interactions.write_text("\n".join(lines + extra) + "\n")
-    with items.open("a") as fh:
-        fh.writelines(f"{i},A new item {i},Something new,news\n" for i in GATE_ITEMS + NEW_ITEMS)
+    interactions, items = demo_with_new_items(root, {1800: GATE_ITEMS, 3600: NEW_ITEMS})
     config = root / "config.toml"
     config.write_text(GATE_CONFIG)
     out = root / "out"
