@@ -72,6 +72,9 @@ def test_a_historys_age_is_the_median_of_its_items_ages_and_a_new_item_is_age_0(
     assert history_age_days([1.0, 5.0, 900.0]) == 5.0
     assert history_age_days([-1.0, -1.0, 300.0]) == 0.0  # two items the log never saw
     assert history_age_days([]) == float("inf")
+    # ids the catalogue does not hold say nothing: left out, and alone they are no youth
+    assert history_age_days([float("nan"), 900.0, 800.0]) == 850.0
+    assert history_age_days([float("nan")] * 3) == float("inf")
     gate = ColdGate(0.2, 10, 30.0)
     assert gate.quota_for(30.0) == 0.2 and gate.quota_for(30.5) == 0.0
     assert gate.quota_for(None) == 0.0  # the catalogue knows no times
@@ -129,6 +132,8 @@ def test_a_young_history_gets_the_cold_slot_an_old_one_keeps_its_warm_items_and_
                 "young": ask(s.stub, old[:3] + young[:9]),
                 "old": ask(s.stub, young[:3] + old[:9]),
                 "text": ask(s.stub, old[:9], text="anything"),
+                # ids the catalogue does not hold are not new items: no evidence of youth
+                "unknown": ask(s.stub, [f"gone{n}" for n in range(9)]),
             }
     got = results[0.2, True]
     assert got["young"][0] == ["w1", "w2", "w3", "w4", "new"], got["young"]
@@ -136,6 +141,8 @@ def test_a_young_history_gets_the_cold_slot_an_old_one_keeps_its_warm_items_and_
     assert got["old"][0] == ["w1", "w2", "w3", "w4", "w5"], got["old"]
     assert got["old"][1]["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED
     assert "new" in got["text"][0]  # the plan's weights and quota: other weighs 0.5
+    assert got["unknown"][0] == ["w1", "w2", "w3", "w4", "w5"], got["unknown"]
+    assert got["unknown"][1]["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED
     off = results[0.0, True]
     assert off["young"][0] == ["w1", "w2", "w3", "w4", "w5"]
     assert off["young"][1]["other"] == recall_pb2.CHANNEL_STATUS_SKIPPED

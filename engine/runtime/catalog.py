@@ -254,12 +254,16 @@ class Catalog:
 
     def item_ages_days(self, item_ids: Sequence[str]) -> np.ndarray | None:
         """Per id, days from its first interaction to the build log's end; -1 for an
-        item the log did not hold (new). None when this catalogue has no first-seen
-        record, or one without times: nothing is known about age then."""
+        item the log did not hold (new); NaN for an id this catalogue does not hold
+        (nothing is known of it). None when this catalogue has no first-seen record, or
+        one without times: nothing is known about age then."""
         ages = self._age_days
         if ages is None or not ages.timed:
             return None
-        return ages.of(item_ids)
+        out = ages.of(item_ids)
+        items = self._items
+        held = np.fromiter((i in items for i in item_ids), bool, len(item_ids))
+        return np.where(held, out, np.nan)
 
     def cold_items(self, max_age_days: float = 0.0) -> ColdItems | None:
         """Every cold item the catalogue holds (:meth:`cold_mask` over all of it), for

@@ -119,10 +119,13 @@ class ColdGate:
 def history_age_days(ages: Sequence[float] | np.ndarray) -> float:
     """The age of a history: the median of its newest items' ages in days (``ages``,
     those items' :meth:`~recall_engine.runtime.catalog.Catalog.item_ages_days`; an item
-    unknown to the build's log is new, age 0); ``inf`` for an empty history."""
-    if not len(ages):
+    unknown to the build's log is new, age 0; NaN, an id the catalogue does not hold, is
+    left out); ``inf`` when no item is left: nothing says the history is young."""
+    found = np.asarray(ages, dtype=np.float64)
+    found = found[~np.isnan(found)]
+    if not len(found):
         return math.inf
-    return float(np.median(np.maximum(np.asarray(ages, dtype=np.float64), 0.0)))
+    return float(np.median(np.maximum(found, 0.0)))
 
 
 @dataclass(slots=True, frozen=True)
