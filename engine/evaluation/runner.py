@@ -686,7 +686,6 @@ def _evaluate_engine(
             cold = functools.partial(catalog.cold_mask, max_age_days=plan.cold_max_age_days)
             # with a cold quota the list for K is not the top K of the list for kmax
             per_k = ks if plan.cold_quota > 0 else (kmax,)
-            learned = served.engine.learned_weights
             fallback = served.engine.overload.fallback
             ages = catalog.item_ages_days
             requests = [request_weights(plan, learned, q, fallback, ages) for q in queries]

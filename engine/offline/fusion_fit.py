@@ -73,7 +73,7 @@ import numpy as np
 from recall_engine.config import Config, Plan
 from recall_engine.observability.logs import get_logger
 from recall_engine.offline.data.interactions import Interactions
-from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.catalog import Catalog, first_seen
 from recall_engine.runtime.learned_weights import (
     BUNDLE,
     ColdGate,
@@ -87,6 +87,7 @@ from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.engine import Engine, Status
 from recall_engine.serving.fusion import RankedList, fuse
 from recall_engine.serving.requests import RecallInput
+from recall_engine.serving.segment_weights import request_weights
 
 __all__ = [
     "BUNDLE",
@@ -586,16 +587,30 @@ def fit_segments(
     return FitReport(LearnedWeights(plan.fusion, tuple(segments)), validation)
 
 
-def carve_ages(train: Interactions) -> tuple[dict[str, float], frozenset[str]] | None:
-    """Per item of ``train``, days from its first row to ``train``'s last; None when the
+def carve_ages(train: Interactions) -> dict[str, float] | None:
+    """Per item of ``train``, days from its first row to ``train``'s last (as the
+    catalogue's ``first_seen.npz`` records them for the served build); None when the
     rows have no times."""
     if not train.has_timestamps or not len(train):
         return None
-    ids, inverse = np.unique(np.asarray(train.item_ids), return_inverse=True)
-    first = np.full(len(ids), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, inverse, train.timestamps)
+    ids, first = first_seen(train.item_ids, train.timestamps)
     days = (int(train.timestamps.max()) - first) / 86_400.0
-    return dict(zip(ids.tolist(), days.tolist(), strict=True)), frozenset(ids.tolist())
+    return dict(zip(ids.tolist(), days.tolist(), strict=True))
+
+
+def _truths(
+    targets: Mapping[str, Sequence[frozenset[str]]], known: frozenset[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per validation user and target, how many held-out items are warm (in ``known``)
+    and how many cold."""
+    names = list(targets)
+    warm = np.zeros((len(next(iter(targets.values()), ())), len(names)))
+    cold = np.zeros_like(warm)
+    for ti, name in enumerate(names):
+        for u, truth in enumerate(targets[name]):
+            c = sum(i not in known for i in truth)
+            cold[u, ti], warm[u, ti] = c, len(truth) - c
+    return warm, cold
 
 
 class _ColdCounts:
@@ -610,22 +625,16 @@ class _ColdCounts:
         targets: Mapping[str, Sequence[frozenset[str]]],
         queries: Sequence[Query],
         known: frozenset[str],
+        truths: tuple[np.ndarray, np.ndarray],
         priority: Sequence[str],
         fallback: str | None,
     ) -> None:
-        from recall_engine.serving.segment_weights import request_weights
-
         self.targets = list(targets)
         self.quotas = (0.0, *COLD_QUOTAS)
         n, q, t = len(queries), len(self.quotas), len(self.targets)
         self.warm_hits = np.zeros((n, q, t))
         self.cold_hits = np.zeros((n, q, t))
-        self.warm = np.zeros((n, t))
-        self.cold = np.zeros((n, t))
-        for ti, name in enumerate(self.targets):
-            for u, truth in enumerate(targets[name]):
-                c = sum(i not in known for i in truth)
-                self.cold[u, ti], self.warm[u, ti] = c, len(truth) - c
+        self.warm, self.cold = truths  # (see _truths)
         gated = replace(plan, cold_quota=max(COLD_QUOTAS))
         ungated = replace(learned, cold=None)
 
@@ -691,13 +700,12 @@ def fit_cold_gate(
     fallback: str | None,
 ) -> tuple[ColdGate | None, dict[str, Any]]:
     """The cold gate for ``learned`` (module doc) and what each candidate scored.
-    ``ages``: days per item the carve's training rows hold (``known``, the warm ones).
+    ``ages``: days per item the carve's training rows hold; ``known``: the warm ones.
     None when fewer than :data:`MIN_COLD_USERS` validation users hold out a cold item:
     the carve then says nothing about new items (a log where every item was seen early,
     while new ones will come online), and the plan's quota stays."""
-    with_cold_users = sum(
-        any(i not in known for t in targets.values() for i in t[u]) for u in range(len(queries))
-    )
+    truths = _truths(targets, known)
+    with_cold_users = int((truths[1].sum(axis=1) > 0).sum())
     if with_cold_users < MIN_COLD_USERS:
         return None, {
             "users_with_cold_items": with_cold_users,
@@ -705,7 +713,9 @@ def fit_cold_gate(
             "reason": f"fewer than {MIN_COLD_USERS} validation users hold out a cold item: "
             "the plan's cold quota serves every request",
         }
-    counts = _ColdCounts(plan, learned, per_channel, targets, queries, known, priority, fallback)
+    counts = _ColdCounts(
+        plan, learned, per_channel, targets, queries, known, truths, priority, fallback
+    )
     youth = np.array(
         [history_age_days([ages.get(i, -1.0) for i in q.history[-RECENT:]]) for q in queries]
     )
@@ -713,6 +723,7 @@ def fit_cold_gate(
     base = counts.recall(none)
     names = counts.targets
     with_cold = [t for t, n in enumerate(names) if counts.cold[:, t].sum() > 0]
+    base_cold = float(np.mean(base["cold"][with_cold])) if with_cold else 0.0
 
     def table(r: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
         return {k: {t: round(float(v[i]), 4) for i, t in enumerate(names)} for k, v in r.items()}
@@ -736,8 +747,7 @@ def fit_cold_gate(
                     **table(r),
                 }
             )
-            gain = cold - (float(np.mean(base["cold"][with_cold])) if with_cold else 0.0)
-            if ok and gain > 0 and (best is None or (cold, -quota * share) > best[:2]):
+            if ok and cold > base_cold and (best is None or (cold, -quota * share) > best[:2]):
                 best = (cold, -quota * share, ColdGate(quota, RECENT, bound))
     gate = best[2] if best is not None else ColdGate(0.0, RECENT, 0.0)
     report = {
@@ -826,16 +836,16 @@ def fit_fusion(
         tuple(config.channels),
     )
     learned, cold_report = fit.learned, None
-    aged = carve_ages(c.train) if plan.cold_quota > 0 else None
-    if aged is not None:
+    ages = carve_ages(c.train) if plan.cold_quota > 0 else None
+    if ages is not None:
         gate, cold_report = fit_cold_gate(
             plan,
             learned,
             per_channel,
             c.targets,
             c.queries,
-            aged[0],
-            _warm_items(aged, plan.cold_max_age_days),
+            ages,
+            _warm_items(ages, plan.cold_max_age_days),
             tuple(config.channels),
             config.overload.fallback or None,
         )
@@ -866,12 +876,10 @@ def fit_fusion(
     return version
 
 
-def _warm_items(
-    aged: tuple[dict[str, float], frozenset[str]], max_age_days: float
-) -> frozenset[str]:
-    """The carve's warm items: seen in its training rows (and, with ``max_age_days``,
-    first seen longer ago than that), as ``Catalog.cold_mask`` says of the real ones."""
-    ages, seen = aged
+def _warm_items(ages: Mapping[str, float], max_age_days: float) -> frozenset[str]:
+    """The carve's warm items: seen in its training rows (``ages``' items; with
+    ``max_age_days``, first seen longer ago than that), as ``Catalog.cold_mask`` says of
+    the served ones."""
     if max_age_days <= 0:
-        return seen
+        return frozenset(ages)
     return frozenset(i for i, a in ages.items() if a >= max_age_days)

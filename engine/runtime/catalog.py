@@ -122,6 +122,7 @@ __all__ = [
     "log_file",
     "online_updates",
     "snapshot_file",
+    "first_seen",
     "write_first_seen",
 ]
 
@@ -661,11 +662,7 @@ def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray 
     """Write ``first_seen.npz`` into the catalogue ``folder``: every item of the log
     (``item_ids`` with parallel ``timestamps`` in seconds, None when the log has none)
     with its first interaction time, and the log's newest time."""
-    ids, inverse = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
-    first = np.zeros(len(ids), dtype=np.int64)
-    if timestamps is not None and len(ids):
-        first[:] = np.iinfo(np.int64).max
-        np.minimum.at(first, inverse, np.asarray(timestamps, dtype=np.int64))
+    ids, first = first_seen(item_ids, timestamps)
     path = folder / FIRST_SEEN_FILE
     with open(path, "wb") as fh:
         np.savez(
@@ -676,6 +673,19 @@ def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray 
             has_timestamps=np.bool_(timestamps is not None),
         )
     return path
+
+
+def first_seen(
+    item_ids: np.ndarray | Sequence[str], timestamps: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``item_ids`` (sorted, str) and each one's first time in
+    ``timestamps`` (parallel, seconds; all 0 when None)."""
+    ids, inverse = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
+    first = np.zeros(len(ids), dtype=np.int64)
+    if timestamps is not None and len(ids):
+        first[:] = np.iinfo(np.int64).max
+        np.minimum.at(first, inverse, np.asarray(timestamps, dtype=np.int64))
+    return ids, first
 
 
 class _Ages:
