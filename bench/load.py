@@ -129,11 +129,14 @@ class Results:
             return {f"p{p}": round(float(np.percentile(a, p)), 3) for p in (50, 90, 99, 99.9)}
 
         done = max(total, 1)
-        cpu = {}
+        cpu: dict[str, Any] = {}
         if self.cpu is not None:
             cpu["cpu_ms_per_request"] = {"generator": round(1000 * self.cpu.client_s / done, 3)}
             if self.cpu.pids:
                 cpu["cpu_ms_per_request"]["server"] = round(1000 * self.cpu.server_s / done, 3)
+                cpu["server_context_switches_per_request"] = round(
+                    self.cpu.server_switches / done, 1
+                )
         return {
             **cpu,
             "requests": total,
@@ -153,27 +156,37 @@ class CpuMeter:
     """CPU seconds spent during the measured window by this process (the load generator,
     or generator + engine in process) and by the server's process tree (``pids`` and
     all their descendants when the window opens, from ``/proc``): CPU time per request
-    moves far less with other jobs' load than latency does."""
+    moves far less with other jobs' load than latency does. Also the server's context
+    switches (every thread's, voluntary and not): each hand-off between threads, and
+    each wait for the GIL, is one."""
 
     def __init__(self, pids: Sequence[int] = ()) -> None:
         self.pids = list(pids)
         self.client_s = self.server_s = 0.0
+        self.server_switches = 0
         self._c0 = self._s0 = 0.0
+        self._w0 = 0
         self._tree: list[int] = []
 
     def start(self) -> None:
         # The process tree is listed once, before the window: scanning /proc costs
         # this process CPU, which must not land inside one figure and not the other.
         self._tree = _tree(self.pids) if self.pids else []
+        self._w0 = self._switches()
         self._s0 = self._server()
         self._c0 = time.process_time()
 
     def stop(self) -> None:
         self.client_s = time.process_time() - self._c0
         self.server_s = self._server() - self._s0
+        self.server_switches = self._switches() - self._w0
 
     def _server(self) -> float:
         return sum(_cpu_seconds(pid) for pid in self._tree)
+
+    def _switches(self) -> int:
+        # threads that end inside the window take theirs along: a lower bound
+        return sum(_context_switches(pid) for pid in self._tree)
 
 
 def _tree(roots: Sequence[int]) -> list[int]:
@@ -191,6 +204,19 @@ def _tree(roots: Sequence[int]) -> list[int]:
         out.append(pid)
         todo.extend(child for child, ppid in parent.items() if ppid == pid)
     return out
+
+
+def _context_switches(pid: int) -> int:
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split()[1])
+    return total
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -745,6 +771,11 @@ def render(s: dict) -> str:
                 + ", ".join(f"{who} {ms}" for who, ms in s["cpu_ms_per_request"].items())
             ]
             if "cpu_ms_per_request" in s
+            else []
+        ),
+        *(
+            [f"server context switches per request: {s['server_context_switches_per_request']}"]
+            if "server_context_switches_per_request" in s
             else []
         ),
         "| latency ms | p50 | p90 | p99 | p99.9 |",

@@ -88,6 +88,7 @@ class FaultChannel(Channel):
         self.items = [str(i) for i in ctx.params.get("items", [])]
         self.serial = next(_serial)
         self.calls = 0
+        self.threads: list[str] = []  # the thread each recall ran on, in call order
         self.closes = 0
         self.calls_after_close = 0
         self._lock = threading.Lock()
@@ -111,6 +112,7 @@ class FaultChannel(Channel):
     def recall(self, query: Query, k: int) -> Candidates:
         with self._lock:
             self.calls += 1
+            self.threads.append(threading.current_thread().name)
             if self.closes:
                 self.calls_after_close += 1
         self._check_hook("recall")

@@ -69,6 +69,8 @@ class OverloadSettings:
     default 5 ms lets a channel thread keep the event loop waiting that long at every
     hand-over, 1 ms keeps the loop, and so shedding, prompt. ``check_output``: check
     every channel answer (finite scores, lengths, unique string ids) before fusion.
+    ``chain_calls_under_s``: a request's calls expected to take less than this run one
+    after another on one thread (serving/engine.py, "chains"; None: a thread each).
     """
 
     max_in_flight: int = field(default_factory=machine_in_flight)
@@ -87,6 +89,7 @@ class OverloadSettings:
         _TABLE.switch_interval_ms / 1000 if _TABLE.switch_interval_ms else None
     )
     check_output: bool = _TABLE.check_output
+    chain_calls_under_s: float | None = _TABLE.chain_calls_under_ms / 1000 or None
 
     def __post_init__(self) -> None:
         if isinstance(self.min_in_flight, bool) or not isinstance(self.min_in_flight, int):
@@ -119,6 +122,10 @@ class OverloadSettings:
             raise ValueError(
                 f"switch_interval_s: must be > 0 or None, got {self.switch_interval_s!r}"
             )
+        if self.chain_calls_under_s is not None and not self.chain_calls_under_s > 0:
+            raise ValueError(
+                f"chain_calls_under_s: must be > 0 or None, got {self.chain_calls_under_s!r}"
+            )
         if not 1 <= self.retry_after_ms_min <= self.retry_after_ms_max:
             raise ValueError(
                 "retry_after_ms_min/max: need 1 <= min <= max, got "
@@ -142,6 +149,7 @@ class OverloadSettings:
             target_loop_lag_ms=cfg.target_loop_lag_ms or None,
             switch_interval_s=cfg.switch_interval_ms / 1000 if cfg.switch_interval_ms else None,
             check_output=cfg.check_output,
+            chain_calls_under_s=cfg.chain_calls_under_ms / 1000 or None,
         )
 
     def channel_limit(self, channel: str) -> int:

@@ -5,6 +5,11 @@ Every channel gets its own, so a channel that hangs or slows down holds at most 
 no queue: a call either starts on a free thread now or is refused at once, so a channel's
 timeout is never spent waiting behind its other calls. Threads are daemons (a hung
 plugin call must not keep the process from exiting) and are started on demand.
+
+A call may also take its room without a thread (:meth:`Bulkhead.try_reserve`): the
+engine runs a request's quick calls one after another on one thread of its own pool
+(serving/engine.py, "chains"), and each still counts against its channel's bound, so a
+channel that hangs inside a chain fills its own bulkhead, not another's.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ _STOP = None
 class Bulkhead:
     """At most ``limit`` calls of channel ``name`` in flight, each on its own thread.
 
-    Invariant (under ``_lock``): threads == in_flight + idle, and threads <= limit; a
-    call is handed to an idle thread or to a new one, never queued behind another call.
+    Invariant (under ``_lock``): threads == calls running on them + idle, in_flight ==
+    those calls + calls reserved to run elsewhere, in_flight <= limit (so threads <=
+    limit); a call is handed to an idle thread or to a new one, never queued behind
+    another call.
     """
 
     __slots__ = (
@@ -44,7 +51,7 @@ class Bulkhead:
         "_current",
     )
 
-    def __init__(self, name: str, limit: int) -> None:
+    def __init__(self, name: str, limit: int, *, gauge: bool = True) -> None:
         if limit < 1:
             raise ValueError(f"bulkhead {name!r}: limit must be >= 1, got {limit}")
         self.name, self.limit = name, limit
@@ -56,7 +63,8 @@ class Bulkhead:
         self._idle = 0
         self._threads = 0
         self._closed = False
-        self._gauge = metrics.CHANNEL_IN_FLIGHT.labels(name)
+        # gauge=False: not a channel's (the engine's pool for chains has none)
+        self._gauge = metrics.CHANNEL_IN_FLIGHT.labels(name) if gauge else None
         self._current = threading.local()  # per worker: has its call given back its room?
 
     @property
@@ -67,15 +75,42 @@ class Bulkhead:
         """Start ``fn(*args)`` on a thread of this bulkhead and return True, or return
         False at once when ``limit`` calls are already in flight (or it is closed).
         ``fn`` must not raise (it is the caller's job to catch and report)."""
+        return self.try_reserve() and self.submit_reserved(fn, *args)
+
+    def try_reserve(self) -> bool:
+        """Count one call in flight without starting it (False, nothing counted, when
+        ``limit`` are in flight or the bulkhead is closed). The caller then either
+        runs it on a thread of this bulkhead (:meth:`submit_reserved`) or elsewhere and
+        gives the room back with :meth:`unreserve`."""
         with self._lock:
             if self._closed or self._in_flight >= self.limit:
                 return False
             self._in_flight += 1
-            spawn = self._idle == 0
+        if self._gauge is not None:
+            self._gauge.inc()
+        return True
+
+    def unreserve(self) -> None:
+        """Give back a room taken by :meth:`try_reserve` whose call did not run here."""
+        with self._lock:
+            self._in_flight -= 1
+        if self._gauge is not None:
+            self._gauge.dec()
+
+    def submit_reserved(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Start the reserved call ``fn(*args)`` on a thread of this bulkhead (its room
+        is given back when it returns, or by :meth:`release_current`). False when no
+        thread could be started; the room is then given back."""
+        with self._lock:
+            closed = self._closed
+            spawn = not closed and self._idle == 0
             if spawn:
                 self._threads += 1
-            else:
+            elif not closed:
                 self._idle -= 1
+        if closed:
+            self.unreserve()
+            return False
         if spawn:
             try:
                 threading.Thread(
@@ -83,11 +118,10 @@ class Bulkhead:
                 ).start()
             except RuntimeError:  # can't start new thread: refuse this call, count nothing
                 with self._lock:
-                    self._in_flight -= 1
                     self._threads -= 1
+                self.unreserve()
                 log.exception("bulkhead_thread_start_failed", channel=self.name)
                 return False
-        self._gauge.inc()
         self._work.put((fn, args))
         return True
 
@@ -115,7 +149,8 @@ class Bulkhead:
         with self._lock:
             self._in_flight -= 1
             self._idle += 1
-        self._gauge.dec()
+        if self._gauge is not None:
+            self._gauge.dec()
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not _STOP:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from recall_engine.sdk.channel import (
     Query,
 )
 from recall_engine.sdk.types import ColdItems
-from recall_engine.serving.admission import Admission, OverloadSettings
+from recall_engine.serving.admission import Admission, OverloadSettings, machine_in_flight
 from recall_engine.serving.bulkhead import Bulkhead
 from recall_engine.serving.catalog_updates import compact_if_due, write_ahead
 from recall_engine.serving.errors import (
@@ -92,7 +93,8 @@ class _Slot:
     """A loaded channel, its bulkhead, and an in-flight counter, so that a retired
     channel is closed only after its last call returned, exactly once, and no call
     starts on it after it was retired (:meth:`acquire` fails; the request then uses the
-    current generation's slot)."""
+    current generation's slot). It also remembers how long its calls take, per kind of
+    call (:meth:`expected`), so that quick ones can share a thread (chains)."""
 
     __slots__ = (
         "config",
@@ -101,6 +103,7 @@ class _Slot:
         "bulkhead",
         "latency_ok",
         "candidates",
+        "_took",
         "_inflight",
         "_retired",
         "_closed",
@@ -113,10 +116,31 @@ class _Slot:
         # labelled metric children, looked up once instead of per request
         self.latency_ok = metrics.CHANNEL_LATENCY.labels(config.name, "ok")
         self.candidates = metrics.CHANNEL_CANDIDATES.labels(config.name)
+        self._took: dict[tuple[bool, bool], float] = {}
         self._inflight = 0
         self._retired = False
         self._closed = False
         self._lock = threading.Lock()
+
+    def expected(self, kind: tuple[bool, bool]) -> float:
+        """What a call of ``kind`` (with text, as a scout) takes when nothing else
+        competes for the CPU, in seconds: the fastest of its calls since it was last
+        seen slow (:meth:`slow`), inf before the first. A minimum, because contention
+        slows every call at once: the typical call of a loaded server says how busy
+        the server is, its fastest what the call itself costs."""
+        return self._took.get(kind, math.inf)
+
+    def took(self, kind: tuple[bool, bool], seconds: float) -> None:
+        """Record a finished call of ``kind``. Races between threads lose an update at
+        worst."""
+        before = self._took.get(kind)
+        if before is None or seconds < before:
+            self._took[kind] = seconds
+
+    def slow(self, kind: tuple[bool, bool], seconds: float) -> None:
+        """A call of ``kind`` timed out, or held up its chain, after ``seconds``: what
+        it is expected to take from now on, until a faster call is seen."""
+        self._took[kind] = seconds
 
     def acquire(self) -> bool:
         """Count one more call in flight; False (and nothing counted) once retired."""
@@ -197,6 +221,11 @@ class Engine:
         )
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
+        # threads that run a request's quick calls one after another (_fan_out): one
+        # chain per admitted request, and room for as many again stuck behind a hung
+        # call; when it is full, calls get a thread each as before
+        bound = self.overload.max_in_flight or machine_in_flight()
+        self._chains = Bulkhead("chains", 2 * bound, gauge=False)
 
     # -- lifecycle -------------------------------------------------------------
     @property
@@ -256,6 +285,7 @@ class Engine:
         Idempotent."""
         state, self._state = self._state, None
         self.admission.close()
+        self._chains.close()
         if state:
             for slot in state.slots.values():
                 slot.retire()
@@ -720,11 +750,27 @@ class Engine:
         timeout has passed, or when the request has no more than the fallback's own
         timeout left (at once for a short deadline). When the others brought candidates
         first it never runs (``held``): its list would be dropped anyway, and most
-        requests then cost one channel call less."""
+        requests then cost one channel call less.
+
+        Chains: the calls expected to take under ``chain_calls_under_s`` (by their
+        channel's past calls of the same kind, :meth:`_Slot.expected`), when there are
+        two or more, run one after another, quickest first, on one thread of the
+        engine's chain pool, each still counted on its own bulkhead. Python code holds
+        the GIL, so calls on threads of their own mostly take turns anyway, at the cost
+        of a hand-off and of GIL contention each (a history request on the demo: 33
+        context switches in process, against 8 with one thread); calls that wait on
+        something else (an encoder batch, the network) keep a thread each, as do calls
+        of a kind not seen yet. A chained call not started a quarter of the way into
+        its channel's timeout (the one before it is slow, or hung) is moved to a thread
+        of its own then, so a hung channel delays the others of its chain by that much
+        and no more."""
         loop = asyncio.get_running_loop()
         check = self.overload.check_output
         held = [c for c in calls if c.reserve]
         running = [c for c in calls if not c.reserve]
+        text = bool(query.text.strip())
+        for call in calls:
+            call.kind = (text, call.cold is not None)
         now = time.perf_counter()
         # the latest start that leaves the fallback its own timeout, and no later than
         # half the others' shortest timeout: a slow channel that then times out finds
@@ -735,9 +781,33 @@ class Engine:
         if not running or hedge <= now:
             running, held = list(calls), []
         fan = _FanOut(loop, len(calls), len(held))
+        chained: list[_Call] = []  # chained calls the event loop may still move
+        rescue_at = math.inf
 
         def submit(batch: Sequence[_Call]) -> None:
+            nonlocal chained, rescue_at
+            chain, full = self._chain(batch)
+            for call in full:
+                fan.reject(call)
+                call.slot.release()
+            for call in chain:
+                call.queued = time.perf_counter()
+            if len(chain) > 1 and self._chains.try_submit(
+                _run_chain, chain, self.catalog, query, fan, check
+            ):
+                chained += chain
+                rescue_at = min(rescue_at, chain[0].queued + _RESCUE * min(c.limit for c in chain))
+            else:
+                for call in chain:  # no chain thread free: each on its own
+                    call.chained = False
+                    if not call.slot.bulkhead.submit_reserved(
+                        _run_call, call, self.catalog, query, fan, check
+                    ):
+                        fan.reject(call)
+                        call.slot.release()
             for call in batch:
+                if call in chain or call in full:
+                    continue
                 call.queued = time.perf_counter()
                 if not call.slot.bulkhead.try_submit(
                     _run_call, call, self.catalog, query, fan, check
@@ -745,11 +815,35 @@ class Engine:
                     fan.reject(call)
                     call.slot.release()
 
+        def rescue(late: bool = True) -> None:
+            """Chained calls not started yet: each on a thread of its own now (those
+            timed out: their rooms given back). ``late``: the chain is behind, and
+            the call it is running is seen as slow."""
+            nonlocal chained, rescue_at
+            now = time.perf_counter()
+            for call in chained:
+                if not fan.claim(call):
+                    if late and call.started and not call.finished:  # holds the chain up
+                        call.slot.slow(call.kind, now - call.started)
+                    continue  # running or done on the chain
+                if call.timed_out:  # never runs: give its room back
+                    call.slot.bulkhead.unreserve()
+                    call.slot.release()
+                elif not call.slot.bulkhead.submit_reserved(
+                    _run_call, call, self.catalog, query, fan, check
+                ):
+                    fan.reject(call)
+                    call.slot.release()
+            chained, rescue_at = [], math.inf
+
         try:
             submit(running)
             while fan.pending:
                 now = time.perf_counter()
                 due = fan.time_out(running, now)
+                if chained and now >= rescue_at:
+                    rescue()
+                    continue
                 if held and (due is None or now >= hedge):
                     if due is None and _answered(running):
                         fan.hold(held)  # never runs: the others answered
@@ -765,6 +859,7 @@ class Engine:
                     break
                 if held:
                     due = min(due, hedge)
+                due = min(due, rescue_at)
                 fan.waiter = loop.create_future()
                 timer = loop.call_later(due - now, _resolve, fan.waiter)
                 try:
@@ -783,6 +878,30 @@ class Engine:
                     if call.span is not None:
                         tracing.end_span(call.span, error="the request went away")
             raise
+        finally:
+            if chained:  # those the chain never reached (it hangs): their rooms back
+                fan.time_out(chained, float("inf"), cancelled=True)
+                rescue(late=False)
+
+    def _chain(self, batch: Sequence[_Call]) -> tuple[list[_Call], list[_Call]]:
+        """The calls of ``batch`` to run one after another on one thread (see
+        :meth:`_fan_out`), quickest first, each with its room reserved on its own
+        bulkhead, and those of them whose bulkhead was full (to be rejected). None when
+        fewer than two are quick."""
+        under = self.overload.chain_calls_under_s
+        if under is None or len(batch) < 2:
+            return [], []
+        quick = [c for c in batch if c.slot.expected(c.kind) < under]
+        if len(quick) < 2:
+            return [], []
+        chain, full = [], []
+        for call in sorted(quick, key=lambda c: c.slot.expected(c.kind)):
+            if call.slot.bulkhead.try_reserve():
+                call.chained = True
+                chain.append(call)
+            else:
+                full.append(call)
+        return chain, full
 
     @staticmethod
     def _report(call: _Call) -> tuple[ChannelReport, Candidates | None]:
@@ -801,6 +920,8 @@ class Engine:
             ), None
         ms = (call.ended - (call.started or call.queued)) * 1000
         if call.timed_out or _gave_up_at_deadline(call):
+            if call.started:  # not quick any more: no chain waits on it next time
+                slot.slow(call.kind, ms / 1000)
             metrics.CHANNEL_TIMEOUTS.labels(name).inc()
             metrics.CHANNEL_LATENCY.labels(name, "timeout").observe(ms / 1000)
             budget_ms = (call.deadline() - (call.started or call.queued)) * 1000
@@ -992,6 +1113,13 @@ class _Call:
     rejected: bool = False
     held: bool = False  # the fallback in reserve, never run: the others answered first
     hung: bool = False  # abandoned while running: still holds a bulkhead thread
+    # chains: (with text, scout), what _Slot.expected is keyed by
+    kind: tuple[bool, bool] = (False, False)
+    # run on a chain's thread, its room reserved on its own bulkhead; ``claimed`` once
+    # the chain's thread, or the event loop (to run it on its own thread after all, or
+    # to give its room back), took it over: exactly one of them does
+    chained: bool = False
+    claimed: bool = False
     # tracing on: the call's span, started by its thread, ended by the event loop
     span: Any = None
     scope: object = None  # the token that made ``span`` current on the worker thread
@@ -1034,6 +1162,15 @@ class _FanOut:
         if call.span is not None:  # current on this thread while the channel runs
             call.scope = tracing.activate(call.span)
         return True
+
+    def claim(self, call: _Call) -> bool:
+        """A chained ``call``: True for the first to take it over (the chain's thread to
+        run it, or the event loop), False for the other."""
+        with self.lock:
+            if call.claimed:
+                return False
+            call.claimed = True
+            return True
 
     def hold(self, calls: Sequence[_Call]) -> None:
         """Event loop: ``calls`` (the fallback in reserve) will not run."""
@@ -1138,20 +1275,56 @@ def scout_answer(channel: Channel, query: Query, k: int, cold: ColdItems) -> Can
     return Candidates([answer.item_ids[i] for i in keep], scores[keep], ranks)
 
 
+#: A chained call not started this share of the way into its channel's timeout is
+#: moved to a thread of its own (Engine._fan_out).
+_RESCUE = 0.25
+
+
 def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: bool) -> None:
     """The worker-thread side of a channel call: never started when its deadline passed
     first; the deadline is visible to the code below the channel (``CALL_DEADLINE``)."""
     if not fan.start(call):
         call.slot.release()
         return
+    _run_started(call, catalog, query, fan, check, call.slot.bulkhead.release_current)
+
+
+def _run_chain(
+    calls: Sequence[_Call], catalog: Catalog, query: Query, fan: _FanOut, check: bool
+) -> None:
+    """A chain's thread: ``calls`` one after another, each unless the event loop took
+    it over first (to run on its own thread, or because the request is over), or its
+    deadline passed before its turn; each gives back the room reserved on its own
+    bulkhead when it is done."""
+    for call in calls:
+        if not fan.claim(call):
+            continue
+        if not fan.start(call):
+            call.slot.bulkhead.unreserve()
+            call.slot.release()
+            continue
+        _run_started(call, catalog, query, fan, check, call.slot.bulkhead.unreserve)
+
+
+def _run_started(
+    call: _Call,
+    catalog: Catalog,
+    query: Query,
+    fan: _FanOut,
+    check: bool,
+    give_back: Callable[[], None],
+) -> None:
+    """Run the started ``call``; ``give_back`` returns its bulkhead room before the
+    request can see the outcome."""
     token = CALL_DEADLINE.set(call.deadline())
     try:
         cands = _guarded(call.slot, catalog, query, call.k, check, call.cold)
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
-        call.slot.bulkhead.release_current()  # before the request can see the outcome
+        give_back()
         fan.finish(call, None, e)
     else:
-        call.slot.bulkhead.release_current()
+        call.slot.took(call.kind, time.perf_counter() - call.started)
+        give_back()
         fan.finish(call, cands, None)
     finally:
         CALL_DEADLINE.reset(token)

@@ -1,0 +1,190 @@
+"""Chains: a request's quick channel calls run one after another on one thread, each
+still counted on its own bulkhead; a chained call stuck behind a slow or hung one is
+moved to a thread of its own a quarter of the way into its timeout. Real gRPC server on
+a free port, the fault plugin registered as a real entry point (tests/fault_plugins.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from recall_engine._proto import recall_pb2
+from recall_engine.config import ConfigError
+from recall_engine.serving.admission import OverloadSettings
+from recall_engine.serving.bulkhead import Bulkhead
+from tests.fault_plugins import CONTROL, INSTANCES, fault_site, faults  # noqa: F401 - fixtures
+from tests.harness import catalog_of, make_config, serve
+
+pytestmark = pytest.mark.usefixtures("faults")
+
+ITEMS = [f"i{n}" for n in range(1, 13)]
+OK, TIMEOUT = recall_pb2.CHANNEL_STATUS_OK, recall_pb2.CHANNEL_STATUS_TIMEOUT
+CHAIN = "channel-chains"
+
+
+SLEEP_1MS = {"fault": "sleep", "sleep_s": 0.001}
+
+
+def config(tmp_path, popular=None, overload=None, **channels):
+    """The fallback ``popular`` (weight 0.1; more ``popular`` params) and ``channels``
+    (name -> table), weight 1; ``overload``: the ``[overload]`` table."""
+    params = {"items": ["i9", "i10"], **(popular or {})}
+    tables = {"popular": {"plugin": "fault", "params": params}}
+    for name, table in channels.items():
+        tables[name] = {"plugin": "fault", **table}
+    weights = {"popular": 0.1, **{name: 1.0 for name in channels}}
+    data = {"channels": tables, "plan": {"weights": weights}, "overload": overload or {}}
+    return make_config(data, tmp_path)
+
+
+def channel(name: str):
+    return next(c for c in reversed(INSTANCES) if c.ctx.name == name)
+
+
+def statuses(resp) -> dict[str, int]:
+    return {c.channel: c.status for c in resp.channels}
+
+
+def recall(s, user: str, timeout: float = 5.0):
+    return s.stub.Recall(recall_pb2.RecallRequest(user_id=user, k=10), timeout=timeout)
+
+
+def in_flight(s) -> dict[str, int]:
+    return {name: slot.bulkhead.in_flight for name, slot in s.engine._state.slots.items()}
+
+
+def wait_until(cond, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_a_bulkhead_counts_calls_reserved_to_run_elsewhere():
+    bulkhead = Bulkhead("reserved", 2)
+    assert bulkhead.try_reserve() and bulkhead.try_reserve()
+    assert not bulkhead.try_reserve() and not bulkhead.try_submit(lambda: None)
+    bulkhead.unreserve()
+    ran = threading.Event()
+    assert bulkhead.try_submit(ran.set) and ran.wait(10)
+    assert wait_until(lambda: bulkhead.in_flight == 1)  # the one still reserved
+    assert bulkhead.try_reserve()
+    done = threading.Event()
+    assert bulkhead.submit_reserved(done.set) and done.wait(10)
+    assert wait_until(lambda: bulkhead.in_flight == 1)
+    bulkhead.close()
+    assert not bulkhead.submit_reserved(done.set)  # closed: refused, its room given back
+    assert bulkhead.in_flight == 0
+    assert not bulkhead.try_reserve()
+
+
+def test_quick_calls_share_one_thread_and_slow_ones_keep_their_own(tmp_path):
+    cfg = config(
+        tmp_path,
+        a={"params": {"items": ["i1", "i2"]}},
+        b={"params": {"items": ["i3"]}},
+        slow={"params": {"items": ["i4"], "fault": "sleep", "sleep_s": 0.02}},
+    )
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        recall(s, "first")  # nothing known yet: a thread each
+        assert [channel(n).threads[-1] for n in ("a", "b", "slow")] == [
+            "channel-a",
+            "channel-b",
+            "channel-slow",
+        ]
+        resp = recall(s, "second")
+        assert set(statuses(resp).values()) == {OK}
+        assert set(resp.item_ids) >= {"i1", "i2", "i3", "i4"}
+        assert channel("a").threads[-1] == CHAIN and channel("b").threads[-1] == CHAIN
+        assert channel("slow").threads[-1] == "channel-slow"  # 20 ms: not quick
+        assert wait_until(lambda: set(in_flight(s).values()) == {0})
+
+
+def test_without_chains_every_call_keeps_its_own_thread(tmp_path):
+    cfg = config(
+        tmp_path,
+        overload={"chain_calls_under_ms": 0},
+        a={"params": {"items": ["i1"]}},
+        b={"params": {"items": ["i3"]}},
+    )
+    assert OverloadSettings.from_config(cfg.overload).chain_calls_under_s is None
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        for n in range(3):
+            assert set(statuses(recall(s, f"u{n}")).values()) == {OK}
+        assert set(channel("a").threads) == {"channel-a"}
+        assert set(channel("b").threads) == {"channel-b"}
+
+
+def test_a_negative_chain_bound_is_a_config_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="overload.chain_calls_under_ms"):
+        config(tmp_path, overload={"chain_calls_under_ms": -1})
+
+
+def test_a_chained_channel_that_hangs_delays_the_others_and_fills_only_its_own_room(tmp_path):
+    # "bad" answers at once, so it runs first in the chain; the others take a
+    # millisecond, still quick
+    cfg = config(
+        tmp_path,
+        popular=SLEEP_1MS,
+        bad={"timeout_ms": 300, "params": {"items": ["i4"]}},
+        good={"timeout_ms": 400, "params": {"items": ["i1"], **SLEEP_1MS}},
+    )
+    hung = REGISTRY.get_sample_value("recall_channel_hung_calls", {"channel": "bad"}) or 0.0
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        for n in range(3):
+            recall(s, f"warm{n}")
+        assert channel("bad").threads[-1] == CHAIN and channel("good").threads[-1] == CHAIN
+        CONTROL.faults["bad"] = "hang"
+
+        resp = recall(s, "stuck")
+        st = statuses(resp)
+        # good waited behind the hung call a quarter of the chain's shortest timeout
+        # (popular's 100 ms), then ran on a thread of its own, and answered
+        assert st["good"] == OK and st["bad"] == TIMEOUT
+        assert channel("good").threads[-1] == "channel-good"
+        assert "i1" in resp.item_ids
+        assert REGISTRY.get_sample_value("recall_channel_hung_calls", {"channel": "bad"}) == (
+            hung + 1
+        )
+
+        # bad is not quick any more: it gets its own thread, the others chain again
+        resp = recall(s, "after")
+        st = statuses(resp)
+        assert st["good"] == OK and st["bad"] == TIMEOUT
+        assert channel("good").threads[-1] == CHAIN
+        assert channel("bad").threads[-1] == "channel-bad"
+
+        CONTROL.release.set()
+        assert wait_until(lambda: set(in_flight(s).values()) == {0})
+        CONTROL.faults["bad"] = "none"
+        assert set(statuses(recall(s, "released")).values()) == {OK}
+
+
+def test_calls_a_hung_chain_never_reached_give_their_rooms_back(tmp_path):
+    """The request's deadline passes before the rescue: the calls behind the hung one
+    never run, and their rooms on their own bulkheads are given back at once."""
+    cfg = config(
+        tmp_path,
+        popular=SLEEP_1MS,  # bad, which answers at once, runs first in the chain
+        bad={"timeout_ms": 300, "params": {"items": ["i4"]}},
+        good={"timeout_ms": 400, "params": {"items": ["i1"], **SLEEP_1MS}},
+    )
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        for n in range(3):
+            recall(s, f"warm{n}")
+        calls = {name: channel(name).calls for name in ("bad", "good", "popular")}
+        CONTROL.faults["bad"] = "hang"
+        with pytest.raises(grpc.RpcError) as e:
+            recall(s, "short", timeout=0.02)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_until(lambda: in_flight(s)["good"] == 0 and in_flight(s)["popular"] == 0)
+        assert channel("bad").calls - calls["bad"] >= 1
+        CONTROL.release.set()
+        assert wait_until(lambda: set(in_flight(s).values()) == {0})
+        CONTROL.faults["bad"] = "none"
+        assert set(statuses(recall(s, "released")).values()) == {OK}
