@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import mmap
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
-from recall_engine.runtime.npz_map import map_npz
+from recall_engine.runtime.npz_map import map_npz, save_npz
+from recall_engine.runtime.sorted_str import find_sorted
 from tests.helpers import build_and_load, python_children
 
 
@@ -34,19 +36,63 @@ def _mapped(array: np.ndarray) -> bool:
     return False
 
 
+def _save(path, **arrays) -> None:
+    with open(path, "wb") as fh:
+        save_npz(fh, **arrays)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mapped_arrays_equal_what_np_load_reads(tmp_path, seed):
     arrays = _arrays(np.random.default_rng(seed))
     path = tmp_path / "a.npz"
-    np.savez(path, **arrays)
+    _save(path, **arrays)
     got = map_npz(path)
     assert sorted(got) == sorted(arrays)
+    with np.load(path) as z:  # the same format as np.savez writes
+        assert sorted(z.files) == sorted(arrays)
+        for name, want in arrays.items():
+            np.testing.assert_array_equal(z[name], want)
     for name, want in arrays.items():
         np.testing.assert_array_equal(got[name], want)
         assert got[name].dtype == want.dtype and got[name].shape == np.shape(want)
         assert not got[name].flags.writeable
     for name in ("ids", "scores", "cat:x y", "matrix"):
         assert _mapped(got[name]), f"{name} was read into memory, not mapped"
+        assert got[name].ctypes.data % 64 == 0, f"{name} is not mapped at 64 bytes"
+
+
+@pytest.mark.parametrize("pad", range(8))
+def test_np_savez_members_that_would_map_unaligned_are_read_into_memory(tmp_path, pad):
+    arrays = {"p" * (pad + 1): np.arange(3, dtype=np.int8), **_arrays(np.random.default_rng(5))}
+    path = tmp_path / "old.npz"
+    np.savez(path, **arrays)
+    got = map_npz(path)
+    for name, want in arrays.items():
+        np.testing.assert_array_equal(got[name], want)
+        assert got[name].flags.aligned and not got[name].flags.writeable, name
+
+
+@pytest.mark.parametrize("writer", ["save_npz", "np.savez"])
+def test_looking_ids_up_in_a_mapped_column_does_not_copy_the_column(tmp_path, writer):
+    """An unaligned column made np.searchsorted copy all of it on every look-up (45 MB
+    per request at a million items)."""
+    ids = np.array([f"item-{n:07d}" for n in range(200_000)])  # 9.6 MB as <U12
+    path = tmp_path / "ids.npz"
+    if writer == "save_npz":
+        _save(path, pad=np.int8(1), ids=ids)
+    else:
+        np.savez(path, pad=np.int8(1), ids=ids)  # leaves ids at an odd offset
+    column = map_npz(path)["ids"]
+    wanted = ["item-0000007", "item-0199999", "nope"]
+    tracemalloc.start()
+    try:
+        found = find_sorted(column, wanted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.tolist() == [7, 199_999, -1]
+    # a copy of the column would be all of it; numpy's own caches take a little
+    assert peak < column.nbytes / 10, f"{peak} bytes allocated to look up 3 ids"
 
 
 def test_compressed_members_are_loaded_instead(tmp_path):
@@ -104,7 +150,7 @@ sys.stdin.readline()  # stay alive until the other process has read its figures 
 
 def test_two_processes_share_the_pages_of_a_mapped_column(tmp_path):
     path = tmp_path / "big.npz"
-    np.savez(path, ids=np.array([f"item-{n:07d}" for n in range(200_000)]))  # 8.4 MB
+    _save(path, ids=np.array([f"item-{n:07d}" for n in range(200_000)]))  # 9.6 MB
     children = python_children(_CHILD, str(path))
     try:
         for child in children:

@@ -105,7 +105,7 @@ from recall_engine.runtime.catalog_files import (
     write_snapshot_columns,
 )
 from recall_engine.runtime.files import atomic_write
-from recall_engine.runtime.npz_map import map_npz
+from recall_engine.runtime.npz_map import map_npz, save_npz
 from recall_engine.runtime.shared_log import HEADER, LogClosed, SharedLog
 from recall_engine.runtime.sorted_str import find_sorted
 from recall_engine.runtime.update_log import SnapshotLog
@@ -665,7 +665,7 @@ def write_first_seen(folder: Path, item_ids: np.ndarray, timestamps: np.ndarray 
     ids, first = first_seen(item_ids, timestamps)
     path = folder / FIRST_SEEN_FILE
     with open(path, "wb") as fh:
-        np.savez(
+        save_npz(
             fh,
             ids=ids,
             first_seen=first,

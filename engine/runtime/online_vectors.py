@@ -23,6 +23,7 @@ import numpy as np
 
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.files import atomic_open
+from recall_engine.runtime.npz_map import save_npz
 
 log = get_logger(__name__)
 
@@ -36,7 +37,7 @@ def save_online_vectors(
     """Write (atomically) the vectors of ``ids`` and the digests they were encoded from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as fh:
-        np.savez(
+        save_npz(
             fh,
             ids=np.asarray(ids, dtype=str),
             digests=np.asarray(digests, dtype=np.uint64),

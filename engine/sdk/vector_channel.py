@@ -83,6 +83,7 @@ from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.encoders import MicroBatcher
 from recall_engine.runtime.index import VectorIndex
 from recall_engine.runtime.index_check import check_index
+from recall_engine.runtime.npz_map import save_npz
 from recall_engine.runtime.online_vectors import read_online_vectors, save_online_vectors
 from recall_engine.runtime.vector_store import (
     MANIFEST_FIELD,
@@ -339,7 +340,7 @@ def write_vectors(
     by_id = {it.item_id: it for it in items}
     digests = np.fromiter((item_signature(by_id[i]) for i in ids), dtype=np.uint64, count=len(ids))
     with open(out / SIGNATURES_FILE, "wb") as fh:
-        np.savez(fh, ids=np.asarray(ids, dtype=str), digests=digests)
+        save_npz(fh, ids=np.asarray(ids, dtype=str), digests=digests)
     skipped = len(items) - len(ids)
     if skipped:
         kept = set(ids)

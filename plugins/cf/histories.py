@@ -120,8 +120,10 @@ class Vocab:
         return cls(VocabIds(array), VocabIndex(array), counts)
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        from recall_engine.runtime.npz_map import save_npz
+
         with open(path, "wb") as fh:
-            np.savez(fh, ids=self.ids.array.astype(str), counts=self.counts)
+            save_npz(fh, ids=self.ids.array.astype(str), counts=self.counts)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:

@@ -86,8 +86,10 @@ class NeighbourTable:
         return uniq.astype(np.int64), np.bincount(inverse, weights=vals).astype(np.float32)
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        from recall_engine.runtime.npz_map import save_npz
+
         with open(path, "wb") as fh:
-            np.savez(fh, indptr=self.indptr, indices=self.indices, sims=self.sims)
+            save_npz(fh, indptr=self.indptr, indices=self.indices, sims=self.sims)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], n_items: int) -> NeighbourTable:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from recall_engine.runtime.catalog import Catalog
-from recall_engine.runtime.npz_map import map_npz
+from recall_engine.runtime.npz_map import map_npz, save_npz
 from recall_engine.sdk.channel import (
     BuildContext,
     Candidates,
@@ -71,7 +71,7 @@ def write_artifact(folder: Path, ids: np.ndarray, scores: np.ndarray, catalog: C
         arrays[f"cat:{c}"] = np.asarray(positions, dtype=np.int32)
     path = folder / ARTIFACT
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub takes allow_pickle for **
+        save_npz(fh, **arrays)
     return path
 
 
