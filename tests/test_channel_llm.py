@@ -115,6 +115,35 @@ def test_int8_precision_serves_the_int8_graph(channel, demo_small):
         int8.close()
 
 
+def test_an_int8_encoder_runs_on_the_calling_thread_and_fp32_texts_are_gathered(
+    channel, demo_small
+):
+    """int8 runs one text per encoder run, so there is nothing to gather: the text is
+    encoded on the channel call's own thread (no micro-batcher, no hand-off); fp32
+    batches, so concurrent texts are gathered by the micro-batcher."""
+    import threading
+
+    runs: dict[str, list[str]] = {}
+    for precision in ("int8", "fp32"):
+        ctx = replace(channel.ctx, params={"precision": precision})
+        ch = instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)
+        try:
+            encode = ch.encoder.encode
+            seen = runs.setdefault(precision, [])
+
+            def spy(texts, encode=encode, seen=seen):
+                seen.append(threading.current_thread().name)
+                return encode(texts)
+
+            ch.encoder.encode = spy  # type: ignore[method-assign]
+            got = ch.recall(Query(text=TOPIC_TEXTS["jazz"]), 20)
+            assert share(demo_small, got.item_ids, "jazz") >= 0.7
+        finally:
+            ch.close()
+    assert runs["int8"] == [threading.current_thread().name]
+    assert len(runs["fp32"]) == 1 and runs["fp32"][0] != threading.current_thread().name
+
+
 def test_unknown_params_are_rejected(channel):
     with pytest.raises(ValueError, match="text_wieght"):
         type(channel)(replace(channel.ctx, params={"text_wieght": 0.3}))

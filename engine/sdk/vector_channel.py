@@ -427,6 +427,13 @@ class VectorChannel(Channel):
         """Vectors of free texts, float32 ``[len(texts), dim]`` (zero row: unusable)."""
         raise NotImplementedError(f"{type(self).__name__} does not encode free text")
 
+    def text_batch_limit(self) -> int:
+        """How many texts one :meth:`encode_texts` run takes at most (``max_batch`` by
+        default). At 1 there is nothing to gather, so a request's text is encoded on
+        the channel call's own thread, without the micro-batcher's hand-off (an int8
+        sentence encoder runs one text per run: see ``TextEncoder``)."""
+        return self.params.max_batch
+
     def text_is_usable(self, text: str) -> bool:
         """Cheap check used by :meth:`accepts`; by default any non-blank text."""
         return bool(text.strip())
@@ -449,7 +456,7 @@ class VectorChannel(Channel):
         self._index = self._open_store(bundle, built)
         self.open_encoders(bundle)
         self._reconcile(built)
-        if self.supports_text:
+        if self.supports_text and self.text_batch_limit() > 1:
             self._batcher = MicroBatcher(
                 self.encode_texts,
                 max_batch=self.params.max_batch,

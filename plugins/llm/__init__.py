@@ -253,6 +253,9 @@ class LLMChannel(VectorChannel):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts))
 
+    def text_batch_limit(self) -> int:
+        return self.encoder.max_batch  # 1 for int8, the CPU default
+
     def warmup_encoders(self) -> None:
         self.encoder.warmup(batch_sizes=(1, 8, self.params.max_batch))
 
