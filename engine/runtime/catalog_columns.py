@@ -170,7 +170,9 @@ def map_column_file(
             end = begin + dtype.itemsize * int(spec["length"])
             if end > size:
                 raise ColumnsError(f"{where}: column {name} runs past the end{rebuild}")
-            cols[name] = mapped[begin:end].view(dtype)
+            # a plain ndarray over the mapping: np.memmap's Python-level __getitem__
+            # and __array_finalize__ would run on every look-up of every request
+            cols[name] = mapped[begin:end].view(dtype).view(np.ndarray)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ColumnsError):
             raise
