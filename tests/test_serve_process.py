@@ -109,6 +109,35 @@ def test_invalid_config_exits_nonzero_naming_the_key(tmp_path):
     assert any("channels.a.timeout_ms" in e.get("error", "") for e in err), proc.stderr
 
 
+def test_a_taken_metrics_port_stops_start_up_naming_the_key_without_a_traceback(
+    config_path, fake_plugins
+):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = config_path.read_text().replace(
+            'metrics_addr = "127.0.0.1:0"', f'metrics_addr = "127.0.0.1:{port}"'
+        )
+        config_path.write_text(text)
+        proc = subprocess.run(
+            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 1
+    failed = [
+        json.loads(line)
+        for line in proc.stderr.splitlines()
+        if line.startswith("{") and "startup_failed" in line
+    ]
+    assert failed and f"server.metrics_addr 127.0.0.1:{port}" in failed[0]["error"], proc.stderr
+    assert "Traceback" not in proc.stderr and "never awaited" not in proc.stderr, proc.stderr
+
+
 def _metric(metrics_port: int, series: str) -> float:
     """The value of ``series`` (name and labels, as exposed) on a /metrics page, 0 if absent."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:

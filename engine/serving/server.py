@@ -346,7 +346,11 @@ async def _serve(
         admin_host = (config.server.admin_addr or "").rpartition(":")[0]
         log.info("admin_listening", addr=f"{admin_host}:{running.admin_port}")
     if config.server.metrics_addr:
-        mport = metrics.start_http(config.server.metrics_addr)
+        try:
+            mport = metrics.start_http(config.server.metrics_addr)
+        except OSError as e:  # the port is taken: say which, and close what is open
+            await running.stop(0)
+            raise RuntimeError(f"server.metrics_addr {config.server.metrics_addr}: {e}") from e
         log.info("metrics_listening", port=mport)
     loop = asyncio.get_running_loop()
     try:
