@@ -227,20 +227,32 @@ def demo_with_new_items(root: Path, waves: dict[int, list[str]]) -> tuple[Path, 
     return interactions, items
 
 
-@pytest.fixture(scope="module")
-def cold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    root = tmp_path_factory.mktemp("eval_cold")
-    interactions, items = demo_with_new_items(root, {3600: NEW_ITEMS})
+def eval_with_new_items(
+    root: Path, waves: dict[int, list[str]], config_text: str, *args: str
+) -> tuple[Path, int]:
+    """``eval`` (leave-last-one-out, K 5/10/20, 60 parity users) over the demo log with
+    ``waves`` of new items and ``config_text``; more ``args``. Returns its output folder
+    and exit code."""
+    interactions, items = demo_with_new_items(root, waves)
     config = root / "config.toml"
-    config.write_text(COLD_CONFIG)
+    config.write_text(config_text)
     out = root / "out"
     rc = main(
         ["eval", "--interactions", str(interactions), "--items", str(items)]
         + ["--config", str(config), "--k", "5,10,20", "--out", str(out)]
-        + ["--protocol", "loo", "--cold-quotas", "0.2", "--baselines", "popularity,itemknn"]
-        + ["--bootstrap", "200", "--parity-users", "60"]
+        + ["--protocol", "loo", "--parity-users", "60", *args]
     )
     return out, rc
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    return eval_with_new_items(
+        tmp_path_factory.mktemp("eval_cold"),
+        {3600: NEW_ITEMS},
+        COLD_CONFIG,
+        *["--cold-quotas", "0.2", "--baselines", "popularity,itemknn", "--bootstrap", "200"],
+    )
 
 
 def test_eval_protocol_flag_and_new_outputs(cold_run):
@@ -312,18 +324,12 @@ GATE_CONFIG = COLD_CONFIG.replace(
 
 @pytest.fixture(scope="module")
 def gate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    root = tmp_path_factory.mktemp("eval_gate")
-    interactions, items = demo_with_new_items(root, {1800: GATE_ITEMS, 3600: NEW_ITEMS})
-    config = root / "config.toml"
-    config.write_text(GATE_CONFIG)
-    out = root / "out"
-    rc = main(
-        ["eval", "--interactions", str(interactions), "--items", str(items)]
-        + ["--config", str(config), "--k", "5,10,20", "--out", str(out)]
-        + ["--protocol", "loo", "--baselines", "popularity", "--parity-users", "60"]
-        + ["--bootstrap", "50"]
+    return eval_with_new_items(
+        tmp_path_factory.mktemp("eval_gate"),
+        {1800: GATE_ITEMS, 3600: NEW_ITEMS},
+        GATE_CONFIG,
+        *["--baselines", "popularity", "--bootstrap", "50"],
     )
-    return out, rc
 
 
 def test_a_learned_cold_gate_is_served_as_eval_fuses_it_and_compared_with_one_quota(gate_run):

@@ -799,7 +799,6 @@ class Engine:
                 rescue_at = min(rescue_at, chain[0].queued + _RESCUE * min(c.limit for c in chain))
             else:
                 for call in chain:  # no chain thread free: each on its own
-                    call.chained = False
                     if not call.slot.bulkhead.submit_reserved(
                         _run_call, call, self.catalog, query, fan, check
                     ):
@@ -886,8 +885,8 @@ class Engine:
     def _chain(self, batch: Sequence[_Call]) -> tuple[list[_Call], list[_Call]]:
         """The calls of ``batch`` to run one after another on one thread (see
         :meth:`_fan_out`), quickest first, each with its room reserved on its own
-        bulkhead, and those of them whose bulkhead was full (to be rejected). None when
-        fewer than two are quick."""
+        bulkhead, and those of them whose bulkhead was full (to be rejected); both empty
+        when fewer than two are quick."""
         under = self.overload.chain_calls_under_s
         if under is None or len(batch) < 2:
             return [], []
@@ -897,7 +896,6 @@ class Engine:
         chain, full = [], []
         for call in sorted(quick, key=lambda c: c.slot.expected(c.kind)):
             if call.slot.bulkhead.try_reserve():
-                call.chained = True
                 chain.append(call)
             else:
                 full.append(call)
@@ -1115,10 +1113,9 @@ class _Call:
     hung: bool = False  # abandoned while running: still holds a bulkhead thread
     # chains: (with text, scout), what _Slot.expected is keyed by
     kind: tuple[bool, bool] = (False, False)
-    # run on a chain's thread, its room reserved on its own bulkhead; ``claimed`` once
-    # the chain's thread, or the event loop (to run it on its own thread after all, or
-    # to give its room back), took it over: exactly one of them does
-    chained: bool = False
+    # a chained call (run on a chain's thread, its room reserved on its own bulkhead):
+    # ``claimed`` once the chain's thread, or the event loop (to run it on its own thread
+    # after all, or to give its room back), took it over: exactly one of them does
     claimed: bool = False
     # tracing on: the call's span, started by its thread, ended by the event loop
     span: Any = None
