@@ -111,6 +111,26 @@ def test_without_timestamps_only_items_without_interactions_are_cold(tmp_path):
     assert catalog.cold_mask(["old", "young", "never"], 1e9).tolist() == [False, False, True]
 
 
+def test_first_seen_ids_are_written_as_utf8_and_older_str_files_still_read(tmp_path):
+    """The ids are also UTF-8 bytes since 2026-12-05 (3 x cheaper to search at a million
+    items); a file of an older build, ids as numpy str only, gives the same answers."""
+    catalog = _catalog_with_first_seen(tmp_path / "new", [0, 9 * DAY, 10 * DAY])
+    with np.load(tmp_path / "new" / FIRST_SEEN_FILE) as f:
+        assert f["ids_utf8"].dtype.kind == "S" and f["ids_utf8_table"].dtype == np.int32
+        assert f["ids"].tolist() == ["old", "young"]  # what an older server reads
+        arrays = {k: f[k] for k in f.files if not k.startswith("ids_utf8")}  # older build
+    ids = ["old", "young", "never", "upserted-later", "old\0", ""]
+    assert catalog.cold_mask(ids).tolist() == [False, False, True, True, True, True]
+    assert catalog.cold_mask(ids, 2).tolist() == [False, True, True, True, True, True]
+    older = tmp_path / "older"
+    Catalog([ItemRecord(i) for i in ("old", "young", "never")], folder=older).save(older)
+    np.savez(older / FIRST_SEEN_FILE, **arrays)
+    for age in (0, 2):
+        assert (
+            Catalog.load(older).cold_mask(ids, age).tolist() == catalog.cold_mask(ids, age).tolist()
+        )
+
+
 def test_a_catalogue_without_the_build_signal_knows_nothing_is_cold(tmp_path):
     Catalog([ItemRecord("a")], folder=tmp_path).save(tmp_path)
     assert Catalog.load(tmp_path).cold_mask(["a", "zzz"]) is None

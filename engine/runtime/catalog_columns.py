@@ -21,6 +21,8 @@ vocabulary. Items are stored sorted by id (UTF-8 bytes), so an id is found with
     text_off / text           likewise for the text
     cat_off    int64 [n + 1]  categories of item i: cat_codes[cat_off[i]:cat_off[i + 1]]
     cat_codes  int32          indexes into the header's ``categories`` list
+    ids_table  int32          the ids' hash table (runtime/sorted_str.py; files written
+                              before 2026-12-05 have none and are binary-searched)
 
 A file that is truncated, altered or not a columns file is refused with
 :class:`ColumnsError` naming the file and saying how to rebuild it; the catalogue then
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from recall_engine.runtime.files import HASH_CHUNK, atomic_open
+from recall_engine.runtime.sorted_str import find_sorted, hash_table, usable_table
 from recall_engine.sdk.types import ItemRecord
 
 __all__ = [
@@ -90,8 +93,10 @@ def write_columns(path: Path, items: Iterable[ItemRecord]) -> Path:
         cat_off[n + 1] = len(codes)
     title_off, title = _offsets([it.title.encode("utf-8", _ENC) for it in records])
     text_off, text = _offsets([it.text.encode("utf-8", _ENC) for it in records])
+    id_column = np.asarray(ids, dtype=f"S{width}")
     columns: list[tuple[str, np.ndarray]] = [
-        ("ids", np.asarray(ids, dtype=f"S{width}")),
+        ("ids", id_column),
+        ("ids_table", hash_table(id_column)),  # since 2026-12-05; older readers skip it
         ("title_off", title_off),
         ("title", np.frombuffer(title, dtype=np.uint8)),
         ("text_off", text_off),
@@ -180,21 +185,6 @@ def map_column_file(
     return cols, header
 
 
-def encode_keys(item_ids: Sequence[str], width: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``item_ids`` as a fixed-width ``S<width>`` array to search a sorted id column
-    with, and which of them are longer than ``width`` (so absent; None when none is).
-    One join, encode and split instead of an ``encode`` per id: this runs on every
-    candidate list."""
-    raw = "\0".join(item_ids).encode("utf-8", _ENC).split(b"\0")
-    if len(raw) != len(item_ids):  # an id holding NUL: never stored (write_columns)
-        raw = [i.encode("utf-8", _ENC) for i in item_ids]
-    longest = max(map(len, raw))
-    if longest <= width:
-        return np.array(raw, dtype=f"S{width}"), None
-    too_long = np.fromiter((len(r) > width for r in raw), bool, len(raw))
-    return np.array(raw, dtype=f"S{width}"), too_long
-
-
 class ColumnItems:
     """A columns file mapped read-only: item lookups by id without a Python object per
     item. Thread-safe (nothing here changes after opening)."""
@@ -212,6 +202,7 @@ class ColumnItems:
             raise ColumnsError(f"{path}: catalogue columns file lacks {sorted(missing)}{rebuild}")
         self._n = int(header["count"])
         self._ids = cols["ids"]
+        self._table = usable_table(cols.get("ids_table"), self._ids)  # None: older file
         self._width = self._ids.dtype.itemsize
         self._title_off, self._title = cols["title_off"], cols["title"]
         self._text_off, self._text = cols["text_off"], cols["text"]
@@ -240,15 +231,7 @@ class ColumnItems:
 
     def positions(self, item_ids: Sequence[str]) -> np.ndarray:
         """Rows of ``item_ids`` (-1 where absent), in one vectorised search."""
-        if not len(item_ids):
-            return np.empty(0, dtype=np.int64)
-        keys, too_long = encode_keys(item_ids, self._width)
-        pos = np.searchsorted(self._ids, keys)
-        pos[pos >= self._n] = 0
-        found = self._ids[pos] == keys if self._n else np.zeros(len(keys), dtype=bool)
-        if too_long is not None:
-            found &= ~too_long
-        return np.where(found, pos, -1)
+        return find_sorted(self._ids, item_ids, self._table)
 
     def in_categories(self, pos: np.ndarray, categories: Iterable[str]) -> np.ndarray:
         """Per row of ``pos`` (rows of this file, -1 where absent), whether it is

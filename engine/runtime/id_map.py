@@ -8,6 +8,8 @@ read-only columns that every process maps from ``ids.cols`` beside ``ids.json``
     ids          S<w>  [n]  the id of key 0 … n-1 (UTF-8, NUL-padded; b"" where deleted)
     sorted_ids   S<w>  [m]  the m live ids, sorted (searched with ``np.searchsorted``)
     sorted_keys  int64 [m]  their keys
+    sorted_table int32      the sorted ids' hash table (runtime/sorted_str.py; files
+                            written before 2026-12-05 have none and are binary-searched)
 
 Online changes stay in the process: ids added after the build (keys n and up) in a
 dict, and base keys deleted since in a bit per key. A bundle from before ``ids.cols``
@@ -24,10 +26,10 @@ import numpy as np
 
 from recall_engine.runtime.catalog_columns import (
     ColumnsError,
-    encode_keys,
     map_column_file,
     write_column_file,
 )
+from recall_engine.runtime.sorted_str import find_sorted, hash_table, usable_table
 
 __all__ = ["IDS_COLUMNS_FILE", "IdMap"]
 
@@ -44,10 +46,17 @@ class IdMap:
     """Item id ↔ key. Not thread-safe on its own: ``VectorIndex`` calls it under its lock
     (lookups that race a write see the state before or after it)."""
 
-    def __init__(self, ids: np.ndarray, sorted_ids: np.ndarray, sorted_keys: np.ndarray) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        sorted_ids: np.ndarray,
+        sorted_keys: np.ndarray,
+        table: np.ndarray | None = None,
+    ) -> None:
         self._base = ids  # key -> id bytes
         self._sorted = sorted_ids
         self._sorted_keys = sorted_keys
+        self._table = usable_table(table, sorted_ids)  # None: searched the sorted way
         self._n = len(ids)
         self._dead = np.zeros(self._n, dtype=bool)
         for key in np.flatnonzero(ids == b"").tolist():
@@ -76,7 +85,7 @@ class IdMap:
         cols, _ = map_column_file(path, "index ids file", rebuild)
         if not {"ids", "sorted_ids", "sorted_keys"} <= set(cols):
             raise ColumnsError(f"{path}: index ids file lacks its columns{rebuild}")
-        return cls(cols["ids"], cols["sorted_ids"], cols["sorted_keys"])
+        return cls(cols["ids"], cols["sorted_ids"], cols["sorted_keys"], cols.get("sorted_table"))
 
     @staticmethod
     def write(path: Path, ids: Sequence[str | None]) -> Path:
@@ -88,6 +97,7 @@ class IdMap:
                 ("ids", mapped._base),
                 ("sorted_ids", mapped._sorted),
                 ("sorted_keys", mapped._sorted_keys),
+                ("sorted_table", hash_table(mapped._sorted)),  # since 2026-12-05
             ],
             {"count": int(mapped._live_base)},
         )
@@ -130,13 +140,9 @@ class IdMap:
         """:meth:`get` for many ids, with one vectorised search of the base."""
         out: list[int | None] = [None] * len(item_ids)
         if self._live_base and len(item_ids):
-            raw, long = encode_keys(item_ids, self._base.dtype.itemsize)
-            pos = np.minimum(np.searchsorted(self._sorted, raw), len(self._sorted) - 1)
-            keys = self._sorted_keys[pos]
-            ok = (self._sorted[pos] == raw) & (raw != b"")
-            if long is not None:
-                ok &= ~long
-            ok &= ~self._dead[keys]
+            pos = find_sorted(self._sorted, item_ids, self._table)
+            keys = self._sorted_keys[np.maximum(pos, 0)]
+            ok = (pos >= 0) & ~self._dead[keys]
             for n in np.flatnonzero(ok).tolist():
                 out[n] = int(keys[n])
         if self._extra:
