@@ -36,18 +36,25 @@ def column(request):
     return col, hash_table(col) if request.param.endswith("hashed") else None
 
 
+# A table serves look-ups of _TABLE_FROM ids or more: the probes are repeated past it.
+MANY = 6
+
+
 def test_stored_ids_are_found_at_their_rows(column):
-    got = find_sorted(*column[:1], STORED, column[1])
+    col, table = column
     ordered = sorted(STORED, key=lambda i: i.encode("utf-8", "surrogatepass"))
-    assert got.tolist() == [ordered.index(i) for i in STORED]
-    assert got.dtype == np.int64
+    for probes in (STORED, STORED * MANY):
+        got = find_sorted(col, probes, table)
+        assert got.tolist() == [ordered.index(i) for i in probes]
+        assert got.dtype == np.int64
 
 
 def test_ids_numpy_would_cut_or_pad_to_a_stored_one_are_absent(column):
     col, table = column
-    assert find_sorted(col, ABSENT, table).tolist() == [-1] * len(ABSENT)
-    mixed = ["b", "a\0", "é"]  # one id with NUL among others: the slow path, same answers
-    assert (find_sorted(col, mixed, table) >= 0).tolist() == [True, False, True]
+    for n in (1, MANY):
+        assert find_sorted(col, ABSENT * n, table).tolist() == [-1] * len(ABSENT) * n
+        mixed = ["b", "a\0", "é"] * 3 * n  # an id with NUL among others: the slow path
+        assert (find_sorted(col, mixed, table) >= 0).tolist() == [True, False, True] * 3 * n
 
 
 def test_utf8_and_str_columns_agree_on_random_ids():
@@ -93,15 +100,16 @@ def test_a_damaged_table_is_not_used_and_a_used_one_cannot_return_a_wrong_row():
     )  # rows past the end
     assert usable_table(table[: len(table) // 4], col) is None  # more than half full
     assert usable_table(None, col) is None
-    truth = find_sorted(col, STORED + ABSENT).tolist()
+    probes = (STORED + ABSENT) * MANY
+    truth = find_sorted(col, probes).tolist()
     shuffled = table[::-1].copy()  # passes the checks, but rows sit in the wrong slots
     assert usable_table(shuffled, col) is shuffled
-    got = find_sorted(col, STORED + ABSENT, shuffled).tolist()
+    got = find_sorted(col, probes, shuffled).tolist()
     assert all(g in (-1, t) for g, t in zip(got, truth, strict=True))  # misses, never wrong
     assert got != truth  # (the check above would hold for a sound table too)
     full = np.zeros_like(table)  # no empty slot anywhere: refused, and if one were
     assert usable_table(full, col) is None  # used, the sorted search ends the probing
-    assert find_sorted(col, STORED + ABSENT, full).tolist() == truth
+    assert find_sorted(col, probes, full).tolist() == truth
 
 
 def test_the_catalogue_columns_and_a_vector_index_refuse_an_id_with_a_trailing_nul(tmp_path):

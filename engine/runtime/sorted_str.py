@@ -50,7 +50,13 @@ _SEED, _M1, _M2 = (
     np.uint64(0x9E3779B97F4A7C15),
     np.uint64(0xBF58476D1CE4E5B9),
 )
-_MAX_PROBES = 64  # rounds before the keys left are searched the sorted way
+#: Probe rounds before the keys left (about 1 in 10 after two) are searched the sorted
+#: way: each round costs a few numpy calls whatever it has left to do, and a few keys
+#: sit far from their slot.
+_MAX_PROBES = 2
+#: Fewer keys than this are searched the sorted way even with a table: at 20 keys whose
+#: paths are in cache the binary search costs half as much (docs/performance.md).
+_TABLE_FROM = 48
 
 
 def id_hashes(keys: np.ndarray) -> np.ndarray:
@@ -135,7 +141,7 @@ def find_sorted(
         exact &= lengths <= column.dtype.itemsize // 4  # UCS-4
         keys = keys.astype(column.dtype)
         bad = ~exact
-    if table is not None:
+    if table is not None and n >= _TABLE_FROM:
         found = _find_hashed(column, keys, table)
     else:
         pos = np.minimum(np.searchsorted(column, keys), len(column) - 1)
@@ -161,7 +167,7 @@ def _find_hashed(column: np.ndarray, keys: np.ndarray, table: np.ndarray) -> np.
         if not more.any():
             return out
         todo, slot = todo[more], (slot[more] + 1) & mask
-    left = keys[todo]  # a chain longer than any a sound table holds
+    left = keys[todo]
     pos = np.minimum(np.searchsorted(column, left), len(column) - 1)
     out[todo] = np.where(column[pos] == left, pos, -1)
     return out
