@@ -12,8 +12,9 @@ Layout (little-endian)::
 
 The header names every column (byte offset from the end of the header, dtype, length)
 and carries the sha256 of the column bytes, the item count and the category
-vocabulary. Items are stored sorted by id (UTF-8 bytes), so an id is found with
-``np.searchsorted`` on the fixed-width ``ids`` column; the strings are offsets + bytes:
+vocabulary. Items are stored sorted by id (UTF-8 bytes), so an id is found in the
+fixed-width ``ids`` column (``sorted_str.find_sorted``: a binary search, or the hash
+table ``ids_table`` for large columns); the strings are offsets + bytes:
 
     ids        S<w>  [n]      sorted item ids (UTF-8, NUL-padded to the longest)
     title_off  int64 [n + 1]  title of item i: title[title_off[i]:title_off[i + 1]]

@@ -6,7 +6,7 @@ read-only columns that every process maps from ``ids.cols`` beside ``ids.json``
 (written by ``VectorIndex.save``, covered by the bundle's digests like every file):
 
     ids          S<w>  [n]  the id of key 0 … n-1 (UTF-8, NUL-padded; b"" where deleted)
-    sorted_ids   S<w>  [m]  the m live ids, sorted (searched with ``np.searchsorted``)
+    sorted_ids   S<w>  [m]  the m live ids, sorted (``sorted_str.find_sorted``)
     sorted_keys  int64 [m]  their keys
     sorted_table int32      the sorted ids' hash table (runtime/sorted_str.py; files
                             written before 2026-12-05 have none and are binary-searched)

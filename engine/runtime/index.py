@@ -6,7 +6,7 @@ needs around it:
 * **String ids.** usearch keys are ``uint64``; the wrapper hands out keys 0, 1, 2, … in
   insertion order and keeps both directions in an :class:`~recall_engine.runtime.id_map.IdMap`:
   fixed-width id columns saved as ``ids.cols`` beside ``ids.json`` and mapped read-only
-  by every process that loads the bundle (ids found with ``np.searchsorted``), with the
+  by every process that loads the bundle (ids found by ``sorted_str.find_sorted``), with the
   online changes on top. Keys are never reused: a deleted id leaves a hole; re-adding it
   takes a new key. The mapping is saved with the index, so keys are stable across
   save/load.
