@@ -22,14 +22,16 @@ install: $(BIN)/.installed
 serve: $(BIN)/.installed
 	$(BIN)/recall-engine serve --addr $(ADDR)
 
-# Real servers the tests start: nats-server (tests/test_cluster.py) and prometheus's
-# promtool (tests/test_dashboard.py), Debian packages, installed when apt-get is there
-# and we are root; elsewhere those tests skip and say why.
+# Real servers and tools the tests start: nats-server (tests/test_cluster.py),
+# prometheus's promtool (tests/test_dashboard.py) and Linux perf (bench load
+# --native-floor, tests/test_bench_load.py), Debian packages, installed when apt-get is
+# there and we are root; elsewhere those tests skip and say why.
 $(VENV)/.servers:
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
 	  missing=""; \
 	  command -v nats-server >/dev/null 2>&1 || missing="nats-server"; \
 	  command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  command -v perf >/dev/null 2>&1 || missing="$$missing linux-perf"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends $$missing; \

@@ -18,6 +18,10 @@ driven by the same generator, and reports the engine's throughput as a share of 
 
     recall-engine bench load --serve --echo --artifacts demo/artifacts \
         --mix unseen=0.75,unseen_text=0.25 --history-len 10-50 -k 200 --concurrency 16
+
+``--native-floor`` samples the server with Linux ``perf`` over the same window and
+reports the CPU spent inside usearch and ONNX Runtime, and the server's CPU per request
+as a multiple of it (:mod:`recall_engine.benchmarks.native_floor`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recall_engine.benchmarks.native_floor import NativeProfile, floor_summary
 
 MIXES = ("known", "unseen", "text", "unseen_text")
 
@@ -137,6 +143,10 @@ class Results:
                 cpu["server_context_switches_per_request"] = round(
                     self.cpu.server_switches / done, 1
                 )
+                if self.cpu.native_shares is not None:
+                    cpu["native_floor"] = floor_summary(
+                        self.cpu.native_shares, cpu["cpu_ms_per_request"]["server"]
+                    )
         return {
             **cpu,
             "requests": total,
@@ -160,8 +170,10 @@ class CpuMeter:
     switches (every thread's, voluntary and not): each hand-off between threads, and
     each wait for the GIL, is one."""
 
-    def __init__(self, pids: Sequence[int] = ()) -> None:
+    def __init__(self, pids: Sequence[int] = (), profile: NativeProfile | None = None) -> None:
         self.pids = list(pids)
+        self.profile = profile  # --native-floor: perf samples the same tree and window
+        self.native_shares: dict[str, float] | None = None
         self.client_s = self.server_s = 0.0
         self.server_switches = 0
         self._c0 = self._s0 = 0.0
@@ -172,6 +184,8 @@ class CpuMeter:
         # The process tree is listed once, before the window: scanning /proc costs
         # this process CPU, which must not land inside one figure and not the other.
         self._tree = _tree(self.pids) if self.pids else []
+        if self.profile is not None:
+            self.profile.start(self._tree)
         self._w0 = self._switches()
         self._s0 = self._server()
         self._c0 = time.process_time()
@@ -180,6 +194,9 @@ class CpuMeter:
         self.client_s = time.process_time() - self._c0
         self.server_s = self._server() - self._s0
         self.server_switches = self._switches() - self._w0
+        if self.profile is not None:
+            self.profile.stop()
+            self.native_shares = self.profile.shares()  # read before its file goes
 
     def _server(self) -> float:
         return sum(_cpu_seconds(pid) for pid in self._tree)
@@ -311,6 +328,7 @@ async def run_grpc(
     timeout: float,
     server_pids: Sequence[int] = (),
     pushback: bool = True,
+    native_floor: bool = False,
 ) -> Results:
     """Drive the server at ``addr``. With ``pushback`` a call shed with
     ``RESOURCE_EXHAUSTED`` and a ``grpc-retry-pushback-ms`` hint is retried after the
@@ -349,6 +367,7 @@ async def run_grpc(
                 retries.append(time.perf_counter())
                 await asyncio.sleep(wait)
 
+    profile = NativeProfile() if native_floor else None
     try:
         t_measure = time.perf_counter() + warmup
         results = await _drive(
@@ -358,11 +377,13 @@ async def run_grpc(
             rate=rate,
             duration=duration,
             warmup=warmup,
-            meter=CpuMeter(server_pids),
+            meter=CpuMeter(server_pids, profile),
         )
         results.retries = sum(1 for t in retries if t_measure <= t <= t_measure + duration)
         return results
     finally:
+        if profile is not None:
+            profile.close()
         for c in chans:
             await c.close()
 
@@ -614,6 +635,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--processes N): report its CPU time per request (Linux)",
     )
     p.add_argument(
+        "--native-floor",
+        action="store_true",
+        help="also sample the server with Linux perf over the measured window and report "
+        "the CPU spent inside usearch and ONNX Runtime (the native floor) and the server's "
+        "CPU per request as a multiple of it (needs --server-pid or --serve, and perf)",
+    )
+    p.add_argument(
         "--stages",
         action="store_true",
         help="also time each request stage in isolation (in-process)",
@@ -630,6 +658,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--serve: give --artifacts DIR (e.g. demo/artifacts)")
     if not args.in_process and not args.addr and not args.serve:
         raise SystemExit("give --addr HOST:PORT, --serve or --in-process")
+    if args.native_floor and not (args.serve or (args.addr and args.server_pid)):
+        raise SystemExit(
+            "--native-floor profiles a server: give --serve, or --addr with --server-pid"
+        )
     if args.addr:
         from recall_engine.serving.client_target import balanced_target
 
@@ -683,7 +715,7 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
         record_responses,
     )
 
-    def drive(addr: str, pids: Sequence[int]) -> Results:
+    def drive(addr: str, pids: Sequence[int], floor: bool = False) -> Results:
         return asyncio.run(
             run_grpc(
                 addr,
@@ -692,6 +724,7 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
                 timeout=args.timeout,
                 server_pids=pids,
                 pushback=not args.no_pushback,
+                native_floor=floor,
                 **common,
             )
         )
@@ -702,7 +735,7 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
             addr, pids, target = spawned.addr, [spawned.pid], f"serve {args.artifacts}"
         else:
             addr, pids, target = args.addr, args.server_pid, args.addr
-        summary = summarise(drive(addr, pids), args, target)
+        summary = summarise(drive(addr, pids, args.native_floor), args, target)
         print(render(summary))
         if args.echo:
             first = addr.split(",")[0].removeprefix("ipv4:")
@@ -729,6 +762,18 @@ def _ratios(engine: dict, echo: dict) -> dict:
     if cpu_e and cpu_x:
         out["server_cpu_per_request"] = round(cpu_e / cpu_x, 2)
     return out
+
+
+def render_floor(f: dict) -> str:
+    """One line for ``--native-floor``'s figures."""
+    parts = ", ".join(f"{lib} {100 * v:.1f} %" for lib, v in f["by_library"].items())
+    line = f"native floor: {100 * f['share']:.1f} % of the server's CPU ({parts})"
+    if "ms_per_request" in f:
+        line += (
+            f", {f['ms_per_request']} ms per request; server CPU per request "
+            f"= {f['server_to_floor']} x the floor"
+        )
+    return line
 
 
 def render_ratios(r: dict) -> str:
@@ -778,6 +823,7 @@ def render(s: dict) -> str:
             if "server_context_switches_per_request" in s
             else []
         ),
+        *([render_floor(s["native_floor"])] if "native_floor" in s else []),
         "| latency ms | p50 | p90 | p99 | p99.9 |",
         "|---|---|---|---|---|",
         f"| all | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['p99.9']} |",

@@ -531,3 +531,50 @@ def test_bench_memory_per_host_reads_every_process_after_warm_up_and_after_reque
     assert report["host_ratio"] == pytest.approx(
         many["after_requests"]["host_pss_mib"] / one["after_requests"]["host_pss_mib"]
     )
+
+
+def test_the_native_floor_libraries_are_found_from_the_installed_distributions():
+    from recall_engine.benchmarks.native_floor import floor_libraries
+
+    libs = floor_libraries()
+    assert "usearch" in libs.values() and "onnxruntime" in libs.values()
+    # the extension modules the served path calls into
+    assert any(n.startswith("compiled.") and libs[n] == "usearch" for n in libs)
+    assert any(n.startswith("onnxruntime_pybind11_state.") for n in libs)
+
+
+def test_bench_load_native_floor_profiles_the_server_it_drives(catalog_dir, tmp_path):
+    """Issue 14: the floor (CPU inside usearch and ONNX Runtime) is measured in the same
+    run as the server's CPU per request, with Linux perf over the measured window."""
+    import shutil
+    import subprocess
+
+    if shutil.which("perf") is None:
+        pytest.skip("Linux perf is not installed (make test installs linux-perf as root)")
+    probe = subprocess.run(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-o", str(tmp_path / "p"), "--", "true"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"perf may not profile here: {probe.stderr.decode()[:200]}")
+    out = tmp_path / "summary.json"
+    args = ["bench", "load", "--serve", "--native-floor", "--artifacts", str(catalog_dir)]
+    args += ["--mix", "unseen=1", "--history-len", "5-15", "--concurrency", "2"]
+    args += ["--duration", "2", "--warmup", "0.5", "-k", "50", "--json", str(out)]
+    assert main(args) == 0
+    summary = json.loads(out.read_text())
+    assert summary["errors"] == {} and summary["ok"] > 0
+    floor = summary["native_floor"]
+    # every history request runs cf's two-tower encoder (ONNX Runtime) and a usearch
+    # search, and Python runs around them: a share strictly between 0 and 1
+    assert 0 < floor["by_library"]["usearch"] < 1 and 0 < floor["by_library"]["onnxruntime"] < 1
+    assert floor["share"] == pytest.approx(sum(floor["by_library"].values()), abs=1e-3)
+    assert floor["server_to_floor"] == round(1 / floor["share"], 2) > 1
+    server = summary["cpu_ms_per_request"]["server"]
+    assert floor["ms_per_request"] == pytest.approx(floor["share"] * server, abs=2e-3)
+    assert "libpython3.11.so.1.0" in floor["samples_top"]
+
+
+def test_bench_load_native_floor_needs_a_server_pid():
+    with pytest.raises(SystemExit, match="--native-floor profiles a server"):
+        main(["bench", "load", "--addr", "127.0.0.1:1", "--native-floor", "--artifacts", "x"])
