@@ -191,3 +191,28 @@ def test_cold_items_of_a_channel_the_plan_mutes_never_enter(tmp_path):
         assert _recall(engine, 4) == ["w1", "w2", "w3", "w4"]
     finally:
         engine.close()
+
+
+def test_cold_slots_follow_items_upserted_and_deleted_after_load(tmp_path):
+    """The engine reads the plan's cold set at load and fusion tells cold items by it,
+    so the set must follow the catalogue: an item added after load (no interaction
+    yet) is cold at once, a known one upserted again stays warm, a deleted one leaves."""
+    folder = tmp_path / "catalog"
+    Catalog([ItemRecord(i) for i in ["w1", "w2", "w3", "w4", "c1", "c2"]], folder=folder).save(
+        folder
+    )
+    write_first_seen(folder, np.asarray(["w1", "w2", "w3", "w4"]), np.zeros(4, np.int64))
+    plan = {"weights": {"cf": 1.0, "content": 0.01}, "cold_quota": 0.75}
+    engine = Engine(_config(tmp_path, plan), catalog=Catalog.load(folder))
+    engine.load()
+    try:
+        # content returns c1, w1, c2, c3; c3 is not in the catalogue yet
+        assert _recall(engine, 4) == ["w1", "w2", "c1", "c2"]
+        engine.upsert_items([ItemRecord("c3")])
+        assert _recall(engine, 4) == ["w1", "c1", "c2", "c3"]
+        engine.upsert_items([ItemRecord("w1", title="renamed")])
+        assert _recall(engine, 4) == ["w1", "c1", "c2", "c3"]
+        engine.delete_items(["c1"])
+        assert _recall(engine, 4) == ["w1", "w2", "c2", "c3"]
+    finally:
+        engine.close()

@@ -271,10 +271,12 @@ class Engine:
 
     def _read_cold_sets(self, config: Config, learned: LearnedWeights | None) -> None:
         """Read the catalogue's cold items for every plan with cold slots now, so that
-        no request pays for it (0.6 s at a million items). Only the scouts use them
-        (serving/segment_weights.py), and only learned weights make scouts."""
-        if learned is None:
-            return
+        no request pays for it (0.4-0.6 s at a million items). The scouts search them
+        (serving/segment_weights.py, with learned weights), and fusion tells a pool's
+        cold items by them: a set look-up per candidate, where the catalogue's
+        first-seen record costs a hashed search (150 against 55 us for 400 ids at a
+        million items). ``learned`` is unused: every plan with slots gets its set."""
+        del learned
         plans = [config.plan, *(v.plan for e in config.experiments for v in e.variants)]
         for plan in plans:
             if plan.cold_quota > 0:
@@ -586,7 +588,8 @@ class Engine:
         if inp.weight_override:
             weights.update(inp.weight_override)
             scouts = scouts.difference(inp.weight_override)
-        cold = self.catalog.cold_items(plan.cold_max_age_days) if scouts else None
+        # read at load for every plan with cold slots (_read_cold_sets)
+        cold = self.catalog.cold_items(plan.cold_max_age_days) if scouts or cold_quota else None
         # scouts asked for their new items only (serving/segment_weights.py)
         weights, scouts = plan_scouts(
             plan, weights, scouts, inp.k, None if cold is None else len(cold), cold_quota
@@ -606,9 +609,9 @@ class Engine:
             priority=tuple(state.config.channels),
             params=plan.fusion_params,
             cold_quota=cold_quota,
-            # the scouts' set when there is one: a set look-up per candidate, where the
-            # catalogue searches its record (the two agree on catalogue items, and only
-            # those reach fusion)
+            # the plan's cold set when there is one: a set look-up per candidate, where
+            # the catalogue searches its record (the two agree on catalogue items, and
+            # only those reach fusion)
             cold=cold.mask
             if cold is not None
             else lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
