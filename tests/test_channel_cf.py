@@ -115,6 +115,36 @@ def test_combined_channel_keeps_the_pair_partner_in_its_top_10(channel, demo_sma
     assert sum(found) >= 0.9 * len(found)
 
 
+def test_item2item_follows_catalogue_deletes_and_upserts_over_mapped_columns(tmp_path, demo_small):
+    """cf finds its vocabulary's rows in the catalogue's columns once at load and
+    filters its item-to-item candidates by them: an item deleted after load must still
+    leave its lists, with or without a category filter, and come back when upserted."""
+    require_build(two_tower=False)
+    ch = build_and_load(tmp_path, demo_small, "cf", params={"two_tower": False})
+    try:
+        catalog = ch.ctx.catalog
+        assert catalog.base_rows(["x"]) is not None  # mapped columns
+        q = user_queries(demo_small, n=1)[0]
+        before = ch.recall(q, 20).item_ids
+        gone = list(before[:3])
+        records = [catalog.get(i) for i in gone]
+        catalog.delete(gone)
+        after = ch.recall(q, 20).item_ids
+        assert not set(gone) & set(after) and len(after) == 20
+        # the rest keep their order (the mix's lists are cut at k before they are
+        # merged, so items past the old cut may now enter between them)
+        kept = [i for i in after if i in before]
+        assert kept == [i for i in before if i in kept] and len(kept) >= 15
+        topic = records[0].categories[0]
+        filtered = ch.recall(replace(q, categories=frozenset({topic})), 20).item_ids
+        assert filtered and not set(gone) & set(filtered)
+        assert all(topic in catalog.categories(i) for i in filtered)
+        catalog.upsert(records)
+        assert ch.recall(q, 20).item_ids == before
+    finally:
+        ch.close()
+
+
 def popular_items_of(demo, topic: str, n: int) -> tuple[str, ...]:
     counts = Counter(i for i in demo.interactions.item_ids.tolist() if demo.topics[i] == topic)
     return tuple(item for item, _ in counts.most_common(n))

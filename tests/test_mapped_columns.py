@@ -14,6 +14,7 @@ import pytest
 
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.catalog_columns import (
+    BaseRows,
     ColumnItems,
     ColumnsError,
     OverlayItems,
@@ -99,6 +100,71 @@ def test_mapped_catalogue_answers_like_a_dict_through_upserts_and_deletes(
     assert isinstance(compacted._items, OverlayItems)
     assert compacted._items.changes == 0  # the new generation's columns hold everything
     _assert_same(compacted, want, probes)
+
+
+def _expected_mask(want: dict[str, ItemRecord], names: list[str], query: Query) -> list[bool]:
+    cats = query.categories
+    return [
+        i in want
+        and i not in query.exclude
+        and (not cats or not cats.isdisjoint(want[i].categories))
+        for i in names
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_filter_mask_with_a_lists_rows_answers_like_the_id_search(
+    tmp_path: Path, seed: int
+) -> None:
+    """A channel that holds its candidates as positions in a fixed id list (cf's
+    vocabulary) passes the list's rows in the columns, found once: same answers as
+    the search, through upserts and deletes, with and without category filters."""
+    folder, want = _catalogue(tmp_path, 300, seed)
+    catalog = Catalog.load(folder)
+    rng = random.Random(seed + 7)
+    absent = [_random_id(rng) + "?" for _ in range(20)]
+    vocab = np.asarray(sorted(set(list(want)[:200] + absent)))
+    rows = catalog.base_rows(vocab.tolist())
+    assert rows is not None and len(rows.rows) == len(vocab)
+    for step in range(4):
+        if step:  # absent ids arrive, present ones leave, one comes back
+            arriving = [_random_item(rng, i) for i in rng.sample(absent, 3)]
+            catalog.upsert(arriving)
+            want.update((it.item_id, it) for it in arriving)
+            gone = rng.sample(sorted(set(want) & set(vocab.tolist())), 6)
+            catalog.delete(gone)
+            for i in gone:
+                del want[i]
+            again = _random_item(rng, gone[0])
+            catalog.upsert([again])
+            want[again.item_id] = again
+        positions = np.asarray(rng.sample(range(len(vocab)), 80))
+        names = vocab[positions].tolist()
+        for cats in (frozenset(), frozenset({"a"}), frozenset({"ç", "b"})):
+            query = Query(categories=cats, exclude=frozenset(names[:2]))
+            expect = _expected_mask(want, names, query)
+            assert catalog.filter_mask(names, query, rows=(rows, positions)) == expect
+            assert catalog.filter_mask(names, query) == expect
+
+
+def test_a_lists_rows_are_read_only_for_the_columns_they_were_found_in(tmp_path: Path) -> None:
+    folder, want = _catalogue(tmp_path, 100, 3)
+    catalog = Catalog.load(folder)
+    names = sorted(want)[:30]
+    positions = np.arange(len(names))
+    query = Query()
+    assert isinstance(catalog._items, OverlayItems)
+    nowhere = np.full(len(names), -1, dtype=np.int32)
+    # rows for these columns are taken as given (so a channel's rows are used) ...
+    stale = BaseRows(catalog._items.base, nowhere)
+    assert catalog.filter_mask(names, query, rows=(stale, positions)) == [False] * len(names)
+    # ... rows found in another load's columns are not: the ids are searched
+    other = BaseRows(Catalog.load(folder)._items.base, nowhere)
+    assert catalog.filter_mask(names, query, rows=(other, positions)) == [True] * len(names)
+    # a catalogue held as a dict has no columns to find rows in
+    in_memory = Catalog(want.values())
+    assert in_memory.base_rows(names) is None
+    assert in_memory.filter_mask(names, query, rows=(None, positions)) == [True] * len(names)
 
 
 def test_catalogue_from_before_columns_loads_and_gets_them(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ from pathlib import Path
 import numpy as np
 
 from recall_engine.observability.logs import get_logger
-from recall_engine.runtime.catalog_columns import OverlayItems
+from recall_engine.runtime.catalog_columns import BaseRows, OverlayItems
 from recall_engine.runtime.catalog_files import (
     ITEMS_FILE,
     LEGACY_UPDATES_FILE,
@@ -222,14 +222,40 @@ class Catalog:
             return False
         return True
 
-    def filter_mask(self, item_ids: Sequence[str], query: Query) -> list[bool]:
+    def base_rows(self, item_ids: Sequence[str]) -> BaseRows | None:
+        """Where each of a fixed list of ids (a channel's vocabulary) sits in the
+        mapped columns this catalogue reads, found once (0.3-0.5 s and 4 MiB for a
+        million ids), for :meth:`filter_mask`'s ``rows``. None for a catalogue held as a
+        dict, whose look-ups are dict hits already."""
+        items = self._items
+        if not isinstance(items, OverlayItems):
+            return None
+        pos = items.base.positions(item_ids)
+        return BaseRows(items.base, pos.astype(np.int32) if len(items.base) < 2**31 else pos)
+
+    def filter_mask(
+        self,
+        item_ids: Sequence[str],
+        query: Query,
+        rows: tuple[BaseRows | None, np.ndarray] | None = None,
+    ) -> list[bool]:
         """``keep`` for many ids at once (what channels call after an over-fetch).
 
-        An empty catalogue knows nothing, so it only applies ``query.exclude``."""
+        ``rows``: ``(base_rows, positions)`` when ``item_ids`` are the ids at
+        ``positions`` of the list given to :meth:`base_rows`: the ids' rows are then
+        read from it instead of searched for (the overlay of changes since the columns
+        were written still applies by id). Ignored when the columns are not the ones
+        it was made for. An empty catalogue knows nothing, so it only applies
+        ``query.exclude``."""
         items = self._items
         exclude, cats = query.exclude, query.categories
         if isinstance(items, OverlayItems):
-            return _filter_mapped(items, item_ids, query)
+            pos = None
+            if rows is not None:
+                known, at = rows
+                if known is not None and known.base is items.base:
+                    pos = known.rows[at]
+            return _filter_mapped(items, item_ids, query, pos)
         # Comprehensions over `in` tests: this runs on every candidate list of every
         # channel (and again in the engine's safety net), so it is kept loop-light.
         if not items:
@@ -630,15 +656,18 @@ def _copy(items: MutableMapping[str, ItemRecord]) -> MutableMapping[str, ItemRec
     return items.copy() if isinstance(items, OverlayItems) else dict(items)
 
 
-def _filter_mapped(items: OverlayItems, item_ids: Sequence[str], query: Query) -> list[bool]:
-    """``Catalog.filter_mask`` over mapped columns: one vectorised id search."""
+def _filter_mapped(
+    items: OverlayItems, item_ids: Sequence[str], query: Query, pos: np.ndarray | None = None
+) -> list[bool]:
+    """``Catalog.filter_mask`` over mapped columns: one vectorised id search, none when
+    the ids' rows in the columns are known (``pos``)."""
     exclude, cats = query.exclude, query.categories
     if not cats:
-        found = items.present(item_ids)
+        found = items.present(item_ids, pos)
         if exclude and not exclude.isdisjoint(item_ids):
             found &= np.fromiter((i not in exclude for i in item_ids), bool, len(item_ids))
         return found.tolist()
-    found = items.in_categories(item_ids, cats)
+    found = items.in_categories(item_ids, cats, pos)
     if exclude and not exclude.isdisjoint(item_ids):
         found &= np.fromiter((i not in exclude for i in item_ids), bool, len(item_ids))
     return found.tolist()

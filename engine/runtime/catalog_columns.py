@@ -39,6 +39,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence, ValuesView
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,18 @@ def _sha256_from(path: Path, start: int) -> str:
     return digest.hexdigest()
 
 
+@dataclass(slots=True, frozen=True, eq=False)
+class BaseRows:
+    """The rows of a fixed list of ids (a channel's vocabulary) in one mapped
+    :class:`ColumnItems`, found once (``-1``: not there), so that a channel filtering
+    candidates it holds as positions in that list skips the per-request id search
+    (``Catalog.filter_mask(..., rows=(base_rows, positions))``). Valid for that base
+    only: the catalogue checks it is still the one it reads."""
+
+    base: ColumnItems
+    rows: np.ndarray  # int32 or int64, one per id of the list
+
+
 class OverlayItems(MutableMapping[str, ItemRecord]):
     """The catalogue's items: a mapped :class:`ColumnItems` base with the online
     changes since its snapshot on top (upserted records, deleted base ids). Behaves as
@@ -408,9 +421,10 @@ class OverlayItems(MutableMapping[str, ItemRecord]):
                 yield record
         yield from up.values()
 
-    def present(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Per id, whether it is in the catalogue (bool array), vectorised."""
-        found = self.base.positions(item_ids) >= 0
+    def present(self, item_ids: Sequence[str], pos: np.ndarray | None = None) -> np.ndarray:
+        """Per id, whether it is in the catalogue (bool array), vectorised. ``pos``:
+        the ids' rows in :attr:`base` when the caller knows them (:class:`BaseRows`)."""
+        found = (self.base.positions(item_ids) if pos is None else pos) >= 0
         up, gone = self._up, self._gone
         if up or gone:
             for n, item_id in enumerate(item_ids):
@@ -420,10 +434,15 @@ class OverlayItems(MutableMapping[str, ItemRecord]):
                     found[n] = False
         return found
 
-    def in_categories(self, item_ids: Sequence[str], categories: frozenset[str]) -> np.ndarray:
+    def in_categories(
+        self, item_ids: Sequence[str], categories: frozenset[str], pos: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per id, whether it is in the catalogue with one of ``categories`` (a bool
-        array), vectorised over the base; changed ids are patched from the overlay."""
-        out = self.base.in_categories(self.base.positions(item_ids), categories)
+        array), vectorised over the base; changed ids are patched from the overlay.
+        ``pos``: as in :meth:`present`."""
+        if pos is None:
+            pos = self.base.positions(item_ids)
+        out = self.base.in_categories(pos, categories)
         up, gone = self._up, self._gone
         if up or gone:
             for n, item_id in enumerate(item_ids):

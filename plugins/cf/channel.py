@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from recall_engine.sdk.channel import (
 )
 from recall_engine.sdk.types import Evidence
 from recall_engine.sdk.vector_channel import fetch_size
+
+if TYPE_CHECKING:
+    from recall_engine.runtime.catalog_columns import BaseRows
 
 log = get_logger(__name__)
 
@@ -65,6 +68,7 @@ class CFChannel(Channel):
         self._vocab: Vocab | None = None
         self._table: item2item.NeighbourTable | None = None
         self._dense: item2item.DenseEase | None = None
+        self._catalog_rows: BaseRows | None = None
         self._mix: Mix = _configured_mix(self.params)
         self._encoder: Any = None  # recall_engine.runtime.encoders.OnnxModel
         self._index: Any = None  # recall_engine.runtime.index.VectorIndex
@@ -238,6 +242,13 @@ class CFChannel(Channel):
             check_index(self._index, f"{self.name}/{bundle.version}/{INDEX_META}")
             # the encoder was trained (and its position table sized) for this length
             self._length = int(self._built.get("sequence_length", self.params.sequence_length))
+        # the vocabulary's rows in the catalogue's columns, found once: the item-to-item
+        # candidates are vocabulary rows, so their filter skips the id search
+        self._catalog_rows = (
+            self.ctx.catalog.base_rows(vocab.ids.array.tolist())
+            if self._table is not None
+            else None
+        )
         self._vocab = vocab
         self._version = bundle.version
 
@@ -358,7 +369,10 @@ class CFChannel(Channel):
                 top = np.arange(len(cand))
             top = top[np.lexsort((cand[top], -scores[top]))]
             names = ids.take(cand[top])
-            keep = np.asarray(self.ctx.catalog.filter_mask(names, q), dtype=bool)
+            keep = np.asarray(
+                self.ctx.catalog.filter_mask(names, q, rows=(self._catalog_rows, cand[top])),
+                dtype=bool,
+            )
             if keep.sum() >= k or fetch >= len(cand):
                 chosen = np.flatnonzero(keep)[:k]
                 return [names[i] for i in chosen.tolist()], scores[top[chosen]]
@@ -431,6 +445,7 @@ class CFChannel(Channel):
         self._index = None
         self._table = None
         self._dense = None
+        self._catalog_rows = None
 
     def _checked_vocab(self) -> Vocab:
         if self._vocab is None:
