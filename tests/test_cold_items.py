@@ -216,3 +216,39 @@ def test_cold_slots_follow_items_upserted_and_deleted_after_load(tmp_path):
         assert _recall(engine, 4) == ["w1", "w2", "c2", "c3"]
     finally:
         engine.close()
+
+
+def test_a_cold_set_over_its_limit_is_not_kept_and_asking_again_is_free(tmp_path):
+    folder = tmp_path / "catalog"
+    ids = [f"i{n}" for n in range(10)]
+    Catalog([ItemRecord(i) for i in ids], folder=folder).save(folder)
+    write_first_seen(folder, np.asarray(ids[:4]), np.zeros(4, np.int64))  # 6 cold
+    catalog = Catalog.load(folder)
+    calls = []
+    count = catalog.cold_mask
+
+    def counted(item_ids, max_age_days=0.0):
+        calls.append(len(item_ids))
+        return count(item_ids, max_age_days)
+
+    catalog.cold_mask = counted  # type: ignore[method-assign]
+    assert catalog.cold_items(0.0, limit=5) is None
+    assert catalog.cold_items(0.0, limit=3) is None
+    assert len(calls) == 1  # the second answer came from the first count
+    assert catalog.cold_items(0.0, limit=6).ids == tuple(ids[4:])
+    assert catalog.cold_items(0.0, limit=1).ids == tuple(ids[4:])  # made: kept whatever size
+    assert len(calls) == 2
+
+
+def test_past_the_limit_fusion_finds_cold_items_by_the_record(tmp_path, monkeypatch):
+    """A catalogue with more cold items than the engine keeps a set of serves the same
+    cold slots, from the first-seen record."""
+    from recall_engine.serving import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "COLD_SET_LIMIT", 1)
+    engine = _engine(tmp_path, {"weights": {"cf": 1.0, "content": 0.01}, "cold_quota": 0.5})
+    try:
+        assert engine.catalog.cold_items(0.0, limit=1) is None
+        assert _recall(engine, 4) == ["w1", "w2", "c1", "c2"]
+    finally:
+        engine.close()

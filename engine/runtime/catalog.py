@@ -170,8 +170,10 @@ class Catalog:
         # item -> days between its first interaction and the build log's end (inf when
         # the log had no times); None: no first_seen.npz, nothing is known to be cold
         self._age_days: _Ages | None = None
-        # cold_items() per max_age_days, kept up to date by upsert and delete
+        # cold_items() per max_age_days, kept up to date by upsert and delete; and the
+        # smallest limit each max_age_days' set was found to exceed (not kept)
         self._cold: dict[float, ColdItems] = {}
+        self._cold_over: dict[float, int] = {}
 
     @property
     def folder(self) -> Path | None:
@@ -292,16 +294,21 @@ class Catalog:
         held = np.fromiter((i in items for i in item_ids), bool, len(item_ids))
         return np.where(held, out, np.nan)
 
-    def cold_items(self, max_age_days: float = 0.0) -> ColdItems | None:
+    def cold_items(self, max_age_days: float = 0.0, limit: int | None = None) -> ColdItems | None:
         """Every cold item the catalogue holds (:meth:`cold_mask` over all of it), for
-        channels that search new items alone (the fusion's scouts); None when this
-        catalogue has no first-seen record. The first call per ``max_age_days`` reads
-        every id (the engine makes it at load); later changes update it in place."""
+        channels that search new items alone (the fusion's scouts) and for fusion's
+        cold mask; None when this catalogue has no first-seen record. The first call
+        per ``max_age_days`` reads every id (the engine makes it at load); later
+        changes update it in place. ``limit``: None instead of a set of more ids than
+        that (about 110 bytes each in memory), remembered, so that asking again costs
+        nothing; a set already made is returned whatever its size."""
         if self._age_days is None:
             return None
         key = float(max_age_days)
         found = self._cold.get(key)
         if found is None:
+            if limit is not None and self._cold_over.get(key, -1) >= limit:
+                return None  # more than ``limit`` last time it was counted
             with self._lock:
                 found = self._cold.get(key)
                 if found is None:
@@ -311,6 +318,10 @@ class Catalog:
                         mask = self.cold_mask(chunk, key)
                         if mask is not None:
                             cold.extend(itertools.compress(chunk, mask.tolist()))
+                        if limit is not None and len(cold) > limit:
+                            over = max(self._cold_over.get(key, limit), limit)
+                            self._cold_over = {**self._cold_over, key: over}
+                            return None
                     found = ColdItems(tuple(sorted(cold)), next(_COLD_TOKENS))
                     self._cold = {**self._cold, key: found}
         return found

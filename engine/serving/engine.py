@@ -59,6 +59,11 @@ from recall_engine.serving.segment_weights import describe, plan_scouts, request
 
 log = get_logger(__name__)
 
+#: Most cold items whose set the engine keeps for fusion alone (about 110 bytes each:
+#: 27 MiB per process at the cap); a catalogue with more searches its first-seen record
+#: per candidate instead. Scouts (learned weights) keep theirs whatever its size.
+COLD_SET_LIMIT = 250_000
+
 
 class Status(IntEnum):
     """Mirrors recall_engine.v1.ChannelStatus."""
@@ -275,12 +280,13 @@ class Engine:
         (serving/segment_weights.py, with learned weights), and fusion tells a pool's
         cold items by them: a set look-up per candidate, where the catalogue's
         first-seen record costs a hashed search (150 against 55 us for 400 ids at a
-        million items). ``learned`` is unused: every plan with slots gets its set."""
-        del learned
+        million items). Without ``learned`` (no scouts) a set is kept only up to
+        :data:`COLD_SET_LIMIT` ids; fusion searches the record past it."""
+        limit = None if learned is not None else COLD_SET_LIMIT
         plans = [config.plan, *(v.plan for e in config.experiments for v in e.variants)]
         for plan in plans:
             if plan.cold_quota > 0:
-                self.catalog.cold_items(plan.cold_max_age_days)
+                self.catalog.cold_items(plan.cold_max_age_days, limit)
 
     def close(self) -> None:
         """Stop serving; each channel is closed once its in-flight calls returned.
@@ -589,7 +595,11 @@ class Engine:
             weights.update(inp.weight_override)
             scouts = scouts.difference(inp.weight_override)
         # read at load for every plan with cold slots (_read_cold_sets)
-        cold = self.catalog.cold_items(plan.cold_max_age_days) if scouts or cold_quota else None
+        cold = (
+            self.catalog.cold_items(plan.cold_max_age_days, None if scouts else COLD_SET_LIMIT)
+            if scouts or cold_quota
+            else None
+        )
         # scouts asked for their new items only (serving/segment_weights.py)
         weights, scouts = plan_scouts(
             plan, weights, scouts, inp.k, None if cold is None else len(cold), cold_quota
