@@ -170,8 +170,9 @@ class Catalog:
         # item -> days between its first interaction and the build log's end (inf when
         # the log had no times); None: no first_seen.npz, nothing is known to be cold
         self._age_days: _Ages | None = None
-        # cold_items() per max_age_days, kept up to date by upsert and delete; and the
-        # smallest limit each max_age_days' set was found to exceed (not kept)
+        # cold_items() per max_age_days, kept up to date by upsert and delete; and, for
+        # a set not kept, the largest limit it was counted past (not updated by changes:
+        # a stale answer only sends fusion to the first-seen record)
         self._cold: dict[float, ColdItems] = {}
         self._cold_over: dict[float, int] = {}
 
