@@ -578,3 +578,29 @@ def test_bench_load_native_floor_profiles_the_server_it_drives(catalog_dir, tmp_
 def test_bench_load_native_floor_needs_a_server_pid():
     with pytest.raises(SystemExit, match="--native-floor profiles a server"):
         main(["bench", "load", "--addr", "127.0.0.1:1", "--native-floor", "--artifacts", "x"])
+
+
+def test_native_floor_without_perf_says_what_to_install(monkeypatch, tmp_path):
+    from recall_engine.benchmarks.native_floor import NativeProfile
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no perf on it
+    with pytest.raises(SystemExit, match="linux-perf"):
+        NativeProfile()
+
+
+def test_native_floor_stops_with_a_reason_when_perf_recorded_nothing():
+    """A PID perf cannot attach to (gone, or not ours to profile) leaves no samples: the
+    run stops and says so instead of reporting a floor of nothing."""
+    import shutil
+
+    from recall_engine.benchmarks.native_floor import NativeProfile
+
+    if shutil.which("perf") is None:
+        pytest.skip("Linux perf is not installed (make test installs linux-perf as root)")
+    profile = NativeProfile()
+    try:
+        profile.start([2**22 + 12345])  # above the kernel's largest PID: no such process
+        with pytest.raises(SystemExit, match="perf recorded nothing"):
+            profile.stop()
+    finally:
+        profile.close()

@@ -47,6 +47,16 @@ def _catalogue(tmp_path: Path, n: int, seed: int) -> tuple[Path, dict[str, ItemR
     return folder, items
 
 
+def _expected_mask(want: dict[str, ItemRecord], names: list[str], query: Query) -> list[bool]:
+    cats = query.categories
+    return [
+        i in want
+        and i not in query.exclude
+        and (not cats or not cats.isdisjoint(want[i].categories))
+        for i in names
+    ]
+
+
 def _assert_same(catalog: Catalog, want: dict[str, ItemRecord], probes: list[str]) -> None:
     assert len(catalog) == len(want)
     assert sorted(catalog.ids()) == sorted(want)
@@ -57,13 +67,7 @@ def _assert_same(catalog: Catalog, want: dict[str, ItemRecord], probes: list[str
         assert got == (want[item_id].categories if item_id in want else ())
     for cats in (frozenset(), frozenset({"a"}), frozenset({"ç", "b"}), frozenset({"nope", "a"})):
         query = Query(categories=cats, exclude=frozenset(probes[:3]))
-        expect = [
-            i in want
-            and i not in query.exclude
-            and (not cats or not cats.isdisjoint(want[i].categories))
-            for i in probes
-        ]
-        assert catalog.filter_mask(probes, query) == expect
+        assert catalog.filter_mask(probes, query) == _expected_mask(want, probes, query)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -100,16 +104,6 @@ def test_mapped_catalogue_answers_like_a_dict_through_upserts_and_deletes(
     assert isinstance(compacted._items, OverlayItems)
     assert compacted._items.changes == 0  # the new generation's columns hold everything
     _assert_same(compacted, want, probes)
-
-
-def _expected_mask(want: dict[str, ItemRecord], names: list[str], query: Query) -> list[bool]:
-    cats = query.categories
-    return [
-        i in want
-        and i not in query.exclude
-        and (not cats or not cats.isdisjoint(want[i].categories))
-        for i in names
-    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
