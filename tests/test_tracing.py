@@ -267,6 +267,85 @@ def test_a_refused_request_has_its_code_on_the_server_span_and_no_exception(tmp_
     assert server.events == ()
 
 
+# A ranking service, as its own process: its global tracer provider keeps spans in
+# memory, its gRPC clients are instrumented the usual way (opentelemetry-instrumentation-
+# grpc, sync and asyncio), and it calls recall through recall_engine.client inside a
+# span of its own. It prints the spans it made as JSON lines.
+RANKING_SERVICE = """
+import asyncio, json, sys
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+GrpcInstrumentorClient().instrument()
+GrpcAioInstrumentorClient().instrument()
+
+from recall_engine.client import AsyncRecallClient, RecallClient, RecallQuery
+
+address, tracer = sys.argv[1], trace.get_tracer("ranking-service")
+with tracer.start_as_current_span("rank.page"), RecallClient(address) as client:
+    client.recall(RecallQuery(user_id="u", k=5))
+
+async def page():
+    with tracer.start_as_current_span("rank.page.async"):
+        async with AsyncRecallClient(address) as client:
+            await client.recall(RecallQuery(user_id="u", k=5))
+
+asyncio.run(page())
+for s in exporter.get_finished_spans():
+    print(json.dumps({
+        "name": s.name, "kind": s.kind.name, "trace_id": s.context.trace_id,
+        "span_id": s.context.span_id, "parent": s.parent.span_id if s.parent else None,
+    }))
+"""
+
+
+def test_a_caller_instrumented_by_opentelemetry_grpc_continues_its_trace_through_the_client(
+    tmp_path, spans
+):
+    """The story of a slow page, across two processes: the ranking service's span, the
+    client span its instrumentation makes around ``recall_engine.client``, then recall's
+    server span and a span per channel, all in one trace. Sync and asyncio clients."""
+    require("opentelemetry.instrumentation.grpc", extra="tracing")
+    with serve(config_with(tmp_path, {}), catalog_of(ITEMS)) as s:
+        ranking = subprocess.run(
+            [sys.executable, "-c", RANKING_SERVICE, f"127.0.0.1:{s.port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert ranking.returncode == 0, ranking.stderr
+        wait_until(lambda: len(by_name(spans.get_finished_spans(), "recall.request")) == 2, 10)
+    caller = [json.loads(line) for line in ranking.stdout.splitlines()]
+    ours = spans.get_finished_spans()
+    servers = {
+        s.parent.span_id: s for s in ours if s.name == "recall_engine.v1.RecallService/Recall"
+    }
+    for page_name in ("rank.page", "rank.page.async"):
+        (page,) = [c for c in caller if c["name"] == page_name]
+        (client,) = [c for c in caller if c["kind"] == "CLIENT" and c["parent"] == page["span_id"]]
+        assert client["name"] == "/recall_engine.v1.RecallService/Recall"
+        assert client["trace_id"] == page["trace_id"], page_name
+        server = servers[client["span_id"]]  # recall continued the client's span
+        assert server.parent.is_remote and server.context.trace_id == page["trace_id"]
+        (request,) = [
+            r for r in by_name(ours, "recall.request") if r.parent.span_id == server.context.span_id
+        ]
+        under = [
+            c.attributes["recall.channel"]
+            for c in by_name(ours, "recall.channel")
+            if c.parent.span_id == request.context.span_id
+        ]
+        assert sorted(under) == ["good", "popular"], page_name
+
+
 @pytest.mark.usefixtures("faults")
 def test_the_sampling_ratio_applies_to_new_traces_and_the_callers_decision_is_followed(tmp_path):
     require("opentelemetry.sdk", extra="tracing")
