@@ -8,7 +8,7 @@ change at run time, events for deterministic interleavings) and :data:`INSTANCES
 
 ``params``: ``items`` (answered best first, scores 1/rank), ``fault`` (one of
 :data:`FAULTS`, default ``none``), ``sleep_s`` (``sleep``), ``hook`` (where ``raise``
-raises: ``accepts``, ``recall`` or ``recall_batch``).
+raises: ``accepts``, ``recall``, ``recall_batch``, or ``explain`` for ``fault_explain``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from recall_engine.sdk.channel import Candidates, Channel, ChannelContext, ChannelInfo, Query
-from recall_engine.sdk.types import ColdItems
+from recall_engine.sdk.types import ColdItems, Evidence
 
 FAULTS = (
     "none",
@@ -44,6 +44,7 @@ FAULTS = (
     # engine's call deadline (CALL_DEADLINE): the wait ends with TimeoutError
     "timeout_error",  # raises TimeoutError at once (a channel's own bug, not a deadline)
     "bad_ranks",  # fault_cold only: recall_cold's ranks decrease
+    "explain_hang",  # fault_explain only: explain blocks until CONTROL.release (bounded)
 )
 HANG_LIMIT_S = 30.0  # no fault outlives a test run
 
@@ -195,6 +196,26 @@ class ColdFaultChannel(FaultChannel):
         return Candidates([item for _, item in found], scores, ranks)
 
 
+class ExplainingFaultChannel(FaultChannel):
+    """The same, with ``explain`` (``Explainable``): each item's 1-based position in
+    ``items`` as its popularity rank. Faults of its own: ``raise`` with ``hook =
+    "explain"`` raises there; ``explain_hang`` blocks there until CONTROL.release
+    (bounded). ``explained`` counts the calls that reached the channel."""
+
+    def __init__(self, ctx: ChannelContext) -> None:
+        super().__init__(ctx)
+        self.explained = 0
+
+    def explain(self, query: Query, item_ids) -> dict[str, Evidence]:
+        with self._lock:
+            self.explained += 1
+        self._check_hook("explain")
+        if self.fault == "explain_hang":
+            CONTROL.release.wait(HANG_LIMIT_S)
+        position = {item: n + 1 for n, item in enumerate(self.items)}
+        return {i: Evidence(popularity_rank=position[i]) for i in item_ids if i in position}
+
+
 class UntrustedFaultChannel(FaultChannel):
     """The same, without ``trusted_output``: the engine repairs what it can."""
 
@@ -206,6 +227,7 @@ ENTRY_POINTS = """\
 fault = tests.fault_plugins:FaultChannel
 fault_untrusted = tests.fault_plugins:UntrustedFaultChannel
 fault_cold = tests.fault_plugins:ColdFaultChannel
+fault_explain = tests.fault_plugins:ExplainingFaultChannel
 """
 
 

@@ -10,14 +10,21 @@ the request asks (the engine checks one flag otherwise):
   score; and whether the cold-item quota placed the item (the strategy alone, fused
   again without the quota, left it out);
 * the evidence of every channel that returned a candidate and implements
-  :class:`~recall_engine.sdk.capabilities.Explainable`, run in a worker thread within
-  what is left of the request's deadline. A channel that raises or runs late gives no
-  evidence and is named in :attr:`Explanation.channel_errors`; the rest still explain.
+  :class:`~recall_engine.sdk.capabilities.Explainable`, run on a few workers of its own
+  (serving/explain_workers.py) within most of what is left of the request's deadline. A
+  channel that raises or runs late gives no evidence and is named in
+  :attr:`Explanation.channel_errors`; the rest still explain. When every worker is
+  busy (a hung ``explain``), requests get no evidence at once rather than queueing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,16 +36,20 @@ from recall_engine.sdk.capabilities import Explainable
 from recall_engine.sdk.channel import Channel
 from recall_engine.sdk.types import Evidence, Query
 from recall_engine.serving import fusion
+from recall_engine.serving.explain_workers import EXPLAIN_PENDING, EXPLAIN_WORKERS, WORKERS
 from recall_engine.serving.fusion import ColdMask, Fused, RankedList
 
 log = get_logger(__name__)
 
 __all__ = [
+    "EXPLAIN_PENDING",
+    "EXPLAIN_WORKERS",
     "CandidateExplanation",
     "Explanation",
     "FusionTerm",
     "channel_evidence",
     "explain",
+    "pending_explains",
 ]
 
 
@@ -85,6 +96,22 @@ class Explanation:
 # --------------------------------------------------------------------------- evidence
 
 
+#: Evidence is gathered in this share of what is left of the request's deadline; the
+#: rest is for the fusion arithmetic, the response and its way back, so that a slow or
+#: hung ``explain`` never makes the caller's deadline pass.
+EVIDENCE_SHARE = 0.8
+LATE = "no evidence within the request's deadline"
+BUSY = (
+    "no evidence: every explain worker is busy (some channel's explain is slow or hung; "
+    "the candidates and the fusion arithmetic are whole)"
+)
+
+
+def pending_explains() -> int:
+    """Evidence jobs running or waiting in this process (tests, debugging)."""
+    return WORKERS.pending()
+
+
 async def channel_evidence(
     channels: Mapping[str, Channel],
     query: Query,
@@ -93,39 +120,63 @@ async def channel_evidence(
     release: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, Mapping[str, Evidence]], dict[str, str]]:
     """Ask every channel of ``channels`` that is :class:`Explainable` about the fused
-    candidates it returned, in one worker thread, within ``budget_s`` seconds. Returns
-    channel -> item -> evidence, and channel -> error for those that gave none.
-    ``release`` runs in the thread once it is done (the engine's slot release: a channel
-    is never closed under a late explain)."""
+    candidates it returned, one after another on one of the explain workers
+    (serving/explain_workers.py), within :data:`EVIDENCE_SHARE` of ``budget_s``
+    seconds. Returns channel -> item -> evidence, and channel -> why for those that
+    gave none: their explain raised, ran past the time (evidence that came in before
+    stays), or every worker was busy. A job whose time is up when a worker takes it, or
+    between two channels, asks no further channel. ``release`` runs once the job is
+    done or refused (the engine's slot release: a channel is never closed under a late
+    explain)."""
     asked = {
         name: [fused.item_ids[i] for i in fused.provenance[name][0]]
         for name, channel in channels.items()
         if name in fused.provenance and isinstance(channel, Explainable)
     }
+    if not asked:
+        release()
+        return {}, {}
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    stop_at = time.perf_counter() + max(budget_s, 0.0) * EVIDENCE_SHARE
     evidence: dict[str, Mapping[str, Evidence]] = {}
     errors: dict[str, str] = {}
+    lock = threading.Lock()  # the job writes, the request reads once it stops waiting
 
     def run() -> None:
         try:
             for name, items in asked.items():
+                if time.perf_counter() >= stop_at:
+                    return  # the request is answered without it: ask nothing more
                 try:
                     got = channels[name].explain(query, items)  # type: ignore[attr-defined]
-                    evidence[name] = {i: got[i] for i in items if i in got}
+                    found = {i: got[i] for i in items if i in got}
+                    with lock:
+                        evidence[name] = found
                 except Exception as e:  # noqa: BLE001 - one channel's fault, its error
-                    errors[name] = f"explain raised {type(e).__name__}: {e}"
-                    log.warning("channel_explain_failed", channel=name, error=errors[name])
+                    why = f"explain raised {type(e).__name__}: {e}"
+                    with lock:
+                        errors[name] = why
+                    log.warning("channel_explain_failed", channel=name, error=why)
         finally:
             release()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, finished)
 
-    if not asked:
+    if not WORKERS.try_submit(functools.partial(contextvars.copy_context().run, run)):
         release()
-        return evidence, errors
-    try:
-        await asyncio.wait_for(asyncio.to_thread(run), timeout=max(budget_s, 0.0))
-    except TimeoutError:
-        late = {n: "no evidence within the request's deadline" for n in asked}
-        return {}, {**errors, **late}
-    return dict(evidence), dict(errors)
+        log.warning("channel_explain_busy", channels=sorted(asked), pending=pending_explains())
+        return {}, dict.fromkeys(asked, BUSY)
+    await asyncio.wait({finished}, timeout=max(stop_at - time.perf_counter(), 0.0))
+    with lock:
+        got, failed = dict(evidence), dict(errors)
+    late = {n: LATE for n in asked if n not in got and n not in failed}
+    return got, {**failed, **late}
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # --------------------------------------------------------------------------- arithmetic
