@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -140,6 +141,19 @@ def test_bad_settings_are_refused_naming_the_setting():
         TLS(cert=b"x")
     with pytest.raises(TypeError, match="^history: give a sequence"):
         RecallQuery(history="item-1")
+    # a value of the wrong type is named too, not a TypeError from deep inside
+    with pytest.raises(ValueError, match="^timeout: must be a finite number, got '1'"):
+        RecallClient("127.0.0.1:1", timeout="1")
+    with pytest.raises(ValueError, match="^batch_timeout: must be a finite number, got nan"):
+        RecallClient("127.0.0.1:1", batch_timeout=float("nan"))
+    with pytest.raises(ValueError, match="^max_attempts: must be a whole number >= 1, got 2.5"):
+        RetryPolicy(max_attempts=2.5)
+    with pytest.raises(ValueError, match="^initial_backoff_s: must be a finite number, got None"):
+        RetryPolicy(initial_backoff_s=None)
+    with pytest.raises(ValueError, match="^max_tokens"):
+        RetryBudget(max_tokens="10")
+    with RecallClient("127.0.0.1:1") as client, pytest.raises(ValueError, match="^timeout"):
+        client.recall(RecallQuery(user_id="u"), timeout="0.5")
 
 
 # -- answers ---------------------------------------------------------------------------
@@ -225,10 +239,15 @@ def test_invalid_argument_is_never_retried(server):
     assert isinstance(e.value, grpc.RpcError)
 
 
-def test_unavailable_during_a_restart_is_retried_until_the_server_is_back(artifacts, history):
-    """The server stops; a call starts and fails with UNAVAILABLE, again and again; the
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_unavailable_during_a_restart_is_retried_until_the_server_is_back(
+    artifacts, history, flavour
+):
+    """The server stops; a call made with the client's default retry policy and budget
+    fails its first attempt with UNAVAILABLE; its retry waits for the connection; the
     server comes back on the same port within the call's deadline; the same call then
-    succeeds."""
+    succeeds, without spending its attempts. (Retries spaced by milliseconds would have spent every
+    attempt while gRPC's reconnect backoff ran, and failed the call.)"""
     port, held = reserve_consecutive_ports(1)
     config = config_for(artifacts, f"127.0.0.1:{port}")
     failed = threading.Event()
@@ -238,17 +257,27 @@ def test_unavailable_during_a_restart_is_retried_until_the_server_is_back(artifa
         events.append(event)
         failed.set()
 
-    patient = RetryPolicy(max_attempts=200, initial_backoff_s=0.02, max_backoff_s=0.2)
-    client = RecallClient(
-        f"127.0.0.1:{port}", retry=patient, budget=RetryBudget(max_tokens=1000), on_retry=on_retry
-    )
+    address = f"127.0.0.1:{port}"
     query = RecallQuery(user_id="u1", history=history, k=10)
+    client = RecallClient(address, on_retry=on_retry)
+
+    def call_during_the_restart():
+        if flavour == "sync":
+            return client.recall(query, timeout=60)
+
+        async def main():
+            async with AsyncRecallClient(address, on_retry=on_retry) as aclient:
+                return await aclient.recall(query, timeout=60)
+
+        return asyncio.run(main())
+
     try:
         with serve(config):
             before = client.recall(query, timeout=10)
         with ThreadPoolExecutor(1) as pool:
-            call = pool.submit(client.recall, query, timeout=60)
+            call = pool.submit(call_during_the_restart)
             assert failed.wait(30), "the call never failed while the server was down"
+            time.sleep(0.5)  # well past the client's backoff: the retry is waiting
             assert not call.done()
             with serve(config):
                 after = call.result(60)
@@ -257,8 +286,13 @@ def test_unavailable_during_a_restart_is_retried_until_the_server_is_back(artifa
         for sock in held:
             sock.close()
     assert after.item_ids == before.item_ids
-    assert events and all(e.code is grpc.StatusCode.UNAVAILABLE for e in events)
-    assert all(e.pushback_ms is None and 0 <= e.delay_s <= 0.2 for e in events)
+    # one retry waited for the connection; a server that answers UNAVAILABLE while it
+    # loads its channels ("retry shortly") may take one more, within the default policy
+    assert 1 <= len(events) < RetryPolicy().max_attempts
+    assert all(e.code is grpc.StatusCode.UNAVAILABLE and e.pushback_ms is None for e in events)
+    assert all(
+        0 <= e.delay_s <= RetryPolicy().initial_backoff_s * 2**n for n, e in enumerate(events)
+    )
 
 
 def shedding_config(artifacts: Path):
@@ -324,18 +358,49 @@ def test_the_retry_budget_stops_retries_while_the_server_keeps_shedding(artifact
         client.close()
 
 
-def test_retries_stop_after_max_attempts_against_a_server_that_is_gone():
+@pytest.fixture(scope="module")
+def loading(artifacts):
+    """A server whose port is open while its engine has loaded nothing: it answers every
+    Recall UNAVAILABLE ("engine is loading channels") over a live connection."""
+    with serve(config_for(artifacts), load=False) as s:
+        yield s
+
+
+def test_retries_stop_after_max_attempts_against_a_server_that_keeps_answering_unavailable(
+    loading,
+):
     events: list[RetryEvent] = []
     with RecallClient(
-        f"127.0.0.1:{closed_port()}", retry=FAST, on_retry=events.append, seed=1
+        f"127.0.0.1:{loading.port}", retry=FAST, on_retry=events.append, seed=1
     ) as client:
         with pytest.raises(RecallCallError) as e:
             client.recall(RecallQuery(user_id="u1"), timeout=10)
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "loading" in e.value.details()
     assert (e.value.attempts, e.value.reason) == (4, "attempts")
     caps = [0.01, 0.02, 0.04]  # min(max_backoff, initial * 2 ** (n - 1))
     assert [e.attempt for e in events] == [1, 2, 3]
     assert all(0 <= ev.delay_s <= cap for ev, cap in zip(events, caps, strict=True))
+
+
+def test_against_a_server_that_is_gone_a_call_waits_for_a_connection_until_its_deadline():
+    """Nothing listens: the first attempt fails at once, the retry waits for a connection,
+    and when none comes the call ends at its deadline with UNAVAILABLE (nothing ran on
+    a server), not DEADLINE_EXCEEDED, after one attempt and one token of the budget."""
+    events: list[RetryEvent] = []
+    budget = RetryBudget()
+    with RecallClient(
+        f"127.0.0.1:{closed_port()}", budget=budget, on_retry=events.append
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(RecallCallError) as e:
+            client.recall(RecallQuery(user_id="u1"), timeout=0.6)
+        took = time.monotonic() - started
+    assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert (e.value.attempts, e.value.reason) == (1, "deadline")
+    assert e.value.details().endswith("(no connection within the call's deadline)")
+    assert len(events) == 1 and budget.tokens == budget.max_tokens - 1
+    assert 0.5 < took  # it waited; not a speed target (a loaded host may take longer)
 
 
 def test_no_retry_policy_makes_one_attempt():
@@ -348,13 +413,13 @@ def test_no_retry_policy_makes_one_attempt():
 # -- deadlines -------------------------------------------------------------------------
 
 
-def test_retries_never_run_past_the_callers_deadline():
-    """A server that is gone and a policy that would retry for minutes: the call gives up
-    when the next wait would end past its deadline."""
+def test_retries_never_run_past_the_callers_deadline(loading):
+    """A server that answers UNAVAILABLE to every call and a policy that would retry for
+    minutes: the call gives up when the next wait would end past its deadline."""
     patient = RetryPolicy(max_attempts=10_000, initial_backoff_s=0.05, max_backoff_s=0.05)
     events: list[RetryEvent] = []
     with RecallClient(
-        f"127.0.0.1:{closed_port()}",
+        f"127.0.0.1:{loading.port}",
         retry=patient,
         budget=RetryBudget(max_tokens=100_000),
         on_retry=events.append,
@@ -437,7 +502,7 @@ def test_the_async_client_recalls_batches_and_follows_the_same_retry_rules(serve
             f"127.0.0.1:{closed_port()}", retry=FAST, on_retry=events.append
         ) as gone:
             with pytest.raises(RecallCallError) as down:
-                await gone.recall(RecallQuery(user_id="u1"), timeout=10)
+                await gone.recall(RecallQuery(user_id="u1"), timeout=0.5)
         return got, batch, channels, bad.value, down.value, events
 
     got, batch, channels, bad, down, events = asyncio.run(main())
@@ -446,8 +511,9 @@ def test_the_async_client_recalls_batches_and_follows_the_same_retry_rules(serve
     assert got.item_ids == same.item_ids and got.candidates == same.candidates
     assert batch[0].ok and not batch[1].ok and len(channels.channels) == 2
     assert (bad.code(), bad.attempts) == (grpc.StatusCode.INVALID_ARGUMENT, 1)
-    assert (down.code(), down.attempts, down.reason) == (grpc.StatusCode.UNAVAILABLE, 4, "attempts")
-    assert len(events) == 3
+    # nothing listens: one attempt, then a wait for a connection until the deadline
+    assert (down.code(), down.attempts, down.reason) == (grpc.StatusCode.UNAVAILABLE, 1, "deadline")
+    assert len(events) == 1
 
 
 # -- TLS and the token -----------------------------------------------------------------
@@ -537,3 +603,88 @@ def test_the_readme_example_runs(server, capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1].startswith("default {") and len(printed) >= 2
+
+
+# -- the query command's bad input, broken pipes and --tls-server-name ---------------------
+
+
+def _query_cmd(port: int, *more: str) -> list[str]:
+    return [sys.executable, "-m", "recall_engine", "query", "--addr", f"127.0.0.1:{port}", *more]
+
+
+def test_the_cli_query_command_refuses_malformed_weights_in_one_line(server, history):
+    for bad in ("cf", "cf=x", "=1", "cf=1,llm"):
+        cmd = _query_cmd(server.port, "--history", ",".join(history), "--weights", bad)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert "Traceback" not in done.stderr and done.stdout == ""
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("--weights:") and "NAME=WEIGHT" in done.stderr
+
+
+def test_the_cli_query_command_exits_quietly_when_its_reader_stops_reading(server, history):
+    """As `recall-engine query ... | head -1`: the reader takes one line and closes the
+    pipe. The output (tens of KiB, in a pipe shrunk to hold 4 KiB where Linux allows it,
+    hundreds of KiB as JSON) cannot all have been written by then, so the command's next
+    write finds the pipe closed: it stops without a traceback, with the status a shell
+    reports for a process ended by SIGPIPE (128 + 13)."""
+    import fcntl
+
+    cmd = _query_cmd(server.port, "--history", ",".join(history), "-k", "400", "--explain")
+    for more, first in (([], "variant=-/default"), (["--json"], "{")):
+        read_end, write_end = os.pipe()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+        with open(read_end, encoding="utf-8") as reader:
+            proc = subprocess.Popen(
+                [*cmd, *more], stdout=write_end, stderr=subprocess.PIPE, text=True
+            )
+            os.close(write_end)
+            try:
+                assert reader.readline().startswith(first)
+            except BaseException:
+                proc.kill()
+                proc.communicate()
+                raise
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 141, err
+        assert err == "", more
+
+
+def test_the_cli_query_command_checks_the_servers_certificate_against_tls_server_name(
+    artifacts, history, tmp_path
+):
+    if not __import__("shutil").which("openssl"):
+        pytest.skip("needs openssl")
+    from tests.test_tls import _cert, _run
+
+    _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+         "-days", "2", "-subj", "/CN=test-ca", cwd=tmp_path)  # fmt: skip
+    _cert(tmp_path, "server", "ca", "DNS:localhost")  # no IP:127.0.0.1 in it
+    _cert(tmp_path, "client", "ca")
+    tls = {
+        "cert": str(tmp_path / "server.crt"),
+        "key": str(tmp_path / "server.key"),
+        "client_ca": str(tmp_path / "ca.crt"),
+    }
+    flags = ["--tls-ca", str(tmp_path / "ca.crt"), "--tls-cert", str(tmp_path / "client.crt")]
+    flags += ["--tls-key", str(tmp_path / "client.key"), "--history", ",".join(history)]
+    flags += ["-k", "3", "--timeout", "3"]
+    with serve(config_for(artifacts, tls=tls)) as s:
+        done = subprocess.run(
+            _query_cmd(s.port, *flags), capture_output=True, text=True, timeout=120
+        )
+        # the handshake fails the certificate's name check: UNAVAILABLE, retried until
+        # the deadline, and no answer
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert done.stderr.startswith(("UNAVAILABLE:", "DEADLINE_EXCEEDED:")), done.stderr
+        named = _query_cmd(s.port, *flags, "--tls-server-name", "localhost")
+        done = subprocess.run(named, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("variant=-/default fusion=rrf")
+        assert [line.split()[0] for line in done.stdout.splitlines()[-3:]] == ["1.", "2.", "3."]

@@ -54,6 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", default="", help="client private key (PEM), for mutual TLS")
     p.add_argument("--tls", action="store_true", help="TLS with the system's roots")
     p.add_argument(
+        "--tls-server-name",
+        default="",
+        metavar="NAME",
+        help="the name to check the server's certificate against when it differs from "
+        "--addr's host (e.g. a certificate for 'localhost' reached via 127.0.0.1); "
+        "implies TLS",
+    )
+    p.add_argument(
         "--token",
         default=os.environ.get("RECALL_ENGINE_TOKEN", ""),
         help="sent as 'authorization: Bearer <token>' (for a gateway; "
@@ -66,39 +74,74 @@ def _csv(s: str) -> list[str]:
 
 
 def _tls(args: argparse.Namespace) -> TLS | None:
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
         return None
-    return TLS(ca=args.tls_ca or None, cert=args.tls_cert or None, key=args.tls_key or None)
+    return TLS(
+        ca=args.tls_ca or None,
+        cert=args.tls_cert or None,
+        key=args.tls_key or None,
+        server_name=args.tls_server_name or None,
+    )
+
+
+def _weights(text: str) -> dict[str, float]:
+    """``--weights cf=1,llm=0`` as a dict; raises ``ValueError`` naming the flag."""
+    weights = {}
+    for pair in _csv(text):
+        name, eq, value = (x.strip() for x in pair.partition("="))
+        try:
+            if not (name and eq):
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"--weights: expected NAME=WEIGHT[,NAME=WEIGHT...] (e.g. cf=1,llm=0), got {pair!r}"
+            ) from None
+    return weights
+
+
+#: The exit status after the reader of stdout went away (``query ... | head -1``): what
+#: a shell reports for a process that SIGPIPE ended, as it would for ``cat`` or ``grep``.
+BROKEN_PIPE_STATUS = 128 + 13
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = {}
-    for pair in _csv(args.weights):
-        name, _, value = pair.partition("=")
-        weights[name] = float(value)
-    query = RecallQuery(
-        user_id=args.user,
-        history=_csv(args.history),
-        text=args.text,
-        k=args.k,
-        exclude=_csv(args.exclude),
-        categories=_csv(args.categories),
-        weight_override=weights,
-        explain=args.explain,
-    )
     try:
+        query = RecallQuery(
+            user_id=args.user,
+            history=_csv(args.history),
+            text=args.text,
+            k=args.k,
+            exclude=_csv(args.exclude),
+            categories=_csv(args.categories),
+            weight_override=_weights(args.weights),
+            explain=args.explain,
+        )
         with RecallClient(args.addr, tls=_tls(args), token=args.token or None) as client:
             result = client.recall(query, timeout=args.timeout)
     except RecallCallError as e:
         tries = f" (after {e.attempts} attempts)" if e.attempts > 1 else ""
         print(f"{e.code().name}: {e.details()}{tries}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as e:  # a bad --addr, an unreadable --tls-* file
+    except (ValueError, OSError) as e:  # bad --weights or --addr, an unreadable --tls-* file
         print(e, file=sys.stderr)
         return 2
+    try:
+        _print(result, args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen here, not at exit
+    except BrokenPipeError:
+        # Python's recipe (see the signal module's docs): point stdout at devnull so
+        # that the flush at interpreter exit does not fail (and print) again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
+    return 0
+
+
+def _print(result: RecallResult, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(_as_dict(result), indent=2))
-        return 0
+        return
     print(
         f"variant={result.experiment or '-'}/{result.variant} fusion={result.fusion} "
         f"request_id={result.request_id}"
@@ -117,7 +160,6 @@ def run(args: argparse.Namespace) -> int:
     if result.explanation is not None:
         for name, error in result.explanation.channel_errors.items():
             print(f"  no evidence from {name}: {error}")
-    return 0
 
 
 def _explanation_lines(why: CandidateExplanation) -> list[str]:

@@ -14,6 +14,7 @@ from recall_engine._proto import recall_pb2 as _pb
 from recall_engine._proto import recall_pb2_grpc as _pb_grpc
 from recall_engine.client import _model
 from recall_engine.client._model import BatchItem, RecallQuery, RecallResult, ServerChannels
+from recall_engine.client._retry import Attempts
 from recall_engine.client._settings import (
     BATCH_RECALL,
     LIST_CHANNELS,
@@ -69,6 +70,14 @@ class AsyncRecallClient(ClientBase):
         except TimeoutError:
             raise TimeoutError(f"no connection to {self._target} in {timeout} s") from None
 
+    async def _connected(self, attempts: Attempts) -> bool:
+        """Wait (within the call's time) for the channel to have a connection."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), attempts.connection_wait_s())
+        except TimeoutError:
+            return False
+        return True
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -98,6 +107,8 @@ class AsyncRecallClient(ClientBase):
             except grpc.aio.AioRpcError as e:
                 trailers = tuple(e.trailing_metadata() or ())
                 await asyncio.sleep(attempts.failed(e.code(), e.details() or "", trailers))
+                if attempts.wait_for_connection and not await self._connected(attempts):
+                    raise attempts.no_connection() from None
                 continue
             attempts.succeeded()
             return resp

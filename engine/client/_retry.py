@@ -14,6 +14,16 @@ initial_backoff_s * multiplier ** (n - 1))]`` (gRPC's retry design, A6); a serve
 replaces it. A retry is never started when the wait would end past the call's deadline,
 and each attempt is given only the time left. A retry budget (gRPC's
 ``retryThrottling``) stops retries from multiplying the load on a struggling server.
+
+After ``UNAVAILABLE`` with no connection, the retry first waits for one, within the
+time left. Once a connection fails, gRPC does not try it again until its reconnect
+backoff has passed (0.2 s at first, then longer), and every attempt made meanwhile fails
+at once: retries spaced by milliseconds would spend every attempt, and a token of the
+budget each, in the first tenth of a second of a restart. Waiting instead, a call is
+carried across a restart that ends before its deadline. When no connection comes in
+time the call fails with ``UNAVAILABLE`` (reason ``deadline``), never
+``DEADLINE_EXCEEDED``, which stays the code of a server that ran out of time. A server
+that answers ``UNAVAILABLE`` itself (it is loading) is retried after the backoff alone.
 """
 
 from __future__ import annotations
@@ -50,19 +60,28 @@ class RetryPolicy:
     min_attempt_s: float = 0.005
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts: must be at least 1, got {self.max_attempts}")
+        n = self.max_attempts
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"max_attempts: must be a whole number >= 1, got {n!r}")
         for name in ("initial_backoff_s", "max_backoff_s", "min_attempt_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
-        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
-            raise ValueError(f"multiplier: must be >= 1, got {self.multiplier}")
+            value = seconds(name, getattr(self, name))
+            if value < 0:
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        if seconds("multiplier", self.multiplier) < 1:
+            raise ValueError(f"multiplier: must be >= 1, got {self.multiplier!r}")
 
     def backoff_s(self, retry: int, rng: random.Random) -> float:
         """The jittered wait before retry number ``retry`` (1 for the first retry)."""
         cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1))
         return rng.uniform(0.0, cap)
+
+
+def seconds(name: str, value: object) -> float:
+    """``value`` as a finite float, or ``ValueError`` naming ``name`` (a string, None or
+    NaN given for a number of seconds is a caller's mistake worth a clear message)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+    return float(value)
 
 
 #: No retries at all.
@@ -78,10 +97,10 @@ class RetryBudget:
     sends one attempt per call instead of ``max_attempts``. Thread-safe."""
 
     def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
-        if not (math.isfinite(max_tokens) and max_tokens > 0):
-            raise ValueError(f"max_tokens: must be > 0, got {max_tokens}")
-        if not (math.isfinite(token_ratio) and token_ratio > 0):
-            raise ValueError(f"token_ratio: must be > 0, got {token_ratio}")
+        if seconds("max_tokens", max_tokens) <= 0:
+            raise ValueError(f"max_tokens: must be > 0, got {max_tokens!r}")
+        if seconds("token_ratio", token_ratio) <= 0:
+            raise ValueError(f"token_ratio: must be > 0, got {token_ratio!r}")
         self.max_tokens = float(max_tokens)
         self.token_ratio = float(token_ratio)
         self._tokens = self.max_tokens
@@ -152,8 +171,8 @@ class Attempts:
         rng: random.Random,
         on_retry: Callable[[RetryEvent], None] | None,
     ) -> None:
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout}")
+        if seconds("timeout", timeout) <= 0:
+            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
         self.method = method
         self.deadline = time.monotonic() + timeout
         self.policy = policy
@@ -161,6 +180,9 @@ class Attempts:
         self.rng = rng
         self.on_retry = on_retry
         self.made = 0
+        #: before the next attempt, wait for a connection (after UNAVAILABLE; module doc)
+        self.wait_for_connection = False
+        self._last: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
 
     def next_timeout(self) -> float:
         """Start an attempt: the seconds it may take (the time left to the deadline)."""
@@ -176,6 +198,7 @@ class Attempts:
         :class:`RecallCallError` when there is to be none."""
         md = plain_metadata(trailers)
         hint = pushback_ms(md)
+        self._last = (code, details or "", md)
 
         def stop(reason: str) -> RecallCallError:
             return RecallCallError(
@@ -199,4 +222,22 @@ class Attempts:
             raise stop("deadline")
         if self.on_retry is not None:
             self.on_retry(RetryEvent(self.method, self.made, code, details or "", delay, hint))
+        self.wait_for_connection = code is grpc.StatusCode.UNAVAILABLE
         return delay
+
+    def connection_wait_s(self) -> float:
+        """How long the wait for a connection may take: until an attempt would no longer
+        be started (``min_attempt_s`` before the deadline)."""
+        return max(self.deadline - time.monotonic() - self.policy.min_attempt_s, 0.0)
+
+    def no_connection(self) -> RecallCallError:
+        """The error of a call whose wait for a connection ran out of time."""
+        assert self._last is not None, "called after a failed attempt"
+        code, details, md = self._last
+        return RecallCallError(
+            code,
+            f"{details} (no connection within the call's deadline)",
+            trailing_metadata=md,
+            attempts=self.made,
+            reason="deadline",
+        )

@@ -3,14 +3,13 @@ start of every call's attempts."""
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 
 import grpc
 
 from recall_engine.client._channel import TLS, channel_options, target_of, tls_options
-from recall_engine.client._retry import Attempts, RetryBudget, RetryEvent, RetryPolicy
+from recall_engine.client._retry import Attempts, RetryBudget, RetryEvent, RetryPolicy, seconds
 
 #: Default deadlines, in seconds, each covering every attempt of one call and the waits
 #: between them. A recall is answered in milliseconds (each channel has its own timeout,
@@ -25,6 +24,9 @@ LIST_TIMEOUT_S = 5.0
 RECALL = "/recall_engine.v1.RecallService/Recall"
 BATCH_RECALL = "/recall_engine.v1.RecallService/BatchRecall"
 LIST_CHANNELS = "/recall_engine.v1.RecallService/ListChannels"
+#: Probed, after UNAVAILABLE, to learn when there is a connection again (any answer,
+#: even UNIMPLEMENTED from a proxy, says there is one).
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class ClientBase:
@@ -69,8 +71,8 @@ class ClientBase:
         seed: int | None = None,
     ) -> None:
         for name, value in (("timeout", timeout), ("batch_timeout", batch_timeout)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: must be a positive number of seconds, got {value}")
+            if seconds(name, value) <= 0:
+                raise ValueError(f"{name}: must be a positive number of seconds, got {value!r}")
         self._target = target_of(addresses)
         self._tls = tls
         self._options = channel_options(load_balancing, [*tls_options(tls), *options])

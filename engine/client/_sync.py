@@ -12,8 +12,10 @@ from recall_engine._proto import recall_pb2 as _pb
 from recall_engine._proto import recall_pb2_grpc as _pb_grpc
 from recall_engine.client import _model
 from recall_engine.client._model import BatchItem, RecallQuery, RecallResult, ServerChannels
+from recall_engine.client._retry import Attempts
 from recall_engine.client._settings import (
     BATCH_RECALL,
+    HEALTH_CHECK,
     LIST_CHANNELS,
     LIST_TIMEOUT_S,
     RECALL,
@@ -33,6 +35,10 @@ class RecallClient(ClientBase):
             else grpc.insecure_channel(self._target, options=self._options)
         )
         self._stub = _pb_grpc.RecallServiceStub(self._channel)
+        # an empty HealthCheckRequest, sent as bytes (no grpc_health import needed)
+        self._probe = self._channel.unary_unary(
+            HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
 
     def recall(self, query: RecallQuery, *, timeout: float | None = None) -> RecallResult:
         """Candidates for one user, best first, with every channel's rank and score."""
@@ -64,6 +70,22 @@ class RecallClient(ClientBase):
         except grpc.FutureTimeoutError:
             raise TimeoutError(f"no connection to {self._target} in {timeout} s") from None
 
+    def _connected(self, attempts: Attempts) -> bool:
+        """Wait (within the call's time) for the channel to have a connection: a health
+        check sent with ``wait_for_ready`` is answered (whatever it says) once there is
+        one. Not ``grpc.channel_ready_future``: its polling thread outlives the wait, and
+        raises "Channel closed!" when the client is closed soon after."""
+        try:
+            self._probe(
+                b"",
+                timeout=attempts.connection_wait_s(),
+                metadata=self._metadata,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as e:
+            return not (isinstance(e, grpc.Call) and e.code() is grpc.StatusCode.DEADLINE_EXCEEDED)
+        return True
+
     def close(self) -> None:
         self._channel.close()
 
@@ -94,6 +116,8 @@ class RecallClient(ClientBase):
                 if not isinstance(e, grpc.Call):
                     raise
                 time.sleep(attempts.failed(e.code(), e.details(), e.trailing_metadata() or ()))
+                if attempts.wait_for_connection and not self._connected(attempts):
+                    raise attempts.no_connection() from None
                 continue
             attempts.succeeded()
             return resp
