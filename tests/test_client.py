@@ -688,3 +688,13 @@ def test_the_cli_query_command_checks_the_servers_certificate_against_tls_server
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("variant=-/default fusion=rrf")
         assert [line.split()[0] for line in done.stdout.splitlines()[-3:]] == ["1.", "2.", "3."]
+
+
+def test_wait_ready_returns_with_a_connection_and_times_out_without_one(server):
+    with RecallClient(f"127.0.0.1:{server.port}") as client:
+        client.wait_ready(10)
+    with RecallClient(f"127.0.0.1:{closed_port()}") as gone:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="no connection to 127.0.0.1:"):
+            gone.wait_ready(0.3)
+        assert time.monotonic() - started >= 0.25

@@ -65,23 +65,19 @@ class RecallClient(ClientBase):
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the channel has a connection; ``TimeoutError`` after ``timeout``."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise TimeoutError(f"no connection to {self._target} in {timeout} s") from None
+        if not self._connected_within(timeout):
+            raise TimeoutError(f"no connection to {self._target} in {timeout} s")
 
     def _connected(self, attempts: Attempts) -> bool:
-        """Wait (within the call's time) for the channel to have a connection: a health
+        return self._connected_within(attempts.connection_wait_s())
+
+    def _connected_within(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the channel to have a connection: a health
         check sent with ``wait_for_ready`` is answered (whatever it says) once there is
         one. Not ``grpc.channel_ready_future``: its polling thread outlives the wait, and
         raises "Channel closed!" when the client is closed soon after."""
         try:
-            self._probe(
-                b"",
-                timeout=attempts.connection_wait_s(),
-                metadata=self._metadata,
-                wait_for_ready=True,
-            )
+            self._probe(b"", timeout=timeout, metadata=self._metadata, wait_for_ready=True)
         except grpc.RpcError as e:
             return not (isinstance(e, grpc.Call) and e.code() is grpc.StatusCode.DEADLINE_EXCEEDED)
         return True
