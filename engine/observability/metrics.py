@@ -1,12 +1,22 @@
 """Prometheus metrics, defined once here and imported by whoever records them.
 
 Served over HTTP by :func:`start_http` (``server.metrics_addr`` in the config).
+
+A labelled series exists only once its label values were first used, and ``increase()``
+or ``rate()`` see a change only between two samples of one series: a series that
+appears at 1 hides its first event (the first failed reload of a process would never
+raise RecallEngineReloadFailed). So every label combination known up front is created at
+0 before it can be counted (Prometheus' instrumentation guidance): the fixed ones here,
+at import; each channel's by :func:`channel_series` when it loads; each experiment
+variant's by :func:`variant_series`; the admin methods' refusals by
+:func:`admin_auth_series`. Error statuses of requests are not: the alerts read them as a
+ratio over minutes, where one missed first event does not matter.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -133,6 +143,61 @@ WORKER_RESTARTS = Gauge(
     "recall_worker_restarts",
     "serve --processes N: how many times the parent restarted this worker slot",
 )
+
+
+#: ``recall_reloads_total``'s label values (``kind``, ``outcome``).
+RELOAD_KINDS = ("config", "artifacts")
+RELOAD_OUTCOMES = ("ok", "failed")
+#: The methods ``recall_requests_total`` counts (serving/servicer.py).
+RECALL_METHODS = ("Recall", "BatchRecall")
+#: ``recall_channel_seconds``' ``status`` values (serving/engine.py).
+CHANNEL_STATUSES = ("ok", "timeout", "error")
+#: The codes an AdminService call is refused with before any work (serving/auth.py).
+ADMIN_AUTH_CODES = ("FAILED_PRECONDITION", "UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def _fixed_series() -> None:
+    """Every reload kind and outcome, and each recall method's OK status, at 0."""
+    for kind in RELOAD_KINDS:
+        for outcome in RELOAD_OUTCOMES:
+            RELOADS.labels(kind, outcome)
+    for method in RECALL_METHODS:
+        REQUESTS.labels(method, "OK")
+        REQUEST_LATENCY.labels(method, "OK")
+
+
+_fixed_series()
+
+
+def channel_series(channel: str) -> None:
+    """Create the series of channel ``channel`` at 0 (when it loads), so that its first
+    timeout, error, refusal or hung call is a change the rules and the dashboard see."""
+    for counter in (
+        CHANNEL_TIMEOUTS,
+        CHANNEL_ERRORS,
+        CHANNEL_REJECTED,
+        CHANNEL_ABANDONED,
+        CHANNEL_BAD_OUTPUT,
+    ):
+        counter.labels(channel)
+    CHANNEL_HUNG.labels(channel)
+    CHANNEL_CANDIDATES.labels(channel)
+    for status in CHANNEL_STATUSES:
+        CHANNEL_LATENCY.labels(channel, status)
+
+
+def variant_series(variants: Iterable[tuple[str, str]]) -> None:
+    """Create ``recall_variant_requests_total`` at 0 for each (experiment, variant)."""
+    for experiment, variant in variants:
+        VARIANT_REQUESTS.labels(experiment, variant)
+
+
+def admin_auth_series(methods: Iterable[str]) -> None:
+    """Create ``recall_admin_auth_failures_total`` at 0 for each admin method and each
+    code it can be refused with."""
+    for method in methods:
+        for code in ADMIN_AUTH_CODES:
+            ADMIN_AUTH_FAILURES.labels(method=method, code=code)
 
 
 @contextlib.contextmanager

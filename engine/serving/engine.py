@@ -14,13 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from typing import Any
 
 import numpy as np
 
-from recall_engine.config import ChannelConfig, Config
+from recall_engine.config import ChannelConfig, Config, TracingConfig
 from recall_engine.observability import metrics, tracing
 from recall_engine.observability.logs import get_logger
 from recall_engine.runtime.artifacts import ArtifactError
@@ -118,7 +118,9 @@ class _Slot:
     def __init__(self, config: ChannelConfig, channel: Channel, plugin: str, limit: int) -> None:
         self.config, self.channel, self.plugin = config, channel, plugin
         self.bulkhead = Bulkhead(config.name, limit)
-        # labelled metric children, looked up once instead of per request
+        # every series of the channel at 0 before its first call (a first timeout or
+        # error must be a change to increase()/rate()); the hot ones looked up once here
+        metrics.channel_series(config.name)
         self.latency_ok = metrics.CHANNEL_LATENCY.labels(config.name, "ok")
         self.candidates = metrics.CHANNEL_CANDIDATES.labels(config.name)
         self._took: dict[tuple[bool, bool], float] = {}
@@ -256,7 +258,7 @@ class Engine:
             slots, failed = self._load_channels(self._config, self._config.channels.keys(), {})
             learned = _read_learned(self._config, None)
             self._read_cold_sets(self._config, learned)
-            self._state = _State(self._config, Assigner(self._config), slots, 1, failed, learned)
+            self._state = _State(self._config, _assigner(self._config), slots, 1, failed, learned)
             metrics.CONFIG_GENERATION.set(1)
         release_free_memory()  # what loading freed is not kept as this process's own
 
@@ -368,12 +370,13 @@ class Engine:
             }
             learned = _read_learned(new, old.learned)
             self._read_cold_sets(new, learned)
-            self._state = _State(new, Assigner(new), slots, old.generation + 1, failed, learned)
+            self._state = _State(new, _assigner(new), slots, old.generation + 1, failed, learned)
             for n, slot in old.slots.items():
                 if slots.get(n) is not slot:
                     slot.retire()
             metrics.CONFIG_GENERATION.set(self._state.generation)
             log.info("config_reloaded", generation=self._state.generation, reloaded=changed)
+            _warn_tracing_change(self._config.tracing, new.tracing)
             return self._state.generation
 
     def reload_channels(
@@ -994,6 +997,32 @@ class Engine:
             cold=lambda ids: self.catalog.cold_mask(ids, plan.cold_max_age_days),
             evidence=evidence,
             channel_errors=errors,
+        )
+
+
+def _assigner(config: Config) -> Assigner:
+    """The config's :class:`Assigner`, each variant it can assign counted from 0 on
+    ``recall_variant_requests_total``."""
+    assigner = Assigner(config)
+    default = assigner.default
+    metrics.variant_series(
+        [(default.experiment, default.variant)]
+        + [(e.name, v.name) for e in config.experiments if e.enabled for v in e.variants]
+    )
+    return assigner
+
+
+def _warn_tracing_change(running: TracingConfig, reloaded: TracingConfig) -> None:
+    """``[tracing]`` is read at start-up (server.start_tracing) and a reload does not
+    apply it: say so, naming the keys that differ from the ones in force."""
+    keys = [
+        f.name for f in fields(running) if getattr(running, f.name) != getattr(reloaded, f.name)
+    ]
+    if keys:
+        log.warning(
+            "tracing_change_needs_restart",
+            keys=keys,
+            reason="[tracing] is read at start-up: the reloaded values apply after a restart",
         )
 
 

@@ -38,6 +38,7 @@ log = get_logger(__name__)
 
 RECALL_SERVICE = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+ADMIN_METHODS = tuple(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
 # For liveness probes: SERVING from before the port opens until the process exits. The
 # other names ("" included) are readiness: NOT_SERVING while channels load and while
 # draining, when a liveness probe must not restart the process.
@@ -140,6 +141,7 @@ async def create_server(
     await _set_health(health_servicer, False)  # before any port opens
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     admin = AdminServicer(engine, reload_config or (lambda: engine.config), group)
+    metrics.admin_auth_series(ADMIN_METHODS)  # a first refused admin call is a change
     recall_pb2_grpc.add_RecallServiceServicer_to_server(RecallServicer(engine), server)
     admin_server = None
     if cfg.admin_addr:
