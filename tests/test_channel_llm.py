@@ -168,3 +168,52 @@ def test_serving_does_not_import_torch(channel, demo_small):
     assert got["blocked_loaded"] == [] and got["added"] == 1
     query = Query(history=jazz, text=TOPIC_TEXTS["jazz"], exclude=frozenset(jazz))
     assert got["ids"] == list(channel.recall(query, 10).item_ids)
+
+
+ENCODER_SERIES = (
+    "recall_encoder_batch_size_count",
+    "recall_encoder_batch_size_sum",
+    "recall_encoder_queue_seconds_count",
+    "recall_encoder_queue_seconds_sum",
+    "recall_encoder_seconds_count",
+    "recall_encoder_seconds_sum",
+)
+
+
+def test_texts_encoded_on_the_calling_thread_are_recorded_as_encoder_batches(channel, demo_small):
+    """The int8 encoder runs on the channel call's own thread (no micro-batcher), and
+    its runs are recorded in the ``recall_encoder_*`` series under the channel's name as
+    the micro-batcher records a batch, so the dashboard's Encoders row shows ``llm``: a
+    recall's text is a batch of one that waited 0 s, ``recall_batch``'s texts are one
+    batch, and a query without text runs no encoder."""
+    from prometheus_client import REGISTRY
+
+    ctx = replace(channel.ctx, params={"precision": "int8"})
+    ch = instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)
+
+    def sample(series: str) -> float:
+        return REGISTRY.get_sample_value(series, {"encoder": ctx.name}) or 0.0
+
+    jazz = warm_items(demo_small, "jazz", 3)
+    try:
+        assert ch.text_batch_limit() == 1  # int8: encoded on the calling thread
+        before = {series: sample(series) for series in ENCODER_SERIES}
+        ch.recall(Query(text=TOPIC_TEXTS["jazz"]), 20)
+        ch.recall(Query(history=jazz), 20)
+        ch.recall_batch(
+            [
+                Query(text=TOPIC_TEXTS["space"]),
+                Query(history=jazz),
+                Query(history=jazz, text=TOPIC_TEXTS["cooking"]),
+            ],
+            20,
+        )
+        got = {series: sample(series) - before[series] for series in ENCODER_SERIES}
+    finally:
+        ch.close()
+    assert got["recall_encoder_batch_size_count"] == 2  # the recall's text, recall_batch's
+    assert got["recall_encoder_batch_size_sum"] == 3  # texts
+    assert got["recall_encoder_queue_seconds_count"] == 3
+    assert got["recall_encoder_queue_seconds_sum"] == 0
+    assert got["recall_encoder_seconds_count"] == 2
+    assert got["recall_encoder_seconds_sum"] > 0

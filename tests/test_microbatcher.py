@@ -10,7 +10,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from recall_engine.runtime.encoders import CALL_DEADLINE, BatcherDied, MicroBatcher
+from recall_engine.runtime.encoders import CALL_DEADLINE, BatcherDied, EncoderStats, MicroBatcher
 
 
 class Gated:
@@ -141,3 +141,41 @@ def test_a_caller_without_a_deadline_does_not_hang_when_the_thread_dies_under_it
         with pytest.raises(BatcherDied):
             doomed.result(10)
         assert mb.restarts == 1
+
+
+BATCH_SERIES = (
+    "recall_encoder_batch_size_count",
+    "recall_encoder_batch_size_sum",
+    "recall_encoder_queue_seconds_count",
+    "recall_encoder_seconds_count",
+)
+
+
+def test_a_run_on_the_callers_thread_records_the_series_a_batch_of_the_batcher_does():
+    """What a channel does with an encoder that takes one text per run (no micro-batcher):
+    ``EncoderStats.run`` records the run in the series the batcher records a batch in
+    (batch size, one queue time per item, 0 here, run time), under its ``encoder``
+    label, also when the run raises."""
+
+    def sample(series: str, name: str) -> float:
+        return REGISTRY.get_sample_value(series, {"encoder": name}) or 0.0
+
+    def fn(items):
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return [len(i) for i in items]
+
+    with MicroBatcher(fn, max_batch=8, max_delay_ms=1, name="t_batched") as mb:
+        assert mb.submit("abc") == 3
+    direct = EncoderStats("t_direct")
+    assert direct.run(fn, ["abc"]) == [3]
+    for series in BATCH_SERIES:
+        assert sample(series, "t_direct") == sample(series, "t_batched") == 1, series
+    assert (
+        REGISTRY.get_sample_value("recall_encoder_queue_seconds_sum", {"encoder": "t_direct"}) == 0
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        direct.run(fn, ["a", "boom"])
+    assert sample("recall_encoder_batch_size_sum", "t_direct") == 3
+    assert sample("recall_encoder_queue_seconds_count", "t_direct") == 3
+    assert sample("recall_encoder_seconds_count", "t_direct") == 2

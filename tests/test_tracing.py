@@ -576,3 +576,50 @@ def test_without_the_extra_turning_tracing_on_stops_start_up_naming_the_extra(tm
         "[tracing]" in failed["error"] and "pip install 'recall-engine[tracing]'" in failed["error"]
     )
     assert not parse_events(done.stderr, "server_listening")  # stopped before the port opened
+
+
+def test_the_llm_channels_encode_on_its_own_thread_has_a_span_naming_its_encoder(
+    tmp_path, spans, demo_small, minilm_onnx
+):
+    """The CPU default of the ``llm`` channel (int8) encodes a request's text on the
+    channel call's own thread, with no micro-batcher: its ``recall.encoder.encode`` span,
+    a child of the channel's span, names the encoder (``recall.encoder``, the name the
+    batcher's wait span would carry) beside the model file and the text count."""
+    from recall_engine.offline.build import build_all
+
+    config = make_config(
+        {
+            "artifacts": {"root": str(tmp_path)},
+            "channels": {
+                "llm": {
+                    "plugin": "llm",
+                    "required": True,
+                    "timeout_ms": 10000,
+                    "params": {
+                        "model_dir": str(minilm_onnx),
+                        "variants": ["int8"],
+                        "precision": "int8",
+                    },
+                }
+            },
+        },
+        tmp_path,
+    )
+    build_all(demo_small.interactions, demo_small.items, tmp_path, config)
+    with serve(config) as s:
+        resp = s.stub.Recall(
+            recall_pb2.RecallRequest(k=10, text="rockets, astronauts and telescopes"),
+            timeout=30,
+            metadata=TRACEPARENT,
+        )
+        the_server_span(spans)
+    assert {c.channel: c.status for c in resp.channels} == {"llm": OK}
+    exported = spans.get_finished_spans()
+    channel = channel_spans(exported)["llm"]
+    assert not by_name(exported, "recall.encoder.wait")  # no micro-batcher on this path
+    (encode,) = by_name(exported, "recall.encoder.encode")
+    assert encode.parent.span_id == channel.context.span_id
+    assert encode.attributes["recall.encoder"] == "llm"
+    assert encode.attributes["recall.encoder.texts"] == 1
+    model = Path(encode.attributes["recall.encoder.model"])
+    assert model.is_file() and "int8" in model.name

@@ -386,14 +386,18 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts`` in their order, float32 ``[len(texts), dim]``. With
         tracing on, in a ``recall.encoder.encode`` span when called inside one (a channel
-        call); the micro-batcher's own thread has none and makes none."""
+        call), naming the encoder (``recall.encoder``) when :meth:`EncoderStats.run`
+        runs it; the micro-batcher's own thread has none and makes none."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts; wrap one text in a list")
         if tracing.ENABLED:
-            attributes = {
+            attributes: dict[str, Any] = {
                 "recall.encoder.model": str(self.model.path),
                 "recall.encoder.texts": len(texts),
             }
+            name = _RUNNING_ENCODER.get()
+            if name is not None:
+                attributes["recall.encoder"] = name
             with tracing.child_span("recall.encoder.encode", attributes):
                 return self._encode(texts)
         return self._encode(texts)
@@ -446,6 +450,66 @@ class BatcherDied(RuntimeError):
     """The batching thread stopped; the items of the batch it held failed with this."""
 
 
+R = TypeVar("R")
+
+#: The name of the encoder that :meth:`EncoderStats.run` is running on this thread, set
+#: only while tracing is on: the ``recall.encoder`` attribute of the encoder's span.
+_RUNNING_ENCODER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "recall_engine_running_encoder", default=None
+)
+
+
+class EncoderStats:
+    """The ``recall_encoder_*`` batch series of one encoder (label ``encoder=name``, the
+    channel's name for a channel's text encoder): what :class:`MicroBatcher` records for
+    each batch it runs, and what :meth:`run` records for an encoder run on the caller's
+    own thread, so both paths show alike (the dashboard's "Encoders" row)."""
+
+    __slots__ = ("name", "_batch_size", "_queue_seconds", "_seconds")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._batch_size = ENCODER_BATCH_SIZE.labels(name)
+        self._queue_seconds = ENCODER_QUEUE_SECONDS.labels(name)
+        self._seconds = ENCODER_SECONDS.labels(name)
+
+    def batch_started(self, size: int, queued: Sequence[float] | None = None) -> None:
+        """A batch of ``size`` items starts; ``queued``: each item's wait for it, in
+        seconds (None: none waited, as on the caller's thread)."""
+        if queued is None:
+            for _ in range(size):
+                self._queue_seconds.observe(0.0)
+        else:
+            for seconds in queued:
+                self._queue_seconds.observe(seconds)
+        self._batch_size.observe(size)
+
+    def batch_ran(self, seconds: float) -> None:
+        """The batch's run took ``seconds`` (also when it raised)."""
+        self._seconds.observe(seconds)
+
+    def run(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
+        """``fn(items)`` on this thread, recorded as one batch of ``len(items)`` that
+        waited 0 s (what a channel without a micro-batcher, or ``recall_batch``, does
+        with its texts). With tracing on, the ``recall.encoder.encode`` span of a
+        :class:`TextEncoder` run inside names this encoder (``recall.encoder``)."""
+        if tracing.ENABLED:
+            token = _RUNNING_ENCODER.set(self.name)
+            try:
+                return self._run(fn, items)
+            finally:
+                _RUNNING_ENCODER.reset(token)
+        return self._run(fn, items)
+
+    def _run(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> R:
+        started = time.perf_counter()
+        self.batch_started(len(items))
+        try:
+            return fn(items)
+        finally:
+            self.batch_ran(time.perf_counter() - started)
+
+
 @dataclass(slots=True)
 class _Pending(Generic[T]):
     item: T
@@ -463,7 +527,8 @@ class MicroBatcher(Generic[T]):
     are queued or ``max_delay_ms`` has passed since that first item, whichever comes
     first. ``fn`` returns one result per item (an array's rows, or a list); each caller
     gets its own. When ``fn`` raises, every caller of that batch gets the exception and
-    the batcher goes on with the next batch. Metrics are labelled ``encoder=name``.
+    the batcher goes on with the next batch. Metrics are labelled ``encoder=name``
+    (:class:`EncoderStats`, :attr:`stats`).
 
     Deadlines: an item whose caller gave up (timed out, cancelled its future) or whose
     deadline passed while it was queued is dropped before the batch runs, so work nobody
@@ -490,9 +555,7 @@ class MicroBatcher(Generic[T]):
         self._queue: list[_Pending[T]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._batch_size = ENCODER_BATCH_SIZE.labels(name)
-        self._queue_seconds = ENCODER_QUEUE_SECONDS.labels(name)
-        self._seconds = ENCODER_SECONDS.labels(name)
+        self.stats = EncoderStats(name)
         self._expired = ENCODER_EXPIRED.labels(name)
         self._restarts = ENCODER_BATCHER_RESTARTS.labels(name)
         self.restarts = 0
@@ -650,9 +713,8 @@ class MicroBatcher(Generic[T]):
             return
         started = time.perf_counter()
         for pending in batch:
-            self._queue_seconds.observe(started - pending.queued_at)
             pending.started_at, pending.batch = started, len(batch)
-        self._batch_size.observe(len(batch))
+        self.stats.batch_started(len(batch), [started - p.queued_at for p in batch])
         try:
             results = self._fn([p.item for p in batch])
             if len(results) != len(batch):
@@ -668,7 +730,7 @@ class MicroBatcher(Generic[T]):
                 _fail(pending, exc)
             return
         finally:
-            self._seconds.observe(time.perf_counter() - started)
+            self.stats.batch_ran(time.perf_counter() - started)
         for pending, row in zip(batch, rows, strict=True):
             pending.future.set_result(row)
 

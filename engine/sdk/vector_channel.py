@@ -16,9 +16,13 @@ A query vector is made from what the request has:
   encoder call): the newest item weighs 1, the one before ``history_decay``, then
   ``history_decay ** 2`` …, over the last ``max_history`` items; unknown items are
   skipped;
-* **text** → the channel's text encoder, through a :class:`MicroBatcher` so that
-  concurrent single requests share one encoder run (``recall_batch`` encodes its texts
-  in one call instead);
+* **text** → the channel's text encoder: through a :class:`MicroBatcher`, so that
+  concurrent single requests share one encoder run, when the encoder batches
+  (:meth:`VectorChannel.text_batch_limit` over 1); on the call's own thread when it runs
+  one text at a time (the ``llm`` channel's int8 encoder, its CPU default).
+  ``recall_batch`` encodes its texts in one call on its own thread. Either way the run
+  is recorded in the ``recall_encoder_*`` series under the channel's name
+  (:class:`EncoderStats`; on the call's thread as a batch that waited 0 s);
 * **both** → ``(1 - text_weight) * history + text_weight * text``, renormalised.
 
 Every vector is L2-normalised and searched with the ``cos`` metric. Excludes are the
@@ -80,7 +84,7 @@ from annotated_types import Interval
 from tqdm import tqdm
 
 from recall_engine.observability.logs import get_logger
-from recall_engine.runtime.encoders import MicroBatcher
+from recall_engine.runtime.encoders import EncoderStats, MicroBatcher
 from recall_engine.runtime.index import VectorIndex
 from recall_engine.runtime.index_check import check_index
 from recall_engine.runtime.npz_map import save_npz
@@ -398,6 +402,7 @@ class VectorChannel(Channel):
         self.params = ctx.params_as(self.Params)
         self._index: VectorStore | None = None
         self._batcher: MicroBatcher[str] | None = None
+        self._encoder_stats: EncoderStats | None = None  # texts encoded on the call's thread
         self._write_lock = threading.Lock()
         self._version = ""
         self._reconciled = {"added": 0, "removed": 0}
@@ -456,13 +461,17 @@ class VectorChannel(Channel):
         self._index = self._open_store(bundle, built)
         self.open_encoders(bundle)
         self._reconcile(built)
-        if self.supports_text and self.text_batch_limit() > 1:
-            self._batcher = MicroBatcher(
-                self.encode_texts,
-                max_batch=self.params.max_batch,
-                max_delay_ms=self.params.max_delay_ms,
-                name=self.ctx.name,
-            )
+        if self.supports_text:
+            # the series the micro-batcher records under the channel's name, also for
+            # texts encoded on the call's own thread (see _query_vectors)
+            self._encoder_stats = EncoderStats(self.ctx.name)
+            if self.text_batch_limit() > 1:
+                self._batcher = MicroBatcher(
+                    self.encode_texts,
+                    max_batch=self.params.max_batch,
+                    max_delay_ms=self.params.max_delay_ms,
+                    name=self.ctx.name,
+                )
 
     def _open_store(self, bundle: Bundle, built: Mapping[str, int]) -> VectorStore:
         """The bundle's vectors, in the store it was built for (checked against the
@@ -660,10 +669,12 @@ class VectorChannel(Channel):
             rows = [i for i, q in enumerate(queries) if q.text.strip()]
             if rows:
                 texts = [queries[i].text for i in rows]
-                if batched or self._batcher is None:
-                    encoded = list(self.encode_texts(texts))
-                else:
+                if not batched and self._batcher is not None:
                     encoded = [self._batcher.submit(texts[0])]
+                elif self._encoder_stats is not None:  # on this thread, recorded as a batch
+                    encoded = list(self._encoder_stats.run(self.encode_texts, texts))
+                else:
+                    encoded = list(self.encode_texts(texts))
                 for i, vector in zip(rows, encoded, strict=True):
                     text[i] = _unit(np.asarray(vector, dtype=np.float32))
         weight = self.params.text_weight
