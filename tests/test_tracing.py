@@ -623,3 +623,22 @@ def test_the_llm_channels_encode_on_its_own_thread_has_a_span_naming_its_encoder
     assert encode.attributes["recall.encoder.texts"] == 1
     model = Path(encode.attributes["recall.encoder.model"])
     assert model.is_file() and "int8" in model.name
+
+
+def test_a_librarys_stdlib_warning_is_a_json_log_line_naming_its_logger(capsys):
+    """OpenTelemetry's exporters (and gRPC, boto3, Ray) log through the standard library;
+    an exporter that cannot reach its collector must not print plain text between the
+    service's JSON lines."""
+    import logging
+
+    with json_logs():
+        logging.getLogger("opentelemetry.exporter.otlp").warning(
+            "Transient error %s encountered while exporting traces", "StatusCode.UNAVAILABLE"
+        )
+        logging.getLogger("some.library").info("chatter below the level")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    (only,) = [json.loads(line) for line in lines]
+    assert only["event"] == (
+        "Transient error StatusCode.UNAVAILABLE encountered while exporting traces"
+    )
+    assert (only["level"], only["logger"]) == ("warning", "opentelemetry.exporter.otlp")

@@ -17,8 +17,9 @@ from recall_engine.observability import tracing
 
 
 def configure(level: str = "INFO", json: bool | None = None) -> None:
-    """Configure structlog (and route stdlib logging through it). ``json=None`` picks
-    JSON unless stderr is a terminal."""
+    """Configure structlog, and route the standard library's warnings and errors
+    through it (:func:`_route_stdlib_logging`). ``json=None`` picks JSON unless stderr
+    is a terminal."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
@@ -41,6 +42,40 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib_logging()
+
+
+#: What libraries log through the standard library (gRPC, OpenTelemetry's exporters,
+#: boto3, Ray) reaches the service's log from this level up: their warnings and errors
+#: (an exporter that cannot reach its collector), not their chatter.
+STDLIB_LEVEL = logging.WARNING
+
+
+class _ToStructlog(logging.Handler):
+    """Hands a standard-library record to structlog, so that it is a line like every
+    other (JSON in production) with the library's logger name, not plain text between
+    JSON lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, object] = {"logger": record.name}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info
+            get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def _route_stdlib_logging() -> None:
+    """One :class:`_ToStructlog` on the root logger (again on every ``configure``,
+    replacing the earlier one), at :data:`STDLIB_LEVEL`."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    handler = _ToStructlog(STDLIB_LEVEL)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > STDLIB_LEVEL:
+        root.setLevel(STDLIB_LEVEL)
 
 
 def add_trace_ids(
