@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 DATASET = (
-    "ml-1m:/work/shared/data/ml-1m-cs100-subset/ratings.dat.gz,/work/shared/data/ml-1m/movies.dat"
+    "ml-1m:../shared/data/ml-1m-cs100-subset/ratings.dat.gz,../shared/data/ml-1m/movies.dat"
 )
 
 
