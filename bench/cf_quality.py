@@ -28,9 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET = (
-    "ml-1m:../shared/data/ml-1m-cs100-subset/ratings.dat.gz,../shared/data/ml-1m/movies.dat"
-)
+DATASET = "ml-1m:../shared/data/ml-1m-cs100-subset/ratings.dat.gz,../shared/data/ml-1m/movies.dat"
 
 
 def temporal_split(inter, share: float = 0.2):
