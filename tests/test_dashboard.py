@@ -39,9 +39,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from recall_engine._proto import admin_pb2, admin_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.harness import ServeProcess
 from tests.helpers import ROOT, wait_until
+from tests.prometheus_server import RULES, needs_prometheus, running_prometheus
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "recall-engine-dashboard.json"
-RULES = ROOT / "deploy" / "prometheus" / "recall-engine-alerts.yml"
 RELIABILITY = ROOT / "docs" / "reliability.md"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 TOKEN = "dash-token"
@@ -664,66 +664,13 @@ def test_promtool_accepts_the_rules_and_every_dashboard_expression(tmp_path):
 EMPTY_WHEN_HEALTHY: set[str] = set()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="prometheus is not installed (Debian/Ubuntu package 'prometheus')",
-)
+@needs_prometheus
 def test_prometheus_evaluates_every_panel_and_rule_against_the_server(served, tmp_path):
     """A real Prometheus scrapes the server every second with the rules loaded: every
     rule evaluates without error, every dashboard query runs and returns data (the
     failure panels of a healthy server at 0), and a failed reload made now raises
     RecallEngineReloadFailed, the only alert that is raised."""
-    binary = shutil.which("prometheus")
-    assert binary is not None
-    port = _free_port()
-    config = tmp_path / "prometheus.yml"
-    target = f"127.0.0.1:{served.server.metrics_port}"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES)],
-                "scrape_configs": [
-                    {"job_name": "recall-engine", "static_configs": [{"targets": [target]}]}
-                ],
-            }
-        )
-    )
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def api(path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def scrapes() -> float:
-        result = api("query", query='count_over_time(up{job="recall-engine"}[1m])')["result"]
-        return float(result[0]["value"][1]) if result else 0.0
-
-    try:
-        what = lambda: (tmp_path / "prometheus.log").read_text()[-3000:]  # noqa: E731
-        wait_until(lambda: _answers(port), 60, what=what)
-        wait_until(lambda: scrapes() >= 5, 60, what=what)
+    with running_prometheus(tmp_path, f"127.0.0.1:{served.server.metrics_port}", 5) as prom:
         with grpc.insecure_channel(f"127.0.0.1:{served.server.port}") as channel:
             with pytest.raises(grpc.RpcError):
                 admin_pb2_grpc.AdminServiceStub(channel).Reload(
@@ -731,13 +678,9 @@ def test_prometheus_evaluates_every_panel_and_rule_against_the_server(served, tm
                     metadata=ADMIN,
                     timeout=60,
                 )
+        assert wait_until(prom.raised, 60, what="an alert") == {"RecallEngineReloadFailed"}
 
-        def raised() -> set[str]:
-            return {a["labels"]["alertname"] for a in api("alerts")["alerts"]}
-
-        assert wait_until(raised, 60, what="an alert") == {"RecallEngineReloadFailed"}
-
-        rules = [r for g in api("rules")["groups"] for r in g["rules"]]
+        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
         assert len(rules) == len(rule_queries(load_rules()))
         unhealthy = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
         assert unhealthy == {}
@@ -749,7 +692,7 @@ def test_prometheus_evaluates_every_panel_and_rule_against_the_server(served, tm
                 expr = expr.replace(var, value)
             expr = _GRAFANA_VAR.sub(".*", expr)
             try:
-                result = api("query", query=expr)["result"]
+                result = prom.api("query", query=expr)["result"]
             except urllib.error.HTTPError as e:
                 errors[where] = e.read().decode()
                 continue
@@ -760,18 +703,6 @@ def test_prometheus_evaluates_every_panel_and_rule_against_the_server(served, tm
         if not served.content:  # no channel with an encoder was served
             expected |= {t for _, t in _with_titles(load_dashboard()) if t.startswith("Encoder")}
         assert empty == expected
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _with_titles(dashboard: dict) -> list[tuple[tuple[str, str], str]]:

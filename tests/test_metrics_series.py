@@ -15,21 +15,15 @@ raises ``RecallEngineReloadFailed``.
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
-import subprocess
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.harness import ServeProcess, catalog_of
 from tests.helpers import wait_until
-from tests.test_dashboard import RULES, _answers, _free_port, samples
+from tests.prometheus_server import needs_prometheus, running_prometheus
+from tests.test_dashboard import samples
 
 CONFIG = """
 [server]
@@ -158,97 +152,44 @@ def test_a_fresh_server_exports_the_series_alerts_need_at_zero(config_path, fake
 
         # a channel a reload loads gets its series at 0 when it loads
         write_config(config_path, channel_c=True)
-        server.proc.send_signal(signal.SIGHUP)
-        wait_until(
-            lambda: any('"sighup_reload"' in e for e in server.events),
-            30,
-            what=lambda: "\n".join(server.events[-20:]),
-        )
+        sighup(server, "sighup_reload")
         page = server.scrape()
         assert missing_or_nonzero(page, channel_series("c")) == []
         assert values(page, "recall_reloads_total", kind="config", outcome="ok") == [1.0]
 
         # the first failed reload counts on the series that was there at 0
         write_config(config_path, channel_c=True, bad=True)
-        server.proc.send_signal(signal.SIGHUP)
-        wait_until(
-            lambda: any('"sighup_reload_failed"' in e for e in server.events),
-            30,
-            what=lambda: "\n".join(server.events[-20:]),
-        )
+        sighup(server, "sighup_reload_failed")
         page = server.scrape()
         assert values(page, "recall_reloads_total", kind="config", outcome="failed") == [1.0]
     finally:
         server.stop()
 
 
-@pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="prometheus is not installed (Debian/Ubuntu package 'prometheus')",
-)
+def sighup(server: ServeProcess, event: str) -> None:
+    """Send SIGHUP and wait for the log line ``event`` it ends in."""
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: any(f'"{event}"' in e for e in server.events),
+        30,
+        what=lambda: "\n".join(server.events[-20:]),
+    )
+
+
+@needs_prometheus
 def test_the_first_failed_reload_of_a_process_raises_the_alert(config_path, fake_plugins, tmp_path):
     """The reproduction of the review: a fresh process, watched by a real Prometheus
     with the rules loaded, fails its first config reload (SIGHUP with a bad file):
     ``increase(recall_reloads_total{outcome="failed"}[15m])`` sees it and
     RecallEngineReloadFailed is raised (pending: its ``for`` is a minute)."""
-    binary = shutil.which("prometheus")
-    assert binary is not None
     server = ServeProcess(config_path, fake_site=fake_plugins, need_metrics=True)
-    port = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES)],
-                "scrape_configs": [
-                    {
-                        "job_name": "recall-engine",
-                        "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    log_path = tmp_path / "prometheus.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def api(path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def scrapes() -> float:
-        result = api("query", query='count_over_time(up{job="recall-engine"}[1m])')["result"]
-        return float(result[0]["value"][1]) if result else 0.0
-
-    def raised() -> set[str]:
-        return {a["labels"]["alertname"] for a in api("alerts")["alerts"]}
-
     try:
-        what = lambda: log_path.read_text()[-3000:]  # noqa: E731
-        wait_until(lambda: _answers(port), 60, what=what)
-        wait_until(lambda: scrapes() >= 3, 60, what=what)
-        assert raised() == set()
-        write_config(config_path, bad=True)
-        server.proc.send_signal(signal.SIGHUP)
-        assert wait_until(raised, 60, what="an alert") == {"RecallEngineReloadFailed"}
-        alert = next(a for a in api("alerts")["alerts"])
-        assert alert["labels"]["kind"] == "config"
+        with running_prometheus(tmp_path, f"127.0.0.1:{server.metrics_port}") as prom:
+            assert prom.raised() == set()
+            write_config(config_path, bad=True)
+            server.proc.send_signal(signal.SIGHUP)
+            assert wait_until(prom.raised, 60, what="an alert") == {"RecallEngineReloadFailed"}
+            alert = next(a for a in prom.api("alerts")["alerts"])
+            assert alert["labels"]["kind"] == "config"
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
         server.stop()
