@@ -155,15 +155,12 @@ def test_a_young_history_gets_the_cold_slot_an_old_one_keeps_its_warm_items_and_
 
 
 def _fit(
-    young_targets_hold_the_list_end: bool,
-    new_items_held_out: bool = True,
-    first_random_holds_the_list_end: bool = False,
+    young_targets_hold_the_list_end: bool, new_items_held_out: bool = True
 ) -> tuple[ColdGate | None, dict]:
     """200 validation users, the first 40 with young histories (1 day), the rest old
     (1,000 days). cf returns 100 warm items, the text channel a new one first. The old
     users' held-out items include cf's last item, which a cold slot would push out; the
-    young users' include their new item (and, when asked, cf's last one too; or, when
-    asked, the first young user's random target holds cf's last item beside its first)."""
+    young users' include their new item (and, when asked, cf's last one too)."""
     users = range(200)
     plan = Plan(
         fusion="rrf",
@@ -191,8 +188,7 @@ def _fit(
         else:
             targets["next"].append(frozenset({warm[-1]}))
             targets["temporal"].append(frozenset({warm[-1], warm[-2]}))
-        end_too = first_random_holds_the_list_end and u == 0
-        targets["random"].append(frozenset({warm[0], warm[-1]} if end_too else {warm[0]}))
+        targets["random"].append(frozenset({warm[0]}))
     known = frozenset(ages)
     return fit_cold_gate(
         plan,
@@ -230,21 +226,6 @@ def test_the_fit_keeps_no_cold_slot_when_every_slot_costs_more_warm_recall_than_
     young_only = [t for t in report["tried"] if t["max_age_days"] < 1_000.0]
     assert young_only and not any(t["within_warm_loss"] for t in young_only)
     assert WARM_LOSS < 0.1  # the young users' loss (1 of 2 or 3 items) is far past it
-
-
-def test_the_fit_keeps_no_cold_slot_that_lowers_overall_recall_on_a_target():
-    """The young users' slots find their new items on two targets, but on the third one
-    young user loses a warm hit to the slot and gains nothing: warm recall is down 0.25 %
-    there (within the bound), overall recall is down too. Such a slot makes the list
-    worse than no slot for that target: no gate."""
-    gate, report = _fit(young_targets_hold_the_list_end=False, first_random_holds_the_list_end=True)
-    assert gate is not None and gate.quota == 0.0
-    young_only = [t for t in report["tried"] if t["max_age_days"] < 1_000.0]
-    assert young_only and all(t["within_warm_loss"] for t in young_only)
-    assert not any(t["overall_not_down"] for t in young_only)
-    base = report["no_cold_slots"]["all"]
-    for t in young_only:  # found new items on next and temporal, lost a hit on random
-        assert t["all"]["next"] > base["next"] and t["all"]["random"] < base["random"]
 
 
 def test_a_carve_that_holds_out_no_new_item_learns_no_gate_and_the_plan_quota_stays():

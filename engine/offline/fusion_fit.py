@@ -46,11 +46,7 @@ of :data:`COLD_QUOTAS`. Cold items are those the carve's training rows never saw
 gate is scored per target as served (the segment's learned weights, the scouts, the
 fusion's cold quota) by its warm-item recall and its cold-item recall; the gate kept is
 the one with the most cold-item recall whose warm-item recall is down by at most
-:data:`WARM_LOSS` on every target, the issue's bound halved for the carve's noise, and
-whose overall recall (warm and cold items together) is down on no target: a slot must
-find a new item where it pushes out a warm one, else the list is worse than without it
-(on ML-100K's random split the gate the warm bound alone admitted lowered overall recall
-on the carve by 0.1 % and left the served list 0.0023 under EASE on the test). None
+:data:`WARM_LOSS` on every target, the issue's bound halved for the carve's noise. None
 such: learned requests get no cold slot. A carve where fewer than
 :data:`MIN_COLD_USERS` users hold out a cold item says nothing about new items, and no
 gate is learned: every request keeps the plan's ``cold_quota``.
@@ -740,17 +736,14 @@ def fit_cold_gate(
         for qi, quota in enumerate(COLD_QUOTAS, start=1):
             r = counts.recall(np.where(young, qi, 0))
             loss = 1.0 - r["warm"] / np.where(base["warm"] > 0, base["warm"], 1.0)
-            within = bool(np.all(loss <= WARM_LOSS))
-            not_down = bool(np.all(r["all"] >= base["all"] - 1e-12))
-            ok = within and not_down
+            ok = bool(np.all(loss <= WARM_LOSS))
             cold = float(np.mean(r["cold"][with_cold])) if with_cold else 0.0
             tried.append(
                 {
                     "users": round(share, 2),
                     "max_age_days": round(bound, 2),
                     "quota": quota,
-                    "within_warm_loss": within,
-                    "overall_not_down": not_down,
+                    "within_warm_loss": ok,
                     **table(r),
                 }
             )
@@ -759,8 +752,7 @@ def fit_cold_gate(
     gate = best[2] if best is not None else ColdGate(0.0, RECENT, 0.0)
     report = {
         "rule": f"the most cold-item recall@{K} (mean over the targets holding cold items) "
-        f"whose warm-item recall is down by at most {WARM_LOSS:.1%} on every target "
-        "and whose overall recall is down on none; "
+        f"whose warm-item recall is down by at most {WARM_LOSS:.1%} on every target; "
         "cold = not in the carve's training rows",
         "users_with_cold_items": {
             t: int((counts.cold[:, i] > 0).sum()) for i, t in enumerate(names)
