@@ -5,17 +5,20 @@ metadata featuriser."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
 
 from recall_engine.offline.data.interactions import Interactions
 from recall_engine.plugins.content.terms import Vocabulary, item_terms, query_terms
+from recall_engine.runtime.encoders import MicroBatcher
 from recall_engine.sdk.channel import ItemRecord, Query
 from recall_engine.sdk.testing import VectorChannelContract
 from recall_engine.sdk.types import ColdItems
 from recall_engine.sdk.vector_channel import RANK_SAMPLE
 from tests.helpers import build_and_load, reopen, serve_without_torch, topic_share, warm_items
+from tests.log_events import parse_events
 
 NEW_JAZZ = ItemRecord(
     "new-jazz",
@@ -267,3 +270,49 @@ def test_two_builds_with_one_seed_give_identical_item_vectors(tmp_path, demo_sma
         assert not np.array_equal(ch.encode_items(items), vectors[0])
     finally:
         ch.close()
+
+
+def test_a_text_encoder_quicker_than_the_batchers_wait_encodes_on_the_calling_thread(
+    channel, demo_small, capsys
+):
+    """content's bag-of-terms encoder runs a text in a few hundredths of a millisecond,
+    far under the micro-batcher's wait for company (2 ms): warm-up measures it, closes
+    the batcher and logs why; texts are then encoded on the channel call's thread. The
+    same channel with an encoder made slower than the bound keeps its batcher."""
+    import threading
+
+    from recall_engine.sdk.vector_channel import GATHER_TEXTS_ABOVE_S
+
+    quick = reopen(channel)
+    try:
+        assert quick._batcher is None  # instantiate() loaded and warmed it up
+        threads: list[str] = []
+        encode = quick.encode_texts
+
+        def spy(texts):
+            threads.append(threading.current_thread().name)
+            return encode(texts)
+
+        quick.encode_texts = spy  # type: ignore[method-assign]
+        got = quick.recall(Query(text="rockets and astronauts"), 20)
+        assert share(demo_small, got.item_ids, "space") >= 0.5
+        assert threads == [threading.current_thread().name]
+    finally:
+        quick.close()
+    events = parse_events(capsys.readouterr().err, "text_encoder_inline")
+    assert events and events[-1]["ms_per_text"] < GATHER_TEXTS_ABOVE_S * 1000
+
+    slow = reopen(channel)  # warmed up quick: give it a slow encoder and warm it again
+    try:
+        slow._batcher = MicroBatcher(slow.encode_texts, max_batch=8, name="slow")
+        encode_slowly = slow.encode_texts
+
+        def slower(texts):
+            time.sleep(2 * GATHER_TEXTS_ABOVE_S)
+            return encode_slowly(texts)
+
+        slow.encode_texts = slower  # type: ignore[method-assign]
+        slow.warmup()
+        assert slow._batcher is not None
+    finally:
+        slow.close()

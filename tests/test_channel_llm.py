@@ -217,3 +217,25 @@ def test_texts_encoded_on_the_calling_thread_are_recorded_as_encoder_batches(cha
     assert got["recall_encoder_queue_seconds_sum"] == 0
     assert got["recall_encoder_seconds_count"] == 2
     assert got["recall_encoder_seconds_sum"] > 0
+
+
+def test_the_int8_query_encoder_runs_on_one_thread_unless_told_otherwise(channel):
+    """int8 runs one short text at a time, where ONNX Runtime's pool of one thread per
+    core costs more in hand-offs than it saves (docs/performance.md): the default (0)
+    means one thread there; fp32, which batches, keeps ONNX Runtime's default; a thread
+    count set in the params is used as it is."""
+    if channel.info().details["device"] != "cpu":
+        pytest.skip("a GPU serves fp16 under precision=auto")
+
+    def threads(params: dict) -> tuple[str, int]:
+        ctx = replace(channel.ctx, params=params)
+        ch = instantiate(ctx.plugin, load_factory(resolve(discover(), ctx.plugin)), ctx)
+        try:
+            options = ch.encoder.model.session.get_session_options()
+            return ch.info().details["precision"], options.intra_op_num_threads
+        finally:
+            ch.close()
+
+    assert threads({"precision": "int8"}) == ("int8", 1)
+    assert threads({"precision": "fp32"}) == ("fp32", 0)
+    assert threads({"precision": "int8", "intra_op_threads": 2}) == ("int8", 2)

@@ -18,8 +18,10 @@ A query vector is made from what the request has:
   skipped;
 * **text** → the channel's text encoder: through a :class:`MicroBatcher`, so that
   concurrent single requests share one encoder run, when the encoder batches
-  (:meth:`VectorChannel.text_batch_limit` over 1); on the call's own thread when it runs
-  one text at a time (the ``llm`` channel's int8 encoder, its CPU default).
+  (:meth:`VectorChannel.text_batch_limit` over 1) and a run costs enough for sharing
+  it to pay; on the call's own thread when it runs one text at a time (the ``llm``
+  channel's int8 encoder, its CPU default) or a run of one text costs a fraction of the
+  batcher's wait (the ``content`` channel's bag-of-terms encoder; measured at warm-up).
   ``recall_batch`` encodes its texts in one call on its own thread. Either way the run
   is recorded in the ``recall_encoder_*`` series under the channel's name
   (:class:`EncoderStats`; on the call's thread as a batch that waited 0 s);
@@ -138,6 +140,12 @@ FILTER_HEADROOM = 0.1
 MAX_COLD_SCAN = 20_000
 #: Items whose scores place recall_cold's answers in the full ranking (see _full_ranks).
 RANK_SAMPLE = 512
+#: A text encoder whose quickest run of one text is under this gathers no texts: the
+#: micro-batcher's wait (``max_delay_ms``, 2 ms) would cost more than a shared run saves
+#: (VectorChannel._gather_texts_only_if_it_pays).
+GATHER_TEXTS_ABOVE_S = 0.00025
+GATHER_PROBE_RUNS = 20
+GATHER_PROBE_TEXT = "photos of distant galaxies and a history of jazz"
 
 
 def filter_headroom(query: Query) -> float:
@@ -511,11 +519,38 @@ class VectorChannel(Channel):
 
     def warmup(self) -> None:
         self.warmup_encoders()
+        self._gather_texts_only_if_it_pays()
         first = self.index.sample_ids(1)
         self.recall(Query(user_id="__warmup__", history=tuple(first)), 10)
         if self.supports_text:
             self.recall(Query(user_id="__warmup__", text="warm up"), 10)
             self.recall_batch([Query(text="warm up"), Query(history=tuple(first))], 10)
+
+    def _gather_texts_only_if_it_pays(self) -> None:
+        """The micro-batcher shares one encoder run between concurrent requests, and
+        makes each request wait up to ``max_delay_ms`` (2 ms) for company. An encoder
+        whose run of one text costs a fraction of that wait saves nothing by sharing:
+        then texts are encoded on the channel call's own thread. Measured once, at
+        warm-up, as the quickest of a few runs (a busy host slows every run, not the
+        quickest); logged as ``text_encoder_inline``. The content channel's bag-of-terms
+        encoder takes ~0.03 ms a text; MiniLM fp32 takes milliseconds and keeps it."""
+        if self._batcher is None:
+            return
+        runs = []
+        for _ in range(GATHER_PROBE_RUNS):
+            started = time.perf_counter()
+            self.encode_texts([GATHER_PROBE_TEXT])
+            runs.append(time.perf_counter() - started)
+        quickest = min(runs)
+        if quickest < GATHER_TEXTS_ABOVE_S:
+            self._batcher.close()
+            self._batcher = None
+            log.info(
+                "text_encoder_inline",
+                channel=self.ctx.name,
+                ms_per_text=round(quickest * 1000, 4),
+                below_ms=GATHER_TEXTS_ABOVE_S * 1000,
+            )
 
     def close(self) -> None:
         if self._batcher is not None:
