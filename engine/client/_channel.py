@@ -18,6 +18,7 @@ n mod N. The addresses come from one of:
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,12 +101,31 @@ def target_of(addresses: str | Sequence[str]) -> str:
     return f"ipv4:{','.join(v4)}" if v4 else f"ipv6:{','.join(v6)}"
 
 
+#: The health service name the client watches under ``round_robin``: the server reports
+#: it NOT_SERVING while it loads its channels and while it drains before shutting down.
+HEALTH_SERVICE = "recall_engine.v1.RecallService"
+
+
 def channel_options(
     load_balancing: str, extra: Sequence[tuple[str, int | str]]
 ) -> list[tuple[str, int | str]]:
+    """The channel's options. Under ``round_robin`` the channel also watches each
+    server's health (gRPC client-side health checking, gRFC A17): a server that says
+    NOT_SERVING (loading its channels after a restart, or draining before it stops)
+    gets no calls while another serves, and with none serving a call that waits for a
+    connection waits until one does. A server without the health service counts as
+    serving (A17)."""
     if load_balancing not in ("round_robin", "pick_first"):
         raise ValueError(f"load_balancing: 'round_robin' or 'pick_first', got {load_balancing!r}")
-    return [*DEFAULT_OPTIONS, ("grpc.lb_policy_name", load_balancing), *extra]
+    service_config: dict[str, object] = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if load_balancing == "round_robin":
+        service_config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+    return [
+        *DEFAULT_OPTIONS,
+        ("grpc.lb_policy_name", load_balancing),
+        ("grpc.service_config", json.dumps(service_config)),
+        *extra,
+    ]
 
 
 def tls_options(tls: TLS | None) -> list[tuple[str, int | str]]:

@@ -15,8 +15,8 @@ replaces it. A retry is never started when the wait would end past the call's de
 and each attempt is given only the time left. A retry budget (gRPC's
 ``retryThrottling``) stops retries from multiplying the load on a struggling server.
 
-After ``UNAVAILABLE`` with no connection, the retry first waits for one, within the
-time left. Once a connection fails, gRPC does not try it again until its reconnect
+After ``UNAVAILABLE`` the retry first waits for a connection, within the time left (a
+health check sent with ``wait_for_ready``: answered at once when there is one). Once a connection fails, gRPC does not try it again until its reconnect
 backoff has passed (0.2 s at first, then longer), and every attempt made meanwhile fails
 at once: retries spaced by milliseconds would spend every attempt, and a token of the
 budget each, in the first tenth of a second of a restart. Waiting instead, a call is
@@ -236,7 +236,7 @@ class Attempts:
         code, details, md = self._last
         return RecallCallError(
             code,
-            f"{details} (no connection within the call's deadline)",
+            f"{details} (waited for a connection until the call's deadline)",
             trailing_metadata=md,
             attempts=self.made,
             reason="deadline",
