@@ -16,14 +16,17 @@ and each attempt is given only the time left. A retry budget (gRPC's
 ``retryThrottling``) stops retries from multiplying the load on a struggling server.
 
 After ``UNAVAILABLE`` the retry first waits for a connection, within the time left (a
-health check sent with ``wait_for_ready``: answered at once when there is one). Once a connection fails, gRPC does not try it again until its reconnect
-backoff has passed (0.2 s at first, then longer), and every attempt made meanwhile fails
-at once: retries spaced by milliseconds would spend every attempt, and a token of the
-budget each, in the first tenth of a second of a restart. Waiting instead, a call is
-carried across a restart that ends before its deadline. When no connection comes in
-time the call fails with ``UNAVAILABLE`` (reason ``deadline``), never
-``DEADLINE_EXCEEDED``, which stays the code of a server that ran out of time. A server
-that answers ``UNAVAILABLE`` itself (it is loading) is retried after the backoff alone.
+health check sent with ``wait_for_ready``: answered at once when there is one). Once a
+connection fails, gRPC does not try it again until its reconnect backoff has passed
+(0.2 s at first, then longer), and every attempt made meanwhile fails at once: retries
+spaced by milliseconds would spend every attempt, and a token of the budget each, in the
+first tenth of a second of a restart. Waiting instead, a call is carried across a
+restart that ends before its deadline. When no connection comes in time the call fails
+with ``UNAVAILABLE`` (reason ``deadline``), never ``DEADLINE_EXCEEDED``, which stays the
+code of a server that ran out of time. Under ``round_robin`` the channel also watches the
+servers' health (``_channel.channel_options``), so a server that is loading counts as no
+connection; to a ``pick_first`` client it answers ``UNAVAILABLE`` itself, and that is
+retried after the backoff.
 """
 
 from __future__ import annotations
