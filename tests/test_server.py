@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import grpc
@@ -375,3 +376,23 @@ def test_a_negative_overload_bound_is_a_config_error_naming_the_key(tmp_path):
             },
             tmp_path,
         )
+
+
+def test_a_second_server_on_a_taken_address_fails_to_bind_instead_of_sharing_it(tmp_path):
+    """gRPC binds with SO_REUSEPORT by default, so a second ``serve`` started on the
+    address of one already serving would silently take half its calls (found by running
+    two by mistake). Outside ``serve --processes N`` the port is not shared."""
+    from recall_engine.serving.engine import Engine
+    from recall_engine.serving.server import create_server
+
+    with serve(two_channel_config(tmp_path), catalog_of(ITEMS, CATS)) as first:
+        addr = f"127.0.0.1:{first.port}"
+        second = Engine(two_channel_config(tmp_path), catalog=catalog_of(ITEMS, CATS))
+
+        async def bind_again():
+            return await create_server(second, addr)
+
+        with pytest.raises(OSError, match=f"could not bind {addr}"):
+            asyncio.run_coroutine_threadsafe(bind_again(), first.loop).result(30)
+        resp = first.stub.Recall(recall_pb2.RecallRequest(user_id="u", k=3), timeout=10)
+        assert len(resp.item_ids) == 3

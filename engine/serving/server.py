@@ -81,8 +81,13 @@ async def _set_health(servicer: health.aio.HealthServicer, serving: bool) -> Non
     metrics.SERVING.set(1 if serving else 0)
 
 
-def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+def server_options(cfg: ServerConfig, share_port: bool = False) -> list[tuple[str, int]]:
     """gRPC core options from ``[server]``: connection limits and lifetimes.
+
+    ``share_port``: SO_REUSEPORT, for the processes of ``serve --processes N``, which
+    bind one port together. Off otherwise (gRPC turns it on by default): a second server
+    started on a taken address by mistake must fail to bind, not silently take half the
+    calls from the one already serving there.
 
     Idle connections are closed after ``max_connection_idle_s`` (an idle client
     reconnects transparently); every connection is recycled after
@@ -90,7 +95,7 @@ def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     rebalance over replicas that came up later; at most ``max_connections`` are open at
     once and ``max_concurrent_streams`` calls run per connection."""
     opts = [
-        ("grpc.so_reuseport", 1),
+        ("grpc.so_reuseport", 1 if share_port else 0),
         ("grpc.max_receive_message_length", cfg.max_receive_bytes),
         ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
         ("grpc.max_allowed_incoming_connections", cfg.max_connections),
@@ -127,7 +132,7 @@ async def create_server(
     set, else beside RecallService. Health says NOT_SERVING from before the port opens
     until the caller marks it serving."""
     cfg = engine.config.server
-    options = server_options(cfg)
+    options = server_options(cfg, share_port=group is not None)
     # auth first: an unauthenticated admin call is refused before anything parses it
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ShedInterceptor(engine),  # first: a shed Recall costs nothing else
@@ -182,9 +187,12 @@ def _add_common(
 
 
 def _bind(server: grpc.aio.Server, addr: str, creds: grpc.ServerCredentials | None) -> int:
-    port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+    try:
+        port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+    except RuntimeError as e:  # newer gRPC raises where older ones returned 0
+        raise OSError(f"could not bind {addr} (taken by another process?): {e}") from None
     if port == 0:
-        raise OSError(f"could not bind {addr}")
+        raise OSError(f"could not bind {addr} (taken by another process?)")
     return port
 
 
