@@ -77,6 +77,21 @@ def history(demo_small) -> list[str]:
     return space[:3]
 
 
+def hold(port: int) -> socket.socket:
+    """A bound, never-listening socket on ``port``: nothing else takes the port while a
+    test's server is down. Close it (:func:`release`) before the server binds again."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def release(held: list[socket.socket]) -> None:
+    for sock in held:
+        sock.close()
+    held.clear()
+
+
 def closed_port() -> int:
     """A port nothing listens on (bound by no one once this returns)."""
     with socket.socket() as s:
@@ -246,8 +261,8 @@ def test_unavailable_during_a_restart_is_retried_until_the_server_is_back(
     """The server stops; a call made with the client's default retry policy and budget
     fails its first attempt with UNAVAILABLE; its retry waits for the connection; the
     server comes back on the same port within the call's deadline; the same call then
-    succeeds, without spending its attempts. (Retries spaced by milliseconds would have spent every
-    attempt while gRPC's reconnect backoff ran, and failed the call.)"""
+    succeeds, without spending its attempts. (Retries spaced by milliseconds would have
+    spent every attempt while gRPC's reconnect backoff ran, and failed the call.)"""
     port, held = reserve_consecutive_ports(1)
     config = config_for(artifacts, f"127.0.0.1:{port}")
     failed = threading.Event()
@@ -272,19 +287,23 @@ def test_unavailable_during_a_restart_is_retried_until_the_server_is_back(
         return asyncio.run(main())
 
     try:
+        # a lone server does not share its port (SO_REUSEPORT is for serve --processes):
+        # give the reservation up just before each bind, hold the port while it is down
+        release(held)
         with serve(config):
             before = client.recall(query, timeout=10)
+        held = [hold(port)]
         with ThreadPoolExecutor(1) as pool:
             call = pool.submit(call_during_the_restart)
             assert failed.wait(30), "the call never failed while the server was down"
             time.sleep(0.5)  # well past the client's backoff: the retry is waiting
             assert not call.done()
+            release(held)
             with serve(config):
                 after = call.result(60)
     finally:
         client.close()
-        for sock in held:
-            sock.close()
+        release(held)
     assert after.item_ids == before.item_ids
     # one retry waited for the connection; a server that answers UNAVAILABLE while it
     # loads its channels ("retry shortly") may take one more, within the default policy
