@@ -17,6 +17,10 @@ import queue
 import threading
 from collections.abc import Callable
 
+from recall_engine.observability.logs import get_logger
+
+log = get_logger(__name__)
+
 #: Threads that run channels' ``explain``: evidence is a debugging aid, asked for by a
 #: few requests, and must not take the cores the served path needs.
 EXPLAIN_WORKERS = 2
@@ -64,8 +68,8 @@ class ExplainWorkers:
             job = self._jobs.get()
             try:
                 job()
-            except BaseException:  # noqa: BLE001, S110 - a job reports its own errors
-                pass
+            except BaseException:  # noqa: BLE001 - the worker outlives a job's bug
+                log.exception("explain_job_failed")
             finally:
                 with self._lock:
                     self._pending -= 1
