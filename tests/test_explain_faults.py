@@ -191,3 +191,20 @@ def test_the_grpc_status_of_an_explained_request_is_ok_even_when_every_explain_f
         except grpc.RpcError as e:  # pragma: no cover - the failure this test exists for
             pytest.fail(f"explain failures failed the call: {e.code()} {e.details()}")
     assert set(got.explanation.channel_errors) == {"good", "bad"}
+
+
+def test_a_job_that_raises_leaves_its_worker_serving_the_next_jobs():
+    """A bug in a job (not a channel's explain: those are caught per channel) must not
+    kill a worker or leak its pending count: the next jobs still run."""
+    from recall_engine.serving.explain_workers import ExplainWorkers
+
+    workers = ExplainWorkers(workers=1, limit=4)
+    ran = threading.Event()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the job")
+
+    assert workers.try_submit(broken)
+    assert workers.try_submit(ran.set)
+    assert ran.wait(10)
+    wait_until(lambda: workers.pending() == 0, 10, what="the pending count to drain")
