@@ -90,6 +90,7 @@ class FaultChannel(Channel):
         self.serial = next(_serial)
         self.calls = 0
         self.threads: list[str] = []  # the thread each recall ran on, in call order
+        self.idents: list[int] = []  # and its identity
         self.closes = 0
         self.calls_after_close = 0
         self._lock = threading.Lock()
@@ -114,6 +115,7 @@ class FaultChannel(Channel):
         with self._lock:
             self.calls += 1
             self.threads.append(threading.current_thread().name)
+            self.idents.append(threading.get_ident())
             if self.closes:
                 self.calls_after_close += 1
         self._check_hook("recall")

@@ -222,6 +222,9 @@ class OverloadConfig:
     # thread rather than on a thread each: fewer hand-offs and less GIL contention
     # (0: every call on its own thread)
     chain_calls_under_ms: NonNegativeFloat = 2.0
+    # threads that run those chains, in arrival order (more while some are stuck in a
+    # hung call); under the GIL more only take turns (0: a thread per chain)
+    chain_threads: NonNegativeInt = 1
     # check every channel answer (finite scores, matching lengths, unique string ids)
     check_output: bool = True
 

@@ -71,6 +71,8 @@ class OverloadSettings:
     every channel answer (finite scores, lengths, unique string ids) before fusion.
     ``chain_calls_under_s``: a request's calls expected to take less than this run one
     after another on one thread (serving/engine.py, "chains"; None: a thread each).
+    ``chain_threads``: the threads that run chains, in arrival order (0: a thread per
+    chain; serving/chain_pool.py).
     """
 
     max_in_flight: int = field(default_factory=machine_in_flight)
@@ -90,6 +92,7 @@ class OverloadSettings:
     )
     check_output: bool = _TABLE.check_output
     chain_calls_under_s: float | None = _TABLE.chain_calls_under_ms / 1000 or None
+    chain_threads: int = _TABLE.chain_threads
 
     def __post_init__(self) -> None:
         if isinstance(self.min_in_flight, bool) or not isinstance(self.min_in_flight, int):
@@ -101,6 +104,7 @@ class OverloadSettings:
             "channel_max_in_flight",
             "fallback_max_in_flight",
             "batch_parallelism",
+            "chain_threads",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -150,6 +154,7 @@ class OverloadSettings:
             switch_interval_s=cfg.switch_interval_ms / 1000 if cfg.switch_interval_ms else None,
             check_output=cfg.check_output,
             chain_calls_under_s=cfg.chain_calls_under_ms / 1000 or None,
+            chain_threads=cfg.chain_threads,
         )
 
     def channel_limit(self, channel: str) -> int:

@@ -42,6 +42,7 @@ from recall_engine.sdk.types import ColdItems
 from recall_engine.serving.admission import Admission, OverloadSettings, machine_in_flight
 from recall_engine.serving.bulkhead import Bulkhead
 from recall_engine.serving.catalog_updates import compact_if_due, write_ahead
+from recall_engine.serving.chain_pool import ChainPool
 from recall_engine.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -228,11 +229,14 @@ class Engine:
         )
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
-        # threads that run a request's quick calls one after another (_fan_out): one
-        # chain per admitted request, and room for as many again stuck behind a hung
-        # call; when it is full, calls get a thread each as before
+        # threads that run a request's quick calls one after another (_fan_out,
+        # serving/chain_pool.py): chain_threads of them, more while some are stuck in a
+        # hung call, up to one chain per admitted request and as many again; when every
+        # thread is stuck, calls get a thread each as before
         bound = self.overload.max_in_flight or machine_in_flight()
-        self._chains = Bulkhead("chains", 2 * bound, gauge=False)
+        limit = max(2 * bound, self.overload.chain_threads)
+        under = self.overload.chain_calls_under_s or 0.002
+        self._chains = ChainPool(self.overload.chain_threads or limit, limit, 10 * under)
 
     # -- lifecycle -------------------------------------------------------------
     @property
