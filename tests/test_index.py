@@ -186,6 +186,53 @@ def test_vectors_returns_the_known_rows_and_where_they_were_asked(small):
     assert empty.shape == (0, DIM) and none == []
 
 
+@pytest.mark.parametrize("view", [False, True])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "i8"])
+def test_vectors_of_a_small_index_follow_upserts_deletes_and_new_ids(tmp_path, small, dtype, view):
+    """A small index answers vectors() from one float32 matrix (DENSE_MAX_BYTES): it
+    must give what usearch stores (vector(), read key by key) through every change made
+    after that matrix was built, memory-mapped or not."""
+    built = VectorIndex(DIM, dtype=dtype)
+    built.add(ids_of(100), small[:100])
+    if view:
+        built.save(tmp_path)
+        index = VectorIndex.load(tmp_path, view=True)
+    else:
+        index = built
+    ids = ["3", "7", "42", "99"]
+
+    def check(asked: list[str]) -> None:
+        rows, positions = index.vectors(asked)
+        known = [asked[p] for p in positions]
+        assert known == [i for i in asked if i in index]
+        for row, item in zip(rows, known, strict=True):
+            np.testing.assert_array_equal(row, index.vector(item))
+
+    check(ids)  # builds the matrix
+    assert index._dense is not None  # noqa: SLF001
+    index.add(["7", "42"], small[[150, 151]])  # replaced after the matrix was made
+    index.add(["new-1", "new-2"], small[[152, 153]])  # keys past its end
+    index.delete(["3"])
+    check(ids + ["new-1", "new-2", "3"])
+    np.testing.assert_allclose(index.vectors(["7"])[0][0], small[150], atol=0.05)
+    index.add(["3"], small[154])  # deleted, then back
+    check(["3", "7", "new-2"])
+    np.testing.assert_allclose(index.vectors(["3"])[0][0], small[154], atol=0.05)
+
+
+def test_an_index_over_the_dense_bound_reads_its_vectors_from_usearch(small, monkeypatch):
+    monkeypatch.setattr("recall_engine.runtime.index.DENSE_MAX_BYTES", DIM * 4 * 99)
+    index = VectorIndex(DIM)
+    index.add(ids_of(100), small[:100])
+    rows, positions = index.vectors(["7", "8"])
+    assert index._dense is None and positions == [0, 1]  # noqa: SLF001
+    np.testing.assert_array_equal(rows, np.stack([index.vector("7"), index.vector("8")]))
+    small_one = VectorIndex(DIM)
+    small_one.add(ids_of(99), small[:99])
+    small_one.vectors(["7"])
+    assert small_one._dense is not None  # noqa: SLF001
+
+
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 def test_a_tight_fetch_still_fills_k_when_the_filter_drops_more_than_its_headroom(
     hnsw, small, dtype

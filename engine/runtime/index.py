@@ -80,6 +80,10 @@ INDEX_FILE = "index.usearch"
 IDS_FILE = "ids.json"
 META_FILE = "index.json"
 FORMAT_VERSION = 1
+#: :meth:`VectorIndex.vectors` keeps an index's vectors in one float32 matrix up to this
+#: size (32 MiB: 21,845 items of 384 dimensions, 131,072 of 64), a private copy per
+#: process; a larger index is read from usearch each time
+DENSE_MAX_BYTES = 32 * 2**20
 
 Keep = Callable[[list[str]], Sequence[bool]]
 """Filter callback: gets candidate ids (best first), returns one bool per id (True:
@@ -180,6 +184,11 @@ class VectorIndex:
         self._dead: np.ndarray | None = None
         self._dead_count = 0
         self._lock = threading.Lock()
+        # the stored vectors of keys 0 .. n-1 as one float32 matrix, for an index small
+        # enough (DENSE_MAX_BYTES): what vectors() reads instead of asking usearch key
+        # by key; built at its first call, kept up to date by add() (None: not built)
+        self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        self._dense_tried = False
 
     # -- reading ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -253,7 +262,9 @@ class VectorIndex:
         """The stored vectors of the known ids among ``item_ids``, as a float32
         ``[found, dim]`` matrix (dequantised like :meth:`vector`), and the positions in
         ``item_ids`` they belong to. One usearch call however many ids: a history of 20
-        items costs one lookup, not 20."""
+        items costs one lookup, not 20. An index of at most :data:`DENSE_MAX_BYTES` of
+        float32 vectors keeps them in one matrix and reads its rows instead (every
+        vector channel builds a history vector this way on every request)."""
         positions, keys = [], []
         for position, key in enumerate(self._map.keys_of(item_ids)):
             if key is not None:
@@ -262,6 +273,12 @@ class VectorIndex:
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32), []
         with self._lock:
+            dense = self._dense if self._dense_tried else self._build_dense()
+            if dense is not None:
+                matrix, have = dense
+                wanted = np.asarray(keys, dtype=np.intp)
+                if int(wanted.max()) < len(have) and bool(have[wanted].all()):
+                    return matrix[wanted], positions
             rows = self._get(keys)
         # a key deleted between the lookup above and the lock comes back as None
         found = [(p, r) for p, r in zip(positions, rows, strict=True) if r is not None]
@@ -280,6 +297,37 @@ class VectorIndex:
             if key is None:
                 raise KeyError(item_id)
             return np.asarray(self._get([key])[0], dtype=np.float32)
+
+    def _build_dense(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Under the lock: the dense copy of keys 0 .. n-1 (see :meth:`vectors`), or
+        None for an index too large for it. ``have`` marks the keys usearch holds."""
+        self._dense_tried = True
+        n = self._next_key
+        if not n or n * self.dim * 4 > DENSE_MAX_BYTES:
+            return None
+        matrix = np.zeros((n, self.dim), dtype=np.float32)
+        have = np.zeros(n, dtype=bool)
+        for key, row in enumerate(self._get(range(n))):
+            if row is not None:
+                matrix[key] = row
+                have[key] = True
+        self._dense = (matrix, have)
+        return self._dense
+
+    def _refresh_dense(self, keys: np.ndarray) -> None:
+        """Under the lock, after ``keys`` were written: their rows of the dense copy,
+        read back from usearch (so a quantised index gives what it stores); keys past
+        its end are read from usearch by :meth:`vectors`."""
+        if self._dense is None:
+            return
+        matrix, have = self._dense
+        inside = [int(k) for k in keys.tolist() if k < len(have)]
+        for key, row in zip(inside, self._get(inside), strict=True):
+            if row is None:
+                have[key] = False
+            else:
+                matrix[key] = row
+                have[key] = True
 
     def _get(self, keys: Sequence[int]) -> list[Any]:
         """Stored vectors of ``keys`` (None where absent), from the overlay or the base.
@@ -337,6 +385,7 @@ class VectorIndex:
                 self._overlay_keys.update(keys.tolist())
             else:
                 self._index.add(keys, matrix, threads=threads)
+            self._refresh_dense(keys)
         return len(new)
 
     def delete(self, item_ids: Collection[str]) -> int:
