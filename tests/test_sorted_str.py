@@ -176,3 +176,39 @@ def test_index_ids_carry_a_table_that_answers_like_the_sorted_search(tmp_path):
     _rewrite(path, _scrambled("sorted_table"))
     scrambled = IdMap.open(path).keys_of(PROBES)
     assert scrambled != got and all(s in (None, g) for s, g in zip(scrambled, got, strict=True))
+
+
+def _id_map_story(ids: IdMap) -> list:
+    """Every answer of an index id map through deletes, re-adds and new ids."""
+    probes = ["a", "b", "c", "gone", "a\0", "zz", "new", ""]
+    odd = [*probes, 7, None]  # get() and `in` take anything
+    seen: list = [ids.keys_of(probes), [ids.get(p) for p in odd], len(ids)]
+    seen.append(ids.ids_of(np.array([0, 1, 3])).tolist())
+    assert ids.pop("b") == 1
+    assert ids.pop("c") == 3  # deleted for good
+    ids.add("new", 5)
+    ids.add("b", 6)  # deleted from the base, then back under a new key
+    seen += [ids.keys_of(probes), [ids.get(p) for p in odd], [p in ids for p in odd]]
+    seen += [ids.ids_of(np.array([0, 1, 5, 6])).tolist(), ids.present(probes).tolist(), len(ids)]
+    ids.pop("new")
+    seen += [ids.keys_of(probes), sorted(ids), len(ids)]
+    return seen
+
+
+@pytest.mark.parametrize("cols", [False, True])
+def test_a_small_id_map_answers_like_the_columns(tmp_path, monkeypatch, cols):
+    """Under SMALL_MAP keys an index's id map answers from decoded copies (a dict and
+    an object array); what it says must be what the columns say, through changes."""
+    listed = ["a", "b", None, "c", "zz"]
+
+    def fresh() -> IdMap:
+        if cols:
+            return IdMap.open(IdMap.write(tmp_path / "ids.cols", listed))
+        return IdMap.from_list(listed)
+
+    small = _id_map_story(fresh())
+    monkeypatch.setattr("recall_engine.runtime.id_map.SMALL_MAP", 0)
+    columns = fresh()
+    assert columns._small_map() is None  # noqa: SLF001 - the other path
+    assert _id_map_story(columns) == small
+    assert small[0] == [0, 1, 3, None, None, 4, None, None]
