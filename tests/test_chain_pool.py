@@ -17,13 +17,7 @@ from recall_engine.config import ConfigError
 from recall_engine.serving.chain_pool import ChainPool
 from tests.fault_plugins import INSTANCES, fault_site, faults  # noqa: F401 - fixtures
 from tests.harness import catalog_of, make_config, serve
-
-
-def wait_until(cond, seconds: float = 10.0) -> bool:
-    end = time.monotonic() + seconds
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.005)
-    return cond()
+from tests.helpers import wait_until
 
 
 def test_chains_run_in_order_on_the_one_thread_asked_for():

@@ -24,12 +24,33 @@ from recall_engine.observability.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["Bulkhead"]
+__all__ = ["Bulkhead", "Workers"]
 
 _STOP = None
 
 
-class Bulkhead:
+class Workers:
+    """What a bulkhead and the engine's chain pool (serving/chain_pool.py) share: worker
+    threads that take work from ``_work`` until they are told to stop."""
+
+    __slots__ = ("_lock", "_work", "_threads", "_closed")
+    _lock: threading.Lock
+    _work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]
+    _threads: int
+    _closed: bool
+
+    def close(self) -> None:
+        """Refuse new work; threads end once the call or chain they run returns."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._work.put(_STOP)
+
+
+class Bulkhead(Workers):
     """At most ``limit`` calls of channel ``name`` in flight, each on its own thread.
 
     Invariant (under ``_lock``): threads == calls running on them + idle, in_flight ==
@@ -41,12 +62,8 @@ class Bulkhead:
     __slots__ = (
         "name",
         "limit",
-        "_lock",
-        "_work",
         "_in_flight",
         "_idle",
-        "_threads",
-        "_closed",
         "_gauge",
         "_current",
     )
@@ -124,16 +141,6 @@ class Bulkhead:
                 return False
         self._work.put((fn, args))
         return True
-
-    def close(self) -> None:
-        """Refuse new calls; threads end once their current call returns."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            threads = self._threads
-        for _ in range(threads):
-            self._work.put(_STOP)
 
     def release_current(self) -> None:
         """Called by the running call, on its worker thread, just before it publishes

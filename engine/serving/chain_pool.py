@@ -24,15 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 from recall_engine.observability.logs import get_logger
+from recall_engine.serving.bulkhead import Workers
 
 log = get_logger(__name__)
 
 __all__ = ["ChainPool"]
 
-_STOP = None
+_STOP = None  # as Workers.close() puts it
 
 
-class ChainPool:
+class ChainPool(Workers):
     """Up to ``threads`` threads running submitted chains in order (more while some are
     stuck in one chain for over ``stall_s``; never more than ``limit``).
 
@@ -45,13 +46,9 @@ class ChainPool:
         "threads",
         "limit",
         "stall_s",
-        "_lock",
-        "_work",
-        "_threads",
         "_idle",
         "_queued",
         "_busy",
-        "_closed",
     )
 
     def __init__(self, threads: int, limit: int, stall_s: float) -> None:
@@ -106,16 +103,6 @@ class ChainPool:
                 return False
         self._work.put((fn, args))
         return True
-
-    def close(self) -> None:
-        """Refuse new chains; threads end once their current chain returns."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            threads = self._threads
-        for _ in range(threads):
-            self._work.put(_STOP)
 
     def _worker(self) -> None:
         me = threading.get_ident()
