@@ -126,6 +126,27 @@ def test_a_chain_that_raises_leaves_its_thread_serving_and_close_refuses_new_one
     assert wait_until(lambda: pool.started == 0)
 
 
+def test_a_thread_that_cannot_start_refuses_the_chain_and_counts_nothing(monkeypatch):
+    """The host is out of threads: the chain is refused (its calls then run some other
+    way) and the pool's counts are as before, so the next chain starts a thread."""
+    pool = ChainPool(1, 4, stall_s=10.0)
+    start = threading.Thread.start
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    try:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        assert not pool.try_submit(lambda: None)
+        assert pool.started == 0
+        monkeypatch.setattr(threading.Thread, "start", start)
+        ran = threading.Event()
+        assert pool.try_submit(ran.set)
+        assert ran.wait(5) and pool.started == 1
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize("threads, limit, stall", [(0, 4, 1.0), (3, 2, 1.0), (1, 4, 0.0)])
 def test_bad_pool_sizes_are_refused(threads, limit, stall):
     with pytest.raises(ValueError, match="chain pool"):

@@ -174,28 +174,23 @@ class IdMap:
         """:meth:`get` for many ids, with one vectorised search of the base (a dict
         look-up per id in a small map)."""
         small = self._small_map()
+        out: list[int | None]
         if small is not None:
             live = small[1].get
-            out: list[int | None] = [live(i) if isinstance(i, str) else None for i in item_ids]
+            out = [live(i) if isinstance(i, str) else None for i in item_ids]
             if self._live_base != self._opened_live:  # the dict still has deleted ids
                 dead = self._dead
                 for n, key in enumerate(out):
                     if key is not None and dead[key]:
                         out[n] = None
-            if self._extra:
-                extra = self._extra
-                for n, item_id in enumerate(item_ids):
-                    key = extra.get(item_id) if isinstance(item_id, str) else None
-                    if key is not None:
-                        out[n] = key
-            return out
-        out = [None] * len(item_ids)
-        if self._live_base and len(item_ids):
-            pos = find_sorted(self._sorted, item_ids, self._table)
-            keys = self._sorted_keys[np.maximum(pos, 0)]
-            ok = (pos >= 0) & ~self._dead[keys]
-            for n in np.flatnonzero(ok).tolist():
-                out[n] = int(keys[n])
+        else:
+            out = [None] * len(item_ids)
+            if self._live_base and len(item_ids):
+                pos = find_sorted(self._sorted, item_ids, self._table)
+                keys = self._sorted_keys[np.maximum(pos, 0)]
+                ok = (pos >= 0) & ~self._dead[keys]
+                for n in np.flatnonzero(ok).tolist():
+                    out[n] = int(keys[n])
         if self._extra:
             extra = self._extra
             for n, item_id in enumerate(item_ids):

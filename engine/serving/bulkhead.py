@@ -34,10 +34,14 @@ class Workers:
     threads that take work from ``_work`` until they are told to stop."""
 
     __slots__ = ("_lock", "_work", "_threads", "_closed")
-    _lock: threading.Lock
-    _work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]
-    _threads: int
-    _closed: bool
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = 0
+        self._closed = False
 
     def close(self) -> None:
         """Refuse new work; threads end once the call or chain they run returns."""
@@ -68,20 +72,14 @@ class Bulkhead(Workers):
         "_current",
     )
 
-    def __init__(self, name: str, limit: int, *, gauge: bool = True) -> None:
+    def __init__(self, name: str, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"bulkhead {name!r}: limit must be >= 1, got {limit}")
+        super().__init__()
         self.name, self.limit = name, limit
-        self._lock = threading.Lock()
-        self._work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
         self._in_flight = 0
         self._idle = 0
-        self._threads = 0
-        self._closed = False
-        # gauge=False: not a channel's (the engine's pool for chains has none)
-        self._gauge = metrics.CHANNEL_IN_FLIGHT.labels(name) if gauge else None
+        self._gauge = metrics.CHANNEL_IN_FLIGHT.labels(name)
         self._current = threading.local()  # per worker: has its call given back its room?
 
     @property
@@ -103,16 +101,14 @@ class Bulkhead(Workers):
             if self._closed or self._in_flight >= self.limit:
                 return False
             self._in_flight += 1
-        if self._gauge is not None:
-            self._gauge.inc()
+        self._gauge.inc()
         return True
 
     def unreserve(self) -> None:
         """Give back a room taken by :meth:`try_reserve` whose call did not run here."""
         with self._lock:
             self._in_flight -= 1
-        if self._gauge is not None:
-            self._gauge.dec()
+        self._gauge.dec()
 
     def submit_reserved(self, fn: Callable[..., Any], *args: Any) -> bool:
         """Start the reserved call ``fn(*args)`` on a thread of this bulkhead (its room
@@ -156,8 +152,7 @@ class Bulkhead(Workers):
         with self._lock:
             self._in_flight -= 1
             self._idle += 1
-        if self._gauge is not None:
-            self._gauge.dec()
+        self._gauge.dec()
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not _STOP:

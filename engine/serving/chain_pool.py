@@ -17,7 +17,6 @@ not started in time to threads of their own (``_RESCUE`` in serving/engine.py).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -56,16 +55,11 @@ class ChainPool(Workers):
             raise ValueError(f"chain pool: need 1 <= threads <= limit, got {threads}, {limit}")
         if not stall_s > 0:
             raise ValueError(f"chain pool: stall_s must be > 0, got {stall_s!r}")
+        super().__init__()
         self.threads, self.limit, self.stall_s = threads, limit, stall_s
-        self._lock = threading.Lock()
-        self._work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._threads = 0
         self._idle = 0
         self._queued = 0
         self._busy: dict[int, float] = {}
-        self._closed = False
 
     @property
     def started(self) -> int:

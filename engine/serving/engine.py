@@ -235,7 +235,7 @@ class Engine:
         # thread is stuck, calls get a thread each as before
         bound = self.overload.max_in_flight or machine_in_flight()
         limit = max(2 * bound, self.overload.chain_threads)
-        under = self.overload.chain_calls_under_s or 0.002
+        under = self.overload.chain_calls_under_s or 0.002  # None: chains off, pool unused
         self._chains = ChainPool(self.overload.chain_threads or limit, limit, 10 * under)
 
     # -- lifecycle -------------------------------------------------------------
