@@ -585,6 +585,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and drive it (instead of --addr); its CPU per request is reported",
     )
     p.add_argument(
+        "--processes",
+        help="with --serve: serve's --processes, N or auto (default: serve's own, 1)",
+    )
+    p.add_argument(
         "--echo",
         action="store_true",
         help="also drive an echo gRPC server answering the same requests with the engine's "
@@ -711,7 +715,7 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
 
     from recall_engine.benchmarks.servers import (
         EchoServerProcess,
-        ServerProcess,
+        ServeCommand,
         record_responses,
     )
 
@@ -731,11 +735,14 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
 
     with contextlib.ExitStack() as stack:
         if args.serve:
-            spawned = stack.enter_context(ServerProcess(args.artifacts))
-            addr, pids, target = spawned.addr, [spawned.pid], f"serve {args.artifacts}"
+            spawned = stack.enter_context(ServeCommand(args.artifacts, args.processes))
+            addr, pids = spawned.addr, [spawned.pid]
+            target = f"serve {args.artifacts} ({spawned.processes} processes)"
         else:
             addr, pids, target = args.addr, args.server_pid, args.addr
         summary = summarise(drive(addr, pids, args.native_floor), args, target)
+        if args.serve:
+            summary["server_processes"] = spawned.processes
         print(render(summary))
         if args.echo:
             first = addr.split(",")[0].removeprefix("ipv4:")

@@ -1,7 +1,11 @@
 """Servers the load benchmarks start in child processes on 127.0.0.1, port 0.
 
-* :class:`ServerProcess`: ``recall-engine serve`` itself (the default config over an
-  artifacts folder, so the default overload settings: what ``make serve`` gives a user);
+* :class:`ServeCommand`: the ``recall-engine serve --artifacts`` command itself, with its
+  defaults (the default overload settings; ``--processes`` as asked): what a user who
+  runs it gets; ``bench load --serve`` drives it;
+* :class:`ServerProcess`: one server process (:func:`recall_engine.serving.server.serve`
+  with the default config over an artifacts folder) whose ``[overload]`` settings an
+  experiment can change (``bench overload``);
 * :class:`EchoServerProcess`: the limit the engine is measured against (issue 14). A
   plain ``grpc.aio`` server with the same ``RecallService/Recall`` method that parses
   each request (as any server must) and answers it with the engine's own response
@@ -15,13 +19,77 @@ with SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EchoServerProcess", "ServerProcess", "record_responses"]
+__all__ = ["EchoServerProcess", "ServeCommand", "ServerProcess", "record_responses"]
+
+
+class ServeCommand:
+    """``recall-engine serve --artifacts ARTIFACTS --addr 127.0.0.1:0`` in a child process,
+    as a user runs it (``processes``: ``--processes``, default the command's own
+    default). Waits until every process serves; ``pid`` is the command's (the workers
+    of ``--processes N`` are its children), ``processes`` how many serve. Stopped with
+    SIGTERM."""
+
+    def __init__(self, artifacts: Path, processes: str | None = None, start_s: float = 300) -> None:
+        self.artifacts = artifacts.resolve()
+        self._argv = [sys.executable, "-m", "recall_engine", "serve", "--artifacts"]
+        self._argv += [str(self.artifacts), "--addr", "127.0.0.1:0", "--metrics-addr", ""]
+        self._argv += ["--log-json", *(["--processes", processes] if processes else [])]
+        self._start_s = start_s
+        from recall_engine.serving.cores import auto_processes
+
+        count = processes or "1"
+        self.processes = auto_processes() if count == "auto" else int(count)
+        self.addr, self.pid = "", 0
+        self._serving = 0
+        self._lines: list[str] = []
+        self._ready = threading.Event()
+
+    def __enter__(self) -> ServeCommand:
+        self._proc = subprocess.Popen(self._argv, stderr=subprocess.PIPE, text=True)
+        self.pid = self._proc.pid
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(self._start_s) or not self.addr:
+            self.__exit__()
+            tail = "\n".join(self._lines[-20:])
+            raise SystemExit(f"recall-engine serve did not start within {self._start_s} s:\n{tail}")
+        return self
+
+    def _read(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self._lines.append(line.rstrip())
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            name = event.get("event")
+            if name in ("processes_started", "server_listening"):  # the shared address
+                self.addr = event["addr"]
+            elif name == "serving":
+                self._serving += 1
+            elif name in ("startup_failed", "config_invalid"):
+                self._ready.set()
+            if self._serving >= self.processes:
+                self._ready.set()
+        self._ready.set()  # it exited
+
+    def __exit__(self, *exc: object) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 class _Child:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recall_engine.cli.main import main
+from recall_engine.serving.cores import auto_processes
 
 CHANNELS = ("popular", "cf", "content", "llm")
 OK, ERROR = "1", "3"  # ChannelStatus values, as JSON object keys
@@ -435,8 +436,9 @@ def test_rebuilding_some_channels_keeps_the_report_of_the_others(
     assert json.loads((out / "bench_catalog.json").read_text())["channels"] == ["popular"]
 
 
+@pytest.mark.parametrize("processes", [None, "auto"])
 def test_bench_load_serve_echo_measures_the_engine_against_an_echo_of_its_own_answers(
-    catalog_dir, tmp_path
+    catalog_dir, tmp_path, processes
 ):
     """Issue 14: ``--serve`` starts the default server on the artifacts, ``--echo`` an
     echo server answering the same requests with the engine's own response bytes, both
@@ -464,12 +466,16 @@ def test_bench_load_serve_echo_measures_the_engine_against_an_echo_of_its_own_an
             "50",
             "--json",
             str(out),
+            *(["--processes", processes] if processes else []),
         ]
     )
     assert code == 0
     summary = json.loads(out.read_text())
     assert summary["errors"] == {} and summary["ok"] > 0
     assert set(summary["by_kind"]) == {"unseen", "unseen_text"}
+    # what `serve --artifacts` gives a user, or one process per usable core
+    assert summary["server_processes"] == (auto_processes() if processes else 1)
+    assert summary["target"].endswith(f"({summary['server_processes']} processes)")
     echo = summary["echo"]
     assert echo["target"] == "echo" and echo["errors"] == {} and echo["ok"] > 0
     assert echo["cpu_ms_per_request"]["server"] > 0  # the echo process's own CPU

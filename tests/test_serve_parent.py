@@ -5,6 +5,7 @@ and it still refuses a config whose channel params are wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+import pytest
+
+from recall_engine.serving.workers import PARENT_ENV
+from tests.helpers import wait_until
 from tests.test_serve_process import Processes
 
 SERVING_LIBRARIES = ("cygrpc", "onnxruntime", "usearch", "tokenizers")
@@ -77,3 +83,58 @@ def test_processes_refuse_a_channel_param_typo_naming_the_key(tmp_path):
     err = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any("channels.content.params.expansion_serch" in e.get("error", "") for e in err), stderr
     assert not any(e.get("event") == "processes_started" for e in err)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_the_parent_takes_its_workers_with_it(tmp_path, fake_plugins):
+    """A parent killed without a word (kill -9, an out-of-memory kill) can forward no
+    signal; its workers must not live on as orphans serving the port, holding the data
+    folder and sharing the port with the next server started on it."""
+    server = Processes(tmp_path, fake_plugins)
+    try:
+        workers = [
+            int(c)
+            for c in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+            .read_text()
+            .split()
+        ]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        assert server.recall(server.workers) == ["i1", "i2", "i3"]
+        server.proc.kill()
+        server.proc.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in workers), 10, what="the workers to go")
+        with pytest.raises(grpc.RpcError) as e:
+            server.recall(server.workers)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+        for pid in workers:  # were the test to fail: leave no orphan behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_whose_parent_is_already_gone_exits_at_once(tmp_path):
+    """The race :func:`die_with_parent` closes: the parent died between starting the
+    worker and the worker asking for the signal, so nobody would send it."""
+    path = tmp_path / "recall.toml"
+    path.write_text('[server]\naddr = "127.0.0.1:0"\nmetrics_addr = ""\n')
+    env = {**os.environ, PARENT_ENV: "1"}  # init, never this worker's parent here
+    done = subprocess.run(
+        [sys.executable, "-m", "recall_engine", "serve", "--config", str(path), "--log-json"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert '"parent_gone"' in done.stderr
+    assert '"serving"' not in done.stderr

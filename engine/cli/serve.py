@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 from pathlib import Path
 
 from recall_engine.config import Config, ConfigError, default_config, load_config
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import configure, get_logger
 from recall_engine.runtime.object_store import is_s3_url
+from recall_engine.serving.cores import AUTO_MAX, auto_processes
+from recall_engine.serving.workers import PARENT_ENV, die_with_parent
 
 DEMO_DIR = Path("demo")
 
@@ -38,14 +41,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--processes",
-        type=int,
+        type=_processes,
         default=1,
-        help="server processes sharing the port (SO_REUSEPORT); Python serves "
-        "one core per process, so use one per core (needs a fixed port). "
-        "With server.worker_port_base set, process i also listens alone on "
-        "that port + i, for clients that balance per call",
+        help="server processes sharing the port (SO_REUSEPORT; default 1), or 'auto': one "
+        f"per usable core (CPU affinity and cgroup CPU quota), at most {AUTO_MAX}. Python "
+        "serves about one core per process, so use one per core. With "
+        "server.worker_port_base set, process i also listens alone on that port + i, for "
+        "clients that balance per call",
     )
     p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by --processes
+
+
+def _processes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, not {text!r}")
+    return count
 
 
 def _read(args: argparse.Namespace, *, check_params: bool = True) -> Config:
@@ -81,6 +97,13 @@ def _reread(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     configure(json=args.log_json)
     log = get_logger("recall_engine.serve")
+    parent = os.environ.get(PARENT_ENV)
+    if parent:  # a worker of serve --processes N: go when the parent goes
+        die_with_parent(int(parent))
+    if args.processes == "auto":
+        args.processes = auto_processes()
+        if args.processes > 1:
+            log.info("processes", count=args.processes, chosen="auto: one per usable core")
     try:
         if args.processes > 1 and args.config:
             config = _read(args, check_params=False)

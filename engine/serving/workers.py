@@ -11,7 +11,11 @@ on one port (``SO_REUSEPORT``). The parent:
   stopping the others and exiting 1 — when one slot dies quickly ``max_quick_deaths``
   times in a row (a config or artifact that cannot load will not fix itself);
 * reaps every child as soon as it exits (no zombies), forwards SIGTERM / SIGINT /
-  SIGHUP, and exits non-zero when any worker died abnormally during the run.
+  SIGHUP, and exits non-zero when any worker died abnormally during the run;
+* takes its workers with it when it dies without a word (``kill -9``, an out-of-memory
+  kill): each worker asks the kernel for SIGKILL when its parent goes
+  (:func:`die_with_parent`), so no orphan keeps serving on the port, holding the data
+  folder's locks, or sharing the port with the next server started there.
 
 Each worker learns how often its slot was restarted from ``RECALL_ENGINE_RESTARTS``
 and exports it as the ``recall_worker_restarts`` gauge.
@@ -19,9 +23,12 @@ and exports it as the ``recall_worker_restarts`` gauge.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +37,8 @@ from recall_engine.observability.logs import get_logger
 
 log = get_logger("recall_engine.serve")
 
+PARENT_ENV = "RECALL_ENGINE_PARENT_PID"
+"""The PID of the parent of ``serve --processes N`` (set for its workers)."""
 RESTARTS_ENV = "RECALL_ENGINE_RESTARTS"
 """How many times the parent restarted this worker's slot (set for the worker)."""
 GROUP_DIR_ENV = "RECALL_ENGINE_GROUP_DIR"
@@ -91,7 +100,8 @@ class WorkerPool:
 
     def _start(self, slot: _Slot) -> None:
         argv, env = self.command(slot.index, slot.restarts)
-        slot.proc = subprocess.Popen(list(argv), env={**env, RESTARTS_ENV: str(slot.restarts)})
+        env = {**env, RESTARTS_ENV: str(slot.restarts), PARENT_ENV: str(os.getpid())}
+        slot.proc = subprocess.Popen(list(argv), env=env)
         slot.started = time.monotonic()
         slot.restart_at = None
 
@@ -176,3 +186,22 @@ def reserve_port(host: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host.strip("[]"), 0))
     return sock
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker of ``serve --processes N``: have the kernel SIGKILL this process when
+    its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and exit at once if the parent
+    ``parent`` is already gone (it died before the request was made). Elsewhere than
+    Linux, a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() != parent:
+        log.error("parent_gone", parent=parent)
+        os._exit(1)
