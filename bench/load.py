@@ -586,7 +586,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--processes",
-        help="with --serve: serve's --processes, N or auto (default: serve's own, 1)",
+        help="with --serve: serve's --processes, N or auto (default: serve's own, auto)",
     )
     p.add_argument(
         "--echo",

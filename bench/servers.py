@@ -47,7 +47,7 @@ class ServeCommand:
         self._start_s = start_s
         from recall_engine.serving.cores import auto_processes
 
-        count = processes or "1"
+        count = processes or "auto"  # serve's default
         self.processes = auto_processes() if count == "auto" else int(count)
         self.addr, self.pid = "", 0
         self._serving = 0

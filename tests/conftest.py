@@ -20,6 +20,7 @@ hang = tests_fake_plugins:HangChannel
 boom = tests_fake_plugins:BoomChannel
 careless = tests_fake_plugins:CarelessChannel
 fail_load = tests_fake_plugins:FailLoadChannel
+slow_load = tests_fake_plugins:SlowLoadChannel
 not_a_channel = tests_fake_plugins:NotAChannel
 broken_import = tests_fake_plugins_missing_module:Whatever
 """

@@ -70,6 +70,14 @@ class FailLoadChannel(FixedChannel):
         raise FileNotFoundError("artifacts/faulty/current: missing")
 
 
+class SlowLoadChannel(FixedChannel):
+    """Takes ``params.load_s`` (default 30) to load: a server caught while it loads."""
+
+    def load(self) -> None:
+        time.sleep(float(self.ctx.params.get("load_s", 30.0)))
+        super().load()
+
+
 class NotAChannel:
     """Registered as a plugin but lacks the contract."""
 

@@ -116,7 +116,8 @@ def serve(
 class ServeProcess:
     """``recall-engine serve --config PATH --log-json`` in a child process. Its JSON log
     lines are kept in ``events`` and read for the ports it listens on (``port``,
-    ``metrics_port``); the constructor returns once it logged ``serving``.
+    ``metrics_port``: the last process's); the constructor returns once every process
+    (``serve --processes auto`` starts one per core) logged ``serving``.
     ``fake_site``: a folder put first on the child's ``PYTHONPATH`` (test plugins)."""
 
     def __init__(
@@ -141,6 +142,7 @@ class ServeProcess:
         self.events: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.processes, self.serving = 1, 0
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -157,12 +159,16 @@ class ServeProcess:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if event.get("event") == "server_listening":
+            if event.get("event") == "processes_started":  # serve --processes N (auto)
+                self.processes = int(event["count"])
+            elif event.get("event") == "server_listening":
                 self.port = int(event["addr"].rsplit(":", 1)[1])
             elif event.get("event") == "metrics_listening":
                 self.metrics_port = int(event["port"])
             elif event.get("event") == "serving":
-                self._ready.set()
+                self.serving += 1
+                if self.serving >= self.processes:  # ready once every process serves
+                    self._ready.set()
         self._ready.set()
 
     def channel(self) -> grpc.Channel:

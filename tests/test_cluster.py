@@ -245,7 +245,7 @@ class Replica:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "recall_engine", "serve", "--config", "recall.toml"]
-            + ["--log-json"],
+            + ["--log-json", "--processes", "1"],  # a replica is one process here
             cwd=self.home,
             env=env,
             stderr=subprocess.PIPE,

@@ -209,6 +209,11 @@ def policy_problems(docs: list[Doc]) -> list[str]:
         problems.append(f"--config {config_path} is not in a mounted ConfigMap")
     if "tmp" not in mounts or mounts["tmp"]["mountPath"] != "/tmp":
         problems.append("/tmp is not a writable volume")
+    # serve's default is a process per core, each with its own /metrics port (base + i):
+    # the pod exposes and Prometheus scrapes one, so the pod runs one process
+    args = c["args"]
+    if "--processes" not in args or args[args.index("--processes") + 1] != "1":
+        problems.append("serve runs more than one process, but the pod exposes one metrics port")
     # start-up opens the catalogue's update log for writing (build-cpu.sh showed a
     # read-only artifacts root failing with EROFS): the catalogue needs a writable mount
     by_path = {m["mountPath"]: m for m in mounts.values()}
@@ -261,6 +266,7 @@ BREAKAGES = {
         {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
     ),
     "no limits": lambda c, p: c["resources"].pop("limits"),
+    "a process per core": lambda c, p: c.update(args=c["args"][: c["args"].index("--processes")]),
     "read-only catalogue": lambda c, p: [
         m.update(readOnly=True) for m in c["volumeMounts"] if m["name"] == "catalog"
     ],

@@ -173,11 +173,13 @@ def publish_files_only(url: str, interactions: Path, items: Path, endpoint: str,
 
 
 class Server:
-    """``recall-engine serve`` as a real process; its JSON log kept as events."""
+    """``recall-engine serve`` as a real process; its JSON log kept as events. One server
+    process (``--processes 1``): the tests count each download, swap and refusal once."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        argv = ["serve", *args, "--log-json", "--processes", "1"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recall_engine", "serve", *args, "--log-json"],
+            [sys.executable, "-m", "recall_engine", *argv],
             env=env,
             cwd=ROOT,
             stderr=subprocess.PIPE,

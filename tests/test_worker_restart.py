@@ -30,10 +30,10 @@ params = { items = ["i1", "i2", "i3"] }
 
 
 class Parent:
-    def __init__(self, tmp_path: Path, fake_plugins: Path) -> None:
+    def __init__(self, tmp_path: Path, fake_plugins: Path, extra: str = "") -> None:
         catalog_of(["i1", "i2", "i3"]).save(tmp_path / "artifacts" / "catalog")
         config = tmp_path / "recall.toml"
-        config.write_text(CONFIG)
+        config.write_text(CONFIG + extra)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_plugins), os.getcwd()])}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "recall_engine", "serve", "--config", str(config)]
@@ -127,3 +127,60 @@ def test_a_slot_that_keeps_dying_right_after_start_stops_the_group_with_exit_1(c
     out = capsys.readouterr()
     logs = out.out + out.err
     assert "worker_giving_up" in logs and "exit code 3" in logs
+
+
+def test_a_worker_that_fails_its_first_start_stops_the_group_at_once_with_its_code(
+    tmp_path, fake_plugins
+):
+    """A start-up that fails (here a required channel that cannot load) fails the same
+    way on a retry: the parent does not restart the worker with backoff but stops the
+    group and exits with the worker's code, as one process exits."""
+    started = time.monotonic()
+    parent = Parent(
+        tmp_path, fake_plugins, '[channels.faulty]\nplugin = "fail_load"\nrequired = true\n'
+    )
+    code = parent.proc.wait(120)
+    assert code == 1, parent.events
+    failed = parent.named("worker_failed_to_start")
+    assert failed and failed[0]["cause"] == "exit code 1"
+    assert parent.named("startup_failed")  # the worker's own reason is logged
+    assert not parent.named("worker_restarted") and not parent.named("serving")
+    assert time.monotonic() - started < 60  # no round of backoffs (0.5 s doubling, x5)
+
+
+def test_a_worker_that_served_then_died_is_restarted_and_one_that_never_served_is_not():
+    """The rule in :class:`WorkerPool`: ``served`` tells a crash (restart it) from a
+    start-up that failed (stop, with the worker's exit code)."""
+    from recall_engine.serving.workers import WorkerPool
+
+    crasher = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    starts: list[int] = []
+
+    def command(index: int, restarts: int) -> tuple[list[str], dict[str, str]]:
+        starts.append(restarts)
+        return crasher, dict(os.environ)
+
+    never = WorkerPool(1, command, served=lambda i: False, backoff_s=(0.01, 0.05), poll_s=0.01)
+    assert never.run() == 3
+    assert starts == [0]  # not restarted
+    starts.clear()
+    once = WorkerPool(
+        1, command, served=lambda i: True, max_quick_deaths=2, backoff_s=(0.01, 0.05), poll_s=0.01
+    )
+    assert once.run() == 1  # restarted until the quick-death rule gives up
+    assert starts == [0, 1]
+
+
+def test_sigterm_while_the_workers_load_is_a_clean_stop(tmp_path, fake_plugins):
+    """A worker still loading has no signal handler yet, so the forwarded SIGTERM ends
+    it; that is the stop that was asked for, not a worker dying: exit 0."""
+    slow = '[channels.slow]\nplugin = "slow_load"\nparams = { load_s = 60 }\n'
+    parent = Parent(tmp_path, fake_plugins, slow)
+    try:
+        parent.wait_for("server_listening", 2)  # both workers are in their load
+        assert not parent.named("serving")
+    finally:
+        parent.proc.send_signal(signal.SIGTERM)
+        code = parent.proc.wait(60)
+    assert code == 0, parent.events
+    assert not parent.named("worker_failed_to_start") and not parent.named("worker_restarted")

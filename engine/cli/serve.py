@@ -13,7 +13,7 @@ from recall_engine.observability import metrics
 from recall_engine.observability.logs import configure, get_logger
 from recall_engine.runtime.object_store import is_s3_url
 from recall_engine.serving.cores import AUTO_MAX, auto_processes
-from recall_engine.serving.workers import PARENT_ENV, die_with_parent
+from recall_engine.serving.workers import PARENT_ENV, die_with_parent, mark_serving
 
 DEMO_DIR = Path("demo")
 
@@ -42,12 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--processes",
         type=_processes,
-        default=1,
-        help="server processes sharing the port (SO_REUSEPORT; default 1), or 'auto': one "
-        f"per usable core (CPU affinity and cgroup CPU quota), at most {AUTO_MAX}. Python "
-        "serves about one core per process, so use one per core. With "
-        "server.worker_port_base set, process i also listens alone on that port + i, for "
-        "clients that balance per call",
+        default="auto",
+        help="server processes sharing the port (SO_REUSEPORT), or 'auto' (the default): "
+        f"one per usable core (CPU affinity and cgroup CPU quota), at most {AUTO_MAX}; "
+        "Python serves about one core per process. With server.worker_port_base set, "
+        "process i also listens alone on that port + i, for clients that balance per call",
     )
     p.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by --processes
 
@@ -131,7 +130,14 @@ def run(args: argparse.Namespace) -> int:
         port = args.worker_port if args.worker_port is not None else config.server.worker_port_base
         worker_addr = f"{config.server.addr.rpartition(':')[0]}:{port}"
     try:
-        asyncio.run(serve(config, reload_config=lambda: _reread(args), worker_addr=worker_addr))
+        asyncio.run(
+            serve(
+                config,
+                reload_config=lambda: _reread(args),
+                ready=lambda _running: mark_serving(),
+                worker_addr=worker_addr,
+            )
+        )
     except Exception as e:  # noqa: BLE001 - start-up failure: say why, exit non-zero
         log.error("startup_failed", error=str(e))
         return 1
@@ -179,7 +185,13 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
     import sys
     import tempfile
 
-    from recall_engine.serving.workers import GROUP_DIR_ENV, WorkerPool, reserve_port
+    from recall_engine.serving.workers import (
+        GROUP_DIR_ENV,
+        INDEX_ENV,
+        WorkerPool,
+        reserve_port,
+        served_marks,
+    )
 
     log = get_logger("recall_engine.serve")
     problem = _worker_ports_problem(config, args.processes)
@@ -206,11 +218,11 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
             child_args += ["--demo-dir", str(args.demo_dir)]
         if base:
             child_args += ["--worker-port", str(base + i)]
-        env = {**os.environ, "RECALL_ENGINE_PROCESS": str(i), GROUP_DIR_ENV: group_dir}
+        env = {**os.environ, INDEX_ENV: str(i), GROUP_DIR_ENV: group_dir}
         return [sys.executable, "-m", "recall_engine", *child_args], env
 
     try:
-        return WorkerPool(args.processes, command).run(
+        return WorkerPool(args.processes, command, served=served_marks(group_dir)).run(
             addr=addr,
             group_dir=group_dir,
             worker_addrs=[f"{host}:{base + i}" for i in range(args.processes)] if base else [],

@@ -6,6 +6,9 @@ on one port (``SO_REUSEPORT``). The parent:
 * reserves the port when the config says port 0 (a bound, non-listening socket with
   ``SO_REUSEPORT`` keeps the number; only the workers listen, so only they get
   connections) and hands the real number to every worker;
+* stops the group at once when a worker dies before it ever served (its first start:
+  a config, an artifact or an extra that cannot load will not load on a retry either),
+  and exits with that worker's exit code, as one process would;
 * restarts a worker that dies (``kill -9``, a crash, an out-of-memory kill) after a
   backoff that doubles per consecutive quick death (0.5 s up to 30 s), and gives up —
   stopping the others and exiting 1 — when one slot dies quickly ``max_quick_deaths``
@@ -32,11 +35,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from recall_engine.observability.logs import get_logger
 
 log = get_logger("recall_engine.serve")
 
+INDEX_ENV = "RECALL_ENGINE_PROCESS"
+"""The worker's index in ``serve --processes N``, 0 to N - 1 (set for the worker)."""
 PARENT_ENV = "RECALL_ENGINE_PARENT_PID"
 """The PID of the parent of ``serve --processes N`` (set for its workers)."""
 RESTARTS_ENV = "RECALL_ENGINE_RESTARTS"
@@ -67,8 +73,12 @@ class WorkerPool:
     max_quick_deaths: int = 5
     backoff_s: tuple[float, float] = (0.5, 30.0)
     poll_s: float = 0.1
+    served: Callable[[int], bool] | None = None
+    """Whether worker ``index`` has served since the group started (:func:`mark_serving`);
+    None: a worker that dies on its first start is restarted like any other."""
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
+    _stop_signal: int = 0
     _abnormal: bool = False
 
     def run(self, **log_fields: object) -> int:
@@ -94,6 +104,7 @@ class WorkerPool:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum != signal.SIGHUP:
             self._stopping = True
+            self._stop_signal = signum
         for slot in self._slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signum)
@@ -112,6 +123,8 @@ class WorkerPool:
                 if slot.proc is not None and slot.proc.poll() is not None:
                     if self._stopping:
                         continue
+                    if self._never_served(slot):
+                        return self._failed_to_start(slot)
                     if not self._on_death(slot, now):
                         self._stop_all()
                         return 1
@@ -128,9 +141,28 @@ class WorkerPool:
                 s.proc is None or s.proc.poll() is not None for s in self._slots
             ):
                 codes = [s.proc.returncode for s in self._slots if s.proc is not None]
-                bad = [c for c in codes if c not in (0, None)]
+                # a worker still loading has no handler yet: the stop signal ends it
+                bad = [c for c in codes if c not in (0, None, -self._stop_signal)]
                 return 1 if self._abnormal or bad else 0
             time.sleep(self.poll_s)
+
+    def _never_served(self, slot: _Slot) -> bool:
+        return slot.restarts == 0 and self.served is not None and not self.served(slot.index)
+
+    def _failed_to_start(self, slot: _Slot) -> int:
+        """A worker died on its first start, before serving: stop the group, and exit
+        with its code (2 for a config error, 1 otherwise) after its own log line."""
+        assert slot.proc is not None
+        code = slot.proc.returncode
+        log.error(
+            "worker_failed_to_start",
+            slot=slot.index,
+            pid=slot.proc.pid,
+            cause=_cause(code),
+            reason="a worker died before it served; see its log above",
+        )
+        self._stop_all()
+        return code if code > 0 else 1
 
     def _on_death(self, slot: _Slot, now: float) -> bool:
         """Log a worker's death and schedule its restart; False: stop trying."""
@@ -140,12 +172,11 @@ class WorkerPool:
         slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
         if code != 0:
             self._abnormal = True
-        cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         log.error(
             "worker_died",
             slot=slot.index,
             pid=slot.proc.pid,
-            cause=cause,
+            cause=_cause(code),
             lived_s=round(lived, 1),
             quick_deaths=slot.quick_deaths,
         )
@@ -186,6 +217,28 @@ def reserve_port(host: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host.strip("[]"), 0))
     return sock
+
+
+def _cause(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
+def _serving_mark(group_dir: str, index: int) -> Path:
+    return Path(group_dir) / f"serving.{index}"
+
+
+def mark_serving() -> None:
+    """In a worker of ``serve --processes N``: tell the parent this worker serves (a
+    file in the group's folder), so a later death is a crash to restart, not a start-up
+    that failed. Elsewhere, a no-op."""
+    folder, index = os.environ.get(GROUP_DIR_ENV), os.environ.get(INDEX_ENV)
+    if folder and index is not None:
+        _serving_mark(folder, int(index)).touch()
+
+
+def served_marks(group_dir: str) -> Callable[[int], bool]:
+    """For :attr:`WorkerPool.served`: whether worker ``index`` marked itself serving."""
+    return lambda index: _serving_mark(group_dir, index).exists()
 
 
 _PR_SET_PDEATHSIG = 1
