@@ -118,7 +118,8 @@ class ServeProcess:
     lines are kept in ``events`` and read for the ports it listens on (``port``,
     ``metrics_port``: the last process's); the constructor returns once every process
     (``serve --processes auto`` starts one per core) logged ``serving``.
-    ``fake_site``: a folder put first on the child's ``PYTHONPATH`` (test plugins)."""
+    ``fake_site``: a folder put first on the child's ``PYTHONPATH`` (test plugins).
+    ``processes``: ``--processes`` (default: serve's own, one per core)."""
 
     def __init__(
         self,
@@ -128,12 +129,15 @@ class ServeProcess:
         cwd: Path | None = None,
         start_s: float = 60.0,
         need_metrics: bool = False,
+        processes: int | None = None,
     ) -> None:
         env = dict(os.environ)
         if fake_site is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(fake_site), os.getcwd()])
+        argv = ["serve", "--config", str(config), "--log-json"]
+        argv += ["--processes", str(processes)] if processes else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config), "--log-json"],
+            [sys.executable, "-m", "recall_engine", *argv],
             cwd=cwd,
             env=env,
             stderr=subprocess.PIPE,

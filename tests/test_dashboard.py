@@ -478,7 +478,9 @@ def served(tmp_path_factory, demo_small) -> Iterator[Served]:
     built = build_all(demo_small.interactions, demo_small.items, root, load_config(path))
     assert all(b.version for b in built), built
 
-    server = ServeProcess(path, cwd=ROOT, start_s=180, need_metrics=True)
+    # one process: the test's traffic and its Prometheus scrape meet on one /metrics
+    # port (with --processes N, Prometheus scrapes each worker's port, metrics_addr + i)
+    server = ServeProcess(path, cwd=ROOT, start_s=180, need_metrics=True, processes=1)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             _send_traffic(channel, demo_small, path, root, content)
