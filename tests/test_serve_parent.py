@@ -138,3 +138,32 @@ def test_a_worker_whose_parent_is_already_gone_exits_at_once(tmp_path):
     assert done.returncode == 1, done.stderr
     assert '"parent_gone"' in done.stderr
     assert '"serving"' not in done.stderr
+
+
+def test_a_second_group_on_a_taken_address_stops_instead_of_sharing_the_port(
+    tmp_path, fake_plugins
+):
+    """The workers bind with SO_REUSEPORT, which lets any server of the same user share
+    the port: a second ``serve`` started by mistake on the address of one that serves
+    would take part of its calls without a word. The parent binds the address plainly
+    first and stops, naming it."""
+    first = Processes(tmp_path / "first", fake_plugins)
+    try:
+        config = tmp_path / "second.toml"
+        config.write_text('[server]\nmetrics_addr = ""\n[channels.a]\nplugin = "fixed"\n')
+        done = subprocess.run(
+            [sys.executable, "-m", "recall_engine", "serve", "--config", str(config)]
+            + ["--processes", "2", "--addr", f"127.0.0.1:{first.shared}", "--log-json"],
+            env=first.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        failed = [json.loads(x) for x in done.stderr.splitlines() if '"startup_failed"' in x]
+        assert failed and f"server.addr 127.0.0.1:{first.shared} is in use" in failed[0]["error"]
+        assert '"processes_started"' not in done.stderr
+        assert first.recall(first.shared) == ["i1", "i2", "i3"]  # the first serves on
+    finally:
+        first.stop()

@@ -199,12 +199,16 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         log.error("config_invalid", error=problem)
         return 2
     host, _, port = config.server.addr.rpartition(":")
-    reserved = None
-    if port == "0":  # pick the port once, here, and keep it while the workers run
-        reserved = reserve_port(host)
-        port = str(reserved.getsockname()[1])
-    addr = f"{host}:{port}"
     base = config.server.worker_port_base
+    # hold the port while the workers run (port 0: pick it once, here); a port someone
+    # holds is refused here, as one process's bind is (the workers would share it)
+    try:
+        reserved = reserve_port(host, int(port))
+    except OSError as e:
+        log.error("startup_failed", error=f"server.addr {e.strerror}")
+        return 1
+    port = str(reserved.getsockname()[1])
+    addr = f"{host}:{port}"
     argv = _without(_without(sys.argv[1:], "--processes"), "--addr")
     group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")  # admin reloads fan out
 
@@ -229,8 +233,7 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
         )
     finally:
         shutil.rmtree(group_dir, ignore_errors=True)
-        if reserved is not None:
-            reserved.close()
+        reserved.close()
 
 
 def _worker_ports_problem(config: Config, processes: int) -> str | None:

@@ -208,14 +208,25 @@ class WorkerPool:
                     slot.proc.wait()
 
 
-def reserve_port(host: str) -> socket.socket:
-    """Bind ``host:0`` with ``SO_REUSEPORT`` and keep the socket: the port stays ours,
-    and the workers can bind it too. The socket never listens, so it takes no
-    connections. Close it when the workers are gone."""
+def reserve_port(host: str, port: int = 0) -> socket.socket:
+    """Bind ``host:port`` (0: a free port) with ``SO_REUSEPORT`` and keep the socket: the
+    port stays ours, and the workers can bind it too. The socket never listens, so it
+    takes no connections. Close it when the workers are gone.
+
+    A fixed port is first bound plainly, without ``SO_REUSEPORT``, which fails if anyone
+    holds it: the workers' ``SO_REUSEPORT`` would otherwise share the port with another
+    server of the same user (a second ``serve`` started by mistake), which would then
+    take part of the calls without a word. Raises OSError naming the address."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host.strip("[]"), port))
+            except OSError as e:
+                raise OSError(e.errno, f"{host}:{port} is in use: {e.strerror}") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host.strip("[]"), 0))
+    sock.bind((host.strip("[]"), port))
     return sock
 
 
