@@ -73,6 +73,7 @@ def test_auto_is_one_per_core_from_one_to_the_cap():
     assert auto_processes(AUTO_MAX + 40) == AUTO_MAX
     assert auto_processes(0) == 1
     assert 1 <= auto_processes() <= AUTO_MAX
+    assert auto_processes(4, platform="darwin") == 1  # SO_REUSEPORT balances on Linux only
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])

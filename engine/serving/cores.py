@@ -5,12 +5,14 @@ what a host can use. Usable means the CPU affinity mask (``taskset``, a cpuset) 
 by a cgroup CPU quota (a container's ``cpu`` limit, cgroup v2 ``cpu.max`` or v1
 ``cpu.cfs_quota_us``), rounded down: a 1.5-CPU limit serves one process, as two would
 be throttled. At most :data:`AUTO_MAX` processes: each loads every channel (about
-200 MiB on the demo), so a large host gets a bounded count unless asked for more.
+200 MiB on the demo), so a large host gets a bounded count unless asked for more. One
+process off Linux (see :func:`auto_processes`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["AUTO_MAX", "auto_processes", "usable_cores"]
@@ -21,8 +23,12 @@ AUTO_MAX = 8
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def auto_processes(cores: int | None = None) -> int:
-    """Server processes for ``--processes auto``: one per usable core, 1 to :data:`AUTO_MAX`."""
+def auto_processes(cores: int | None = None, platform: str = sys.platform) -> int:
+    """Server processes for ``--processes auto``: one per usable core, 1 to :data:`AUTO_MAX`;
+    1 off Linux, whose kernel alone spreads a shared port's connections over the
+    processes (elsewhere ``SO_REUSEPORT`` does not balance them)."""
+    if not platform.startswith("linux"):
+        return 1
     return max(1, min(AUTO_MAX, usable_cores() if cores is None else cores))
 
 
