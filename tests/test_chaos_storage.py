@@ -89,7 +89,12 @@ class ServeProcess:
     def _serving(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError("server exited:\n" + "\n".join(self.lines))
-        return self.port is not None and any('"event": "serving"' in ln for ln in self.lines)
+        lines = list(self.lines)
+        # every process serves (serve's default runs one per core, all on this port)
+        started = [ln for ln in lines if '"event": "processes_started"' in ln]
+        expected = json.loads(started[0])["count"] if started else 1
+        serving = sum('"event": "serving"' in ln for ln in lines)
+        return self.port is not None and serving >= expected
 
     def events(self, name: str) -> list[dict]:
         return parse_events("\n".join(self.lines), name)

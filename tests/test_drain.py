@@ -53,7 +53,11 @@ def test_sigterm_reports_not_serving_during_the_drain_window_while_still_answeri
                 events.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            if events[-1].get("event") == "serving":
+            # every process serves (serve's default runs one per core): a health check
+            # on the shared port may reach any of them
+            started = [e for e in events if e.get("event") == "processes_started"]
+            expected = started[0]["count"] if started else 1
+            if sum(e.get("event") == "serving" for e in events) >= expected:
                 serving.set()
 
     threading.Thread(target=read, daemon=True).start()
