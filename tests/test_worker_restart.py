@@ -177,10 +177,46 @@ def test_sigterm_while_the_workers_load_is_a_clean_stop(tmp_path, fake_plugins):
     slow = '[channels.slow]\nplugin = "slow_load"\nparams = { load_s = 60 }\n'
     parent = Parent(tmp_path, fake_plugins, slow)
     try:
-        parent.wait_for("server_listening", 2)  # both workers are in their load
+        parent.wait_for("loading", 2)  # both workers are in their load
         assert not parent.named("serving")
     finally:
         parent.proc.send_signal(signal.SIGTERM)
         code = parent.proc.wait(60)
     assert code == 0, parent.events
     assert not parent.named("worker_failed_to_start") and not parent.named("worker_restarted")
+
+
+def _recall_on_a_new_connection(port: int) -> list[str]:
+    """One call on a connection of its own (no subchannel shared with earlier calls), so
+    the kernel picks a worker for it."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+        stub = recall_pb2_grpc.RecallServiceStub(ch)
+        return list(stub.Recall(recall_pb2.RecallRequest(user_id="u", k=2), timeout=3).item_ids)
+
+
+def test_a_restarted_worker_takes_no_connection_until_it_serves(tmp_path, fake_plugins):
+    """On the shared port the kernel hands every worker that listens its share of new
+    connections. A worker loading after a restart must not listen yet: the clients that
+    reconnect after the crash would land on it and wait while the other worker serves."""
+    slow = '[channels.slow]\nplugin = "slow_load"\nparams = { load_s = 4, items = ["i3"] }\n'
+    parent = Parent(tmp_path, fake_plugins, slow)
+    try:
+        parent.wait_for("serving", 2)
+        started = parent.named("processes_started")[0]
+        port = int(started["addr"].rsplit(":", 1)[1])
+        os.kill(started["pids"][0], signal.SIGKILL)
+        parent.wait_for("worker_restarted", 1)
+        parent.wait_for("loading", 3)  # the new worker is in its 4 s load
+        calls, failures = 0, []
+        while len(parent.named("serving")) < 3 and calls < 100:
+            try:
+                assert _recall_on_a_new_connection(port)
+            except grpc.RpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+            calls += 1
+        assert calls >= 10 and failures == [], failures
+        parent.wait_for("serving", 3)
+    finally:
+        parent.proc.send_signal(signal.SIGTERM)
+        parent.proc.wait(60)

@@ -32,7 +32,7 @@ from recall_engine.serving.process_group import (
 from recall_engine.serving.remote_artifacts import fetcher, follow_remote, open_remote
 from recall_engine.serving.servicer import RecallServicer, ShedInterceptor
 from recall_engine.serving.trace_interceptor import TracingInterceptor
-from recall_engine.serving.workers import RESTARTS_ENV
+from recall_engine.serving.workers import INDEX_ENV, RESTARTS_ENV
 
 log = get_logger(__name__)
 
@@ -319,7 +319,8 @@ async def serve(
     worker_addr: str | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. SIGHUP reloads the config. Channels load after the
-    port is bound, so health is observable (NOT_SERVING) while they warm up. SIGTERM
+    port is bound, so health is observable (NOT_SERVING) while they warm up (a worker of
+    ``serve --processes N`` binds once they have loaded: see :func:`_serve`). SIGTERM
     drains: NOT_SERVING for ``server.drain_s`` while calls are still answered, then the
     listeners close after at most ``server.grace_s`` more; SIGINT skips the drain."""
     metrics.WORKER_RESTARTS.set(int(os.environ.get(RESTARTS_ENV, "0") or 0))
@@ -343,31 +344,47 @@ async def _serve(
     replication = await asyncio.to_thread(open_replication, config)
     engine = Engine(config, catalog=replication.catalog if replication else None)
     group = replication.group if replication else ProcessGroup.from_env()
-    running = await create_server(
-        engine,
-        config.server.addr,
-        reload_config=reload_config,
-        worker_addr=worker_addr,
-        group=group,
-    )
-    host = config.server.addr.rpartition(":")[0]
-    log.info("server_listening", addr=f"{host}:{running.port}", worker_addr=worker_addr)
-    if running.admin_port is not None:
-        admin_host = (config.server.admin_addr or "").rpartition(":")[0]
-        log.info("admin_listening", addr=f"{admin_host}:{running.admin_port}")
+
+    async def listen() -> Running:
+        running = await create_server(
+            engine,
+            config.server.addr,
+            reload_config=reload_config,
+            worker_addr=worker_addr,
+            group=group,
+        )
+        host = config.server.addr.rpartition(":")[0]
+        log.info("server_listening", addr=f"{host}:{running.port}", worker_addr=worker_addr)
+        if running.admin_port is not None:
+            admin_host = (config.server.admin_addr or "").rpartition(":")[0]
+            log.info("admin_listening", addr=f"{admin_host}:{running.admin_port}")
+        return running
+
+    # One process listens before it loads, so health says NOT_SERVING while it warms
+    # up. A worker of serve --processes N listens once it has loaded: on the port it
+    # shares, the kernel would hand a loading worker its share of new connections
+    # (after a restart: of every client that reconnects), each of whose calls would
+    # then wait for it while the other workers serve.
+    early = os.environ.get(INDEX_ENV) is None
+    running = await listen() if early else None
     if config.server.metrics_addr:
         try:
             mport = metrics.start_http(config.server.metrics_addr)
         except OSError as e:  # the port is taken: say which, and close what is open
-            await running.stop(0)
+            if running is not None:
+                await running.stop(0)
             raise RuntimeError(f"server.metrics_addr {config.server.metrics_addr}: {e}") from e
         log.info("metrics_listening", port=mport)
     loop = asyncio.get_running_loop()
+    log.info("loading", channels=sorted(config.channels), listening=running is not None)
     try:
         await asyncio.to_thread(engine.load)
     except Exception:
-        await running.stop(0)
+        if running is not None:
+            await running.stop(0)
         raise
+    if running is None:
+        running = await listen()
     frozen = freeze_heap()
     await running.set_serving(True)
     log.info(
