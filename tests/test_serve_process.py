@@ -53,7 +53,8 @@ def config_path(tmp_path):
 
 
 def test_sighup_reloads_weights_and_sigterm_drains_in_flight_calls(config_path, fake_plugins):
-    server = ServeProcess(config_path, fake_site=fake_plugins)
+    # one process: the call and the /metrics scrape below must meet in the same one
+    server = ServeProcess(config_path, fake_site=fake_plugins, processes=1)
     try:
         ch = server.channel()
         stub = recall_pb2_grpc.RecallServiceStub(ch)
