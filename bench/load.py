@@ -737,7 +737,8 @@ def _run_servers(args: argparse.Namespace, pool: RequestPool, common: dict) -> d
         if args.serve:
             spawned = stack.enter_context(ServeCommand(args.artifacts, args.processes))
             addr, pids = spawned.addr, [spawned.pid]
-            target = f"serve {args.artifacts} ({spawned.processes} processes)"
+            n = spawned.processes
+            target = f"serve {args.artifacts} ({n} process{'' if n == 1 else 'es'})"
         else:
             addr, pids, target = args.addr, args.server_pid, args.addr
         summary = summarise(drive(addr, pids, args.native_floor), args, target)

@@ -475,7 +475,8 @@ def test_bench_load_serve_echo_measures_the_engine_against_an_echo_of_its_own_an
     assert set(summary["by_kind"]) == {"unseen", "unseen_text"}
     # what `serve --artifacts` gives a user (one process per usable core), or one
     assert summary["server_processes"] == (int(processes) if processes else auto_processes())
-    assert summary["target"].endswith(f"({summary['server_processes']} processes)")
+    n = summary["server_processes"]
+    assert summary["target"].endswith(f"({n} process{'' if n == 1 else 'es'})")
     echo = summary["echo"]
     assert echo["target"] == "echo" and echo["errors"] == {} and echo["ok"] > 0
     assert echo["cpu_ms_per_request"]["server"] > 0  # the echo process's own CPU
