@@ -59,7 +59,9 @@ ENV PATH=/opt/recall-engine/bin:${PATH} PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFER
 WORKDIR /tmp
 USER 10001:10001
 # gRPC (Recall, health, reflection; AdminService too unless server.admin_addr),
-# AdminService alone when server.admin_addr = "0.0.0.0:50052", Prometheus /metrics.
+# AdminService alone when server.admin_addr = "0.0.0.0:50052", Prometheus /metrics
+# (serve runs one process per usable core, the container's cpu limit counted: process i
+# serves /metrics on 9464 + i; add --processes 1 for a single port).
 EXPOSE 50051 50052 9464
 # Readiness: SERVING once every channel has loaded and warmed up. Kubernetes ignores
 # this and uses the Deployment's probes; podman needs `--format docker` to keep it.
