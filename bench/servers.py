@@ -58,10 +58,11 @@ class ServeCommand:
         self._proc = subprocess.Popen(self._argv, stderr=subprocess.PIPE, text=True)
         self.pid = self._proc.pid
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(self._start_s) or not self.addr:
+        self._ready.wait(self._start_s)
+        if self._serving < self.processes or not self.addr:  # too slow, failed or exited
             self.__exit__()
             tail = "\n".join(self._lines[-20:])
-            raise SystemExit(f"recall-engine serve did not start within {self._start_s} s:\n{tail}")
+            raise SystemExit(f"recall-engine serve did not serve within {self._start_s} s:\n{tail}")
         return self
 
     def _read(self) -> None:

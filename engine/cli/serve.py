@@ -13,7 +13,16 @@ from recall_engine.observability import metrics
 from recall_engine.observability.logs import configure, get_logger
 from recall_engine.runtime.object_store import is_s3_url
 from recall_engine.serving.cores import AUTO_MAX, auto_processes
-from recall_engine.serving.workers import PARENT_ENV, die_with_parent, mark_serving
+from recall_engine.serving.workers import (
+    GROUP_DIR_ENV,
+    INDEX_ENV,
+    PARENT_ENV,
+    WorkerPool,
+    die_with_parent,
+    mark_serving,
+    reserve_port,
+    served_marks,
+)
 
 DEMO_DIR = Path("demo")
 
@@ -149,8 +158,6 @@ def _check_params_apart(config: Config) -> None:
     (ONNX Runtime, usearch, tokenizers: ≈ 35 MiB) and the parent of ``--processes N``
     serves nothing, so it keeps none of that (its memory counts once per host,
     docs/scale-out.md). Raises :class:`ConfigError` with the child's message."""
-    import os
-
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: check, report, exit without running the parent's cleanup
@@ -180,18 +187,9 @@ def _check_params_apart(config: Config) -> None:
 def _run_processes(args: argparse.Namespace, config: Config) -> int:
     """Start ``args.processes`` copies of this server on the same port (the kernel
     spreads connections over them) and keep them up (:mod:`recall_engine.serving.workers`)."""
-    import os
     import shutil
     import sys
     import tempfile
-
-    from recall_engine.serving.workers import (
-        GROUP_DIR_ENV,
-        INDEX_ENV,
-        WorkerPool,
-        reserve_port,
-        served_marks,
-    )
 
     log = get_logger("recall_engine.serve")
     problem = _worker_ports_problem(config, args.processes)
