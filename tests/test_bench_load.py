@@ -484,6 +484,19 @@ def test_bench_load_serve_echo_measures_the_engine_against_an_echo_of_its_own_an
     assert ratio["throughput"] == round(summary["rps"] / echo["rps"], 3)
 
 
+def test_bench_load_serve_stops_naming_why_when_the_server_does_not_serve(catalog_dir, tmp_path):
+    """A start-up that fails after the address was logged (a channel's bundle missing)
+    is not measured as a server: the bench stops with the server's own log line."""
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(catalog_dir / "catalog", half / "catalog")  # no channel bundles
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "load", "--serve", "--artifacts", str(half), "--duration", "1"])
+    message = str(e.value.code)
+    assert "did not serve" in message and "startup_failed" in message, message
+
+
 def test_the_echo_server_answers_with_the_engines_own_response_bytes(catalog_dir, tmp_path):
     import grpc
 
