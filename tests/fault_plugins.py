@@ -31,6 +31,7 @@ FAULTS = (
     "none",
     "hang",  # blocks until CONTROL.release is set (bounded: HANG_LIMIT_S)
     "sleep",  # sleeps params.sleep_s, then answers
+    "spin",  # keeps its thread's CPU busy for params.spin_s, then answers
     "raise",  # raises in params.hook
     "nan",
     "inf",
@@ -146,6 +147,10 @@ class FaultChannel(Channel):
             CONTROL.release.wait(HANG_LIMIT_S)
         elif fault == "sleep":
             time.sleep(float(self.ctx.params.get("sleep_s", 0.05)))
+        elif fault == "spin":
+            cpu_end = time.thread_time() + float(self.ctx.params.get("spin_s", 0.005))
+            while time.thread_time() < cpu_end:
+                pass
         elif fault == "nan":
             scores[len(scores) // 2] = np.nan
         elif fault == "inf":

@@ -105,6 +105,45 @@ def test_quick_calls_share_one_thread_and_slow_ones_keep_their_own(tmp_path):
         assert wait_until(lambda: set(in_flight(s).values()) == {0})
 
 
+def test_a_call_of_a_few_ms_on_its_own_cpu_joins_the_chain(tmp_path):
+    """5 ms of CPU (a search on a large index, a small encoder): a thread of its own
+    would only take turns with the others under the GIL."""
+    cfg = config(
+        tmp_path,
+        a={"params": {"items": ["i1"]}},
+        busy={"params": {"items": ["i4"], "fault": "spin", "spin_s": 0.005}},
+    )
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        for n in range(3):  # a few calls: the fastest is the one remembered
+            recall(s, f"warm{n}")
+        slot = s.engine._state.slots["busy"]
+        assert slot.expected((False, False)) >= 0.005
+        resp = recall(s, "then")
+        assert set(statuses(resp).values()) == {OK} and "i4" in resp.item_ids
+        assert channel("busy").threads[-1] == CHAIN and channel("a").threads[-1] == CHAIN
+
+
+def test_a_quick_call_that_waits_off_the_cpu_keeps_its_own_thread(tmp_path):
+    """5 ms asleep (the network, an encoder batch): under the chain bound, but in a
+    chain the others would wait with it."""
+    cfg = config(
+        tmp_path,
+        a={"params": {"items": ["i1"]}},
+        b={"params": {"items": ["i3"]}},
+        waiter={"params": {"items": ["i4"], "fault": "sleep", "sleep_s": 0.005}},
+    )
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        for n in range(3):
+            recall(s, f"warm{n}")
+        slot = s.engine._state.slots["waiter"]
+        assert slot.expected((False, False)) < 0.010  # quick enough to chain by time
+        assert slot.waits((False, False)) >= 0.002
+        resp = recall(s, "then")
+        assert set(statuses(resp).values()) == {OK}
+        assert channel("waiter").threads[-1] == "channel-waiter"
+        assert channel("a").threads[-1] == CHAIN and channel("b").threads[-1] == CHAIN
+
+
 def test_without_chains_every_call_keeps_its_own_thread(tmp_path):
     cfg = config(
         tmp_path,

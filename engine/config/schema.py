@@ -218,10 +218,11 @@ class OverloadConfig:
     # the interpreter's GIL switch interval while serving (0: Python's default, 5 ms)
     switch_interval_ms: NonNegativeFloat = 1.0
     # a request's channel calls that took under this many ms before (per channel and
-    # kind of call: with text or not, scout or not) run one after another on one
-    # thread rather than on a thread each: fewer hand-offs and less GIL contention
-    # (0: every call on its own thread)
-    chain_calls_under_ms: NonNegativeFloat = 2.0
+    # kind of call: with text or not, scout or not), waiting under 2 ms of it off the
+    # CPU (network, encoder batches), run one after another on one thread rather than
+    # on a thread each: fewer hand-offs and less GIL contention (0: every call on its
+    # own thread)
+    chain_calls_under_ms: NonNegativeFloat = 10.0
     # threads that run those chains, in arrival order (more while some are stuck in a
     # hung call); under the GIL more only take turns (0: a thread per chain)
     chain_threads: NonNegativeInt = 1

@@ -100,7 +100,8 @@ class _Slot:
     channel is closed only after its last call returned, exactly once, and no call
     starts on it after it was retired (:meth:`acquire` fails; the request then uses the
     current generation's slot). It also remembers how long its calls take, per kind of
-    call (:meth:`expected`), so that quick ones can share a thread (chains)."""
+    call (:meth:`expected`), and how much of that they wait off the CPU
+    (:meth:`waits`), so that quick ones can share a thread (chains)."""
 
     __slots__ = (
         "config",
@@ -110,6 +111,7 @@ class _Slot:
         "latency_ok",
         "candidates",
         "_took",
+        "_waited",
         "_inflight",
         "_retired",
         "_closed",
@@ -125,6 +127,7 @@ class _Slot:
         self.latency_ok = metrics.CHANNEL_LATENCY.labels(config.name, "ok")
         self.candidates = metrics.CHANNEL_CANDIDATES.labels(config.name)
         self._took: dict[tuple[bool, bool], float] = {}
+        self._waited: dict[tuple[bool, bool], float] = {}
         self._inflight = 0
         self._retired = False
         self._closed = False
@@ -138,12 +141,20 @@ class _Slot:
         the server is, its fastest what the call itself costs."""
         return self._took.get(kind, math.inf)
 
-    def took(self, kind: tuple[bool, bool], seconds: float) -> None:
-        """Record a finished call of ``kind``. Races between threads lose an update at
-        worst."""
+    def waits(self, kind: tuple[bool, bool]) -> float:
+        """Of the call :meth:`expected` is, the seconds its thread spent off the CPU
+        (on the network, an encoder batch, other threads' work, the GIL), inf before
+        the first: what running it in a chain would add to the others' wait for
+        nothing."""
+        return self._waited.get(kind, math.inf)
+
+    def took(self, kind: tuple[bool, bool], seconds: float, cpu_seconds: float) -> None:
+        """Record a finished call of ``kind`` that took ``seconds``, ``cpu_seconds`` of
+        them on its thread's CPU. Races between threads lose an update at worst."""
         before = self._took.get(kind)
         if before is None or seconds < before:
             self._took[kind] = seconds
+            self._waited[kind] = max(0.0, seconds - cpu_seconds)
 
     def slow(self, kind: tuple[bool, bool], seconds: float) -> None:
         """A call of ``kind`` timed out, or held up its chain, after ``seconds``: what
@@ -778,9 +789,10 @@ class Engine:
         engine's chain pool, each still counted on its own bulkhead. Python code holds
         the GIL, so calls on threads of their own mostly take turns anyway, at the cost
         of a hand-off and of GIL contention each (a history request on the demo: 33
-        context switches in process, against 8 with one thread); calls that wait on
-        something else (an encoder batch, the network) keep a thread each, as do calls
-        of a kind not seen yet. A chained call not started a quarter of the way into
+        context switches in process, against 8 with one thread); calls that wait
+        off their thread's CPU for ``_CHAIN_WAIT_S`` or more (an encoder batch, the
+        network, :meth:`_Slot.waits`) keep a thread each, so their waits overlap, as do
+        calls of a kind not seen yet. A chained call not started a quarter of the way into
         its channel's timeout (the one before it is slow, or hung) is moved to a thread
         of its own then, so a hung channel delays the others of its chain by that much
         and no more."""
@@ -904,13 +916,17 @@ class Engine:
 
     def _chain(self, batch: Sequence[_Call]) -> tuple[list[_Call], list[_Call]]:
         """The calls of ``batch`` to run one after another on one thread (see
-        :meth:`_fan_out`), quickest first, each with its room reserved on its own
-        bulkhead, and those of them whose bulkhead was full (to be rejected); both empty
-        when fewer than two are quick."""
+        :meth:`_fan_out`: quick, and waiting on little but their own CPU), quickest
+        first, each with its room reserved on its own bulkhead, and those of them whose
+        bulkhead was full (to be rejected); both empty when fewer than two are quick."""
         under = self.overload.chain_calls_under_s
         if under is None or len(batch) < 2:
             return [], []
-        quick = [c for c in batch if c.slot.expected(c.kind) < under]
+        quick = [
+            c
+            for c in batch
+            if c.slot.expected(c.kind) < under and c.slot.waits(c.kind) < _CHAIN_WAIT_S
+        ]
         if len(quick) < 2:
             return [], []
         chain, full = [], []
@@ -1321,6 +1337,11 @@ def scout_answer(channel: Channel, query: Query, k: int, cold: ColdItems) -> Can
 #: A chained call not started this share of the way into its channel's timeout is
 #: moved to a thread of its own (Engine._fan_out).
 _RESCUE = 0.25
+#: A call whose fastest run waited this long or more off its thread's CPU (the network,
+#: an encoder batch, ONNX Runtime's own threads) keeps a thread of its own, however
+#: quick: in a chain the calls behind it would wait with it, where on threads of their
+#: own the waits overlap (Engine._chain).
+_CHAIN_WAIT_S = 0.002
 
 
 def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: bool) -> None:
@@ -1360,13 +1381,14 @@ def _run_started(
     """Run the started ``call``; ``give_back`` returns its bulkhead room before the
     request can see the outcome."""
     token = CALL_DEADLINE.set(call.deadline())
+    cpu = time.thread_time()
     try:
         cands = _guarded(call.slot, catalog, query, call.k, check, call.cold)
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         give_back()
         fan.finish(call, None, e)
     else:
-        call.slot.took(call.kind, time.perf_counter() - call.started)
+        call.slot.took(call.kind, time.perf_counter() - call.started, time.thread_time() - cpu)
         give_back()
         fan.finish(call, cands, None)
     finally:
