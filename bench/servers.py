@@ -195,6 +195,7 @@ def _serve_child(artifacts: str, overload: dict[str, Any], conn) -> None:
             "channel_limits": {n: overload.channel_limit(n) for n in config.channels},
             "fallback": overload.fallback,
             "target_loop_lag_ms": config.overload.target_loop_lag_ms,
+            "queue_ms": config.overload.queue_ms,
             "switch_interval_ms": config.overload.switch_interval_ms,
             "cpus": os.cpu_count(),
         }

@@ -55,7 +55,7 @@ def wait_until(predicate, seconds: float = 10.0) -> None:
 
 def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
     limit = 2
-    overload = OverloadSettings(max_in_flight=limit)
+    overload = OverloadSettings(max_in_flight=limit, queue_s=None)  # no line: shed at once
     with serve(one_channel(tmp_path, "hang"), catalog_of(ITEMS), overload=overload) as s:
         held = [
             s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=2), timeout=10)
@@ -81,7 +81,7 @@ def test_over_the_limit_a_request_is_shed_at_once_with_a_retry_hint(tmp_path):
 
 def test_a_full_engine_refuses_a_recall_before_parsing_it_and_counts_the_shed(tmp_path):
     limit = 1
-    overload = OverloadSettings(max_in_flight=limit)
+    overload = OverloadSettings(max_in_flight=limit, queue_s=None)  # no line: full at the bound
     with serve(one_channel(tmp_path, "hang"), catalog_of(ITEMS), overload=overload) as s:
         held = s.stub.Recall.future(recall_pb2.RecallRequest(user_id="u", k=2), timeout=10)
         wait_until(lambda: sum(c.calls for c in INSTANCES) == limit)
@@ -100,6 +100,135 @@ def test_a_full_engine_refuses_a_recall_before_parsing_it_and_counts_the_shed(tm
         with pytest.raises(grpc.RpcError) as e:  # with room, the same bytes are parsed
             garbage(b"\xff\xff\xff", timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def line(queue_s: float | None = 0.05, mean_s: float = 0.005) -> Admission:
+    """A fixed bound of one request; a request takes ``mean_s`` (the line's pace)."""
+    adm = Admission(1, target_lag_ms=None, queue_s=queue_s)
+    adm._mean_s = mean_s  # noqa: SLF001 - no request finished yet: the pace comes from it
+    return adm
+
+
+def test_at_the_bound_requests_wait_in_line_and_take_freed_slots_oldest_first():
+    async def main() -> list[int]:
+        adm = line()
+        await adm.wait()  # room: in at once
+        order: list[int] = []
+
+        async def waiter(n: int) -> None:
+            await adm.wait(remaining_s=10.0)
+            order.append(n)
+
+        tasks = [asyncio.create_task(waiter(n)) for n in range(3)]
+        await asyncio.sleep(0.01)
+        assert adm.in_flight == 1 and len(adm._line) == 3 and order == []  # noqa: SLF001
+        with pytest.raises(Overloaded):  # a newcomer without a line does not jump it
+            adm.enter()
+        for n in range(3):
+            adm.leave(1, 0.005)  # the slot goes to the head of the line, still counted
+            await asyncio.sleep(0.01)
+            assert order == list(range(n + 1)) and adm.in_flight == 1
+        adm.leave(1, 0.005)
+        await asyncio.gather(*tasks)
+        assert adm.in_flight == 0 and adm.shed == 1
+        return order
+
+    assert asyncio.run(main()) == [0, 1, 2]
+
+
+def test_a_line_longer_than_queue_ms_sheds_at_once_with_the_retry_hint():
+    async def main() -> None:
+        adm = line(queue_s=0.05, mean_s=0.05)  # one request every 50 ms: room for one
+        await adm.wait()
+        first = asyncio.create_task(adm.wait(remaining_s=10.0))
+        await asyncio.sleep(0.01)
+        assert len(adm._line) == 1  # noqa: SLF001
+        assert adm.full  # what the server's first interceptor reads: shed before parsing
+        t0 = time.perf_counter()
+        with pytest.raises(Overloaded) as e:
+            await adm.wait(remaining_s=10.0)  # a second place would wait 100 ms
+        assert time.perf_counter() - t0 < 0.04  # shed at once, not after waiting
+        assert e.value.retry_after_ms >= 1 and adm.full
+        adm.leave(1, 0.05)
+        await first
+        adm.leave(1, 0.05)
+        assert adm.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_a_wait_longer_than_half_the_deadline_is_shed_and_takes_no_slot():
+    async def main() -> None:
+        adm = line(queue_s=0.05, mean_s=0.001)
+        await adm.wait()  # held: nothing leaves while the next one waits
+        t0 = time.perf_counter()
+        with pytest.raises(Overloaded):
+            await adm.wait(remaining_s=0.04)  # waits at most 20 ms
+        waited = time.perf_counter() - t0
+        assert 0.015 < waited < 1.0
+        assert adm.in_flight == 1 and not adm._line  # noqa: SLF001
+        adm.leave(1, 0.001)
+        assert adm.in_flight == 0  # nobody in line took the freed slot
+
+    asyncio.run(main())
+
+
+def test_a_request_that_goes_away_while_in_line_passes_its_slot_on():
+    async def main() -> None:
+        adm = line()
+        await adm.wait()
+        gone = asyncio.create_task(adm.wait(remaining_s=10.0))
+        stays = asyncio.create_task(adm.wait(remaining_s=10.0))
+        await asyncio.sleep(0.01)
+        adm.leave(1, 0.005)  # the slot is handed to "gone", which is cancelled at once
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        assert gone.cancelled() and stays.done() and adm.in_flight == 1
+        adm.leave(1, 0.005)
+        assert adm.in_flight == 0 and not adm._line  # noqa: SLF001
+
+    asyncio.run(main())
+
+
+def test_without_a_line_a_request_at_the_bound_is_shed_at_once():
+    async def main() -> None:
+        adm = line(queue_s=None)
+        await adm.wait()
+        assert adm.full
+        with pytest.raises(Overloaded):
+            await adm.wait(remaining_s=10.0)
+        assert adm.shed == 1 and adm.in_flight == 1
+
+    asyncio.run(main())
+
+
+def test_clients_past_the_bound_wait_in_line_through_the_server_instead_of_being_shed(tmp_path):
+    """One request in the engine at a time (a fixed bound), each taking 20 ms: four
+    clients at once all get answers and none is shed; without the line, some are."""
+    for queue_s, shed_expected in ((0.5, False), (None, True)):
+        overload = OverloadSettings(
+            max_in_flight=1, target_loop_lag_ms=None, latency_tolerance=None, queue_s=queue_s
+        )
+        cfg = one_channel(tmp_path / str(queue_s), "sleep", sleep_s=0.02)
+        with serve(cfg, catalog_of(ITEMS), overload=overload) as s:
+            shed_before = s.engine.admission.shed
+            calls = [
+                s.stub.Recall.future(recall_pb2.RecallRequest(user_id=f"u{n}", k=2), timeout=10)
+                for n in range(4)
+            ]
+            codes = []
+            for call in calls:
+                try:
+                    call.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+            shed = s.engine.admission.shed - shed_before
+            if shed_expected:
+                assert shed > 0 and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+            else:
+                assert codes == [grpc.StatusCode.OK] * 4 and shed == 0, codes
+            wait_until(lambda: s.engine.admission.in_flight == 0)
 
 
 def test_shed_clients_are_given_retry_instants_spread_at_the_engines_pace():

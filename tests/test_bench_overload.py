@@ -65,8 +65,9 @@ def test_bench_overload_reports_goodput_sheds_and_deadlines_per_point(tmp_path, 
 
 
 def test_overload_settings_given_on_the_command_line_reach_the_served_engine(tmp_path, demo_small):
-    """``--max-in-flight 1 --overload target_loop_lag_ms=0``: a fixed bound of one
-    request, so four clients get shed; a key [overload] does not have is refused."""
+    """``--max-in-flight 1 --overload target_loop_lag_ms=0 --overload queue_ms=0``: a
+    fixed bound of one request and no line, so four clients get shed; a key [overload]
+    does not have is refused."""
     artifacts = popular_only(tmp_path, demo_small)
     out = tmp_path / "overload.json"
     args = ["bench", "overload", "--artifacts", str(artifacts), "--traffic", "history"]
@@ -74,10 +75,12 @@ def test_overload_settings_given_on_the_command_line_reach_the_served_engine(tmp
         args
         + ["--concurrency", "4", "--duration", "1", "--warmup", "0.2", "--json", str(out)]
         + ["--max-in-flight", "1", "--overload", "target_loop_lag_ms = 0"]
+        + ["--overload", "queue_ms = 0"]
     )
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["overrides"] == {"target_loop_lag_ms": 0, "max_in_flight": 1}
+    assert report["overrides"] == {"target_loop_lag_ms": 0, "queue_ms": 0, "max_in_flight": 1}
+    assert report["settings"]["queue_ms"] == 0
     assert report["settings"]["max_in_flight"] == 1
     assert report["settings"]["target_loop_lag_ms"] == 0
     (point,) = report["points"]

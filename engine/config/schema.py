@@ -215,6 +215,10 @@ class OverloadConfig:
     batch_parallelism: NonNegativeInt = 0
     retry_after_ms_min: PositiveInt = 1
     retry_after_ms_max: PositiveInt = 5000
+    # a Recall that finds the engine at its bound waits in line (oldest first) when the
+    # line's expected wait, at the rate requests finish now, is under this many ms and
+    # half its own deadline; past that it is shed with the retry hint (0: shed at once)
+    queue_ms: NonNegativeFloat = 50.0
     # the interpreter's GIL switch interval while serving (0: Python's default, 5 ms)
     switch_interval_ms: NonNegativeFloat = 1.0
     # a request's channel calls that took under this many ms before (per channel and

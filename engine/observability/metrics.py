@@ -80,6 +80,10 @@ ADMISSION_LIMIT = Gauge(
     "recall_engine_admission_limit",
     "The bound on requests in flight in force (adapts to the event loop's lag; 0: no bound)",
 )
+ADMISSION_QUEUE = Gauge(
+    "recall_engine_admission_queue",
+    "Requests waiting in line for a slot at the bound ([overload] queue_ms; 0: none)",
+)
 LOOP_LAG = Gauge(
     "recall_engine_loop_lag_seconds",
     "How late the serving event loop runs a timer (EWMA; admission adapts to it; 0: unwatched)",

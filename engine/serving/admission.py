@@ -11,6 +11,7 @@ slot frees, instead of hammering the server with requests it will shed again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import os
 import threading
@@ -63,6 +64,8 @@ class OverloadSettings:
     bound, a reserve the other channels cannot use). ``batch_parallelism``: BatchRecall
     items in flight at once per batch (0: a quarter of ``max_in_flight``).
     ``retry_after_ms_min``/``max`` bound the retry hint sent with a shed.
+    ``queue_s``: how long a Recall that finds the bound reached may expect to wait in
+    line for a slot instead of being shed (None: shed at once; :meth:`Admission.wait`).
     ``target_loop_lag_ms``: the serving event loop's lag above which the bound on
     requests in flight shrinks (None: a fixed bound). ``switch_interval_s``: the
     interpreter's GIL switch interval set when the engine loads (None: left alone); the
@@ -86,6 +89,7 @@ class OverloadSettings:
     batch_parallelism: int = _TABLE.batch_parallelism
     retry_after_ms_min: int = _TABLE.retry_after_ms_min
     retry_after_ms_max: int = _TABLE.retry_after_ms_max
+    queue_s: float | None = _TABLE.queue_ms / 1000 or None
     target_loop_lag_ms: float | None = _TABLE.target_loop_lag_ms or None
     switch_interval_s: float | None = (
         _TABLE.switch_interval_ms / 1000 if _TABLE.switch_interval_ms else None
@@ -126,6 +130,8 @@ class OverloadSettings:
             raise ValueError(
                 f"switch_interval_s: must be > 0 or None, got {self.switch_interval_s!r}"
             )
+        if self.queue_s is not None and not self.queue_s > 0:
+            raise ValueError(f"queue_s: must be > 0 or None, got {self.queue_s!r}")
         if self.chain_calls_under_s is not None and not self.chain_calls_under_s > 0:
             raise ValueError(
                 f"chain_calls_under_s: must be > 0 or None, got {self.chain_calls_under_s!r}"
@@ -150,6 +156,7 @@ class OverloadSettings:
             batch_parallelism=cfg.batch_parallelism,
             retry_after_ms_min=cfg.retry_after_ms_min,
             retry_after_ms_max=cfg.retry_after_ms_max,
+            queue_s=cfg.queue_ms / 1000 or None,
             target_loop_lag_ms=cfg.target_loop_lag_ms or None,
             switch_interval_s=cfg.switch_interval_ms / 1000 if cfg.switch_interval_ms else None,
             check_output=cfg.check_output,
@@ -227,6 +234,16 @@ class Admission:
     the last few windows; before any, the bound over the mean request time), never
     sooner than the loop's current lag, so clients that obey it come back spread out at
     the rate the engine finishes requests instead of all together.
+
+    The line (:meth:`wait`, ``queue_s``): a request that finds the bound reached waits,
+    oldest first, when the line's expected wait (its place in it times 1 / throughput)
+    is under ``queue_s`` and under half its own remaining deadline; a slot freed by
+    :meth:`leave` goes to the head of the line directly. A shed costs the client a
+    round trip and a sleep on the hint, and the server the call; at a modest overload
+    (a few clients more than the bound) those round trips were most of the calls and
+    left the cores idle between retries (docs/performance.md, "A line before the
+    bound"). Past ``queue_s`` the line is full and requests are shed as before, so a
+    request never queues longer than the engine can serve it.
     """
 
     _WINDOW_S = 0.05
@@ -240,6 +257,7 @@ class Admission:
         target_lag_ms: float | None = 2.0,
         min_limit: int = 1,
         latency_tolerance: float | None = None,
+        queue_s: float | None = None,
     ) -> None:
         self.max_limit = limit
         self.min_limit = max(1, min(min_limit, limit)) if limit else 1
@@ -266,6 +284,11 @@ class Admission:
         self._logged_shed = 0
         self._shed_counter = metrics.REQUESTS_SHED.labels("max_in_flight")
         metrics.ADMISSION_LIMIT.set(limit)
+        self.queue_s = queue_s
+        # requests waiting for a slot, oldest first: a future each, set to True when
+        # :meth:`leave` hands it a slot (already counted in ``in_flight``), False
+        # when its patience ran out
+        self._line: collections.deque[asyncio.Future[bool]] = collections.deque()
 
     @property
     def solo_ms(self) -> float | None:
@@ -307,21 +330,75 @@ class Admission:
             if now - self._window_start >= self._WINDOW_S:
                 self._adapt(now)
             room = n if not self.limit else min(n, self.limit - self.in_flight)
+            if self._line:  # those in line come first
+                room = 0
             if room >= want_min and room > 0:
-                self.in_flight += room
-                self._entries += room
-                if self.in_flight == 1:
-                    self._solo_entry = self._entries
-                self._window_peak = max(self._window_peak, self.in_flight)
-                metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+                self._count_in(room)
                 return room
         raise self._refusal(now)
+
+    def _count_in(self, n: int) -> None:
+        """Under ``_lock``: ``n`` more requests in flight."""
+        self.in_flight += n
+        self._entries += n
+        if self.in_flight == 1:
+            self._solo_entry = self._entries
+        self._window_peak = max(self._window_peak, self.in_flight)
+        metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+
+    async def wait(self, remaining_s: float | None = None) -> None:
+        """Admit one request, waiting in line for a slot when the bound is reached and
+        the line's expected wait allows it (class docstring); raises
+        :class:`Overloaded` when it does not, or when the wait outlasts half of
+        ``remaining_s`` (the request's deadline; None: ``4 * queue_s``). A request
+        cancelled while it waits (its client went away) takes no slot."""
+        now = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if now - self._window_start >= self._WINDOW_S:
+                self._adapt(now)
+            if not self.limit or (self.in_flight < self.limit and not self._line):
+                self._count_in(1)
+                return
+            patience = 4 * self.queue_s if self.queue_s else 0.0
+            if remaining_s is not None:
+                patience = min(patience, remaining_s / 2)
+            expected = (len(self._line) + 1) * self._pace_s()
+            fut: asyncio.Future[bool] | None = None
+            if self.queue_s and expected <= min(self.queue_s, patience):
+                fut = loop.create_future()
+                self._line.append(fut)
+                metrics.ADMISSION_QUEUE.set(len(self._line))
+        if fut is None:
+            raise self._refusal(now)
+        timer = loop.call_later(patience, _expire, fut)
+        try:
+            granted = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.result():
+                self._release(1)  # handed a slot as the request went away: pass it on
+            raise
+        finally:
+            timer.cancel()
+            with self._lock:
+                try:
+                    self._line.remove(fut)
+                except ValueError:
+                    pass
+                metrics.ADMISSION_QUEUE.set(len(self._line))
+        if not granted:
+            raise self._refusal(time.perf_counter())
 
     @property
     def full(self) -> bool:
         """Whether a request arriving now would be shed (read without the lock: a hint
-        for refusing before any work, :meth:`enter` decides)."""
-        return bool(self.limit) and self.in_flight >= self.limit
+        for refusing before any work, :meth:`enter` and :meth:`wait` decide): the bound
+        is reached and the line, if any, is too long to join."""
+        if not self.limit or self.in_flight < self.limit:
+            return False
+        if not self.queue_s:
+            return True
+        return (len(self._line) + 1) * self._pace_s() > self.queue_s
 
     def refuse(self) -> Overloaded:
         """Count a request shed without :meth:`enter` (it found the bound :attr:`full`
@@ -352,9 +429,35 @@ class Admission:
                 if n == 1 and self.in_flight == 1 and self._solo_entry == self._entries:
                     solo = self._solo_s
                     self._solo_s = seconds if solo is None else solo + 0.1 * (seconds - solo)
-            self.in_flight -= n
             self._window_done += n
+        self._release(n)
+
+    def _release(self, n: int) -> None:
+        """``n`` slots free: each to the head of the line (counted in flight for it
+        at once, so no newcomer takes it first), the rest given back."""
+        handed: list[asyncio.Future[bool]] = []
+        with self._lock:
+            self.in_flight -= n
+            while self._line and (not self.limit or self.in_flight < self.limit):
+                fut = self._line.popleft()
+                if fut.done():  # its patience ran out, or its request went away
+                    continue
+                self._count_in(1)
+                handed.append(fut)
             metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+        for fut in handed:
+            try:
+                fut.get_loop().call_soon_threadsafe(self._grant, fut)
+            except RuntimeError:  # its loop is closed: nobody waits on it
+                self._release(1)
+
+    def _grant(self, fut: asyncio.Future[bool]) -> None:
+        """On the waiter's loop: hand it the slot counted for it, or, when it stopped
+        waiting meanwhile, pass the slot on."""
+        if fut.done():
+            self._release(1)
+        else:
+            fut.set_result(True)
 
     @property
     def retry_after_ms(self) -> int:
@@ -429,3 +532,10 @@ class Admission:
             max_limit=self.max_limit,
             loop_lag_ms=round(self.loop_lag_ms, 2),
         )
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    """A waiter's patience ran out (a slot handed to it meanwhile is passed on by
+    :meth:`Admission._grant`)."""
+    if not fut.done():
+        fut.set_result(False)

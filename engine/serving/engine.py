@@ -13,7 +13,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from typing import Any
@@ -237,6 +237,7 @@ class Engine:
             target_lag_ms=self.overload.target_loop_lag_ms,
             min_limit=self.overload.min_in_flight,
             latency_tolerance=self.overload.latency_tolerance,
+            queue_s=self.overload.queue_s,
         )
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
@@ -544,6 +545,21 @@ class Engine:
         finally:
             self.admission.leave(1, time.perf_counter() - t0)
 
+    @contextlib.asynccontextmanager
+    async def admit_in_line(self, remaining_s: float | None = None) -> AsyncIterator[None]:
+        """Admit one request, waiting in line for a slot while the engine is at its bound
+        and the line is short enough (``[overload] queue_ms``, :meth:`Admission.wait`),
+        or raise :class:`Overloaded`: what the Recall servicer calls first, before it
+        parses anything. ``remaining_s``: the request's deadline (it waits at most half
+        of it). Pass ``admitted=True`` to :meth:`recall` inside."""
+        self._watch_loop()
+        await self.admission.wait(remaining_s)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.admission.leave(1, time.perf_counter() - t0)
+
     @contextlib.contextmanager
     def admitted(self, items: int) -> Iterator[int]:
         """Admit a BatchRecall of ``items`` requests as one: yields how many of its
@@ -571,8 +587,9 @@ class Engine:
         from when that channel's call starts) inside the request deadline, and fuse what
         came back in time.
 
-        Raises :class:`Overloaded` at once when the engine is at its bound on requests
-        in flight (unless ``admitted``: a BatchRecall admitted as a whole), and
+        Raises :class:`Overloaded` when the engine is at its bound on requests in flight
+        and its line is too long to join, or the wait in it outlasts half the deadline
+        (unless ``admitted``: a BatchRecall admitted as a whole), and
         :class:`DeadlineExceeded` without starting anything when ``timeout_s`` is
         already spent."""
         state = self._require_state()
@@ -584,7 +601,7 @@ class Engine:
         run = self._traced_recall if tracing.ENABLED else self._recall
         if admitted:
             return await run(state, inp, budget)
-        with self.admit():
+        async with self.admit_in_line(budget):
             return await run(state, inp, budget)
 
     async def _traced_recall(self, state: _State, inp: RecallInput, budget: float) -> RecallOutput:

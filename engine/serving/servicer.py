@@ -111,7 +111,8 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            with self.engine.admit():  # shed before anything is parsed
+            # shed, or wait in line, before anything is parsed
+            async with self.engine.admit_in_line(context.time_remaining()):
                 return await self._recall(request, context.time_remaining())
         except Exception as e:  # noqa: BLE001 - mapped to a status in one place
             code, message = status_of(e)
