@@ -190,6 +190,24 @@ def test_a_request_that_goes_away_while_in_line_passes_its_slot_on():
     asyncio.run(main())
 
 
+def test_a_slot_freed_for_a_waiter_whose_loop_closed_is_given_back():
+    """A waiter left in line when its event loop was closed without cancelling it: the
+    freed slot cannot wake it, so it goes back instead of leaking."""
+    adm = line()
+    loop = asyncio.new_event_loop()
+
+    async def queue_one() -> None:
+        await adm.wait()
+        asyncio.ensure_future(adm.wait(remaining_s=10.0))
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(queue_one())
+    assert adm.in_flight == 1 and len(adm._line) == 1  # noqa: SLF001
+    loop.close()  # the waiting task is abandoned, not cancelled
+    adm.leave(1, 0.005)
+    assert adm.in_flight == 0
+
+
 def test_without_a_line_a_request_at_the_bound_is_shed_at_once():
     async def main() -> None:
         adm = line(queue_s=None)

@@ -363,9 +363,8 @@ class Admission:
             patience = 4 * self.queue_s if self.queue_s else 0.0
             if remaining_s is not None:
                 patience = min(patience, remaining_s / 2)
-            expected = (len(self._line) + 1) * self._pace_s()
             fut: asyncio.Future[bool] | None = None
-            if self.queue_s and expected <= min(self.queue_s, patience):
+            if self.queue_s and self._line_wait_s() <= min(self.queue_s, patience):
                 fut = loop.create_future()
                 self._line.append(fut)
                 metrics.ADMISSION_QUEUE.set(len(self._line))
@@ -396,9 +395,12 @@ class Admission:
         is reached and the line, if any, is too long to join."""
         if not self.limit or self.in_flight < self.limit:
             return False
-        if not self.queue_s:
-            return True
-        return (len(self._line) + 1) * self._pace_s() > self.queue_s
+        return not self.queue_s or self._line_wait_s() > self.queue_s
+
+    def _line_wait_s(self) -> float:
+        """The wait a request joining the line now can expect: its place in it times
+        the time between two requests finishing."""
+        return (len(self._line) + 1) * self._pace_s()
 
     def refuse(self) -> Overloaded:
         """Count a request shed without :meth:`enter` (it found the bound :attr:`full`
@@ -430,21 +432,33 @@ class Admission:
                     solo = self._solo_s
                     self._solo_s = seconds if solo is None else solo + 0.1 * (seconds - solo)
             self._window_done += n
-        self._release(n)
+            handed = self._free(n)
+        self._hand(handed)
 
     def _release(self, n: int) -> None:
-        """``n`` slots free: each to the head of the line (counted in flight for it
-        at once, so no newcomer takes it first), the rest given back."""
-        handed: list[asyncio.Future[bool]] = []
+        """``n`` slots given back without a request finishing (a waiter that stopped
+        waiting after one was counted for it): on to the line, as :meth:`leave` does."""
         with self._lock:
-            self.in_flight -= n
-            while self._line and (not self.limit or self.in_flight < self.limit):
-                fut = self._line.popleft()
-                if fut.done():  # its patience ran out, or its request went away
-                    continue
-                self._count_in(1)
-                handed.append(fut)
-            metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+            handed = self._free(n)
+        self._hand(handed)
+
+    def _free(self, n: int) -> list[asyncio.Future[bool]]:
+        """Under ``_lock``: ``n`` slots free, each to the head of the line (counted in
+        flight for it at once, so no newcomer takes it first), the rest given back;
+        returns the waiters handed one."""
+        handed: list[asyncio.Future[bool]] = []
+        self.in_flight -= n
+        while self._line and (not self.limit or self.in_flight < self.limit):
+            fut = self._line.popleft()
+            if fut.done():  # its patience ran out, or its request went away
+                continue
+            self._count_in(1)
+            handed.append(fut)
+        metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+        return handed
+
+    def _hand(self, handed: list[asyncio.Future[bool]]) -> None:
+        """Wake the waiters :meth:`_free` handed a slot, each on its own loop."""
         for fut in handed:
             try:
                 fut.get_loop().call_soon_threadsafe(self._grant, fut)

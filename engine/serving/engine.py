@@ -532,19 +532,6 @@ class Engine:
         return self._state
 
     # -- serving ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Admit one request, or raise :class:`Overloaded` at once: what a servicer calls
-        first, before it parses anything, so that a shed request costs next to nothing.
-        Pass ``admitted=True`` to :meth:`recall` inside."""
-        self._watch_loop()
-        self.admission.enter()
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.admission.leave(1, time.perf_counter() - t0)
-
     @contextlib.asynccontextmanager
     async def admit_in_line(self, remaining_s: float | None = None) -> AsyncIterator[None]:
         """Admit one request, waiting in line for a slot while the engine is at its bound

@@ -58,7 +58,7 @@ class ShedInterceptor(grpc.aio.ServerInterceptor):
     """Sheds a ``Recall`` call when the engine is at its bound on requests in flight,
     before anything else runs for it: no other interceptor, no handler look-up, no
     parse, no servicer (the request reaches the refusal as raw bytes). The servicer's
-    own :meth:`Engine.admit` still decides for the calls let through, so the bound holds
+    own :meth:`Engine.admit_in_line` still decides for the calls let through, so the bound holds
     exactly; this only makes the common refusal cheaper. Put it first."""
 
     def __init__(self, engine: Engine) -> None:
@@ -88,7 +88,7 @@ class RecallServicer(_pb_grpc.RecallServiceServicer):
         self.engine = engine
 
     async def _recall(self, req: _pb.RecallRequest, timeout: float | None) -> _pb.RecallResponse:
-        """One request the caller has already admitted (``Engine.admit``)."""
+        """One request the caller has already admitted (``Engine.admit_in_line``)."""
         engine = self.engine
         cfg = engine.config
         inp = recall_input(req, cfg.server, cfg.channels.keys())
