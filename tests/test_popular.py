@@ -4,6 +4,7 @@ weighted count, per-category lists and their union)."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -71,3 +72,32 @@ def test_popular_with_several_categories_matches_the_full_union(channel, demo_sm
     ranked = channel.recall(Query(), 10_000).item_ids  # every item, most popular first
     want = [i for i in ranked if demo_small.topics[i] in cats and i not in exclude][:120]
     assert list(got.item_ids) == want
+
+
+def test_popular_follows_catalogue_deletes_and_upserts_over_mapped_columns(tmp_path, demo_small):
+    """popular finds its list's rows in the catalogue's columns once at load and filters
+    each request by them: an item deleted after load must still leave its answers, with
+    or without a category filter, excluded ids stay out, and an upsert brings an item
+    back, with the categories it has now."""
+    ch = build_and_load(tmp_path, demo_small, "popular")
+    try:
+        catalog = ch.ctx.catalog
+        assert ch._catalog_rows is not None  # noqa: SLF001 - the path under test is taken
+        before = ch.recall(Query(user_id="anon"), 20).item_ids
+        gone, excluded = list(before[:3]), before[3]
+        records = [catalog.get(i) for i in gone]
+        catalog.delete(gone)
+        after = ch.recall(Query(user_id="anon", exclude=frozenset({excluded})), 20).item_ids
+        assert after == [i for i in before if i not in gone and i != excluded] + after[16:]
+        assert len(after) == 20 and not (set(gone) | {excluded}) & set(after)
+        topic = records[0].categories[0]
+        filtered = ch.recall(Query(categories=frozenset({topic})), 20).item_ids
+        assert len(filtered) == 20 and not set(gone) & set(filtered)
+        assert all(topic in catalog.categories(i) for i in filtered)
+        # back, in another category: the filter reads the categories it has now
+        moved = replace(records[0], categories=("elsewhere",))
+        catalog.upsert([moved, *records[1:]])
+        assert gone[0] not in ch.recall(Query(categories=frozenset({topic})), 20).item_ids
+        assert ch.recall(Query(user_id="anon"), 20).item_ids == before
+    finally:
+        ch.close()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from recall_engine.runtime.catalog import Catalog
+from recall_engine.runtime.catalog_columns import BaseRows
 from recall_engine.runtime.npz_map import map_npz, save_npz
 from recall_engine.sdk.channel import (
     BuildContext,
@@ -97,6 +98,9 @@ class PopularChannel(Channel):
         self._ids: np.ndarray = np.zeros(0, dtype="U1")
         self._scores = np.zeros(0, dtype=np.float32)
         self._by_cat: dict[str, np.ndarray] = {}
+        # the list's rows in the catalogue's mapped columns, found once at load, so the
+        # filter of every request reads them instead of searching for each id
+        self._catalog_rows: BaseRows | None = None
         self._version = ""
 
     @classmethod
@@ -117,6 +121,7 @@ class PopularChannel(Channel):
         scores = arrays["scores"]
         self._scores = scores if scores.dtype == np.float32 else scores.astype(np.float32)
         self._by_cat = {k[4:]: v for k, v in arrays.items() if k.startswith("cat:")}
+        self._catalog_rows = self.ctx.catalog.base_rows(self._ids.tolist())
         self._version = bundle.version
 
     def recall(self, query: Query, k: int) -> Candidates:
@@ -129,7 +134,7 @@ class PopularChannel(Channel):
         # runs on a slice just long enough when nothing is deleted, widened while short.
         # With categories the slice comes from the head of each category's list, never
         # from a union of whole lists (a large category holds most of the catalogue).
-        filter_mask = self.ctx.catalog.filter_mask
+        filter_mask, rows = self.ctx.catalog.filter_mask, self._catalog_rows
         out: list[int] = []
         start, want = 0, k + len(query.exclude)
         while len(out) < k:
@@ -140,8 +145,12 @@ class PopularChannel(Channel):
                 chunk = union_head(parts, end)[start:].tolist()
             if not len(chunk):
                 break
-            names = ids[chunk.start : chunk.stop] if isinstance(chunk, range) else ids[chunk]
-            mask = filter_mask(names.tolist(), query)
+            if isinstance(chunk, range):
+                names, at = ids[chunk.start : chunk.stop], np.arange(chunk.start, chunk.stop)
+            else:
+                at = np.asarray(chunk)
+                names = ids[at]
+            mask = filter_mask(names.tolist(), query, rows=(rows, at))
             out.extend(pos for pos, keep in zip(chunk, mask, strict=True) if keep)
             start += len(chunk)
             want = 2 * want
