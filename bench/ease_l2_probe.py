@@ -18,8 +18,9 @@ For each ``(λ, α)`` of the grid: ``B = I − P·diag(1/diag P)`` with
     python bench/ease_l2_probe.py --dataset ml-100k:../shared/data/ml-100k \\
         --protocol random [--test]
 
-About 40 s for ML-100K on 2 cores. Result: docs/evaluation.md, "a popularity-scaled L2
-for EASE, probed".
+About 40 s for ML-100K on 2 cores. Result:
+docs/reports/2026-12-05-issue-15-fusion-and-new-items.md, "a popularity-scaled L2 for EASE,
+probed".
 """
 
 from __future__ import annotations

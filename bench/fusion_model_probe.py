@@ -24,8 +24,8 @@ target against cf alone's.
         [--protocol temporal] [--cache build/probe-ml1m.pkl]
 
 The channel build on the carve takes about 5 minutes for ML-1M users 1–2999 on 2 cores;
-``--cache`` keeps the lists for a rerun. Result: docs/evaluation.md, "a learned fusion
-model, probed".
+``--cache`` keeps the lists for a rerun. Result:
+docs/reports/2026-12-05-issue-15-fusion-and-new-items.md, "a learned fusion model, probed".
 """
 
 from __future__ import annotations

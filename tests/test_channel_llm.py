@@ -221,9 +221,10 @@ def test_texts_encoded_on_the_calling_thread_are_recorded_as_encoder_batches(cha
 
 def test_the_int8_query_encoder_runs_on_one_thread_unless_told_otherwise(channel):
     """int8 runs one short text at a time, where ONNX Runtime's pool of one thread per
-    core costs more in hand-offs than it saves (docs/performance.md): the default (0)
-    means one thread there; fp32, which batches, keeps ONNX Runtime's default; a thread
-    count set in the params is used as it is."""
+    core costs more in hand-offs than it saves (docs/reports/2026-12-05-issue-14-speed-per-core.md,
+    "One ONNX Runtime thread for int8 MiniLM"): the default (0) means one thread there;
+    fp32, which batches, keeps ONNX Runtime's default; a thread count set in the params
+    is used as it is."""
     if channel.info().details["device"] != "cpu":
         pytest.skip("a GPU serves fp16 under precision=auto")
 

@@ -61,7 +61,9 @@ def test_plan_cold_quota_defaults_to_off_and_variants_inherit_or_override(tmp_pa
     assert (same.plan.cold_quota, same.plan.cold_max_age_days) == (0.2, 3.0)
     assert (more.plan.cold_quota, more.plan.cold_max_age_days) == (0.5, 3.0)
     plain = _config(tmp_path, {"weights": {"cf": 1.0}})
-    assert plain.plan.cold_quota == DEFAULT_COLD_QUOTA == 0.02  # docs/evaluation.md
+    # docs/reports/2026-12-05-issue-15-fusion-and-new-items.md, "Cold items, protocols and
+    # segments"
+    assert plain.plan.cold_quota == DEFAULT_COLD_QUOTA == 0.02
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,9 @@ def served(tmp_path_factory, demo_small, minilm_onnx):
         root,
     )
     # no learned fusion weights: these tests check every channel through the plan's
-    # weights (the fit may serve a channel alone: docs/evaluation.md)
+    # weights (the fit may serve a channel alone:
+    # docs/reports/2026-12-05-issue-15-fusion-and-new-items.md, "fusion weights the build
+    # learns per request segment")
     built = build_all(demo_small.interactions, demo_small.items, root, config, fit_fusion=False)
     assert all(b.version for b in built), built
     with serve(config, Catalog.load(root / "catalog")) as s:

@@ -188,7 +188,8 @@ def test_tune_weights_writes_a_loadable_variant(demo_files, tmp_path: Path):
 # "fresh" (a fixed list, as a content channel would find them) returns them. The plan's
 # weights as written (learned_weights = false): a fit on this log turns "fresh" off (the
 # carve has no held-out row its items could match), and a channel the fit turns off is not
-# called, so it brings the quota nothing (docs/evaluation.md, learned fusion weights).
+# called, so it brings the quota nothing (docs/reports/2026-12-05-issue-15-fusion-and-new-items.md,
+# "fusion weights the build learns per request segment").
 NEW_ITEMS = [f"new-{n:02d}" for n in range(10)]
 COLD_CONFIG = f"""\
 [channels.popular]

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not learn the fusion weights per request segment (by default a full build "
         "builds the channels once more on a validation carve of the interactions and "
-        "fits them: docs/evaluation.md 'Learned fusion weights')",
+        "fits them: docs/evaluation.md)",
     )
     p.add_argument(
         "--ray",

@@ -34,7 +34,8 @@ DEFAULT_FUSION = "rrf"
 #: less than ``cold_max_age_days`` before its newest interaction. A cap, filled only by
 #: cold items that a taking-part channel returned (serving/fusion.py). 0 turns it off.
 #: 0.02: the largest measured quota that cost warm items at most 1 % of recall@100 on
-#: ml-latest-small (docs/evaluation.md, "Cold items, protocols and segments"). Where the
+#: ml-latest-small (docs/reports/2026-12-05-issue-15-fusion-and-new-items.md, "Cold items,
+#: protocols and segments"). Where the
 #: build learned a cold gate (runtime/learned_weights.py ``ColdGate``), the history
 #: requests its weights cover get the gate's quota when their history is young and none
 #: otherwise; this value then serves text, no-history and hand-set requests.

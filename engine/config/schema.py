@@ -106,7 +106,8 @@ class ServerConfig:
     addr: Address = "127.0.0.1:50051"
     metrics_addr: OptionalAddress = "127.0.0.1:9464"  # "" in the file: no Prometheus endpoint
     # serve --processes N: process i also listens alone on addr's host at this port + i,
-    # so clients can balance per call (0: only the shared addr); docs/performance.md
+    # so clients can balance per call (0: only the shared addr);
+    # docs/reports/2026-12-05-issue-14-speed-per-core.md, "One process per core by default"
     worker_port_base: Port = 0
     # how often a process applies what the other processes of serve --processes N did on
     # admin calls: catalogue updates, artifact and config reloads (0: never)
@@ -467,7 +468,8 @@ def default_config(artifacts_root: Path | str) -> Config:
     """The built-in channels (popular required, cf/content/llm optional), RRF fusion, no
     experiments: what ``serve`` runs without a config file.
 
-    Weights follow ``recall-engine tune-weights`` on MovieLens 1M (docs/evaluation.md):
+    Weights follow ``recall-engine tune-weights`` on MovieLens 1M
+    (docs/reports/2026-11-23-evaluation-round-1.md, "Tuned weights"):
     cf carries the ranking, content and llm add what cf cannot see (new items, free
     text), and popular keeps a small weight so that it still answers (alone) for users
     with neither history nor text. ``artifacts_root`` may be an ``s3://`` URL."""

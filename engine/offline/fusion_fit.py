@@ -54,7 +54,8 @@ gate is learned: every request keeps the plan's ``cold_quota``.
 Cost: every channel is trained once more on the carve (the text encoders' item
 vectors are computed again: their bundles do not depend on the interactions, but a
 plugin cannot tell the build that), plus one request per validation user and channel
-and the search; docs/evaluation.md has the figures.
+and the search; docs/reports/2026-12-05-issue-15-fusion-and-new-items.md ("fusion weights
+the build learns per request segment") has the figures.
 """
 
 from __future__ import annotations

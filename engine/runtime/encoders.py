@@ -124,7 +124,9 @@ def create_session(
     # each run, which on a serving host steals the cores the other requests' channels,
     # the event loop and gRPC need. Measured on the demo (2 cores, concurrency 16, one
     # request in four with text): +28 % requests/s, -40 % server CPU per request; at
-    # concurrency 1 the p50 moved by under 5 % and the p99 improved (docs/performance.md).
+    # concurrency 1 the p50 moved by under 5 % and the p99 improved
+    # (docs/reports/2026-12-05-issue-14-speed-per-core.md, "The default install
+    # against an echo server").
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers: list[Any] = ["CPUExecutionProvider"]
@@ -185,7 +187,8 @@ def choose_file(
     """``(file, precision)`` to serve. ``auto`` is fp16 on GPU (when exported); on CPU
     it is int8 when the export ships it and measured its mean cosine to fp32 on real
     sentences at :data:`INT8_MIN_COSINE` or more (MiniLM: 0.992, at about half the CPU
-    time of fp32; docs/performance.md), else fp32. fp32 uses the fused ``optimized``
+    time of fp32; docs/reports/2026-12-05-issue-14-speed-per-core.md, "The default
+    install against an echo server"), else fp32. fp32 uses the fused ``optimized``
     graph only with ``prefer_optimized``.
 
     Off by default: ONNX Runtime applies equivalent fusions itself when it loads the plain
@@ -377,7 +380,9 @@ class TextEncoder:
             # One short text per run: ONNX Runtime's pool hands each operator to its
             # threads and waits for them, which costs more than the operator. MiniLM int8,
             # one query text, 2-vCPU host: 2.29 ms of CPU (1.90 ms wall) per text with one
-            # thread per core, 1.38 ms (1.38 ms) with one (docs/performance.md).
+            # thread per core, 1.38 ms (1.38 ms) with one
+            # (docs/reports/2026-12-05-issue-14-speed-per-core.md, "One ONNX Runtime thread
+            # for int8 MiniLM").
             intra_op_threads = 1
         self.model = OnnxModel(
             folder,
@@ -399,7 +404,8 @@ class TextEncoder:
         # text's vector would depend on its batch-mates (and their padding), so answers
         # would change with concurrent traffic. One text per run keeps every vector the
         # text's own, and int8 one at a time still outruns fp32 batched on CPU
-        # (docs/performance.md).
+        # (docs/reports/2026-12-05-issue-14-speed-per-core.md, "The default install
+        # against an echo server").
         self.max_batch = 1 if self.model.precision == "int8" else max(1, int(max_batch))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

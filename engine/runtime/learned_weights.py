@@ -91,7 +91,8 @@ class ColdGate:
     less, none otherwise (module doc; fitted by ``recall_engine.offline.fusion_fit``).
     Users who watch what just came out are where new items are found: on ml-latest-small
     the 10 % of users with the youngest histories held 47 % of the new test items and
-    16 % of all test items (docs/evaluation.md)."""
+    16 % of all test items (docs/reports/2026-12-05-issue-15-fusion-and-new-items.md,
+    "cold slots for the users who take new items")."""
 
     quota: float
     recent: int

@@ -6,8 +6,8 @@ A column is either UTF-8 bytes (``S<w>``: the catalogue's, a vector index's and,
 bundles and the cf vocabulary). Both sort the same way (UTF-8 keeps code-point order), but numpy
 compares ``S`` with ``memcmp`` and ``<U`` code point by code point: at a million items
 a binary search of 360 ids costs 1.3-1.7 × more on a ``<U`` column (462 against 275 µs
-with warm caches, 833 against 662 µs with flushed ones; docs/performance.md, "Id
-look-ups at a million items").
+with warm caches, 833 against 662 µs with flushed ones;
+docs/reports/2026-12-05-issue-14-speed-per-core.md, "Id look-ups at a million items").
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ _SEED, _M1, _M2 = (
 #: sit far from their slot.
 _MAX_PROBES = 2
 #: Fewer keys than this are searched the sorted way even with a table: at 20 keys whose
-#: paths are in cache the binary search costs half as much (docs/performance.md).
+#: paths are in cache the binary search costs half as much
+#: (docs/reports/2026-12-05-issue-14-speed-per-core.md, "Id look-ups at a million items").
 _TABLE_FROM = 48
 #: A column of fewer ids than this is searched the sorted way: it stays in the CPU's
 #: caches, where the search beats the table's fixed cost (2,000 ids, 100 keys: 26

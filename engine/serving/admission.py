@@ -241,9 +241,9 @@ class Admission:
     :meth:`leave` goes to the head of the line directly. A shed costs the client a
     round trip and a sleep on the hint, and the server the call; at a modest overload
     (a few clients more than the bound) those round trips were most of the calls and
-    left the cores idle between retries (docs/performance.md, "A line before the
-    bound"). Past ``queue_s`` the line is full and requests are shed as before, so a
-    request never queues longer than the engine can serve it.
+    left the cores idle between retries (docs/reports/2026-12-05-issue-14-speed-per-core.md,
+    "A line before the bound"). Past ``queue_s`` the line is full and requests are shed
+    as before, so a request never queues longer than the engine can serve it.
     """
 
     _WINDOW_S = 0.05

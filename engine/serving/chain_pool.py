@@ -6,7 +6,7 @@ thread at a time under the GIL, so a thread per chain ran no more of them at onc
 only made them take turns, each turn a GIL hand-over and a context switch. One thread
 instead of one per admitted request: 5 to 11 % less server CPU at 1M items and 8
 clients, 0.5 to 4 % on the demo, up to a quarter fewer context switches
-(docs/performance.md, "Chains on one thread").
+(docs/reports/2026-12-05-issue-14-speed-per-core.md, "Chains on one thread").
 
 A chain that runs for longer than ``stall_s`` (a channel call that hangs) no longer
 counts against ``threads``: the next chain gets a new thread, up to ``limit`` in all,

@@ -32,7 +32,8 @@ Cold quota (``[plan] cold_quota``, :func:`_reserve_cold`), after any strategy: u
 ``floor(cold_quota * k)`` of the ``k`` slots are kept for *cold* items (no interactions
 when the catalogue was built, or younger than ``cold_max_age_days``: ``cold`` says which).
 Recall-tuned weights rank what cf knows above anything only content or llm can find, so
-without it a new item never reaches the list (docs/evaluation.md). It is a cap, not a
+without it a new item never reaches the list (docs/reports/2026-11-23-evaluation-round-1.md,
+"Findings"). It is a cap, not a
 boost: cold items already in the top ``k`` count towards it, the others are taken in
 the strategy's own order from what the taking-part channels returned, and each one
 replaces the lowest-placed non-cold item at the end of the list. With no cold item

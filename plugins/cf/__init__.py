@@ -63,7 +63,9 @@ method and training figures. Serving imports neither PyTorch nor SciPy.
 Quality (``bench/cf_quality.py``: MovieLens 1M subset, last 20% of each user held out,
 recall@100, before ``auto_mix``): item2item 0.45, two_tower 0.48, both 0.49; popularity
 0.23, ItemKNN 0.31 and plain EASE 0.40 on the same split. With ``auto_mix`` under both
-protocols, per-user temporal and per-user random: docs/evaluation.md (2026-12-04).
+protocols, per-user temporal and per-user random:
+docs/reports/2026-12-05-issue-15-fusion-and-new-items.md, "cf picks its mix on its own
+training data".
 """
 
 from recall_engine.plugins.cf.channel import CFChannel
