@@ -159,12 +159,17 @@ def channel(name: str):
 
 def _config(tmp_path, chain_threads):
     sleepy = {"fault": "sleep", "sleep_s": 0.001}  # quick, and lets the GIL go
+    # Deadlines far past anything the calls need: what is tested is which threads run
+    # them. With the defaults (100 ms a call), a host that stalls the process for a few
+    # hundred ms (seen once in a CI run) timed out calls that had not started yet.
+    slow_ok = {"timeout_ms": 5000}
     tables = {
-        "popular": {"plugin": "fault", "params": {"items": ["i9", "i10"], **sleepy}},
-        "a": {"plugin": "fault", "params": {"items": ["i1"], **sleepy}},
-        "b": {"plugin": "fault", "params": {"items": ["i2"], **sleepy}},
+        "popular": {"plugin": "fault", **slow_ok, "params": {"items": ["i9", "i10"], **sleepy}},
+        "a": {"plugin": "fault", **slow_ok, "params": {"items": ["i1"], **sleepy}},
+        "b": {"plugin": "fault", **slow_ok, "params": {"items": ["i2"], **sleepy}},
     }
     data = {
+        "server": {"request_timeout_ms": 10000},
         "channels": tables,
         "plan": {"weights": {"popular": 0.1, "a": 1.0, "b": 1.0}},
         "overload": {"chain_threads": chain_threads, "max_in_flight": 16, "min_in_flight": 16},
