@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from recall_engine._proto import recall_pb2
+from recall_engine.config import ConfigError
 from recall_engine.sdk.types import Candidates, Query
 from recall_engine.serving.admission import Admission, OverloadSettings, machine_in_flight
 from recall_engine.serving.bulkhead import Bulkhead
@@ -250,7 +251,7 @@ def test_clients_past_the_bound_wait_in_line_through_the_server_instead_of_being
 
 
 def test_shed_clients_are_given_retry_instants_spread_at_the_engines_pace():
-    adm = Admission(limit=2, retry_min_ms=1, retry_max_ms=5000, target_lag_ms=None)
+    adm = Admission(limit=2, retry_min_ms=1, retry_max_ms=5000, target_lag_ms=None, retry_share=1)
     adm._mean_s = 1.0  # noqa: SLF001 - requests of 1 s: with 2 in flight one ends every 0.5 s
     assert adm.enter(2) == 2
     hints = []
@@ -264,6 +265,66 @@ def test_shed_clients_are_given_retry_instants_spread_at_the_engines_pace():
     adm.leave(2, 1.0)
     assert adm.in_flight == 0 and adm.enter(3, at_least=1) == 2  # limit 2: two fit
     assert adm.shed == 12
+
+
+def _hints(adm: Admission, n: int) -> list[int]:
+    hints = []
+    for _ in range(n):
+        with pytest.raises(Overloaded) as e:
+            adm.enter()
+        hints.append(e.value.retry_after_ms)
+    return hints
+
+
+def _windows(adm: Admission, n: int, *, shed: int, done: int) -> None:
+    """``n`` closed admission windows, each with ``shed`` refusals and ``done`` requests
+    finished."""
+    for _ in range(n):
+        adm._window_shed, adm._window_done = shed, done  # noqa: SLF001
+        adm._window_start -= 1  # noqa: SLF001 - close the window without sleeping
+        adm._adapt(time.perf_counter())  # noqa: SLF001
+        adm._rate = 2.0  # noqa: SLF001 - keep the pace at 0.5 s whatever the windows said
+
+
+def test_while_refused_clients_are_refused_again_they_come_back_at_a_quarter_of_the_pace():
+    """The retry share (default 0.25): while the sheds per client the schedule brings
+    back stay near 1 (the engine stays full, so the schedule's pace only brings clients
+    back to be refused again), the schedule advances four times the time between two
+    requests finishing per shed; when refused clients find room again, it goes back to
+    that time."""
+    assert OverloadSettings().retry_share == 0.25
+    adm = Admission(limit=2, retry_min_ms=1, retry_max_ms=60000, target_lag_ms=None)
+    adm._rate = 2.0  # noqa: SLF001 - with 2 in flight one request ends every 0.5 s
+    assert adm.enter(2) == 2
+    assert _hints(adm, 2) == pytest.approx([500, 1000], abs=5)  # at the pace
+    _windows(adm, 20, shed=5, done=5)  # a shed for every request finished: all refused
+    assert adm.retry_after_ms == pytest.approx(1000 + 2000, abs=5)  # the cursor, then 4 x
+    assert _hints(adm, 2) == pytest.approx([3000, 5000], abs=5)
+    _windows(adm, 20, shed=1, done=5)  # spaced out: 0.2 sheds a request, 0.8 a client
+    assert _hints(adm, 1) == pytest.approx([7000], abs=5)  # still spaced
+    _windows(adm, 20, shed=0, done=5)  # no more sheds: back to the pace
+    assert _hints(adm, 1) == pytest.approx([7500], abs=5)
+    always = Admission(limit=2, retry_max_ms=60000, target_lag_ms=None, retry_share=1)
+    always._rate = 2.0  # noqa: SLF001
+    assert always.enter(2) == 2
+    _windows(always, 20, shed=5, done=5)
+    assert _hints(always, 2) == pytest.approx([500, 1000], abs=5)  # share 1: the old way
+
+
+ONE_CHANNEL = {"channels": {"popular": {}}}
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5, True])
+def test_a_retry_share_outside_0_to_1_is_refused_naming_the_key(tmp_path, share):
+    with pytest.raises(ValueError, match=r"^retry_share"):
+        OverloadSettings(retry_share=share)
+    if not isinstance(share, bool):
+        with pytest.raises(ConfigError, match="overload.retry_share"):
+            make_config({**ONE_CHANNEL, "overload": {"retry_share": share}}, tmp_path)
+    settings = OverloadSettings.from_config(
+        make_config({**ONE_CHANNEL, "overload": {"retry_share": 0.5}}, tmp_path).overload
+    )
+    assert settings.retry_share == 0.5
 
 
 @pytest.mark.parametrize("floor", [1, 3])

@@ -216,6 +216,10 @@ class OverloadConfig:
     batch_parallelism: NonNegativeInt = 0
     retry_after_ms_min: PositiveInt = 1
     retry_after_ms_max: PositiveInt = 5000
+    # while nearly every refused client the retry hints bring back is refused again (the
+    # engine stays full), the hints schedule them at this share of the rate requests
+    # finish, a retry budget (else at that rate); 1: always at the rate
+    retry_share: Annotated[float, Interval(gt=0, le=1), Describe("a number > 0 and <= 1")] = 0.25
     # a Recall that finds the engine at its bound waits in line (oldest first) when the
     # line's expected wait, at the rate requests finish now, is under this many ms and
     # half its own deadline; past that it is shed with the retry hint (0: shed at once)

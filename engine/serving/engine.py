@@ -234,6 +234,7 @@ class Engine:
             self.overload.max_in_flight,
             self.overload.retry_after_ms_min,
             self.overload.retry_after_ms_max,
+            retry_share=self.overload.retry_share,
             target_lag_ms=self.overload.target_loop_lag_ms,
             min_limit=self.overload.min_in_flight,
             latency_tolerance=self.overload.latency_tolerance,
