@@ -297,17 +297,19 @@ def test_while_refused_clients_are_refused_again_they_come_back_at_a_quarter_of_
     adm._rate = 2.0  # noqa: SLF001 - with 2 in flight one request ends every 0.5 s
     assert adm.enter(2) == 2
     assert _hints(adm, 2) == pytest.approx([500, 1000], abs=5)  # at the pace
-    _windows(adm, 20, shed=5, done=5)  # a shed for every request finished: all refused
-    assert adm.retry_after_ms == pytest.approx(1000 + 2000, abs=5)  # the cursor, then 4 x
-    assert _hints(adm, 2) == pytest.approx([3000, 5000], abs=5)
+    _windows(adm, 5, shed=5, done=5)  # a quarter-second burst: averaged away
+    assert _hints(adm, 1) == pytest.approx([1500], abs=5)  # still the pace
+    _windows(adm, 60, shed=5, done=5)  # a shed for every request finished: all refused
+    assert adm.retry_after_ms == pytest.approx(1500 + 2000, abs=5)  # the cursor, then 4 x
+    assert _hints(adm, 2) == pytest.approx([3500, 5500], abs=5)
     _windows(adm, 20, shed=1, done=5)  # spaced out: 0.2 sheds a request, 0.8 a client
-    assert _hints(adm, 1) == pytest.approx([7000], abs=5)  # still spaced
-    _windows(adm, 20, shed=0, done=5)  # no more sheds: back to the pace
-    assert _hints(adm, 1) == pytest.approx([7500], abs=5)
+    assert _hints(adm, 1) == pytest.approx([7500], abs=5)  # still spaced
+    _windows(adm, 60, shed=0, done=5)  # no more sheds: back to the pace
+    assert _hints(adm, 1) == pytest.approx([8000], abs=5)
     always = Admission(limit=2, retry_max_ms=60000, target_lag_ms=None, retry_share=1)
     always._rate = 2.0  # noqa: SLF001
     assert always.enter(2) == 2
-    _windows(always, 20, shed=5, done=5)
+    _windows(always, 60, shed=5, done=5)
     assert _hints(always, 2) == pytest.approx([500, 1000], abs=5)  # share 1: the old way
 
 

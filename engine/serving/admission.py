@@ -252,11 +252,11 @@ class Admission:
     followed at once by their clients' next ones, which take the freed room, and a
     client brought back for every request finished is refused again nearly every time,
     one refusal per answer, each a round trip for both sides. So when the sheds per
-    client the schedule brings back pass 0.75 (an average over windows), the schedule
+    client the schedule brings back pass 0.75 (an average over about 20 windows), the schedule
     advances by 1 / (``retry_share`` x throughput) instead, a quarter of the rate by
     default (a retry budget, as Envoy's default of 20 % of active requests), and goes
     back to the rate when they fall under 0.5. On one process at 64 and 256 closed-loop
-    clients that took goodput from 82-90 % of the peak to 87-96 % with a third of the
+    clients that took goodput from 82-90 % of the peak to 92-100 % with a third of the
     sheds (docs/reliability.md, "Restored"); at a modest overload, where brought-back
     clients mostly find room, a fixed quarter lost up to a fifth of the answers in some
     runs, which is why it is not applied all the time.
@@ -538,7 +538,7 @@ class Admission:
             self._rate = rate if not self._rate else self._rate + 0.3 * (rate - self._rate)
         if self._window_done or self._window_shed:
             ratio = self._window_shed / max(self._window_done, 1)
-            self._shed_ratio += 0.2 * (ratio - self._shed_ratio)
+            self._shed_ratio += 0.05 * (ratio - self._shed_ratio)
             # sheds per client the schedule brings back: near 1, nearly every one is
             # refused again (the engine stays full), so space them out; well under,
             # they find room, so bring them back at the pace
