@@ -320,6 +320,8 @@ ONE_CHANNEL = {"channels": {"popular": {}}}
 def test_a_retry_share_outside_0_to_1_is_refused_naming_the_key(tmp_path, share):
     with pytest.raises(ValueError, match=r"^retry_share"):
         OverloadSettings(retry_share=share)
+    with pytest.raises(ValueError, match=r"^retry_share"):
+        Admission(2, retry_share=share)
     if not isinstance(share, bool):
         with pytest.raises(ConfigError, match="overload.retry_share"):
             make_config({**ONE_CHANNEL, "overload": {"retry_share": share}}, tmp_path)

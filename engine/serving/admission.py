@@ -293,6 +293,8 @@ class Admission:
         self.shed = 0
         self._lock = threading.Lock()
         self._retry_min, self._retry_max = retry_min_ms, retry_max_ms
+        if isinstance(retry_share, bool) or not 0 < retry_share <= 1:
+            raise ValueError(f"retry_share: must be > 0 and <= 1, got {retry_share!r}")
         self._retry_share = retry_share
         self._spread = 1.0  # the retry schedule's step in units of the pace: 1 or 1 / share
         self._shed_ratio = 0.0  # sheds per request finished (EWMA over windows)
