@@ -140,8 +140,7 @@ class OverloadSettings:
             raise ValueError(
                 f"chain_calls_under_s: must be > 0 or None, got {self.chain_calls_under_s!r}"
             )
-        if isinstance(self.retry_share, bool) or not 0 < self.retry_share <= 1:
-            raise ValueError(f"retry_share: must be > 0 and <= 1, got {self.retry_share!r}")
+        _check_share(self.retry_share)
         if not 1 <= self.retry_after_ms_min <= self.retry_after_ms_max:
             raise ValueError(
                 "retry_after_ms_min/max: need 1 <= min <= max, got "
@@ -293,9 +292,7 @@ class Admission:
         self.shed = 0
         self._lock = threading.Lock()
         self._retry_min, self._retry_max = retry_min_ms, retry_max_ms
-        if isinstance(retry_share, bool) or not 0 < retry_share <= 1:
-            raise ValueError(f"retry_share: must be > 0 and <= 1, got {retry_share!r}")
-        self._retry_share = retry_share
+        self._retry_share = _check_share(retry_share)
         self._spread = 1.0  # the retry schedule's step in units of the pace: 1 or 1 / share
         self._shed_ratio = 0.0  # sheds per request finished (EWMA over windows)
         self._window_shed = 0
@@ -596,6 +593,13 @@ class Admission:
             max_limit=self.max_limit,
             loop_lag_ms=round(self.loop_lag_ms, 2),
         )
+
+
+def _check_share(share: float) -> float:
+    """``share`` when it can be a ``retry_share`` (> 0 and <= 1), else ``ValueError``."""
+    if isinstance(share, bool) or not 0 < share <= 1:
+        raise ValueError(f"retry_share: must be > 0 and <= 1, got {share!r}")
+    return share
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:

@@ -141,15 +141,12 @@ class PopularChannel(Channel):
             end = start + want
             if parts is None:
                 chunk: Sequence[int] = range(start, min(end, len(ids)))
+                at, names = np.arange(chunk.start, chunk.stop), ids[chunk.start : chunk.stop]
             else:
-                chunk = union_head(parts, end)[start:].tolist()
+                at = union_head(parts, end)[start:]
+                chunk, names = at.tolist(), ids[at]
             if not len(chunk):
                 break
-            if isinstance(chunk, range):
-                names, at = ids[chunk.start : chunk.stop], np.arange(chunk.start, chunk.stop)
-            else:
-                at = np.asarray(chunk)
-                names = ids[at]
             mask = filter_mask(names.tolist(), query, rows=(rows, at))
             out.extend(pos for pos, keep in zip(chunk, mask, strict=True) if keep)
             start += len(chunk)
