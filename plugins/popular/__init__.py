@@ -140,8 +140,9 @@ class PopularChannel(Channel):
         while len(out) < k:
             end = start + want
             if parts is None:
-                chunk: Sequence[int] = range(start, min(end, len(ids)))
-                at, names = np.arange(chunk.start, chunk.stop), ids[chunk.start : chunk.stop]
+                stop = min(end, len(ids))
+                chunk: Sequence[int] = range(start, stop)
+                at, names = np.arange(start, stop), ids[start:stop]
             else:
                 at = union_head(parts, end)[start:]
                 chunk, names = at.tolist(), ids[at]
