@@ -7,7 +7,8 @@ module, so a test and the channels the engine loads share :data:`CONTROL` (fault
 change at run time, events for deterministic interleavings) and :data:`INSTANCES`.
 
 ``params``: ``items`` (answered best first, scores 1/rank), ``fault`` (one of
-:data:`FAULTS`, default ``none``), ``sleep_s`` (``sleep``), ``hook`` (where ``raise``
+:data:`FAULTS`, default ``none``), ``sleep_s`` (``sleep``), ``spin_s`` (``spin``),
+``rows`` and ``searches`` (``search``), ``hook`` (where ``raise``
 raises: ``accepts``, ``recall``, ``recall_batch``, or ``explain`` for ``fault_explain``).
 """
 
@@ -32,6 +33,8 @@ FAULTS = (
     "hang",  # blocks until CONTROL.release is set (bounded: HANG_LIMIT_S)
     "sleep",  # sleeps params.sleep_s, then answers
     "spin",  # keeps its thread's CPU busy for params.spin_s, then answers
+    "search",  # params.searches exact searches (usearch, without the GIL) of a real
+    # VectorIndex of params.rows random vectors, then answers
     "raise",  # raises in params.hook
     "nan",
     "inf",
@@ -96,6 +99,7 @@ class FaultChannel(Channel):
         self.calls_after_close = 0
         self._lock = threading.Lock()
         self._batcher = None
+        self._search = None
         INSTANCES.append(self)
 
     @property
@@ -103,7 +107,8 @@ class FaultChannel(Channel):
         return CONTROL.faults.get(self.ctx.name, str(self.ctx.params.get("fault", "none")))
 
     def warmup(self) -> None:
-        pass
+        if self.fault == "search":
+            self._index()  # built at load, not inside a timed call
 
     def accepts(self, query: Query) -> bool:
         self._check_hook("accepts")
@@ -135,6 +140,20 @@ class FaultChannel(Channel):
             if self._batcher is not None:
                 self._batcher.close()
 
+    def _index(self):
+        """The ``search`` fault's index (built at its first call) and query vector."""
+        from recall_engine.runtime.index import VectorIndex
+
+        with self._lock:
+            if self._search is None:
+                rows = int(self.ctx.params.get("rows", 20_000))
+                rng = np.random.default_rng(self.serial)
+                vectors = rng.standard_normal((rows, 64)).astype(np.float32)
+                index = VectorIndex(64, exact_below=rows + 1, threads=1)
+                index.add([f"v{n}" for n in range(rows)], vectors)
+                self._search = (index, vectors[0])
+            return self._search
+
     def _check_hook(self, hook: str) -> None:
         if self.fault == "raise" and self.ctx.params.get("hook", "recall") == hook:
             raise RuntimeError(f"injected fault in {hook}")
@@ -151,6 +170,10 @@ class FaultChannel(Channel):
             cpu_end = time.thread_time() + float(self.ctx.params.get("spin_s", 0.005))
             while time.thread_time() < cpu_end:
                 pass
+        elif fault == "search":
+            index, query = self._index()
+            for _ in range(int(self.ctx.params.get("searches", 1))):
+                index.search(query, 10)
         elif fault == "nan":
             scores[len(scores) // 2] = np.nan
         elif fault == "inf":

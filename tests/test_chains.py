@@ -6,6 +6,7 @@ a free port, the fault plugin registered as a real entry point (tests/fault_plug
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -17,6 +18,9 @@ from recall_engine._proto import recall_pb2
 from recall_engine.config import ConfigError
 from recall_engine.serving.admission import OverloadSettings
 from recall_engine.serving.bulkhead import Bulkhead
+from recall_engine.serving.cores import usable_cores
+from recall_engine.serving.engine import fan_out_pays
+from recall_engine.serving.host_load import HostLoad, create_slots
 from tests.fault_plugins import CONTROL, INSTANCES, fault_site, faults  # noqa: F401 - fixtures
 from tests.harness import catalog_of, make_config, serve
 
@@ -227,3 +231,90 @@ def test_calls_a_hung_chain_never_reached_give_their_rooms_back(tmp_path):
         assert wait_until(lambda: set(in_flight(s).values()) == {0})
         CONTROL.faults["bad"] = "none"
         assert set(statuses(recall(s, "released")).values()) == {OK}
+
+
+SEARCH = {"fault": "search", "rows": 20_000, "searches": 3}  # ~1 ms per exact search
+needs_two_cores = pytest.mark.skipif(usable_cores() < 2, reason="a fan-out needs two cores")
+
+
+def warm(s, n: int = 4) -> None:
+    for i in range(n):  # a few calls: the fastest is the one remembered
+        assert set(statuses(recall(s, f"warm{i}")).values()) == {OK}
+
+
+@needs_two_cores
+def test_on_an_idle_host_calls_of_native_work_run_on_a_thread_each(tmp_path):
+    """Exact usearch searches run without the GIL: two of them overlap on two cores, so
+    with nothing else in flight the request's calls leave the chain."""
+    cfg = config(tmp_path, a={"params": {"items": ["i1"], **SEARCH}}, b={"params": SEARCH})
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        warm(s)
+        slot = s.engine._state.slots["a"]
+        kind = (False, False)
+        assert slot.native(kind) >= 0.5 * slot.expected(kind) > 0  # counted by the index
+        resp = recall(s, "then")
+        assert set(statuses(resp).values()) == {OK} and "i1" in resp.item_ids
+        assert channel("a").threads[-1] == "channel-a"
+        assert channel("b").threads[-1] == "channel-b"
+
+
+@needs_two_cores
+def test_while_the_hosts_other_processes_are_busy_the_same_calls_chain(tmp_path):
+    """Another serving process of the host has a request in flight (its slot in the
+    group's file): two cores for two requests, none to spare, so the calls chain; they
+    fan out again once it is done."""
+    slots = create_slots(tmp_path, 2)
+    other = HostLoad(slots, 1)
+    cfg = config(tmp_path, a={"params": {"items": ["i1"], **SEARCH}}, b={"params": SEARCH})
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        s.engine.admission.host = HostLoad(slots, 0)  # this server as process 0 of 2
+        warm(s)
+        other.publish(1)
+        assert set(statuses(recall(s, "busy")).values()) == {OK}
+        assert channel("a").threads[-1] == CHAIN and channel("b").threads[-1] == CHAIN
+        assert other.total() == 1  # this request has left again
+        other.publish(0)
+        assert set(statuses(recall(s, "idle")).values()) == {OK}
+        assert channel("a").threads[-1] == "channel-a"
+
+
+@needs_two_cores
+def test_without_fan_out_when_idle_native_calls_chain_too(tmp_path):
+    cfg = config(
+        tmp_path,
+        overload={"fan_out_when_idle": False},
+        a={"params": {"items": ["i1"], **SEARCH}},
+        b={"params": SEARCH},
+    )
+    assert OverloadSettings.from_config(cfg.overload).fan_out_when_idle is False
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        warm(s)
+        assert set(statuses(recall(s, "then")).values()) == {OK}
+        assert channel("a").threads[-1] == CHAIN and channel("b").threads[-1] == CHAIN
+
+
+def test_fan_out_when_idle_must_be_a_boolean_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="overload.fan_out_when_idle"):
+        config(tmp_path, overload={"fan_out_when_idle": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("calls", "cores", "pays"),
+    [
+        # three searches of 2-3 ms, nearly all native: 7 ms chained, about 3.8 fanned
+        ([(0.002, 0.0018), (0.003, 0.0028), (0.002, 0.0019)], 2, True),
+        # the same on one core: nothing to overlap on
+        ([(0.002, 0.0018), (0.003, 0.0028), (0.002, 0.0019)], 1, False),
+        # Python calls (the demo's history requests): they take turns on the GIL anyway
+        ([(0.001, 0.0001), (0.0008, 0.0), (0.0003, 0.0)], 8, False),
+        # one long call and a short one: the fan-out still waits for the long one
+        ([(0.004, 0.004), (0.0005, 0.0005)], 2, False),
+        # tiny native calls: the hand-offs eat the overlap
+        ([(0.0002, 0.0002), (0.0002, 0.0002)], 2, False),
+        # a call never seen yet: nothing to predict with
+        ([(math.inf, 0.0), (0.002, 0.002)], 2, False),
+        ([(0.003, 0.003)], 2, False),  # one call: nothing to fan out
+    ],
+)
+def test_fan_out_pays_only_where_native_work_overlaps(calls, cores, pays):
+    assert fan_out_pays(calls, cores) is pays

@@ -251,6 +251,8 @@ def test_processes_listen_on_their_own_ports_and_round_robin_splits_calls_evenly
         started = server.started
         assert started["worker_addrs"] == [f"127.0.0.1:{workers}", f"127.0.0.1:{workers + 1}"]
         assert len(metrics) == 2
+        # each process counts the other's requests in flight (serving/host_load.py)
+        assert [e["host_load"] for e in server.named("serving")] == ["group", "group"]
         for port in (server.shared, workers, workers + 1):
             assert server.recall(port, k=2) == ["i1", "i2"]
         before = [_recall_ok(port) for port in metrics]

@@ -13,6 +13,7 @@ from recall_engine.observability import metrics
 from recall_engine.observability.logs import configure, get_logger
 from recall_engine.runtime.object_store import is_s3_url
 from recall_engine.serving.cores import AUTO_MAX, auto_processes
+from recall_engine.serving.host_load import create_slots
 from recall_engine.serving.workers import (
     GROUP_DIR_ENV,
     INDEX_ENV,
@@ -209,6 +210,7 @@ def _run_processes(args: argparse.Namespace, config: Config) -> int:
     addr = f"{host}:{port}"
     argv = _without(_without(sys.argv[1:], "--processes"), "--addr")
     group_dir = tempfile.mkdtemp(prefix="recall-engine-group-")  # admin reloads fan out
+    create_slots(group_dir, args.processes)  # each worker's requests in flight
 
     def command(i: int, _restarts: int) -> tuple[list[str], dict[str, str]]:
         child_args = [*argv, "--processes", "1", "--addr", addr]

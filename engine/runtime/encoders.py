@@ -43,6 +43,7 @@ from recall_engine.observability.metrics import (
     ENCODER_QUEUE_SECONDS,
     ENCODER_SECONDS,
 )
+from recall_engine.runtime import native_time
 from recall_engine.runtime.files import sha256_file
 from recall_engine.runtime.model_manifest import ManifestError, ModelManifest
 from recall_engine.runtime.tokenizer import TextTokenizer
@@ -324,14 +325,18 @@ class OnnxModel:
         arrays = {
             n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.input_names
         }
-        if self._io_binding:
-            try:
-                return self._run_bound(arrays)
-            except Exception as exc:  # noqa: BLE001 - any binding failure: plain run
-                self._io_binding = False
-                log.warning("onnx_io_binding_disabled", model=str(self.path), error=str(exc))
-        out = self.session.run(self.output_names[:1], arrays)[0]
-        return out if out.dtype != np.float16 else out.astype(np.float32)
+        t0 = time.perf_counter()
+        try:
+            if self._io_binding:
+                try:
+                    return self._run_bound(arrays)
+                except Exception as exc:  # noqa: BLE001 - any binding failure: plain run
+                    self._io_binding = False
+                    log.warning("onnx_io_binding_disabled", model=str(self.path), error=str(exc))
+            out = self.session.run(self.output_names[:1], arrays)[0]
+            return out if out.dtype != np.float16 else out.astype(np.float32)
+        finally:
+            native_time.add(time.perf_counter() - t0)  # ONNX Runtime runs without the GIL
 
     def _run_bound(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """Bind CPU inputs and a CPU output so ONNX Runtime copies once each way and

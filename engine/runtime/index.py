@@ -61,6 +61,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ import onnxruntime  # noqa: F401 - must load before usearch: the reverse order s
 import usearch  # noqa: I001 - (onnxruntime-gpu 1.31 + usearch 2.26, libstdc++ symbol clash)
 from usearch.index import BatchMatches, Index
 
+from recall_engine.runtime import native_time
 from recall_engine.runtime.files import atomic_path, atomic_write, read_json_object
 from recall_engine.runtime.id_map import IDS_COLUMNS_FILE, IdMap
 
@@ -536,7 +538,11 @@ class VectorIndex:
         size = len(index)
         fetch = min(fetch, size)
         exact = size < self.exact_below or fetch >= size or fetch * 2 * self.connectivity >= size
-        return index.search(rows, fetch, exact=exact, threads=threads)
+        t0 = time.perf_counter()
+        try:
+            return index.search(rows, fetch, exact=exact, threads=threads)
+        finally:
+            native_time.add(time.perf_counter() - t0)  # usearch works without the GIL
 
     def _search_with_overlay(
         self, rows: np.ndarray, fetch: int, threads: int

@@ -24,6 +24,7 @@ from recall_engine.config import OverloadConfig
 from recall_engine.observability import metrics
 from recall_engine.observability.logs import get_logger
 from recall_engine.serving.errors import Overloaded
+from recall_engine.serving.host_load import HostLoad
 
 log = get_logger(__name__)
 
@@ -78,7 +79,10 @@ class OverloadSettings:
     ``chain_calls_under_s``: a request's calls expected to take less than this run one
     after another on one thread (serving/engine.py, "chains"; None: a thread each).
     ``chain_threads``: the threads that run chains, in arrival order (0: a thread per
-    chain; serving/chain_pool.py).
+    chain; serving/chain_pool.py). ``fan_out_when_idle``: while the host has two cores
+    or more per request in flight, quick calls that would overlap (their time mostly
+    native work without the GIL) run on a thread each instead of in a chain
+    (serving/engine.py, ``fan_out_pays``).
     """
 
     max_in_flight: int = field(default_factory=machine_in_flight)
@@ -101,6 +105,7 @@ class OverloadSettings:
     check_output: bool = _TABLE.check_output
     chain_calls_under_s: float | None = _TABLE.chain_calls_under_ms / 1000 or None
     chain_threads: int = _TABLE.chain_threads
+    fan_out_when_idle: bool = _TABLE.fan_out_when_idle
 
     def __post_init__(self) -> None:
         if isinstance(self.min_in_flight, bool) or not isinstance(self.min_in_flight, int):
@@ -168,6 +173,7 @@ class OverloadSettings:
             check_output=cfg.check_output,
             chain_calls_under_s=cfg.chain_calls_under_ms / 1000 or None,
             chain_threads=cfg.chain_threads,
+            fan_out_when_idle=cfg.fan_out_when_idle,
         )
 
     def channel_limit(self, channel: str) -> int:
@@ -284,8 +290,11 @@ class Admission:
         min_limit: int = 1,
         latency_tolerance: float | None = None,
         queue_s: float | None = None,
+        host: HostLoad | None = None,
     ) -> None:
         self.max_limit = limit
+        # where this process's count is published for the host's other processes
+        self.host = host if host is not None else HostLoad()
         self.min_limit = max(1, min(min_limit, limit)) if limit else 1
         self.limit = limit  # the adaptive bound in force (0: none)
         self.in_flight = 0
@@ -375,6 +384,7 @@ class Admission:
             self._solo_entry = self._entries
         self._window_peak = max(self._window_peak, self.in_flight)
         metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+        self.host.publish(self.in_flight)
 
     async def wait(self, remaining_s: float | None = None) -> None:
         """Admit one request, waiting in line for a slot when the bound is reached and
@@ -486,6 +496,7 @@ class Admission:
             self._count_in(1)
             handed.append(fut)
         metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+        self.host.publish(self.in_flight)
         return handed
 
     def _hand(self, handed: list[asyncio.Future[bool]]) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from recall_engine.config import ChannelConfig, Config, TracingConfig
 from recall_engine.observability import metrics, tracing
 from recall_engine.observability.logs import get_logger
+from recall_engine.runtime import native_time
 from recall_engine.runtime.artifacts import ArtifactError
 from recall_engine.runtime.catalog import Catalog
 from recall_engine.runtime.encoders import CALL_DEADLINE
@@ -43,6 +44,7 @@ from recall_engine.serving.admission import Admission, OverloadSettings, machine
 from recall_engine.serving.bulkhead import Bulkhead
 from recall_engine.serving.catalog_updates import compact_if_due, write_ahead
 from recall_engine.serving.chain_pool import ChainPool
+from recall_engine.serving.cores import usable_cores
 from recall_engine.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -53,6 +55,7 @@ from recall_engine.serving.errors import (
 from recall_engine.serving.experiments import Assigner, Assignment
 from recall_engine.serving.explain import Explanation, channel_evidence, explain
 from recall_engine.serving.fusion import Fused, RankedList, fuse
+from recall_engine.serving.host_load import HostLoad
 from recall_engine.serving.output_check import BadOutput, check_answer
 from recall_engine.serving.registry import PluginError, PreparedChannel, instantiate, prepare
 from recall_engine.serving.requests import RecallInput
@@ -112,6 +115,7 @@ class _Slot:
         "candidates",
         "_took",
         "_waited",
+        "_native",
         "_inflight",
         "_retired",
         "_closed",
@@ -128,6 +132,7 @@ class _Slot:
         self.candidates = metrics.CHANNEL_CANDIDATES.labels(config.name)
         self._took: dict[tuple[bool, bool], float] = {}
         self._waited: dict[tuple[bool, bool], float] = {}
+        self._native: dict[tuple[bool, bool], float] = {}
         self._inflight = 0
         self._retired = False
         self._closed = False
@@ -148,13 +153,27 @@ class _Slot:
         nothing."""
         return self._waited.get(kind, math.inf)
 
-    def took(self, kind: tuple[bool, bool], seconds: float, cpu_seconds: float) -> None:
+    def native(self, kind: tuple[bool, bool]) -> float:
+        """Of the call :meth:`expected` is, the seconds spent in native calls that run
+        without the GIL (usearch, ONNX Runtime: runtime/native_time.py), 0 before the
+        first: what could overlap with other calls on another core."""
+        return self._native.get(kind, 0.0)
+
+    def took(
+        self,
+        kind: tuple[bool, bool],
+        seconds: float,
+        cpu_seconds: float,
+        native_seconds: float = 0.0,
+    ) -> None:
         """Record a finished call of ``kind`` that took ``seconds``, ``cpu_seconds`` of
-        them on its thread's CPU. Races between threads lose an update at worst."""
+        them on its thread's CPU and ``native_seconds`` in native calls without the GIL.
+        Races between threads lose an update at worst."""
         before = self._took.get(kind)
         if before is None or seconds < before:
             self._took[kind] = seconds
             self._waited[kind] = max(0.0, seconds - cpu_seconds)
+            self._native[kind] = min(seconds, native_seconds)
 
     def slow(self, kind: tuple[bool, bool], seconds: float) -> None:
         """A call of ``kind`` timed out, or held up its chain, after ``seconds``: what
@@ -239,7 +258,9 @@ class Engine:
             min_limit=self.overload.min_in_flight,
             latency_tolerance=self.overload.latency_tolerance,
             queue_s=self.overload.queue_s,
+            host=HostLoad.of_process(),
         )
+        self._cores = usable_cores()  # what fan_out_pays shares among requests in flight
         self._state: _State | None = None
         self._admin_lock = threading.Lock()  # serialises loads, reloads and updates
         # threads that run a request's quick calls one after another (_fan_out,
@@ -800,7 +821,12 @@ class Engine:
         calls of a kind not seen yet. A chained call not started a quarter of the way into
         its channel's timeout (the one before it is slow, or hung) is moved to a thread
         of its own then, so a hung channel delays the others of its chain by that much
-        and no more."""
+        and no more. While the host has two cores or more per request in flight, quick
+        calls whose time is mostly native work without the GIL (a search on a large
+        index, an encoder) run on a thread each instead, when :func:`fan_out_pays`
+        expects that to take at most three quarters of the chain's time: an idle host
+        answers sooner, a busy one keeps the chains' lower CPU (``[overload]
+        fan_out_when_idle``)."""
         loop = asyncio.get_running_loop()
         check = self.overload.check_output
         held = [c for c in calls if c.reserve]
@@ -932,7 +958,7 @@ class Engine:
             for c in batch
             if c.slot.expected(c.kind) < under and c.slot.waits(c.kind) < _CHAIN_WAIT_S
         ]
-        if len(quick) < 2:
+        if len(quick) < 2 or self._fan_out_now(quick):
             return [], []
         chain, full = [], []
         for call in sorted(quick, key=lambda c: c.slot.expected(c.kind)):
@@ -941,6 +967,17 @@ class Engine:
             else:
                 full.append(call)
         return chain, full
+
+    def _fan_out_now(self, quick: Sequence[_Call]) -> bool:
+        """Whether ``quick`` calls run on a thread each rather than in a chain: the host
+        has cores to spare for this request (its cores shared among the requests in
+        flight on it, every serving process's: serving/host_load.py) and
+        :func:`fan_out_pays` says the calls would overlap enough."""
+        if not self.overload.fan_out_when_idle:
+            return False
+        cores = self._cores // max(1, self.admission.host.total())
+        calls = [(c.slot.expected(c.kind), c.slot.native(c.kind)) for c in quick]
+        return fan_out_pays(calls, cores)
 
     @staticmethod
     def _report(call: _Call) -> tuple[ChannelReport, Candidates | None]:
@@ -1347,6 +1384,32 @@ _RESCUE = 0.25
 #: quick: in a chain the calls behind it would wait with it, where on threads of their
 #: own the waits overlap (Engine._chain).
 _CHAIN_WAIT_S = 0.002
+# fan_out_pays: what handing a call to a thread of its own costs in wall time (a wake-up
+# and a GIL hand-over), and the share of the chain's time a fan-out must be expected to
+# take at most (it costs more CPU: 1M items, one client, 7.8 -> 8.5 ms per request)
+_HAND_OFF_S = 0.0001
+_FAN_OUT_SHARE = 0.75
+
+
+def fan_out_pays(calls: Sequence[tuple[float, float]], cores: int) -> bool:
+    """Whether quick calls, given as (seconds, native seconds) each (:meth:`_Slot.expected`,
+    :meth:`_Slot.native`), finish sooner on a thread each than one after another on
+    ``cores`` cores. In a chain they take the sum of their times. On threads of their
+    own, their Python parts still take turns on the GIL, their native parts overlap
+    over the cores, and none ends before the longest call: the fan-out takes about the
+    largest of those three, plus a hand-off per call. It pays when that is at most
+    :data:`_FAN_OUT_SHARE` of the chain's time; never on one core, nor when the calls'
+    time is nearly all Python (the demo's history requests), where a fan-out only adds
+    hand-offs and GIL contention."""
+    if cores < 2 or len(calls) < 2:
+        return False
+    chained = sum(t for t, _ in calls)
+    if not math.isfinite(chained):
+        return False
+    python = sum(t - min(t, n) for t, n in calls)
+    longest = max(t for t, _ in calls)
+    fanned = max(longest, python, chained / cores) + _HAND_OFF_S * len(calls)
+    return fanned <= _FAN_OUT_SHARE * chained
 
 
 def _run_call(call: _Call, catalog: Catalog, query: Query, fan: _FanOut, check: bool) -> None:
@@ -1387,13 +1450,19 @@ def _run_started(
     request can see the outcome."""
     token = CALL_DEADLINE.set(call.deadline())
     cpu = time.thread_time()
+    native = native_time.spent()
     try:
         cands = _guarded(call.slot, catalog, query, call.k, check, call.cold)
     except BaseException as e:  # noqa: BLE001 - reported by the event loop
         give_back()
         fan.finish(call, None, e)
     else:
-        call.slot.took(call.kind, time.perf_counter() - call.started, time.thread_time() - cpu)
+        call.slot.took(
+            call.kind,
+            time.perf_counter() - call.started,
+            time.thread_time() - cpu,
+            native_time.spent() - native,
+        )
         give_back()
         fan.finish(call, cands, None)
     finally:

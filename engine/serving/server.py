@@ -388,7 +388,11 @@ async def _serve(
     frozen = freeze_heap()
     await running.set_serving(True)
     log.info(
-        "serving", channels=[cc.name for cc, _ in engine.channel_infos()], gc_frozen_objects=frozen
+        "serving",
+        channels=[cc.name for cc, _ in engine.channel_infos()],
+        gc_frozen_objects=frozen,
+        # whether the host's other serving processes' requests are counted (host_load.py)
+        host_load="group" if engine.admission.host.shared else "process",
     )
     if ready:
         ready(running)
