@@ -4,6 +4,7 @@ worker below is a separate Python interpreter that maps the same file."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -78,6 +79,30 @@ def test_admission_publishes_its_requests_in_flight(tmp_path):
     assert other.total() == 1
     admission.leave(1, 0.001)
     assert other.total() == 0
+
+
+def test_a_request_waiting_in_the_admissions_line_counts_too(tmp_path):
+    """It will want the cores as soon as it is admitted: a host whose processes each
+    run one request and hold one in line is not idle."""
+    load = HostLoad(create_slots(tmp_path, 2), 1)
+    other = HostLoad(tmp_path / SLOTS_FILE, 0)
+
+    async def scenario() -> None:
+        admission = Admission(1, queue_s=1.0, host=load)
+        await admission.wait(10)
+        waiter = asyncio.ensure_future(admission.wait(10))
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if other.total() == 2:
+                break
+        assert other.total() == 2 and admission.in_flight == 1  # one in, one in line
+        admission.leave(1, 0.001)  # its slot goes to the one in line
+        await waiter
+        assert other.total() == 1
+        admission.leave(1, 0.001)
+        assert other.total() == 0
+
+    asyncio.run(scenario())
 
 
 def test_outside_a_group_a_process_counts_its_own_requests(tmp_path, monkeypatch):

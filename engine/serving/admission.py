@@ -384,7 +384,12 @@ class Admission:
             self._solo_entry = self._entries
         self._window_peak = max(self._window_peak, self.in_flight)
         metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
-        self.host.publish(self.in_flight)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Under ``_lock``: this process's requests, admitted or in line, for the host's
+        count (serving/host_load.py): one waiting in line will want the cores too."""
+        self.host.publish(self.in_flight + len(self._line))
 
     async def wait(self, remaining_s: float | None = None) -> None:
         """Admit one request, waiting in line for a slot when the bound is reached and
@@ -408,6 +413,7 @@ class Admission:
                 fut = loop.create_future()
                 self._line.append(fut)
                 metrics.ADMISSION_QUEUE.set(len(self._line))
+                self._publish()
         if fut is None:
             raise self._refusal(now)
         timer = loop.call_later(patience, _expire, fut)
@@ -425,6 +431,7 @@ class Admission:
                 except ValueError:
                     pass
                 metrics.ADMISSION_QUEUE.set(len(self._line))
+                self._publish()
         if not granted:
             raise self._refusal(time.perf_counter())
 
@@ -496,7 +503,7 @@ class Admission:
             self._count_in(1)
             handed.append(fut)
         metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
-        self.host.publish(self.in_flight)
+        self._publish()
         return handed
 
     def _hand(self, handed: list[asyncio.Future[bool]]) -> None:

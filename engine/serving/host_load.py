@@ -1,16 +1,16 @@
 """How many requests the serving processes of one host have in flight, together.
 
 A process of ``serve --processes N`` sees only its own requests, but its channel calls
-compete for the host's cores with every process's. The engine fans a request's calls
-out to a thread each only while the host has cores to spare for it (serving/engine.py,
-``fan_out_pays``), so each process publishes its count of admitted requests in a slot of
-a small file the parent makes in the group's folder (:func:`create_slots`), and reads the
-sum of the slots. Each process writes only its own slot (an aligned 8-byte store, from
-the admission's lock), so no lock spans processes; a reader may see a count one change
-old. A worker that is restarted zeroes its slot when it starts; until then a dead
-worker's last count makes the host look busier than it is, which only means fewer
-fan-outs. A process outside a group (one process, ``Engine`` in a script) counts its
-own requests only.
+compete for the host's cores with every process's. The engine fans a request's calls out
+to a thread each only while the host has cores to spare for it (serving/engine.py,
+``fan_out_pays``), so each process publishes its count of requests (admitted, or waiting
+in the admission's line) in a slot of a small file the parent makes in the group's
+folder (:func:`create_slots`), and reads the sum of the slots. Each process writes only
+its own slot (an aligned 8-byte store, from the admission's lock), so no lock spans
+processes; a reader may see a count one change old. A worker that is restarted zeroes
+its slot when it starts; until then a dead worker's last count makes the host look
+busier than it is, which only means fewer fan-outs. A process outside a group (one
+process, ``Engine`` in a script) counts its own requests only.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class HostLoad:
         return self._slots is not None
 
     def publish(self, in_flight: int) -> None:
-        """This process now has ``in_flight`` requests admitted."""
+        """This process now has ``in_flight`` requests (admitted or in line)."""
         self._own = in_flight
         if self._slots is not None:
             self._slots[self._index] = in_flight
