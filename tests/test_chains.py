@@ -261,21 +261,32 @@ def test_on_an_idle_host_calls_of_native_work_run_on_a_thread_each(tmp_path):
 @needs_two_cores
 def test_while_the_hosts_other_processes_are_busy_the_same_calls_chain(tmp_path):
     """Another serving process of the host has a request in flight (its slot in the
-    group's file): two cores for two requests, none to spare, so the calls chain; they
-    fan out again once it is done."""
+    group's file): two cores for two requests, none to spare, so the calls chain. Just
+    after it ran two requests for a while the host is empty this instant but was busy
+    (two closed-loop clients leave such gaps between an answer and the next request):
+    still chained. Once that has passed, the calls fan out again."""
     slots = create_slots(tmp_path, 2)
     other = HostLoad(slots, 1)
     cfg = config(tmp_path, a={"params": {"items": ["i1"], **SEARCH}}, b={"params": SEARCH})
+
+    def threads() -> tuple[str, str]:
+        return channel("a").threads[-1], channel("b").threads[-1]
+
     with serve(cfg, catalog_of(ITEMS)) as s:
         s.engine.admission.host = HostLoad(slots, 0)  # this server as process 0 of 2
         warm(s)
         other.publish(1)
         assert set(statuses(recall(s, "busy")).values()) == {OK}
-        assert channel("a").threads[-1] == CHAIN and channel("b").threads[-1] == CHAIN
+        assert threads() == (CHAIN, CHAIN)
         assert other.total() == 1  # this request has left again
+        other.publish(2)
+        time.sleep(0.1)
         other.publish(0)
+        assert set(statuses(recall(s, "in the gap")).values()) == {OK}
+        assert threads() == (CHAIN, CHAIN)
+        time.sleep(0.4)  # eight time constants of the averages
         assert set(statuses(recall(s, "idle")).values()) == {OK}
-        assert channel("a").threads[-1] == "channel-a"
+        assert threads() == ("channel-a", "channel-b")
 
 
 @needs_two_cores

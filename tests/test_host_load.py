@@ -8,11 +8,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from recall_engine.serving.admission import Admission
-from recall_engine.serving.host_load import SLOTS_FILE, HostLoad, create_slots
+from recall_engine.serving.host_load import SLOTS_FILE, WINDOW_S, HostLoad, create_slots
 from recall_engine.serving.workers import GROUP_DIR_ENV, INDEX_ENV
 
 # a worker: joins the group as process INDEX, publishes COUNT, says so, and waits
@@ -103,6 +104,18 @@ def test_a_request_waiting_in_the_admissions_line_counts_too(tmp_path):
         assert other.total() == 0
 
     asyncio.run(scenario())
+
+
+def test_a_process_busy_until_a_moment_ago_still_counts_on_average(tmp_path):
+    other = HostLoad(create_slots(tmp_path, 2), 1)
+    mine = HostLoad(tmp_path / SLOTS_FILE, 0)
+    other.publish(1)
+    time.sleep(2 * WINDOW_S)
+    other.publish(0)
+    # 1 - exp(-2) = 0.86 when it went idle, decaying with the window from then on
+    assert mine.total() == 0 and mine.average() > 0.3
+    time.sleep(10 * WINDOW_S)
+    assert mine.average() < 0.01
 
 
 def test_outside_a_group_a_process_counts_its_own_requests(tmp_path, monkeypatch):

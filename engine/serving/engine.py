@@ -971,11 +971,17 @@ class Engine:
     def _fan_out_now(self, quick: Sequence[_Call]) -> bool:
         """Whether ``quick`` calls run on a thread each rather than in a chain: the host
         has cores to spare for this request (its cores shared among the requests in
-        flight on it, every serving process's: serving/host_load.py) and
+        flight on it, every serving process's: serving/host_load.py), and had lately
+        (its average requests in flight at most half a request more than its cores
+        allow: two closed-loop clients leave it empty between an answer and the next
+        request, and a fan-out then competes with the request about to arrive), and
         :func:`fan_out_pays` says the calls would overlap enough."""
         if not self.overload.fan_out_when_idle:
             return False
-        cores = self._cores // max(1, self.admission.host.total())
+        host = self.admission.host
+        cores = self._cores // max(1, host.total())
+        if cores < 2 or host.average() > self._cores / 2 + 0.5:
+            return False
         calls = [(c.slot.expected(c.kind), c.slot.native(c.kind)) for c in quick]
         return fan_out_pays(calls, cores)
 

@@ -6,17 +6,26 @@ to a thread each only while the host has cores to spare for it (serving/engine.p
 ``fan_out_pays``), so each process publishes its count of requests (admitted, or waiting
 in the admission's line) in a slot of a small file the parent makes in the group's
 folder (:func:`create_slots`), and reads the sum of the slots. Each process writes only
-its own slot (an aligned 8-byte store, from the admission's lock), so no lock spans
-processes; a reader may see a count one change old. A worker that is restarted zeroes
-its slot when it starts; until then a dead worker's last count makes the host look
-busier than it is, which only means fewer fan-outs. A process outside a group (one
-process, ``Engine`` in a script) counts its own requests only.
+its own slot (from the admission's lock), so no lock spans processes; a reader may see a
+slot one change old, or half written, which costs one request's choice at worst. A
+worker that is restarted zeroes its slot when it starts; until then a dead worker's last
+count makes the host look busier than it is, which only means fewer fan-outs. A process
+outside a group (one process, ``Engine`` in a script) counts its own requests only.
+
+Besides the count, each slot holds the process's count averaged over the last
+:data:`WINDOW_S` or so (exponentially decayed, with the instant it was last brought up to
+date), so a reader sees how busy the host has been, not only what it holds this
+instant: two closed-loop clients leave a process empty for the millisecond between one
+answer and the next request, and a fan-out decided in that gap would compete with the
+request about to arrive.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +34,20 @@ from recall_engine.serving.workers import GROUP_DIR_ENV, INDEX_ENV
 
 __all__ = ["SLOTS_FILE", "HostLoad", "create_slots"]
 
-#: The file of ``serve --processes N``'s group folder holding one int64 per process.
+#: The file of ``serve --processes N``'s group folder holding a slot per process.
 SLOTS_FILE = "in_flight.slots"
+#: The time constant of the slots' averages, in seconds (a few requests at 1M items).
+WINDOW_S = 0.05
+# a slot: the count now, its average, and the time.monotonic() instant of that average
+# (CLOCK_MONOTONIC, one clock for every process of the host), as float64
+_FIELDS = 3
+_SLOT_BYTES = 8 * _FIELDS
 
 
 def create_slots(group_dir: str | os.PathLike[str], processes: int) -> Path:
     """In the parent, before the workers start: a slot per process, every one 0."""
     path = Path(group_dir) / SLOTS_FILE
-    path.write_bytes(bytes(8 * max(1, processes)))
+    path.write_bytes(bytes(_SLOT_BYTES * max(1, processes)))
     return path
 
 
@@ -43,19 +58,21 @@ class HostLoad:
     __slots__ = ("_slots", "_index", "_mapping", "_own")
 
     def __init__(self, path: str | os.PathLike[str] | None = None, index: int = 0) -> None:
-        self._slots: np.ndarray | None = None
         self._mapping: mmap.mmap | None = None
         self._index = index
-        self._own = 0
+        # this process's own slot when it is alone, the group's file's slots otherwise
+        self._own = np.zeros((1, _FIELDS))
+        self._own[0, 2] = time.monotonic()
+        self._slots = self._own
         if path is None:
             return
         with open(path, "r+b") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < 8 * (index + 1):
+            if size < _SLOT_BYTES * (index + 1):
                 raise ValueError(f"{path}: {size} bytes hold no slot for process {index}")
-            self._mapping = mmap.mmap(f.fileno(), size - size % 8)
-        self._slots = np.frombuffer(self._mapping, dtype=np.int64)
-        self._slots[index] = 0  # a restarted worker starts afresh
+            self._mapping = mmap.mmap(f.fileno(), size - size % _SLOT_BYTES)
+        self._slots = np.frombuffer(self._mapping, dtype=np.float64).reshape(-1, _FIELDS)
+        self._slots[index] = (0.0, 0.0, time.monotonic())  # a restarted worker starts afresh
 
     @classmethod
     def of_process(cls) -> HostLoad:
@@ -73,16 +90,23 @@ class HostLoad:
     @property
     def shared(self) -> bool:
         """Whether the counts of the group's other processes are seen."""
-        return self._slots is not None
+        return self._slots is not self._own
 
     def publish(self, in_flight: int) -> None:
         """This process now has ``in_flight`` requests (admitted or in line)."""
-        self._own = in_flight
-        if self._slots is not None:
-            self._slots[self._index] = in_flight
+        slot = self._slots[0 if self._slots is self._own else self._index]
+        count, average, since = slot.tolist()
+        now = time.monotonic()
+        keep = math.exp(-max(0.0, now - since) / WINDOW_S)
+        slot[:] = (in_flight, average * keep + count * (1.0 - keep), now)
 
     def total(self) -> int:
         """Requests in flight on the host: every process's, this one's included."""
-        if self._slots is None:
-            return self._own
-        return int(self._slots.sum())
+        return int(self._slots[:, 0].sum())
+
+    def average(self) -> float:
+        """The host's requests in flight averaged over about the last :data:`WINDOW_S`
+        (every process's slot brought up to now)."""
+        slots = self._slots
+        keep = np.exp(-np.maximum(0.0, time.monotonic() - slots[:, 2]) / WINDOW_S)
+        return float(np.sum(slots[:, 1] * keep + slots[:, 0] * (1.0 - keep)))
