@@ -235,11 +235,11 @@ class OverloadConfig:
     # threads that run those chains, in arrival order (more while some are stuck in a
     # hung call); under the GIL more only take turns (0: a thread per chain)
     chain_threads: NonNegativeInt = 1
-    # while the host has two cores or more per request in flight (every serving
-    # process's requests counted), quick calls whose time is mostly native work without
-    # the GIL (usearch, ONNX Runtime) run on a thread each instead, when that is
-    # expected to take at most three quarters of the chain's time: lower latency on an
-    # idle host, chains under load
+    # while the host has two cores or more per request in flight, now and over the
+    # last 50 ms (every serving process's requests counted), quick calls whose time is
+    # mostly native work without the GIL (usearch, ONNX Runtime) run on a thread each
+    # instead, when that is expected to take at most three quarters of the chain's
+    # time: lower latency on an idle host, chains under load
     fan_out_when_idle: bool = True
     # check every channel answer (finite scores, matching lengths, unique string ids)
     check_output: bool = True
