@@ -25,19 +25,15 @@ probed".
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
+from recall_engine.benchmarks.probe_split import probe_split
 from recall_engine.evaluation.split import (
-    PROTOCOLS,
     Split,
     held_out_items,
-    make_split,
     temporal_split,
     validation_split,
 )
-from recall_engine.offline.data.movielens import load_dataset
 
 LAMBDAS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
 ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -105,18 +101,10 @@ def report(name: str, grid: dict[tuple[float, float], float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="as `recall-engine eval --dataset`")
-    p.add_argument("--protocol", default="random", choices=PROTOCOLS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test", action="store_true", help="also score the test part")
-    args = p.parse_args(argv)
-    interactions = load_dataset(args.dataset)[0]
-    items = sorted(set(interactions.item_ids.tolist()))
-    outer = make_split(interactions, args.protocol, seed=args.seed)
+    outer, items, test = probe_split(__doc__.split("\n")[0], argv)
     report("validation split", recall_grid(validation_split(outer), items))
     report("temporal carve of the training rows", recall_grid(temporal_split(outer.train), items))
-    if args.test:
+    if test:
         report("TEST (read after the choice)", recall_grid(outer, items))
 
 

@@ -22,20 +22,18 @@ About 15 s for ML-100K on 2 cores. Result: docs/evaluation.md, "What was tried".
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import numpy as np
 
+from recall_engine.benchmarks.probe_split import probe_split
+from recall_engine.evaluation.baselines import interaction_matrix
 from recall_engine.evaluation.split import (
-    PROTOCOLS,
     Split,
     held_out_items,
-    make_split,
     temporal_split,
     validation_split,
 )
-from recall_engine.offline.data.movielens import load_dataset
 
 K = 100
 LAMBDAS = (100.0, 250.0, 500.0, 1000.0)
@@ -52,20 +50,8 @@ class Scored:
         import scipy.sparse as sp
 
         col = {item: n for n, item in enumerate(items)}
-        users = sorted(set(split.train.user_ids.tolist()))
-        row = {u: n for n, u in enumerate(users)}
-        x = sp.csr_matrix(
-            (
-                np.ones(len(split.train), np.float64),
-                (
-                    np.fromiter(map(row.__getitem__, split.train.user_ids.tolist()), np.intp),
-                    np.fromiter(map(col.__getitem__, split.train.item_ids.tolist()), np.intp),
-                ),
-            ),
-            shape=(len(users), len(items)),
-        )
-        x.sum_duplicates()
-        x.data[:] = 1.0
+        row = {u: n for n, u in enumerate(sorted(set(split.train.user_ids.tolist())))}
+        x = interaction_matrix(split.train, row, col).astype(np.float64)
         truth = {u: {col[i] for i in f} for u, f in held_out_items(split).items() if u in row}
         self.asked = list(truth)
         self.truth = [truth[u] for u in self.asked]
@@ -105,18 +91,10 @@ def _unit(scores: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, help="as `recall-engine eval --dataset`")
-    p.add_argument("--protocol", default="random", choices=PROTOCOLS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test", action="store_true", help="also score the test part")
-    args = p.parse_args(argv)
-    interactions = load_dataset(args.dataset)[0]
-    items = sorted(set(interactions.item_ids.tolist()))
-    outer = make_split(interactions, args.protocol, seed=args.seed)
+    outer, items, test = probe_split(__doc__.split("\n")[0], argv)
     parts = {"validation": Scored(validation_split(outer), items)}
     parts["temporal carve"] = Scored(temporal_split(outer.train), items)
-    if args.test:
+    if test:
         parts["TEST"] = Scored(outer, items)
     val = parts["validation"]
     lam = max(LAMBDAS, key=lambda v: val.recall(val.ease[v]))
