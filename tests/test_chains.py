@@ -290,6 +290,31 @@ def test_while_the_hosts_other_processes_are_busy_the_same_calls_chain(tmp_path)
 
 
 @needs_two_cores
+def test_a_fanned_out_call_that_hangs_holds_up_no_other_call(tmp_path):
+    """On an idle host each native call has a thread of its own: one that hangs
+    times out alone, the other answers without waiting for it, and no room is kept
+    once the hung call is released."""
+    cfg = config(
+        tmp_path,
+        a={"timeout_ms": 2000, "params": {"items": ["i1"], **SEARCH}},
+        bad={"timeout_ms": 300, "params": SEARCH},
+    )
+    with serve(cfg, catalog_of(ITEMS)) as s:
+        warm(s)
+        CONTROL.faults["bad"] = "hang"
+        t0 = time.monotonic()
+        resp = recall(s, "stuck")
+        took = time.monotonic() - t0
+        st = statuses(resp)
+        assert st["a"] == OK and st["bad"] == TIMEOUT and "i1" in resp.item_ids
+        assert channel("a").threads[-1] == "channel-a"
+        assert channel("bad").threads[-1] == "channel-bad"
+        assert took < 1.5  # bad's 300 ms timeout ends the request, not a's 2 s one
+        CONTROL.release.set()
+        assert wait_until(lambda: set(in_flight(s).values()) == {0})
+
+
+@needs_two_cores
 def test_without_fan_out_when_idle_native_calls_chain_too(tmp_path):
     cfg = config(
         tmp_path,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recall_engine.serving.workers import GROUP_DIR_ENV, INDEX_ENV
+from recall_engine.serving.workers import group_member
 
 __all__ = ["SLOTS_FILE", "HostLoad", "create_slots"]
 
@@ -55,46 +55,40 @@ class HostLoad:
     """This process's count of requests in flight (:meth:`publish`) and the host's
     (:meth:`total`)."""
 
-    __slots__ = ("_slots", "_index", "_mapping", "_own")
+    __slots__ = ("_slots", "_index", "shared")
 
     def __init__(self, path: str | os.PathLike[str] | None = None, index: int = 0) -> None:
-        self._mapping: mmap.mmap | None = None
-        self._index = index
-        # this process's own slot when it is alone, the group's file's slots otherwise
-        self._own = np.zeros((1, _FIELDS))
-        self._own[0, 2] = time.monotonic()
-        self._slots = self._own
-        if path is None:
-            return
-        with open(path, "r+b") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < _SLOT_BYTES * (index + 1):
-                raise ValueError(f"{path}: {size} bytes hold no slot for process {index}")
-            self._mapping = mmap.mmap(f.fileno(), size - size % _SLOT_BYTES)
-        self._slots = np.frombuffer(self._mapping, dtype=np.float64).reshape(-1, _FIELDS)
-        self._slots[index] = (0.0, 0.0, time.monotonic())  # a restarted worker starts afresh
+        #: whether the counts of the group's other processes are seen (a slots file)
+        self.shared = path is not None
+        self._index = index if self.shared else 0
+        if path is None:  # alone: one slot of its own
+            self._slots = np.zeros((1, _FIELDS))
+        else:
+            with open(path, "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < _SLOT_BYTES * (index + 1):
+                    raise ValueError(f"{path}: {size} bytes hold no slot for process {index}")
+                mapping = mmap.mmap(f.fileno(), size - size % _SLOT_BYTES)
+            # the array keeps the mapping open for as long as it lives
+            self._slots = np.frombuffer(mapping, dtype=np.float64).reshape(-1, _FIELDS)
+        self._slots[self._index] = (0.0, 0.0, time.monotonic())  # a restarted worker: afresh
 
     @classmethod
     def of_process(cls) -> HostLoad:
         """The group's slots when this process is a worker of ``serve --processes N`` whose
         parent made them, else a count of this process's own requests."""
-        folder, index = os.environ.get(GROUP_DIR_ENV), os.environ.get(INDEX_ENV)
-        if folder and index is not None:
-            path = Path(folder) / SLOTS_FILE
+        member = group_member()
+        if member is not None:
+            folder, index = member
             try:
-                return cls(path, int(index))
+                return cls(folder / SLOTS_FILE, index)
             except (OSError, ValueError):
                 pass  # a parent of an older release, or the folder is gone: count alone
         return cls()
 
-    @property
-    def shared(self) -> bool:
-        """Whether the counts of the group's other processes are seen."""
-        return self._slots is not self._own
-
     def publish(self, in_flight: int) -> None:
         """This process now has ``in_flight`` requests (admitted or in line)."""
-        slot = self._slots[0 if self._slots is self._own else self._index]
+        slot = self._slots[self._index]
         count, average, since = slot.tolist()
         now = time.monotonic()
         keep = math.exp(-max(0.0, now - since) / WINDOW_S)

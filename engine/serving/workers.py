@@ -234,17 +234,26 @@ def _cause(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
-def _serving_mark(group_dir: str, index: int) -> Path:
+def _serving_mark(group_dir: str | Path, index: int) -> Path:
     return Path(group_dir) / f"serving.{index}"
+
+
+def group_member() -> tuple[Path, int] | None:
+    """In a worker of ``serve --processes N``: the group's folder and this worker's
+    index (what the parent put in its environment); elsewhere None."""
+    folder, index = os.environ.get(GROUP_DIR_ENV), os.environ.get(INDEX_ENV)
+    if folder and index is not None:
+        return Path(folder), int(index)
+    return None
 
 
 def mark_serving() -> None:
     """In a worker of ``serve --processes N``: tell the parent this worker serves (a
     file in the group's folder), so a later death is a crash to restart, not a start-up
     that failed. Elsewhere, a no-op."""
-    folder, index = os.environ.get(GROUP_DIR_ENV), os.environ.get(INDEX_ENV)
-    if folder and index is not None:
-        _serving_mark(folder, int(index)).touch()
+    member = group_member()
+    if member is not None:
+        _serving_mark(*member).touch()
 
 
 def served_marks(group_dir: str) -> Callable[[int], bool]:
